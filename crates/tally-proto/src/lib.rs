@@ -1,0 +1,26 @@
+//! Tally's wire protocol: every JSON shape that crosses the network, the validation rules for
+//! requests, and the error and close codes, shared by the server and every client.
+//!
+//! This crate is the only place that defines JSON shapes (see ARCHITECTURE.md); it has no
+//! dependency on an async runtime so that any client can use it.
+//!
+//! # Layout
+//! - [`limits`]: the numbers the protocol promises (name length, safe integer range, sizes).
+//! - [`name`]: counter names and their validation.
+//! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
+//! - [`rpc`]: the seven RPC procedures, their raw requests and validated forms.
+//! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
+
+pub mod error;
+pub mod limits;
+pub mod message;
+pub mod name;
+pub mod rpc;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
+pub use message::{
+    ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Resumed, ServerMessage, Snapshot,
+    Update, ValueAnswer, WsError,
+};
+pub use name::CounterName;
+pub use rpc::{Op, Procedure, Request};

@@ -1,0 +1,337 @@
+//! What travels as JSON: the answers to RPCs, and the WebSocket messages in both directions.
+//!
+//! Server to client: [`Update`] (type `increment`, `decrement`, `setValue` or `reset`),
+//! [`Snapshot`], [`Resumed`], [`Pong`] and [`WsError`], together [`ServerMessage`].
+//! Client to server: [`ClientMessage`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, ProtocolError};
+
+/// The four operations that change a counter, as named on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OpKind {
+    /// Add an amount.
+    Increment,
+    /// Subtract an amount.
+    Decrement,
+    /// Replace the value.
+    SetValue,
+    /// Set the value to 0.
+    Reset,
+}
+
+impl OpKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [OpKind; 4] =
+        [OpKind::Increment, OpKind::Decrement, OpKind::SetValue, OpKind::Reset];
+
+    /// The name on the wire (also the `type` of an [`Update`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Increment => "increment",
+            OpKind::Decrement => "decrement",
+            OpKind::SetValue => "setValue",
+            OpKind::Reset => "reset",
+        }
+    }
+
+    /// The kind named `name` on the wire.
+    pub fn from_name(name: &str) -> Option<Self> {
+        OpKind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// A counter's metadata, as in the seed. A counter never written has `id`, `createdAt` and
+/// `updatedAt` null, value 0 and operation count 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// The storage id, assigned on the first write.
+    pub id: Option<i64>,
+    /// The counter's name.
+    pub name: String,
+    /// The current value.
+    pub value: i64,
+    /// When the first write was committed (RFC 3339 UTC with milliseconds).
+    pub created_at: Option<String>,
+    /// When the latest write was committed.
+    pub updated_at: Option<String>,
+    /// How many operations were applied; equal to the counter's version.
+    pub operation_count: u64,
+}
+
+/// One applied operation, answered to its writer and broadcast to every watcher, byte for byte
+/// the same JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Update {
+    /// Which operation.
+    #[serde(rename = "type")]
+    pub kind: OpKind,
+    /// The value after it.
+    pub value: i64,
+    /// The value before it.
+    pub previous_value: i64,
+    /// The counter's version after it: 1 for the first operation, then 2, 3, …
+    pub version: u64,
+    /// The counter's metadata after it.
+    pub metadata: Metadata,
+    /// When it was committed (RFC 3339 UTC with milliseconds).
+    pub timestamp: String,
+}
+
+/// The counter's state when a watch starts (or must start over, with `resync`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// The current value.
+    pub value: i64,
+    /// The current version (0 for a counter never written).
+    pub version: u64,
+    /// The current metadata.
+    pub metadata: Metadata,
+    /// When the snapshot was taken.
+    pub timestamp: String,
+    /// True when the client asked to resume with `since` but the history could not fill the gap
+    /// (too old, or ahead of the counter): replace local state with this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resync: bool,
+}
+
+/// Sent first on a resumed watch (`?since=V`): the updates after `since` up to `version`
+/// follow, then live ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resumed {
+    /// The version the client asked to resume after.
+    pub since: u64,
+    /// The counter's version when the replay was taken; updates `since + 1..=version` follow.
+    pub version: u64,
+}
+
+/// The answer to a client's `{"type": "ping"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The server's time.
+    pub timestamp: String,
+}
+
+/// A refused WebSocket message; the socket stays open.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsError {
+    /// The stable code (see [`ErrorCode`]).
+    pub code: String,
+    /// What was wrong and what is allowed.
+    pub message: String,
+}
+
+impl From<&ProtocolError> for WsError {
+    fn from(error: &ProtocolError) -> Self {
+        WsError { code: error.code.as_str().to_owned(), message: error.message.clone() }
+    }
+}
+
+/// Any message the server sends over a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// A counter operation (`type` is the operation's name).
+    Update(Update),
+    /// `type: "snapshot"`.
+    Snapshot(Snapshot),
+    /// `type: "resumed"`.
+    Resumed(Resumed),
+    /// `type: "pong"`.
+    Pong(Pong),
+    /// `type: "error"`.
+    Error(WsError),
+}
+
+/// Adds `"type": tag` in front of a message struct's own fields.
+#[derive(Serialize)]
+struct Tagged<'a, T> {
+    #[serde(rename = "type")]
+    tag: &'static str,
+    #[serde(flatten)]
+    inner: &'a T,
+}
+
+impl ServerMessage {
+    /// The message as JSON text.
+    pub fn to_json(&self) -> String {
+        let result = match self {
+            ServerMessage::Update(update) => serde_json::to_string(update),
+            ServerMessage::Snapshot(inner) => {
+                serde_json::to_string(&Tagged { tag: "snapshot", inner })
+            }
+            ServerMessage::Resumed(inner) => {
+                serde_json::to_string(&Tagged { tag: "resumed", inner })
+            }
+            ServerMessage::Pong(inner) => serde_json::to_string(&Tagged { tag: "pong", inner }),
+            ServerMessage::Error(inner) => serde_json::to_string(&Tagged { tag: "error", inner }),
+        };
+        // Serializing these plain structs (strings, integers, options) has no failure path.
+        result.expect("server messages always serialize")
+    }
+
+    /// Reads a server message from JSON text.
+    ///
+    /// # Errors
+    /// When the text is not JSON, has no string `type`, names an unknown type, or lacks a field.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        use serde::de::Error;
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        let tag = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
+        Ok(match tag.as_str() {
+            "snapshot" => ServerMessage::Snapshot(serde_json::from_value(value)?),
+            "resumed" => ServerMessage::Resumed(serde_json::from_value(value)?),
+            "pong" => ServerMessage::Pong(serde_json::from_value(value)?),
+            "error" => ServerMessage::Error(serde_json::from_value(value)?),
+            other if OpKind::from_name(other).is_some() => {
+                ServerMessage::Update(serde_json::from_value(value)?)
+            }
+            other => {
+                return Err(serde_json::Error::custom(format!("unknown message type {other:?}")));
+            }
+        })
+    }
+}
+
+/// Any message a client sends over a WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    /// `{"type": "ping"}`: the seed's keep-alive; answered with a [`Pong`].
+    Ping,
+}
+
+/// The message types a client may send, worded for error messages.
+pub const CLIENT_MESSAGE_TYPES: &str = "ping";
+
+impl ClientMessage {
+    /// Reads a client message.
+    ///
+    /// # Errors
+    /// `bad_json` when the text is not JSON; `invalid_field` when it is not an object with a
+    /// string `type`; `unknown_message_type` for a type the server does not know.
+    pub fn parse(text: &str) -> Result<Self, ProtocolError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
+            ProtocolError::new(ErrorCode::BadJson, format!("message is not valid JSON: {error}"))
+        })?;
+        let Some(tag) = value.get("type").and_then(|t| t.as_str()) else {
+            return Err(ProtocolError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "message must be a JSON object with a string field \"type\"; known types: {CLIENT_MESSAGE_TYPES}"
+                ),
+            ));
+        };
+        match tag {
+            "ping" => Ok(ClientMessage::Ping),
+            other => Err(ProtocolError::new(
+                ErrorCode::UnknownMessageType,
+                format!("unknown message type {other:?}; known types: {CLIENT_MESSAGE_TYPES}"),
+            )),
+        }
+    }
+}
+
+/// The answer to `getValue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValueAnswer {
+    /// The current value.
+    pub value: i64,
+    /// The current version.
+    pub version: u64,
+}
+
+/// One entry of a counter's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// The counter's version after this operation.
+    pub version: u64,
+    /// Which operation.
+    #[serde(rename = "type")]
+    pub kind: OpKind,
+    /// The amount of an increment or decrement; absent for setValue and reset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// The value before it.
+    pub previous_value: i64,
+    /// The value after it.
+    pub value: i64,
+    /// When it was committed.
+    pub timestamp: String,
+}
+
+/// The answer to `getHistory`: newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The entries, newest first.
+    pub entries: Vec<Entry>,
+    /// Present while older entries remain: pass it as `before` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata() -> Metadata {
+        Metadata {
+            id: Some(1),
+            name: "likes".into(),
+            value: 42,
+            created_at: Some("2025-01-15T12:00:00.000Z".into()),
+            updated_at: Some("2025-01-15T12:00:01.000Z".into()),
+            operation_count: 10,
+        }
+    }
+
+    #[test]
+    fn update_has_the_seed_shape_plus_version() {
+        let update = Update {
+            kind: OpKind::Increment,
+            value: 42,
+            previous_value: 41,
+            version: 10,
+            metadata: metadata(),
+            timestamp: "2025-01-15T12:00:01.000Z".into(),
+        };
+        let json: serde_json::Value =
+            serde_json::from_str(&ServerMessage::Update(update.clone()).to_json()).unwrap();
+        assert_eq!(json["type"], "increment");
+        assert_eq!(json["previousValue"], 41);
+        assert_eq!(json["metadata"]["operationCount"], 10);
+        assert_eq!(json["metadata"]["createdAt"], "2025-01-15T12:00:00.000Z");
+        let back = ServerMessage::from_json(&json.to_string()).unwrap();
+        assert_eq!(back, ServerMessage::Update(update));
+    }
+
+    #[test]
+    fn snapshot_is_tagged_and_resync_only_when_set() {
+        let snapshot = Snapshot {
+            value: 1,
+            version: 1,
+            metadata: metadata(),
+            timestamp: "t".into(),
+            resync: false,
+        };
+        let text = ServerMessage::Snapshot(snapshot.clone()).to_json();
+        assert!(text.starts_with(r#"{"type":"snapshot","#), "{text}");
+        assert!(!text.contains("resync"), "{text}");
+        assert_eq!(ServerMessage::from_json(&text).unwrap(), ServerMessage::Snapshot(snapshot));
+    }
+
+    #[test]
+    fn client_messages_are_checked() {
+        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(ClientMessage::parse("nope").unwrap_err().code, ErrorCode::BadJson);
+        assert_eq!(ClientMessage::parse("[1]").unwrap_err().code, ErrorCode::InvalidField);
+        let unknown = ClientMessage::parse(r#"{"type":"jump"}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::UnknownMessageType);
+        assert!(unknown.message.contains("ping"));
+    }
+}

@@ -1,0 +1,449 @@
+//! The RPC procedures (`POST /rpc/counter.<procedure>`): raw request bodies as sent, and the
+//! validated [`Request`] the server acts on.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Number;
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
+use crate::message::OpKind;
+use crate::name::CounterName;
+
+/// The seven procedures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Procedure {
+    /// `counter.increment`
+    Increment,
+    /// `counter.decrement`
+    Decrement,
+    /// `counter.setValue`
+    SetValue,
+    /// `counter.reset`
+    Reset,
+    /// `counter.getValue`
+    GetValue,
+    /// `counter.getMetadata`
+    GetMetadata,
+    /// `counter.getHistory`
+    GetHistory,
+}
+
+impl Procedure {
+    /// Every procedure, in documentation order.
+    pub const ALL: [Procedure; 7] = [
+        Procedure::Increment,
+        Procedure::Decrement,
+        Procedure::SetValue,
+        Procedure::Reset,
+        Procedure::GetValue,
+        Procedure::GetMetadata,
+        Procedure::GetHistory,
+    ];
+
+    /// The path segment after `/rpc/`, e.g. `counter.increment`.
+    pub fn path_name(self) -> &'static str {
+        match self {
+            Procedure::Increment => "counter.increment",
+            Procedure::Decrement => "counter.decrement",
+            Procedure::SetValue => "counter.setValue",
+            Procedure::Reset => "counter.reset",
+            Procedure::GetValue => "counter.getValue",
+            Procedure::GetMetadata => "counter.getMetadata",
+            Procedure::GetHistory => "counter.getHistory",
+        }
+    }
+
+    /// The procedure whose path segment is `segment`.
+    ///
+    /// # Errors
+    /// `unknown_procedure`, listing the known ones.
+    pub fn from_path(segment: &str) -> Result<Self, ProtocolError> {
+        Procedure::ALL.into_iter().find(|p| p.path_name() == segment).ok_or_else(|| {
+            let known: Vec<&str> = Procedure::ALL.iter().map(|p| p.path_name()).collect();
+            ProtocolError::new(
+                ErrorCode::UnknownProcedure,
+                format!("unknown procedure {segment:?}; known procedures: {}", known.join(", ")),
+            )
+        })
+    }
+}
+
+/// Body of `increment` and `decrement`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmountBody {
+    /// The counter.
+    pub name: String,
+    /// An integer >= 1; 1 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Number>,
+}
+
+/// Body of `setValue`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetValueBody {
+    /// The counter.
+    pub name: String,
+    /// The new value, within ±(2^53 − 1).
+    pub value: Number,
+}
+
+/// Body of `reset`, `getValue` and `getMetadata`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameBody {
+    /// The counter.
+    pub name: String,
+}
+
+/// Body of `getHistory`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryBody {
+    /// The counter.
+    pub name: String,
+    /// How many entries, 1..=1000; 50 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Number>,
+    /// Only entries with a version below this one (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Number>,
+}
+
+/// A validated change to a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Add `amount` (>= 1).
+    Increment(i64),
+    /// Subtract `amount` (>= 1).
+    Decrement(i64),
+    /// Replace the value.
+    SetValue(i64),
+    /// Set the value to 0.
+    Reset,
+}
+
+impl Op {
+    /// The operation's kind.
+    pub fn kind(self) -> OpKind {
+        match self {
+            Op::Increment(_) => OpKind::Increment,
+            Op::Decrement(_) => OpKind::Decrement,
+            Op::SetValue(_) => OpKind::SetValue,
+            Op::Reset => OpKind::Reset,
+        }
+    }
+
+    /// The amount recorded in history (increments and decrements only).
+    pub fn amount(self) -> Option<i64> {
+        match self {
+            Op::Increment(amount) | Op::Decrement(amount) => Some(amount),
+            Op::SetValue(_) | Op::Reset => None,
+        }
+    }
+
+    /// The value after applying this operation to `current`.
+    ///
+    /// # Errors
+    /// `out_of_range` when the result would leave ±(2^53 − 1).
+    pub fn apply(self, current: i64) -> Result<i64, ProtocolError> {
+        let next = match self {
+            Op::Increment(amount) => current.checked_add(amount),
+            Op::Decrement(amount) => current.checked_sub(amount),
+            Op::SetValue(value) => Some(value),
+            Op::Reset => Some(0),
+        };
+        match next {
+            Some(value) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&value) => Ok(value),
+            _ => Err(ProtocolError::new(
+                ErrorCode::OutOfRange,
+                format!(
+                    "{} would take the value from {current} outside the allowed range ±{MAX_SAFE_INTEGER} (2^53 - 1); nothing was stored",
+                    self.kind().as_str()
+                ),
+            )),
+        }
+    }
+}
+
+/// A validated RPC request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// increment, decrement, setValue or reset.
+    Apply {
+        /// The counter.
+        name: CounterName,
+        /// What to do to it.
+        op: Op,
+    },
+    /// getValue.
+    GetValue {
+        /// The counter.
+        name: CounterName,
+    },
+    /// getMetadata.
+    GetMetadata {
+        /// The counter.
+        name: CounterName,
+    },
+    /// getHistory.
+    GetHistory {
+        /// The counter.
+        name: CounterName,
+        /// How many entries (1..=1000).
+        limit: u32,
+        /// Only versions below this one.
+        before: Option<u64>,
+    },
+}
+
+impl Request {
+    /// Reads and validates the JSON `body` of `procedure`.
+    ///
+    /// # Errors
+    /// `bad_json` for text that is not JSON; `invalid_field` for a missing, unknown or wrongly
+    /// typed field; `invalid_name`, `invalid_amount`, `invalid_limit` and `out_of_range` for
+    /// values outside what is allowed. Each message says what was wrong and what is allowed.
+    pub fn parse(procedure: Procedure, body: &[u8]) -> Result<Self, ProtocolError> {
+        Ok(match procedure {
+            Procedure::Increment | Procedure::Decrement => {
+                let raw: AmountBody = from_json(body)?;
+                let name = CounterName::parse(&raw.name)?;
+                let amount = match &raw.amount {
+                    None => 1,
+                    Some(number) => amount(number)?,
+                };
+                let op = if procedure == Procedure::Increment {
+                    Op::Increment(amount)
+                } else {
+                    Op::Decrement(amount)
+                };
+                Request::Apply { name, op }
+            }
+            Procedure::SetValue => {
+                let raw: SetValueBody = from_json(body)?;
+                let name = CounterName::parse(&raw.name)?;
+                let value = integer("value", &raw.value, ErrorCode::InvalidField)?;
+                Request::Apply { name, op: Op::SetValue(value) }
+            }
+            Procedure::Reset => {
+                let raw: NameBody = from_json(body)?;
+                Request::Apply { name: CounterName::parse(&raw.name)?, op: Op::Reset }
+            }
+            Procedure::GetValue => {
+                let raw: NameBody = from_json(body)?;
+                Request::GetValue { name: CounterName::parse(&raw.name)? }
+            }
+            Procedure::GetMetadata => {
+                let raw: NameBody = from_json(body)?;
+                Request::GetMetadata { name: CounterName::parse(&raw.name)? }
+            }
+            Procedure::GetHistory => {
+                let raw: HistoryBody = from_json(body)?;
+                let name = CounterName::parse(&raw.name)?;
+                let limit = match &raw.limit {
+                    None => HISTORY_PAGE_DEFAULT,
+                    Some(number) => history_limit(number)?,
+                };
+                let before = match &raw.before {
+                    None => None,
+                    Some(number) => Some(before(number)?),
+                };
+                Request::GetHistory { name, limit, before }
+            }
+        })
+    }
+}
+
+fn from_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(body).map_err(|error| {
+        use serde_json::error::Category;
+        match error.classify() {
+            Category::Data => ProtocolError::new(
+                ErrorCode::InvalidField,
+                format!("invalid request body: {error}"),
+            ),
+            Category::Syntax | Category::Eof | Category::Io => ProtocolError::new(
+                ErrorCode::BadJson,
+                format!("request body is not valid JSON: {error}"),
+            ),
+        }
+    })
+}
+
+/// Reads a JSON number as a whole number within ±(2^53 − 1). An integral float such as `5.0`
+/// is accepted, since some JSON encoders write whole numbers that way.
+fn integer(field: &str, number: &Number, not_integer: ErrorCode) -> Result<i64, ProtocolError> {
+    let out_of_range = || {
+        ProtocolError::new(
+            ErrorCode::OutOfRange,
+            format!(
+                "{field} {number} is outside the allowed range ±{MAX_SAFE_INTEGER} (2^53 - 1); nothing was stored"
+            ),
+        )
+    };
+    let whole = if let Some(whole) = number.as_i64() {
+        whole
+    } else if number.as_u64().is_some() {
+        return Err(out_of_range());
+    } else {
+        let float = number.as_f64().unwrap_or(f64::NAN);
+        if !float.is_finite() || float.fract() != 0.0 {
+            return Err(ProtocolError::new(
+                not_integer,
+                format!("{field} {number} is not a whole number"),
+            ));
+        }
+        if float.abs() > MAX_SAFE_INTEGER as f64 {
+            return Err(out_of_range());
+        }
+        // In range and whole, so the cast is exact.
+        float as i64
+    };
+    if whole.abs() > MAX_SAFE_INTEGER {
+        return Err(out_of_range());
+    }
+    Ok(whole)
+}
+
+fn amount(number: &Number) -> Result<i64, ProtocolError> {
+    let rule = "amount must be a whole number >= 1";
+    match integer("amount", number, ErrorCode::InvalidAmount) {
+        Ok(amount) if amount >= 1 => Ok(amount),
+        Ok(amount) => {
+            Err(ProtocolError::new(ErrorCode::InvalidAmount, format!("amount is {amount}; {rule}")))
+        }
+        Err(error) if error.code == ErrorCode::OutOfRange => Err(error),
+        Err(error) => {
+            Err(ProtocolError::new(ErrorCode::InvalidAmount, format!("{}; {rule}", error.message)))
+        }
+    }
+}
+
+fn history_limit(number: &Number) -> Result<u32, ProtocolError> {
+    let invalid = || {
+        ProtocolError::new(
+            ErrorCode::InvalidLimit,
+            format!("limit is {number}; allowed: a whole number from 1 to {HISTORY_PAGE_MAX}"),
+        )
+    };
+    let whole = integer("limit", number, ErrorCode::InvalidLimit).map_err(|_| invalid())?;
+    u32::try_from(whole)
+        .ok()
+        .filter(|limit| (1..=HISTORY_PAGE_MAX).contains(limit))
+        .ok_or_else(invalid)
+}
+
+fn before(number: &Number) -> Result<u64, ProtocolError> {
+    let invalid = || {
+        ProtocolError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "before is {number}; allowed: a version, a whole number >= 1 (the `next` of the previous page)"
+            ),
+        )
+    };
+    let whole = integer("before", number, ErrorCode::InvalidField).map_err(|_| invalid())?;
+    u64::try_from(whole).ok().filter(|before| *before >= 1).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(procedure: &str, body: &str, expect: Result<Request, ErrorCode>) {
+        let procedure = Procedure::from_path(procedure).unwrap();
+        let got = Request::parse(procedure, body.as_bytes()).map_err(|error| error.code);
+        assert_eq!(got, expect, "{body}");
+    }
+
+    fn name(text: &str) -> CounterName {
+        CounterName::parse(text).unwrap()
+    }
+
+    #[test]
+    fn valid_requests() {
+        let a = || name("a");
+        check(
+            "counter.increment",
+            r#"{"name":"a"}"#,
+            Ok(Request::Apply { name: a(), op: Op::Increment(1) }),
+        );
+        check(
+            "counter.increment",
+            r#"{"name":"a","amount":5.0}"#,
+            Ok(Request::Apply { name: a(), op: Op::Increment(5) }),
+        );
+        check(
+            "counter.decrement",
+            r#"{"name":"a","amount":null}"#,
+            Ok(Request::Apply { name: a(), op: Op::Decrement(1) }),
+        );
+        check(
+            "counter.setValue",
+            r#"{"name":"a","value":-9007199254740991}"#,
+            Ok(Request::Apply { name: a(), op: Op::SetValue(-MAX_SAFE_INTEGER) }),
+        );
+        check("counter.reset", r#"{"name":"a"}"#, Ok(Request::Apply { name: a(), op: Op::Reset }));
+        check(
+            "counter.getHistory",
+            r#"{"name":"a"}"#,
+            Ok(Request::GetHistory { name: a(), limit: 50, before: None }),
+        );
+        check(
+            "counter.getHistory",
+            r#"{"name":"a","limit":1000,"before":7}"#,
+            Ok(Request::GetHistory { name: a(), limit: 1000, before: Some(7) }),
+        );
+    }
+
+    #[test]
+    fn invalid_requests() {
+        use ErrorCode::*;
+        check("counter.increment", r#"{"name":"a""#, Err(BadJson));
+        check("counter.increment", r#"{}"#, Err(InvalidField));
+        check("counter.increment", r#"{"name":"a","amout":2}"#, Err(InvalidField));
+        check("counter.increment", r#"{"name":5}"#, Err(InvalidField));
+        check("counter.increment", r#"{"name":"a","amount":"2"}"#, Err(InvalidField));
+        check("counter.increment", r#"{"name":""}"#, Err(InvalidName));
+        check("counter.increment", r#"{"name":"a","amount":0}"#, Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":-3}"#, Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":1.5}"#, Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":9007199254740992}"#, Err(OutOfRange));
+        check("counter.increment", r#"{"name":"a","amount":1e300}"#, Err(OutOfRange));
+        check(
+            "counter.increment",
+            r#"{"name":"a","amount":18446744073709551615}"#,
+            Err(OutOfRange),
+        );
+        check("counter.setValue", r#"{"name":"a"}"#, Err(InvalidField));
+        check("counter.setValue", r#"{"name":"a","value":9007199254740992}"#, Err(OutOfRange));
+        check("counter.getHistory", r#"{"name":"a","limit":0}"#, Err(InvalidLimit));
+        check("counter.getHistory", r#"{"name":"a","limit":1001}"#, Err(InvalidLimit));
+        check("counter.getHistory", r#"{"name":"a","before":0}"#, Err(InvalidField));
+    }
+
+    #[test]
+    fn results_must_stay_safe() {
+        assert_eq!(Op::Increment(1).apply(MAX_SAFE_INTEGER - 1), Ok(MAX_SAFE_INTEGER));
+        assert_eq!(
+            Op::Increment(1).apply(MAX_SAFE_INTEGER).unwrap_err().code,
+            ErrorCode::OutOfRange
+        );
+        assert_eq!(
+            Op::Decrement(2).apply(-MAX_SAFE_INTEGER + 1).unwrap_err().code,
+            ErrorCode::OutOfRange
+        );
+        assert_eq!(Op::Reset.apply(12), Ok(0));
+    }
+
+    #[test]
+    fn unknown_procedure_lists_the_known_ones() {
+        let error = Procedure::from_path("counter.explode").unwrap_err();
+        assert_eq!(error.code, ErrorCode::UnknownProcedure);
+        assert!(error.message.contains("counter.getHistory"));
+    }
+}
