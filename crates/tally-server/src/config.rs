@@ -1,0 +1,30 @@
+//! Settings of a running server that are not storage settings.
+
+use std::time::Duration;
+
+/// How the server treats counters and sockets. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A counter nobody touched for this long leaves memory (hibernates); its watchers stay.
+    pub idle_timeout: Duration,
+    /// A socket quiet for this long is pinged; one quiet for twice as long is closed.
+    pub ping_interval: Duration,
+    /// How many updates a watcher may fall behind before it is closed with 4000 (slow consumer).
+    pub watch_buffer: usize,
+    /// How long one send to a watcher may stall before it is closed with 4000.
+    pub send_timeout: Duration,
+    /// How long shutdown waits for sockets to close after telling them to.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            watch_buffer: 1024,
+            send_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

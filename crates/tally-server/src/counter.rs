@@ -1,0 +1,444 @@
+//! One actor per counter: the only code that changes a counter.
+//!
+//! A [`CounterHandle`] sends [`Command`]s to the counter's `CounterActor`, which applies them one
+//! at a time in arrival order. Writes are committed in batches: while one batch is being
+//! committed, new operations queue up, and they become the next batch the moment the first is
+//! durable. Each batch goes commit → broadcast → reply, so an answer or an update is only ever
+//! seen for a write that is on disk, and watchers see versions in order.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use tally_proto::{CounterName, ErrorCode, Metadata, Op, ProtocolError, Snapshot, Update};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::sleep_until;
+
+use crate::clock;
+use crate::registry::Registry;
+use crate::store::{AppendBatch, CounterRecord, HistoryRecord, Store, StoreError};
+
+/// How many commands may wait in one counter's inbox before callers wait too.
+pub(crate) const INBOX_CAPACITY: usize = 1024;
+
+/// An update as sent: its version, and its JSON, serialized once and shared by every watcher
+/// and the writer's HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The counter's version after the update.
+    pub version: u64,
+    /// The update's JSON text.
+    pub json: Utf8Bytes,
+}
+
+impl Published {
+    /// Serializes the update that `entry` made to counter `name` (storage id `id`, created at
+    /// `created_at_ms`). Live broadcasts and replays from history both come through here, so a
+    /// replayed update is byte for byte the one first broadcast.
+    pub(crate) fn new(
+        name: &CounterName,
+        id: i64,
+        created_at_ms: i64,
+        entry: &HistoryRecord,
+    ) -> Self {
+        let timestamp = clock::format_ms(entry.at_ms);
+        let update = Update {
+            kind: entry.kind,
+            value: entry.value,
+            previous_value: entry.previous_value,
+            version: entry.version,
+            metadata: Metadata {
+                id: Some(id),
+                name: name.to_string(),
+                value: entry.value,
+                created_at: Some(clock::format_ms(created_at_ms)),
+                updated_at: Some(timestamp.clone()),
+                operation_count: entry.version,
+            },
+            timestamp,
+        };
+        let json = tally_proto::ServerMessage::Update(update).to_json();
+        Self { version: entry.version, json: Utf8Bytes::from(json) }
+    }
+}
+
+/// A counter's committed state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CounterState {
+    /// Storage id; `None` until the first write.
+    pub id: Option<i64>,
+    /// The value.
+    pub value: i64,
+    /// The number of operations applied.
+    pub version: u64,
+    /// When the first write was committed.
+    pub created_at_ms: Option<i64>,
+    /// When the latest write was committed.
+    pub updated_at_ms: Option<i64>,
+}
+
+impl CounterState {
+    fn from_record(record: CounterRecord) -> Self {
+        Self {
+            id: Some(record.id),
+            value: record.value,
+            version: record.version,
+            created_at_ms: Some(record.created_at_ms),
+            updated_at_ms: Some(record.updated_at_ms),
+        }
+    }
+
+    /// The counter's metadata in the seed's shape.
+    pub fn metadata(&self, name: &CounterName) -> Metadata {
+        Metadata {
+            id: self.id,
+            name: name.to_string(),
+            value: self.value,
+            created_at: self.created_at_ms.map(clock::format_ms),
+            updated_at: self.updated_at_ms.map(clock::format_ms),
+            operation_count: self.version,
+        }
+    }
+
+    /// A snapshot of this state, taken now.
+    pub fn snapshot(&self, name: &CounterName, resync: bool) -> Snapshot {
+        Snapshot {
+            value: self.value,
+            version: self.version,
+            metadata: self.metadata(name),
+            timestamp: clock::format_ms(clock::now_ms()),
+            resync,
+        }
+    }
+}
+
+/// Why a command to a counter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The operation was refused (its result would be out of range); nothing was stored.
+    #[error(transparent)]
+    Rejected(#[from] ProtocolError),
+    /// Storage failed; nothing of the operation is stored.
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+    /// The counter's actor stopped before taking the command (it hibernated); the command was not
+    /// applied and may be sent again to a fresh actor.
+    #[error("the counter's actor has stopped")]
+    Retired,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl ApplyError {
+    /// The wire error this becomes.
+    pub fn to_protocol(&self) -> ProtocolError {
+        match self {
+            ApplyError::Rejected(error) => error.clone(),
+            ApplyError::Store(error) => ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!("storage is unavailable, nothing was stored: {error}"),
+            ),
+            ApplyError::Retired | ApplyError::ShuttingDown => ProtocolError::new(
+                ErrorCode::Unavailable,
+                "the server is shutting down; try again shortly",
+            ),
+        }
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ApplyError>>;
+
+/// What a counter's actor can be asked.
+enum Command {
+    /// Apply an operation; answered once it is committed.
+    Apply { op: Op, received: Instant, respond_to: Reply<Published> },
+    /// The committed state.
+    Read { respond_to: Reply<CounterState> },
+    /// The committed state and a subscription to later updates, in one step, so that no update
+    /// can fall between them.
+    Watch { respond_to: Reply<(CounterState, broadcast::Receiver<Published>)> },
+}
+
+impl Command {
+    /// Answers with `error` without doing anything.
+    fn refuse(self, error: impl Fn() -> ApplyError) {
+        // The caller may have left; that is normal.
+        let _ = match self {
+            Command::Apply { respond_to, .. } => respond_to.send(Err(error())).map_err(drop),
+            Command::Read { respond_to } => respond_to.send(Err(error())).map_err(drop),
+            Command::Watch { respond_to } => respond_to.send(Err(error())).map_err(drop),
+        };
+    }
+}
+
+/// A cheap, cloneable way to reach one counter's actor.
+#[derive(Debug, Clone)]
+pub struct CounterHandle {
+    inbox: mpsc::Sender<Command>,
+}
+
+impl CounterHandle {
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ApplyError> {
+        let (respond_to, answer) = oneshot::channel();
+        // A closed inbox means the actor hibernated before taking the command: not applied.
+        self.inbox.send(command(respond_to)).await.map_err(|_| ApplyError::Retired)?;
+        // The actor answers every command it takes (it has no panicking path); a dropped reply
+        // can only come from the runtime shutting down.
+        answer.await.map_err(|_| ApplyError::ShuttingDown)?
+    }
+
+    /// Applies `op`; answers with the update once it is durable and broadcast.
+    pub(crate) async fn apply(&self, op: Op) -> Result<Published, ApplyError> {
+        let received = Instant::now();
+        self.ask(|respond_to| Command::Apply { op, received, respond_to }).await
+    }
+
+    /// The committed state.
+    pub(crate) async fn read(&self) -> Result<CounterState, ApplyError> {
+        self.ask(|respond_to| Command::Read { respond_to }).await
+    }
+
+    /// The committed state and a subscription to every later update.
+    pub(crate) async fn watch(
+        &self,
+    ) -> Result<(CounterState, broadcast::Receiver<Published>), ApplyError> {
+        self.ask(|respond_to| Command::Watch { respond_to }).await
+    }
+}
+
+/// An operation waiting for its batch.
+struct PendingOp {
+    op: Op,
+    received: Instant,
+    respond_to: Reply<Published>,
+}
+
+/// The batch being committed: each entry with the caller waiting for it.
+struct InFlight {
+    entries: Vec<(HistoryRecord, PendingOp)>,
+}
+
+type Commit = Pin<Box<dyn Future<Output = Result<i64, StoreError>> + Send>>;
+
+/// Owns one counter's state. Only this actor changes it.
+struct CounterActor {
+    name: CounterName,
+    /// Tells this actor's registration apart from a later actor's for the same name.
+    generation: u64,
+    /// The committed state: what is on disk.
+    state: CounterState,
+    store: Arc<dyn Store>,
+    registry: Registry,
+    /// The counter's broadcast channel, taken from the registry on the first watch; it outlives
+    /// the actor while watchers hold receivers, so watchers survive hibernation.
+    topic: Option<broadcast::Sender<Published>>,
+    /// Operations that arrived while a batch was being committed.
+    pending: Vec<PendingOp>,
+    /// Set after a failed commit: the next batch first reloads the state from storage.
+    reload: bool,
+}
+
+/// Starts the actor of `name` on the registry's task tracker and returns its handle.
+pub(crate) fn spawn(
+    name: CounterName,
+    generation: u64,
+    topic: Option<broadcast::Sender<Published>>,
+    registry: Registry,
+) -> CounterHandle {
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
+    let actor = CounterActor {
+        name,
+        generation,
+        state: CounterState::default(),
+        store: registry.store(),
+        registry: registry.clone(),
+        topic,
+        pending: Vec::new(),
+        reload: true,
+    };
+    registry.tracker().spawn(run(actor, inbox_rx));
+    CounterHandle { inbox: inbox_tx }
+}
+
+async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
+    let metrics = actor.registry.metrics();
+    metrics.counters_in_memory.inc();
+    let idle_timeout = actor.registry.config().idle_timeout;
+    let mut commit: Option<Commit> = None;
+    let mut in_flight: Option<InFlight> = None;
+    let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
+    // Set when every handle is gone (the registry shut down): finish what was taken, then stop.
+    let mut handles_gone = false;
+
+    loop {
+        if actor.reload && commit.is_none() {
+            if let Err(error) = actor.reload().await {
+                tracing::error!(counter = %actor.name, %error, "cannot load counter");
+                // Nothing can be answered without the state: leave, so that the next request
+                // starts a fresh actor that tries again.
+                actor.registry.retire(&actor.name, actor.generation);
+                inbox.close();
+                for op in actor.pending.drain(..) {
+                    let _ = op.respond_to.send(Err(ApplyError::Store(StoreError::WriteFailed {
+                        reason: error.to_string(),
+                    })));
+                }
+                while let Some(command) = inbox.recv().await {
+                    command.refuse(|| {
+                        ApplyError::Store(StoreError::WriteFailed { reason: error.to_string() })
+                    });
+                }
+                break;
+            }
+            metrics.counter_loads.inc();
+        }
+        if commit.is_none() && !actor.pending.is_empty() {
+            if let Some((batch, future)) = actor.start_batch() {
+                in_flight = Some(batch);
+                commit = Some(future);
+            }
+        }
+        let idle = commit.is_none() && actor.pending.is_empty();
+        if handles_gone && idle {
+            break;
+        }
+        tokio::select! {
+            command = inbox.recv(), if !handles_gone => match command {
+                Some(command) => {
+                    idle_deadline = tokio::time::Instant::now() + idle_timeout;
+                    actor.handle(command);
+                }
+                None => handles_gone = true,
+            },
+            // The branch is only polled while a commit is in flight, so the `expect` holds.
+            result = async { commit.as_mut().expect("a commit is in flight").await }, if commit.is_some() => {
+                commit = None;
+                idle_deadline = tokio::time::Instant::now() + idle_timeout;
+                if let Some(batch) = in_flight.take() {
+                    actor.finish_batch(batch, result);
+                }
+            }
+            () = sleep_until(idle_deadline), if idle && !handles_gone => {
+                actor.registry.retire(&actor.name, actor.generation);
+                actor.topic = None;
+                // Commands sent before the retirement are refused as `Retired` (not applied), so
+                // their callers go to the next actor; this one never writes again.
+                inbox.close();
+                while let Some(command) = inbox.recv().await {
+                    command.refuse(|| ApplyError::Retired);
+                }
+                metrics.counter_hibernations.inc();
+                tracing::debug!(counter = %actor.name, "counter hibernated");
+                break;
+            }
+        }
+    }
+    metrics.counters_in_memory.dec();
+}
+
+impl CounterActor {
+    async fn reload(&mut self) -> Result<(), StoreError> {
+        self.state = match self.store.load(&self.name).await? {
+            Some(record) => CounterState::from_record(record),
+            None => CounterState::default(),
+        };
+        self.reload = false;
+        tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
+        Ok(())
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Apply { op, received, respond_to } => {
+                self.pending.push(PendingOp { op, received, respond_to })
+            }
+            Command::Read { respond_to } => {
+                let _ = respond_to.send(Ok(self.state));
+            }
+            Command::Watch { respond_to } => {
+                let topic = self.topic.get_or_insert_with(|| self.registry.topic(&self.name));
+                let _ = respond_to.send(Ok((self.state, topic.subscribe())));
+            }
+        }
+    }
+
+    /// Applies every pending operation to a copy of the state and starts committing them.
+    /// Operations whose result would be out of range are refused here and left out.
+    fn start_batch(&mut self) -> Option<(InFlight, Commit)> {
+        let at_ms = clock::now_ms();
+        let mut value = self.state.value;
+        let mut version = self.state.version;
+        let mut entries = Vec::with_capacity(self.pending.len());
+        for pending in self.pending.drain(..) {
+            match pending.op.apply(value) {
+                Ok(next) => {
+                    version += 1;
+                    let entry = HistoryRecord {
+                        version,
+                        kind: pending.op.kind(),
+                        amount: pending.op.amount(),
+                        previous_value: value,
+                        value: next,
+                        at_ms,
+                    };
+                    value = next;
+                    entries.push((entry, pending));
+                }
+                Err(error) => {
+                    let _ = pending.respond_to.send(Err(ApplyError::Rejected(error)));
+                }
+            }
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        let batch = AppendBatch {
+            name: self.name.clone(),
+            expected_version: self.state.version,
+            entries: entries.iter().map(|(entry, _)| *entry).collect(),
+        };
+        let store = Arc::clone(&self.store);
+        Some((InFlight { entries }, Box::pin(async move { store.append(batch).await })))
+    }
+
+    /// The batch is durable (or failed): broadcast and answer each operation in order.
+    fn finish_batch(&mut self, batch: InFlight, result: Result<i64, StoreError>) {
+        let id = match result {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(counter = %self.name, %error, "commit failed");
+                let reason = error.to_string();
+                for (_, pending) in batch.entries {
+                    let _ =
+                        pending.respond_to.send(Err(ApplyError::Store(StoreError::WriteFailed {
+                            reason: reason.clone(),
+                        })));
+                }
+                // Storage is the truth; read it again before building on it.
+                self.reload = true;
+                return;
+            }
+        };
+        let metrics = self.registry.metrics();
+        metrics.batch_operations.observe(batch.entries.len() as f64);
+        // `start_batch` never starts an empty batch, and all its entries share one timestamp.
+        let created_at_ms = *self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms);
+        self.state.id = Some(id);
+        let topic = self.topic.as_ref().filter(|topic| topic.receiver_count() > 0);
+        for (entry, pending) in batch.entries {
+            self.state.value = entry.value;
+            self.state.version = entry.version;
+            self.state.updated_at_ms = Some(entry.at_ms);
+            let published = Published::new(&self.name, id, created_at_ms, &entry);
+            if let Some(topic) = topic {
+                // An error only means every watcher left meanwhile.
+                let _ = topic.send(published.clone());
+            }
+            metrics.operation(entry.kind, pending.received.elapsed().as_secs_f64());
+            let _ = pending.respond_to.send(Ok(published));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP side: the router, the RPC handlers, `/metrics` and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tally_proto::limits::{HISTORY_PAGE_MAX, MAX_REQUEST_BODY_BYTES};
+use tally_proto::{
+    CounterName, Entry, ErrorBody, ErrorCode, HistoryPage, Procedure, ProtocolError, Request,
+    ValueAnswer,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock;
+use crate::config::Config;
+use crate::counter::ApplyError;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::{HistoryRecord, Store};
+use crate::ws;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The counters.
+    pub(crate) registry: Registry,
+    /// Storage, for history reads that need no actor.
+    pub(crate) store: Arc<dyn Store>,
+    /// What the server counts.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Settings.
+    pub(crate) config: Arc<Config>,
+    /// Cancelled when the server starts shutting down; every socket watches it.
+    pub(crate) shutdown: CancellationToken,
+    /// Every WebSocket task, so shutdown can wait for them (axum's graceful shutdown does not).
+    pub(crate) sockets: TaskTracker,
+}
+
+impl AppState {
+    /// State for a server over `store`.
+    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::new(Arc::clone(&store), Arc::clone(&metrics), config.clone());
+        Self {
+            registry,
+            store,
+            metrics,
+            config: Arc::new(config),
+            shutdown: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        }
+    }
+
+    /// Answers `error`, counting it; server faults are logged, client faults are not.
+    pub(crate) fn error_response(&self, error: &ProtocolError) -> Response {
+        self.metrics.error(error.code);
+        if !error.code.is_client_fault() {
+            tracing::warn!(code = %error.code, message = %error.message, "request failed");
+        }
+        let status = StatusCode::from_u16(error.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, json_body(&ErrorBody::from(error))).into_response()
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/rpc/{procedure}", post(rpc).fallback(rpc_wrong_method))
+        .route("/ws/counter/{name}", get(ws::upgrade))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .with_state(state)
+}
+
+/// A JSON answer from any serializable value.
+fn json_body<T: Serialize>(value: &T) -> Response {
+    // Our answer types are plain data and always serialize.
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    json_bytes(Bytes::from(text))
+}
+
+fn json_bytes(bytes: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+}
+
+async fn rpc(
+    State(state): State<AppState>,
+    Path(procedure): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match answer_rpc(&state, &procedure, &headers, body).await {
+        Ok(response) => response,
+        Err(error) => state.error_response(&error),
+    }
+}
+
+async fn answer_rpc(
+    state: &AppState,
+    procedure: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ProtocolError> {
+    let procedure = Procedure::from_path(procedure)?;
+    check_json_content_type(headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is over {MAX_REQUEST_BODY_BYTES} bytes, the most allowed"),
+            )
+        } else {
+            ProtocolError::new(
+                ErrorCode::BadJson,
+                format!("cannot read the request body: {rejection}"),
+            )
+        }
+    })?;
+    let to_protocol = |error: ApplyError| error.to_protocol();
+    Ok(match Request::parse(procedure, &body)? {
+        Request::Apply { name, op } => {
+            let published = state.registry.apply(&name, op).await.map_err(to_protocol)?;
+            json_bytes(Bytes::from(published.json))
+        }
+        Request::GetValue { name } => {
+            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
+            json_body(&ValueAnswer { value: counter.value, version: counter.version })
+        }
+        Request::GetMetadata { name } => {
+            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
+            json_body(&counter.metadata(&name))
+        }
+        Request::GetHistory { name, limit, before } => {
+            json_body(&history_page(state, &name, limit, before).await?)
+        }
+    })
+}
+
+/// Reads one page of history straight from storage: only committed operations are there, and
+/// every answered write is committed, so no actor is needed.
+async fn history_page(
+    state: &AppState,
+    name: &CounterName,
+    limit: u32,
+    before: Option<u64>,
+) -> Result<HistoryPage, ProtocolError> {
+    debug_assert!(limit <= HISTORY_PAGE_MAX);
+    // One more than asked tells whether older entries remain.
+    let mut records = state
+        .store
+        .history(name, before, limit + 1)
+        .await
+        .map_err(|error| ApplyError::Store(error).to_protocol())?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next = if more { records.last().map(|record| record.version) } else { None };
+    Ok(HistoryPage { entries: records.iter().map(entry).collect(), next })
+}
+
+fn entry(record: &HistoryRecord) -> Entry {
+    Entry {
+        version: record.version,
+        kind: record.kind,
+        amount: record.amount,
+        previous_value: record.previous_value,
+        value: record.value,
+        timestamp: clock::format_ms(record.at_ms),
+    }
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ProtocolError> {
+    let content_type =
+        headers.get(header::CONTENT_TYPE).map(|value| value.to_str().unwrap_or("(not text)"));
+    let essence = content_type.map(|value| value.split(';').next().unwrap_or_default().trim());
+    match essence {
+        Some(essence) if essence.eq_ignore_ascii_case("application/json") => Ok(()),
+        Some(_) | None => Err(ProtocolError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type is {}; allowed: application/json",
+                content_type.map_or_else(|| "missing".to_owned(), |value| format!("{value:?}"))
+            ),
+        )),
+    }
+}
+
+async fn rpc_wrong_method(State(state): State<AppState>, method: axum::http::Method) -> Response {
+    state.error_response(&ProtocolError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method {method} is not allowed on RPC paths; allowed: POST with a JSON body"),
+    ))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    #[derive(Serialize)]
+    struct Health {
+        status: &'static str,
+    }
+    json_body(&Health { status: "ok" })
+}

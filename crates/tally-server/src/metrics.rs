@@ -1,0 +1,150 @@
+//! What the server counts, served at `GET /metrics` in Prometheus text format.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tally_proto::{ErrorCode, OpKind};
+
+/// Labels an operation by its type.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OperationLabels {
+    operation: &'static str,
+}
+
+/// Labels an error by its code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ErrorLabels {
+    code: &'static str,
+}
+
+/// Labels a WebSocket close by its code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CloseLabels {
+    code: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 1.6 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+fn batch_histogram() -> Histogram {
+    // 1 to 4096 operations.
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
+/// Every metric, registered once. Cloning the handles inside is cheap (they are `Arc`s).
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) websockets_open: Gauge,
+    pub(crate) watchers: Gauge,
+    pub(crate) counters_in_memory: Gauge,
+    pub(crate) counter_loads: Counter,
+    pub(crate) counter_hibernations: Counter,
+    pub(crate) operations: Family<OperationLabels, Counter>,
+    pub(crate) operation_seconds: Family<OperationLabels, Histogram>,
+    pub(crate) batch_operations: Histogram,
+    pub(crate) errors: Family<ErrorLabels, Counter>,
+    pub(crate) websocket_closes: Family<CloseLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric under the `tally_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tally");
+        let metrics = Self {
+            websockets_open: Gauge::default(),
+            watchers: Gauge::default(),
+            counters_in_memory: Gauge::default(),
+            counter_loads: Counter::default(),
+            counter_hibernations: Counter::default(),
+            operations: Family::default(),
+            operation_seconds: Family::new_with_constructor(latency_histogram),
+            batch_operations: batch_histogram(),
+            errors: Family::default(),
+            websocket_closes: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "websockets_open",
+            "Open WebSocket connections",
+            metrics.websockets_open.clone(),
+        );
+        registry.register(
+            "watchers",
+            "WebSockets subscribed to a counter",
+            metrics.watchers.clone(),
+        );
+        registry.register(
+            "counters_in_memory",
+            "Counters with a live actor (not hibernated)",
+            metrics.counters_in_memory.clone(),
+        );
+        registry.register(
+            "counter_loads",
+            "Counters loaded from storage into memory",
+            metrics.counter_loads.clone(),
+        );
+        registry.register(
+            "counter_hibernations",
+            "Counters that left memory after --idle-timeout",
+            metrics.counter_hibernations.clone(),
+        );
+        registry.register(
+            "operations",
+            "Operations committed, by type",
+            metrics.operations.clone(),
+        );
+        registry.register(
+            "operation_duration_seconds",
+            "Time from an operation reaching its counter to its answer (commit included), by type",
+            metrics.operation_seconds.clone(),
+        );
+        registry.register(
+            "batch_operations",
+            "Operations of one counter committed together in one batch",
+            metrics.batch_operations.clone(),
+        );
+        registry.register("errors", "Errors answered, by code", metrics.errors.clone());
+        registry.register(
+            "websocket_closes",
+            "WebSockets closed by the server, by close code",
+            metrics.websocket_closes.clone(),
+        );
+        Self { registry, ..metrics }
+    }
+
+    /// Counts a committed operation and how long it took.
+    pub(crate) fn operation(&self, kind: OpKind, seconds: f64) {
+        let labels = OperationLabels { operation: kind.as_str() };
+        self.operations.get_or_create(&labels).inc();
+        self.operation_seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Counts an error answered with `code`.
+    pub(crate) fn error(&self, code: ErrorCode) {
+        self.errors.get_or_create(&ErrorLabels { code: code.as_str() }).inc();
+    }
+
+    /// Counts a socket closed by the server with `code`.
+    pub(crate) fn websocket_closed(&self, code: u16) {
+        self.websocket_closes.get_or_create(&CloseLabels { code }).inc();
+    }
+
+    /// Every metric in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

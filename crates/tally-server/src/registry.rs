@@ -1,0 +1,182 @@
+//! Finds the actor of a counter by name, starting one on first use, and keeps each counter's
+//! broadcast channel for as long as someone watches it, even while the counter hibernates.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use tally_proto::{CounterName, Op};
+use tokio::sync::broadcast;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::counter::{self, ApplyError, CounterHandle, CounterState, Published};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// How many times a command follows a counter to its next actor after the previous one
+/// hibernated under it. Hibernation takes `--idle-timeout` of silence, so one retry is almost
+/// always enough.
+const MAX_RETRIES: usize = 8;
+
+/// What the registry keeps per counter name.
+#[derive(Default)]
+struct Slot {
+    /// The live actor, with its generation; `None` while the counter hibernates.
+    actor: Option<(u64, CounterHandle)>,
+    /// The broadcast channel, created on the first watch and kept while anyone watches.
+    topic: Option<broadcast::Sender<Published>>,
+}
+
+struct Shared {
+    /// Sharded, so lookups of different counters do not contend; no shard lock is ever held
+    /// across an `.await`.
+    slots: DashMap<CounterName, Slot>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    next_generation: AtomicU64,
+    /// Every actor task, so shutdown can wait for them to finish their last commits.
+    actors: TaskTracker,
+    closed: AtomicBool,
+}
+
+/// The counters of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: Config) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                slots: DashMap::new(),
+                store,
+                metrics,
+                config,
+                next_generation: AtomicU64::new(1),
+                actors: TaskTracker::new(),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.shared.store)
+    }
+
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.shared.metrics)
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    pub(crate) fn tracker(&self) -> &TaskTracker {
+        &self.shared.actors
+    }
+
+    /// The handle of `name`'s actor, starting the actor if the counter is not in memory.
+    fn handle(&self, name: &CounterName) -> Result<CounterHandle, ApplyError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(ApplyError::ShuttingDown);
+        }
+        if let Some(slot) = self.shared.slots.get(name)
+            && let Some((_, handle)) = &slot.actor
+        {
+            return Ok(handle.clone());
+        }
+        let mut slot = self.shared.slots.entry(name.clone()).or_default();
+        if let Some((_, handle)) = &slot.actor {
+            return Ok(handle.clone());
+        }
+        let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
+        let handle = counter::spawn(name.clone(), generation, slot.topic.clone(), self.clone());
+        slot.actor = Some((generation, handle.clone()));
+        Ok(handle)
+    }
+
+    /// Sends a command to `name`'s actor, following the counter to a fresh actor if the one it
+    /// found hibernated before taking the command.
+    async fn with_actor<T, F, Fut>(&self, name: &CounterName, mut ask: F) -> Result<T, ApplyError>
+    where
+        F: FnMut(CounterHandle) -> Fut,
+        Fut: Future<Output = Result<T, ApplyError>>,
+    {
+        for _ in 0..MAX_RETRIES {
+            match ask(self.handle(name)?).await {
+                Err(ApplyError::Retired) => continue,
+                other => return other,
+            }
+        }
+        Err(ApplyError::Retired)
+    }
+
+    /// Applies `op` to counter `name`; answers once it is committed and broadcast.
+    ///
+    /// # Errors
+    /// `Rejected` for a result out of range; `Store` when storage failed; `ShuttingDown`.
+    pub async fn apply(&self, name: &CounterName, op: Op) -> Result<Published, ApplyError> {
+        self.with_actor(name, |handle| async move { handle.apply(op).await }).await
+    }
+
+    /// The committed state of counter `name` (its zero state if it was never written).
+    ///
+    /// # Errors
+    /// `Store` when the counter could not be loaded; `ShuttingDown`.
+    pub async fn read(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
+        self.with_actor(name, |handle| async move { handle.read().await }).await
+    }
+
+    /// The committed state of counter `name` and a subscription to its later updates.
+    /// Call [`Registry::unwatch`] after dropping the receiver.
+    ///
+    /// # Errors
+    /// `Store` when the counter could not be loaded; `ShuttingDown`.
+    pub async fn watch(
+        &self,
+        name: &CounterName,
+    ) -> Result<(CounterState, broadcast::Receiver<Published>), ApplyError> {
+        self.with_actor(name, |handle| async move { handle.watch().await }).await
+    }
+
+    /// Forgets `name`'s slot if nothing needs it any more: no actor, and no watcher.
+    pub fn unwatch(&self, name: &CounterName) {
+        self.shared.slots.remove_if(name, |_, slot| slot.actor.is_none() && !has_watchers(slot));
+    }
+
+    /// `name`'s broadcast channel, created on first use. Called by the counter's actor.
+    pub(crate) fn topic(&self, name: &CounterName) -> broadcast::Sender<Published> {
+        let mut slot = self.shared.slots.entry(name.clone()).or_default();
+        slot.topic
+            .get_or_insert_with(|| broadcast::channel(self.shared.config.watch_buffer.max(1)).0)
+            .clone()
+    }
+
+    /// Unregisters actor `generation` of `name`; called by the actor as it hibernates. The
+    /// slot stays while watchers hold its broadcast channel.
+    pub(crate) fn retire(&self, name: &CounterName, generation: u64) {
+        self.shared.slots.remove_if_mut(name, |_, slot| {
+            if slot.actor.as_ref().is_some_and(|(current, _)| *current == generation) {
+                slot.actor = None;
+            }
+            slot.actor.is_none() && !has_watchers(slot)
+        });
+    }
+
+    /// Stops taking commands, lets every actor finish its pending commits, and waits for them.
+    pub async fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Dropping every handle ends each actor's inbox; each finishes what it took, then stops.
+        self.shared.slots.clear();
+        self.shared.actors.close();
+        self.shared.actors.wait().await;
+    }
+}
+
+fn has_watchers(slot: &Slot) -> bool {
+    slot.topic.as_ref().is_some_and(|topic| topic.receiver_count() > 0)
+}

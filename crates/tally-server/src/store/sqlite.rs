@@ -1,0 +1,461 @@
+//! The embedded store: one SQLite file in WAL mode, written by one thread that commits
+//! everything waiting in one transaction (group commit), read through a small pool of
+//! read-only connections.
+//!
+//! `synchronous = FULL` makes every commit fsync the WAL, so an answered write survives power
+//! loss; batching is what keeps that from capping throughput at the disk's fsync rate.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tally_proto::{CounterName, OpKind};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AppendBatch, CounterRecord, HistoryRecord, Store, StoreError};
+
+/// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
+const APPLICATION_ID: i64 = 0x5441_4C59;
+/// The schema version this code writes and reads.
+const SCHEMA_VERSION: i64 = 1;
+/// How many appends one transaction takes at most, so one commit's latency stays bounded.
+const MAX_APPENDS_PER_COMMIT: usize = 4096;
+/// How many appends may wait for the writer before callers are made to wait.
+const WRITER_QUEUE: usize = 8192;
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many idle read connections are kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE counters (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    value INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE history (
+    counter_id INTEGER NOT NULL REFERENCES counters (id),
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER,
+    previous_value INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (counter_id, version)
+) WITHOUT ROWID;
+";
+
+/// Settings of the SQLite store.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    /// How many of the most recent operations are kept per counter (at least 1).
+    pub history_limit: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self { history_limit: 10_000 }
+    }
+}
+
+/// A request to the writer thread.
+enum WriterMessage {
+    Append {
+        batch: AppendBatch,
+        respond_to: oneshot::Sender<Result<i64, StoreError>>,
+    },
+    /// Commit what is queued, then stop; answered once the thread is done with the file.
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    /// The database file.
+    path: PathBuf,
+    /// Queue of the single writer thread, which owns the only write connection.
+    writer: mpsc::Sender<WriterMessage>,
+    /// Read-only connections for history reads and loads, which WAL lets run beside the writer.
+    readers: Arc<ReaderPool>,
+    /// Held for the store's life: an exclusive lock on `<database>.lock`, so that two servers
+    /// never write one file (each would believe it alone orders the counters).
+    _lock: File,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the folder is missing or not writable, another Tally server
+    /// holds the file, or the file is not a Tally database (corrupt, or another program's).
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
+        let lock_path = lock_path(path);
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| {
+                open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
+            })?;
+        lock.try_lock().map_err(|_| {
+            open_error(format!(
+                "another Tally server is using it (it holds {})",
+                lock_path.display()
+            ))
+        })?;
+
+        let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
+        prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
+
+        let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
+        let history_limit = options.history_limit.max(1);
+        thread::Builder::new()
+            .name("tally-sqlite-writer".into())
+            .spawn(move || run_writer(conn, inbox, history_limit))
+            .map_err(|error| open_error(format!("cannot start the writer thread: {error}")))?;
+
+        Ok(Self {
+            path: path.to_owned(),
+            writer,
+            readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            _lock: lock,
+        })
+    }
+
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, rusqlite::Error> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.with(read))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+fn describe_open_error(error: &rusqlite::Error) -> String {
+    match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "the file is not a SQLite database (corrupt, or another program's file); move it away or choose another --database".into()
+        }
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::PermissionDenied) => {
+            format!("{error}; the file and its folder must be writable")
+        }
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            format!("{error}; another program holds a lock on the file")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// Checks the file is Tally's (or empty), creates the schema, and sets durable WAL mode.
+fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let application_id: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+    let objects: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+    if application_id == 0 && objects == 0 {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    } else if application_id != APPLICATION_ID {
+        return Err(foreign(
+            "it is a SQLite database of another program (its application_id is not Tally's); Tally will not write to it",
+        ));
+    } else {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(foreign(
+                "it was written by another version of Tally (schema version differs)",
+            ));
+        }
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn foreign(reason: &'static str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+        Some(reason.to_owned()),
+    )
+}
+
+/// The writer thread: takes everything queued, commits it in one transaction, answers each.
+fn run_writer(mut conn: Connection, mut inbox: mpsc::Receiver<WriterMessage>, history_limit: u64) {
+    let mut appends = Vec::new();
+    let mut closing = None;
+    while closing.is_none() {
+        // `None` means every sender is gone: nobody can append any more.
+        let Some(first) = inbox.blocking_recv() else { break };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                WriterMessage::Append { batch, respond_to } => appends.push((batch, respond_to)),
+                WriterMessage::Close { done } => closing = Some(done),
+            }
+            if appends.len() < MAX_APPENDS_PER_COMMIT && closing.is_none() {
+                next = inbox.try_recv().ok();
+            }
+        }
+        if !appends.is_empty() {
+            let results = commit(&mut conn, appends.iter().map(|(batch, _)| batch), history_limit);
+            for ((_, respond_to), result) in appends.drain(..).zip(results) {
+                // The caller may have gone away; the write is committed all the same.
+                let _ = respond_to.send(result);
+            }
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// Commits every batch in one transaction. A batch refused on its own (a version conflict) is
+/// rolled back to its savepoint without harming the others; a failed commit fails them all.
+fn commit<'a>(
+    conn: &mut Connection,
+    batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
+    history_limit: u64,
+) -> Vec<Result<i64, StoreError>> {
+    let count = batches.len();
+    // rusqlite's error is not Clone, so each waiting writer gets the reason in words.
+    let fail_all = |error: &rusqlite::Error| -> Vec<Result<i64, StoreError>> {
+        (0..count).map(|_| Err(StoreError::WriteFailed { reason: error.to_string() })).collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => return fail_all(&error),
+    };
+    let mut results = Vec::with_capacity(count);
+    for batch in batches {
+        let result = (|| {
+            let mut savepoint = tx.savepoint()?;
+            let id = append_one(&savepoint, batch, history_limit)?;
+            savepoint.set_drop_behavior(rusqlite::DropBehavior::Commit);
+            drop(savepoint);
+            Ok(id)
+        })();
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(error) => fail_all(&error),
+    }
+}
+
+fn append_one(
+    conn: &Connection,
+    batch: &AppendBatch,
+    history_limit: u64,
+) -> Result<i64, StoreError> {
+    let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) else {
+        return Err(StoreError::Conflict {
+            name: batch.name.to_string(),
+            expected: batch.expected_version,
+            found: batch.expected_version,
+        });
+    };
+    let stored: Option<(i64, u64)> = conn
+        .prepare_cached("SELECT id, version FROM counters WHERE name = ?1")?
+        .query_row([batch.name.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let id = match stored {
+        None if batch.expected_version == 0 => {
+            conn.prepare_cached(
+                "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![batch.name.as_str(), last.value, last.version, first.at_ms, last.at_ms])?;
+            conn.last_insert_rowid()
+        }
+        Some((id, version)) if version == batch.expected_version => {
+            conn.prepare_cached(
+                "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, last.value, last.version, last.at_ms])?;
+            id
+        }
+        other => {
+            return Err(StoreError::Conflict {
+                name: batch.name.to_string(),
+                expected: batch.expected_version,
+                found: other.map_or(0, |(_, version)| version),
+            });
+        }
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for entry in &batch.entries {
+        insert.execute(params![
+            id,
+            entry.version,
+            entry.kind.as_str(),
+            entry.amount,
+            entry.previous_value,
+            entry.value,
+            entry.at_ms
+        ])?;
+    }
+    if last.version > history_limit {
+        conn.prepare_cached("DELETE FROM history WHERE counter_id = ?1 AND version <= ?2")?
+            .execute(params![id, last.version - history_limit])?;
+    }
+    Ok(id)
+}
+
+/// Read-only connections, opened on demand and kept for reuse. Written by hand: a pool crate
+/// would pin the rusqlite version, and this needs no more than a locked stack.
+struct ReaderPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReaderPool {
+    fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                conn
+            }
+        };
+        let result = read(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        Ok(result?)
+    }
+}
+
+fn history_row(row: &rusqlite::Row<'_>) -> Result<HistoryRecord, rusqlite::Error> {
+    let kind: String = row.get(1)?;
+    Ok(HistoryRecord {
+        version: row.get(0)?,
+        kind: OpKind::from_name(&kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                format!("unknown operation {kind:?}").into(),
+            )
+        })?,
+        amount: row.get(2)?,
+        previous_value: row.get(3)?,
+        value: row.get(4)?,
+        at_ms: row.get(5)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = ?1",
+            )?
+            .query_row([name.as_str()], |row| {
+                Ok(CounterRecord {
+                    id: row.get(0)?,
+                    value: row.get(1)?,
+                    version: row.get(2)?,
+                    created_at_ms: row.get(3)?,
+                    updated_at_ms: row.get(4)?,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<i64, StoreError> {
+        let (respond_to, answer) = oneshot::channel();
+        self.writer
+            .send(WriterMessage::Append { batch, respond_to })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn history(
+        &self,
+        name: &CounterName,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let name = name.clone();
+        let before = before.map_or(i64::MAX, |before| i64::try_from(before).unwrap_or(i64::MAX));
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms
+                 FROM history h JOIN counters c ON c.id = h.counter_id
+                 WHERE c.name = ?1 AND h.version < ?2 ORDER BY h.version DESC LIMIT ?3",
+            )?
+            .query_map(params![name.as_str(), before, limit], history_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn history_range(
+        &self,
+        name: &CounterName,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms
+                 FROM history h JOIN counters c ON c.id = h.counter_id
+                 WHERE c.name = ?1 AND h.version > ?2 AND h.version <= ?3 ORDER BY h.version ASC",
+            )?
+            .query_map(params![name.as_str(), after, up_to], history_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.writer.send(WriterMessage::Close { done }).await.is_ok() {
+            // An error means the thread already ended, which is what we wait for.
+            let _ = finished.await;
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

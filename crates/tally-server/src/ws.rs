@@ -1,0 +1,390 @@
+//! The WebSocket side: `GET /ws/counter/{name}[?since=V]`, one task per socket.
+//!
+//! A socket first gets a snapshot (or, resuming with `since`, a `resumed` marker and the missed
+//! updates from history), then every update of the counter as its actor broadcasts it. The
+//! broadcast channel is the socket's bounded queue: a watcher that falls more than
+//! `--watch-buffer` updates behind, or whose send stalls for `--send-timeout`, is closed with
+//! 4000 and resumes with `since`, so a slow watcher never slows anyone else.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
+use tally_proto::{
+    ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed, ServerMessage, WsError,
+    close,
+};
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
+
+use crate::clock;
+use crate::counter::{ApplyError, CounterState, Published};
+use crate::http::AppState;
+
+/// tungstenite reads into a 128 KiB buffer by default; client messages are at most 4 KiB.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Updates are written once this much is buffered, or at the end of each burst (we flush).
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// Past this, a socket's write buffer refuses more (only reached when writes keep failing).
+const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// How many queued updates one wake-up writes before flushing.
+const MAX_BURST: usize = 64;
+/// How long a close frame may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The query string of a watch.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WatchQuery {
+    since: Option<String>,
+}
+
+/// Validates the request, then upgrades it to a socket watched by a task on the tracker.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let name = match CounterName::parse(&name) {
+        Ok(name) => name,
+        Err(error) => return state.error_response(&error),
+    };
+    let since = match query.map(|Query(query)| query.since) {
+        Ok(None) => None,
+        Ok(Some(text)) => match text.parse::<u64>() {
+            Ok(since) => Some(since),
+            Err(_) => {
+                return state.error_response(&ProtocolError::new(
+                    ErrorCode::InvalidField,
+                    format!("since is {text:?}; allowed: a version, a whole number >= 0"),
+                ));
+            }
+        },
+        Err(rejection) => {
+            return state.error_response(&ProtocolError::new(
+                ErrorCode::InvalidField,
+                format!("bad query string: {rejection}"),
+            ));
+        }
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+        .on_upgrade(move |socket| {
+            let sockets = state.sockets.clone();
+            sockets.track_future(serve(state, socket, name, since))
+        })
+        .into_response()
+}
+
+/// Why a session ended.
+enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer is gone: just drop the connection.
+    Drop,
+    /// A send stalled for `--send-timeout`: the peer stopped reading, so a close frame could not
+    /// get through either; counted as a 4000 close and dropped.
+    Stalled,
+}
+
+/// One socket, from upgrade to close.
+async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Option<u64>) {
+    state.metrics.websockets_open.inc();
+    let mut session =
+        Session { socket, last_version: 0, last_heard: Instant::now(), state: state.clone() };
+    let end = if state.shutdown.is_cancelled() {
+        End::Close(close::SERVICE_RESTART, "server is shutting down".into())
+    } else {
+        match state.registry.watch(&name).await {
+            Ok((counter, updates)) => {
+                state.metrics.watchers.inc();
+                let end = session.watch(&name, counter, updates, since).await;
+                state.metrics.watchers.dec();
+                // The receiver is gone now; the counter's channel may be too.
+                state.registry.unwatch(&name);
+                end
+            }
+            Err(ApplyError::ShuttingDown | ApplyError::Retired) => {
+                End::Close(close::SERVICE_RESTART, "server is shutting down".into())
+            }
+            Err(error) => {
+                let error = error.to_protocol();
+                let _ = session.send_error(&error).await;
+                End::Close(close::INTERNAL_ERROR, "cannot load the counter".into())
+            }
+        }
+    };
+    match end {
+        End::Close(code, reason) => session.close(code, reason).await,
+        End::Stalled => state.metrics.websocket_closed(close::SLOW_CONSUMER),
+        End::Drop => {}
+    }
+    state.metrics.websockets_open.dec();
+}
+
+struct Session {
+    socket: WebSocket,
+    /// The version of the last update sent; nothing at or below it is sent again.
+    last_version: u64,
+    /// When the peer last sent anything (a message, a ping or a pong).
+    last_heard: Instant,
+    state: AppState,
+}
+
+impl Session {
+    async fn watch(
+        &mut self,
+        name: &CounterName,
+        counter: CounterState,
+        mut updates: broadcast::Receiver<Published>,
+        since: Option<u64>,
+    ) -> End {
+        if let Err(end) = self.start(name, counter, since).await {
+            return end;
+        }
+        let ping_interval = self.state.config.ping_interval;
+        let mut ping_timer =
+            tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        ping_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shutdown = self.state.shutdown.clone();
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
+                incoming = self.socket.recv() => self.on_incoming(incoming).await,
+                update = updates.recv() => self.on_update(update, &mut updates).await,
+                _ = ping_timer.tick() => self.on_ping_timer(ping_interval).await,
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends the first messages: a snapshot, or for a resume the missed updates.
+    async fn start(
+        &mut self,
+        name: &CounterName,
+        counter: CounterState,
+        since: Option<u64>,
+    ) -> Result<(), End> {
+        let resync = match since {
+            None => false,
+            Some(since) if since > counter.version => true,
+            Some(since) => match self.replay(name, counter, since).await? {
+                Some(replay) => {
+                    let resumed =
+                        ServerMessage::Resumed(Resumed { since, version: counter.version });
+                    self.feed(Utf8Bytes::from(resumed.to_json())).await?;
+                    for published in replay {
+                        self.feed(published.json).await?;
+                    }
+                    self.last_version = counter.version;
+                    return self.flush().await;
+                }
+                None => true,
+            },
+        };
+        let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync));
+        self.last_version = counter.version;
+        self.feed(Utf8Bytes::from(snapshot.to_json())).await?;
+        self.flush().await
+    }
+
+    /// The updates after `since` up to the counter's version, or `None` if history no longer
+    /// holds all of them.
+    async fn replay(
+        &mut self,
+        name: &CounterName,
+        counter: CounterState,
+        since: u64,
+    ) -> Result<Option<Vec<Published>>, End> {
+        let (Some(id), Some(created_at_ms)) = (counter.id, counter.created_at_ms) else {
+            // Never written: version 0, so `since` is 0 too and nothing is missing.
+            return Ok(Some(Vec::new()));
+        };
+        if since == counter.version {
+            return Ok(Some(Vec::new()));
+        }
+        let records = match self.state.store.history_range(name, since, counter.version).await {
+            Ok(records) => records,
+            Err(error) => {
+                let error = ApplyError::Store(error).to_protocol();
+                let _ = self.send_error(&error).await;
+                return Err(End::Close(
+                    close::INTERNAL_ERROR,
+                    "cannot read history; reconnect later".into(),
+                ));
+            }
+        };
+        let complete = records.len() as u64 == counter.version - since
+            && records.first().is_some_and(|record| record.version == since + 1);
+        Ok(complete.then(|| {
+            records.iter().map(|record| Published::new(name, id, created_at_ms, record)).collect()
+        }))
+    }
+
+    async fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), End> {
+        let message = match incoming {
+            None => return Err(End::Drop),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                return Err(if is_message_too_big(&error) {
+                    End::Close(
+                        close::MESSAGE_TOO_BIG,
+                        format!("message over {MAX_CLIENT_MESSAGE_BYTES} bytes"),
+                    )
+                } else {
+                    End::Drop
+                });
+            }
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => match ClientMessage::parse(&text) {
+                Ok(ClientMessage::Ping) => {
+                    let pong =
+                        ServerMessage::Pong(Pong { timestamp: clock::format_ms(clock::now_ms()) });
+                    self.send(Utf8Bytes::from(pong.to_json())).await
+                }
+                Err(error) => self.send_error(&error).await,
+            },
+            Message::Binary(_) => {
+                let error = ProtocolError::new(
+                    ErrorCode::BadJson,
+                    "binary messages are not accepted; send JSON text such as {\"type\":\"ping\"}",
+                );
+                self.send_error(&error).await
+            }
+            // tungstenite answers pings itself; pongs only tell us the peer is alive.
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(End::Drop),
+        }
+    }
+
+    /// Sends `first` and whatever else is already queued, then flushes once.
+    async fn on_update(
+        &mut self,
+        first: Result<Published, RecvError>,
+        updates: &mut broadcast::Receiver<Published>,
+    ) -> Result<(), End> {
+        let mut next = Some(first);
+        let mut sent = 0;
+        while let Some(received) = next.take() {
+            match received {
+                Ok(published) => {
+                    if published.version > self.last_version {
+                        self.last_version = published.version;
+                        self.feed(published.json).await?;
+                        sent += 1;
+                    }
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    return Err(End::Close(
+                        close::SLOW_CONSUMER,
+                        format!(
+                            "fell {missed} updates behind; reconnect with since={}",
+                            self.last_version
+                        ),
+                    ));
+                }
+                Err(RecvError::Closed) => {
+                    return Err(End::Close(
+                        close::SERVICE_RESTART,
+                        "server is restarting; reconnect with since".into(),
+                    ));
+                }
+            }
+            if sent < MAX_BURST {
+                next = match updates.try_recv() {
+                    Ok(published) => Some(Ok(published)),
+                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                        Some(Err(RecvError::Lagged(missed)))
+                    }
+                    Err(
+                        broadcast::error::TryRecvError::Empty
+                        | broadcast::error::TryRecvError::Closed,
+                    ) => None,
+                };
+            }
+        }
+        self.flush().await
+    }
+
+    async fn on_ping_timer(&mut self, ping_interval: Duration) -> Result<(), End> {
+        let quiet = self.last_heard.elapsed();
+        if quiet >= ping_interval * 2 {
+            return Err(End::Close(close::PING_TIMEOUT, "no answer to pings".into()));
+        }
+        if quiet >= ping_interval {
+            self.send_message(Message::Ping(Default::default())).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_error(&mut self, error: &ProtocolError) -> Result<(), End> {
+        self.state.metrics.error(error.code);
+        let message = ServerMessage::Error(WsError::from(error));
+        self.send(Utf8Bytes::from(message.to_json())).await
+    }
+
+    async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.send_message(Message::Text(text)).await
+    }
+
+    async fn send_message(&mut self, message: Message) -> Result<(), End> {
+        let send_timeout = self.state.config.send_timeout;
+        stalled_or_failed(timeout(send_timeout, self.socket.send(message)).await)
+    }
+
+    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        use futures_util::SinkExt;
+        let send_timeout = self.state.config.send_timeout;
+        stalled_or_failed(timeout(send_timeout, self.socket.feed(Message::Text(text))).await)
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        use futures_util::SinkExt;
+        let send_timeout = self.state.config.send_timeout;
+        stalled_or_failed(timeout(send_timeout, self.socket.flush()).await)
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        self.state.metrics.websocket_closed(code);
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let _ = timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// A failed send means the peer is gone; a stalled one that it stopped reading.
+fn stalled_or_failed(
+    result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), End> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Drop),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
+fn is_message_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
