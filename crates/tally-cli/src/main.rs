@@ -53,7 +53,8 @@ struct ServeArgs {
     #[arg(long, env = "TALLY_WATCH_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
     watch_buffer: u32,
 
-    /// How long a send to a watcher may stall before the watcher is dropped as too slow.
+    /// How long a send to a watcher may stall before its connection is dropped as too slow (the
+    /// client sees it end without a close frame and resumes with `since`).
     #[arg(long, env = "TALLY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     send_timeout: Duration,
 
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
 }
 
 #[tokio::main]
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let store =
         SqliteStore::open(&args.database, SqliteOptions { history_limit: args.history_limit })?;
     let listener = TcpListener::bind(&args.listen)

@@ -216,7 +216,10 @@ impl ClientMessage {
     /// string `type`; `unknown_message_type` for a type the server does not know.
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|error| {
-            ProtocolError::new(ErrorCode::BadJson, format!("message is not valid JSON: {error}"))
+            ProtocolError::new(
+                ErrorCode::BadJson,
+                format!("message is not valid JSON ({error}); send a JSON object such as {{\"type\":\"ping\"}}"),
+            )
         })?;
         let Some(tag) = value.get("type").and_then(|t| t.as_str()) else {
             return Err(ProtocolError::new(

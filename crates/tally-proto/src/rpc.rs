@@ -354,10 +354,10 @@ mod tests {
     use super::*;
 
     #[track_caller]
-    fn check(procedure: &str, body: &str, expect: Result<Request, ErrorCode>) {
+    fn check(procedure: &str, body: &str, expect: &Result<Request, ErrorCode>) {
         let procedure = Procedure::from_path(procedure).unwrap();
         let got = Request::parse(procedure, body.as_bytes()).map_err(|error| error.code);
-        assert_eq!(got, expect, "{body}");
+        assert_eq!(&got, expect, "{body}");
     }
 
     fn name(text: &str) -> CounterName {
@@ -370,60 +370,60 @@ mod tests {
         check(
             "counter.increment",
             r#"{"name":"a"}"#,
-            Ok(Request::Apply { name: a(), op: Op::Increment(1) }),
+            &Ok(Request::Apply { name: a(), op: Op::Increment(1) }),
         );
         check(
             "counter.increment",
             r#"{"name":"a","amount":5.0}"#,
-            Ok(Request::Apply { name: a(), op: Op::Increment(5) }),
+            &Ok(Request::Apply { name: a(), op: Op::Increment(5) }),
         );
         check(
             "counter.decrement",
             r#"{"name":"a","amount":null}"#,
-            Ok(Request::Apply { name: a(), op: Op::Decrement(1) }),
+            &Ok(Request::Apply { name: a(), op: Op::Decrement(1) }),
         );
         check(
             "counter.setValue",
             r#"{"name":"a","value":-9007199254740991}"#,
-            Ok(Request::Apply { name: a(), op: Op::SetValue(-MAX_SAFE_INTEGER) }),
+            &Ok(Request::Apply { name: a(), op: Op::SetValue(-MAX_SAFE_INTEGER) }),
         );
-        check("counter.reset", r#"{"name":"a"}"#, Ok(Request::Apply { name: a(), op: Op::Reset }));
+        check("counter.reset", r#"{"name":"a"}"#, &Ok(Request::Apply { name: a(), op: Op::Reset }));
         check(
             "counter.getHistory",
             r#"{"name":"a"}"#,
-            Ok(Request::GetHistory { name: a(), limit: 50, before: None }),
+            &Ok(Request::GetHistory { name: a(), limit: 50, before: None }),
         );
         check(
             "counter.getHistory",
             r#"{"name":"a","limit":1000,"before":7}"#,
-            Ok(Request::GetHistory { name: a(), limit: 1000, before: Some(7) }),
+            &Ok(Request::GetHistory { name: a(), limit: 1000, before: Some(7) }),
         );
     }
 
     #[test]
     fn invalid_requests() {
         use ErrorCode::*;
-        check("counter.increment", r#"{"name":"a""#, Err(BadJson));
-        check("counter.increment", r#"{}"#, Err(InvalidField));
-        check("counter.increment", r#"{"name":"a","amout":2}"#, Err(InvalidField));
-        check("counter.increment", r#"{"name":5}"#, Err(InvalidField));
-        check("counter.increment", r#"{"name":"a","amount":"2"}"#, Err(InvalidField));
-        check("counter.increment", r#"{"name":""}"#, Err(InvalidName));
-        check("counter.increment", r#"{"name":"a","amount":0}"#, Err(InvalidAmount));
-        check("counter.increment", r#"{"name":"a","amount":-3}"#, Err(InvalidAmount));
-        check("counter.increment", r#"{"name":"a","amount":1.5}"#, Err(InvalidAmount));
-        check("counter.increment", r#"{"name":"a","amount":9007199254740992}"#, Err(OutOfRange));
-        check("counter.increment", r#"{"name":"a","amount":1e300}"#, Err(OutOfRange));
+        check("counter.increment", r#"{"name":"a""#, &Err(BadJson));
+        check("counter.increment", r#"{}"#, &Err(InvalidField));
+        check("counter.increment", r#"{"name":"a","amout":2}"#, &Err(InvalidField));
+        check("counter.increment", r#"{"name":5}"#, &Err(InvalidField));
+        check("counter.increment", r#"{"name":"a","amount":"2"}"#, &Err(InvalidField));
+        check("counter.increment", r#"{"name":""}"#, &Err(InvalidName));
+        check("counter.increment", r#"{"name":"a","amount":0}"#, &Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":-3}"#, &Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":1.5}"#, &Err(InvalidAmount));
+        check("counter.increment", r#"{"name":"a","amount":9007199254740992}"#, &Err(OutOfRange));
+        check("counter.increment", r#"{"name":"a","amount":1e300}"#, &Err(OutOfRange));
         check(
             "counter.increment",
             r#"{"name":"a","amount":18446744073709551615}"#,
-            Err(OutOfRange),
+            &Err(OutOfRange),
         );
-        check("counter.setValue", r#"{"name":"a"}"#, Err(InvalidField));
-        check("counter.setValue", r#"{"name":"a","value":9007199254740992}"#, Err(OutOfRange));
-        check("counter.getHistory", r#"{"name":"a","limit":0}"#, Err(InvalidLimit));
-        check("counter.getHistory", r#"{"name":"a","limit":1001}"#, Err(InvalidLimit));
-        check("counter.getHistory", r#"{"name":"a","before":0}"#, Err(InvalidField));
+        check("counter.setValue", r#"{"name":"a"}"#, &Err(InvalidField));
+        check("counter.setValue", r#"{"name":"a","value":9007199254740992}"#, &Err(OutOfRange));
+        check("counter.getHistory", r#"{"name":"a","limit":0}"#, &Err(InvalidLimit));
+        check("counter.getHistory", r#"{"name":"a","limit":1001}"#, &Err(InvalidLimit));
+        check("counter.getHistory", r#"{"name":"a","before":0}"#, &Err(InvalidField));
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub struct Config {
     pub ping_interval: Duration,
     /// How many updates a watcher may fall behind before it is closed with 4000 (slow consumer).
     pub watch_buffer: usize,
-    /// How long one send to a watcher may stall before it is closed with 4000.
+    /// How long one send to a watcher may stall before the connection is dropped (a close frame
+    /// could not get through a stalled connection either; counted as a 4000 close).
     pub send_timeout: Duration,
     /// How long shutdown waits for sockets to close after telling them to.
     pub shutdown_grace: Duration,

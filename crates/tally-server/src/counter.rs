@@ -246,7 +246,7 @@ pub(crate) fn spawn(
     name: CounterName,
     generation: u64,
     topic: Option<broadcast::Sender<Published>>,
-    registry: Registry,
+    registry: &Registry,
 ) -> CounterHandle {
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let actor = CounterActor {
@@ -295,11 +295,12 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             }
             metrics.counter_loads.inc();
         }
-        if commit.is_none() && !actor.pending.is_empty() {
-            if let Some((batch, future)) = actor.start_batch() {
-                in_flight = Some(batch);
-                commit = Some(future);
-            }
+        if commit.is_none()
+            && !actor.pending.is_empty()
+            && let Some((batch, future)) = actor.start_batch()
+        {
+            in_flight = Some(batch);
+            commit = Some(future);
         }
         let idle = commit.is_none() && actor.pending.is_empty();
         if handles_gone && idle {

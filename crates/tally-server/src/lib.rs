@@ -25,6 +25,7 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -51,6 +52,12 @@ pub async fn run(
     let registry = state.registry.clone();
 
     let signal_token = token.clone();
+    // Updates are small and latency matters more than packet count: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         signal_token.cancel();

@@ -94,7 +94,7 @@ impl Registry {
             return Ok(handle.clone());
         }
         let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
-        let handle = counter::spawn(name.clone(), generation, slot.topic.clone(), self.clone());
+        let handle = counter::spawn(name.clone(), generation, slot.topic.clone(), self);
         slot.actor = Some((generation, handle.clone()));
         Ok(handle)
     }

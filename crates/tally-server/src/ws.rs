@@ -46,7 +46,7 @@ pub(crate) async fn upgrade(
     State(state): State<AppState>,
     Path(name): Path<String>,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let name = match CounterName::parse(&name) {
         Ok(name) => name,
@@ -69,6 +69,10 @@ pub(crate) async fn upgrade(
                 format!("bad query string: {rejection}"),
             ));
         }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
     };
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -97,8 +101,13 @@ enum End {
 /// One socket, from upgrade to close.
 async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Option<u64>) {
     state.metrics.websockets_open.inc();
-    let mut session =
-        Session { socket, last_version: 0, last_heard: Instant::now(), state: state.clone() };
+    let mut session = Session {
+        socket,
+        last_version: 0,
+        heard: false,
+        ping_outstanding: false,
+        state: state.clone(),
+    };
     let end = if state.shutdown.is_cancelled() {
         End::Close(close::SERVICE_RESTART, "server is shutting down".into())
     } else {
@@ -111,7 +120,7 @@ async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Opt
                 state.registry.unwatch(&name);
                 end
             }
-            Err(ApplyError::ShuttingDown | ApplyError::Retired) => {
+            Err(ApplyError::ShuttingDown) => {
                 End::Close(close::SERVICE_RESTART, "server is shutting down".into())
             }
             Err(error) => {
@@ -133,8 +142,10 @@ struct Session {
     socket: WebSocket,
     /// The version of the last update sent; nothing at or below it is sent again.
     last_version: u64,
-    /// When the peer last sent anything (a message, a ping or a pong).
-    last_heard: Instant,
+    /// Whether the peer sent anything (a message, a ping or a pong) since the last ping tick.
+    heard: bool,
+    /// Whether a ping was sent and nothing has been heard since.
+    ping_outstanding: bool,
     state: AppState,
 }
 
@@ -160,7 +171,7 @@ impl Session {
                 () = shutdown.cancelled() => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
                 incoming = self.socket.recv() => self.on_incoming(incoming).await,
                 update = updates.recv() => self.on_update(update, &mut updates).await,
-                _ = ping_timer.tick() => self.on_ping_timer(ping_interval).await,
+                _ = ping_timer.tick() => self.on_ping_timer().await,
             };
             if let Err(end) = step {
                 return end;
@@ -249,7 +260,8 @@ impl Session {
                 });
             }
         };
-        self.last_heard = Instant::now();
+        self.heard = true;
+        self.ping_outstanding = false;
         match message {
             Message::Text(text) => match ClientMessage::parse(&text) {
                 Ok(ClientMessage::Ping) => {
@@ -268,7 +280,11 @@ impl Session {
             }
             // tungstenite answers pings itself; pongs only tell us the peer is alive.
             Message::Ping(_) | Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(End::Drop),
+            Message::Close(_) => {
+                // tungstenite queued the close reply; flushing sends it, completing the handshake.
+                let _ = self.flush().await;
+                Err(End::Drop)
+            }
         }
     }
 
@@ -321,15 +337,18 @@ impl Session {
         self.flush().await
     }
 
-    async fn on_ping_timer(&mut self, ping_interval: Duration) -> Result<(), End> {
-        let quiet = self.last_heard.elapsed();
-        if quiet >= ping_interval * 2 {
+    /// Once per ping interval: a peer heard from since the last tick is fine; a silent one is
+    /// pinged; one still silent a whole interval after its ping is closed.
+    async fn on_ping_timer(&mut self) -> Result<(), End> {
+        if std::mem::take(&mut self.heard) {
+            self.ping_outstanding = false;
+            return Ok(());
+        }
+        if self.ping_outstanding {
             return Err(End::Close(close::PING_TIMEOUT, "no answer to pings".into()));
         }
-        if quiet >= ping_interval {
-            self.send_message(Message::Ping(Default::default())).await?;
-        }
-        Ok(())
+        self.ping_outstanding = true;
+        self.send_message(Message::Ping(Default::default())).await
     }
 
     async fn send_error(&mut self, error: &ProtocolError) -> Result<(), End> {
@@ -371,8 +390,7 @@ fn stalled_or_failed(
     result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
 ) -> Result<(), End> {
     match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Drop),
+        Ok(sent) => sent.map_err(|_| End::Drop),
         Err(_) => Err(End::Stalled),
     }
 }

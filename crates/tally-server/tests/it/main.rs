@@ -1,1 +1,8 @@
-//! x
+//! Integration tests: the real server on an ephemeral port, spoken to over real HTTP and
+//! WebSocket connections, storing in a real SQLite file.
+
+mod bad_input;
+mod harness;
+mod hibernation;
+mod rpc;
+mod watch;

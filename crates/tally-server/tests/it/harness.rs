@@ -1,0 +1,352 @@
+//! A real server on an ephemeral loopback port, and real HTTP and WebSocket clients for it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tally_proto::ServerMessage;
+use tally_server::{Config, SqliteOptions, SqliteStore};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for something that should happen at once before failing.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+pub(crate) struct TestServer {
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    http: reqwest::Client,
+}
+
+/// A config with the defaults, except what tests need shorter.
+pub(crate) fn test_config() -> Config {
+    Config { shutdown_grace: Duration::from_secs(2), ..Config::default() }
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::start_with(test_config(), SqliteOptions::default()).await
+    }
+
+    pub(crate) async fn start_with(config: Config, options: SqliteOptions) -> Self {
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, options).await
+    }
+
+    /// Starts a server on the database inside `dir` (kept across restarts).
+    pub(crate) async fn start_in(dir: TempDir, config: Config, options: SqliteOptions) -> Self {
+        let store = SqliteStore::open(&dir.path().join("tally.db"), options).expect("open store");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tally_server::run(listener, Arc::new(store), config, async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, dir, stop: Some(stop), task: Some(task), http: reqwest::Client::new() }
+    }
+
+    pub(crate) fn db_path(&self) -> PathBuf {
+        self.dir.path().join("tally.db")
+    }
+
+    /// Shuts the server down as SIGTERM would and waits for `run` to return; gives back the
+    /// folder with the database.
+    pub(crate) async fn stop(mut self) -> TempDir {
+        self.stop_in_place().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub(crate) async fn stop_in_place(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(PATIENCE, task).await.expect("server stops in time");
+            result.expect("server task").expect("run returns Ok");
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` to `/rpc/counter.<procedure>`; returns the status and the parsed answer.
+    pub(crate) async fn call(&self, procedure: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(&format!("/rpc/counter.{procedure}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is JSON: {text:?}")))
+    }
+
+    /// Like `call`, but the answer must be 200; returns its raw text.
+    pub(crate) async fn call_text(&self, procedure: &str, body: Value) -> String {
+        let response = self
+            .http
+            .post(self.url(&format!("/rpc/counter.{procedure}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, 200, "{procedure} {body} answered {text}");
+        text
+    }
+
+    /// Like `call`, but the answer must be 200.
+    pub(crate) async fn ok(&self, procedure: &str, body: Value) -> Value {
+        let (status, answer) = self.call(procedure, body.clone()).await;
+        assert_eq!(status, 200, "{procedure} {body} answered {answer}");
+        answer
+    }
+
+    pub(crate) async fn increment(&self, name: &str, amount: i64) -> Value {
+        self.ok("increment", serde_json::json!({"name": name, "amount": amount})).await
+    }
+
+    pub(crate) async fn value(&self, name: &str) -> (i64, u64) {
+        let answer = self.ok("getValue", serde_json::json!({"name": name})).await;
+        (answer["value"].as_i64().expect("value"), answer["version"].as_u64().expect("version"))
+    }
+
+    /// Raw HTTP request with any method, content type and body.
+    pub(crate) async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let mut request = self.http.request(method, self.url(path)).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("request");
+        (response.status().as_u16(), response.text().await.expect("body"))
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `tally_counters_in_memory` or
+    /// `tally_errors_total{code="invalid_name"}`; 0 when absent.
+    pub(crate) async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map_or(0.0, |value| value.trim().parse().expect("metric value"))
+    }
+
+    /// Waits until `sample` reads `expected` (metrics change a moment after the event).
+    pub(crate) async fn wait_for_metric(&self, sample: &str, expected: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(sample).await;
+            if value == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} stayed {value}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn watch(&self, name: &str) -> Watcher {
+        Watcher::connect(&format!("ws://{}/ws/counter/{name}", self.addr)).await
+    }
+
+    pub(crate) async fn watch_since(&self, name: &str, since: u64) -> Watcher {
+        Watcher::connect(&format!("ws://{}/ws/counter/{name}?since={since}", self.addr)).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A WebSocket client watching one counter.
+pub(crate) struct Watcher {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a watch ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// A close frame with this code.
+    Closed(u16),
+    /// The connection ended without a close frame.
+    Dropped,
+}
+
+impl Watcher {
+    pub(crate) async fn connect(url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|error| panic!("connect {url}: {error}"));
+        Self { socket }
+    }
+
+    /// The next text message, as sent.
+    pub(crate) async fn next_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("a message in time")
+                .expect("socket open")
+                .expect("message");
+            match message {
+                Message::Text(text) => return text.to_string(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+
+    pub(crate) async fn next(&mut self) -> ServerMessage {
+        let text = self.next_text().await;
+        ServerMessage::from_json(&text).unwrap_or_else(|error| panic!("{error}: {text}"))
+    }
+
+    /// The next message, which must be an update; returns its version and raw text.
+    pub(crate) async fn next_update(&mut self) -> (u64, String) {
+        let text = self.next_text().await;
+        match ServerMessage::from_json(&text) {
+            Ok(ServerMessage::Update(update)) => (update.version, text),
+            other => panic!("expected an update, got {other:?}"),
+        }
+    }
+
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        self.socket.send(Message::text(text)).await.expect("send");
+    }
+
+    pub(crate) async fn send(&mut self, message: Message) {
+        self.socket.send(message).await.expect("send");
+    }
+
+    /// Reads until the socket ends, skipping other messages; says how it ended.
+    pub(crate) async fn ended(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(PATIENCE, self.socket.next())
+                .await
+                .expect("the socket ends in time")
+            {
+                Some(Ok(Message::Close(frame))) => {
+                    return Ended::Closed(frame.map_or(1005, |frame| u16::from(frame.code)));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ended::Dropped,
+            }
+        }
+    }
+
+    pub(crate) async fn close(mut self) {
+        let _ = self
+            .socket
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}
+
+/// A WebSocket peer that completes the handshake and then reads nothing unless asked, and
+/// never answers pings: what a hung or stalled client looks like to the server. Its receive
+/// buffer is small, so a server writing to it fills the connection quickly.
+pub(crate) struct SilentPeer {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+impl SilentPeer {
+    pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("small receive buffer");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("handshake");
+        let mut buffered = Vec::new();
+        let header_end = loop {
+            let mut chunk = [0_u8; 1024];
+            let read = stream.read(&mut chunk).await.expect("read handshake");
+            assert!(read > 0, "server closed during the handshake");
+            buffered.extend_from_slice(&chunk[..read]);
+            if let Some(end) = buffered.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buffered[..header_end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        buffered.drain(..header_end);
+        Self { stream, buffered }
+    }
+
+    /// Reads frames until a close frame (its code) or the end of the connection (`None`).
+    pub(crate) async fn wait_for_close_code(&mut self) -> Option<u16> {
+        loop {
+            while let Some((opcode, payload, used)) = parse_frame(&self.buffered) {
+                self.buffered.drain(..used);
+                if opcode == 0x8 {
+                    return payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]]));
+                }
+            }
+            let mut chunk = vec![0_u8; 64 * 1024];
+            let read = tokio::time::timeout(
+                PATIENCE,
+                tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk),
+            )
+            .await
+            .expect("the server ends the connection in time");
+            match read {
+                Ok(0) | Err(_) => return None,
+                Ok(read) => self.buffered.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+}
+
+/// One unmasked server frame at the start of `bytes`: opcode, payload, bytes used.
+fn parse_frame(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    let (length, start) = match second & 0x7f {
+        126 => (u16::from_be_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize, 4),
+        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize, 10),
+        short => (short as usize, 2),
+    };
+    let payload = bytes.get(start..start + length)?.to_vec();
+    Some((first & 0x0f, payload, start + length))
+}

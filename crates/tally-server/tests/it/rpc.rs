@@ -1,0 +1,175 @@
+//! The seven RPC procedures against a real server.
+
+use serde_json::{Value, json};
+use tally_server::SqliteOptions;
+
+use crate::harness::{TestServer, test_config};
+
+#[tokio::test]
+async fn increment_answers_the_seed_update_plus_version() {
+    let server = TestServer::start().await;
+    let first = server.increment("likes", 41).await;
+    let second = server.ok("increment", json!({"name": "likes"})).await;
+
+    assert_eq!(first["type"], "increment");
+    assert_eq!(first["version"], 1);
+    assert_eq!(second["value"], 42);
+    assert_eq!(second["previousValue"], 41);
+    assert_eq!(second["version"], 2);
+    let metadata = &second["metadata"];
+    assert_eq!(metadata["name"], "likes");
+    assert_eq!(metadata["value"], 42);
+    assert_eq!(metadata["operationCount"], 2);
+    assert_eq!(metadata["id"], first["metadata"]["id"]);
+    assert_eq!(metadata["createdAt"], first["timestamp"]);
+    assert_eq!(metadata["updatedAt"], second["timestamp"]);
+    let timestamp = second["timestamp"].as_str().expect("timestamp");
+    // RFC 3339 UTC with milliseconds: 2025-01-15T12:00:00.000Z
+    assert_eq!(timestamp.len(), 24, "{timestamp}");
+    assert!(timestamp.ends_with('Z') && timestamp.as_bytes()[19] == b'.', "{timestamp}");
+}
+
+#[tokio::test]
+async fn every_operation_and_read() {
+    let server = TestServer::start().await;
+    server.increment("stock", 10).await;
+    let decrement = server.ok("decrement", json!({"name": "stock", "amount": 3})).await;
+    assert_eq!(
+        (decrement["type"].clone(), decrement["value"].clone()),
+        (json!("decrement"), json!(7))
+    );
+    let set = server.ok("setValue", json!({"name": "stock", "value": -5})).await;
+    assert_eq!(
+        (set["type"].clone(), set["value"].clone(), set["previousValue"].clone()),
+        (json!("setValue"), json!(-5), json!(7))
+    );
+    let reset = server.ok("reset", json!({"name": "stock"})).await;
+    assert_eq!(
+        (reset["type"].clone(), reset["value"].clone(), reset["version"].clone()),
+        (json!("reset"), json!(0), json!(4))
+    );
+    server.ok("decrement", json!({"name": "stock"})).await;
+
+    assert_eq!(server.value("stock").await, (-1, 5));
+    let metadata = server.ok("getMetadata", json!({"name": "stock"})).await;
+    assert_eq!(metadata["value"], -1);
+    assert_eq!(metadata["operationCount"], 5);
+    assert!(metadata["id"].is_i64());
+
+    let history = server.ok("getHistory", json!({"name": "stock"})).await;
+    let summary: Vec<(u64, String, Option<i64>, i64, i64)> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| {
+            (
+                entry["version"].as_u64().unwrap(),
+                entry["type"].as_str().unwrap().to_owned(),
+                entry["amount"].as_i64(),
+                entry["previousValue"].as_i64().unwrap(),
+                entry["value"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (5, "decrement".into(), Some(1), 0, -1),
+            (4, "reset".into(), None, -5, 0),
+            (3, "setValue".into(), None, 7, -5),
+            (2, "decrement".into(), Some(3), 10, 7),
+            (1, "increment".into(), Some(10), 0, 10),
+        ]
+    );
+    assert!(history.get("next").is_none(), "no older entries remain: {history}");
+}
+
+#[tokio::test]
+async fn history_pages_newest_first_with_next() {
+    let server = TestServer::start().await;
+    for _ in 0..7 {
+        server.increment("pages", 1).await;
+    }
+    let mut before: Option<Value> = None;
+    let mut pages = Vec::new();
+    loop {
+        let mut body = json!({"name": "pages", "limit": 3});
+        if let Some(before) = &before {
+            body["before"] = before.clone();
+        }
+        let page = server.ok("getHistory", body).await;
+        let versions: Vec<u64> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect();
+        pages.push(versions);
+        match page.get("next") {
+            Some(next) => before = Some(next.clone()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![vec![7, 6, 5], vec![4, 3, 2], vec![1]]);
+}
+
+#[tokio::test]
+async fn a_counter_never_written_reads_as_zero_and_stores_nothing() {
+    let server = TestServer::start().await;
+    assert_eq!(server.value("ghost").await, (0, 0));
+    let metadata = server.ok("getMetadata", json!({"name": "ghost"})).await;
+    assert_eq!(
+        metadata,
+        json!({"id": null, "name": "ghost", "value": 0, "createdAt": null, "updatedAt": null, "operationCount": 0})
+    );
+    let history = server.ok("getHistory", json!({"name": "ghost"})).await;
+    assert_eq!(history, json!({"entries": []}));
+
+    let db = rusqlite::Connection::open(server.db_path()).expect("open db");
+    let rows: i64 =
+        db.query_row("SELECT count(*) FROM counters", [], |row| row.get(0)).expect("count");
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn history_keeps_only_the_most_recent_operations() {
+    let server = TestServer::start_with(test_config(), SqliteOptions { history_limit: 5 }).await;
+    for _ in 0..8 {
+        server.increment("short", 1).await;
+    }
+    let history = server.ok("getHistory", json!({"name": "short", "limit": 100})).await;
+    let versions: Vec<u64> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![8, 7, 6, 5, 4]);
+    assert_eq!(server.value("short").await, (8, 8));
+}
+
+#[tokio::test]
+async fn counters_are_isolated() {
+    let server = TestServer::start().await;
+    server.increment("a", 1).await;
+    server.increment("b", 100).await;
+    server.increment("a", 1).await;
+    assert_eq!(server.value("a").await, (2, 2));
+    assert_eq!(server.value("b").await, (100, 1));
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let server = TestServer::start().await;
+    server.increment("m", 1).await;
+    server.call("increment", json!({"name": ""})).await;
+    assert_eq!(server.metric("tally_operations_total{operation=\"increment\"}").await, 1.0);
+    assert_eq!(server.metric("tally_errors_total{code=\"invalid_name\"}").await, 1.0);
+    assert_eq!(
+        server.metric("tally_operation_duration_seconds_count{operation=\"increment\"}").await,
+        1.0
+    );
+    assert_eq!(server.metric("tally_counters_in_memory").await, 1.0);
+    let (status, body) = server.raw(reqwest::Method::GET, "/healthz", None, Vec::new()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+}
