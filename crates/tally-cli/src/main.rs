@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: HTTP RPC at /rpc/counter.<procedure>, WebSocket at /ws/counter/{name},
+    /// Run the server: HTTP RPC at /rpc/counter.{procedure}, WebSocket at /ws/counter/{name},
     /// Prometheus metrics at /metrics.
     Serve(ServeArgs),
 }
@@ -40,7 +40,8 @@ struct ServeArgs {
     #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     idle_timeout: Duration,
 
-    /// Ping a WebSocket quiet for this long; close it after twice as long without an answer.
+    /// Each interval, ping every WebSocket that sent nothing during it; close one (4001) that
+    /// stays silent through the next interval too.
     #[arg(long, env = "TALLY_PING_INTERVAL", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
     ping_interval: Duration,
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct Config {
     /// A counter nobody touched for this long leaves memory (hibernates); its watchers stay.
     pub idle_timeout: Duration,
-    /// A socket quiet for this long is pinged; one quiet for twice as long is closed.
+    /// Each interval, a socket that sent nothing during it is pinged; one still silent at the
+    /// next tick is closed with 4001.
     pub ping_interval: Duration,
     /// How many updates a watcher may fall behind before it is closed with 4000 (slow consumer).
     pub watch_buffer: usize,

@@ -1,6 +1,6 @@
 //! One actor per counter: the only code that changes a counter.
 //!
-//! A [`CounterHandle`] sends [`Command`]s to the counter's `CounterActor`, which applies them one
+//! A [`CounterHandle`] sends `Command`s to the counter's `CounterActor`, which applies them one
 //! at a time in arrival order. Writes are committed in batches: while one batch is being
 //! committed, new operations queue up, and they become the next batch the moment the first is
 //! durable. Each batch goes commit → broadcast → reply, so an answer or an update is only ever

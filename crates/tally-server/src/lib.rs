@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
-//! - [`ws`]: one task per WebSocket: snapshot or resume, then live updates.
+//! - `ws`: one task per WebSocket: snapshot or resume, then live updates.
 //! - [`registry`]: name → counter actor, started on first use; keeps broadcast channels.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
 //! - [`store`]: the storage interface and its SQLite implementation (the only SQL).

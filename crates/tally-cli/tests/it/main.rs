@@ -1,1 +1,7 @@
-//! x
+//! End-to-end tests of the real `tally` binary: started as a process, stopped with signals or
+//! killed with SIGKILL, restarted on the same SQLite file.
+
+mod durability;
+mod process;
+mod serve;
+mod tidy;

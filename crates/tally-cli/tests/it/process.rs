@@ -1,0 +1,137 @@
+//! Runs `tally serve` as a child process and talks to it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a test waits for something that should happen at once.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running `tally serve`.
+pub(crate) struct Tally {
+    child: Child,
+    pub(crate) addr: SocketAddr,
+    /// Every line the server wrote to stderr after its start line (in a mutex so that a
+    /// `Tally` can be shared between tasks).
+    pub(crate) log: std::sync::Mutex<mpsc::Receiver<String>>,
+    http: reqwest::Client,
+}
+
+pub(crate) fn tally() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+}
+
+impl Tally {
+    /// Starts `tally serve` on a free port with its database at `database`.
+    pub(crate) fn start(database: &Path, extra: &[&str]) -> Self {
+        let mut child = tally()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(database)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tally");
+        let stderr = child.stderr.take().expect("stderr");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let addr = loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("tally did not log its start line; status {:?}", child.try_wait()));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split(',').next().expect("address");
+                assert!(line.contains("storing counters in"), "{line}");
+                break addr.parse().expect("socket address");
+            }
+        };
+        Self { child, addr, log: std::sync::Mutex::new(lines), http: reqwest::Client::new() }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub(crate) fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tally did not exit in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the server has logged since its start line (or since the last call).
+    pub(crate) fn drain_log(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").try_iter().collect()
+    }
+
+    pub(crate) async fn call(&self, procedure: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
+        let response = self
+            .http
+            .post(format!("http://{}/rpc/counter.{procedure}", self.addr))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let answer = response.json().await?;
+        Ok((status, answer))
+    }
+
+    pub(crate) async fn ok(&self, procedure: &str, body: Value) -> Value {
+        let (status, answer) = self.call(procedure, body.clone()).await.expect("request");
+        assert_eq!(status, 200, "{procedure} {body}: {answer}");
+        answer
+    }
+
+    /// The whole kept history of `name`, oldest first, paging with `next`.
+    pub(crate) async fn history(&self, name: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut before: Option<Value> = None;
+        loop {
+            let mut body = serde_json::json!({"name": name, "limit": 1000});
+            if let Some(before) = &before {
+                body["before"] = before.clone();
+            }
+            let page = self.ok("getHistory", body).await;
+            entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            match page.get("next") {
+                Some(next) => before = Some(next.clone()),
+                None => break,
+            }
+        }
+        entries.reverse();
+        entries
+    }
+}
+
+impl Drop for Tally {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
