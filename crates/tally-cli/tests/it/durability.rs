@@ -20,7 +20,10 @@ async fn restart_keeps_every_counter_with_its_metadata_and_history() {
     let names = ["likes", "seats", "votes"];
     let mut before = Vec::new();
     for name in names {
-        before.push((server.ok("getMetadata", json!({"name": name})).await, server.history(name).await));
+        before.push((
+            server.ok("getMetadata", json!({"name": name})).await,
+            server.history(name).await,
+        ));
     }
     server.signal("TERM");
     assert_eq!(server.wait().code(), Some(0));
@@ -80,18 +83,32 @@ async fn sigkill_under_write_load_loses_no_answered_write() {
     let server = Tally::start(&database, &[]);
     for name in COUNTERS {
         let history = server.history(name).await;
-        let versions: Vec<u64> = history.iter().map(|entry| entry["version"].as_u64().expect("version")).collect();
+        let versions: Vec<u64> =
+            history.iter().map(|entry| entry["version"].as_u64().expect("version")).collect();
         let expected: Vec<u64> = (1..=versions.len() as u64).collect();
         assert_eq!(versions, expected, "{name}: versions have a gap");
-        let stored: BTreeMap<u64, &Value> = history.iter().map(|entry| (entry["version"].as_u64().unwrap_or(0), &entry["value"])).collect();
+        let stored: BTreeMap<u64, &Value> = history
+            .iter()
+            .map(|entry| (entry["version"].as_u64().unwrap_or(0), &entry["value"]))
+            .collect();
         let mut running = 0;
         for entry in &history {
-            assert_eq!(entry["previousValue"].as_i64(), Some(running), "{name}: history does not chain");
+            assert_eq!(
+                entry["previousValue"].as_i64(),
+                Some(running),
+                "{name}: history does not chain"
+            );
             running = entry["value"].as_i64().expect("value");
         }
-        for ((counter, version), value) in answered.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX)) {
+        for ((counter, version), value) in
+            answered.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX))
+        {
             assert_eq!(counter, name);
-            assert_eq!(stored.get(version).and_then(|v| v.as_i64()), Some(*value), "{name}: answered version {version} lost");
+            assert_eq!(
+                stored.get(version).and_then(|v| v.as_i64()),
+                Some(*value),
+                "{name}: answered version {version} lost"
+            );
         }
         let current = server.ok("getValue", json!({"name": name})).await;
         assert_eq!(current["value"].as_i64(), Some(running), "{name}");

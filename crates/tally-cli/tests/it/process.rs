@@ -52,7 +52,9 @@ impl Tally {
         let addr = loop {
             let line = lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("tally did not log its start line; status {:?}", child.try_wait()));
+                .unwrap_or_else(|_| {
+                    panic!("tally did not log its start line; status {:?}", child.try_wait())
+                });
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split(',').next().expect("address");
                 assert!(line.contains("storing counters in"), "{line}");
@@ -68,7 +70,11 @@ impl Tally {
 
     /// Sends `signal` (e.g. "TERM", "KILL") to the server.
     pub(crate) fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success(), "kill -{signal} failed");
     }
 
@@ -89,7 +95,11 @@ impl Tally {
         self.log.lock().expect("log lock").try_iter().collect()
     }
 
-    pub(crate) async fn call(&self, procedure: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
+    pub(crate) async fn call(
+        &self,
+        procedure: &str,
+        body: Value,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let response = self
             .http
             .post(format!("http://{}/rpc/counter.{procedure}", self.addr))

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).expect("read dir").map(|entry| entry.expect("entry").path()) {
+    for entry in std::fs::read_dir(dir).expect("read dir").map(|entry| entry.expect("entry").path())
+    {
         let name = entry.file_name().and_then(|name| name.to_str()).unwrap_or_default();
         if entry.is_dir() && !matches!(name, "target" | "node_modules" | ".git") {
             rust_files(&entry, found);
