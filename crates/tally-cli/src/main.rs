@@ -37,7 +37,7 @@ struct ServeArgs {
     database: PathBuf,
 
     /// A counter nobody touched for this long leaves memory; its watchers stay connected.
-    #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
     idle_timeout: Duration,
 
     /// Each interval, ping every WebSocket that sent nothing during it; close one (4001) that

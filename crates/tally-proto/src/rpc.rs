@@ -302,7 +302,7 @@ fn integer(field: &str, number: &Number, not_integer: ErrorCode) -> Result<i64, 
         // In range and whole, so the cast is exact.
         float as i64
     };
-    if whole.abs() > MAX_SAFE_INTEGER {
+    if !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&whole) {
         return Err(out_of_range());
     }
     Ok(whole)
@@ -421,6 +421,7 @@ mod tests {
         );
         check("counter.setValue", r#"{"name":"a"}"#, &Err(InvalidField));
         check("counter.setValue", r#"{"name":"a","value":9007199254740992}"#, &Err(OutOfRange));
+        check("counter.setValue", r#"{"name":"a","value":-9223372036854775808}"#, &Err(OutOfRange));
         check("counter.getHistory", r#"{"name":"a","limit":0}"#, &Err(InvalidLimit));
         check("counter.getHistory", r#"{"name":"a","limit":1001}"#, &Err(InvalidLimit));
         check("counter.getHistory", r#"{"name":"a","before":0}"#, &Err(InvalidField));

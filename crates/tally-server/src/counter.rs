@@ -22,6 +22,9 @@ use crate::store::{AppendBatch, CounterRecord, HistoryRecord, Store, StoreError}
 
 /// How many commands may wait in one counter's inbox before callers wait too.
 pub(crate) const INBOX_CAPACITY: usize = 1024;
+/// How many operations may wait for the next batch; past this the actor stops taking commands
+/// from its inbox until the commit in flight is done, so the inbox pushes back on callers.
+const MAX_PENDING: usize = 4096;
 
 /// An update as sent: its version, and its JSON, serialized once and shared by every watcher
 /// and the writer's HTTP answer.
@@ -269,7 +272,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
     let idle_timeout = actor.registry.config().idle_timeout;
     let mut commit: Option<Commit> = None;
     let mut in_flight: Option<InFlight> = None;
-    let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
+    let mut idle_deadline = deadline_after(idle_timeout);
     // Set when every handle is gone (the registry shut down): finish what was taken, then stop.
     let mut handles_gone = false;
 
@@ -307,9 +310,9 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             break;
         }
         tokio::select! {
-            command = inbox.recv(), if !handles_gone => match command {
+            command = inbox.recv(), if !handles_gone && actor.pending.len() < MAX_PENDING => match command {
                 Some(command) => {
-                    idle_deadline = tokio::time::Instant::now() + idle_timeout;
+                    idle_deadline = deadline_after(idle_timeout);
                     actor.handle(command);
                 }
                 None => handles_gone = true,
@@ -317,7 +320,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             // The branch is only polled while a commit is in flight, so the `expect` holds.
             result = async { commit.as_mut().expect("a commit is in flight").await }, if commit.is_some() => {
                 commit = None;
-                idle_deadline = tokio::time::Instant::now() + idle_timeout;
+                idle_deadline = deadline_after(idle_timeout);
                 if let Some(batch) = in_flight.take() {
                     actor.finish_batch(batch, result);
                 }
@@ -338,6 +341,13 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         }
     }
     metrics.counters_in_memory.dec();
+}
+
+/// `after` from now, or far in the future if that overflows (an enormous --idle-timeout).
+fn deadline_after(after: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 impl CounterActor {

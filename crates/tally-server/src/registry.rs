@@ -93,6 +93,11 @@ impl Registry {
         if let Some((_, handle)) = &slot.actor {
             return Ok(handle.clone());
         }
+        // Checked again under the slot's lock: `shutdown` sets `closed` before it clears the
+        // map, so no actor can be started behind its back.
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(ApplyError::ShuttingDown);
+        }
         let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
         let handle = counter::spawn(name.clone(), generation, slot.topic.clone(), self);
         slot.actor = Some((generation, handle.clone()));

@@ -23,6 +23,7 @@ use tokio::time::{Instant, MissedTickBehavior, timeout};
 use crate::clock;
 use crate::counter::{ApplyError, CounterState, Published};
 use crate::http::AppState;
+use crate::store::HistoryRecord;
 
 /// tungstenite reads into a 128 KiB buffer by default; client messages are at most 4 KiB.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
@@ -32,6 +33,8 @@ const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// How many queued updates one wake-up writes before flushing.
 const MAX_BURST: usize = 64;
+/// How many history entries a resume reads and sends at a time.
+const REPLAY_PAGE: u64 = 500;
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -189,57 +192,78 @@ impl Session {
         let resync = match since {
             None => false,
             Some(since) if since > counter.version => true,
-            Some(since) => match self.replay(name, counter, since).await? {
-                Some(replay) => {
-                    let resumed =
-                        ServerMessage::Resumed(Resumed { since, version: counter.version });
-                    self.feed(Utf8Bytes::from(resumed.to_json())).await?;
-                    for published in replay {
-                        self.feed(published.json).await?;
-                    }
-                    self.last_version = counter.version;
-                    return self.flush().await;
-                }
-                None => true,
-            },
+            Some(since) => !self.replay(name, counter, since).await?,
         };
-        let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync));
+        if resync || since.is_none() {
+            let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync));
+            self.feed(Utf8Bytes::from(snapshot.to_json())).await?;
+        }
         self.last_version = counter.version;
-        self.feed(Utf8Bytes::from(snapshot.to_json())).await?;
         self.flush().await
     }
 
-    /// The updates after `since` up to the counter's version, or `None` if history no longer
-    /// holds all of them.
+    /// Sends `resumed` and the updates after `since` up to the counter's version, reading
+    /// history a page at a time; `false` (nothing sent) if history no longer reaches back.
     async fn replay(
         &mut self,
         name: &CounterName,
         counter: CounterState,
         since: u64,
-    ) -> Result<Option<Vec<Published>>, End> {
-        let (Some(id), Some(created_at_ms)) = (counter.id, counter.created_at_ms) else {
-            // Never written: version 0, so `since` is 0 too and nothing is missing.
-            return Ok(Some(Vec::new()));
-        };
-        if since == counter.version {
-            return Ok(Some(Vec::new()));
+    ) -> Result<bool, End> {
+        let mut cursor = since;
+        let mut first_page = true;
+        while cursor < counter.version || first_page {
+            let up_to = counter.version.min(cursor + REPLAY_PAGE);
+            let records = if cursor < up_to {
+                self.read_history(name, cursor, up_to).await?
+            } else {
+                Vec::new()
+            };
+            let complete = records.len() as u64 == up_to - cursor
+                && records.first().is_none_or(|record| record.version == cursor + 1);
+            if !complete {
+                if first_page {
+                    return Ok(false);
+                }
+                // Trimmed while we replayed: what was sent is good; resume for the rest.
+                return Err(End::Close(
+                    close::SLOW_CONSUMER,
+                    format!("history moved during replay; reconnect with since={cursor}"),
+                ));
+            }
+            if first_page {
+                let resumed = ServerMessage::Resumed(Resumed { since, version: counter.version });
+                self.feed(Utf8Bytes::from(resumed.to_json())).await?;
+                first_page = false;
+            }
+            // A counter with history has an id and a creation time.
+            if let (Some(id), Some(created_at_ms)) = (counter.id, counter.created_at_ms) {
+                for record in &records {
+                    self.feed(Published::new(name, id, created_at_ms, record).json).await?;
+                }
+            }
+            cursor = up_to;
         }
-        let records = match self.state.store.history_range(name, since, counter.version).await {
-            Ok(records) => records,
+        Ok(true)
+    }
+
+    async fn read_history(
+        &mut self,
+        name: &CounterName,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<HistoryRecord>, End> {
+        match self.state.store.history_range(name, after, up_to).await {
+            Ok(records) => Ok(records),
             Err(error) => {
                 let error = ApplyError::Store(error).to_protocol();
                 let _ = self.send_error(&error).await;
-                return Err(End::Close(
+                Err(End::Close(
                     close::INTERNAL_ERROR,
                     "cannot read history; reconnect later".into(),
-                ));
+                ))
             }
-        };
-        let complete = records.len() as u64 == counter.version - since
-            && records.first().is_some_and(|record| record.version == since + 1);
-        Ok(complete.then(|| {
-            records.iter().map(|record| Published::new(name, id, created_at_ms, record)).collect()
-        }))
+        }
     }
 
     async fn on_incoming(
@@ -298,12 +322,19 @@ impl Session {
         let mut sent = 0;
         while let Some(received) = next.take() {
             match received {
+                Ok(published) if published.version <= self.last_version => {}
+                Ok(published) if published.version != self.last_version + 1 => {
+                    // Storage moved past versions this socket never saw (a commit reported as
+                    // failed that reached the disk anyway): never skip silently.
+                    return Err(End::Close(
+                        close::SLOW_CONSUMER,
+                        format!("missed updates; reconnect with since={}", self.last_version),
+                    ));
+                }
                 Ok(published) => {
-                    if published.version > self.last_version {
-                        self.last_version = published.version;
-                        self.feed(published.json).await?;
-                        sent += 1;
-                    }
+                    self.last_version = published.version;
+                    self.feed(published.json).await?;
+                    sent += 1;
                 }
                 Err(RecvError::Lagged(missed)) => {
                     return Err(End::Close(

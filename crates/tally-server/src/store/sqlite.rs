@@ -190,7 +190,12 @@ fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
             ));
         }
     }
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(foreign(
+            "SQLite refused WAL mode for it (is it on a filesystem without shared memory?)",
+        ));
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
 }
@@ -233,37 +238,63 @@ fn run_writer(mut conn: Connection, mut inbox: mpsc::Receiver<WriterMessage>, hi
     }
 }
 
-/// Commits every batch in one transaction. A batch refused on its own (a version conflict) is
-/// rolled back to its savepoint without harming the others; a failed commit fails them all.
+/// Commits every batch in one transaction. A batch refused on its own (a version conflict,
+/// found before it writes anything) is rolled back to its savepoint without harming the others.
+/// Any other error fails the whole group: SQLite may already have rolled the transaction back
+/// by itself (disk full, I/O error), and going on would commit later batches one by one outside
+/// it while reporting them as failed.
 fn commit<'a>(
     conn: &mut Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
 ) -> Vec<Result<i64, StoreError>> {
     let count = batches.len();
-    // rusqlite's error is not Clone, so each waiting writer gets the reason in words.
-    let fail_all = |error: &rusqlite::Error| -> Vec<Result<i64, StoreError>> {
-        (0..count).map(|_| Err(StoreError::WriteFailed { reason: error.to_string() })).collect()
-    };
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(error) => return fail_all(&error),
-    };
-    let mut results = Vec::with_capacity(count);
+    match commit_group(conn, batches, history_limit) {
+        Ok(results) => results,
+        // rusqlite's error is not Clone, so each waiting writer gets the reason in words.
+        Err(error) => {
+            (0..count).map(|_| Err(StoreError::WriteFailed { reason: error.to_string() })).collect()
+        }
+    }
+}
+
+fn commit_group<'a>(
+    conn: &mut Connection,
+    batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
+    history_limit: u64,
+) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
+    // Dropping `tx` on an early return rolls back whatever is left of the transaction.
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
-        let result = (|| {
-            let mut savepoint = tx.savepoint()?;
-            let id = append_one(&savepoint, batch, history_limit)?;
-            savepoint.set_drop_behavior(rusqlite::DropBehavior::Commit);
-            drop(savepoint);
-            Ok(id)
-        })();
-        results.push(result);
+        if tx.is_autocommit() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+                Some("the transaction was rolled back by SQLite".into()),
+            ));
+        }
+        let mut savepoint = tx.savepoint()?;
+        match append_one(&savepoint, batch, history_limit) {
+            Ok(id) => {
+                savepoint.commit()?;
+                results.push(Ok(id));
+            }
+            Err(conflict @ StoreError::Conflict { .. }) => {
+                savepoint.rollback()?;
+                savepoint.finish()?;
+                results.push(Err(conflict));
+            }
+            Err(StoreError::Sqlite(error)) => return Err(error),
+            Err(other) => {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+                    Some(other.to_string()),
+                ));
+            }
+        }
     }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(error) => fail_all(&error),
-    }
+    tx.commit()?;
+    Ok(results)
 }
 
 fn append_one(
@@ -351,9 +382,12 @@ impl ReaderPool {
             }
         };
         let result = read(&conn);
-        let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if idle.len() < MAX_IDLE_READERS {
-            idle.push(conn);
+        // A connection whose read failed may be in a bad state: let it close.
+        if result.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
         }
         Ok(result?)
     }

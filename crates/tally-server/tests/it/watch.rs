@@ -333,3 +333,34 @@ async fn many_counters_stay_isolated_for_watchers() {
     assert_eq!((only.value, only.version, only.metadata.name.as_str()), (10, 1, "iso-b"));
     a.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_resume_is_replayed_page_by_page_in_order() {
+    const WRITES: u64 = 1234;
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let mut writers = Vec::new();
+    for _ in 0..8 {
+        let server = std::sync::Arc::clone(&server);
+        writers.push(tokio::spawn(async move {
+            for _ in 0..WRITES / 8 {
+                server.increment("long", 1).await;
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let total = WRITES / 8 * 8;
+    let mut watcher = server.watch_since("long", 0).await;
+    assert!(
+        matches!(watcher.next().await, ServerMessage::Resumed(r) if r.since == 0 && r.version == total)
+    );
+    for version in 1..=total {
+        let ServerMessage::Update(update) = watcher.next().await else {
+            panic!("expected update {version}")
+        };
+        assert_eq!((update.version, update.value), (version, version as i64));
+    }
+    server.increment("long", 1).await;
+    assert_eq!(watcher.next_update().await.0, total + 1);
+}
