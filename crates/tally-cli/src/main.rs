@@ -1,79 +1,149 @@
-//! The `tally` command: parses flags, then hands over to `tally_server`.
+//! The `tally` command: parses flags, then runs the server or talks to one.
 
-use std::path::PathBuf;
+mod commands;
+mod output;
+mod serve;
+
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use tally_server::{Config, SqliteOptions, SqliteStore};
-use tokio::net::TcpListener;
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::commands::{CliError, HistoryArgs};
 
 /// Tally: live counters. Change a named counter over HTTP; everyone watching it sees the change
 /// live, in order, with nothing lost.
 #[derive(Debug, Parser)]
-#[command(name = "tally", version, about, long_about = None)]
+#[command(name = "tally", version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
+    /// The Tally server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_URL",
+        default_value = "http://127.0.0.1:8094",
+        value_name = "URL"
+    )]
+    url: String,
+
+    /// Print JSON for scripts (one object per line) instead of text for people.
+    #[arg(long, global = true)]
+    json: bool,
+
     #[command(subcommand)]
     command: Command,
 }
+
+const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of the output goes away), \
+1 the server refused the request or failed, 2 bad command line, 3 the server cannot be reached.";
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server: HTTP RPC at /rpc/counter.{procedure}, WebSocket at /ws/counter/{name},
     /// Prometheus metrics at /metrics.
-    Serve(ServeArgs),
-}
-
-#[derive(Debug, Args)]
-struct ServeArgs {
-    /// Address and port to listen on (port 0 picks a free one).
-    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8094", value_name = "ADDR:PORT")]
-    listen: String,
-
-    /// The SQLite database file, created if missing (a `.lock` file sits beside it).
-    #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
-    database: PathBuf,
-
-    /// A counter nobody touched for this long leaves memory; its watchers stay connected.
-    #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
-    idle_timeout: Duration,
-
-    /// Each interval, ping every WebSocket that sent nothing during it; close one (4001) that
-    /// stays silent through the next interval too.
-    #[arg(long, env = "TALLY_PING_INTERVAL", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
-    ping_interval: Duration,
-
-    /// How many of the most recent operations to keep per counter (for getHistory and resume).
-    #[arg(long, env = "TALLY_HISTORY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
-    history_limit: u64,
-
-    /// How many updates a watcher may fall behind before it is closed with 4000 (then it
-    /// resumes from history).
-    #[arg(long, env = "TALLY_WATCH_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
-    watch_buffer: u32,
-
-    /// How long a send to a watcher may stall before its connection is dropped as too slow (the
-    /// client sees it end without a close frame and resumes with `since`).
-    #[arg(long, env = "TALLY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
-    send_timeout: Duration,
-
-    /// On SIGINT/SIGTERM, how long to wait for requests and sockets to finish.
-    #[arg(long, env = "TALLY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    shutdown_grace: Duration,
-}
-
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        Ok(_) => Err("must be more than zero, e.g. 30s or 500ms".into()),
-        Err(error) => Err(format!("{error}; write a duration such as 30s or 500ms")),
-    }
+    Serve(serve::ServeArgs),
+    /// Show a counter's value and metadata.
+    Get {
+        /// The counter.
+        name: String,
+    },
+    /// Add to a counter.
+    Incr {
+        /// The counter.
+        name: String,
+        /// How much to add (a whole number >= 1).
+        #[arg(default_value_t = 1)]
+        amount: i64,
+    },
+    /// Subtract from a counter.
+    Decr {
+        /// The counter.
+        name: String,
+        /// How much to subtract (a whole number >= 1).
+        #[arg(default_value_t = 1)]
+        amount: i64,
+    },
+    /// Set a counter to a value.
+    Set {
+        /// The counter.
+        name: String,
+        /// The new value (within ±9007199254740991).
+        #[arg(allow_negative_numbers = true)]
+        value: i64,
+    },
+    /// Set a counter to 0.
+    Reset {
+        /// The counter.
+        name: String,
+    },
+    /// Show a counter's recent operations, newest first.
+    History(HistoryArgs),
+    /// Print each change of a counter live, one line each, until Ctrl-C. Reconnects by itself
+    /// and resumes where it left off, so no change is missed or shown twice.
+    Watch {
+        /// The counter.
+        name: String,
+        /// Start after this version: replay the changes since then, then go live.
+        #[arg(long, value_name = "VERSION")]
+        since: Option<u64>,
+    },
+    /// Print a shell completion script (e.g. `tally completions bash > /etc/bash_completion.d/tally`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            return match serve::serve(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tally", &mut std::io::stdout());
+            Ok(())
+        }
+        command => run_client_command(&cli.url, cli.json, command),
+    };
+    match result {
+        Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn run_client_command(url: &str, json: bool, command: Command) -> Result<(), CliError> {
+    let client = tally_client::Client::new(url).map_err(CliError::Client)?;
+    let mut out = output::Printer::new(json);
+    match command {
+        Command::Get { name } => commands::get(&client, &mut out, &name).await,
+        Command::Incr { name, amount } => {
+            commands::apply(&mut out, client.increment(&name, amount).await)
+        }
+        Command::Decr { name, amount } => {
+            commands::apply(&mut out, client.decrement(&name, amount).await)
+        }
+        Command::Set { name, value } => {
+            commands::apply(&mut out, client.set_value(&name, value).await)
+        }
+        Command::Reset { name } => commands::apply(&mut out, client.reset(&name).await),
+        Command::History(args) => commands::history(&client, &mut out, &args).await,
+        Command::Watch { name, since } => commands::watch(&client, &mut out, &name, since).await,
+        Command::Serve(_) | Command::Completions { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -81,41 +151,4 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let result = match cli.command {
-        Command::Serve(args) => serve(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-#[tokio::main]
-async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let store =
-        SqliteStore::open(&args.database, SqliteOptions { history_limit: args.history_limit })?;
-    let listener = TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr().context("reading the bound address")?;
-    tracing::info!(
-        "tally {} listening on http://{address}, storing counters in {}",
-        env!("CARGO_PKG_VERSION"),
-        args.database.display()
-    );
-    let config = Config {
-        idle_timeout: args.idle_timeout,
-        ping_interval: args.ping_interval,
-        watch_buffer: args.watch_buffer as usize,
-        send_timeout: args.send_timeout,
-        shutdown_grace: args.shutdown_grace,
-    };
-    tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
-        .await
-        .context("serving")?;
-    tracing::info!("tally stopped");
-    Ok(())
 }

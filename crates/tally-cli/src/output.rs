@@ -1,0 +1,142 @@
+//! Printing results: text for people by default, one JSON object per line with `--json`.
+
+use std::io::Write;
+
+use chrono::{DateTime, Local};
+use serde::Serialize;
+use tally_proto::{Entry, Metadata, OpKind, Update};
+
+use crate::commands::CliError;
+
+/// Writes lines to stdout; a reader that went away (`| head`) ends the command quietly.
+pub(crate) struct Printer {
+    pub(crate) json: bool,
+}
+
+impl Printer {
+    pub(crate) fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    /// Prints one line (flushed at once, so `watch` output streams through pipes).
+    pub(crate) fn line(&mut self, text: &str) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{text}").and_then(|()| stdout.flush()).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                CliError::BrokenPipe
+            } else {
+                CliError::Output(error)
+            }
+        })
+    }
+
+    /// Prints `value` as one line of JSON.
+    pub(crate) fn json_line<T: Serialize>(&mut self, value: &T) -> Result<(), CliError> {
+        let text = serde_json::to_string(value).map_err(|error| CliError::Output(error.into()))?;
+        self.line(&text)
+    }
+}
+
+/// A server timestamp in local time, e.g. `2026-11-25 21:04:05.123`; as given if unreadable.
+pub(crate) fn local_time(timestamp: &str) -> String {
+    DateTime::parse_from_rfc3339(timestamp).map_or_else(
+        |_| timestamp.to_owned(),
+        |time| time.with_timezone(&Local).format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+    )
+}
+
+/// The time of day only, for live lines.
+pub(crate) fn local_clock(timestamp: &str) -> String {
+    DateTime::parse_from_rfc3339(timestamp).map_or_else(
+        |_| timestamp.to_owned(),
+        |time| time.with_timezone(&Local).format("%H:%M:%S%.3f").to_string(),
+    )
+}
+
+/// What an operation did, e.g. `increment +5`, `decrement -2`, `setValue`, `reset`.
+pub(crate) fn change(kind: OpKind, amount: Option<i64>) -> String {
+    match (kind, amount) {
+        (OpKind::Increment, Some(amount)) => format!("increment +{amount}"),
+        (OpKind::Decrement, Some(amount)) => format!("decrement -{amount}"),
+        (kind, _) => kind.as_str().to_owned(),
+    }
+}
+
+/// `likes: 41 → 42  (increment +1, version 7)`
+pub(crate) fn update_line(update: &Update) -> String {
+    let amount = (update.value - update.previous_value).checked_abs();
+    format!(
+        "{}: {} → {}  ({}, version {})",
+        update.metadata.name,
+        update.previous_value,
+        update.value,
+        change(update.kind, amount),
+        update.version
+    )
+}
+
+/// The metadata of `get`, for people.
+pub(crate) fn metadata_lines(metadata: &Metadata) -> Vec<String> {
+    match (&metadata.created_at, &metadata.updated_at) {
+        (Some(created), Some(updated)) => vec![
+            format!("{}: {}", metadata.name, metadata.value),
+            format!(
+                "  version {}, created {}, updated {}",
+                metadata.operation_count,
+                local_time(created),
+                local_time(updated)
+            ),
+        ],
+        _ => vec![format!("{}: {}  (never written)", metadata.name, metadata.value)],
+    }
+}
+
+/// History as an aligned table, newest first.
+pub(crate) fn history_table(entries: &[Entry]) -> Vec<String> {
+    let rows: Vec<[String; 4]> = entries
+        .iter()
+        .map(|entry| {
+            [
+                entry.version.to_string(),
+                local_time(&entry.timestamp),
+                change(entry.kind, entry.amount),
+                format!("{} → {}", entry.previous_value, entry.value),
+            ]
+        })
+        .collect();
+    let header = ["VERSION".to_owned(), "TIME".to_owned(), "CHANGE".to_owned(), "VALUE".to_owned()];
+    let mut widths = [0; 4];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            format!(
+                "{:>w0$}  {:<w1$}  {:<w2$}  {}",
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                w0 = widths[0],
+                w1 = widths[1],
+                w2 = widths[2]
+            )
+        })
+        .collect()
+}
+
+/// One live change for `watch`: `21:04:05.123  increment +1  41 → 42  (version 7)`
+pub(crate) fn watch_line(update: &Update) -> String {
+    let amount = (update.value - update.previous_value).checked_abs();
+    format!(
+        "{}  {}  {} → {}  (version {})",
+        local_clock(&update.timestamp),
+        change(update.kind, amount),
+        update.previous_value,
+        update.value,
+        update.version
+    )
+}

@@ -1,0 +1,83 @@
+//! `tally serve`: flags of the server, then `tally_server::run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use tally_server::{Config, SqliteOptions, SqliteStore};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8094", value_name = "ADDR:PORT")]
+    listen: String,
+
+    /// The SQLite database file, created if missing (a `.lock` file sits beside it).
+    #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
+    database: PathBuf,
+
+    /// A counter nobody touched for this long leaves memory; its watchers stay connected.
+    #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    idle_timeout: Duration,
+
+    /// Each interval, ping every WebSocket that sent nothing during it; close one (4001) that
+    /// stays silent through the next interval too.
+    #[arg(long, env = "TALLY_PING_INTERVAL", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    ping_interval: Duration,
+
+    /// How many of the most recent operations to keep per counter (for getHistory and resume).
+    #[arg(long, env = "TALLY_HISTORY_LIMIT", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    history_limit: u64,
+
+    /// How many updates a watcher may fall behind before it is closed with 4000 (then it
+    /// resumes from history).
+    #[arg(long, env = "TALLY_WATCH_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    watch_buffer: u32,
+
+    /// How long a send to a watcher may stall before its connection is dropped as too slow (the
+    /// client sees it end without a close frame and resumes with `since`).
+    #[arg(long, env = "TALLY_SEND_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    send_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long to wait for requests and sockets to finish.
+    #[arg(long, env = "TALLY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    shutdown_grace: Duration,
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("must be more than zero, e.g. 30s or 500ms".into()),
+        Err(error) => Err(format!("{error}; write a duration such as 30s or 500ms")),
+    }
+}
+
+#[tokio::main]
+pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let store =
+        SqliteStore::open(&args.database, SqliteOptions { history_limit: args.history_limit })?;
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr().context("reading the bound address")?;
+    tracing::info!(
+        "tally {} listening on http://{address}, storing counters in {}",
+        env!("CARGO_PKG_VERSION"),
+        args.database.display()
+    );
+    let config = Config {
+        idle_timeout: args.idle_timeout,
+        ping_interval: args.ping_interval,
+        watch_buffer: args.watch_buffer as usize,
+        send_timeout: args.send_timeout,
+        shutdown_grace: args.shutdown_grace,
+    };
+    tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("tally stopped");
+    Ok(())
+}
