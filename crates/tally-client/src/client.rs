@@ -27,6 +27,12 @@ pub struct Client {
 impl Client {
     /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8094`).
     ///
+    /// ```
+    /// let client = tally_client::Client::new("http://127.0.0.1:8094").unwrap();
+    /// assert_eq!(client.base_url(), "http://127.0.0.1:8094");
+    /// assert!(tally_client::Client::new("ftp://example.com").is_err());
+    /// ```
+    ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] when the URL is not `http://host[:port]`.
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
@@ -146,6 +152,30 @@ impl Client {
     }
 
     /// Follows counter `name` live.
+    ///
+    /// ```no_run
+    /// # async fn example(client: tally_client::Client) {
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use tally_client::{Backoff, WatchEvent, WatchOptions};
+    ///
+    /// // Resume after version 41, retrying every 0.5 s to 10 s when the server is away.
+    /// let options = WatchOptions {
+    ///     since: Some(41),
+    ///     backoff: Backoff { min: Duration::from_millis(500), max: Duration::from_secs(10), factor: 2.0 },
+    ///     ..WatchOptions::default()
+    /// };
+    /// let mut watch = client.watch_with("seats", options);
+    /// while let Some(event) = watch.next().await {
+    ///     match event {
+    ///         WatchEvent::Update(update) => println!("v{}: {}", update.version, update.value),
+    ///         WatchEvent::Disconnected { reason, retry_in } => eprintln!("{reason}; retry in {retry_in:?}"),
+    ///         WatchEvent::Failed(error) => eprintln!("gave up: {error}"),
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn watch_with(&self, name: &str, options: WatchOptions) -> Watch {
         Watch::start(&self.base, name, options)
     }

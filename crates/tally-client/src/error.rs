@@ -33,6 +33,9 @@ pub enum ClientError {
         /// Whether the same request may succeed later.
         temporary: bool,
     },
+    /// The request breaks a protocol rule, found before sending it (e.g. a bad counter name).
+    #[error("{}", .0.message)]
+    Invalid(tally_proto::ProtocolError),
     /// The server answered something this client does not understand.
     #[error("unexpected answer from {url}: {reason}")]
     Protocol {
@@ -44,10 +47,11 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The server's error code, when the server refused the request.
+    /// The protocol's error code, when the request was refused (by the server or before sending).
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Rejected { code, .. } => Some(code),
+            ClientError::Invalid(error) => Some(error.code.as_str()),
             _ => None,
         }
     }

@@ -69,6 +69,13 @@ pub struct Watch {
 impl Watch {
     pub(crate) fn start(base: &str, name: &str, options: WatchOptions) -> Self {
         let (sender, events) = mpsc::channel(256);
+        // Valid names need no escaping in a URL; an invalid one is refused here, as the server would.
+        if let Err(error) = tally_proto::CounterName::parse(name) {
+            let task = tokio::spawn(async move {
+                let _ = sender.send(WatchEvent::Failed(ClientError::Invalid(error))).await;
+            });
+            return Self { events, task };
+        }
         let ws_base = format!("ws://{}", base.trim_start_matches("http://"));
         let follower = Follower {
             url: format!("{ws_base}/ws/counter/{name}"),
