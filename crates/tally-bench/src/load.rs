@@ -1,0 +1,153 @@
+//! Request load: C clients, each with its own keep-alive connection, sending one request at a
+//! time for a fixed duration.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use tally_client::Client;
+
+use crate::stats;
+
+/// What a load run achieved.
+pub(crate) struct LoadResult {
+    /// Answered with 200.
+    pub(crate) ok: u64,
+    /// Answered otherwise, or failed.
+    pub(crate) failed: u64,
+    pub(crate) seconds: f64,
+    pub(crate) latency: Histogram<u64>,
+}
+
+impl LoadResult {
+    pub(crate) fn per_second(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+}
+
+/// Which request each client sends.
+#[derive(Clone)]
+pub(crate) enum Request {
+    /// `GET /healthz`: what HTTP itself costs here.
+    Health,
+    /// `increment` of one counter.
+    Increment(Arc<str>),
+    /// `increment` of a random one of `count` counters named `prefix-N`.
+    Spread { prefix: Arc<str>, count: u32 },
+}
+
+/// Runs `clients` clients for `duration`; the progress bar ticks once per second.
+pub(crate) async fn run(
+    base: &str,
+    request: &Request,
+    clients: usize,
+    duration: Duration,
+    progress: &ProgressBar,
+) -> anyhow::Result<LoadResult> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        // One HTTP client per task, so each has its own keep-alive connection, as separate
+        // users would.
+        let http =
+            reqwest::Client::builder().pool_max_idle_per_host(1).build().context("http client")?;
+        let base = base.to_owned();
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latency = stats::histogram();
+            let (mut ok, mut failed) = (0_u64, 0_u64);
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let response = match &request {
+                    Request::Health => http.get(format!("{base}/healthz")).send().await,
+                    Request::Increment(name) => post_increment(&http, &base, name).await,
+                    Request::Spread { prefix, count } => {
+                        let name = format!("{prefix}-{}", fastrand::u32(..*count));
+                        post_increment(&http, &base, &name).await
+                    }
+                };
+                match response {
+                    Ok(response) if response.status().is_success() => {
+                        // Read the body: the request is done when its answer is.
+                        if response.bytes().await.is_ok() {
+                            ok += 1;
+                            stats::record(&mut latency, sent.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, latency)
+        }));
+    }
+    let ticker = {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                progress.set_position(started.elapsed().as_millis() as u64);
+            }
+        })
+    };
+    let mut result = LoadResult { ok: 0, failed: 0, seconds: 0.0, latency: stats::histogram() };
+    for task in tasks {
+        let (ok, failed, latency) = task.await.context("load task")?;
+        result.ok += ok;
+        result.failed += failed;
+        result.latency.add(&latency).context("merging latencies")?;
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    ticker.abort();
+    Ok(result)
+}
+
+async fn post_increment(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("{base}/rpc/counter.increment"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"name":"{name}"}}"#))
+        .send()
+        .await
+}
+
+/// The sum of the values of `names`: checks that every acknowledged increment is counted.
+pub(crate) async fn total_of(client: &Client, names: Vec<String>) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for chunk in names.chunks(64) {
+        let reads = chunk.iter().map(|name| client.get_value(name));
+        for value in futures_util::future::join_all(reads).await {
+            total += value.context("reading a counter back")?.value;
+        }
+    }
+    Ok(total)
+}
+
+/// `redis-benchmark -t incr` with `clients` clients against the local Redis: requests/s.
+pub(crate) fn redis_incr(clients: usize, requests: u64) -> anyhow::Result<f64> {
+    let output = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", "6379", "-t", "incr", "-q", "-c"])
+        .arg(clients.to_string())
+        .arg("-n")
+        .arg(requests.to_string())
+        .output()
+        .context(
+            "running redis-benchmark (is it installed, and Redis running on 127.0.0.1:6379?)",
+        )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The last progress line ends with the summary: "INCR: 123456.79 requests per second, ...".
+    let summary =
+        text.rsplit('\r').flat_map(str::lines).find(|line| line.contains("requests per second"));
+    summary
+        .and_then(|line| line.split("INCR:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .with_context(|| format!("unexpected redis-benchmark output: {text:?}"))
+}

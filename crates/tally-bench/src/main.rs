@@ -1,0 +1,426 @@
+//! `tally-bench`: measures a Tally server the way its users load it, next to references taken
+//! in the same run on the same machine, and prints a table (or JSON).
+//!
+//! It starts its own `tally serve` (the release binary next to it) on a free loopback port with
+//! a fresh database, unless `--url` points at a running server.
+
+mod load;
+mod report;
+mod server;
+mod stats;
+mod watchers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use tally_client::Client;
+
+use crate::load::Request;
+use crate::report::Report;
+use crate::server::ServerProcess;
+
+/// Benchmarks a Tally server: hot counter, spread writes, fan-out, idle watchers, cold paths.
+#[derive(Debug, Parser)]
+#[command(name = "tally-bench", version, about)]
+struct Args {
+    /// Benchmark this running server instead of starting one (memory figures need a local pid,
+    /// so the idle scenario is skipped).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// The `tally` binary to start (default: the one next to this program).
+    #[arg(long, value_name = "PATH")]
+    tally: Option<PathBuf>,
+    /// A seconds-long smoke run with small sizes (what CI runs).
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per load measurement (default 10, or 1 with --quick).
+    #[arg(long, value_name = "S")]
+    seconds: Option<u64>,
+    /// Only these scenarios (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// Print the figures as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// One counter, C HTTP clients; with /healthz and redis-benchmark INCR as references.
+    Hot,
+    /// The same over 10 000 counters.
+    Spread,
+    /// N watchers of one counter, one write at a time.
+    Fanout,
+    /// N idle watchers: server memory per watcher, then one update each.
+    Idle,
+    /// Connect to snapshot; first write to a hibernated counter.
+    Cold,
+}
+
+/// The sizes of one run.
+struct Plan {
+    seconds: Duration,
+    hot_clients: Vec<usize>,
+    spread_clients: usize,
+    spread_counters: u32,
+    fanout: Vec<(usize, u64)>,
+    idle: Vec<usize>,
+    connects: usize,
+    hibernated: usize,
+}
+
+impl Plan {
+    fn new(args: &Args) -> Self {
+        if args.quick {
+            Plan {
+                seconds: Duration::from_secs(args.seconds.unwrap_or(1)),
+                hot_clients: vec![8],
+                spread_clients: 8,
+                spread_counters: 100,
+                fanout: vec![(10, 5)],
+                idle: vec![200],
+                connects: 20,
+                hibernated: 5,
+            }
+        } else {
+            Plan {
+                seconds: Duration::from_secs(args.seconds.unwrap_or(10)),
+                hot_clients: vec![1, 8, 32, 128],
+                spread_clients: 32,
+                spread_counters: 10_000,
+                fanout: vec![(1, 50), (100, 50), (1_000, 50), (10_000, 10), (100_000, 5)],
+                idle: vec![10_000, 100_000],
+                connects: 500,
+                hibernated: 50,
+            }
+        }
+    }
+}
+
+/// How long an untouched counter stays in memory on the server the benchmark starts.
+const BENCH_IDLE_TIMEOUT: &str = "2s";
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[tokio::main]
+async fn run(args: &Args) -> anyhow::Result<()> {
+    raise_file_limit();
+    let plan = Plan::new(args);
+    let wanted = |scenario: Scenario| args.only.is_empty() || args.only.contains(&scenario);
+    let process = match &args.url {
+        Some(_) => None,
+        None => {
+            let binary = match &args.tally {
+                Some(path) => path.clone(),
+                None => server::sibling_tally()?,
+            };
+            Some(ServerProcess::start(&binary, &["--idle-timeout", BENCH_IDLE_TIMEOUT])?)
+        }
+    };
+    let base = match (&args.url, &process) {
+        (Some(url), _) => url.trim_end_matches('/').to_owned(),
+        (None, Some(process)) => process.base.clone(),
+        (None, None) => unreachable!("a process is started when no URL is given"),
+    };
+    let addr: SocketAddr = base
+        .trim_start_matches("http://")
+        .parse()
+        .with_context(|| format!("{base} must be http://IP:PORT"))?;
+    let client = Client::new(&base)?;
+    let mut report = Report::default();
+    eprintln!("benchmarking {base}");
+
+    if wanted(Scenario::Hot) {
+        for &clients in &plan.hot_clients {
+            hot(&base, &client, clients, plan.seconds, &mut report).await?;
+        }
+    }
+    if wanted(Scenario::Spread) {
+        spread(&base, &client, &plan, &mut report).await?;
+    }
+    if wanted(Scenario::Fanout) {
+        for &(watchers, updates) in &plan.fanout {
+            let progress = bar(watchers as u64, &format!("fan-out: opening {watchers} watchers"));
+            let result = watchers::fanout(&client, addr, watchers, updates, &progress).await?;
+            progress.finish_and_clear();
+            let case = format!("watchers={watchers}");
+            let (p50, p99, max) = stats::percentiles_ms(&result.latency);
+            report.add("fanout", &case, "write→watcher p50 ms", p50);
+            if watchers == 1_000 {
+                report.add_target("fanout", &case, "write→watcher p99 ms", p99, 5.0, false);
+            } else {
+                report.add("fanout", &case, "write→watcher p99 ms", p99);
+            }
+            report.add("fanout", &case, "write→watcher max ms", max);
+            let (last_p50, _, _) = stats::percentiles_ms(&result.last);
+            if watchers == 10_000 {
+                report.add_target(
+                    "fanout",
+                    &case,
+                    "write→last watcher p50 ms",
+                    last_p50,
+                    50.0,
+                    false,
+                );
+            } else {
+                report.add("fanout", &case, "write→last watcher p50 ms", last_p50);
+            }
+        }
+    }
+    if wanted(Scenario::Idle) {
+        match &process {
+            Some(process) => {
+                for &count in &plan.idle {
+                    let progress = bar(count as u64, &format!("idle: opening {count} watchers"));
+                    let result =
+                        watchers::idle(&client, addr, || process.memory(), count, &progress)
+                            .await?;
+                    progress.finish_and_clear();
+                    let case = format!("watchers={count}");
+                    report.add_target(
+                        "idle",
+                        &case,
+                        "watchers held, all got the update",
+                        if result.all_received { result.held as f64 } else { 0.0 },
+                        count as f64,
+                        true,
+                    );
+                    if count >= 100_000 {
+                        report.add_target(
+                            "idle",
+                            &case,
+                            "server RSS bytes/watcher",
+                            result.rss_per_watcher,
+                            4096.0,
+                            false,
+                        );
+                    } else {
+                        report.add(
+                            "idle",
+                            &case,
+                            "server RSS bytes/watcher",
+                            result.rss_per_watcher,
+                        );
+                    }
+                    report.add("idle", &case, "server PSS bytes/watcher", result.pss_per_watcher);
+                }
+            }
+            None => eprintln!(
+                "idle: skipped (needs a server this benchmark started, to read its memory)"
+            ),
+        }
+    }
+    if wanted(Scenario::Cold) {
+        let progress = bar(plan.connects as u64, "cold: connect to snapshot");
+        let latency =
+            watchers::connect_to_snapshot(&client, addr, plan.connects, &progress).await?;
+        progress.finish_and_clear();
+        let (p50, p99, _) = stats::percentiles_ms(&latency);
+        report.add_target(
+            "cold",
+            &format!("connects={}", plan.connects),
+            "connect→snapshot p50 ms",
+            p50,
+            1.0,
+            false,
+        );
+        report.add("cold", &format!("connects={}", plan.connects), "connect→snapshot p99 ms", p99);
+        hibernated(&base, &client, plan.hibernated, &mut report).await?;
+    }
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.figures)?);
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+async fn hot(
+    base: &str,
+    client: &Client,
+    clients: usize,
+    seconds: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let case = format!("clients={clients}");
+    let name: Arc<str> = Arc::from(format!("hot{}", fastrand::u32(..)));
+    let progress = timed_bar(seconds, &format!("hot: {clients} clients incrementing one counter"));
+    let result =
+        load::run(base, &Request::Increment(Arc::clone(&name)), clients, seconds, &progress)
+            .await?;
+    progress.finish_and_clear();
+    let stored = client.get_value(&name).await.context("reading the hot counter back")?.value;
+    anyhow::ensure!(
+        stored == result.ok as i64,
+        "hot counter holds {stored} but {} increments were acknowledged",
+        result.ok
+    );
+    let progress = timed_bar(seconds, &format!("reference: {clients} clients on /healthz"));
+    let health = load::run(base, &Request::Health, clients, seconds, &progress).await?;
+    progress.finish_and_clear();
+    let (p50, p99, _) = stats::percentiles_ms(&result.latency);
+    if clients == 32 {
+        report.add_target(
+            "hot",
+            &case,
+            "durable increments/s",
+            result.per_second(),
+            50_000.0,
+            true,
+        );
+    } else {
+        report.add("hot", &case, "durable increments/s", result.per_second());
+    }
+    report.add("hot", &case, "latency p50 ms", p50);
+    report.add("hot", &case, "latency p99 ms", p99);
+    report.add("hot", &case, "failed requests", result.failed as f64);
+    report.add("hot", &case, "value checked = acknowledged", stored as f64);
+    report.add("reference", &case, "/healthz requests/s", health.per_second());
+    let ratio = result.per_second() / health.per_second();
+    if clients == 32 {
+        report.add_target("hot", &case, "ratio to /healthz", ratio, 0.6, true);
+    } else {
+        report.add("hot", &case, "ratio to /healthz", ratio);
+    }
+    let requests = ((result.ok as f64).max(10_000.0) as u64).min(1_000_000);
+    match load::redis_incr(clients, requests) {
+        Ok(redis) => {
+            report.add("reference", &case, "redis-benchmark INCR requests/s", redis);
+            let ratio = result.per_second() / redis;
+            if clients == 32 {
+                report.add_target("hot", &case, "ratio to redis INCR", ratio, 0.3, true);
+            } else {
+                report.add("hot", &case, "ratio to redis INCR", ratio);
+            }
+        }
+        Err(error) => eprintln!("reference: redis-benchmark skipped: {error:#}"),
+    }
+    Ok(())
+}
+
+async fn spread(
+    base: &str,
+    client: &Client,
+    plan: &Plan,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let prefix: Arc<str> = Arc::from(format!("spread{}", fastrand::u32(..)));
+    let (clients, count) = (plan.spread_clients, plan.spread_counters);
+    let progress =
+        timed_bar(plan.seconds, &format!("spread: {clients} clients over {count} counters"));
+    let request = Request::Spread { prefix: Arc::clone(&prefix), count };
+    let result = load::run(base, &request, clients, plan.seconds, &progress).await?;
+    progress.finish_and_clear();
+    let names = (0..count).map(|index| format!("{prefix}-{index}")).collect();
+    let total = load::total_of(client, names).await?;
+    anyhow::ensure!(
+        total == result.ok as i64,
+        "spread counters hold {total} but {} increments were acknowledged",
+        result.ok
+    );
+    let case = format!("clients={clients} counters={count}");
+    let (p50, p99, _) = stats::percentiles_ms(&result.latency);
+    report.add("spread", &case, "durable increments/s", result.per_second());
+    report.add("spread", &case, "latency p50 ms", p50);
+    report.add("spread", &case, "latency p99 ms", p99);
+    report.add("spread", &case, "values checked = acknowledged", total as f64);
+    Ok(())
+}
+
+/// Writes to `count` counters, waits until the server has hibernated them all, then times the
+/// first write to each (it loads the counter from storage) and a second, warm one.
+async fn hibernated(
+    base: &str,
+    client: &Client,
+    count: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let prefix = format!("sleepy{}", fastrand::u32(..));
+    for index in 0..count {
+        client.increment(&format!("{prefix}-{index}"), 1).await?;
+    }
+    let progress = ProgressBar::new_spinner().with_message(format!(
+        "cold: waiting for counters to hibernate ({BENCH_IDLE_TIMEOUT} idle)"
+    ));
+    progress.enable_steady_tick(Duration::from_millis(200));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+        let in_memory = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("tally_counters_in_memory "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        if in_memory == Some(0.0) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "counters did not hibernate (is the server's --idle-timeout long?)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    progress.finish_and_clear();
+    let (mut cold, mut warm) = (stats::histogram(), stats::histogram());
+    for index in 0..count {
+        let name = format!("{prefix}-{index}");
+        let started = Instant::now();
+        client.increment(&name, 1).await?;
+        stats::record(&mut cold, started.elapsed());
+        let started = Instant::now();
+        client.increment(&name, 1).await?;
+        stats::record(&mut warm, started.elapsed());
+    }
+    let case = format!("counters={count}");
+    report.add(
+        "cold",
+        &case,
+        "first write after hibernation p50 ms",
+        stats::percentiles_ms(&cold).0,
+    );
+    report.add("cold", &case, "next write (warm) p50 ms", stats::percentiles_ms(&warm).0);
+    Ok(())
+}
+
+fn bar(length: u64, message: &str) -> ProgressBar {
+    let progress = ProgressBar::new(length).with_message(message.to_owned());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len}") {
+        progress.set_style(style.progress_chars("=> "));
+    }
+    progress
+}
+
+fn timed_bar(duration: Duration, message: &str) -> ProgressBar {
+    let progress = ProgressBar::new(duration.as_millis() as u64).with_message(message.to_owned());
+    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {elapsed}") {
+        progress.set_style(style.progress_chars("=> "));
+    }
+    progress
+}
+
+/// Lets this process and the server it starts hold 100 000+ sockets.
+fn raise_file_limit() {
+    const WANTED: u64 = 1_100_000;
+    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        && soft < WANTED
+        && rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED, WANTED.max(hard)).is_err()
+    {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+}

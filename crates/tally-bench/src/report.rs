@@ -1,0 +1,119 @@
+//! The results: a table for people and JSON for scripts.
+
+use serde::Serialize;
+
+/// One measured figure.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Figure {
+    /// Which scenario, e.g. `hot`.
+    pub(crate) scenario: String,
+    /// Its parameters, e.g. `clients=32`.
+    pub(crate) case: String,
+    /// What was measured, e.g. `ops/s`.
+    pub(crate) metric: String,
+    /// The value.
+    pub(crate) value: f64,
+    /// The goal, if the project has one, e.g. `>= 50000`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) target: Option<String>,
+    /// Whether the value meets the goal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) meets_target: Option<bool>,
+}
+
+#[derive(Default)]
+pub(crate) struct Report {
+    pub(crate) figures: Vec<Figure>,
+}
+
+impl Report {
+    pub(crate) fn add(&mut self, scenario: &str, case: &str, metric: &str, value: f64) {
+        self.figures.push(Figure {
+            scenario: scenario.into(),
+            case: case.into(),
+            metric: metric.into(),
+            value,
+            target: None,
+            meets_target: None,
+        });
+    }
+
+    /// Adds a figure with a goal: `at_least` true for "higher is better".
+    pub(crate) fn add_target(
+        &mut self,
+        scenario: &str,
+        case: &str,
+        metric: &str,
+        value: f64,
+        goal: f64,
+        at_least: bool,
+    ) {
+        let (target, meets) = if at_least {
+            (format!(">= {}", trim(goal)), value >= goal)
+        } else {
+            (format!("<= {}", trim(goal)), value <= goal)
+        };
+        self.add(scenario, case, metric, value);
+        if let Some(last) = self.figures.last_mut() {
+            last.target = Some(target);
+            last.meets_target = Some(meets);
+        }
+    }
+
+    pub(crate) fn table(&self) -> String {
+        let rows: Vec<[String; 5]> = self
+            .figures
+            .iter()
+            .map(|figure| {
+                let verdict = match figure.meets_target {
+                    Some(true) => format!("{}  ok", figure.target.clone().unwrap_or_default()),
+                    Some(false) => format!("{}  MISSED", figure.target.clone().unwrap_or_default()),
+                    None => String::new(),
+                };
+                [
+                    figure.scenario.clone(),
+                    figure.case.clone(),
+                    figure.metric.clone(),
+                    trim(figure.value),
+                    verdict,
+                ]
+            })
+            .collect();
+        let header = ["scenario", "case", "metric", "value", "target"].map(String::from);
+        let mut widths = [0; 5];
+        for row in std::iter::once(&header).chain(&rows) {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        std::iter::once(&header)
+            .chain(&rows)
+            .map(|row| {
+                format!(
+                    "{:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
+                    row[0],
+                    row[1],
+                    row[2],
+                    row[3],
+                    row[4],
+                    w0 = widths[0],
+                    w1 = widths[1],
+                    w2 = widths[2],
+                    w3 = widths[3]
+                )
+                .trim_end()
+                .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A number printed without noise: integers as integers, others with 3 significant decimals.
+fn trim(value: f64) -> String {
+    if (value.fract() == 0.0 && value.abs() < 1e15) || value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
+}

@@ -1,0 +1,101 @@
+//! The server under test: a `tally serve` child process on a free loopback port, or a URL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A `tally serve` started for the benchmark, with its own temporary database.
+pub(crate) struct ServerProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    dir: PathBuf,
+}
+
+/// Resident and proportional set size of a process, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memory {
+    pub(crate) rss: u64,
+    pub(crate) pss: u64,
+}
+
+impl ServerProcess {
+    /// Starts `binary serve` with `extra` flags and waits for its start line.
+    pub(crate) fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "tally-bench-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut child = Command::new(binary)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(dir.join("bench.db"))
+            .args(extra)
+            .env("RUST_LOG", "warn,tally=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let base = loop {
+            let Some(Ok(line)) = lines.next() else {
+                bail!("the server exited before it listened")
+            };
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split(',').next().unwrap_or_default().to_owned();
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not start in time");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Self { child, base, dir })
+    }
+
+    /// The server's memory now, from /proc.
+    pub(crate) fn memory(&self) -> anyhow::Result<Memory> {
+        memory_of(self.child.id())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// RSS and PSS of process `pid` (Linux `smaps_rollup`).
+pub(crate) fn memory_of(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/smaps_rollup");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    Ok(Memory { rss: field("Rss:"), pss: field("Pss:") })
+}
+
+/// The `tally` binary next to this one (both are built into the same target folder).
+pub(crate) fn sibling_tally() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating tally-bench")?;
+    let tally = me.with_file_name("tally");
+    if !tally.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release --bin tally) or pass --tally PATH",
+            tally.display()
+        );
+    }
+    Ok(tally)
+}

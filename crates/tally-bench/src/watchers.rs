@@ -1,0 +1,267 @@
+//! WebSocket scenarios: fan-out latency, idle watchers and their memory, connect-to-snapshot.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use tally_client::Client;
+use tally_proto::ServerMessage;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::stats;
+
+/// Connections per loopback source address: each address has about 28 000 ephemeral ports.
+const PER_SOURCE_ADDRESS: usize = 20_000;
+/// How long to wait for every watcher to get something before calling it lost.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Socket = WebSocketStream<TcpStream>;
+
+/// Opens watcher number `index` of counter `name`, from source address 127.0.0.(1 + index / 20 000).
+pub(crate) async fn connect(
+    server: SocketAddr,
+    name: &str,
+    index: usize,
+) -> anyhow::Result<Socket> {
+    let source = Ipv4Addr::new(
+        127,
+        0,
+        0,
+        u8::try_from(1 + index / PER_SOURCE_ADDRESS).context("too many watchers")?,
+    );
+    let socket = TcpSocket::new_v4().context("socket")?;
+    socket
+        .bind(SocketAddr::new(IpAddr::V4(source), 0))
+        .with_context(|| format!("binding {source}"))?;
+    let stream = socket.connect(server).await.context("connecting")?;
+    stream.set_nodelay(true).context("nodelay")?;
+    // Small buffers: the benchmark holds up to 100 000 of these itself.
+    let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let url = format!("ws://{server}/ws/counter/{name}");
+    let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    Ok(socket)
+}
+
+/// Reads until the next update; returns its version (`None` when the socket ends).
+async fn next_update(socket: &mut Socket) -> Option<u64> {
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message
+            && let Ok(ServerMessage::Update(update)) = ServerMessage::from_json(&text)
+        {
+            return Some(update.version);
+        }
+    }
+    None
+}
+
+/// Reads the first message (the snapshot); returns its version.
+async fn snapshot(socket: &mut Socket) -> anyhow::Result<u64> {
+    while let Some(message) = socket.next().await {
+        if let Message::Text(text) = message.context("reading the snapshot")? {
+            if let Ok(ServerMessage::Snapshot(snapshot)) = ServerMessage::from_json(&text) {
+                return Ok(snapshot.version);
+            }
+            bail!("expected a snapshot, got {text}");
+        }
+    }
+    bail!("socket closed before its snapshot")
+}
+
+/// Opens `count` watchers spread over `counters` counters named `prefix-N`, each read to its
+/// snapshot, `parallel` handshakes at a time.
+async fn open_many(
+    server: SocketAddr,
+    prefix: &str,
+    counters: usize,
+    count: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<(usize, Socket)>> {
+    let parallel = 64;
+    let mut sockets = Vec::with_capacity(count);
+    let mut pending = futures_util::stream::iter(0..count)
+        .map(|index| {
+            let counter = index % counters;
+            let name = format!("{prefix}-{counter}");
+            async move {
+                let mut socket = connect(server, &name, index).await?;
+                snapshot(&mut socket).await?;
+                anyhow::Ok((counter, socket))
+            }
+        })
+        .buffer_unordered(parallel);
+    while let Some(opened) = pending.next().await {
+        sockets.push(opened?);
+        progress.inc(1);
+    }
+    Ok(sockets)
+}
+
+/// What one fan-out run measured.
+pub(crate) struct Fanout {
+    /// Write sent → each watcher has it.
+    pub(crate) latency: Histogram<u64>,
+    /// Write sent → the last watcher has it, per update.
+    pub(crate) last: Histogram<u64>,
+}
+
+/// `watchers` watchers of one counter; `updates` writes, one at a time, each waited for by all.
+pub(crate) async fn fanout(
+    client: &Client,
+    server: SocketAddr,
+    watchers: usize,
+    updates: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<Fanout> {
+    let prefix = format!("fanout{}", fastrand::u32(..));
+    let name = format!("{prefix}-0");
+    client.increment(&name, 1).await.context("creating the counter")?;
+    let sockets = open_many(server, &prefix, 1, watchers, progress).await?;
+    let received: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..=updates).map(|_| AtomicUsize::new(0)).collect());
+    let mut tasks = Vec::with_capacity(watchers);
+    for (_, mut socket) in sockets {
+        let received = Arc::clone(&received);
+        tasks.push(tokio::spawn(async move {
+            let mut times = Vec::with_capacity(updates as usize);
+            for _ in 0..updates {
+                let Some(version) = next_update(&mut socket).await else { break };
+                times.push((version, Instant::now()));
+                if let Some(count) =
+                    usize::try_from(version - 1).ok().and_then(|index| received.get(index))
+                {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            times
+        }));
+    }
+    // The counter is at version 1; update k makes version k + 1.
+    let mut sent_at = Vec::with_capacity(updates as usize);
+    for k in 1..=updates {
+        sent_at.push(Instant::now());
+        client.increment(&name, 1).await.context("fan-out write")?;
+        let deadline = Instant::now() + DELIVERY_TIMEOUT;
+        while received[k as usize].load(Ordering::Relaxed) < watchers {
+            if Instant::now() > deadline {
+                bail!(
+                    "update {k} reached {} of {watchers} watchers",
+                    received[k as usize].load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    let mut latency = stats::histogram();
+    let mut last_per_update = vec![Duration::ZERO; updates as usize];
+    for task in tasks {
+        for (version, at) in task.await.context("watcher task")? {
+            let Some(index) = usize::try_from(version.saturating_sub(2))
+                .ok()
+                .filter(|index| *index < sent_at.len())
+            else {
+                continue;
+            };
+            let delay = at.saturating_duration_since(sent_at[index]);
+            stats::record(&mut latency, delay);
+            last_per_update[index] = last_per_update[index].max(delay);
+        }
+    }
+    let mut last = stats::histogram();
+    for delay in last_per_update {
+        stats::record(&mut last, delay);
+    }
+    Ok(Fanout { latency, last })
+}
+
+/// What the idle-watcher run measured.
+pub(crate) struct Idle {
+    pub(crate) held: usize,
+    pub(crate) rss_per_watcher: f64,
+    pub(crate) pss_per_watcher: f64,
+    pub(crate) all_received: bool,
+}
+
+/// Opens `count` idle watchers over `count / 100` counters, measures the server's memory growth,
+/// then writes once to every counter and checks that every watcher gets it.
+pub(crate) async fn idle(
+    client: &Client,
+    server: SocketAddr,
+    memory: impl Fn() -> anyhow::Result<crate::server::Memory>,
+    count: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Idle> {
+    let counters = count.div_ceil(100);
+    let prefix = format!("idle{}", fastrand::u32(..));
+    let before = memory()?;
+    let sockets = open_many(server, &prefix, counters, count, progress).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = memory()?;
+    let got = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(count);
+    for (_, mut socket) in sockets {
+        let got = Arc::clone(&got);
+        tasks.push(tokio::spawn(async move {
+            if next_update(&mut socket).await.is_some() {
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+            // Keep the socket open until every watcher is counted.
+            socket
+        }));
+    }
+    let writes = futures_util::stream::iter(0..counters)
+        .map(|counter| {
+            let name = format!("{prefix}-{counter}");
+            async move { client.increment(&name, 1).await }
+        })
+        .buffer_unordered(32);
+    let results: Vec<_> = writes.collect().await;
+    for result in results {
+        result.context("writing to an idle counter")?;
+    }
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while got.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = got.load(Ordering::Relaxed);
+    for task in tasks {
+        task.abort();
+    }
+    let grown = |before: u64, after: u64| after.saturating_sub(before) as f64 / count as f64;
+    Ok(Idle {
+        held: count,
+        rss_per_watcher: grown(before.rss, after.rss),
+        pss_per_watcher: grown(before.pss, after.pss),
+        all_received: received == count,
+    })
+}
+
+/// Time from starting a connection to having the snapshot, `count` times in a row.
+pub(crate) async fn connect_to_snapshot(
+    client: &Client,
+    server: SocketAddr,
+    count: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Histogram<u64>> {
+    let name = format!("cold{}", fastrand::u32(..));
+    client.increment(&name, 1).await.context("creating the counter")?;
+    let mut latency = stats::histogram();
+    for index in 0..count {
+        let started = Instant::now();
+        let mut socket = connect(server, &name, index).await?;
+        snapshot(&mut socket).await?;
+        stats::record(&mut latency, started.elapsed());
+        drop(socket);
+        progress.inc(1);
+    }
+    Ok(latency)
+}
