@@ -121,7 +121,6 @@ fn main() -> std::process::ExitCode {
 async fn run(args: &Args) -> anyhow::Result<()> {
     raise_file_limit();
     let plan = Plan::new(args);
-    let wanted = |scenario: Scenario| args.only.is_empty() || args.only.contains(&scenario);
     let process = match &args.url {
         Some(_) => None,
         None => {
@@ -144,19 +143,39 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let client = Client::new(&base)?;
     let mut report = Report::default();
     eprintln!("benchmarking {base}");
+    // What was measured before a failure is still printed.
+    let outcome = scenarios(args, &plan, &base, addr, &client, process.as_ref(), &mut report).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.figures)?);
+    } else {
+        println!("{}", report.table());
+    }
+    outcome
+}
+
+async fn scenarios(
+    args: &Args,
+    plan: &Plan,
+    base: &str,
+    addr: SocketAddr,
+    client: &Client,
+    process: Option<&ServerProcess>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let wanted = |scenario: Scenario| args.only.is_empty() || args.only.contains(&scenario);
 
     if wanted(Scenario::Hot) {
         for &clients in &plan.hot_clients {
-            hot(&base, &client, clients, plan.seconds, &mut report).await?;
+            hot(base, client, clients, plan.seconds, report).await?;
         }
     }
     if wanted(Scenario::Spread) {
-        spread(&base, &client, &plan, &mut report).await?;
+        spread(base, client, plan, report).await?;
     }
     if wanted(Scenario::Fanout) {
         for &(watchers, updates) in &plan.fanout {
             let progress = bar(watchers as u64, &format!("fan-out: opening {watchers} watchers"));
-            let result = watchers::fanout(&client, addr, watchers, updates, &progress).await?;
+            let result = watchers::fanout(client, addr, watchers, updates, &progress).await?;
             progress.finish_and_clear();
             let case = format!("watchers={watchers}");
             let (p50, p99, max) = stats::percentiles_ms(&result.latency);
@@ -183,13 +202,12 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     if wanted(Scenario::Idle) {
-        match &process {
+        match process {
             Some(process) => {
                 for &count in &plan.idle {
                     let progress = bar(count as u64, &format!("idle: opening {count} watchers"));
                     let result =
-                        watchers::idle(&client, addr, || process.memory(), count, &progress)
-                            .await?;
+                        watchers::idle(client, addr, || process.memory(), count, &progress).await?;
                     progress.finish_and_clear();
                     let case = format!("watchers={count}");
                     report.add_target(
@@ -227,8 +245,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wanted(Scenario::Cold) {
         let progress = bar(plan.connects as u64, "cold: connect to snapshot");
-        let latency =
-            watchers::connect_to_snapshot(&client, addr, plan.connects, &progress).await?;
+        let latency = watchers::connect_to_snapshot(client, addr, plan.connects, &progress).await?;
         progress.finish_and_clear();
         let (p50, p99, _) = stats::percentiles_ms(&latency);
         report.add_target(
@@ -240,14 +257,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             false,
         );
         report.add("cold", &format!("connects={}", plan.connects), "connect→snapshot p99 ms", p99);
-        hibernated(&base, &client, plan.hibernated, &mut report).await?;
+        hibernated(base, client, plan.hibernated, report).await?;
     }
 
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.figures)?);
-    } else {
-        println!("{}", report.table());
-    }
     Ok(())
 }
 

@@ -105,7 +105,9 @@ pub(crate) async fn history(
         match page.next {
             Some(next) if args.all => before = Some(next),
             next => {
-                if !out.json {
+                if out.json {
+                    print_older_hint(&args.name, next);
+                } else {
                     print_history(out, &args.name, &entries, next)?;
                 }
                 return Ok(());
@@ -126,10 +128,15 @@ fn print_history(
     for line in output::history_table(entries) {
         out.line(&line)?;
     }
+    print_older_hint(name, next);
+    Ok(())
+}
+
+/// Tells people (on stderr, so scripts reading stdout are not disturbed) how to get more.
+fn print_older_hint(name: &str, next: Option<u64>) {
     if let Some(next) = next {
         eprintln!("(older entries: tally history {name} --before {next})");
     }
-    Ok(())
 }
 
 pub(crate) async fn watch(
@@ -141,6 +148,9 @@ pub(crate) async fn watch(
     let mut watch = client.watch_with(name, WatchOptions { since, ..WatchOptions::default() });
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Until the first connection succeeds, an unreachable server is an error like for every
+    // other command; after that, the watch rides out restarts.
+    let mut connected_once = false;
     loop {
         let event = tokio::select! {
             event = watch.next() => event,
@@ -149,9 +159,8 @@ pub(crate) async fn watch(
         let Some(event) = event else { return Ok(()) };
         match event {
             WatchEvent::Connected => {
-                if !out.json {
-                    eprintln!("connected to {}", client.base_url());
-                }
+                connected_once = true;
+                eprintln!("connected to {}", client.base_url());
             }
             WatchEvent::Snapshot(snapshot) => {
                 if out.json {
@@ -181,6 +190,12 @@ pub(crate) async fn watch(
                 } else {
                     out.line(&output::watch_line(&update))?;
                 }
+            }
+            WatchEvent::Disconnected { reason, .. } if !connected_once => {
+                return Err(CliError::Client(ClientError::Connect {
+                    url: client.base_url().to_owned(),
+                    reason,
+                }));
             }
             WatchEvent::Disconnected { reason, retry_in } => {
                 eprintln!("disconnected: {reason}; retrying in {:.1}s", retry_in.as_secs_f64());

@@ -107,8 +107,11 @@ fn main() -> ExitCode {
             };
         }
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "tally", &mut std::io::stdout());
-            Ok(())
+            // Generated into memory first: clap_complete panics on a write error, and a closed
+            // pipe (`| head`) must end quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tally", &mut script);
+            output::Printer::new(false).raw(&script)
         }
         command => run_client_command(&cli.url, cli.json, command),
     };

@@ -30,10 +30,24 @@ impl Printer {
         })
     }
 
+    /// Writes `bytes` as they are.
+    pub(crate) fn raw(&mut self, bytes: &[u8]) -> Result<(), CliError> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(bytes).and_then(|()| stdout.flush()).map_err(write_error)
+    }
+
     /// Prints `value` as one line of JSON.
     pub(crate) fn json_line<T: Serialize>(&mut self, value: &T) -> Result<(), CliError> {
         let text = serde_json::to_string(value).map_err(|error| CliError::Output(error.into()))?;
         self.line(&text)
+    }
+}
+
+fn write_error(error: std::io::Error) -> CliError {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        CliError::BrokenPipe
+    } else {
+        CliError::Output(error)
     }
 }
 

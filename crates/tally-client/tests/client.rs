@@ -36,12 +36,19 @@ impl Server {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        tokio::time::timeout(PATIENCE, self.task).await.expect("stops").expect("task").expect("run");
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("stops")
+            .expect("task")
+            .expect("run");
     }
 }
 
 async fn next(watch: &mut Watch) -> WatchEvent {
-    tokio::time::timeout(PATIENCE, watch.next()).await.expect("an event in time").expect("stream open")
+    tokio::time::timeout(PATIENCE, watch.next())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
 }
 
 #[tokio::test]
@@ -84,7 +91,10 @@ fn only_plain_http_base_urls_are_accepted() {
     for url in ["https://example.com", "localhost:8094", "http://", "http://host/path"] {
         assert!(matches!(Client::new(url), Err(ClientError::InvalidUrl { .. })), "{url}");
     }
-    assert_eq!(Client::new("http://127.0.0.1:8094/").expect("ok").base_url(), "http://127.0.0.1:8094");
+    assert_eq!(
+        Client::new("http://127.0.0.1:8094/").expect("ok").base_url(),
+        "http://127.0.0.1:8094"
+    );
 }
 
 /// The watch reconnects by itself after a restart and resumes with `since`: the changes made
@@ -96,10 +106,14 @@ async fn a_watch_survives_a_server_restart_with_no_gap_or_duplicate() {
     let client = Client::new(&format!("http://{addr}")).expect("client");
     client.increment("live", 1).await.expect("first write");
 
-    let fast = Backoff { min: Duration::from_millis(50), max: Duration::from_millis(200), factor: 2.0 };
-    let mut watch = client.watch_with("live", WatchOptions { backoff: fast, ..WatchOptions::default() });
+    let fast =
+        Backoff { min: Duration::from_millis(50), max: Duration::from_millis(200), factor: 2.0 };
+    let mut watch =
+        client.watch_with("live", WatchOptions { backoff: fast, ..WatchOptions::default() });
     assert!(matches!(next(&mut watch).await, WatchEvent::Connected));
-    assert!(matches!(next(&mut watch).await, WatchEvent::Snapshot(s) if s.version == 1 && !s.resync));
+    assert!(
+        matches!(next(&mut watch).await, WatchEvent::Snapshot(s) if s.version == 1 && !s.resync)
+    );
     client.increment("live", 1).await.expect("write");
     assert!(matches!(next(&mut watch).await, WatchEvent::Update(u) if u.version == 2));
 
@@ -114,7 +128,9 @@ async fn a_watch_survives_a_server_restart_with_no_gap_or_duplicate() {
     while versions.len() < 5 {
         match next(&mut watch).await {
             WatchEvent::Update(update) => versions.push(update.version),
-            WatchEvent::Connected | WatchEvent::Resumed { .. } | WatchEvent::Disconnected { .. } => {}
+            WatchEvent::Connected
+            | WatchEvent::Resumed { .. }
+            | WatchEvent::Disconnected { .. } => {}
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `tally` binary: started as a process, stopped with signals or
 //! killed with SIGKILL, restarted on the same SQLite file.
 
+mod cli;
 mod durability;
 mod process;
 mod serve;
