@@ -6,8 +6,7 @@
 //! durable. Each batch goes commit → broadcast → reply, so an answer or an update is only ever
 //! seen for a write that is on disk, and watchers see versions in order.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,10 +17,14 @@ use tokio::time::sleep_until;
 
 use crate::clock;
 use crate::registry::Registry;
-use crate::store::{AppendBatch, CounterRecord, HistoryRecord, Store, StoreError};
+use crate::store::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
 
 /// How many commands may wait in one counter's inbox before callers wait too.
 pub(crate) const INBOX_CAPACITY: usize = 1024;
+/// How many batches of one counter may be queued in the store at once. Two already keep the
+/// writer from waiting on this actor (one commits while the next waits behind it); a few more
+/// let bursts split into batches without waiting a whole commit.
+const MAX_IN_FLIGHT: usize = 4;
 /// How many operations may wait for the next batch; past this the actor stops taking commands
 /// from its inbox until the commit in flight is done, so the inbox pushes back on callers.
 const MAX_PENDING: usize = 4096;
@@ -224,8 +227,6 @@ struct InFlight {
     entries: Vec<(HistoryRecord, PendingOp)>,
 }
 
-type Commit = Pin<Box<dyn Future<Output = Result<i64, StoreError>> + Send>>;
-
 /// Owns one counter's state. Only this actor changes it.
 struct CounterActor {
     name: CounterName,
@@ -238,8 +239,11 @@ struct CounterActor {
     /// The counter's broadcast channel, taken from the registry on the first watch; it outlives
     /// the actor while watchers hold receivers, so watchers survive hibernation.
     topic: Option<broadcast::Sender<Published>>,
-    /// Operations that arrived while a batch was being committed.
+    /// Operations waiting to be queued as the next batch.
     pending: Vec<PendingOp>,
+    /// Value and version after the last queued batch: where the next batch starts. Equal to the
+    /// committed state when nothing is in flight.
+    tip: (i64, u64),
     /// Set after a failed commit: the next batch first reloads the state from storage.
     reload: bool,
 }
@@ -260,6 +264,7 @@ pub(crate) fn spawn(
         registry: registry.clone(),
         topic,
         pending: Vec::new(),
+        tip: (0, 0),
         reload: true,
     };
     registry.tracker().spawn(run(actor, inbox_rx));
@@ -270,42 +275,41 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
     let metrics = actor.registry.metrics();
     metrics.counters_in_memory.inc();
     let idle_timeout = actor.registry.config().idle_timeout;
-    let mut commit: Option<Commit> = None;
-    let mut in_flight: Option<InFlight> = None;
+    // Batches queued in the store, oldest first; they complete in this order.
+    let mut in_flight: VecDeque<(InFlight, Committing)> = VecDeque::new();
     let mut idle_deadline = deadline_after(idle_timeout);
     // Set when every handle is gone (the registry shut down): finish what was taken, then stop.
     let mut handles_gone = false;
 
     loop {
-        if actor.reload && commit.is_none() {
+        // After a failure, the batches queued behind it fail too (their base version is gone);
+        // storage is read again only once they are all answered.
+        if actor.reload && in_flight.is_empty() {
             if let Err(error) = actor.reload().await {
                 tracing::error!(counter = %actor.name, %error, "cannot load counter");
                 // Nothing can be answered without the state: leave, so that the next request
                 // starts a fresh actor that tries again.
                 actor.registry.retire(&actor.name, actor.generation);
                 inbox.close();
+                let failed =
+                    || ApplyError::Store(StoreError::WriteFailed { reason: error.to_string() });
                 for op in actor.pending.drain(..) {
-                    let _ = op.respond_to.send(Err(ApplyError::Store(StoreError::WriteFailed {
-                        reason: error.to_string(),
-                    })));
+                    let _ = op.respond_to.send(Err(failed()));
                 }
                 while let Some(command) = inbox.recv().await {
-                    command.refuse(|| {
-                        ApplyError::Store(StoreError::WriteFailed { reason: error.to_string() })
-                    });
+                    command.refuse(failed);
                 }
                 break;
             }
             metrics.counter_loads.inc();
         }
-        if commit.is_none()
-            && !actor.pending.is_empty()
-            && let Some((batch, future)) = actor.start_batch()
-        {
-            in_flight = Some(batch);
-            commit = Some(future);
+        while !actor.reload && in_flight.len() < MAX_IN_FLIGHT && !actor.pending.is_empty() {
+            match actor.start_batch().await {
+                Some(queued) => in_flight.push_back(queued),
+                None => break,
+            }
         }
-        let idle = commit.is_none() && actor.pending.is_empty();
+        let idle = in_flight.is_empty() && actor.pending.is_empty();
         if handles_gone && idle {
             break;
         }
@@ -317,11 +321,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 }
                 None => handles_gone = true,
             },
-            // The branch is only polled while a commit is in flight, so the `expect` holds.
-            result = async { commit.as_mut().expect("a commit is in flight").await }, if commit.is_some() => {
-                commit = None;
+            // Only the oldest batch is awaited: the store commits in queue order. The branch is
+            // only polled while a batch is in flight, so the `expect` holds.
+            result = async { (&mut in_flight.front_mut().expect("a batch is in flight").1).await }, if !in_flight.is_empty() => {
                 idle_deadline = deadline_after(idle_timeout);
-                if let Some(batch) = in_flight.take() {
+                if let Some((batch, _)) = in_flight.pop_front() {
                     actor.finish_batch(batch, result);
                 }
             }
@@ -343,11 +347,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
     metrics.counters_in_memory.dec();
 }
 
-/// `after` from now, or far in the future if that overflows (an enormous --idle-timeout).
+/// `after` from now, at most a year ahead: an enormous --idle-timeout means "never", and a year
+/// neither overflows an `Instant` nor leaves the timer's range.
 fn deadline_after(after: std::time::Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + std::time::Duration::from_secs(100 * 365 * 24 * 3600))
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+    tokio::time::Instant::now() + after.min(YEAR)
 }
 
 impl CounterActor {
@@ -356,6 +360,7 @@ impl CounterActor {
             Some(record) => CounterState::from_record(record),
             None => CounterState::default(),
         };
+        self.tip = (self.state.value, self.state.version);
         self.reload = false;
         tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
         Ok(())
@@ -376,12 +381,13 @@ impl CounterActor {
         }
     }
 
-    /// Applies every pending operation to a copy of the state and starts committing them.
-    /// Operations whose result would be out of range are refused here and left out.
-    fn start_batch(&mut self) -> Option<(InFlight, Commit)> {
+    /// Applies every pending operation on top of the last queued batch (or the committed state)
+    /// and queues them in the store as one batch. Operations whose result would be out of range
+    /// are refused here and left out.
+    async fn start_batch(&mut self) -> Option<(InFlight, Committing)> {
         let at_ms = clock::now_ms();
-        let mut value = self.state.value;
-        let mut version = self.state.version;
+        let (mut value, mut version) = self.tip;
+        let base_version = version;
         let mut entries = Vec::with_capacity(self.pending.len());
         for pending in self.pending.drain(..) {
             match pending.op.apply(value) {
@@ -408,11 +414,24 @@ impl CounterActor {
         }
         let batch = AppendBatch {
             name: self.name.clone(),
-            expected_version: self.state.version,
+            expected_version: base_version,
             entries: entries.iter().map(|(entry, _)| *entry).collect(),
         };
-        let store = Arc::clone(&self.store);
-        Some((InFlight { entries }, Box::pin(async move { store.append(batch).await })))
+        match self.store.append(batch).await {
+            Ok(committing) => {
+                self.tip = (value, version);
+                Some((InFlight { entries }, committing))
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                for (_, pending) in entries {
+                    let failed =
+                        ApplyError::Store(StoreError::WriteFailed { reason: reason.clone() });
+                    let _ = pending.respond_to.send(Err(failed));
+                }
+                None
+            }
+        }
     }
 
     /// The batch is durable (or failed): broadcast and answer each operation in order.
@@ -428,7 +447,8 @@ impl CounterActor {
                             reason: reason.clone(),
                         })));
                 }
-                // Storage is the truth; read it again before building on it.
+                // Storage is the truth; read it again before building on it (once every batch
+                // queued behind this one, which fails too, has been answered).
                 self.reload = true;
                 return;
             }

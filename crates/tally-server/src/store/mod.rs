@@ -60,6 +60,32 @@ pub struct AppendBatch {
     pub entries: Vec<HistoryRecord>,
 }
 
+/// A queued batch: resolves once it is committed (to the counter's storage id) or has failed.
+pub struct Committing {
+    answer: tokio::sync::oneshot::Receiver<Result<i64, StoreError>>,
+}
+
+impl Committing {
+    /// A batch answered on `answer`.
+    pub fn new(answer: tokio::sync::oneshot::Receiver<Result<i64, StoreError>>) -> Self {
+        Self { answer }
+    }
+}
+
+impl std::future::Future for Committing {
+    type Output = Result<i64, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // A dropped sender means the store went away without answering.
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Err(StoreError::Closed)))
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -107,12 +133,16 @@ pub trait Store: Send + Sync + 'static {
     /// When storage cannot be read.
     async fn load(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError>;
 
-    /// Commits `batch` durably (on disk, synced) and returns the counter's storage id.
+    /// Queues `batch` to be committed durably (on disk, synced) after every batch queued before
+    /// it, and returns as soon as it is queued. The returned [`Committing`] resolves to the
+    /// counter's storage id once the batch is committed. A counter may have several batches
+    /// queued at once (each built on the one before), so one fsync can cover all of them.
     ///
     /// # Errors
-    /// [`StoreError::Conflict`] when the stored version is not `batch.expected_version`;
-    /// any other error means nothing of the batch is stored.
-    async fn append(&self, batch: AppendBatch) -> Result<i64, StoreError>;
+    /// When the store is closed. The commit itself fails with [`StoreError::Conflict`] when the
+    /// stored version is not `batch.expected_version` (so every batch queued after a failed one
+    /// fails too); any other error means nothing of the batch is stored.
+    async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError>;
 
     /// Up to `limit` history entries of `name` with a version below `before` (all, if `None`),
     /// newest first.

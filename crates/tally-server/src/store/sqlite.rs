@@ -16,7 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tally_proto::{CounterName, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AppendBatch, CounterRecord, HistoryRecord, Store, StoreError};
+use super::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
 const APPLICATION_ID: i64 = 0x5441_4C59;
@@ -433,13 +433,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn append(&self, batch: AppendBatch) -> Result<i64, StoreError> {
+    async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError> {
         let (respond_to, answer) = oneshot::channel();
+        // One queue, one writer thread: batches are committed in the order they were queued.
         self.writer
             .send(WriterMessage::Append { batch, respond_to })
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        Ok(Committing::new(answer))
     }
 
     async fn history(
