@@ -41,6 +41,9 @@ struct Args {
     /// Seconds per load measurement (default 10, or 1 with --quick).
     #[arg(long, value_name = "S")]
     seconds: Option<u64>,
+    /// Client counts for the hot scenario (default 1,8,32,128, or 8 with --quick).
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    clients: Vec<usize>,
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -77,6 +80,14 @@ struct Plan {
 
 impl Plan {
     fn new(args: &Args) -> Self {
+        let mut plan = Self::sizes(args);
+        if !args.clients.is_empty() {
+            plan.hot_clients.clone_from(&args.clients);
+        }
+        plan
+    }
+
+    fn sizes(args: &Args) -> Self {
         if args.quick {
             Plan {
                 seconds: Duration::from_secs(args.seconds.unwrap_or(1)),
