@@ -185,6 +185,9 @@ async fn scenarios(
     }
     if wanted(Scenario::Fanout) {
         for &(watchers, updates) in &plan.fanout {
+            if !fits_open_files(watchers, "fanout", report) {
+                continue;
+            }
             let progress = bar(watchers as u64, &format!("fan-out: opening {watchers} watchers"));
             let result = watchers::fanout(client, addr, watchers, updates, &progress).await?;
             progress.finish_and_clear();
@@ -216,6 +219,9 @@ async fn scenarios(
         match process {
             Some(process) => {
                 for &count in &plan.idle {
+                    if !fits_open_files(count, "idle", report) {
+                        continue;
+                    }
                     let progress = bar(count as u64, &format!("idle: opening {count} watchers"));
                     let result =
                         watchers::idle(client, addr, || process.memory(), count, &progress).await?;
@@ -437,13 +443,33 @@ fn timed_bar(duration: Duration, message: &str) -> ProgressBar {
     progress
 }
 
-/// Lets this process and the server it starts hold 100 000+ sockets.
+/// Whether this process (and the server, which has the same limit) can open `sockets` more
+/// sockets; if not, says so in the report instead of failing half-way.
+fn fits_open_files(sockets: usize, scenario: &str, report: &mut Report) -> bool {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft);
+    // Room for the HTTP clients, the database and the runtime.
+    if (sockets as u64) + 200 <= limit {
+        return true;
+    }
+    eprintln!("{scenario}: {sockets} watchers skipped: the open-file limit here is {limit} per process");
+    report.add(scenario, &format!("watchers={sockets}"), "skipped: open-file limit per process", limit as f64);
+    false
+}
+
+/// Lets this process and the server it starts hold 100 000+ sockets: the soft and hard limits go
+/// up to the kernel's ceiling (`fs.nr_open`), which needs root or CAP_SYS_RESOURCE to pass the
+/// current hard limit. Without it the 100 000-watcher runs fail with "too many open files".
 fn raise_file_limit() {
-    const WANTED: u64 = 1_100_000;
-    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE)
-        && soft < WANTED
-        && rlimit::setrlimit(rlimit::Resource::NOFILE, WANTED, WANTED.max(hard)).is_err()
-    {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1_048_576);
+    let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return };
+    if soft >= ceiling {
+        return;
+    }
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, ceiling, ceiling.max(hard)).is_err() {
         let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+        eprintln!("note: open files limited to {hard}; runs above that many watchers will fail");
     }
 }
