@@ -451,8 +451,15 @@ fn fits_open_files(sockets: usize, scenario: &str, report: &mut Report) -> bool 
     if (sockets as u64) + 200 <= limit {
         return true;
     }
-    eprintln!("{scenario}: {sockets} watchers skipped: the open-file limit here is {limit} per process");
-    report.add(scenario, &format!("watchers={sockets}"), "skipped: open-file limit per process", limit as f64);
+    eprintln!(
+        "{scenario}: {sockets} watchers skipped: the open-file limit here is {limit} per process"
+    );
+    report.add(
+        scenario,
+        &format!("watchers={sockets}"),
+        "skipped: open-file limit per process",
+        limit as f64,
+    );
     false
 }
 
