@@ -226,6 +226,18 @@ async fn bad_messages_get_errors_and_the_socket_stays_usable() {
 }
 
 #[tokio::test]
+async fn a_message_just_under_4_kib_is_still_read() {
+    // The per-socket read buffer starts small and must grow for a message up to the limit.
+    let server = TestServer::start().await;
+    let mut watcher = server.watch("near").await;
+    watcher.next().await;
+    let near = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4000));
+    assert!(near.len() < 4096);
+    watcher.send_text(&near).await;
+    assert!(matches!(watcher.next().await, ServerMessage::Pong(_)));
+}
+
+#[tokio::test]
 async fn a_message_over_4_kib_closes_with_1009() {
     let server = TestServer::start().await;
     let mut watcher = server.watch("big").await;
