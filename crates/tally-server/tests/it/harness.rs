@@ -80,33 +80,27 @@ impl TestServer {
         format!("http://{}{path}", self.addr)
     }
 
+    /// POSTs `body` as JSON to `/rpc/counter.<procedure>`; returns the status and the raw answer.
+    async fn post(&self, procedure: &str, body: &Value) -> (u16, String) {
+        let path = format!("/rpc/counter.{procedure}");
+        self.raw(
+            reqwest::Method::POST,
+            &path,
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+
     /// POSTs `body` to `/rpc/counter.<procedure>`; returns the status and the parsed answer.
     pub(crate) async fn call(&self, procedure: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url(&format!("/rpc/counter.{procedure}")))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
+        let (status, text) = self.post(procedure, &body).await;
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is JSON: {text:?}")))
     }
 
     /// Like `call`, but the answer must be 200; returns its raw text.
     pub(crate) async fn call_text(&self, procedure: &str, body: Value) -> String {
-        let response = self
-            .http
-            .post(self.url(&format!("/rpc/counter.{procedure}")))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
+        let (status, text) = self.post(procedure, &body).await;
         assert_eq!(status, 200, "{procedure} {body} answered {text}");
         text
     }
