@@ -5,6 +5,7 @@
 //! a fresh database, unless `--url` points at a running server.
 
 mod load;
+mod machine;
 mod report;
 mod server;
 mod stats;
@@ -155,7 +156,13 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let mut report = Report::default();
     eprintln!("benchmarking {base}");
     // What was measured before a failure is still printed.
+    let cpu_before = machine::CpuTimes::now();
     let outcome = scenarios(args, &plan, &base, addr, &client, process.as_ref(), &mut report).await;
+    if let (Some(before), Some(after)) = (cpu_before, machine::CpuTimes::now()) {
+        // On a shared virtual machine the host may take CPU time away; a run with much steal
+        // is not comparable with one without.
+        report.add("machine", "whole run", "cpu steal %", after.steal_percent_since(&before));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report.figures)?);
     } else {
