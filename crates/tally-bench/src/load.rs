@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
 use indicatif::ProgressBar;
 use tally_client::Client;
 
@@ -46,40 +48,40 @@ pub(crate) async fn run(
     duration: Duration,
     progress: &ProgressBar,
 ) -> anyhow::Result<LoadResult> {
+    let addr = base.trim_start_matches("http://").to_owned();
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        // One HTTP client per task, so each has its own keep-alive connection, as separate
-        // users would.
-        let http =
-            reqwest::Client::builder().pool_max_idle_per_host(1).build().context("http client")?;
-        let base = base.to_owned();
+        // One HTTP/1.1 connection per client, kept alive, one request at a time, as separate
+        // users would. hyper's client connection directly: a full-featured client (pooling,
+        // redirects, …) costs the shared CPUs more than the server's own work.
+        let connection = Connection::open(&addr).await?;
         let request = request.clone();
         tasks.push(tokio::spawn(async move {
+            let mut connection = connection;
             let mut latency = stats::histogram();
             let (mut ok, mut failed) = (0_u64, 0_u64);
             while Instant::now() < deadline {
                 let sent = Instant::now();
-                let response = match &request {
-                    Request::Health => http.get(format!("{base}/healthz")).send().await,
-                    Request::Increment(name) => post_increment(&http, &base, name).await,
+                let answered = match &request {
+                    Request::Health => connection.get("/healthz").await,
+                    Request::Increment(name) => connection.increment(name).await,
                     Request::Spread { prefix, count } => {
-                        let name = format!("{prefix}-{}", fastrand::u32(..*count));
-                        post_increment(&http, &base, &name).await
+                        connection.increment(&format!("{prefix}-{}", fastrand::u32(..*count))).await
                     }
                 };
-                match response {
-                    Ok(response) if response.status().is_success() => {
-                        // Read the body: the request is done when its answer is.
-                        if response.bytes().await.is_ok() {
-                            ok += 1;
-                            stats::record(&mut latency, sent.elapsed());
-                        } else {
-                            failed += 1;
-                        }
+                match answered {
+                    Ok(true) => {
+                        ok += 1;
+                        stats::record(&mut latency, sent.elapsed());
                     }
-                    _ => failed += 1,
+                    Ok(false) => failed += 1,
+                    // The connection broke: nothing more can be sent on it.
+                    Err(_) => {
+                        failed += 1;
+                        break;
+                    }
                 }
             }
             (ok, failed, latency)
@@ -106,16 +108,53 @@ pub(crate) async fn run(
     Ok(result)
 }
 
-async fn post_increment(
-    http: &reqwest::Client,
-    base: &str,
-    name: &str,
-) -> reqwest::Result<reqwest::Response> {
-    http.post(format!("{base}/rpc/counter.increment"))
-        .header("content-type", "application/json")
-        .body(format!(r#"{{"name":"{name}"}}"#))
-        .send()
-        .await
+/// One keep-alive HTTP/1.1 connection to the server.
+struct Connection {
+    host: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    async fn open(addr: &str) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true).context("nodelay")?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .context("HTTP handshake")?;
+        // Drives the connection; ends when the sender is dropped.
+        tokio::spawn(connection);
+        Ok(Self { host: addr.to_owned(), sender })
+    }
+
+    /// Sends `request` and reads the whole answer; `Ok(true)` for a 2xx.
+    async fn send(&mut self, request: hyper::Request<Full<Bytes>>) -> anyhow::Result<bool> {
+        self.sender.ready().await.context("connection")?;
+        let response = self.sender.send_request(request).await.context("request")?;
+        let success = response.status().is_success();
+        // The request is done when its answer is.
+        response.into_body().collect().await.context("answer")?;
+        Ok(success)
+    }
+
+    async fn get(&mut self, path: &str) -> anyhow::Result<bool> {
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.host)
+            .body(Full::new(Bytes::new()))
+            .context("building a request")?;
+        self.send(request).await
+    }
+
+    async fn increment(&mut self, name: &str) -> anyhow::Result<bool> {
+        let request = hyper::Request::post("/rpc/counter.increment")
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(format!(r#"{{"name":"{name}"}}"#))))
+            .context("building a request")?;
+        self.send(request).await
+    }
 }
 
 /// The sum of the values of `names`: checks that every acknowledged increment is counted.
