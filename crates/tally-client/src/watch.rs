@@ -23,11 +23,20 @@ pub struct WatchOptions {
     pub backoff: Backoff,
     /// A connection that stayed up this long resets the backoff to its minimum.
     pub min_uptime: Duration,
+    /// A connection on which nothing at all arrives for this long is taken as dead (a peer or
+    /// network that vanished without closing) and replaced. The server pings a quiet client once
+    /// per ping interval (30 s by default), so a healthy connection is never this silent.
+    pub silence_timeout: Duration,
 }
 
 impl Default for WatchOptions {
     fn default() -> Self {
-        Self { since: None, backoff: Backoff::default(), min_uptime: Duration::from_secs(5) }
+        Self {
+            since: None,
+            backoff: Backoff::default(),
+            min_uptime: Duration::from_secs(5),
+            silence_timeout: Duration::from_secs(90),
+        }
     }
 }
 
@@ -162,7 +171,13 @@ impl Follower {
             return Ended::Abandoned;
         }
         loop {
-            let message = match socket.next().await {
+            let silence_timeout = self.options.silence_timeout;
+            let Ok(next) = tokio::time::timeout(silence_timeout, socket.next()).await else {
+                return Ended::Retry(format!(
+                    "nothing heard for {silence_timeout:?}; reconnecting"
+                ));
+            };
+            let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(error)) => return Ended::Retry(format!("connection lost: {error}")),
                 None => return Ended::Retry("connection lost".into()),

@@ -163,3 +163,47 @@ async fn a_refused_watch_fails_and_ends() {
     assert!(watch.next().await.is_none(), "the stream ends after Failed");
     server.stop().await;
 }
+
+/// A server that accepts the socket, sends a snapshot, then goes silent without closing (a
+/// vanished peer): the watch notices by the silence and reconnects.
+#[tokio::test]
+async fn a_silent_connection_is_replaced() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let silent_server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().await.expect("accept");
+            let mut socket = tokio_tungstenite::accept_async(stream).await.expect("handshake");
+            let snapshot = r#"{"type":"snapshot","value":0,"version":0,"metadata":{"id":null,"name":"quiet","value":0,"createdAt":null,"updatedAt":null,"operationCount":0},"timestamp":"2026-01-01T00:00:00.000Z"}"#;
+            socket.send(Message::text(snapshot)).await.expect("snapshot");
+            held.push(socket);
+        }
+        held
+    });
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    let options = WatchOptions {
+        silence_timeout: Duration::from_millis(300),
+        backoff: Backoff {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+            factor: 1.0,
+        },
+        ..WatchOptions::default()
+    };
+    let mut watch = client.watch_with("quiet", options);
+    assert!(matches!(next(&mut watch).await, WatchEvent::Connected));
+    assert!(matches!(next(&mut watch).await, WatchEvent::Snapshot(_)));
+    match next(&mut watch).await {
+        WatchEvent::Disconnected { reason, .. } => {
+            assert!(reason.contains("nothing heard"), "{reason}")
+        }
+        other => panic!("expected a disconnect, got {other:?}"),
+    }
+    assert!(matches!(next(&mut watch).await, WatchEvent::Connected));
+    drop(watch);
+    silent_server.abort();
+}
