@@ -133,15 +133,16 @@ fn main() -> std::process::ExitCode {
 async fn run(args: &Args) -> anyhow::Result<()> {
     raise_file_limit();
     let plan = Plan::new(args);
-    let process = match &args.url {
-        Some(_) => None,
-        None => {
-            let binary = match &args.tally {
-                Some(path) => path.clone(),
-                None => server::sibling_tally()?,
-            };
-            Some(ServerProcess::start(&binary, &["--idle-timeout", BENCH_IDLE_TIMEOUT])?)
+    let binary = match (&args.url, &args.tally) {
+        (Some(_), _) => None,
+        (None, Some(path)) => Some(path.clone()),
+        (None, None) => Some(server::sibling_tally()?),
+    };
+    let process = match &binary {
+        Some(binary) => {
+            Some(ServerProcess::start(binary, &["--idle-timeout", BENCH_IDLE_TIMEOUT])?)
         }
+        None => None,
     };
     let base = match (&args.url, &process) {
         (Some(url), _) => url.trim_end_matches('/').to_owned(),
@@ -157,7 +158,8 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("benchmarking {base}");
     // What was measured before a failure is still printed.
     let cpu_before = machine::CpuTimes::now();
-    let outcome = scenarios(args, &plan, &base, addr, &client, process.as_ref(), &mut report).await;
+    let outcome =
+        scenarios(args, &plan, &base, addr, &client, binary.as_deref(), &mut report).await;
     if let (Some(before), Some(after)) = (cpu_before, machine::CpuTimes::now()) {
         // On a shared virtual machine the host may take CPU time away; a run with much steal
         // is not comparable with one without.
@@ -177,7 +179,7 @@ async fn scenarios(
     base: &str,
     addr: SocketAddr,
     client: &Client,
-    process: Option<&ServerProcess>,
+    binary: Option<&std::path::Path>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let wanted = |scenario: Scenario| args.only.is_empty() || args.only.contains(&scenario);
@@ -223,15 +225,26 @@ async fn scenarios(
         }
     }
     if wanted(Scenario::Idle) {
-        match process {
-            Some(process) => {
+        match binary {
+            Some(binary) => {
                 for &count in &plan.idle {
                     if !fits_open_files(count, "idle", report) {
                         continue;
                     }
+                    // A fresh server: one that already held many sockets reuses their freed
+                    // memory, and its RSS would not grow at all.
+                    let fresh = ServerProcess::start(binary, &[])?;
+                    let fresh_addr = fresh.base.trim_start_matches("http://").parse()?;
+                    let fresh_client = Client::new(&fresh.base)?;
                     let progress = bar(count as u64, &format!("idle: opening {count} watchers"));
-                    let result =
-                        watchers::idle(client, addr, || process.memory(), count, &progress).await?;
+                    let result = watchers::idle(
+                        &fresh_client,
+                        fresh_addr,
+                        || fresh.memory(),
+                        count,
+                        &progress,
+                    )
+                    .await?;
                     progress.finish_and_clear();
                     let case = format!("watchers={count}");
                     report.add_target(
