@@ -2,6 +2,7 @@
 //! killed with SIGKILL, restarted on the same SQLite file.
 
 mod cli;
+mod crash;
 mod durability;
 mod process;
 mod serve;

@@ -1,0 +1,162 @@
+//! Crash safety under repeated SIGKILL: the real binary is killed at random moments while
+//! writers and a watcher are busy, and restarted on the same database each time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tally_client::{Backoff, Client, WatchEvent, WatchOptions};
+
+use crate::process::{PATIENCE, Tally};
+
+const KILLS: usize = 20;
+const COUNTERS: [&str; 3] = ["c0", "c1", "c2"];
+/// The counter the watcher follows across every crash.
+const WATCHED: &str = "c0";
+/// Keep all history, so every version can be checked after the last crash.
+const SERVE_FLAGS: [&str; 2] = ["--history-limit", "1000000"];
+
+/// Every answered write, as (counter, version) → value.
+type Answered = Arc<Mutex<BTreeMap<(String, u64), i64>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("tally.db");
+    let answered: Answered = Arc::default();
+    // Versions of WATCHED delivered to the watcher, across all its reconnects.
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+
+    for round in 0..KILLS {
+        let server = Arc::new(Tally::start(&database, &SERVE_FLAGS));
+        if round > 0 {
+            let so_far = answered.lock().expect("lock").clone();
+            check_storage(&server, &so_far).await;
+        }
+        let watcher = tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen)));
+        let mut writers = Vec::new();
+        for writer in 0..4 {
+            writers.push(tokio::spawn(write_until_killed(
+                Arc::clone(&server),
+                writer,
+                Arc::clone(&answered),
+            )));
+        }
+        // Kill at a random moment, mid-stream.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(50..400))).await;
+        server.signal("KILL");
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+        watcher.abort();
+    }
+
+    let server = Tally::start(&database, &SERVE_FLAGS);
+    let answered = answered.lock().expect("lock").clone();
+    check_storage(&server, &answered).await;
+    assert!(
+        answered.len() > KILLS * 10,
+        "too few writes were answered to mean anything: {}",
+        answered.len()
+    );
+
+    // The watcher resumes once more and catches up: it must have seen every version of the
+    // counter exactly once, in order.
+    let final_version =
+        server.ok("getValue", json!({"name": WATCHED})).await["version"].as_u64().expect("version");
+    let catch_up = tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen)));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while seen.lock().expect("lock").last().copied().unwrap_or(0) < final_version {
+        assert!(tokio::time::Instant::now() < deadline, "the watcher did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    catch_up.abort();
+    let seen = seen.lock().expect("lock").clone();
+    assert!(
+        seen == (1..=final_version).collect::<Vec<_>>(),
+        "the watcher saw versions missing, repeated or out of order"
+    );
+}
+
+/// Increments the counters in turn until the server dies; records every answered write.
+async fn write_until_killed(server: Arc<Tally>, writer: usize, answered: Answered) {
+    for i in 0_usize.. {
+        let name = COUNTERS[(writer + i) % COUNTERS.len()];
+        match server.call("increment", json!({"name": name, "amount": writer + 1})).await {
+            Ok((200, update)) => {
+                let version = update["version"].as_u64().expect("version");
+                let value = update["value"].as_i64().expect("value");
+                answered.lock().expect("lock").insert((name.to_owned(), version), value);
+            }
+            Ok((status, answer)) => panic!("unexpected answer {status}: {answer}"),
+            // The server died: this write may or may not have been committed.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Watches WATCHED on the server at `addr`, resuming after the last version in `seen`, and
+/// appends each delivered version to `seen`.
+async fn follow(addr: String, seen: Arc<Mutex<Vec<u64>>>) {
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    let since = seen.lock().expect("lock").last().copied();
+    let backoff =
+        Backoff { min: Duration::from_millis(20), max: Duration::from_millis(100), factor: 2.0 };
+    let mut watch =
+        client.watch_with(WATCHED, WatchOptions { since, backoff, ..WatchOptions::default() });
+    while let Some(event) = watch.next().await {
+        match event {
+            WatchEvent::Update(update) => seen.lock().expect("lock").push(update.version),
+            WatchEvent::Snapshot(snapshot) => {
+                // Only the very first connection starts from a snapshot: every later one
+                // resumes, and history is kept in full, so a resync would be a fault.
+                assert!(!snapshot.resync, "resync after a crash at version {}", snapshot.version);
+                assert!(since.is_none());
+                assert_eq!(snapshot.version, 0);
+            }
+            WatchEvent::Failed(error) => panic!("watch failed: {error}"),
+            _ => {}
+        }
+    }
+}
+
+/// After a restart: every answered write is stored with the value it was answered with, versions
+/// have no gap, history chains from 0, and the current value is the last entry's.
+async fn check_storage(server: &Tally, answered: &BTreeMap<(String, u64), i64>) {
+    for name in COUNTERS {
+        let history = server.history(name).await;
+        let mut running = 0;
+        for (expected_version, entry) in (1_u64..).zip(&history) {
+            assert_eq!(
+                entry["version"].as_u64(),
+                Some(expected_version),
+                "{name}: versions have a gap"
+            );
+            assert_eq!(
+                entry["previousValue"].as_i64(),
+                Some(running),
+                "{name}: history does not chain"
+            );
+            running = entry["value"].as_i64().expect("value");
+            if let Some(value) = answered.get(&(name.to_owned(), expected_version)) {
+                assert_eq!(
+                    running, *value,
+                    "{name} v{expected_version}: stored value differs from the answer"
+                );
+            }
+        }
+        let stored_versions = history.len() as u64;
+        let last_answered =
+            answered.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX)).next_back();
+        if let Some(((_, version), _)) = last_answered {
+            assert!(*version <= stored_versions, "{name}: answered version {version} lost");
+        }
+        let current = server.ok("getValue", json!({"name": name})).await;
+        assert_eq!(
+            (current["value"].as_i64(), current["version"].as_u64()),
+            (Some(running), Some(stored_versions))
+        );
+    }
+}
