@@ -35,7 +35,15 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
             let so_far = answered.lock().expect("lock").clone();
             check_storage(&server, &so_far).await;
         }
-        let watcher = tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen)));
+        // The watcher is subscribed before the writes start, so it sees some of them live and
+        // the rest by resuming after the crash.
+        let (subscribed, is_subscribed) = tokio::sync::oneshot::channel();
+        let watcher =
+            tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen), Some(subscribed)));
+        tokio::time::timeout(PATIENCE, is_subscribed)
+            .await
+            .expect("watcher subscribed in time")
+            .expect("watcher");
         let mut writers = Vec::new();
         for writer in 0..4 {
             writers.push(tokio::spawn(write_until_killed(
@@ -50,7 +58,10 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         for writer in writers {
             writer.await.expect("writer");
         }
+        // Wait until the old watcher has really stopped, so it cannot record a version after
+        // the next one has read where to resume.
         watcher.abort();
+        let _ = watcher.await;
     }
 
     let server = Tally::start(&database, &SERVE_FLAGS);
@@ -66,7 +77,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
     // counter exactly once, in order.
     let final_version =
         server.ok("getValue", json!({"name": WATCHED})).await["version"].as_u64().expect("version");
-    let catch_up = tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen)));
+    let catch_up = tokio::spawn(follow(server.addr.to_string(), Arc::clone(&seen), None));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while seen.lock().expect("lock").last().copied().unwrap_or(0) < final_version {
         assert!(tokio::time::Instant::now() < deadline, "the watcher did not catch up");
@@ -98,8 +109,12 @@ async fn write_until_killed(server: Arc<Tally>, writer: usize, answered: Answere
 }
 
 /// Watches WATCHED on the server at `addr`, resuming after the last version in `seen`, and
-/// appends each delivered version to `seen`.
-async fn follow(addr: String, seen: Arc<Mutex<Vec<u64>>>) {
+/// appends each delivered version to `seen`; says on `subscribed` when the first message came.
+async fn follow(
+    addr: String,
+    seen: Arc<Mutex<Vec<u64>>>,
+    mut subscribed: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let client = Client::new(&format!("http://{addr}")).expect("client");
     let since = seen.lock().expect("lock").last().copied();
     let backoff =
@@ -107,6 +122,11 @@ async fn follow(addr: String, seen: Arc<Mutex<Vec<u64>>>) {
     let mut watch =
         client.watch_with(WATCHED, WatchOptions { since, backoff, ..WatchOptions::default() });
     while let Some(event) = watch.next().await {
+        if matches!(event, WatchEvent::Snapshot(_) | WatchEvent::Resumed { .. })
+            && let Some(subscribed) = subscribed.take()
+        {
+            let _ = subscribed.send(());
+        }
         match event {
             WatchEvent::Update(update) => seen.lock().expect("lock").push(update.version),
             WatchEvent::Snapshot(snapshot) => {
