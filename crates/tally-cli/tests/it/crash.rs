@@ -61,7 +61,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         // Wait until the old watcher has really stopped, so it cannot record a version after
         // the next one has read where to resume.
         watcher.abort();
-        let _ = watcher.await;
+        surface_panic(watcher.await);
     }
 
     let server = Tally::start(&database, &SERVE_FLAGS);
@@ -84,6 +84,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     catch_up.abort();
+    surface_panic(catch_up.await);
     let seen = seen.lock().expect("lock").clone();
     assert!(
         seen == (1..=final_version).collect::<Vec<_>>(),
@@ -178,5 +179,14 @@ async fn check_storage(server: &Tally, answered: &BTreeMap<(String, u64), i64>) 
             (current["value"].as_i64(), current["version"].as_u64()),
             (Some(running), Some(stored_versions))
         );
+    }
+}
+
+/// A watcher task ends by being aborted; if it panicked instead (a failed check), fail the test.
+fn surface_panic(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = ended
+        && error.is_panic()
+    {
+        std::panic::resume_unwind(error.into_panic());
     }
 }
