@@ -423,7 +423,7 @@ impl CounterActor {
                 Some((InFlight { entries }, committing))
             }
             Err(error) => {
-                let reason = error.to_string();
+                let reason = error.reason();
                 for (_, pending) in entries {
                     let failed =
                         ApplyError::Store(StoreError::WriteFailed { reason: reason.clone() });
@@ -440,7 +440,7 @@ impl CounterActor {
             Ok(id) => id,
             Err(error) => {
                 tracing::error!(counter = %self.name, %error, "commit failed");
-                let reason = error.to_string();
+                let reason = error.reason();
                 for (_, pending) in batch.entries {
                     let _ =
                         pending.respond_to.send(Err(ApplyError::Store(StoreError::WriteFailed {

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod durability;
+mod faults;
 mod process;
 mod serve;
 mod tidy;

@@ -122,6 +122,17 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// What went wrong, in words, without repeating "commit failed" when this already is a
+    /// failed commit (the reason is handed on to every operation of a failed batch).
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::WriteFailed { reason } => reason.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Durable storage of counters and their history.
 ///
 /// Implementations are shared by every counter actor, so every method takes `&self`.
