@@ -56,6 +56,34 @@ fn a_file_that_is_not_a_tally_database_is_refused() {
     assert_eq!(std::fs::read_to_string(&database).expect("read"), text, "the file was changed");
 }
 
+#[test]
+fn a_sqlite_database_of_another_program_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("app.db");
+    {
+        let other = rusqlite::Connection::open(&database).expect("create");
+        other
+            .execute_batch(
+                "CREATE TABLE orders (id INTEGER PRIMARY KEY); INSERT INTO orders VALUES (7);",
+            )
+            .expect("fill");
+    }
+    let before = std::fs::read(&database).expect("read");
+    let output = tally()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(&database)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another program") && stderr.contains("will not write"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&database).expect("read"),
+        before,
+        "the other program's database was changed"
+    );
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_database_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
