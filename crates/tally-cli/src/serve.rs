@@ -45,6 +45,16 @@ pub(crate) struct ServeArgs {
     /// On SIGINT/SIGTERM, how long to wait for requests and sockets to finish.
     #[arg(long, env = "TALLY_SHUTDOWN_GRACE", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_grace: Duration,
+
+    /// A web origin whose pages may use this server besides its own, e.g.
+    /// http://localhost:5173 (repeat the flag, or separate with commas; * allows any).
+    #[arg(
+        long = "allow-origin",
+        env = "TALLY_ALLOW_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGIN"
+    )]
+    allow_origins: Vec<String>,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -74,6 +84,7 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         watch_buffer: args.watch_buffer as usize,
         send_timeout: args.send_timeout,
         shutdown_grace: args.shutdown_grace,
+        allowed_origins: args.allow_origins.clone(),
     };
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await

@@ -20,6 +20,8 @@ pub enum ErrorCode {
     UnknownProcedure,
     /// The HTTP method is not allowed on this path.
     MethodNotAllowed,
+    /// A browser request from a web origin the server does not allow (see `--allow-origin`).
+    OriginNotAllowed,
     /// A field is missing, of the wrong type, or not known.
     InvalidField,
     /// The counter name breaks the naming rule.
@@ -42,11 +44,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadJson,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::UnknownProcedure,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::OriginNotAllowed,
         ErrorCode::InvalidField,
         ErrorCode::InvalidName,
         ErrorCode::InvalidAmount,
@@ -65,6 +68,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::UnknownProcedure => "unknown_procedure",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::InvalidField => "invalid_field",
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::InvalidAmount => "invalid_amount",
@@ -86,6 +90,7 @@ impl ErrorCode {
             | ErrorCode::InvalidAmount
             | ErrorCode::InvalidLimit
             | ErrorCode::UnknownMessageType => 400,
+            ErrorCode::OriginNotAllowed => 403,
             ErrorCode::UnknownProcedure => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,

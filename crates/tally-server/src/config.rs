@@ -17,6 +17,10 @@ pub struct Config {
     pub send_timeout: Duration,
     /// How long shutdown waits for sockets to close after telling them to.
     pub shutdown_grace: Duration,
+    /// Web origins (e.g. `http://localhost:5173`) whose pages may call the RPCs and open
+    /// WebSockets, besides the server's own; `*` allows every origin. Requests without an
+    /// `Origin` header (programs, the CLI) are never refused for it.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -27,6 +31,7 @@ impl Default for Config {
             watch_buffer: 1024,
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            allowed_origins: Vec::new(),
         }
     }
 }

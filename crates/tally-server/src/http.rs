@@ -17,6 +17,7 @@ use tally_proto::{
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::clock;
 use crate::config::Config;
@@ -72,12 +73,14 @@ impl AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.allowed_origins);
     Router::new()
         .route("/rpc/{procedure}", post(rpc).fallback(rpc_wrong_method))
         .route("/ws/counter/{name}", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
+        .layer(cors)
         .with_state(state)
 }
 
@@ -110,6 +113,7 @@ async fn answer_rpc(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ProtocolError> {
+    check_origin(headers, &state.config.allowed_origins)?;
     let procedure = Procedure::from_path(procedure)?;
     check_json_content_type(headers)?;
     let body = body.map_err(|rejection| {
@@ -191,6 +195,49 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ProtocolError> {
             ),
         )),
     }
+}
+
+/// CORS answers for the allowed origins: browsers on those pages may POST JSON to the RPCs.
+fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
+    let origins = if allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            allowed_origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::CONTENT_TYPE])
+}
+
+/// Refuses a browser request from a web origin other than the server's own and the allowed
+/// ones. Browsers send `Origin` on every cross-origin request and on every WebSocket upgrade;
+/// programs usually send none, and are not refused for that.
+pub(crate) fn check_origin(
+    headers: &HeaderMap,
+    allowed_origins: &[String],
+) -> Result<(), ProtocolError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default();
+    let own = headers.get(header::HOST).and_then(|host| host.to_str().ok()).is_some_and(|host| {
+        origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
+    });
+    if own || allowed_origins.iter().any(|allowed| allowed == "*" || allowed == origin) {
+        return Ok(());
+    }
+    Err(ProtocolError::new(
+        ErrorCode::OriginNotAllowed,
+        format!(
+            "requests from pages at {origin:?} are not allowed; allowed: this server's own pages{}",
+            if allowed_origins.is_empty() {
+                " (start the server with --allow-origin ORIGIN to allow others)".to_owned()
+            } else {
+                format!(" and {}", allowed_origins.join(", "))
+            }
+        ),
+    ))
 }
 
 async fn rpc_wrong_method(State(state): State<AppState>, method: axum::http::Method) -> Response {

@@ -50,10 +50,15 @@ pub(crate) struct WatchQuery {
 /// Validates the request, then upgrades it to a socket watched by a task on the tracker.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
+    // WebSockets have no CORS: without this check any web page could watch any counter.
+    if let Err(error) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
+        return state.error_response(&error);
+    }
     let name = match CounterName::parse(&name) {
         Ok(name) => name,
         Err(error) => return state.error_response(&error),

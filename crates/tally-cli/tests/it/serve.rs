@@ -23,6 +23,8 @@ fn help_documents_every_flag() {
         "--watch-buffer",
         "--send-timeout",
         "--shutdown-grace",
+        "--allow-origin",
+        "TALLY_ALLOW_ORIGINS",
     ] {
         assert!(help.contains(flag), "serve --help does not mention {flag}:\n{help}");
     }

@@ -4,5 +4,6 @@
 mod bad_input;
 mod harness;
 mod hibernation;
+mod origins;
 mod rpc;
 mod watch;
