@@ -47,7 +47,7 @@ pub struct AppState {
 impl AppState {
     /// State for a server over `store`.
     pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_store(store.as_ref()));
         let registry = Registry::new(Arc::clone(&store), Arc::clone(&metrics), config.clone());
         Self {
             registry,

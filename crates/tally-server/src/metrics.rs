@@ -52,6 +52,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric under the `tally_` prefix, with the store's own.
+    pub(crate) fn with_store(store: &dyn crate::store::Store) -> Self {
+        let mut metrics = Self::new();
+        store.register_metrics(&mut metrics.registry);
+        metrics
+    }
+
     /// Registers every metric under the `tally_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tally");

@@ -8,6 +8,7 @@
 //! transaction, so that one fsync covers every write that was waiting (group commit).
 
 mod sqlite;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use tally_proto::{CounterName, OpKind};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use stats::StoreMetrics;
 
 /// A counter as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,4 +186,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Where the data lives, for people (a path or a URL without its password).
     fn describe(&self) -> String;
+
+    /// Adds the store's own metrics (commits, their size and time) to `/metrics`.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
 }

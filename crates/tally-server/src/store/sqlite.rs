@@ -16,7 +16,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tally_proto::{CounterName, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
+use super::{
+    AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError, StoreMetrics,
+};
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
 const APPLICATION_ID: i64 = 0x5441_4C59;
@@ -85,6 +87,8 @@ pub struct SqliteStore {
     writer: mpsc::Sender<WriterMessage>,
     /// Read-only connections for history reads and loads, which WAL lets run beside the writer.
     readers: Arc<ReaderPool>,
+    /// Commit statistics, fed by the writer thread.
+    metrics: StoreMetrics,
     /// Held for the store's life: an exclusive lock on `<database>.lock`, so that two servers
     /// never write one file (each would believe it alone orders the counters).
     _lock: File,
@@ -119,14 +123,17 @@ impl SqliteStore {
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
         let history_limit = options.history_limit.max(1);
+        let metrics = StoreMetrics::default();
+        let writer_metrics = metrics.clone();
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
-            .spawn(move || run_writer(conn, inbox, history_limit))
+            .spawn(move || run_writer(conn, inbox, history_limit, &writer_metrics))
             .map_err(|error| open_error(format!("cannot start the writer thread: {error}")))?;
 
         Ok(Self {
             path: path.to_owned(),
             writer,
+            metrics,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             _lock: lock,
         })
@@ -208,7 +215,12 @@ fn foreign(reason: &'static str) -> rusqlite::Error {
 }
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers each.
-fn run_writer(mut conn: Connection, mut inbox: mpsc::Receiver<WriterMessage>, history_limit: u64) {
+fn run_writer(
+    mut conn: Connection,
+    mut inbox: mpsc::Receiver<WriterMessage>,
+    history_limit: u64,
+    metrics: &StoreMetrics,
+) {
     let mut appends = Vec::new();
     let mut closing = None;
     while closing.is_none() {
@@ -225,7 +237,14 @@ fn run_writer(mut conn: Connection, mut inbox: mpsc::Receiver<WriterMessage>, hi
             }
         }
         if !appends.is_empty() {
+            let started = std::time::Instant::now();
             let results = commit(&mut conn, appends.iter().map(|(batch, _)| batch), history_limit);
+            if results.iter().any(Result::is_ok) {
+                let operations: usize = appends.iter().map(|(batch, _)| batch.entries.len()).sum();
+                metrics.transactions.inc();
+                metrics.transaction_operations.observe(operations as f64);
+                metrics.transaction_seconds.observe(started.elapsed().as_secs_f64());
+            }
             for ((_, respond_to), result) in appends.drain(..).zip(results) {
                 // The caller may have gone away; the write is committed all the same.
                 let _ = respond_to.send(result);
@@ -492,5 +511,9 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 }

@@ -170,6 +170,9 @@ async fn metrics_and_health() {
         1.0
     );
     assert_eq!(server.metric("tally_counters_in_memory").await, 1.0);
+    // One write, one transaction of one operation.
+    assert_eq!(server.metric("tally_store_transactions_total").await, 1.0);
+    assert_eq!(server.metric("tally_store_transaction_operations_sum").await, 1.0);
     let (status, body) = server.raw(reqwest::Method::GET, "/healthz", None, Vec::new()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
 }
