@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::stats;
 
-/// Connections per loopback source address: each address has about 28 000 ephemeral ports.
-const PER_SOURCE_ADDRESS: usize = 20_000;
+/// Connections per loopback source address: under the server's default
+/// `--max-connections-per-ip` (10 000), and each address has about 28 000 ephemeral ports.
+const PER_SOURCE_ADDRESS: usize = 5_000;
 /// How long to wait for every watcher to get something before calling it lost.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -29,7 +30,7 @@ type Socket = WebSocketStream<TcpStream>;
 /// address, so ports of earlier scenarios (still in TIME_WAIT) are never needed again.
 static OPENED: AtomicUsize = AtomicUsize::new(0);
 
-/// Opens a watcher of counter `name` from source address 127.0.0.(2 + n / 20 000), where n counts
+/// Opens a watcher of counter `name` from source address 127.0.0.(2 + n / 5 000), where n counts
 /// the connections opened so far (127.0.0.1 is left to the HTTP clients).
 pub(crate) async fn connect(server: SocketAddr, name: &str) -> anyhow::Result<Socket> {
     let index = OPENED.fetch_add(1, Ordering::Relaxed);

@@ -55,6 +55,24 @@ pub(crate) struct ServeArgs {
         value_name = "ORIGIN"
     )]
     allow_origins: Vec<String>,
+
+    /// Connections (HTTP and WebSocket) held at most; more are closed at once.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_connections: u32,
+
+    /// Connections one client address may hold at most (behind a proxy, all its clients share
+    /// one address: raise this there).
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS_PER_IP", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_connections_per_ip: u32,
+
+    /// How long a connection may take to send a request's headers (a silent or trickling
+    /// client is dropped after it).
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    header_timeout: Duration,
+
+    /// How long a client may take to send an RPC's body (answered 408 after it, nothing done).
+    #[arg(long, env = "TALLY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
+    request_timeout: Duration,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -85,6 +103,10 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         send_timeout: args.send_timeout,
         shutdown_grace: args.shutdown_grace,
         allowed_origins: args.allow_origins.clone(),
+        max_connections: args.max_connections as usize,
+        max_connections_per_ip: args.max_connections_per_ip as usize,
+        header_timeout: args.header_timeout,
+        request_timeout: args.request_timeout,
     };
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await

@@ -34,6 +34,9 @@ pub enum ErrorCode {
     OutOfRange,
     /// The request body is over 64 KiB.
     PayloadTooLarge,
+    /// The request body took longer to arrive than the server allows (`--request-timeout`);
+    /// nothing was done.
+    RequestTimeout,
     /// A WebSocket message whose `type` the server does not know.
     UnknownMessageType,
     /// The server cannot serve right now (storage fault, shutting down); try again later.
@@ -44,7 +47,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadJson,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::UnknownProcedure,
@@ -56,6 +59,7 @@ impl ErrorCode {
         ErrorCode::InvalidLimit,
         ErrorCode::OutOfRange,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::RequestTimeout,
         ErrorCode::UnknownMessageType,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -75,6 +79,7 @@ impl ErrorCode {
             ErrorCode::InvalidLimit => "invalid_limit",
             ErrorCode::OutOfRange => "out_of_range",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnknownMessageType => "unknown_message_type",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
@@ -93,6 +98,7 @@ impl ErrorCode {
             ErrorCode::OriginNotAllowed => 403,
             ErrorCode::UnknownProcedure => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::OutOfRange => 422,

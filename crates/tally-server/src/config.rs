@@ -21,6 +21,15 @@ pub struct Config {
     /// WebSockets, besides the server's own; `*` allows every origin. Requests without an
     /// `Origin` header (programs, the CLI) are never refused for it.
     pub allowed_origins: Vec<String>,
+    /// Connections (HTTP and WebSocket) the server holds at most; more are closed at once.
+    pub max_connections: usize,
+    /// Connections one client address may hold at most (behind a proxy, all clients share one).
+    pub max_connections_per_ip: usize,
+    /// How long a connection may take to send a request's headers, including the first request
+    /// after it opened; a slower one (or a silent one) is dropped.
+    pub header_timeout: Duration,
+    /// How long a client may take to send an RPC's body; answered 408 `request_timeout` past it.
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -32,6 +41,10 @@ impl Default for Config {
             send_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            max_connections_per_ip: 10_000,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

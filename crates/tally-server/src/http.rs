@@ -75,7 +75,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.allowed_origins);
     Router::new()
-        .route("/rpc/{procedure}", post(rpc).fallback(rpc_wrong_method))
+        .route(
+            "/rpc/{procedure}",
+            post(rpc)
+                .fallback(rpc_wrong_method)
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), body_deadline)),
+        )
         .route("/ws/counter/{name}", get(ws::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -195,6 +200,41 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ProtocolError> {
             ),
         )),
     }
+}
+
+/// Reads an RPC's body within `--request-timeout`, so that a client sending it byte by byte
+/// cannot hold a connection and a task for long: past the deadline it is answered 408
+/// `request_timeout` and nothing is done. Only receiving is timed; once the body is in, the
+/// request is handled to its end (a write is never cut off half-answered).
+async fn body_deadline(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let limit = state.config.request_timeout;
+    // One byte over the limit is enough to know it is too large; the handler says so.
+    let received =
+        tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES + 1)).await;
+    let body = match received {
+        Ok(Ok(bytes)) => axum::body::Body::from(bytes),
+        Ok(Err(_)) => {
+            return state.error_response(&ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is over {MAX_REQUEST_BODY_BYTES} bytes, the most allowed"),
+            ));
+        }
+        Err(_) => {
+            return state.error_response(&ProtocolError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body took longer than {} s to arrive, the most allowed; nothing was done",
+                    limit.as_secs_f64()
+                ),
+            ));
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, body)).await
 }
 
 /// CORS answers for the allowed origins: browsers on those pages may POST JSON to the RPCs.

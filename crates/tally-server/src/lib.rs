@@ -12,6 +12,7 @@
 //! - [`metrics`]: what is counted for `/metrics`.
 //! - [`config`], [`shutdown`], `clock`: settings, the stop signal, timestamps.
 
+mod accept;
 mod clock;
 pub mod config;
 pub mod counter;
@@ -25,7 +26,6 @@ mod ws;
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use config::Config;
@@ -45,37 +45,33 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let grace = config.shutdown_grace;
+    let accept_config = accept::AcceptConfig {
+        max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip,
+        header_timeout: config.header_timeout,
+        grace: config.shutdown_grace,
+    };
     let state = AppState::new(Arc::clone(&store), config);
     let token = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let registry = state.registry.clone();
+    let metrics = Arc::clone(&state.metrics);
 
     let signal_token = token.clone();
-    // Updates are small and latency matters more than packet count: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    let serve = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    tokio::spawn(async move {
         shutdown.await;
         signal_token.cancel();
     });
-    // Graceful shutdown waits for in-flight requests; a client that never finishes its request
-    // must not hold the server up past the grace period.
-    let result = tokio::select! {
-        result = serve.into_future() => result,
-        () = async { token.cancelled().await; tokio::time::sleep(grace).await } => Ok(()),
-    };
+    accept::serve(listener, router(state), &accept_config, metrics, token.clone()).await;
     token.cancel();
 
-    // axum does not wait for upgraded connections: the sockets saw the token and are closing.
+    // Upgraded connections are not HTTP requests any more: the sockets saw the token and are
+    // closing with 1012; wait for them.
     sockets.close();
-    if tokio::time::timeout(grace, sockets.wait()).await.is_err() {
+    if tokio::time::timeout(accept_config.grace, sockets.wait()).await.is_err() {
         tracing::warn!("some WebSockets did not close within the grace period");
     }
     registry.shutdown().await;
     store.close().await;
-    result
+    Ok(())
 }

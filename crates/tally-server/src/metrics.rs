@@ -20,6 +20,12 @@ pub(crate) struct ErrorLabels {
     code: &'static str,
 }
 
+/// Labels a refused connection by the limit it hit.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabels {
+    limit: &'static str,
+}
+
 /// Labels a WebSocket close by its code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CloseLabels {
@@ -39,6 +45,8 @@ fn batch_histogram() -> Histogram {
 /// Every metric, registered once. Cloning the handles inside is cheap (they are `Arc`s).
 pub struct Metrics {
     registry: Registry,
+    pub(crate) connections_open: Gauge,
+    pub(crate) connections_refused: Family<LimitLabels, Counter>,
     pub(crate) websockets_open: Gauge,
     pub(crate) watchers: Gauge,
     pub(crate) counters_in_memory: Gauge,
@@ -63,6 +71,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tally");
         let metrics = Self {
+            connections_open: Gauge::default(),
+            connections_refused: Family::default(),
             websockets_open: Gauge::default(),
             watchers: Gauge::default(),
             counters_in_memory: Gauge::default(),
@@ -75,6 +85,16 @@ impl Metrics {
             websocket_closes: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "connections_open",
+            "Open TCP connections (HTTP and WebSocket)",
+            metrics.connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because a limit was reached, by limit (total, per_ip)",
+            metrics.connections_refused.clone(),
+        );
         registry.register(
             "websockets_open",
             "Open WebSocket connections",
@@ -134,6 +154,11 @@ impl Metrics {
     /// Counts an error answered with `code`.
     pub(crate) fn error(&self, code: ErrorCode) {
         self.errors.get_or_create(&ErrorLabels { code: code.as_str() }).inc();
+    }
+
+    /// Counts a connection refused by `limit`.
+    pub(crate) fn connection_refused(&self, limit: &'static str) {
+        self.connections_refused.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Counts a socket closed by the server with `code`.

@@ -25,6 +25,10 @@ fn help_documents_every_flag() {
         "--shutdown-grace",
         "--allow-origin",
         "TALLY_ALLOW_ORIGINS",
+        "--max-connections",
+        "--max-connections-per-ip",
+        "--header-timeout",
+        "--request-timeout",
     ] {
         assert!(help.contains(flag), "serve --help does not mention {flag}:\n{help}");
     }

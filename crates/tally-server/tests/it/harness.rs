@@ -154,6 +154,15 @@ impl TestServer {
             .map_or(0.0, |value| value.trim().parse().expect("metric value"))
     }
 
+    /// Like `metric`, but `None` when the server refuses the connection (a limit is reached).
+    pub(crate) async fn metric_if_reachable(&self, sample: &str) -> Option<f64> {
+        let response = self.http.get(self.url("/metrics")).send().await.ok()?;
+        let text = response.text().await.ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|value| value.trim().parse().unwrap_or(f64::NAN))
+    }
+
     /// Waits until `sample` reads `expected` (metrics change a moment after the event).
     pub(crate) async fn wait_for_metric(&self, sample: &str, expected: f64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod harness;
 mod hibernation;
+mod limits;
 mod origins;
 mod rpc;
 mod watch;

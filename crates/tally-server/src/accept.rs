@@ -1,0 +1,192 @@
+//! The accept loop: connection limits, a deadline for request headers, and the HTTP side of
+//! graceful shutdown.
+//!
+//! Written over hyper directly rather than `axum::serve`, which offers neither a header timeout
+//! nor a hook to refuse connections. Every connection's socket carries a guard that releases
+//! its place in the limits when the socket is finally dropped, so a WebSocket (which outlives
+//! its HTTP connection after the upgrade) keeps counting until it closes.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use dashmap::DashMap;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+
+/// How the accept loop treats connections.
+pub(crate) struct AcceptConfig {
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
+    pub(crate) header_timeout: Duration,
+    pub(crate) grace: Duration,
+}
+
+/// Open connections, in total and per client address.
+struct Limits {
+    total: Arc<Semaphore>,
+    per_ip: DashMap<IpAddr, usize>,
+    max_per_ip: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// One connection's place in the limits, given back on drop.
+struct Admitted {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    limits: Arc<Limits>,
+}
+
+impl Limits {
+    /// A place for a connection from `ip`, or the name of the limit it hit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let permit = Arc::clone(&self.total).try_acquire_owned().map_err(|_| "total")?;
+        let mut count = self.per_ip.entry(ip).or_insert(0);
+        if *count >= self.max_per_ip {
+            return Err("per_ip");
+        }
+        *count += 1;
+        drop(count);
+        self.metrics.connections_open.inc();
+        Ok(Admitted { _permit: permit, ip, limits: Arc::clone(self) })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limits.per_ip.remove_if_mut(&self.ip, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+        self.limits.metrics.connections_open.dec();
+    }
+}
+
+/// A socket that holds its connection's place in the limits for as long as it lives.
+struct Counted {
+    stream: TcpStream,
+    _admitted: Admitted,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Serves `app` on `listener` until `token` is cancelled, then stops accepting and lets
+/// in-flight requests finish for up to `grace`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: &AcceptConfig,
+    metrics: Arc<Metrics>,
+    token: CancellationToken,
+) {
+    let limits = Arc::new(Limits {
+        total: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        per_ip: DashMap::new(),
+        max_per_ip: config.max_connections_per_ip.max(1),
+        metrics: Arc::clone(&metrics),
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
+    // Every HTTP connection's task, so shutdown can wait for in-flight requests.
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, usually: wait a moment rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = token.cancelled() => break,
+        };
+        let admitted = match limits.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(limit) => {
+                metrics.connection_refused(limit);
+                tracing::debug!(%peer, limit, "connection refused: limit reached");
+                continue;
+            }
+        };
+        // Updates are small and latency matters more than packet count: no Nagle delay.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let io = TokioIo::new(Counted { stream, _admitted: admitted });
+        let connection =
+            http.serve_connection(io, TowerToHyperService::new(app.clone())).with_upgrades();
+        let token = token.clone();
+        connections.spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = token.cancelled() => {
+                    // Finish the request in progress, answer it, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // In-flight requests finish; a client that never finishes its request must not hold the
+    // server up past the grace period.
+    connections.close();
+    if tokio::time::timeout(config.grace, connections.wait()).await.is_err() {
+        tracing::warn!("some HTTP requests did not finish within the grace period");
+    }
+}

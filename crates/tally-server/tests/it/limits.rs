@@ -1,0 +1,172 @@
+//! Limits that keep one client from hurting the others: connections in total and per client
+//! address, and deadlines for slow requests.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tally_server::{Config, SqliteOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::harness::{PATIENCE, TestServer, Watcher, test_config};
+
+/// A TCP connection to `server` from source address 127.0.0.`last`.
+async fn connect_from(server: SocketAddr, last: u8) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)), 0)).expect("bind");
+    socket.connect(server).await.expect("connect")
+}
+
+/// Whether the server closes `stream` (without sending anything first) within PATIENCE.
+async fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0_u8; 1];
+    matches!(tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+/// Whether `stream` is served: a health check gets an answer.
+async fn served(stream: &mut TcpStream) -> bool {
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    if stream.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = vec![0_u8; 256];
+    match tokio::time::timeout(PATIENCE, stream.read(&mut answer)).await {
+        Ok(Ok(read)) if read > 0 => answer[..read].starts_with(b"HTTP/1.1 200"),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn connections_per_client_address_are_limited_and_counted() {
+    let config = Config { max_connections_per_ip: 3, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect_from(server.addr, 5).await;
+        assert!(served(&mut stream).await);
+        held.push(stream);
+    }
+    let mut fourth = connect_from(server.addr, 5).await;
+    assert!(closed_by_server(&mut fourth).await, "a fourth connection from one address was kept");
+    // Another address is not affected.
+    assert!(served(&mut connect_from(server.addr, 6).await).await);
+    assert_eq!(server.metric("tally_connections_refused_total{limit=\"per_ip\"}").await, 1.0);
+
+    // A place frees when a connection closes.
+    held.pop();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut again = connect_from(server.addr, 5).await;
+        if served(&mut again).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed place was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn websockets_count_until_they_close() {
+    let config = Config { max_connections_per_ip: 2, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let url = |name: &str| format!("ws://{}/ws/counter/{name}", server.addr);
+    let mut first = Watcher::connect(&url("a")).await;
+    first.next().await;
+    let mut second = Watcher::connect(&url("b")).await;
+    second.next().await;
+    // Both upgraded connections still hold their places.
+    let mut third = connect_from(server.addr, 1).await;
+    assert!(closed_by_server(&mut third).await);
+    // Seen from another address: the two sockets, and this request's own connection.
+    let mut other = connect_from(server.addr, 9).await;
+    other
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut metrics = String::new();
+    tokio::time::timeout(PATIENCE, other.read_to_string(&mut metrics))
+        .await
+        .expect("answer")
+        .expect("read");
+    assert!(metrics.contains("\ntally_connections_open 3\n"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_total_number_of_connections_is_limited() {
+    let config = Config { max_connections: 2, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let mut one = connect_from(server.addr, 11).await;
+    let mut two = connect_from(server.addr, 12).await;
+    assert!(served(&mut one).await && served(&mut two).await);
+    assert!(closed_by_server(&mut connect_from(server.addr, 13).await).await);
+    drop((one, two));
+    // Reading the metric needs a connection of its own, once the two places are free.
+    let deadline = Instant::now() + PATIENCE;
+    while server.metric_if_reachable("tally_connections_refused_total{limit=\"total\"}").await
+        != Some(1.0)
+    {
+        assert!(Instant::now() < deadline, "the refusal was not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_or_trickles_headers_is_dropped() {
+    let config = Config { header_timeout: Duration::from_millis(300), ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let mut silent = connect_from(server.addr, 21).await;
+    let started = Instant::now();
+    assert!(closed_by_server(&mut silent).await, "a silent connection was kept");
+    assert!(started.elapsed() >= Duration::from_millis(250), "dropped before the timeout");
+
+    let mut trickling = connect_from(server.addr, 22).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut dropped = false;
+    for byte in request {
+        if trickling.write_all(&[*byte]).await.is_err() {
+            dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped || closed_by_server(&mut trickling).await, "a trickling client was served");
+}
+
+#[tokio::test]
+async fn a_body_sent_byte_by_byte_gets_408_and_changes_nothing() {
+    let config = Config { request_timeout: Duration::from_millis(300), ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let body = br#"{"name":"slow"}"#;
+    let mut stream = connect_from(server.addr, 31).await;
+    let head = format!(
+        "POST /rpc/counter.increment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let mut answer = Vec::new();
+    for byte in body {
+        let _ = stream.write_all(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut chunk = [0_u8; 1024];
+        if let Ok(Ok(read)) =
+            tokio::time::timeout(Duration::from_millis(1), stream.read(&mut chunk)).await
+        {
+            answer.extend_from_slice(&chunk[..read]);
+            if read == 0 || !answer.is_empty() {
+                break;
+            }
+        }
+    }
+    if answer.is_empty() {
+        let mut chunk = [0_u8; 1024];
+        let read = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("an answer")
+            .expect("read");
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert_eq!(server.value("slow").await, (0, 0));
+}
