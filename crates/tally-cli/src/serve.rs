@@ -73,6 +73,14 @@ pub(crate) struct ServeArgs {
     /// How long a client may take to send an RPC's body (answered 408 after it, nothing done).
     #[arg(long, env = "TALLY_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration, value_name = "DURATION")]
     request_timeout: Duration,
+
+    /// Watchers one counter may have at most (more are answered 503 too_many_watchers).
+    #[arg(long, env = "TALLY_MAX_WATCHERS_PER_COUNTER", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_watchers_per_counter: u32,
+
+    /// Messages a WebSocket client may send per second (past it: close 1008).
+    #[arg(long, env = "TALLY_MAX_MESSAGES_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_messages_per_second: u32,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -107,6 +115,8 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         max_connections_per_ip: args.max_connections_per_ip as usize,
         header_timeout: args.header_timeout,
         request_timeout: args.request_timeout,
+        max_watchers_per_counter: args.max_watchers_per_counter as usize,
+        max_messages_per_second: args.max_messages_per_second,
     };
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await

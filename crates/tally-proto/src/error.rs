@@ -39,6 +39,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// A WebSocket message whose `type` the server does not know.
     UnknownMessageType,
+    /// The counter already has as many watchers as the server allows; try again later.
+    TooManyWatchers,
     /// The server cannot serve right now (storage fault, shutting down); try again later.
     Unavailable,
     /// A fault inside the server; logged there.
@@ -47,7 +49,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadJson,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::UnknownProcedure,
@@ -61,6 +63,7 @@ impl ErrorCode {
         ErrorCode::PayloadTooLarge,
         ErrorCode::RequestTimeout,
         ErrorCode::UnknownMessageType,
+        ErrorCode::TooManyWatchers,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
     ];
@@ -81,6 +84,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::UnknownMessageType => "unknown_message_type",
+            ErrorCode::TooManyWatchers => "too_many_watchers",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -103,13 +107,13 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::OutOfRange => 422,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable | ErrorCode::TooManyWatchers => 503,
         }
     }
 
     /// Whether the same request may succeed if sent again later unchanged.
     pub fn is_temporary(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TooManyWatchers)
     }
 
     /// Whether the fault is the client's (answered, not logged as a server error).
@@ -182,6 +186,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// A protocol violation by the client (for example a binary frame where text was expected).
     pub const PROTOCOL_ERROR: u16 = 1002;
+    /// The client sent more messages per second than the server allows.
+    pub const POLICY_VIOLATION: u16 = 1008;
     /// The client sent a message over 4 KiB.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A fault inside the server; reconnecting later may help.
@@ -196,7 +202,7 @@ pub mod close {
 
     /// Whether a client should reconnect after the server closed with `code`.
     pub fn should_reconnect(code: u16) -> bool {
-        !matches!(code, NORMAL | PROTOCOL_ERROR | MESSAGE_TOO_BIG | 4500..=4999)
+        !matches!(code, NORMAL | PROTOCOL_ERROR | POLICY_VIOLATION | MESSAGE_TOO_BIG | 4500..=4999)
     }
 }
 

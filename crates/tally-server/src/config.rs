@@ -30,6 +30,10 @@ pub struct Config {
     pub header_timeout: Duration,
     /// How long a client may take to send an RPC's body; answered 408 `request_timeout` past it.
     pub request_timeout: Duration,
+    /// Watchers one counter may have at most; more are answered 503 `too_many_watchers`.
+    pub max_watchers_per_counter: usize,
+    /// Messages a WebSocket client may send per second; past it the socket is closed with 1008.
+    pub max_messages_per_second: u32,
 }
 
 impl Default for Config {
@@ -45,6 +49,8 @@ impl Default for Config {
             max_connections_per_ip: 10_000,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
+            max_watchers_per_counter: 100_000,
+            max_messages_per_second: 50,
         }
     }
 }

@@ -148,6 +148,15 @@ impl Registry {
         self.with_actor(name, |handle| async move { handle.watch().await }).await
     }
 
+    /// How many sockets watch `name` now.
+    pub fn watchers(&self, name: &CounterName) -> usize {
+        self.shared
+            .slots
+            .get(name)
+            .and_then(|slot| slot.topic.as_ref().map(broadcast::Sender::receiver_count))
+            .unwrap_or(0)
+    }
+
     /// Forgets `name`'s slot if nothing needs it any more: no actor, and no watcher.
     pub fn unwatch(&self, name: &CounterName) {
         self.shared.slots.remove_if(name, |_, slot| slot.actor.is_none() && !has_watchers(slot));

@@ -63,6 +63,17 @@ pub(crate) async fn upgrade(
         Ok(name) => name,
         Err(error) => return state.error_response(&error),
     };
+    // Checked before the upgrade, so the client gets an HTTP answer; concurrent upgrades may
+    // pass it together, so the limit holds to within a few.
+    let limit = state.config.max_watchers_per_counter;
+    if state.registry.watchers(&name) >= limit {
+        return state.error_response(&ProtocolError::new(
+            ErrorCode::TooManyWatchers,
+            format!(
+                "counter {name} already has {limit} watchers, the most allowed; try again later"
+            ),
+        ));
+    }
     let since = match query.map(|Query(query)| query.since) {
         Ok(None) => None,
         Ok(Some(text)) => match text.parse::<u64>() {
@@ -117,6 +128,7 @@ async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Opt
         last_version: 0,
         heard: false,
         ping_outstanding: false,
+        rate_window: (Instant::now(), 0),
         state: state.clone(),
     };
     let end = if state.shutdown.is_cancelled() {
@@ -157,6 +169,8 @@ struct Session {
     heard: bool,
     /// Whether a ping was sent and nothing has been heard since.
     ping_outstanding: bool,
+    /// The start of the current one-second window and the messages received in it.
+    rate_window: (Instant, u32),
     state: AppState,
 }
 
@@ -294,6 +308,9 @@ impl Session {
         };
         self.heard = true;
         self.ping_outstanding = false;
+        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+            self.count_message()?;
+        }
         match message {
             Message::Text(text) => match ClientMessage::parse(&text) {
                 Ok(ClientMessage::Ping) => {
@@ -318,6 +335,24 @@ impl Session {
                 Err(End::Drop)
             }
         }
+    }
+
+    /// Counts one client message against `--max-messages-per-second`.
+    fn count_message(&mut self) -> Result<(), End> {
+        let (started, count) = &mut self.rate_window;
+        if started.elapsed() >= Duration::from_secs(1) {
+            *started = Instant::now();
+            *count = 0;
+        }
+        *count += 1;
+        let limit = self.state.config.max_messages_per_second;
+        if *count > limit {
+            return Err(End::Close(
+                close::POLICY_VIOLATION,
+                format!("more than {limit} messages per second"),
+            ));
+        }
+        Ok(())
     }
 
     /// Sends `first` and whatever else is already queued, then flushes once.

@@ -29,6 +29,8 @@ fn help_documents_every_flag() {
         "--max-connections-per-ip",
         "--header-timeout",
         "--request-timeout",
+        "--max-watchers-per-counter",
+        "--max-messages-per-second",
     ] {
         assert!(help.contains(flag), "serve --help does not mention {flag}:\n{help}");
     }

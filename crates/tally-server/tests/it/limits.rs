@@ -170,3 +170,51 @@ async fn a_body_sent_byte_by_byte_gets_408_and_changes_nothing() {
     assert!(answer.contains("request_timeout"), "{answer}");
     assert_eq!(server.value("slow").await, (0, 0));
 }
+
+#[tokio::test]
+async fn watchers_per_counter_are_limited() {
+    let config = Config { max_watchers_per_counter: 2, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let url = |name: &str| format!("ws://{}/ws/counter/{name}", server.addr);
+    let mut first = Watcher::connect(&url("busy")).await;
+    first.next().await;
+    let mut second = Watcher::connect(&url("busy")).await;
+    second.next().await;
+    match tokio_tungstenite::connect_async(url("busy")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            assert!(
+                body.contains("too_many_watchers") && body.contains("\"temporary\":true"),
+                "{body}"
+            );
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    // Other counters are not affected, and a place frees when a watcher leaves.
+    Watcher::connect(&url("quiet")).await.next().await;
+    first.close().await;
+    let deadline = Instant::now() + PATIENCE;
+    while tokio_tungstenite::connect_async(url("busy")).await.is_err() {
+        assert!(Instant::now() < deadline, "the freed place was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.metric("tally_errors_total{code=\"too_many_watchers\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn a_client_sending_too_many_messages_is_closed_with_1008() {
+    let config = Config { max_messages_per_second: 5, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let mut watcher = server.watch("chatty").await;
+    watcher.next().await;
+    for _ in 0..10 {
+        watcher.send_text(r#"{"type":"ping"}"#).await;
+    }
+    // The first five are answered, then the socket is closed.
+    assert_eq!(
+        watcher.ended().await,
+        crate::harness::Ended::Closed(tally_proto::close::POLICY_VIOLATION)
+    );
+    assert_eq!(server.metric("tally_websocket_closes_total{code=\"1008\"}").await, 1.0);
+}
