@@ -109,13 +109,13 @@ pub(crate) async fn run(
 }
 
 /// One keep-alive HTTP/1.1 connection to the server.
-struct Connection {
+pub(crate) struct Connection {
     host: String,
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
 impl Connection {
-    async fn open(addr: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn open(addr: &str) -> anyhow::Result<Self> {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
@@ -147,7 +147,7 @@ impl Connection {
         self.send(request).await
     }
 
-    async fn increment(&mut self, name: &str) -> anyhow::Result<bool> {
+    pub(crate) async fn increment(&mut self, name: &str) -> anyhow::Result<bool> {
         let request = hyper::Request::post("/rpc/counter.increment")
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::CONTENT_TYPE, "application/json")

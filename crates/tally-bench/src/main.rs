@@ -8,6 +8,7 @@ mod load;
 mod machine;
 mod report;
 mod server;
+mod soak;
 mod stats;
 mod watchers;
 
@@ -48,6 +49,12 @@ struct Args {
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
+    /// Minutes the soak scenario runs (only with --only soak).
+    #[arg(long, default_value_t = 10, value_name = "MINUTES")]
+    soak_minutes: u64,
+    /// Watchers in the soak scenario.
+    #[arg(long, default_value_t = 2_000, value_name = "N")]
+    soak_watchers: usize,
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -65,6 +72,8 @@ enum Scenario {
     Idle,
     /// Connect to snapshot; first write to a hibernated counter.
     Cold,
+    /// Minutes of watchers, steady writes and reconnect storms (not part of the default run).
+    Soak,
 }
 
 /// The sizes of one run.
@@ -182,7 +191,10 @@ async fn scenarios(
     binary: Option<&std::path::Path>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let wanted = |scenario: Scenario| args.only.is_empty() || args.only.contains(&scenario);
+    let wanted = |scenario: Scenario| {
+        // The soak runs for minutes: only when asked for by name.
+        (args.only.is_empty() && scenario != Scenario::Soak) || args.only.contains(&scenario)
+    };
 
     if wanted(Scenario::Hot) {
         for &clients in &plan.hot_clients {
@@ -297,6 +309,72 @@ async fn scenarios(
         hibernated(base, client, plan.hibernated, report).await?;
     }
 
+    if wanted(Scenario::Soak) {
+        soak(args, binary, report).await?;
+    }
+    Ok(())
+}
+
+/// The soak scenario on a fresh server, whose memory it samples.
+async fn soak(
+    args: &Args,
+    binary: Option<&std::path::Path>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(binary) = binary else {
+        eprintln!("soak: skipped (needs a server this benchmark started, to read its memory)");
+        return Ok(());
+    };
+    let server = ServerProcess::start(binary, &[])?;
+    let client = Client::new(&server.base)?;
+    let minutes = args.soak_minutes.max(1);
+    let progress = bar(
+        minutes * 60,
+        &format!("soak: {} watchers, writes and reconnect storms", args.soak_watchers),
+    );
+    let result = soak::run(
+        &client,
+        &server.base,
+        || server.memory(),
+        Duration::from_secs(minutes * 60),
+        args.soak_watchers,
+        20,
+        200,
+        // At least three storms, at most one a minute.
+        Duration::from_secs(minutes * 60 / 4).min(Duration::from_secs(60)),
+        &progress,
+    )
+    .await?;
+    progress.finish_and_clear();
+    let case = format!("minutes={minutes} watchers={}", args.soak_watchers);
+    report.add("soak", &case, "acknowledged writes", result.writes as f64);
+    report.add_target("soak", &case, "failed writes", result.failed_writes as f64, 0.0, false);
+    report.add("soak", &case, "reconnect storms", f64::from(result.storms));
+    report.add_target(
+        "soak",
+        &case,
+        "updates out of order (gap or repeat)",
+        result.out_of_order as f64,
+        0.0,
+        false,
+    );
+    report.add_target(
+        "soak",
+        &case,
+        "watchers caught up at the end",
+        result.caught_up as f64,
+        args.soak_watchers as f64,
+        true,
+    );
+    report.add("soak", &case, "server RSS first MiB", result.rss_first as f64 / 1_048_576.0);
+    report.add(
+        "soak",
+        &case,
+        "server RSS at the first storm MiB",
+        result.rss_warm as f64 / 1_048_576.0,
+    );
+    report.add("soak", &case, "server RSS max MiB", result.rss_max as f64 / 1_048_576.0);
+    report.add("soak", &case, "server RSS last MiB", result.rss_last as f64 / 1_048_576.0);
     Ok(())
 }
 

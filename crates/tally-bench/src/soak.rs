@@ -1,0 +1,184 @@
+//! The soak run: many watchers, steady writes and periodic reconnect storms for minutes, with
+//! the server's memory sampled; at the end every watcher must have every version once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use indicatif::ProgressBar;
+use tally_client::{Backoff, Client, WatchEvent, WatchOptions};
+use tokio::task::JoinHandle;
+
+use crate::load::Connection;
+use crate::server::Memory;
+
+/// What a soak run saw.
+pub(crate) struct Soak {
+    pub(crate) writes: u64,
+    pub(crate) failed_writes: u64,
+    pub(crate) storms: u32,
+    pub(crate) rss_first: u64,
+    /// RSS at the first reconnect storm, once every watcher is connected and busy.
+    pub(crate) rss_warm: u64,
+    pub(crate) rss_max: u64,
+    pub(crate) rss_last: u64,
+    /// Updates a watcher got out of order (gap or repeat): must be 0.
+    pub(crate) out_of_order: u64,
+    /// Watchers that ended on their counter's final version.
+    pub(crate) caught_up: usize,
+}
+
+/// One watcher's progress, shared with the task that follows the counter.
+struct Follower {
+    counter: usize,
+    last: Arc<AtomicU64>,
+}
+
+/// Runs for `duration`: `watchers` watchers over `counters` counters, `rate` writes per second,
+/// and every `storm_every` all watchers dropped and reconnected with `since` at once.
+#[allow(clippy::too_many_arguments)] // A scenario's knobs, passed once.
+pub(crate) async fn run(
+    client: &Client,
+    base: &str,
+    memory: impl Fn() -> anyhow::Result<Memory>,
+    duration: Duration,
+    watchers: usize,
+    counters: usize,
+    rate: u64,
+    storm_every: Duration,
+    progress: &ProgressBar,
+) -> anyhow::Result<Soak> {
+    let prefix = format!("soak{}", fastrand::u32(..));
+    let out_of_order = Arc::new(AtomicU64::new(0));
+    let followers: Vec<Follower> = (0..watchers)
+        .map(|index| Follower { counter: index % counters, last: Arc::new(AtomicU64::new(0)) })
+        .collect();
+    let start_all = |followers: &[Follower]| -> Vec<JoinHandle<()>> {
+        followers
+            .iter()
+            .map(|follower| {
+                let name = format!("{prefix}-{}", follower.counter);
+                let since = follower.last.load(Ordering::Relaxed);
+                tokio::spawn(follow(
+                    client.clone(),
+                    name,
+                    since,
+                    Arc::clone(&follower.last),
+                    Arc::clone(&out_of_order),
+                ))
+            })
+            .collect()
+    };
+    let mut tasks = start_all(&followers);
+
+    let writes = Arc::new(AtomicU64::new(0));
+    let failed_writes = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+    let writer = {
+        let (writes, failed_writes, prefix) =
+            (Arc::clone(&writes), Arc::clone(&failed_writes), prefix.clone());
+        let addr = base.trim_start_matches("http://").to_owned();
+        tokio::spawn(async move {
+            let mut connection = Connection::open(&addr).await?;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+            let mut next = 0;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                match connection.increment(&format!("{prefix}-{}", next % counters)).await {
+                    Ok(true) => writes.fetch_add(1, Ordering::Relaxed),
+                    _ => failed_writes.fetch_add(1, Ordering::Relaxed),
+                };
+                next += 1;
+            }
+            anyhow::Ok(())
+        })
+    };
+
+    let first = memory()?;
+    let (mut rss_max, mut rss_last, mut rss_warm, mut storms) = (first.rss, first.rss, 0, 0);
+    let mut next_storm = started + storm_every;
+    while Instant::now() < deadline {
+        tokio::time::sleep(
+            Duration::from_secs(1).min(deadline.saturating_duration_since(Instant::now())),
+        )
+        .await;
+        rss_last = memory()?.rss;
+        rss_max = rss_max.max(rss_last);
+        progress.set_position(started.elapsed().as_secs());
+        if Instant::now() >= next_storm && Instant::now() < deadline {
+            if storms == 0 {
+                rss_warm = rss_last;
+            }
+            // Every watcher drops its socket at once and comes back resuming where it was.
+            for task in tasks.drain(..) {
+                task.abort();
+                let _ = task.await;
+            }
+            tasks = start_all(&followers);
+            storms += 1;
+            next_storm += storm_every;
+        }
+    }
+    writer.await.context("writer task")??;
+
+    // Let every watcher catch up with its counter's final version.
+    let mut finals = Vec::with_capacity(counters);
+    for counter in 0..counters {
+        finals.push(client.get_value(&format!("{prefix}-{counter}")).await?.version);
+    }
+    let catch_up_deadline = Instant::now() + Duration::from_secs(60);
+    let caught_up = |followers: &[Follower]| {
+        followers
+            .iter()
+            .filter(|follower| follower.last.load(Ordering::Relaxed) == finals[follower.counter])
+            .count()
+    };
+    while caught_up(&followers) < watchers && Instant::now() < catch_up_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let result = Soak {
+        writes: writes.load(Ordering::Relaxed),
+        failed_writes: failed_writes.load(Ordering::Relaxed),
+        storms,
+        rss_first: first.rss,
+        rss_warm,
+        rss_max,
+        rss_last,
+        out_of_order: out_of_order.load(Ordering::Relaxed),
+        caught_up: caught_up(&followers),
+    };
+    for task in tasks {
+        task.abort();
+    }
+    Ok(result)
+}
+
+/// Follows `name` from `since`, recording the last version and any out-of-order update.
+async fn follow(
+    client: Client,
+    name: String,
+    since: u64,
+    last: Arc<AtomicU64>,
+    out_of_order: Arc<AtomicU64>,
+) {
+    let backoff =
+        Backoff { min: Duration::from_millis(50), max: Duration::from_secs(2), factor: 2.0 };
+    let since = (since > 0).then_some(since);
+    let mut watch =
+        client.watch_with(&name, WatchOptions { since, backoff, ..WatchOptions::default() });
+    while let Some(event) = watch.next().await {
+        match event {
+            WatchEvent::Snapshot(snapshot) => last.store(snapshot.version, Ordering::Relaxed),
+            WatchEvent::Update(update) => {
+                if update.version != last.load(Ordering::Relaxed) + 1 {
+                    out_of_order.fetch_add(1, Ordering::Relaxed);
+                }
+                last.store(update.version, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
