@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tally_client::{Backoff, Client, WatchEvent, WatchOptions};
 
-use crate::process::{PATIENCE, Tally};
+use crate::process::{Answered, PATIENCE, Tally, write_until_killed};
 
 /// Kills per run in CI; `TALLY_CRASH_KILLS=N` asks for a longer run (docs/RELIABILITY.md).
 const KILLS: usize = 20;
@@ -18,9 +18,6 @@ const COUNTERS: [&str; 3] = ["c0", "c1", "c2"];
 const WATCHED: &str = "c0";
 /// Keep all history, so every version can be checked after the last crash.
 const SERVE_FLAGS: [&str; 2] = ["--history-limit", "1000000"];
-
-/// Every answered write, as (counter, version) → value.
-type Answered = Arc<Mutex<BTreeMap<(String, u64), i64>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version_once() {
@@ -51,6 +48,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         for writer in 0..4 {
             writers.push(tokio::spawn(write_until_killed(
                 Arc::clone(&server),
+                &COUNTERS,
                 writer,
                 Arc::clone(&answered),
             )));
@@ -98,23 +96,6 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         seen == (1..=final_version).collect::<Vec<_>>(),
         "the watcher saw versions missing, repeated or out of order"
     );
-}
-
-/// Increments the counters in turn until the server dies; records every answered write.
-async fn write_until_killed(server: Arc<Tally>, writer: usize, answered: Answered) {
-    for i in 0_usize.. {
-        let name = COUNTERS[(writer + i) % COUNTERS.len()];
-        match server.call("increment", json!({"name": name, "amount": writer + 1})).await {
-            Ok((200, update)) => {
-                let version = update["version"].as_u64().expect("version");
-                let value = update["value"].as_i64().expect("value");
-                answered.lock().expect("lock").insert((name.to_owned(), version), value);
-            }
-            Ok((status, answer)) => panic!("unexpected answer {status}: {answer}"),
-            // The server died: this write may or may not have been committed.
-            Err(_) => return,
-        }
-    }
 }
 
 /// Watches WATCHED on the server at `addr`, resuming after the last version in `seen`, and

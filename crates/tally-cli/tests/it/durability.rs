@@ -1,12 +1,12 @@
 //! What is answered is on disk: across a clean restart, and across SIGKILL under load.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::process::Tally;
+use crate::process::{Answered, Tally, write_until_killed};
 
 #[tokio::test]
 async fn restart_keeps_every_counter_with_its_metadata_and_history() {
@@ -46,26 +46,15 @@ async fn sigkill_under_write_load_loses_no_answered_write() {
     let database = dir.path().join("tally.db");
     let server = Arc::new(Tally::start(&database, &[]));
     // (counter, version) -> value, for every answered write.
-    let answered: Arc<Mutex<BTreeMap<(String, u64), i64>>> = Arc::default();
+    let answered: Answered = Arc::default();
     let mut writers = Vec::new();
     for writer in 0..8 {
-        let server = Arc::clone(&server);
-        let answered = Arc::clone(&answered);
-        writers.push(tokio::spawn(async move {
-            for i in 0_usize.. {
-                let name = COUNTERS[(writer + i) % COUNTERS.len()];
-                match server.call("increment", json!({"name": name, "amount": writer + 1})).await {
-                    Ok((200, update)) => {
-                        let version = update["version"].as_u64().expect("version");
-                        let value = update["value"].as_i64().expect("value");
-                        answered.lock().expect("lock").insert((name.to_owned(), version), value);
-                    }
-                    Ok((status, answer)) => panic!("unexpected answer {status}: {answer}"),
-                    // The server died under us: this write may or may not have been committed.
-                    Err(_) => return,
-                }
-            }
-        }));
+        writers.push(tokio::spawn(write_until_killed(
+            Arc::clone(&server),
+            &COUNTERS,
+            writer,
+            Arc::clone(&answered),
+        )));
     }
     // Let a good number of writes be answered, then kill at an arbitrary moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

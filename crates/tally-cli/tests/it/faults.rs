@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::process::{PATIENCE, Tally};
+use crate::process::{PATIENCE, Tally, serve_once};
 
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct SmallDisk {
@@ -147,11 +147,7 @@ async fn a_read_only_disk_is_refused_at_start_with_a_clear_message() {
     assert_eq!(server.wait().code(), Some(0));
 
     disk.remount("ro");
-    let output = crate::process::tally()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(&database)
-        .output()
-        .expect("run");
+    let output = serve_once(&database);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Read-only file system") || stderr.contains("writable"), "{stderr}");

@@ -145,3 +145,42 @@ impl Drop for Tally {
         let _ = self.child.wait();
     }
 }
+
+/// Every answered write, as (counter, version) → value.
+pub(crate) type Answered =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, u64), i64>>>;
+
+/// Increments `counters` in turn (by `writer + 1`) until the server stops answering; records
+/// every answered write in `answered`. A write in flight when the server died may or may not
+/// have been committed, so it is not recorded.
+pub(crate) async fn write_until_killed(
+    server: std::sync::Arc<Tally>,
+    counters: &[&str],
+    writer: usize,
+    answered: Answered,
+) {
+    for i in 0_usize.. {
+        let name = counters[(writer + i) % counters.len()];
+        match server
+            .call("increment", serde_json::json!({"name": name, "amount": writer + 1}))
+            .await
+        {
+            Ok((200, update)) => {
+                let version = update["version"].as_u64().expect("version");
+                let value = update["value"].as_i64().expect("value");
+                answered.lock().expect("lock").insert((name.to_owned(), version), value);
+            }
+            Ok((status, answer)) => panic!("unexpected answer {status}: {answer}"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs `tally serve` on `database` once, to its end (for start-up refusals).
+pub(crate) fn serve_once(database: &Path) -> std::process::Output {
+    tally()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(database)
+        .output()
+        .expect("run tally")
+}

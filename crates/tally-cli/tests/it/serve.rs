@@ -3,7 +3,7 @@
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::process::{PATIENCE, Tally, tally};
+use crate::process::{PATIENCE, Tally, serve_once, tally};
 
 #[test]
 fn help_documents_every_flag() {
@@ -53,11 +53,7 @@ fn a_file_that_is_not_a_tally_database_is_refused() {
     let database = dir.path().join("notes.txt");
     let text = "these are my notes, not a database\n".repeat(200);
     std::fs::write(&database, &text).expect("write");
-    let output = tally()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(&database)
-        .output()
-        .expect("run");
+    let output = serve_once(&database);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a SQLite database"), "{stderr}");
@@ -77,11 +73,7 @@ fn a_sqlite_database_of_another_program_is_refused_and_left_alone() {
             .expect("fill");
     }
     let before = std::fs::read(&database).expect("read");
-    let output = tally()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(&database)
-        .output()
-        .expect("run");
+    let output = serve_once(&database);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("another program") && stderr.contains("will not write"), "{stderr}");
@@ -97,11 +89,7 @@ async fn a_second_server_on_the_same_database_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
     let database = dir.path().join("tally.db");
     let _first = Tally::start(&database, &[]);
-    let output = tally()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-        .arg(&database)
-        .output()
-        .expect("run");
+    let output = serve_once(&database);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("another Tally server"));
 }
