@@ -41,12 +41,13 @@ pub struct Published {
 
 impl Published {
     /// Serializes the update that `entry` made to counter `name` (storage id `id`, created at
-    /// `created_at_ms`). Live broadcasts and replays from history both come through here, so a
+    /// `created_at`, already formatted: callers format it once per batch or replay, not per
+    /// update). Live broadcasts and replays from history both come through here, so a
     /// replayed update is byte for byte the one first broadcast.
     pub(crate) fn new(
         name: &CounterName,
         id: i64,
-        created_at_ms: i64,
+        created_at: &str,
         entry: &HistoryRecord,
     ) -> Self {
         let timestamp = clock::format_ms(entry.at_ms);
@@ -59,7 +60,7 @@ impl Published {
                 id: Some(id),
                 name: name.to_string(),
                 value: entry.value,
-                created_at: Some(clock::format_ms(created_at_ms)),
+                created_at: Some(created_at.to_owned()),
                 updated_at: Some(timestamp.clone()),
                 operation_count: entry.version,
             },
@@ -139,6 +140,12 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// A storage failure given in words, for each operation of a failed batch or load
+    /// (`StoreError` is not `Clone`).
+    fn store_failed(reason: &str) -> Self {
+        ApplyError::Store(StoreError::WriteFailed { reason: reason.to_owned() })
+    }
+
     /// The wire error this becomes.
     pub fn to_protocol(&self) -> ProtocolError {
         match self {
@@ -291,8 +298,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 // starts a fresh actor that tries again.
                 actor.registry.retire(&actor.name, actor.generation);
                 inbox.close();
-                let failed =
-                    || ApplyError::Store(StoreError::WriteFailed { reason: error.to_string() });
+                let failed = || ApplyError::store_failed(&error.reason());
                 for op in actor.pending.drain(..) {
                     let _ = op.respond_to.send(Err(failed()));
                 }
@@ -425,8 +431,7 @@ impl CounterActor {
             Err(error) => {
                 let reason = error.reason();
                 for (_, pending) in entries {
-                    let failed =
-                        ApplyError::Store(StoreError::WriteFailed { reason: reason.clone() });
+                    let failed = ApplyError::store_failed(&reason);
                     let _ = pending.respond_to.send(Err(failed));
                 }
                 None
@@ -442,10 +447,7 @@ impl CounterActor {
                 tracing::error!(counter = %self.name, %error, "commit failed");
                 let reason = error.reason();
                 for (_, pending) in batch.entries {
-                    let _ =
-                        pending.respond_to.send(Err(ApplyError::Store(StoreError::WriteFailed {
-                            reason: reason.clone(),
-                        })));
+                    let _ = pending.respond_to.send(Err(ApplyError::store_failed(&reason)));
                 }
                 // Storage is the truth; read it again before building on it (once every batch
                 // queued behind this one, which fails too, has been answered).
@@ -456,14 +458,15 @@ impl CounterActor {
         let metrics = self.registry.metrics();
         metrics.batch_operations.observe(batch.entries.len() as f64);
         // `start_batch` never starts an empty batch, and all its entries share one timestamp.
-        let created_at_ms = *self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms);
+        let created_at =
+            clock::format_ms(*self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms));
         self.state.id = Some(id);
         let topic = self.topic.as_ref().filter(|topic| topic.receiver_count() > 0);
         for (entry, pending) in batch.entries {
             self.state.value = entry.value;
             self.state.version = entry.version;
             self.state.updated_at_ms = Some(entry.at_ms);
-            let published = Published::new(&self.name, id, created_at_ms, &entry);
+            let published = Published::new(&self.name, id, &created_at, &entry);
             if let Some(topic) = topic {
                 // An error only means every watcher left meanwhile.
                 let _ = topic.send(published.clone());

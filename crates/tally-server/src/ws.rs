@@ -260,8 +260,9 @@ impl Session {
             }
             // A counter with history has an id and a creation time.
             if let (Some(id), Some(created_at_ms)) = (counter.id, counter.created_at_ms) {
+                let created_at = clock::format_ms(created_at_ms);
                 for record in &records {
-                    self.feed(Published::new(name, id, created_at_ms, record).json).await?;
+                    self.feed(Published::new(name, id, &created_at, record).json).await?;
                 }
             }
             cursor = up_to;
