@@ -40,7 +40,7 @@ pub struct AppState {
     pub(crate) config: Arc<Config>,
     /// Cancelled when the server starts shutting down; every socket watches it.
     pub(crate) shutdown: CancellationToken,
-    /// Every WebSocket task, so shutdown can wait for them (axum's graceful shutdown does not).
+    /// Every WebSocket task, so shutdown can wait for them (they outlive their HTTP connection).
     pub(crate) sockets: TaskTracker,
 }
 

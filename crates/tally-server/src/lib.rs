@@ -4,6 +4,7 @@
 //! `tally` binary is a thin command line over it.
 //!
 //! # Layout
+//! - `accept`: the accept loop over hyper: connection limits, header deadline, HTTP shutdown.
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
 //! - `ws`: one task per WebSocket: snapshot or resume, then live updates.
 //! - [`registry`]: name → counter actor, started on first use; keeps broadcast channels.
