@@ -1,0 +1,32 @@
+/**
+ * Tally's TypeScript client: typed calls for the seven RPC procedures and live subscriptions to
+ * counters that keep themselves alive, reconnect with backoff and resume without gaps.
+ * It has no runtime dependencies and runs in browsers and in Node.js (pass `ws` as `WebSocket`
+ * on Node.js versions without a global one).
+ *
+ * ```ts
+ * const client = new TallyClient({ baseUrl: "http://127.0.0.1:8094" });
+ * await client.increment("likes");
+ * const likes = new CounterSubscription(client, "likes");
+ * likes.subscribe(() => console.log(likes.getState().value));
+ * ```
+ */
+
+export * from "./protocol.js";
+export { Backoff, type BackoffOptions } from "./backoff.js";
+export {
+  TallyClient,
+  TallyConnectionError,
+  TallyError,
+  type TallyClientOptions,
+  type WebSocketConstructor,
+} from "./rpc.js";
+export {
+  CounterSubscription,
+  TallyWatchError,
+  describeClose,
+  type ConnectionStatus,
+  type SubscriptionEvents,
+  type SubscriptionOptions,
+  type SubscriptionState,
+} from "./subscription.js";

@@ -1,0 +1,247 @@
+/**
+ * The types of every message of Tally's wire protocol, as docs/PROTOCOL.md describes them.
+ *
+ * Field names and shapes follow the server byte for byte; where the server may send something
+ * newer than this client (an error code, a message type), the types leave room for it.
+ */
+
+/** The four operations that change a counter. */
+export type OperationType = "increment" | "decrement" | "setValue" | "reset";
+
+/** A counter's descriptive state (PROTOCOL.md §3.2). `id` and the times are null before the first write. */
+export interface Metadata {
+  id: number | null;
+  name: string;
+  value: number;
+  createdAt: string | null;
+  updatedAt: string | null;
+  /** The number of applied operations; always equal to the counter's version. */
+  operationCount: number;
+}
+
+/** The answer to every write, and the WebSocket message that announces it. */
+export interface Update {
+  type: OperationType;
+  value: number;
+  previousValue: number;
+  version: number;
+  metadata: Metadata;
+  /** RFC 3339 UTC with milliseconds; operations of one batch share it, so order by version. */
+  timestamp: string;
+}
+
+/** The answer to `counter.getValue`. */
+export interface ValueAnswer {
+  value: number;
+  version: number;
+}
+
+/** One history item; `amount` is present for increment and decrement only. */
+export interface Entry {
+  version: number;
+  type: OperationType;
+  amount?: number;
+  previousValue: number;
+  value: number;
+  timestamp: string;
+}
+
+/** The answer to `counter.getHistory`: entries newest first; `next` is present while older ones remain. */
+export interface HistoryPage {
+  entries: Entry[];
+  next?: number;
+}
+
+/** The first message of a watch without `since`, or of a resume that could not be served (`resync`). */
+export interface SnapshotMessage {
+  type: "snapshot";
+  value: number;
+  version: number;
+  metadata: Metadata;
+  /** When the snapshot was taken (not when the counter last changed: that is `metadata.updatedAt`). */
+  timestamp: string;
+  /** True when a resume could not be served: replace all local state with this snapshot. */
+  resync?: boolean;
+}
+
+/** A resume is served: the updates `since + 1 ..= version` follow. */
+export interface ResumedMessage {
+  type: "resumed";
+  since: number;
+  version: number;
+}
+
+/** The answer to a client ping. */
+export interface PongMessage {
+  type: "pong";
+  timestamp: string;
+}
+
+/** A client message was refused; the socket stays open. */
+export interface ErrorMessage {
+  type: "error";
+  code: ErrorCode;
+  message: string;
+}
+
+/** An Update as a WebSocket message. */
+export type UpdateMessage = Update;
+
+/** Everything the server sends on a WebSocket. */
+export type ServerMessage =
+  | SnapshotMessage
+  | ResumedMessage
+  | PongMessage
+  | ErrorMessage
+  | UpdateMessage;
+
+/** The only message a client sends. */
+export interface PingMessage {
+  type: "ping";
+}
+
+/** Error codes the server answers (PROTOCOL.md §6); newer servers may send others. */
+export type KnownErrorCode =
+  | "bad_json"
+  | "unsupported_media_type"
+  | "unknown_procedure"
+  | "method_not_allowed"
+  | "origin_not_allowed"
+  | "invalid_field"
+  | "invalid_name"
+  | "invalid_amount"
+  | "invalid_limit"
+  | "out_of_range"
+  | "payload_too_large"
+  | "request_timeout"
+  | "unknown_message_type"
+  | "too_many_watchers"
+  | "unavailable"
+  | "internal";
+
+/** A known code, or one newer than this client (then rely on the status and `temporary`). */
+export type ErrorCode = KnownErrorCode | (string & {});
+
+/** The body of every RPC error and refused WebSocket upgrade. */
+export interface ErrorBody {
+  error: {
+    code: ErrorCode;
+    message: string;
+    temporary: boolean;
+  };
+}
+
+/** The seven RPC procedures, with their request bodies and answers. */
+export interface Procedures {
+  increment: { request: { name: string; amount?: number }; answer: Update };
+  decrement: { request: { name: string; amount?: number }; answer: Update };
+  setValue: { request: { name: string; value: number }; answer: Update };
+  reset: { request: { name: string }; answer: Update };
+  getValue: { request: { name: string }; answer: ValueAnswer };
+  getMetadata: { request: { name: string }; answer: Metadata };
+  getHistory: {
+    request: { name: string; limit?: number; before?: number };
+    answer: HistoryPage;
+  };
+}
+
+/** The name of an RPC procedure (the `x` of `POST /rpc/counter.x`). */
+export type Procedure = keyof Procedures;
+
+/** WebSocket close codes the server sends (PROTOCOL.md §7). */
+export const CloseCode = {
+  NORMAL: 1000,
+  PROTOCOL_ERROR: 1002,
+  /** No close frame at all: a lost network, or a stalled send the server dropped. */
+  ABNORMAL: 1006,
+  POLICY_VIOLATION: 1008,
+  MESSAGE_TOO_BIG: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  SLOW_CONSUMER: 4000,
+  PING_TIMEOUT: 4001,
+} as const;
+
+/**
+ * Whether a client should reconnect after the server closed with `code` (PROTOCOL.md §7):
+ * not after 1000, 1002, 1008, 1009 or 4500–4999, which need a change on the client's side first.
+ */
+export function shouldReconnect(code: number): boolean {
+  switch (code) {
+    case CloseCode.NORMAL:
+    case CloseCode.PROTOCOL_ERROR:
+    case CloseCode.POLICY_VIOLATION:
+    case CloseCode.MESSAGE_TOO_BIG:
+      return false;
+    default:
+      return !(code >= 4500 && code <= 4999);
+  }
+}
+
+/** Every value, amount and result stays within ±(2^53 − 1). */
+export const MAX_VALUE = Number.MAX_SAFE_INTEGER;
+
+/** Longest counter name, in bytes. */
+export const MAX_NAME_BYTES = 128;
+
+const NAME_PATTERN = /^[A-Za-z0-9_.:-]+$/;
+
+/**
+ * Why `name` is not a valid counter name, in words, or null when it is valid.
+ * The rule is the server's: 1 to 128 bytes of `[A-Za-z0-9_.:-]`.
+ */
+export function nameProblem(name: string): string | null {
+  if (name.length === 0) {
+    return "the counter name is empty; use 1 to 128 of the characters A-Z a-z 0-9 _ . : -";
+  }
+  if (!NAME_PATTERN.test(name)) {
+    const bad = [...name].find((ch) => !NAME_PATTERN.test(ch)) ?? "";
+    return `the counter name contains ${JSON.stringify(bad)}; only A-Z a-z 0-9 _ . : - are allowed`;
+  }
+  if (name.length > MAX_NAME_BYTES) {
+    return `the counter name is ${name.length} characters long; at most ${MAX_NAME_BYTES} are allowed`;
+  }
+  return null;
+}
+
+/**
+ * Reads one WebSocket text message, or returns null when it is not a server message this client
+ * understands (it is then ignored, so that newer servers may add message types).
+ */
+export function parseServerMessage(text: string): ServerMessage | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof parsed !== "object" || parsed === null) return null;
+  const message = parsed as { type?: unknown; version?: unknown; value?: unknown };
+  switch (message.type) {
+    case "snapshot":
+    case "increment":
+    case "decrement":
+    case "setValue":
+    case "reset":
+      return typeof message.version === "number" && typeof message.value === "number"
+        ? (parsed as ServerMessage)
+        : null;
+    case "resumed":
+      return typeof message.version === "number" ? (parsed as ResumedMessage) : null;
+    case "pong":
+    case "error":
+      return parsed as ServerMessage;
+    default:
+      return null;
+  }
+}
+
+/** True for the four Update message types. */
+export function isUpdate(message: ServerMessage): message is UpdateMessage {
+  return (
+    message.type === "increment" ||
+    message.type === "decrement" ||
+    message.type === "setValue" ||
+    message.type === "reset"
+  );
+}

@@ -1,0 +1,419 @@
+/**
+ * A live subscription to one counter: a WebSocket that keeps itself alive, reconnects with
+ * backoff, resumes after the last version it saw, and exposes its state as immutable snapshots
+ * (suited to React's `useSyncExternalStore`, or to any other framework).
+ */
+
+import { Backoff, type BackoffOptions } from "./backoff.js";
+import {
+  CloseCode,
+  isUpdate,
+  nameProblem,
+  parseServerMessage,
+  shouldReconnect,
+  type Metadata,
+  type ServerMessage,
+  type SnapshotMessage,
+  type Update,
+} from "./protocol.js";
+import type { TallyClient } from "./rpc.js";
+
+/** Where the connection is. A disabled subscription is `disconnected`. */
+export type ConnectionStatus = "connecting" | "connected" | "disconnected";
+
+/** Why the last connection ended or could not be made. */
+export class TallyWatchError extends Error {
+  override readonly name = "TallyWatchError";
+  /** The WebSocket close code, or null when the socket could not even be created. */
+  readonly closeCode: number | null;
+  /** True when the subscription will try again by itself. */
+  readonly willRetry: boolean;
+
+  constructor(message: string, closeCode: number | null, willRetry: boolean) {
+    super(message);
+    this.closeCode = closeCode;
+    this.willRetry = willRetry;
+  }
+}
+
+/** One subscription's state. Each change makes a new object, so `===` tells whether it changed. */
+export interface SubscriptionState {
+  readonly name: string;
+  readonly enabled: boolean;
+  readonly status: ConnectionStatus;
+  /** The counter's value, or null until the first snapshot. */
+  readonly value: number | null;
+  /** The last version applied, or null until the first snapshot. */
+  readonly version: number | null;
+  readonly metadata: Metadata | null;
+  /** The last Update applied. */
+  readonly update: Update | null;
+  /** When the last applied Update was committed (its `timestamp`). */
+  readonly lastUpdate: Date | null;
+  /** Why the last connection ended or failed; cleared when a connection is synced again. */
+  readonly error: TallyWatchError | null;
+  /** When the next reconnect attempt is due (epoch ms), while one is scheduled. */
+  readonly retryAt: number | null;
+}
+
+/** Tunes a subscription. Times are in milliseconds. */
+export interface SubscriptionOptions {
+  /** Connect at once (true by default); see `enable` and `disable`. */
+  enabled?: boolean;
+  /** How often to send the keep-alive ping; the seed's 30 s by default. */
+  pingInterval?: number;
+  /** Reconnect delays; see `Backoff`. */
+  backoff?: BackoffOptions;
+  /** How long a connection must stay up before the backoff starts again from its minimum (10 s). */
+  minUptime?: number;
+  /** Resume after this version on the first connection, instead of starting with a snapshot. */
+  since?: number;
+  /**
+   * Reconnect at once when the browser comes back online or a hidden tab becomes visible
+   * (true by default; does nothing outside a browser).
+   */
+  reconnectOnResume?: boolean;
+  /** The source of randomness for backoff jitter; `Math.random` by default (tests fix it). */
+  random?: () => number;
+}
+
+/** What a subscription announces besides state changes. */
+export interface SubscriptionEvents {
+  /** A snapshot replaced the state (`resync` says a resume could not be served). */
+  snapshot: (snapshot: SnapshotMessage) => void;
+  /** An Update newer than the state was applied: live, or replayed after a reconnect. */
+  update: (update: Update) => void;
+}
+
+type Listener = () => void;
+
+const DEFAULT_PING_INTERVAL = 30_000;
+const DEFAULT_MIN_UPTIME = 10_000;
+
+/** A live subscription to one counter. Create it with `new CounterSubscription(client, name)`. */
+export class CounterSubscription {
+  readonly client: TallyClient;
+  readonly name: string;
+
+  #state: SubscriptionState;
+  readonly #listeners = new Set<Listener>();
+  readonly #events: { [K in keyof SubscriptionEvents]: Set<SubscriptionEvents[K]> } = {
+    snapshot: new Set(),
+    update: new Set(),
+  };
+
+  readonly #pingInterval: number;
+  readonly #minUptime: number;
+  readonly #backoff: Backoff;
+  readonly #reconnectOnResume: boolean;
+  #since: number | null;
+
+  #socket: WebSocket | null = null;
+  /** When the current connection got its first message (it is synced from then on). */
+  #syncedAt: number | null = null;
+  #attempt = 0;
+  #retryTimer: ReturnType<typeof setTimeout> | null = null;
+  #pingTimer: ReturnType<typeof setInterval> | null = null;
+  #pingOutstanding = false;
+  #receivedSincePing = false;
+  #resumeListenersAttached = false;
+
+  constructor(client: TallyClient, name: string, options: SubscriptionOptions = {}) {
+    this.client = client;
+    this.name = name;
+    this.#pingInterval = Math.max(1, options.pingInterval ?? DEFAULT_PING_INTERVAL);
+    this.#minUptime = Math.max(0, options.minUptime ?? DEFAULT_MIN_UPTIME);
+    this.#backoff = new Backoff(options.backoff, options.random);
+    this.#reconnectOnResume = options.reconnectOnResume ?? true;
+    this.#since = options.since ?? null;
+    this.#state = {
+      name,
+      enabled: false,
+      status: "disconnected",
+      value: null,
+      version: null,
+      metadata: null,
+      update: null,
+      lastUpdate: null,
+      error: null,
+      retryAt: null,
+    };
+    if (options.enabled ?? true) this.enable();
+  }
+
+  /** The current state; the same object until something changes. */
+  getState = (): SubscriptionState => this.#state;
+
+  /** Calls `listener` after every state change; returns the function that stops it. */
+  subscribe = (listener: Listener): (() => void) => {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  };
+
+  /** Calls `listener` on each `event`; returns the function that stops it. */
+  on<K extends keyof SubscriptionEvents>(event: K, listener: SubscriptionEvents[K]): () => void {
+    const listeners = this.#events[event] as Set<SubscriptionEvents[K]>;
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  }
+
+  /** Starts watching (the seed's connection toggle, on). Does nothing if already enabled. */
+  enable(): void {
+    if (this.#state.enabled) return;
+    this.#attempt = 0;
+    this.#setState({ enabled: true, error: null });
+    this.#attachResumeListeners();
+    this.#connect();
+  }
+
+  /** Stops watching and closes the socket; the state (value, version) is kept for `enable`. */
+  disable(): void {
+    if (!this.#state.enabled) return;
+    this.#detachResumeListeners();
+    this.#clearRetry();
+    this.#dropSocket();
+    this.#setState({ enabled: false, status: "disconnected", retryAt: null });
+  }
+
+  /** Enables or disables. */
+  setEnabled(enabled: boolean): void {
+    if (enabled) this.enable();
+    else this.disable();
+  }
+
+  /**
+   * Reconnects now if the subscription is enabled but not connected, skipping the backoff wait
+   * (done by itself when the browser comes back online or the tab becomes visible).
+   */
+  reconnectNow(): void {
+    if (!this.#state.enabled || this.#socket !== null) return;
+    this.#clearRetry();
+    this.#connect();
+  }
+
+  #connect(): void {
+    const problem = nameProblem(this.name);
+    if (problem !== null) {
+      this.#fail(new TallyWatchError(problem, null, false));
+      return;
+    }
+    const WebSocketClass = this.client.WebSocket;
+    if (WebSocketClass === undefined) {
+      const error = new TallyWatchError(
+        "no WebSocket is available here; pass one as the client's WebSocket option",
+        null,
+        false,
+      );
+      this.#fail(error);
+      return;
+    }
+    const since = this.#state.version ?? this.#since ?? undefined;
+    let socket: WebSocket;
+    try {
+      socket = new WebSocketClass(this.client.watchUrl(this.name, since));
+    } catch (cause) {
+      const reason = cause instanceof Error ? cause.message : String(cause);
+      this.#fail(new TallyWatchError(`cannot open the WebSocket: ${reason}`, null, false));
+      return;
+    }
+    this.#socket = socket;
+    this.#syncedAt = null;
+    this.#setState({ status: "connecting", retryAt: null });
+    socket.onmessage = (event: MessageEvent) => {
+      if (typeof event.data === "string") this.#receive(event.data);
+    };
+    socket.onclose = (event: CloseEvent) => this.#closed(event.code, event.reason);
+    // An error is always followed by a close, which decides what happens next.
+    socket.onerror = () => {};
+  }
+
+  #receive(text: string): void {
+    this.#receivedSincePing = true;
+    const message = parseServerMessage(text);
+    if (message === null) return;
+    if (this.#syncedAt === null && isFirstMessage(message)) {
+      this.#syncedAt = Date.now();
+      this.#startPings();
+      this.#setState({ status: "connected", error: null });
+    }
+    switch (message.type) {
+      case "snapshot":
+        this.#applySnapshot(message);
+        return;
+      case "resumed":
+      case "pong":
+      case "error":
+        return;
+      default:
+        if (isUpdate(message)) this.#applyUpdate(message);
+    }
+  }
+
+  #applySnapshot(snapshot: SnapshotMessage): void {
+    this.#setState({
+      value: snapshot.value,
+      version: snapshot.version,
+      metadata: snapshot.metadata,
+    });
+    for (const listener of this.#events.snapshot) listener(snapshot);
+  }
+
+  #applyUpdate(update: Update): void {
+    const current = this.#state.version;
+    // Already applied: a replay overlapping what we had, or our own write seen twice.
+    if (current !== null && update.version <= current) return;
+    if (current !== null && update.version > current + 1) {
+      // The server never skips a version on one connection; if it happens anyway, resume from
+      // what we have rather than apply a state with a hole in its history.
+      this.#dropSocket();
+      this.#scheduleRetry(
+        new TallyWatchError(
+          `missed versions ${current + 1} to ${update.version - 1}; resuming`,
+          null,
+          true,
+        ),
+        0,
+      );
+      return;
+    }
+    this.#setState({
+      value: update.value,
+      version: update.version,
+      metadata: update.metadata,
+      update,
+      lastUpdate: new Date(update.timestamp),
+    });
+    for (const listener of this.#events.update) listener(update);
+  }
+
+  #closed(code: number, reason: string): void {
+    const syncedAt = this.#syncedAt;
+    this.#dropSocket();
+    if (!this.#state.enabled) return;
+    const retry = shouldReconnect(code);
+    const error = new TallyWatchError(describeClose(code, reason), code, retry);
+    if (!retry) {
+      this.#fail(error);
+      return;
+    }
+    if (syncedAt !== null && Date.now() - syncedAt >= this.#minUptime) this.#attempt = 0;
+    this.#scheduleRetry(error, this.#backoff.delay(this.#attempt));
+    this.#attempt += 1;
+  }
+
+  #scheduleRetry(error: TallyWatchError, delay: number): void {
+    this.#clearRetry();
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      this.#connect();
+    }, delay);
+    this.#setState({ status: "disconnected", error, retryAt: Date.now() + delay });
+  }
+
+  #fail(error: TallyWatchError): void {
+    this.#clearRetry();
+    this.#setState({ status: "disconnected", error, retryAt: null });
+  }
+
+  /**
+   * Each interval: if the ping sent at the previous tick got no answer (nothing at all arrived
+   * since), the connection is dead although the browser has not noticed (a sleeping laptop, a
+   * lost route), so it is dropped and resumed; otherwise another ping goes out.
+   */
+  #startPings(): void {
+    this.#stopPings();
+    this.#pingOutstanding = false;
+    this.#pingTimer = setInterval(() => {
+      const socket = this.#socket;
+      if (socket === null) return;
+      if (this.#pingOutstanding && !this.#receivedSincePing) {
+        this.#dropSocket();
+        const error = new TallyWatchError(
+          `no answer to a ping for ${this.#pingInterval} ms; reconnecting`,
+          null,
+          true,
+        );
+        this.#scheduleRetry(error, 0);
+        return;
+      }
+      this.#receivedSincePing = false;
+      this.#pingOutstanding = true;
+      socket.send(JSON.stringify({ type: "ping" }));
+    }, this.#pingInterval);
+  }
+
+  #stopPings(): void {
+    if (this.#pingTimer !== null) clearInterval(this.#pingTimer);
+    this.#pingTimer = null;
+  }
+
+  /** Forgets the current socket (its events no longer reach us) and closes it. */
+  #dropSocket(): void {
+    this.#stopPings();
+    const socket = this.#socket;
+    this.#socket = null;
+    this.#syncedAt = null;
+    if (socket === null) return;
+    socket.onmessage = null;
+    socket.onclose = null;
+    socket.onerror = null;
+    if (socket.readyState === 0 || socket.readyState === 1) socket.close(CloseCode.NORMAL);
+  }
+
+  #clearRetry(): void {
+    if (this.#retryTimer !== null) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+  }
+
+  readonly #onResume = (): void => {
+    if (typeof document !== "undefined" && document.visibilityState === "hidden") return;
+    this.reconnectNow();
+  };
+
+  #attachResumeListeners(): void {
+    if (!this.#reconnectOnResume || this.#resumeListenersAttached) return;
+    if (typeof window === "undefined" || typeof document === "undefined") return;
+    window.addEventListener("online", this.#onResume);
+    document.addEventListener("visibilitychange", this.#onResume);
+    this.#resumeListenersAttached = true;
+  }
+
+  #detachResumeListeners(): void {
+    if (!this.#resumeListenersAttached) return;
+    window.removeEventListener("online", this.#onResume);
+    document.removeEventListener("visibilitychange", this.#onResume);
+    this.#resumeListenersAttached = false;
+  }
+
+  #setState(change: Partial<SubscriptionState>): void {
+    this.#state = { ...this.#state, ...change };
+    for (const listener of this.#listeners) listener();
+  }
+}
+
+function isFirstMessage(message: ServerMessage): boolean {
+  return message.type === "snapshot" || message.type === "resumed";
+}
+
+/** A close code and reason in words, for people. */
+export function describeClose(code: number, reason: string): string {
+  const why = reason ? `: ${reason}` : "";
+  switch (code) {
+    case CloseCode.ABNORMAL:
+      return "the connection to the server was lost";
+    case CloseCode.SERVICE_RESTART:
+      return `the server is restarting${why}`;
+    case CloseCode.SLOW_CONSUMER:
+      return `this client fell behind the updates${why}`;
+    case CloseCode.PING_TIMEOUT:
+      return `the server heard nothing from this client${why}`;
+    case CloseCode.POLICY_VIOLATION:
+      return `the server closed the connection: too many messages${why}`;
+    case CloseCode.MESSAGE_TOO_BIG:
+      return `the server closed the connection: message too big${why}`;
+    case CloseCode.INTERNAL_ERROR:
+      return `the server could not serve this counter${why}`;
+    default:
+      return `the connection closed with code ${code}${why}`;
+  }
+}

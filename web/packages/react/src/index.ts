@@ -1,0 +1,23 @@
+/**
+ * React bindings for Tally: `useCounterWebSocket` watches a counter live and keeps the TanStack
+ * Query cache in sync; query and mutation hooks cover the seven procedures on one key factory.
+ */
+
+export { TallyProvider, useTallyClient } from "./context.js";
+export { counterKeys, type CounterKeys, type HistoryParams } from "./keys.js";
+export { applySnapshot, applyUpdate } from "./cache.js";
+export {
+  useCounterWebSocket,
+  type CounterWebSocket,
+  type UseCounterWebSocketOptions,
+} from "./use-counter-websocket.js";
+export {
+  useCounterHistory,
+  useCounterKeys,
+  useCounterMetadata,
+  useCounterValue,
+  useDecrementCounter,
+  useIncrementCounter,
+  useResetCounter,
+  useSetCounterValue,
+} from "./queries.js";

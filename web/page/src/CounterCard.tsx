@@ -1,0 +1,287 @@
+/**
+ * One open counter: its value, live status, controls, a toast for each change made elsewhere, and
+ * its recent history.
+ */
+
+import type { Update } from "@tally/client";
+import {
+  useCounterHistory,
+  useCounterValue,
+  useCounterWebSocket,
+  useDecrementCounter,
+  useIncrementCounter,
+  useResetCounter,
+  useSetCounterValue,
+} from "@tally/react";
+import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { describeChange, describeError, formatNumber, formatTime } from "./format";
+import { useToast } from "./toasts";
+
+const HISTORY_ROWS = 10;
+
+export function CounterCard({ name, onClose }: { name: string; onClose: () => void }) {
+  const [live, setLive] = useState(true);
+  const [amount, setAmount] = useState("1");
+  const [target, setTarget] = useState("");
+  const [actionError, setActionError] = useState<string | null>(null);
+  const fieldId = useId();
+
+  const elsewhere = useChangesMadeElsewhere(name);
+  const socket = useCounterWebSocket(name, { enabled: live, onUpdate: elsewhere.onUpdate });
+  const valueQuery = useCounterValue(name);
+  const history = useCounterHistory(name, { limit: HISTORY_ROWS });
+
+  const writeOptions = {
+    onMutate: () => {
+      elsewhere.writeStarted();
+      setActionError(null);
+    },
+    onSuccess: (update: Update) => elsewhere.writeAnswered(update),
+    onError: (error: Error) => setActionError(describeError(error)),
+    onSettled: () => elsewhere.writeSettled(),
+  };
+  const increment = useIncrementCounter(writeOptions);
+  const decrement = useDecrementCounter(writeOptions);
+  const setValue = useSetCounterValue(writeOptions);
+  const reset = useResetCounter(writeOptions);
+
+  /** The amount field as a whole number ≥ 1, or null after telling the reader what is wrong. */
+  const parsedAmount = (): number | null => {
+    const parsed = Number(amount);
+    if (amount.trim() === "" || !Number.isSafeInteger(parsed) || parsed < 1) {
+      setActionError(`The amount must be a whole number of at least 1, not "${amount}".`);
+      return null;
+    }
+    return parsed;
+  };
+
+  const onSet = (event: FormEvent) => {
+    event.preventDefault();
+    const parsed = Number(target);
+    if (target.trim() === "" || !Number.isSafeInteger(parsed)) {
+      setActionError(
+        `The new value must be a whole number between ${formatNumber(-Number.MAX_SAFE_INTEGER)} and ${formatNumber(Number.MAX_SAFE_INTEGER)}, not "${target}".`,
+      );
+      return;
+    }
+    setValue.mutate({ name, value: parsed });
+  };
+
+  const value = valueQuery.data?.value ?? socket.value;
+  const version = valueQuery.data?.version ?? socket.version;
+  const statusText =
+    socket.status === "connected"
+      ? "Connected"
+      : socket.status === "connecting"
+        ? "Connecting"
+        : "Disconnected";
+
+  return (
+    <article className="card" aria-labelledby={`${fieldId}-title`} data-counter={name}>
+      <header className="card-head">
+        <h2 id={`${fieldId}-title`} className="card-title" title={name}>
+          {name}
+        </h2>
+        <button type="button" className="icon" onClick={onClose} aria-label={`Close ${name}`}>
+          ×
+        </button>
+      </header>
+
+      <div className="status-row">
+        <span className={`status status-${socket.status}`} data-testid="connection-status">
+          {statusText}
+        </span>
+        <label className="toggle">
+          <input type="checkbox" checked={live} onChange={(event) => setLive(event.target.checked)} />
+          <span>Live updates</span>
+        </label>
+      </div>
+      <ConnectionNote live={live} socket={socket} />
+
+      <output className="value" data-testid="counter-value" data-value={value ?? ""} aria-live="polite">
+        {value === null || value === undefined ? "…" : formatNumber(value)}
+      </output>
+      <p className="meta">
+        {version ? <>version {formatNumber(version)}</> : <>never written</>}
+        {socket.lastUpdate && (
+          <>
+            {" · last update "}
+            <time dateTime={socket.lastUpdate.toISOString()} data-testid="last-update">
+              {formatTime(socket.lastUpdate)}
+            </time>
+          </>
+        )}
+      </p>
+
+      <div className="steppers">
+        <button
+          type="button"
+          className="step"
+          aria-label="Decrement"
+          onClick={() => {
+            const by = parsedAmount();
+            if (by !== null) decrement.mutate({ name, amount: by });
+          }}
+        >
+          −
+        </button>
+        <label className="amount">
+          <span>by</span>
+          <input
+            inputMode="numeric"
+            value={amount}
+            onChange={(event) => setAmount(event.target.value)}
+            aria-label="Amount"
+          />
+        </label>
+        <button
+          type="button"
+          className="step"
+          aria-label="Increment"
+          onClick={() => {
+            const by = parsedAmount();
+            if (by !== null) increment.mutate({ name, amount: by });
+          }}
+        >
+          +
+        </button>
+      </div>
+
+      <form className="set-row" onSubmit={onSet}>
+        <input
+          inputMode="numeric"
+          value={target}
+          onChange={(event) => setTarget(event.target.value)}
+          placeholder="New value"
+          aria-label="New value"
+        />
+        <button type="submit">Set value</button>
+        <button type="button" className="danger" onClick={() => reset.mutate({ name })}>
+          Reset
+        </button>
+      </form>
+
+      {(actionError ?? valueQuery.error) && (
+        <p className="card-error" role="alert">
+          {actionError ?? describeError(valueQuery.error)}
+        </p>
+      )}
+
+      <section className="history" aria-label={`Recent history of ${name}`}>
+        <h3>Recent changes</h3>
+        {history.error ? (
+          <p className="card-error" role="alert">
+            {describeError(history.error)}
+          </p>
+        ) : history.data && history.data.entries.length > 0 ? (
+          <ol data-testid="history">
+            {history.data.entries.map((entry) => (
+              <li key={entry.version} data-version={entry.version}>
+                <span className="history-version">#{entry.version}</span>
+                <span className="history-change">
+                  {describeChange(entry)}
+                  {entry.amount !== undefined && entry.amount !== 1 && (
+                    <span className="history-amount"> (by {formatNumber(entry.amount)})</span>
+                  )}
+                </span>
+                <time dateTime={entry.timestamp}>{formatTime(new Date(entry.timestamp))}</time>
+              </li>
+            ))}
+          </ol>
+        ) : (
+          <p className="hint">{history.isPending ? "Loading…" : "No changes yet."}</p>
+        )}
+      </section>
+    </article>
+  );
+}
+
+/** Why the counter is not live, and when it will try again, in words. */
+function ConnectionNote({
+  live,
+  socket,
+}: {
+  live: boolean;
+  socket: ReturnType<typeof useCounterWebSocket>;
+}) {
+  const now = useNow(socket.retryAt !== null);
+  if (!live) {
+    return <p className="connection-note">Live updates are off; the value may be out of date.</p>;
+  }
+  if (socket.status === "connected" || socket.error === null) return null;
+  const retry =
+    socket.retryAt !== null
+      ? ` Reconnecting in ${Math.max(0, Math.ceil((socket.retryAt - now) / 1000))} s.`
+      : "";
+  return (
+    <p className="connection-note" role="status">
+      {capitalize(socket.error.message)}.{retry}
+      {socket.retryAt !== null && (
+        <button type="button" className="link" onClick={socket.reconnect}>
+          Retry now
+        </button>
+      )}
+    </p>
+  );
+}
+
+/** The current time, refreshed each second while `ticking`. */
+function useNow(ticking: boolean): number {
+  const [now, setNow] = useState(() => Date.now());
+  useEffect(() => {
+    if (!ticking) return;
+    setNow(Date.now());
+    const timer = setInterval(() => setNow(Date.now()), 1_000);
+    return () => clearInterval(timer);
+  }, [ticking]);
+  return now;
+}
+
+function capitalize(text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+/**
+ * Toasts the changes other clients made. The server announces a write to watchers before it
+ * answers the writer, so an update that arrives while this card's own writes are in flight is
+ * held until they are answered, and then toasted only if its version is not one of ours.
+ */
+function useChangesMadeElsewhere(name: string) {
+  const toast = useToast();
+  const inFlight = useRef(0);
+  const ownVersions = useRef(new Set<number>());
+  const held = useRef<Update[]>([]);
+
+  const flush = () => {
+    if (inFlight.current > 0) return;
+    const others = held.current.filter((update) => !ownVersions.current.delete(update.version));
+    held.current = [];
+    if (others.length === 0) return;
+    const latest = others[others.length - 1] as Update;
+    toast({
+      tone: "info",
+      title: name,
+      text:
+        others.length === 1
+          ? describeChange(latest)
+          : `${others.length} changes elsewhere; latest ${describeChange(latest)}`,
+    });
+  };
+
+  return {
+    onUpdate: (update: Update) => {
+      held.current.push(update);
+      flush();
+    },
+    writeStarted: () => {
+      inFlight.current += 1;
+    },
+    writeAnswered: (update: Update) => {
+      ownVersions.current.add(update.version);
+    },
+    writeSettled: () => {
+      inFlight.current = Math.max(0, inFlight.current - 1);
+      flush();
+    },
+  };
+}

@@ -1,0 +1,32 @@
+/**
+ * How numbers, times and errors read on the page.
+ */
+
+import { TallyConnectionError, TallyError, type Entry, type Update } from "@tally/client";
+
+const numberFormat = new Intl.NumberFormat();
+
+/** A counter value with the reader's digit grouping. */
+export function formatNumber(value: number): string {
+  return numberFormat.format(value);
+}
+
+/** A time of day, with seconds. */
+export function formatTime(date: Date): string {
+  return date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+/** "increment: 41 → 42", as the toasts and history say it. */
+export function describeChange(change: Update | Entry): string {
+  return `${change.type}: ${formatNumber(change.previousValue)} → ${formatNumber(change.value)}`;
+}
+
+/** An error in words for the reader. */
+export function describeError(error: unknown): string {
+  if (error instanceof TallyError) return error.message;
+  if (error instanceof TallyConnectionError) {
+    return "Cannot reach the Tally server. Check that it is running; the change may not have been made.";
+  }
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
