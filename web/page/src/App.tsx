@@ -83,7 +83,11 @@ export function App() {
               Open
             </button>
           </div>
-          <p id="counter-name-help" className={draftError ? "field-error" : "hint"} role={draftError ? "alert" : undefined}>
+          <p
+            id="counter-name-help"
+            className={draftError ? "field-error" : "hint"}
+            role={draftError ? "alert" : undefined}
+          >
             {draftError ?? "1 to 128 characters: letters, digits and _ . : -"}
           </p>
         </form>
@@ -112,9 +116,9 @@ export function App() {
         <section className="empty">
           <h2>No counter open</h2>
           <p>
-            Type a name above to open a counter, or share a link such as <code>/?counter=likes</code>.
-            A counter that was never written starts at 0; open the same one in a second tab and
-            watch both change together.
+            Type a name above to open a counter, or share a link such as{" "}
+            <code>/?counter=likes</code>. A counter that was never written starts at 0; open the
+            same one in a second tab and watch both change together.
           </p>
         </section>
       ) : (

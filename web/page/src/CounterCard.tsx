@@ -92,13 +92,22 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
           {statusText}
         </span>
         <label className="toggle">
-          <input type="checkbox" checked={live} onChange={(event) => setLive(event.target.checked)} />
+          <input
+            type="checkbox"
+            checked={live}
+            onChange={(event) => setLive(event.target.checked)}
+          />
           <span>Live updates</span>
         </label>
       </div>
       <ConnectionNote live={live} socket={socket} />
 
-      <output className="value" data-testid="counter-value" data-value={value ?? ""} aria-live="polite">
+      <output
+        className="value"
+        data-testid="counter-value"
+        data-value={value ?? ""}
+        aria-live="polite"
+      >
         {value === null || value === undefined ? "…" : formatNumber(value)}
       </output>
       <p className="meta">

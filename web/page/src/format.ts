@@ -13,7 +13,11 @@ export function formatNumber(value: number): string {
 
 /** A time of day, with seconds. */
 export function formatTime(date: Date): string {
-  return date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return date.toLocaleTimeString(undefined, {
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
+  });
 }
 
 /** "increment: 41 → 42", as the toasts and history say it. */

@@ -89,11 +89,7 @@ export type UpdateMessage = Update;
 
 /** Everything the server sends on a WebSocket. */
 export type ServerMessage =
-  | SnapshotMessage
-  | ResumedMessage
-  | PongMessage
-  | ErrorMessage
-  | UpdateMessage;
+  SnapshotMessage | ResumedMessage | PongMessage | ErrorMessage | UpdateMessage;
 
 /** The only message a client sends. */
 export interface PingMessage {

@@ -28,7 +28,13 @@ export function counterKeys(client: TallyClient) {
     histories: (name: string) => [...all, "counter", name, "getHistory"] as const,
     /** One `counter.getHistory` page. */
     history: (name: string, params: HistoryParams = {}) =>
-      [...all, "counter", name, "getHistory", { limit: params.limit, before: params.before }] as const,
+      [
+        ...all,
+        "counter",
+        name,
+        "getHistory",
+        { limit: params.limit, before: params.before },
+      ] as const,
   };
 }
 

@@ -16,7 +16,10 @@ import { applyUpdate } from "./cache.js";
 import { useTallyClient } from "./context.js";
 import { counterKeys, type HistoryParams } from "./keys.js";
 
-type QueryOptions<T> = Omit<UseQueryOptions<T, Error, T, readonly unknown[]>, "queryKey" | "queryFn">;
+type QueryOptions<T> = Omit<
+  UseQueryOptions<T, Error, T, readonly unknown[]>,
+  "queryKey" | "queryFn"
+>;
 
 /** The query keys of the current server (see `counterKeys`). */
 export function useCounterKeys() {

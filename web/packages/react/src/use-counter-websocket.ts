@@ -19,8 +19,10 @@ import { useTallyClient } from "./context.js";
 import { counterKeys } from "./keys.js";
 
 /** Options of `useCounterWebSocket`. */
-export interface UseCounterWebSocketOptions
-  extends Omit<SubscriptionOptions, "enabled" | "random"> {
+export interface UseCounterWebSocketOptions extends Omit<
+  SubscriptionOptions,
+  "enabled" | "random"
+> {
   /** Watch while true (the "Live updates" toggle); true by default. */
   enabled?: boolean;
   /** Called for each Update applied: live, or replayed after a reconnect. */

@@ -1,0 +1,86 @@
+// A scripted stand-in for the browser's WebSocket, for the unit tests of the subscription's state
+// machine: the tests decide when it opens, what arrives and how it closes. Protocol handling
+// against a real server is tested in *.server.test.ts.
+
+export class FakeSocket {
+  static instances: FakeSocket[] = [];
+
+  static reset(): void {
+    FakeSocket.instances = [];
+  }
+
+  /** The newest socket. */
+  static get last(): FakeSocket {
+    const socket = FakeSocket.instances[FakeSocket.instances.length - 1];
+    if (socket === undefined) throw new Error("no socket was opened");
+    return socket;
+  }
+
+  readonly url: string;
+  readyState = 0;
+  readonly sent: string[] = [];
+  closedWith: number | null = null;
+  onopen: ((event: unknown) => void) | null = null;
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number; reason: string }) => void) | null = null;
+  onerror: ((event: unknown) => void) | null = null;
+
+  constructor(url: string) {
+    this.url = url;
+    FakeSocket.instances.push(this);
+  }
+
+  send(data: string): void {
+    this.sent.push(data);
+  }
+
+  close(code = 1000): void {
+    this.closedWith = code;
+    this.readyState = 3;
+  }
+
+  /** The server sends `message` (as JSON). */
+  receive(message: unknown): void {
+    this.readyState = 1;
+    this.onmessage?.({ data: JSON.stringify(message) });
+  }
+
+  /** The connection ends with `code` (1006: no close frame). */
+  serverClose(code: number, reason = ""): void {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}
+
+export function metadata(name: string, value: number, version: number) {
+  return {
+    id: version === 0 ? null : 1,
+    name,
+    value,
+    createdAt: version === 0 ? null : "2026-01-01T00:00:00.000Z",
+    updatedAt: version === 0 ? null : "2026-01-01T00:00:00.000Z",
+    operationCount: version,
+  };
+}
+
+export function snapshot(name: string, value: number, version: number, resync = false) {
+  return {
+    type: "snapshot",
+    value,
+    version,
+    metadata: metadata(name, value, version),
+    timestamp: "2026-01-01T00:00:00.000Z",
+    ...(resync ? { resync: true } : {}),
+  };
+}
+
+export function update(name: string, previousValue: number, value: number, version: number) {
+  return {
+    type: "increment",
+    value,
+    previousValue,
+    version,
+    metadata: metadata(name, value, version),
+    timestamp: `2026-01-01T00:00:${String(version % 60).padStart(2, "0")}.000Z`,
+  };
+}

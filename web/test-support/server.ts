@@ -1,0 +1,92 @@
+// Starts and stops real `tally serve` processes for the tests: the binary cargo built (or
+// TALLY_BIN), a database in a fresh temporary folder, a free loopback port.
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const REPO = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+
+/** The `tally` binary under test. */
+export function tallyBinary(): string {
+  const binary = process.env.TALLY_BIN ?? join(REPO, "target", "debug", "tally");
+  if (!existsSync(binary)) {
+    throw new Error(
+      `no tally binary at ${binary}: run \`cargo build -p tally-cli\` first, or set TALLY_BIN ` +
+        "(`cargo test --workspace` does both)",
+    );
+  }
+  return binary;
+}
+
+/** A temporary folder for one test file's databases; removed by `remove`. */
+export function tempDir(): { path: string; remove: () => void } {
+  const path = mkdtempSync(join(tmpdir(), "tally-web-test-"));
+  return { path, remove: () => rmSync(path, { recursive: true, force: true }) };
+}
+
+/** One running `tally serve`. */
+export class TallyServer {
+  readonly url: string;
+  readonly port: number;
+  readonly database: string;
+  readonly #child: ChildProcess;
+  readonly #exited: Promise<number | null>;
+
+  private constructor(child: ChildProcess, address: string, database: string) {
+    this.#child = child;
+    this.url = `http://${address}`;
+    this.port = Number(address.split(":").pop());
+    this.database = database;
+    this.#exited = new Promise((resolveExit) => {
+      if (child.exitCode !== null) resolveExit(child.exitCode);
+      else child.once("exit", (code) => resolveExit(code));
+    });
+  }
+
+  /** Starts a server on `database`, on `port` (0: any free one), with extra flags. */
+  static start(database: string, options: { port?: number; args?: string[] } = {}) {
+    const listen = `127.0.0.1:${options.port ?? 0}`;
+    const args = ["serve", "--listen", listen, "--database", database, ...(options.args ?? [])];
+    const child = spawn(tallyBinary(), args, {
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, RUST_LOG: "info", NO_COLOR: "1" },
+    });
+    return new Promise<TallyServer>((resolveStart, rejectStart) => {
+      let log = "";
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        rejectStart(new Error(`tally serve did not start within 20 s; it wrote:\n${log}`));
+      }, 20_000);
+      child.stderr?.setEncoding("utf8");
+      child.stderr?.on("data", (chunk: string) => {
+        log += chunk;
+        const match = /listening on http:\/\/([0-9.]+:[0-9]+)/.exec(log);
+        if (match?.[1]) {
+          clearTimeout(timer);
+          child.stderr?.removeAllListeners("data");
+          child.stderr?.resume();
+          resolveStart(new TallyServer(child, match[1], database));
+        }
+      });
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        rejectStart(
+          new Error(`tally serve exited with ${code} before listening; it wrote:\n${log}`),
+        );
+      });
+    });
+  }
+
+  /** Stops the server with SIGTERM (sockets get 1012) and waits for it to exit. */
+  async stop(): Promise<void> {
+    if (this.#child.exitCode === null) this.#child.kill("SIGTERM");
+    await this.#exited;
+  }
+
+  /** Starts the same database again on the same port. */
+  restart(args: string[] = []): Promise<TallyServer> {
+    return TallyServer.start(this.database, { port: this.port, args });
+  }
+}
