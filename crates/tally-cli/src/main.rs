@@ -38,8 +38,8 @@ const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of the out
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: HTTP RPC at /rpc/counter.{procedure}, WebSocket at /ws/counter/{name},
-    /// Prometheus metrics at /metrics.
+    /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSocket at
+    /// /ws/counter/{name}, Prometheus metrics at /metrics.
     Serve(serve::ServeArgs),
     /// Show a counter's value and metadata.
     Get {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tally_server::{Config, SqliteOptions, SqliteStore};
+use tally_server::{Config, SqliteOptions, SqliteStore, StaticFile, WebPage};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
@@ -91,6 +91,24 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// The page that `tally-web` embedded at build time, as the server serves it.
+fn embedded_web_page() -> anyhow::Result<WebPage> {
+    if let Some(reason) = tally_web::fallback_reason() {
+        tracing::warn!(
+            "{reason} / serves a page that says how to build it; the RPC and WebSocket API work \
+             regardless"
+        );
+    }
+    let files = tally_web::assets().iter().map(|asset| StaticFile {
+        path: asset.path,
+        content_type: asset.content_type,
+        bytes: asset.bytes,
+        gzip: asset.gzip,
+    });
+    // Only a broken build could make this fail: tally-web's build script writes the table.
+    WebPage::new(files).context("the web page embedded in this binary is unusable")
+}
+
 #[tokio::main]
 pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let store =
@@ -117,7 +135,9 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         request_timeout: args.request_timeout,
         max_watchers_per_counter: args.max_watchers_per_counter as usize,
         max_messages_per_second: args.max_messages_per_second,
+        web_page: Some(embedded_web_page()?),
     };
+    tracing::info!("web page at http://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await
         .context("serving")?;

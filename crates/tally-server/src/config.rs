@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::static_files::WebPage;
+
 /// How the server treats counters and sockets. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,6 +36,9 @@ pub struct Config {
     pub max_watchers_per_counter: usize,
     /// Messages a WebSocket client may send per second; past it the socket is closed with 1008.
     pub max_messages_per_second: u32,
+    /// The web page served at `/` with its files, or `None` for an API-only server (unknown
+    /// paths, `/` included, answer a plain 404). The `tally` binary gives the page it embeds.
+    pub web_page: Option<WebPage>,
 }
 
 impl Default for Config {
@@ -51,6 +56,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(30),
             max_watchers_per_counter: 100_000,
             max_messages_per_second: 50,
+            web_page: None,
         }
     }
 }

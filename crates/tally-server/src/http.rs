@@ -1,4 +1,5 @@
-//! The HTTP side: the router, the RPC handlers, `/metrics` and `/healthz`.
+//! The HTTP side: the router, the RPC handlers, `/metrics` and `/healthz` (and the web page's
+//! files, from `static_files`, when one is configured).
 
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use crate::counter::ApplyError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{HistoryRecord, Store};
-use crate::ws;
+use crate::{static_files, ws};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -74,7 +75,7 @@ impl AppState {
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.allowed_origins);
-    Router::new()
+    let router = Router::new()
         .route(
             "/rpc/{procedure}",
             post(rpc)
@@ -83,10 +84,12 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/ws/counter/{name}", get(ws::upgrade))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES))
-        .layer(cors)
-        .with_state(state)
+        .route("/healthz", get(healthz));
+    // The page's paths are not routes: the fallback looks each request path up in its table,
+    // so routes above always win and other paths keep axum's plain 404.
+    let router =
+        if state.config.web_page.is_some() { router.fallback(static_files::serve) } else { router };
+    router.layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES)).layer(cors).with_state(state)
 }
 
 /// A JSON answer from any serializable value.

@@ -6,6 +6,7 @@
 //! # Layout
 //! - `accept`: the accept loop over hyper: connection limits, header deadline, HTTP shutdown.
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
+//! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
 //! - `ws`: one task per WebSocket: snapshot or resume, then live updates.
 //! - [`registry`]: name → counter actor, started on first use; keeps broadcast channels.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
@@ -21,6 +22,7 @@ pub mod http;
 pub mod metrics;
 pub mod registry;
 pub mod shutdown;
+mod static_files;
 pub mod store;
 mod ws;
 
@@ -32,6 +34,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 pub use http::{AppState, router};
 pub use shutdown::shutdown_signal;
+pub use static_files::{CONTENT_SECURITY_POLICY, StaticFile, WebPage, WebPageError};
 pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 
 /// Serves Tally on `listener` until `shutdown` completes, then stops in order: stop accepting

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod durability;
 mod faults;
+mod page;
 mod process;
 mod serve;
 mod tidy;

@@ -6,5 +6,6 @@ mod harness;
 mod hibernation;
 mod limits;
 mod origins;
+mod page;
 mod rpc;
 mod watch;
