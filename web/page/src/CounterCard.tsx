@@ -64,10 +64,13 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       );
       return;
     }
-    setValue.mutate({ name, value: parsed });
+    setValue.mutate({ name, value: parsed }, { onSuccess: () => setTarget("") });
   };
 
   const value = valueQuery.data?.value ?? socket.value;
+  // The last change seen live, or else the one the snapshot reports.
+  const updatedAt = socket.metadata?.updatedAt;
+  const lastUpdate = socket.lastUpdate ?? (updatedAt ? new Date(updatedAt) : null);
   const version = valueQuery.data?.version ?? socket.version;
   const statusText =
     socket.status === "connected"
@@ -112,11 +115,11 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       </output>
       <p className="meta">
         {version ? <>version {formatNumber(version)}</> : <>never written</>}
-        {socket.lastUpdate && (
+        {lastUpdate && (
           <>
             {" · last update "}
-            <time dateTime={socket.lastUpdate.toISOString()} data-testid="last-update">
-              {formatTime(socket.lastUpdate)}
+            <time dateTime={lastUpdate.toISOString()} data-testid="last-update">
+              {formatTime(lastUpdate)}
             </time>
           </>
         )}
