@@ -22,6 +22,7 @@ fn npm(web: &Path, args: &[&str]) {
         .current_dir(web)
         .env("TALLY_BIN", env!("CARGO_BIN_EXE_tally"))
         .env("FORCE_COLOR", "0")
+        .env("NO_COLOR", "1")
         .status()
         .unwrap_or_else(|error| {
             panic!("cannot run npm ({error}): the web tests need Node.js 20.19 or newer with npm")
