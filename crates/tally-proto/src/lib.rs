@@ -10,12 +10,14 @@
 //! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
 //! - [`rpc`]: the seven RPC procedures, their raw requests and validated forms.
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
+//! - [`watch`]: the query string of a watch (`?since=V`).
 
 pub mod error;
 pub mod limits;
 pub mod message;
 pub mod name;
 pub mod rpc;
+pub mod watch;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use message::{
@@ -24,3 +26,4 @@ pub use message::{
 };
 pub use name::CounterName;
 pub use rpc::{Op, Procedure, Request};
+pub use watch::WatchQuery;

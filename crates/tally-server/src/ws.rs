@@ -9,13 +9,12 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
 use tally_proto::{
-    ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed, ServerMessage, WsError,
-    close,
+    ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed, ServerMessage, WatchQuery,
+    WsError, close,
 };
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior, timeout};
@@ -41,18 +40,12 @@ const REPLAY_PAGE: u64 = 500;
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The query string of a watch.
-#[derive(Debug, Deserialize)]
-pub(crate) struct WatchQuery {
-    since: Option<String>,
-}
-
 /// Validates the request, then upgrades it to a socket watched by a task on the tracker.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     Path(name): Path<String>,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     // WebSockets have no CORS: without this check any web page could watch any counter.
@@ -74,23 +67,9 @@ pub(crate) async fn upgrade(
             ),
         ));
     }
-    let since = match query.map(|Query(query)| query.since) {
-        Ok(None) => None,
-        Ok(Some(text)) => match text.parse::<u64>() {
-            Ok(since) => Some(since),
-            Err(_) => {
-                return state.error_response(&ProtocolError::new(
-                    ErrorCode::InvalidField,
-                    format!("since is {text:?}; allowed: a version, a whole number >= 0"),
-                ));
-            }
-        },
-        Err(rejection) => {
-            return state.error_response(&ProtocolError::new(
-                ErrorCode::InvalidField,
-                format!("bad query string: {rejection}"),
-            ));
-        }
+    let since = match WatchQuery::parse(query.as_deref()) {
+        Ok(query) => query.since,
+        Err(error) => return state.error_response(&error),
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
