@@ -1,0 +1,31 @@
+//! RPC bodies: any bytes as the body of any of the seven procedures. Besides never panicking,
+//! whatever is accepted must be within the protocol's rules, and every refusal must say what was
+//! wrong in words.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tally_proto::limits::MAX_SAFE_INTEGER;
+use tally_proto::{Op, Procedure, Request};
+
+fuzz_target!(|input: &[u8]| {
+    let Some((&selector, body)) = input.split_first() else { return };
+    let procedure = Procedure::ALL[usize::from(selector) % Procedure::ALL.len()];
+    match Request::parse(procedure, body) {
+        Ok(Request::Apply { op, .. }) => match op {
+            Op::Increment(amount) | Op::Decrement(amount) => {
+                assert!((1..=MAX_SAFE_INTEGER).contains(&amount), "accepted amount {amount}");
+            }
+            Op::SetValue(value) => {
+                assert!(value.abs() <= MAX_SAFE_INTEGER, "accepted value {value}");
+            }
+            Op::Reset => {}
+        },
+        Ok(Request::GetHistory { limit, before, .. }) => {
+            assert!((1..=1000).contains(&limit), "accepted limit {limit}");
+            assert!(before.is_none_or(|before| before >= 1), "accepted before {before:?}");
+        }
+        Ok(Request::GetValue { .. } | Request::GetMetadata { .. }) => {}
+        Err(error) => assert!(!error.message.is_empty(), "a refusal without words"),
+    }
+});
