@@ -18,6 +18,10 @@ import { describeChange, describeError, formatNumber, formatTime } from "./forma
 import { useToast } from "./toasts";
 
 const HISTORY_ROWS = 10;
+/** Digits with an optional sign: what a person types as a whole number (no 0x10, no 1e3). */
+const WHOLE_NUMBER = /^[-+]?\d+$/;
+/** Versions of own writes remembered at most (their updates normally arrive within moments). */
+const MAX_OWN_VERSIONS = 1_000;
 
 export function CounterCard({ name, onClose }: { name: string; onClose: () => void }) {
   const [live, setLive] = useState(true);
@@ -37,7 +41,7 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       setActionError(null);
     },
     onSuccess: (update: Update) => elsewhere.writeAnswered(update),
-    onError: (error: Error) => setActionError(describeError(error)),
+    onError: (error: Error) => setActionError(describeError(error, true)),
     onSettled: () => elsewhere.writeSettled(),
   };
   const increment = useIncrementCounter(writeOptions);
@@ -47,8 +51,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
 
   /** The amount field as a whole number ≥ 1, or null after telling the reader what is wrong. */
   const parsedAmount = (): number | null => {
-    const parsed = Number(amount);
-    if (amount.trim() === "" || !Number.isSafeInteger(parsed) || parsed < 1) {
+    const parsed = Number(amount.trim());
+    if (!WHOLE_NUMBER.test(amount.trim()) || !Number.isSafeInteger(parsed) || parsed < 1) {
       setActionError(`The amount must be a whole number of at least 1, not "${amount}".`);
       return null;
     }
@@ -57,8 +61,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
 
   const onSet = (event: FormEvent) => {
     event.preventDefault();
-    const parsed = Number(target);
-    if (target.trim() === "" || !Number.isSafeInteger(parsed)) {
+    const parsed = Number(target.trim());
+    if (!WHOLE_NUMBER.test(target.trim()) || !Number.isSafeInteger(parsed)) {
       setActionError(
         `The new value must be a whole number between ${formatNumber(-Number.MAX_SAFE_INTEGER)} and ${formatNumber(Number.MAX_SAFE_INTEGER)}, not "${target}".`,
       );
@@ -289,7 +293,10 @@ function useChangesMadeElsewhere(name: string) {
       inFlight.current += 1;
     },
     writeAnswered: (update: Update) => {
-      ownVersions.current.add(update.version);
+      const own = ownVersions.current;
+      own.add(update.version);
+      // Updates never seen (live updates off, a resync) would otherwise be kept forever.
+      if (own.size > MAX_OWN_VERSIONS) own.delete(own.values().next().value as number);
     },
     writeSettled: () => {
       inFlight.current = Math.max(0, inFlight.current - 1);

@@ -25,11 +25,13 @@ export function describeChange(change: Update | Entry): string {
   return `${change.type}: ${formatNumber(change.previousValue)} → ${formatNumber(change.value)}`;
 }
 
-/** An error in words for the reader. */
-export function describeError(error: unknown): string {
+/** An error in words for the reader; `write` says whether it answered a change. */
+export function describeError(error: unknown, write = false): string {
   if (error instanceof TallyError) return error.message;
   if (error instanceof TallyConnectionError) {
-    return "Cannot reach the Tally server. Check that it is running; the change may not have been made.";
+    return write
+      ? "Cannot reach the Tally server, so the change may or may not have been made; the value shown will tell once it is back."
+      : "Cannot reach the Tally server. Check that it is running.";
   }
   if (error instanceof Error) return error.message;
   return String(error);

@@ -140,7 +140,7 @@ export class TallyClient {
       );
     }
     if (response.ok) return body as Procedures[P]["answer"];
-    const error = (body as Partial<ErrorBody>).error;
+    const error = (body as Partial<ErrorBody> | null)?.error;
     if (error && typeof error.code === "string" && typeof error.message === "string") {
       throw new TallyError(response.status, error.code, error.message, error.temporary === true);
     }

@@ -66,8 +66,13 @@ export interface SubscriptionOptions {
   backoff?: BackoffOptions;
   /** How long a connection must stay up before the backoff starts again from its minimum (10 s). */
   minUptime?: number;
-  /** Resume after this version on the first connection, instead of starting with a snapshot. */
+  /**
+   * Resume after this version on the first connection, instead of starting with a snapshot
+   * (for a client that kept the state itself). `value` stays null until the first update.
+   */
   since?: number;
+  /** How long a new connection may take to deliver its first message before it is retried (10 s). */
+  connectTimeout?: number;
   /**
    * Reconnect at once when the browser comes back online or a hidden tab becomes visible
    * (true by default; does nothing outside a browser).
@@ -89,6 +94,7 @@ type Listener = () => void;
 
 const DEFAULT_PING_INTERVAL = 30_000;
 const DEFAULT_MIN_UPTIME = 10_000;
+const DEFAULT_CONNECT_TIMEOUT = 10_000;
 
 /** A live subscription to one counter. Create it with `new CounterSubscription(client, name)`. */
 export class CounterSubscription {
@@ -104,6 +110,7 @@ export class CounterSubscription {
 
   readonly #pingInterval: number;
   readonly #minUptime: number;
+  readonly #connectTimeout: number;
   readonly #backoff: Backoff;
   readonly #reconnectOnResume: boolean;
   #since: number | null;
@@ -113,6 +120,7 @@ export class CounterSubscription {
   #syncedAt: number | null = null;
   #attempt = 0;
   #retryTimer: ReturnType<typeof setTimeout> | null = null;
+  #connectTimer: ReturnType<typeof setTimeout> | null = null;
   #pingTimer: ReturnType<typeof setInterval> | null = null;
   #pingOutstanding = false;
   #receivedSincePing = false;
@@ -123,6 +131,7 @@ export class CounterSubscription {
     this.name = name;
     this.#pingInterval = Math.max(1, options.pingInterval ?? DEFAULT_PING_INTERVAL);
     this.#minUptime = Math.max(0, options.minUptime ?? DEFAULT_MIN_UPTIME);
+    this.#connectTimeout = Math.max(1, options.connectTimeout ?? DEFAULT_CONNECT_TIMEOUT);
     this.#backoff = new Backoff(options.backoff, options.random);
     this.#reconnectOnResume = options.reconnectOnResume ?? true;
     this.#since = options.since ?? null;
@@ -216,15 +225,31 @@ export class CounterSubscription {
       this.#fail(new TallyWatchError(`cannot open the WebSocket: ${reason}`, null, false));
       return;
     }
+    // Handlers first, and each ignores a socket that is no longer the current one, so that a
+    // listener reacting to the state change below cannot leave events of a dropped socket live.
+    socket.onmessage = (event: MessageEvent) => {
+      if (this.#socket === socket && typeof event.data === "string") this.#receive(event.data);
+    };
+    socket.onclose = (event: CloseEvent) => {
+      if (this.#socket === socket) this.#closed(event.code, event.reason);
+    };
+    // An error is always followed by a close, which decides what happens next. The handler
+    // stays even after the socket is dropped: Node's `ws` throws an error nobody listens to.
+    socket.onerror = () => {};
     this.#socket = socket;
     this.#syncedAt = null;
+    this.#connectTimer = setTimeout(() => {
+      this.#connectTimer = null;
+      if (this.#socket !== socket || this.#syncedAt !== null) return;
+      this.#retry(
+        new TallyWatchError(
+          `the server did not answer within ${this.#connectTimeout} ms; retrying`,
+          null,
+          true,
+        ),
+      );
+    }, this.#connectTimeout);
     this.#setState({ status: "connecting", retryAt: null });
-    socket.onmessage = (event: MessageEvent) => {
-      if (typeof event.data === "string") this.#receive(event.data);
-    };
-    socket.onclose = (event: CloseEvent) => this.#closed(event.code, event.reason);
-    // An error is always followed by a close, which decides what happens next.
-    socket.onerror = () => {};
   }
 
   #receive(text: string): void {
@@ -233,6 +258,7 @@ export class CounterSubscription {
     if (message === null) return;
     if (this.#syncedAt === null && isFirstMessage(message)) {
       this.#syncedAt = Date.now();
+      this.#clearConnectTimer();
       this.#startPings();
       this.#setState({ status: "connected", error: null });
     }
@@ -241,6 +267,9 @@ export class CounterSubscription {
         this.#applySnapshot(message);
         return;
       case "resumed":
+        // A first resume from the `since` option: the replay continues from that version.
+        if (this.#state.version === null) this.#setState({ version: message.since });
+        return;
       case "pong":
       case "error":
         return;
@@ -250,12 +279,16 @@ export class CounterSubscription {
   }
 
   #applySnapshot(snapshot: SnapshotMessage): void {
+    const updatedAt = snapshot.metadata.updatedAt;
     this.#setState({
       value: snapshot.value,
       version: snapshot.version,
       metadata: snapshot.metadata,
+      // A resync may replace a state whose last update no longer exists.
+      update: null,
+      lastUpdate: updatedAt === null ? null : new Date(updatedAt),
     });
-    for (const listener of this.#events.snapshot) listener(snapshot);
+    this.#emit("snapshot", snapshot);
   }
 
   #applyUpdate(update: Update): void {
@@ -265,14 +298,12 @@ export class CounterSubscription {
     if (current !== null && update.version > current + 1) {
       // The server never skips a version on one connection; if it happens anyway, resume from
       // what we have rather than apply a state with a hole in its history.
-      this.#dropSocket();
-      this.#scheduleRetry(
+      this.#retry(
         new TallyWatchError(
           `missed versions ${current + 1} to ${update.version - 1}; resuming`,
           null,
           true,
         ),
-        0,
       );
       return;
     }
@@ -283,19 +314,28 @@ export class CounterSubscription {
       update,
       lastUpdate: new Date(update.timestamp),
     });
-    for (const listener of this.#events.update) listener(update);
+    this.#emit("update", update);
   }
 
   #closed(code: number, reason: string): void {
-    const syncedAt = this.#syncedAt;
-    this.#dropSocket();
     if (!this.#state.enabled) return;
     const retry = shouldReconnect(code);
     const error = new TallyWatchError(describeClose(code, reason), code, retry);
-    if (!retry) {
+    if (retry) {
+      this.#retry(error);
+    } else {
+      this.#dropSocket();
       this.#fail(error);
-      return;
     }
+  }
+
+  /**
+   * Drops the current socket and schedules the next attempt: the backoff starts over if the
+   * connection stayed up for `minUptime`, and grows otherwise.
+   */
+  #retry(error: TallyWatchError): void {
+    const syncedAt = this.#syncedAt;
+    this.#dropSocket();
     if (syncedAt !== null && Date.now() - syncedAt >= this.#minUptime) this.#attempt = 0;
     this.#scheduleRetry(error, this.#backoff.delay(this.#attempt));
     this.#attempt += 1;
@@ -327,13 +367,13 @@ export class CounterSubscription {
       const socket = this.#socket;
       if (socket === null) return;
       if (this.#pingOutstanding && !this.#receivedSincePing) {
-        this.#dropSocket();
-        const error = new TallyWatchError(
-          `no answer to a ping for ${this.#pingInterval} ms; reconnecting`,
-          null,
-          true,
+        this.#retry(
+          new TallyWatchError(
+            `no answer to a ping for ${this.#pingInterval} ms; reconnecting`,
+            null,
+            true,
+          ),
         );
-        this.#scheduleRetry(error, 0);
         return;
       }
       this.#receivedSincePing = false;
@@ -350,14 +390,19 @@ export class CounterSubscription {
   /** Forgets the current socket (its events no longer reach us) and closes it. */
   #dropSocket(): void {
     this.#stopPings();
+    this.#clearConnectTimer();
     const socket = this.#socket;
     this.#socket = null;
     this.#syncedAt = null;
     if (socket === null) return;
     socket.onmessage = null;
     socket.onclose = null;
-    socket.onerror = null;
     if (socket.readyState === 0 || socket.readyState === 1) socket.close(CloseCode.NORMAL);
+  }
+
+  #clearConnectTimer(): void {
+    if (this.#connectTimer !== null) clearTimeout(this.#connectTimer);
+    this.#connectTimer = null;
   }
 
   #clearRetry(): void {
@@ -367,7 +412,9 @@ export class CounterSubscription {
 
   readonly #onResume = (): void => {
     if (typeof document !== "undefined" && document.visibilityState === "hidden") return;
-    this.reconnectNow();
+    // Only while a retry is scheduled: after a close that advises against reconnecting (1008,
+    // 1009, …), focusing the tab must not bring the connection back.
+    if (this.#retryTimer !== null) this.reconnectNow();
   };
 
   #attachResumeListeners(): void {
@@ -387,7 +434,28 @@ export class CounterSubscription {
 
   #setState(change: Partial<SubscriptionState>): void {
     this.#state = { ...this.#state, ...change };
-    for (const listener of this.#listeners) listener();
+    for (const listener of this.#listeners) callSafely(listener);
+  }
+
+  #emit<K extends keyof SubscriptionEvents>(
+    event: K,
+    payload: Parameters<SubscriptionEvents[K]>[0],
+  ): void {
+    for (const listener of this.#events[event]) {
+      callSafely(() => (listener as (payload: unknown) => void)(payload));
+    }
+  }
+}
+
+/**
+ * Calls a user's listener; an exception it throws is logged but does not stop the other
+ * listeners or the subscription's own bookkeeping.
+ */
+function callSafely(listener: () => void): void {
+  try {
+    listener();
+  } catch (error) {
+    console.error("a listener of a Tally subscription threw:", error);
   }
 }
 

@@ -35,6 +35,12 @@ export class FakeSocket {
   }
 
   close(code = 1000): void {
+    // Like Node's `ws`: closing a socket that is still connecting emits an error, which throws
+    // when nobody listens for it.
+    if (this.readyState === 0) {
+      if (this.onerror === null) throw new Error("Unhandled 'error' event");
+      this.onerror({});
+    }
     this.closedWith = code;
     this.readyState = 3;
   }

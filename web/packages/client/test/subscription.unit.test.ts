@@ -205,6 +205,9 @@ describe("CounterSubscription", () => {
     vi.advanceTimersByTime(30_000);
     expect(socket.closedWith).toBe(1000);
     expect(likes.getState().error?.message).toContain("no answer to a ping");
+    // The connection had been up longer than minUptime, so the backoff starts over.
+    vi.advanceTimersByTime(2999);
+    expect(FakeSocket.instances).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(FakeSocket.instances).toHaveLength(2);
     expect(FakeSocket.last.url).toContain("since=1");
@@ -217,7 +220,7 @@ describe("CounterSubscription", () => {
     first.receive(update("likes", 3, 4, 4));
     expect(likes.getState().version).toBe(1);
     expect(first.closedWith).toBe(1000);
-    vi.advanceTimersByTime(1);
+    vi.advanceTimersByTime(3000);
     expect(FakeSocket.instances).toHaveLength(2);
     expect(FakeSocket.last.url).toContain("since=1");
   });
@@ -290,5 +293,93 @@ describe("CounterSubscription", () => {
     likes.disable();
     window.dispatchEvent(new Event("online"));
     expect(FakeSocket.instances).toHaveLength(3);
+  });
+
+  it("can be disabled while still connecting, and ignores events of a dropped socket", () => {
+    const likes = watch();
+    const first = FakeSocket.last;
+    likes.disable();
+    expect(first.closedWith).toBe(1000);
+
+    // A listener that toggles during the "connecting" notification leaves one live socket.
+    let toggled = false;
+    likes.subscribe(() => {
+      if (!toggled && likes.getState().status === "connecting") {
+        toggled = true;
+        likes.disable();
+        likes.enable();
+      }
+    });
+    likes.enable();
+    const [stale, current] = FakeSocket.instances.slice(-2) as [FakeSocket, FakeSocket];
+    stale.serverClose(1006);
+    stale.receive(snapshot("likes", 99, 99));
+    current.receive(snapshot("likes", 1, 1));
+    expect(likes.getState()).toMatchObject({ status: "connected", value: 1, version: 1 });
+    expect(current.closedWith).toBeNull();
+  });
+
+  it("retries a connection that never sends its first message", () => {
+    const likes = watch("likes", { connectTimeout: 5_000 });
+    vi.advanceTimersByTime(4_999);
+    expect(FakeSocket.last.closedWith).toBeNull();
+    vi.advanceTimersByTime(1);
+    expect(FakeSocket.last.closedWith).toBe(1000);
+    expect(likes.getState().error?.message).toContain("did not answer");
+    vi.advanceTimersByTime(3_000);
+    expect(FakeSocket.instances).toHaveLength(2);
+  });
+
+  it("takes the version from a resume started with the since option", () => {
+    const likes = watch("likes", { since: 7 });
+    FakeSocket.last.receive({ type: "resumed", since: 7, version: 9 });
+    expect(likes.getState()).toMatchObject({ status: "connected", version: 7, value: null });
+    FakeSocket.last.receive(update("likes", 7, 8, 8));
+    expect(likes.getState()).toMatchObject({ version: 8, value: 8 });
+  });
+
+  it("forgets the last update when a snapshot replaces the state", () => {
+    const likes = watch();
+    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    FakeSocket.last.receive(update("likes", 1, 2, 2));
+    expect(likes.getState().update?.version).toBe(2);
+    FakeSocket.last.serverClose(1012);
+    vi.advanceTimersByTime(3000);
+    FakeSocket.last.receive(snapshot("likes", 0, 0, true));
+    expect(likes.getState()).toMatchObject({
+      value: 0,
+      version: 0,
+      update: null,
+      lastUpdate: null,
+    });
+  });
+
+  it("does not come back on focus or online after a close that says not to", () => {
+    const window = new EventTarget();
+    const document = Object.assign(new EventTarget(), { visibilityState: "visible" });
+    vi.stubGlobal("window", window);
+    vi.stubGlobal("document", document);
+    watch();
+    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    FakeSocket.last.serverClose(1008);
+    window.dispatchEvent(new Event("online"));
+    document.dispatchEvent(new Event("visibilitychange"));
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
+  it("keeps going when a listener throws", () => {
+    const likes = watch();
+    const logged = vi.spyOn(console, "error").mockImplementation(() => {});
+    likes.on("update", () => {
+      throw new Error("listener bug");
+    });
+    const seen: number[] = [];
+    likes.on("update", (u) => seen.push(u.version));
+    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    FakeSocket.last.receive(update("likes", 1, 2, 2));
+    expect(seen).toEqual([2]);
+    expect(likes.getState().version).toBe(2);
+    expect(logged).toHaveBeenCalledTimes(1);
+    logged.mockRestore();
   });
 });

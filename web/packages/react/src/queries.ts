@@ -29,9 +29,16 @@ export function useCounterKeys() {
 /** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`. */
 export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
   const client = useTallyClient();
+  const queryClient = useQueryClient();
+  const queryKey = counterKeys(client).value(name);
   return useQuery({
-    queryKey: counterKeys(client).value(name),
-    queryFn: () => client.getValue(name),
+    queryKey,
+    // An answer that left the server before a live update may arrive after it: keep the newer.
+    queryFn: async () => {
+      const answer = await client.getValue(name);
+      const cached = queryClient.getQueryData<ValueAnswer>(queryKey);
+      return cached !== undefined && cached.version > answer.version ? cached : answer;
+    },
     ...options,
   });
 }
@@ -39,9 +46,17 @@ export function useCounterValue(name: string, options: QueryOptions<ValueAnswer>
 /** `counter.getMetadata`, kept live by `useCounterWebSocket`. */
 export function useCounterMetadata(name: string, options: QueryOptions<Metadata> = {}) {
   const client = useTallyClient();
+  const queryClient = useQueryClient();
+  const queryKey = counterKeys(client).metadata(name);
   return useQuery({
-    queryKey: counterKeys(client).metadata(name),
-    queryFn: () => client.getMetadata(name),
+    queryKey,
+    queryFn: async () => {
+      const answer = await client.getMetadata(name);
+      const cached = queryClient.getQueryData<Metadata>(queryKey);
+      return cached !== undefined && cached.operationCount > answer.operationCount
+        ? cached
+        : answer;
+    },
     ...options,
   });
 }

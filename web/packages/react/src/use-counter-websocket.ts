@@ -100,10 +100,12 @@ export function useCounterWebSocket(
     subscription.getState,
   );
 
+  // Between the first render and the effect that enables it, a wanted connection is on its way.
+  const status = enabled && !state.enabled && state.error === null ? "connecting" : state.status;
   return {
-    status: state.status,
-    isConnected: state.status === "connected",
-    isConnecting: state.status === "connecting",
+    status,
+    isConnected: status === "connected",
+    isConnecting: status === "connecting",
     error: state.error,
     lastUpdate: state.lastUpdate,
     value: state.value,
