@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ErrorCode, ProtocolError};
 
 /// The four operations that change a counter, as named on the wire.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum OpKind {
@@ -45,6 +46,7 @@ impl OpKind {
 
 /// A counter's metadata, as in the seed. A counter never written has `id`, `createdAt` and
 /// `updatedAt` null, value 0 and operation count 0.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Metadata {
@@ -64,6 +66,7 @@ pub struct Metadata {
 
 /// One applied operation, answered to its writer and broadcast to every watcher, byte for byte
 /// the same JSON.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Update {
@@ -240,6 +243,7 @@ impl ClientMessage {
 }
 
 /// The answer to `getValue`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ValueAnswer {
     /// The current value.
@@ -249,6 +253,7 @@ pub struct ValueAnswer {
 }
 
 /// One entry of a counter's history.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
@@ -269,6 +274,7 @@ pub struct Entry {
 }
 
 /// The answer to `getHistory`: newest first.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryPage {
     /// The entries, newest first.

@@ -8,6 +8,9 @@ use crate::limits::NAME_MAX_BYTES;
 /// What a counter name may contain, worded for error messages.
 pub const NAME_RULE: &str = "1 to 128 characters from A-Z a-z 0-9 _ . : -";
 
+/// The characters of a name as a regular expression (the length is checked apart).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
+
 /// A validated counter name. Holding one proves the name is well formed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterName(String);

@@ -6,9 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use crate::error::{ErrorCode, ProtocolError};
+#[cfg(feature = "schema")]
+use crate::limits::NAME_MAX_BYTES;
 use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use crate::message::OpKind;
 use crate::name::CounterName;
+#[cfg(feature = "schema")]
+use crate::name::NAME_PATTERN;
 
 /// The seven procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +58,30 @@ impl Procedure {
         }
     }
 
+    /// Every error code an RPC to this procedure may be answered with, besides those of the
+    /// HTTP layer that any path may get (`method_not_allowed`, `origin_not_allowed`).
+    pub fn error_codes(self) -> Vec<ErrorCode> {
+        let mut codes = vec![
+            ErrorCode::BadJson,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::InvalidField,
+            ErrorCode::InvalidName,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::RequestTimeout,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        match self {
+            Procedure::Increment | Procedure::Decrement => {
+                codes.extend([ErrorCode::InvalidAmount, ErrorCode::OutOfRange]);
+            }
+            Procedure::SetValue => codes.push(ErrorCode::OutOfRange),
+            Procedure::GetHistory => codes.push(ErrorCode::InvalidLimit),
+            Procedure::Reset | Procedure::GetValue | Procedure::GetMetadata => {}
+        }
+        codes
+    }
+
     /// The procedure whose path segment is `segment`.
     ///
     /// # Errors
@@ -71,44 +99,74 @@ impl Procedure {
 
 /// Body of `increment` and `decrement`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AmountBody {
     /// The counter.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
+    )]
     pub name: String,
     /// An integer >= 1; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<i64>", range(min = 1, max = MAX_SAFE_INTEGER))
+    )]
     pub amount: Option<Number>,
 }
 
 /// Body of `setValue`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetValueBody {
     /// The counter.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
+    )]
     pub name: String,
     /// The new value, within ±(2^53 − 1).
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "i64", range(min = -MAX_SAFE_INTEGER, max = MAX_SAFE_INTEGER))
+    )]
     pub value: Number,
 }
 
 /// Body of `reset`, `getValue` and `getMetadata`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
     /// The counter.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
+    )]
     pub name: String,
 }
 
 /// Body of `getHistory`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HistoryBody {
     /// The counter.
+    #[cfg_attr(
+        feature = "schema",
+        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
+    )]
     pub name: String,
     /// How many entries, 1..=1000; 50 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1, max = HISTORY_PAGE_MAX)))]
     pub limit: Option<Number>,
     /// Only entries with a version below this one (the `next` of the previous page).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u64>", range(min = 1)))]
     pub before: Option<Number>,
 }
 

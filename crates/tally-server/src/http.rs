@@ -84,7 +84,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/ws/counter/{name}", get(ws::upgrade))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi));
     // The page's paths are not routes: the fallback looks each request path up in its table,
     // so routes above always win and other paths keep axum's plain 404.
     let router =
@@ -299,6 +300,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.encode(),
     )
         .into_response()
+}
+
+/// The OpenAPI description, built once: it depends only on the code.
+async fn openapi() -> Response {
+    static DOCUMENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default())
+    });
+    json_bytes(document.clone())
 }
 
 async fn healthz() -> Response {

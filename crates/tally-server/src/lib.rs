@@ -20,6 +20,7 @@ pub mod config;
 pub mod counter;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod shutdown;
 mod static_files;

@@ -1,0 +1,137 @@
+//! The OpenAPI 3.1 description of the RPC API, served at `GET /openapi.json`.
+//!
+//! It is built from the code, not written by hand: the paths from `Procedure::ALL`, the request
+//! and answer schemas from the wire types' `JsonSchema` derives (with the same limits the
+//! validation enforces), and the error answers from `Procedure::error_codes` and
+//! `ErrorCode::http_status`. A new procedure, field, limit or error code changes it by itself.
+
+use std::collections::BTreeMap;
+
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
+use serde_json::{Map, Value, json};
+use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
+use tally_proto::{ErrorBody, ErrorCode, HistoryPage, Metadata, Procedure, Update, ValueAnswer};
+
+/// The whole OpenAPI document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|settings| settings.definitions_path = "/components/schemas".into())
+        .into_generator();
+    let error_schema = generator.subschema_for::<ErrorBody>();
+    let mut paths = Map::new();
+    for procedure in Procedure::ALL {
+        let (request, answer) = schemas(&mut generator, procedure);
+        let path = format!("/rpc/{}", procedure.path_name());
+        paths.insert(path, operation(procedure, &request, &answer, &error_schema));
+    }
+    paths.insert(
+        "/healthz".into(),
+        json!({"get": {
+            "operationId": "healthz",
+            "summary": "Health check",
+            "responses": {"200": {
+                "description": "The server accepts connections.",
+                "content": {"application/json": {"schema": {
+                    "type": "object",
+                    "properties": {"status": {"const": "ok"}},
+                    "required": ["status"],
+                    "additionalProperties": false
+                }}}
+            }}
+        }}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tally",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Real-time counters: HTTP RPC to change and read them. Watching them live is a WebSocket at GET /ws/counter/{name}[?since=V], described in docs/PROTOCOL.md with every message and close code.",
+        },
+        "paths": paths,
+        "components": {"schemas": generator.take_definitions(true)},
+    })
+}
+
+/// The request body and answer schemas of `procedure`.
+fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Schema) {
+    fn pair<Q: JsonSchema, A: JsonSchema>(generator: &mut SchemaGenerator) -> (Schema, Schema) {
+        (generator.subschema_for::<Q>(), generator.subschema_for::<A>())
+    }
+    match procedure {
+        Procedure::Increment | Procedure::Decrement => pair::<AmountBody, Update>(generator),
+        Procedure::SetValue => pair::<SetValueBody, Update>(generator),
+        Procedure::Reset => pair::<NameBody, Update>(generator),
+        Procedure::GetValue => pair::<NameBody, ValueAnswer>(generator),
+        Procedure::GetMetadata => pair::<NameBody, Metadata>(generator),
+        Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
+    }
+}
+
+/// One `POST /rpc/counter.<procedure>` operation with its answers.
+fn operation(procedure: Procedure, request: &Schema, answer: &Schema, error: &Schema) -> Value {
+    // Several codes share a status (400 above all): one answer per status, naming its codes.
+    let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+    for code in procedure.error_codes() {
+        by_status.entry(code.http_status()).or_default().push(code);
+    }
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({"description": "Done.", "content": {"application/json": {"schema": answer}}}),
+    );
+    for (status, codes) in by_status {
+        let names: Vec<&str> = codes.iter().map(|code| code.as_str()).collect();
+        responses.insert(
+            status.to_string(),
+            json!({
+                "description": format!("Refused: {}.", names.join(", ")),
+                "content": {"application/json": {"schema": error}},
+            }),
+        );
+    }
+    let name = procedure.path_name();
+    json!({"post": {
+        "operationId": name,
+        "summary": summary(procedure),
+        "requestBody": {"required": true, "content": {"application/json": {"schema": request}}},
+        "responses": responses,
+    }})
+}
+
+fn summary(procedure: Procedure) -> &'static str {
+    match procedure {
+        Procedure::Increment => "Add an amount (1 by default)",
+        Procedure::Decrement => "Subtract an amount (1 by default)",
+        Procedure::SetValue => "Set the value",
+        Procedure::Reset => "Set the value to 0",
+        Procedure::GetValue => "The committed value and version",
+        Procedure::GetMetadata => "The counter's metadata",
+        Procedure::GetHistory => "One page of history, newest first",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_procedure_is_described_with_its_limits_and_errors() {
+        let doc = document();
+        for procedure in Procedure::ALL {
+            let path = format!("/rpc/{}", procedure.path_name());
+            assert!(doc["paths"][&path]["post"]["responses"]["200"].is_object(), "{path}");
+        }
+        let schemas = &doc["components"]["schemas"];
+        let amount = &schemas["AmountBody"]["properties"]["amount"];
+        assert_eq!(amount["minimum"], 1, "{amount}");
+        assert_eq!(amount["maximum"], tally_proto::limits::MAX_SAFE_INTEGER, "{amount}");
+        assert_eq!(schemas["AmountBody"]["additionalProperties"], false);
+        assert_eq!(schemas["NameBody"]["properties"]["name"]["maxLength"], 128);
+        let increment = &doc["paths"]["/rpc/counter.increment"]["post"]["responses"];
+        assert!(
+            increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))
+        );
+        assert!(doc["paths"]["/rpc/counter.getValue"]["post"]["responses"]["422"].is_null());
+    }
+}
