@@ -30,6 +30,6 @@ for _ in $(seq 100); do
 done
 [ -n "$address" ] || { echo "tally serve did not start:"; cat "$log"; exit 1; }
 
-schemathesis run "http://$address/openapi.json" \
+(cd "$dir" && schemathesis run "http://$address/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,negative_data_rejection \
-  --max-examples "$examples" --no-color
+  --max-examples "$examples" --no-color)
