@@ -52,6 +52,9 @@ struct Args {
     /// Minutes the soak scenario runs (only with --only soak).
     #[arg(long, default_value_t = 10, value_name = "MINUTES")]
     soak_minutes: u64,
+    /// Seconds between the soak's reconnect storms (default: a quarter of the run, at most 60).
+    #[arg(long, value_name = "SECONDS")]
+    soak_storm_seconds: Option<u64>,
     /// Watchers in the soak scenario.
     #[arg(long, default_value_t = 2_000, value_name = "N")]
     soak_watchers: usize,
@@ -340,12 +343,21 @@ async fn soak(
         args.soak_watchers,
         20,
         200,
-        // At least three storms, at most one a minute.
-        Duration::from_secs(minutes * 60 / 4).min(Duration::from_secs(60)),
+        // By default at least three storms, at most one a minute.
+        args.soak_storm_seconds.map_or_else(
+            || Duration::from_secs(minutes * 60 / 4).min(Duration::from_secs(60)),
+            |seconds| Duration::from_secs(seconds.max(1)),
+        ),
         &progress,
     )
     .await?;
     progress.finish_and_clear();
+    let before: Vec<String> = result
+        .rss_before_storms
+        .iter()
+        .map(|rss| format!("{:.1}", *rss as f64 / 1_048_576.0))
+        .collect();
+    eprintln!("soak: server RSS before each storm (MiB): {}", before.join(" "));
     let case = format!("minutes={minutes} watchers={}", args.soak_watchers);
     report.add("soak", &case, "acknowledged writes", result.writes as f64);
     report.add_target("soak", &case, "failed writes", result.failed_writes as f64, 0.0, false);

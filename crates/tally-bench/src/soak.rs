@@ -24,6 +24,8 @@ pub(crate) struct Soak {
     pub(crate) rss_warm: u64,
     pub(crate) rss_max: u64,
     pub(crate) rss_last: u64,
+    /// RSS just before each storm: flat once warm means no leak, a steady climb means one.
+    pub(crate) rss_before_storms: Vec<u64>,
     /// Updates a watcher got out of order (gap or repeat): must be 0.
     pub(crate) out_of_order: u64,
     /// Watchers that ended on their counter's final version.
@@ -99,6 +101,7 @@ pub(crate) async fn run(
 
     let first = memory()?;
     let (mut rss_max, mut rss_last, mut rss_warm, mut storms) = (first.rss, first.rss, 0, 0);
+    let mut rss_before_storms = Vec::new();
     let mut next_storm = started + storm_every;
     while Instant::now() < deadline {
         tokio::time::sleep(
@@ -112,6 +115,7 @@ pub(crate) async fn run(
             if storms == 0 {
                 rss_warm = rss_last;
             }
+            rss_before_storms.push(rss_last);
             // Every watcher drops its socket at once and comes back resuming where it was.
             for task in tasks.drain(..) {
                 task.abort();
@@ -147,6 +151,7 @@ pub(crate) async fn run(
         rss_warm,
         rss_max,
         rss_last,
+        rss_before_storms,
         out_of_order: out_of_order.load(Ordering::Relaxed),
         caught_up: caught_up(&followers),
     };
