@@ -378,6 +378,15 @@ async fn soak(
         args.soak_watchers as f64,
         true,
     );
+    report.add_target(
+        "soak",
+        &case,
+        "server websockets open at the end",
+        result.websockets_open,
+        // More than the live watchers would be sockets leaked by the storms.
+        args.soak_watchers as f64,
+        false,
+    );
     report.add("soak", &case, "server RSS first MiB", result.rss_first as f64 / 1_048_576.0);
     report.add(
         "soak",
@@ -501,12 +510,7 @@ async fn hibernated(
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
-        let in_memory = metrics
-            .lines()
-            .find_map(|line| line.strip_prefix("tally_counters_in_memory "))
-            .and_then(|value| value.trim().parse::<f64>().ok());
-        if in_memory == Some(0.0) {
+        if server::metric(&http, base, "tally_counters_in_memory").await? == Some(0.0) {
             break;
         }
         anyhow::ensure!(

@@ -99,3 +99,17 @@ pub(crate) fn sibling_tally() -> anyhow::Result<PathBuf> {
     }
     Ok(tally)
 }
+
+/// The value of an unlabelled gauge or counter (`name`, without `_total`) on the server's
+/// `/metrics`, or `None` when it is not there.
+pub(crate) async fn metric(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+) -> anyhow::Result<Option<f64>> {
+    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    Ok(text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse::<f64>().ok()
+    }))
+}

@@ -26,6 +26,9 @@ pub(crate) struct Soak {
     pub(crate) rss_last: u64,
     /// RSS just before each storm: flat once warm means no leak, a steady climb means one.
     pub(crate) rss_before_storms: Vec<u64>,
+    /// The server's open WebSockets once every watcher has caught up: the live watchers, if
+    /// no socket of the storms was leaked.
+    pub(crate) websockets_open: f64,
     /// Updates a watcher got out of order (gap or repeat): must be 0.
     pub(crate) out_of_order: u64,
     /// Watchers that ended on their counter's final version.
@@ -143,6 +146,12 @@ pub(crate) async fn run(
     while caught_up(&followers) < watchers && Instant::now() < catch_up_deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each storm closes every socket; give the server a moment to finish closing the last one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let websockets_open =
+        crate::server::metric(&reqwest::Client::new(), base, "tally_websockets_open")
+            .await?
+            .unwrap_or(f64::NAN);
     let result = Soak {
         writes: writes.load(Ordering::Relaxed),
         failed_writes: failed_writes.load(Ordering::Relaxed),
@@ -152,6 +161,7 @@ pub(crate) async fn run(
         rss_max,
         rss_last,
         rss_before_storms,
+        websockets_open,
         out_of_order: out_of_order.load(Ordering::Relaxed),
         caught_up: caught_up(&followers),
     };
