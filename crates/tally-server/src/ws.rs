@@ -161,7 +161,9 @@ impl Session {
         mut updates: broadcast::Receiver<Published>,
         since: Option<u64>,
     ) -> End {
-        if let Err(end) = self.start(name, counter, since).await {
+        // The first messages, the client's rare messages and the ping tick are boxed while they
+        // run: their futures would otherwise widen every idle socket's future for good.
+        if let Err(end) = Box::pin(self.start(name, counter, since)).await {
             return end;
         }
         let ping_interval = self.state.config.ping_interval;
@@ -173,9 +175,9 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
-                incoming = self.socket.recv() => self.on_incoming(incoming).await,
+                incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
                 update = updates.recv() => self.on_update(update, &mut updates).await,
-                _ = ping_timer.tick() => self.on_ping_timer().await,
+                _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
             };
             if let Err(end) = step {
                 return end;
