@@ -172,7 +172,7 @@ enum Command {
     Read { respond_to: Reply<CounterState> },
     /// The committed state and a subscription to later updates, in one step, so that no update
     /// can fall between them.
-    Watch { respond_to: Reply<(CounterState, broadcast::Receiver<Published>)> },
+    Watch { respond_to: Reply<(CounterState, broadcast::Receiver<Arc<Published>>)> },
 }
 
 impl Command {
@@ -217,7 +217,7 @@ impl CounterHandle {
     /// The committed state and a subscription to every later update.
     pub(crate) async fn watch(
         &self,
-    ) -> Result<(CounterState, broadcast::Receiver<Published>), ApplyError> {
+    ) -> Result<(CounterState, broadcast::Receiver<Arc<Published>>), ApplyError> {
         self.ask(|respond_to| Command::Watch { respond_to }).await
     }
 }
@@ -245,7 +245,7 @@ struct CounterActor {
     registry: Registry,
     /// The counter's broadcast channel, taken from the registry on the first watch; it outlives
     /// the actor while watchers hold receivers, so watchers survive hibernation.
-    topic: Option<broadcast::Sender<Published>>,
+    topic: Option<broadcast::Sender<Arc<Published>>>,
     /// Operations waiting to be queued as the next batch.
     pending: Vec<PendingOp>,
     /// Value and version after the last queued batch: where the next batch starts. Equal to the
@@ -259,7 +259,7 @@ struct CounterActor {
 pub(crate) fn spawn(
     name: CounterName,
     generation: u64,
-    topic: Option<broadcast::Sender<Published>>,
+    topic: Option<broadcast::Sender<Arc<Published>>>,
     registry: &Registry,
 ) -> CounterHandle {
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
@@ -468,8 +468,10 @@ impl CounterActor {
             self.state.updated_at_ms = Some(entry.at_ms);
             let published = Published::new(&self.name, id, &created_at, &entry);
             if let Some(topic) = topic {
+                // In an `Arc`, so that each of the channel's `--watch-buffer` slots, allocated
+                // up front per watched counter, holds a pointer rather than the whole update.
                 // An error only means every watcher left meanwhile.
-                let _ = topic.send(published.clone());
+                let _ = topic.send(Arc::new(published.clone()));
             }
             metrics.operation(entry.kind, pending.received.elapsed().as_secs_f64());
             let _ = pending.respond_to.send(Ok(published));

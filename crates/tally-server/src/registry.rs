@@ -25,7 +25,7 @@ struct Slot {
     /// The live actor, with its generation; `None` while the counter hibernates.
     actor: Option<(u64, CounterHandle)>,
     /// The broadcast channel, created on the first watch and kept while anyone watches.
-    topic: Option<broadcast::Sender<Published>>,
+    topic: Option<broadcast::Sender<Arc<Published>>>,
 }
 
 struct Shared {
@@ -144,7 +144,7 @@ impl Registry {
     pub async fn watch(
         &self,
         name: &CounterName,
-    ) -> Result<(CounterState, broadcast::Receiver<Published>), ApplyError> {
+    ) -> Result<(CounterState, broadcast::Receiver<Arc<Published>>), ApplyError> {
         self.with_actor(name, |handle| async move { handle.watch().await }).await
     }
 
@@ -163,7 +163,7 @@ impl Registry {
     }
 
     /// `name`'s broadcast channel, created on first use. Called by the counter's actor.
-    pub(crate) fn topic(&self, name: &CounterName) -> broadcast::Sender<Published> {
+    pub(crate) fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>> {
         let mut slot = self.shared.slots.entry(name.clone()).or_default();
         slot.topic
             .get_or_insert_with(|| broadcast::channel(self.shared.config.watch_buffer.max(1)).0)

@@ -6,6 +6,7 @@
 //! `--watch-buffer` updates behind, or whose send stalls for `--send-timeout`, is closed with
 //! 4000 and resumes with `since`, so a slow watcher never slows anyone else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -158,7 +159,7 @@ impl Session {
         &mut self,
         name: &CounterName,
         counter: CounterState,
-        mut updates: broadcast::Receiver<Published>,
+        mut updates: broadcast::Receiver<Arc<Published>>,
         since: Option<u64>,
     ) -> End {
         // The first messages, the client's rare messages and the ping tick are boxed while they
@@ -340,8 +341,8 @@ impl Session {
     /// Sends `first` and whatever else is already queued, then flushes once.
     async fn on_update(
         &mut self,
-        first: Result<Published, RecvError>,
-        updates: &mut broadcast::Receiver<Published>,
+        first: Result<Arc<Published>, RecvError>,
+        updates: &mut broadcast::Receiver<Arc<Published>>,
     ) -> Result<(), End> {
         let mut next = Some(first);
         let mut sent = 0;
@@ -358,7 +359,7 @@ impl Session {
                 }
                 Ok(published) => {
                     self.last_version = published.version;
-                    self.feed(published.json).await?;
+                    self.feed(published.json.clone()).await?;
                     sent += 1;
                 }
                 Err(RecvError::Lagged(missed)) => {
