@@ -130,17 +130,12 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       </p>
 
       <div className="steppers">
-        <button
-          type="button"
-          className="step"
-          aria-label="Decrement"
-          onClick={() => {
-            const by = parsedAmount();
-            if (by !== null) decrement.mutate({ name, amount: by });
-          }}
-        >
-          −
-        </button>
+        <StepButton
+          label="Decrement"
+          symbol="−"
+          onStep={(by) => decrement.mutate({ name, amount: by })}
+          amount={parsedAmount}
+        />
         <label className="amount">
           <span>by</span>
           <input
@@ -150,17 +145,12 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
             aria-label="Amount"
           />
         </label>
-        <button
-          type="button"
-          className="step"
-          aria-label="Increment"
-          onClick={() => {
-            const by = parsedAmount();
-            if (by !== null) increment.mutate({ name, amount: by });
-          }}
-        >
-          +
-        </button>
+        <StepButton
+          label="Increment"
+          symbol="+"
+          onStep={(by) => increment.mutate({ name, amount: by })}
+          amount={parsedAmount}
+        />
       </div>
 
       <form className="set-row" onSubmit={onSet}>
@@ -209,6 +199,28 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
         )}
       </section>
     </article>
+  );
+}
+
+/** − or +: steps by the amount field, once it reads as a whole number ≥ 1. */
+function StepButton(props: {
+  label: "Increment" | "Decrement";
+  symbol: string;
+  amount: () => number | null;
+  onStep: (by: number) => void;
+}) {
+  return (
+    <button
+      type="button"
+      className="step"
+      aria-label={props.label}
+      onClick={() => {
+        const by = props.amount();
+        if (by !== null) props.onStep(by);
+      }}
+    >
+      {props.symbol}
+    </button>
   );
 }
 

@@ -26,39 +26,50 @@ export function useCounterKeys() {
   return counterKeys(useTallyClient());
 }
 
-/** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`. */
-export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
-  const client = useTallyClient();
+/**
+ * A query of state that live updates also write. An answer that left the server before a live
+ * update may arrive after it, so the cached entry is kept when its version is newer.
+ */
+function useLiveQuery<T>(
+  queryKey: readonly unknown[],
+  fetch: () => Promise<T>,
+  version: (data: T) => number,
+  options: QueryOptions<T>,
+) {
   const queryClient = useQueryClient();
-  const queryKey = counterKeys(client).value(name);
   return useQuery({
     queryKey,
-    // An answer that left the server before a live update may arrive after it: keep the newer.
     queryFn: async () => {
-      const answer = await client.getValue(name);
-      const cached = queryClient.getQueryData<ValueAnswer>(queryKey);
-      return cached !== undefined && cached.version > answer.version ? cached : answer;
+      const answer = await fetch();
+      const cached = queryClient.getQueryData<T>(queryKey);
+      return cached !== undefined && version(cached) > version(answer) ? cached : answer;
     },
     ...options,
   });
 }
 
+/** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`. */
+export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
+  const client = useTallyClient();
+  const key = counterKeys(client).value(name);
+  return useLiveQuery(
+    key,
+    () => client.getValue(name),
+    (data) => data.version,
+    options,
+  );
+}
+
 /** `counter.getMetadata`, kept live by `useCounterWebSocket`. */
 export function useCounterMetadata(name: string, options: QueryOptions<Metadata> = {}) {
   const client = useTallyClient();
-  const queryClient = useQueryClient();
-  const queryKey = counterKeys(client).metadata(name);
-  return useQuery({
-    queryKey,
-    queryFn: async () => {
-      const answer = await client.getMetadata(name);
-      const cached = queryClient.getQueryData<Metadata>(queryKey);
-      return cached !== undefined && cached.operationCount > answer.operationCount
-        ? cached
-        : answer;
-    },
-    ...options,
-  });
+  const key = counterKeys(client).metadata(name);
+  return useLiveQuery(
+    key,
+    () => client.getMetadata(name),
+    (data) => data.operationCount,
+    options,
+  );
 }
 
 /** One page of `counter.getHistory`, newest first; refetched after each live update. */
