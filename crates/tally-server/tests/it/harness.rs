@@ -22,7 +22,7 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
-    pub(crate) dir: TempDir,
+    dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     http: reqwest::Client,
@@ -39,11 +39,7 @@ impl TestServer {
     }
 
     pub(crate) async fn start_with(config: Config, options: SqliteOptions) -> Self {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), config, options).await
-    }
-
-    /// Starts a server on the database inside `dir` (kept across restarts).
-    pub(crate) async fn start_in(dir: TempDir, config: Config, options: SqliteOptions) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("tally.db"), options).expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -58,15 +54,8 @@ impl TestServer {
         self.dir.path().join("tally.db")
     }
 
-    /// Shuts the server down as SIGTERM would and waits for `run` to return; gives back the
-    /// folder with the database.
-    pub(crate) async fn stop(mut self) -> TempDir {
-        self.stop_in_place().await;
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::mem::replace(&mut self.dir, dir)
-    }
-
-    pub(crate) async fn stop_in_place(&mut self) {
+    /// Shuts the server down as SIGTERM would and waits for `run` to return.
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -140,27 +129,18 @@ impl TestServer {
     /// The value of one sample in `/metrics`, e.g. `tally_counters_in_memory` or
     /// `tally_errors_total{code="invalid_name"}`; 0 when absent.
     pub(crate) async fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-            .map_or(0.0, |value| value.trim().parse().expect("metric value"))
+        self.metric_if_reachable(sample).await.expect("metrics").unwrap_or(0.0)
     }
 
-    /// Like `metric`, but `None` when the server refuses the connection (a limit is reached).
-    pub(crate) async fn metric_if_reachable(&self, sample: &str) -> Option<f64> {
+    /// Like `metric`, but `None` when the server refuses the connection (a limit is reached),
+    /// and `Some(None)` when the sample is absent.
+    pub(crate) async fn metric_if_reachable(&self, sample: &str) -> Option<Option<f64>> {
         let response = self.http.get(self.url("/metrics")).send().await.ok()?;
         let text = response.text().await.ok()?;
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
-            .map(|value| value.trim().parse().unwrap_or(f64::NAN))
+        Some(text.lines().find_map(|line| {
+            let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
+            Some(value.trim().parse().expect("metric value"))
+        }))
     }
 
     /// Waits until `sample` reads `expected` (metrics change a moment after the event).

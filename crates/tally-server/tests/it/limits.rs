@@ -103,7 +103,7 @@ async fn the_total_number_of_connections_is_limited() {
     // Reading the metric needs a connection of its own, once the two places are free.
     let deadline = Instant::now() + PATIENCE;
     while server.metric_if_reachable("tally_connections_refused_total{limit=\"total\"}").await
-        != Some(1.0)
+        != Some(Some(1.0))
     {
         assert!(Instant::now() < deadline, "the refusal was not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
