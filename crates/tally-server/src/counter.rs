@@ -309,11 +309,13 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             }
             metrics.counter_loads.inc();
         }
-        while !actor.reload && in_flight.len() < MAX_IN_FLIGHT && !actor.pending.is_empty() {
-            match actor.start_batch().await {
-                Some(queued) => in_flight.push_back(queued),
-                None => break,
-            }
+        // One batch takes every pending operation.
+        if !actor.reload
+            && in_flight.len() < MAX_IN_FLIGHT
+            && !actor.pending.is_empty()
+            && let Some(queued) = actor.start_batch().await
+        {
+            in_flight.push_back(queued);
         }
         let idle = in_flight.is_empty() && actor.pending.is_empty();
         if handles_gone && idle {

@@ -1,5 +1,7 @@
 //! What the server counts, served at `GET /metrics` in Prometheus text format.
 
+use std::sync::OnceLock;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,6 +56,9 @@ pub struct Metrics {
     pub(crate) counter_hibernations: Counter,
     pub(crate) operations: Family<OperationLabels, Counter>,
     pub(crate) operation_seconds: Family<OperationLabels, Histogram>,
+    /// Each kind's two series, looked up in the families on its first operation only: a
+    /// lookup takes the family's lock and hashes the labels, once per committed operation.
+    operation_series: [OnceLock<(Counter, Histogram)>; OpKind::ALL.len()],
     pub(crate) batch_operations: Histogram,
     pub(crate) errors: Family<ErrorLabels, Counter>,
     pub(crate) websocket_closes: Family<CloseLabels, Counter>,
@@ -80,6 +85,7 @@ impl Metrics {
             counter_hibernations: Counter::default(),
             operations: Family::default(),
             operation_seconds: Family::new_with_constructor(latency_histogram),
+            operation_series: Default::default(),
             batch_operations: batch_histogram(),
             errors: Family::default(),
             websocket_closes: Family::default(),
@@ -146,9 +152,13 @@ impl Metrics {
 
     /// Counts a committed operation and how long it took.
     pub(crate) fn operation(&self, kind: OpKind, seconds: f64) {
-        let labels = OperationLabels { operation: kind.as_str() };
-        self.operations.get_or_create(&labels).inc();
-        self.operation_seconds.get_or_create(&labels).observe(seconds);
+        let (count, duration) = self.operation_series[kind as usize].get_or_init(|| {
+            let labels = OperationLabels { operation: kind.as_str() };
+            let count = self.operations.get_or_create(&labels).clone();
+            (count, self.operation_seconds.get_or_create(&labels).clone())
+        });
+        count.inc();
+        duration.observe(seconds);
     }
 
     /// Counts an error answered with `code`.

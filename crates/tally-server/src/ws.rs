@@ -172,10 +172,13 @@ impl Session {
             tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         ping_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
+        // Made once: each `cancelled()` future registers with (and leaves) a notifier that every
+        // socket shares, which per update per watcher would contend on one lock.
+        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         loop {
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
+                () = &mut shutting_down => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
                 incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
                 update = updates.recv() => self.on_update(update, &mut updates).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
@@ -338,12 +341,23 @@ impl Session {
         Ok(())
     }
 
-    /// Sends `first` and whatever else is already queued, then flushes once.
+    /// Sends `first` and whatever else is already queued (up to `MAX_BURST`), then flushes once.
+    /// The whole burst shares one `--send-timeout` deadline rather than a timer per message.
     async fn on_update(
         &mut self,
         first: Result<Arc<Published>, RecvError>,
         updates: &mut broadcast::Receiver<Arc<Published>>,
     ) -> Result<(), End> {
+        let send_timeout = self.state.config.send_timeout;
+        timeout(send_timeout, self.send_burst(first, updates)).await.unwrap_or(Err(End::Stalled))
+    }
+
+    async fn send_burst(
+        &mut self,
+        first: Result<Arc<Published>, RecvError>,
+        updates: &mut broadcast::Receiver<Arc<Published>>,
+    ) -> Result<(), End> {
+        use futures_util::SinkExt;
         let mut next = Some(first);
         let mut sent = 0;
         while let Some(received) = next.take() {
@@ -359,7 +373,8 @@ impl Session {
                 }
                 Ok(published) => {
                     self.last_version = published.version;
-                    self.feed(published.json.clone()).await?;
+                    let text = Message::Text(published.json.clone());
+                    self.socket.feed(text).await.map_err(|_| End::Drop)?;
                     sent += 1;
                 }
                 Err(RecvError::Lagged(missed)) => {
@@ -391,7 +406,7 @@ impl Session {
                 };
             }
         }
-        self.flush().await
+        self.socket.flush().await.map_err(|_| End::Drop)
     }
 
     /// Once per ping interval: a peer heard from since the last tick is fine; a silent one is
