@@ -370,6 +370,7 @@ async fn soak(
         0.0,
         false,
     );
+    report.add("soak", &case, "watcher disconnects outside storms", result.disconnects as f64);
     report.add_target(
         "soak",
         &case,

@@ -29,8 +29,12 @@ pub(crate) struct Soak {
     /// The server's open WebSockets once every watcher has caught up: the live watchers, if
     /// no socket of the storms was leaked.
     pub(crate) websockets_open: f64,
-    /// Updates a watcher got out of order (gap or repeat): must be 0.
+    /// Updates the client library passed on out of order (gap or repeat): must be 0. This
+    /// checks the client's promise to the app; the server's own slips show as `disconnects`.
     pub(crate) out_of_order: u64,
+    /// Connections that ended other than by a storm (a close by the server, such as a slow
+    /// consumer's 4000 or a gap, or a failed connect), each resumed by the client.
+    pub(crate) disconnects: u64,
     /// Watchers that ended on their counter's final version.
     pub(crate) caught_up: usize,
 }
@@ -57,6 +61,7 @@ pub(crate) async fn run(
 ) -> anyhow::Result<Soak> {
     let prefix = format!("soak{}", fastrand::u32(..));
     let out_of_order = Arc::new(AtomicU64::new(0));
+    let disconnects = Arc::new(AtomicU64::new(0));
     let followers: Vec<Follower> = (0..watchers)
         .map(|index| Follower { counter: index % counters, last: Arc::new(AtomicU64::new(0)) })
         .collect();
@@ -72,6 +77,7 @@ pub(crate) async fn run(
                     since,
                     Arc::clone(&follower.last),
                     Arc::clone(&out_of_order),
+                    Arc::clone(&disconnects),
                 ))
             })
             .collect()
@@ -163,6 +169,7 @@ pub(crate) async fn run(
         rss_before_storms,
         websockets_open,
         out_of_order: out_of_order.load(Ordering::Relaxed),
+        disconnects: disconnects.load(Ordering::Relaxed),
         caught_up: caught_up(&followers),
     };
     for task in tasks {
@@ -178,6 +185,7 @@ async fn follow(
     since: u64,
     last: Arc<AtomicU64>,
     out_of_order: Arc<AtomicU64>,
+    disconnects: Arc<AtomicU64>,
 ) {
     let backoff =
         Backoff { min: Duration::from_millis(50), max: Duration::from_secs(2), factor: 2.0 };
@@ -192,6 +200,12 @@ async fn follow(
                     out_of_order.fetch_add(1, Ordering::Relaxed);
                 }
                 last.store(update.version, Ordering::Relaxed);
+            }
+            // The client resumes by itself after any drop, including the one it makes on a
+            // version gap, so the app never sees one out of order; what the server did shows
+            // up here instead (storms abort the watch, which ends it without this event).
+            WatchEvent::Disconnected { .. } => {
+                disconnects.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
