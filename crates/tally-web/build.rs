@@ -154,7 +154,7 @@ impl Fallback {
         Self {
             warning: format!(
                 "{reason} `tally serve` will serve a page that says so at /; the RPC and \
-                 WebSocket API work regardless. To get the page, install Node.js 20 or newer, \
+                 WebSocket API work regardless. To get the page, install Node.js 20.19 or newer, \
                  then run `cargo clean -p tally-web` and build again."
             ),
             reason,
@@ -181,7 +181,7 @@ impl Fallback {
             ),
             reason,
             fix_html: "Build from a full checkout of the Tally repository (it has \
-                       <code>web/</code>) with Node.js 20 or newer installed, or set \
+                       <code>web/</code>) with Node.js 20.19 or newer installed, or set \
                        <code>TALLY_WEB_DIST</code> to the absolute path of a built page \
                        directory, then rebuild.",
         }
