@@ -450,10 +450,23 @@ impl Session {
         stalled_or_failed(timeout(send_timeout, self.socket.flush()).await)
     }
 
+    /// Sends the close frame, then reads (and drops) what the client still sends until its own
+    /// close frame arrives, within `CLOSE_TIMEOUT`: a TCP socket closed with unread data is
+    /// reset by the kernel, and the client would see a lost connection (1006) instead of
+    /// `code`, then reconnect where `code` says not to (1008 for a client that keeps flooding).
     async fn close(&mut self, code: u16, reason: String) {
         self.state.metrics.websocket_closed(code);
         let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
-        let _ = timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame)))).await;
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = self.socket.recv().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
     }
 }
 

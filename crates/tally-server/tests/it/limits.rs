@@ -218,3 +218,40 @@ async fn a_client_sending_too_many_messages_is_closed_with_1008() {
     );
     assert_eq!(server.metric("tally_websocket_closes_total{code=\"1008\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_still_gets_the_1008_close_frame() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let config = Config { max_messages_per_second: 5, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let url = format!("ws://{}/ws/counter/flood", server.addr);
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+    let (mut sink, mut stream) = socket.split();
+    // Pings far past the limit, still being sent while the server closes: data it never read
+    // must not turn its close into a connection reset, or the client would take it for a lost
+    // network (1006) and reconnect.
+    let flood = tokio::spawn(async move {
+        for _ in 0..5_000 {
+            if sink.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, stream.next()).await.expect("the socket ends in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => panic!("the connection failed instead of closing: {error}"),
+            None => break None,
+        }
+    };
+    assert_eq!(code, Some(tally_proto::close::POLICY_VIOLATION));
+    // And the connection then ends cleanly, not with a reset.
+    let _ = flood.await;
+    while let Some(next) = tokio::time::timeout(PATIENCE, stream.next()).await.expect("ends") {
+        assert!(next.is_ok(), "the connection was reset after the close frame: {next:?}");
+    }
+}
