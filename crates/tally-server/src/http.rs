@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -108,7 +107,8 @@ async fn rpc(
     State(state): State<AppState>,
     Path(procedure): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    // Already read, and its size checked, by `body_deadline`.
+    body: Bytes,
 ) -> Response {
     match answer_rpc(&state, &procedure, &headers, body).await {
         Ok(response) => response,
@@ -120,24 +120,11 @@ async fn answer_rpc(
     state: &AppState,
     procedure: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Result<Response, ProtocolError> {
     check_origin(headers, &state.config.allowed_origins)?;
     let procedure = Procedure::from_path(procedure)?;
     check_json_content_type(headers)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ProtocolError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is over {MAX_REQUEST_BODY_BYTES} bytes, the most allowed"),
-            )
-        } else {
-            ProtocolError::new(
-                ErrorCode::BadJson,
-                format!("cannot read the request body: {rejection}"),
-            )
-        }
-    })?;
     let to_protocol = |error: ApplyError| error.to_protocol();
     Ok(match Request::parse(procedure, &body)? {
         Request::Apply { name, op } => {
@@ -217,17 +204,11 @@ async fn body_deadline(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let limit = state.config.request_timeout;
-    // One byte over the limit is enough to know it is too large; the handler says so.
     let received =
-        tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES + 1)).await;
+        tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_REQUEST_BODY_BYTES)).await;
     let body = match received {
         Ok(Ok(bytes)) => axum::body::Body::from(bytes),
-        Ok(Err(_)) => {
-            return state.error_response(&ProtocolError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is over {MAX_REQUEST_BODY_BYTES} bytes, the most allowed"),
-            ));
-        }
+        Ok(Err(error)) => return state.error_response(&unreadable_body(&error)),
         Err(_) => {
             return state.error_response(&ProtocolError::new(
                 ErrorCode::RequestTimeout,
@@ -239,6 +220,21 @@ async fn body_deadline(
         }
     };
     next.run(axum::extract::Request::from_parts(parts, body)).await
+}
+
+/// Why a body could not be read: too large, or the client failed mid-body.
+fn unreadable_body(error: &axum::Error) -> ProtocolError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return ProtocolError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("request body is over {MAX_REQUEST_BODY_BYTES} bytes, the most allowed"),
+            );
+        }
+        source = current.source();
+    }
+    ProtocolError::new(ErrorCode::BadJson, format!("cannot read the request body: {error}"))
 }
 
 /// CORS answers for the allowed origins: browsers on those pages may POST JSON to the RPCs.

@@ -209,3 +209,19 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
     let history = server.ok("getHistory", json!({"name": "c"})).await;
     assert_eq!(history["entries"].as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_served_and_one_byte_more_is_refused() {
+    let server = TestServer::start().await;
+    let limit = tally_proto::limits::MAX_REQUEST_BODY_BYTES;
+    let padded = |size: usize| {
+        let json = r#"{"name":"edge"}"#;
+        format!("{json}{}", " ".repeat(size - json.len())).into_bytes()
+    };
+    let path = "/rpc/counter.increment";
+    let (status, text) = server.raw(Method::POST, path, JSON, padded(limit)).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = server.raw(Method::POST, path, JSON, padded(limit + 1)).await;
+    assert_eq!(status, 413, "{text}");
+    assert_eq!(server.value("edge").await.0, 1);
+}
