@@ -23,7 +23,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tally_client::Client;
 
 use crate::load::Request;
-use crate::report::Report;
+use crate::report::{Goal, Report};
 use crate::server::ServerProcess;
 
 /// Benchmarks a Tally server: hot counter, spread writes, fan-out, idle watchers, cold paths.
@@ -218,25 +218,12 @@ async fn scenarios(
             let case = format!("watchers={watchers}");
             let (p50, p99, max) = stats::percentiles_ms(&result.latency);
             report.add("fanout", &case, "write→watcher p50 ms", p50);
-            if watchers == 1_000 {
-                report.add_target("fanout", &case, "write→watcher p99 ms", p99, 5.0, false);
-            } else {
-                report.add("fanout", &case, "write→watcher p99 ms", p99);
-            }
+            let goal = (watchers == 1_000).then_some(Goal::at_most(5.0));
+            report.add_with("fanout", &case, "write→watcher p99 ms", p99, goal);
             report.add("fanout", &case, "write→watcher max ms", max);
             let (last_p50, _, _) = stats::percentiles_ms(&result.last);
-            if watchers == 10_000 {
-                report.add_target(
-                    "fanout",
-                    &case,
-                    "write→last watcher p50 ms",
-                    last_p50,
-                    50.0,
-                    false,
-                );
-            } else {
-                report.add("fanout", &case, "write→last watcher p50 ms", last_p50);
-            }
+            let goal = (watchers == 10_000).then_some(Goal::at_most(50.0));
+            report.add_with("fanout", &case, "write→last watcher p50 ms", last_p50, goal);
         }
     }
     if wanted(Scenario::Idle) {
@@ -262,31 +249,20 @@ async fn scenarios(
                     .await?;
                     progress.finish_and_clear();
                     let case = format!("watchers={count}");
-                    report.add_target(
+                    report.add_with(
                         "idle",
                         &case,
                         "watchers held, all got the update",
                         if result.all_received { result.held as f64 } else { 0.0 },
-                        count as f64,
-                        true,
+                        Some(Goal::at_least(count as f64)),
                     );
-                    if count >= 100_000 {
-                        report.add_target(
-                            "idle",
-                            &case,
-                            "server RSS bytes/watcher",
-                            result.rss_per_watcher,
-                            4096.0,
-                            false,
-                        );
-                    } else {
-                        report.add(
-                            "idle",
-                            &case,
-                            "server RSS bytes/watcher",
-                            result.rss_per_watcher,
-                        );
-                    }
+                    report.add_with(
+                        "idle",
+                        &case,
+                        "server RSS bytes/watcher",
+                        result.rss_per_watcher,
+                        (count >= 100_000).then_some(Goal::at_most(4096.0)),
+                    );
                     report.add("idle", &case, "server PSS bytes/watcher", result.pss_per_watcher);
                 }
             }
@@ -300,13 +276,12 @@ async fn scenarios(
         let latency = watchers::connect_to_snapshot(client, addr, plan.connects, &progress).await?;
         progress.finish_and_clear();
         let (p50, p99, _) = stats::percentiles_ms(&latency);
-        report.add_target(
+        report.add_with(
             "cold",
             &format!("connects={}", plan.connects),
             "connect→snapshot p50 ms",
             p50,
-            1.0,
-            false,
+            Some(Goal::at_most(1.0)),
         );
         report.add("cold", &format!("connects={}", plan.connects), "connect→snapshot p99 ms", p99);
         hibernated(base, client, plan.hibernated, report).await?;
@@ -360,33 +335,34 @@ async fn soak(
     eprintln!("soak: server RSS before each storm (MiB): {}", before.join(" "));
     let case = format!("minutes={minutes} watchers={}", args.soak_watchers);
     report.add("soak", &case, "acknowledged writes", result.writes as f64);
-    report.add_target("soak", &case, "failed writes", result.failed_writes as f64, 0.0, false);
+    let none = Some(Goal::at_most(0.0));
+    report.add_with("soak", &case, "failed writes", result.failed_writes as f64, none);
     report.add("soak", &case, "reconnect storms", f64::from(result.storms));
-    report.add_target(
+    report.add_with(
         "soak",
         &case,
         "updates out of order (gap or repeat)",
         result.out_of_order as f64,
-        0.0,
-        false,
+        none,
     );
     report.add("soak", &case, "watcher disconnects outside storms", result.disconnects as f64);
-    report.add_target(
+    let watchers = args.soak_watchers as f64;
+    let caught_up = result.caught_up as f64;
+    report.add_with(
         "soak",
         &case,
         "watchers caught up at the end",
-        result.caught_up as f64,
-        args.soak_watchers as f64,
-        true,
+        caught_up,
+        Some(Goal::at_least(watchers)),
     );
-    report.add_target(
+    // More than the live watchers would be sockets leaked by the storms.
+    let open = result.websockets_open;
+    report.add_with(
         "soak",
         &case,
         "server websockets open at the end",
-        result.websockets_open,
-        // More than the live watchers would be sockets leaked by the storms.
-        args.soak_watchers as f64,
-        false,
+        open,
+        Some(Goal::at_most(watchers)),
     );
     report.add("soak", &case, "server RSS first MiB", result.rss_first as f64 / 1_048_576.0);
     report.add(
@@ -424,39 +400,22 @@ async fn hot(
     let health = load::run(base, &Request::Health, clients, seconds, &progress).await?;
     progress.finish_and_clear();
     let (p50, p99, _) = stats::percentiles_ms(&result.latency);
-    if clients == 32 {
-        report.add_target(
-            "hot",
-            &case,
-            "durable increments/s",
-            result.per_second(),
-            50_000.0,
-            true,
-        );
-    } else {
-        report.add("hot", &case, "durable increments/s", result.per_second());
-    }
+    // The goals are set for 32 clients.
+    let goal = |value| (clients == 32).then_some(Goal::at_least(value));
+    report.add_with("hot", &case, "durable increments/s", result.per_second(), goal(50_000.0));
     report.add("hot", &case, "latency p50 ms", p50);
     report.add("hot", &case, "latency p99 ms", p99);
     report.add("hot", &case, "failed requests", result.failed as f64);
     report.add("hot", &case, "value checked = acknowledged", stored as f64);
     report.add("reference", &case, "/healthz requests/s", health.per_second());
     let ratio = result.per_second() / health.per_second();
-    if clients == 32 {
-        report.add_target("hot", &case, "ratio to /healthz", ratio, 0.6, true);
-    } else {
-        report.add("hot", &case, "ratio to /healthz", ratio);
-    }
+    report.add_with("hot", &case, "ratio to /healthz", ratio, goal(0.6));
     let requests = ((result.ok as f64).max(10_000.0) as u64).min(1_000_000);
     match load::redis_incr(clients, requests) {
         Ok(redis) => {
             report.add("reference", &case, "redis-benchmark INCR requests/s", redis);
             let ratio = result.per_second() / redis;
-            if clients == 32 {
-                report.add_target("hot", &case, "ratio to redis INCR", ratio, 0.3, true);
-            } else {
-                report.add("hot", &case, "ratio to redis INCR", ratio);
-            }
+            report.add_with("hot", &case, "ratio to redis INCR", ratio, goal(0.3));
         }
         Err(error) => eprintln!("reference: redis-benchmark skipped: {error:#}"),
     }

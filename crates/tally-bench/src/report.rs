@@ -26,38 +26,57 @@ pub(crate) struct Report {
     pub(crate) figures: Vec<Figure>,
 }
 
-impl Report {
-    pub(crate) fn add(&mut self, scenario: &str, case: &str, metric: &str, value: f64) {
-        self.figures.push(Figure {
-            scenario: scenario.into(),
-            case: case.into(),
-            metric: metric.into(),
-            value,
-            target: None,
-            meets_target: None,
-        });
+/// A figure's goal from issue 5: at least or at most `value`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Goal {
+    value: f64,
+    at_least: bool,
+}
+
+impl Goal {
+    /// Higher is better.
+    pub(crate) fn at_least(value: f64) -> Self {
+        Self { value, at_least: true }
     }
 
-    /// Adds a figure with a goal: `at_least` true for "higher is better".
-    pub(crate) fn add_target(
+    /// Lower is better.
+    pub(crate) fn at_most(value: f64) -> Self {
+        Self { value, at_least: false }
+    }
+}
+
+impl Report {
+    /// Adds a figure without a goal.
+    pub(crate) fn add(&mut self, scenario: &str, case: &str, metric: &str, value: f64) {
+        self.add_with(scenario, case, metric, value, None);
+    }
+
+    /// Adds a figure, judged against `goal` when there is one.
+    pub(crate) fn add_with(
         &mut self,
         scenario: &str,
         case: &str,
         metric: &str,
         value: f64,
-        goal: f64,
-        at_least: bool,
+        goal: Option<Goal>,
     ) {
-        let (target, meets) = if at_least {
-            (format!(">= {}", trim(goal)), value >= goal)
-        } else {
-            (format!("<= {}", trim(goal)), value <= goal)
+        let (target, meets_target) = match goal {
+            Some(Goal { value: goal, at_least: true }) => {
+                (Some(format!(">= {}", trim(goal))), Some(value >= goal))
+            }
+            Some(Goal { value: goal, at_least: false }) => {
+                (Some(format!("<= {}", trim(goal))), Some(value <= goal))
+            }
+            None => (None, None),
         };
-        self.add(scenario, case, metric, value);
-        if let Some(last) = self.figures.last_mut() {
-            last.target = Some(target);
-            last.meets_target = Some(meets);
-        }
+        self.figures.push(Figure {
+            scenario: scenario.into(),
+            case: case.into(),
+            metric: metric.into(),
+            value,
+            target,
+            meets_target,
+        });
     }
 
     pub(crate) fn table(&self) -> String {
