@@ -184,15 +184,21 @@ impl ServerMessage {
     /// When the text is not JSON, has no string `type`, names an unknown type, or lacks a field.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         use serde::de::Error;
-        let value: serde_json::Value = serde_json::from_str(text)?;
-        let tag = value.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_owned();
-        Ok(match tag.as_str() {
-            "snapshot" => ServerMessage::Snapshot(serde_json::from_value(value)?),
-            "resumed" => ServerMessage::Resumed(serde_json::from_value(value)?),
-            "pong" => ServerMessage::Pong(serde_json::from_value(value)?),
-            "error" => ServerMessage::Error(serde_json::from_value(value)?),
+        /// Only the tag: the message itself is then read straight into its type, with no
+        /// intermediate `serde_json::Value` tree (this runs for every message a watcher gets).
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            tag: std::borrow::Cow<'a, str>,
+        }
+        let Tag { tag } = serde_json::from_str(text)?;
+        Ok(match tag.as_ref() {
+            "snapshot" => ServerMessage::Snapshot(serde_json::from_str(text)?),
+            "resumed" => ServerMessage::Resumed(serde_json::from_str(text)?),
+            "pong" => ServerMessage::Pong(serde_json::from_str(text)?),
+            "error" => ServerMessage::Error(serde_json::from_str(text)?),
             other if OpKind::from_name(other).is_some() => {
-                ServerMessage::Update(serde_json::from_value(value)?)
+                ServerMessage::Update(serde_json::from_str(text)?)
             }
             other => {
                 return Err(serde_json::Error::custom(format!("unknown message type {other:?}")));
