@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -42,21 +43,30 @@ impl ServerProcess {
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let stderr = child.stderr.take().context("server stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
+        // Lines come through a channel from a thread that also keeps draining the log after
+        // the start (so the server never blocks on a full pipe), so that waiting for the start
+        // line can time out even if the server writes nothing at all.
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Once the start line is found nobody listens; the log is still drained.
+                let _ = lines_tx.send(line);
+            }
+        });
         let deadline = Instant::now() + Duration::from_secs(20);
         let base = loop {
-            let Some(Ok(line)) = lines.next() else {
-                bail!("the server exited before it listened")
-            };
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split(',').next().unwrap_or_default().to_owned();
-            }
-            if Instant::now() > deadline {
-                bail!("the server did not start in time");
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        break rest.split(',').next().unwrap_or_default().to_owned();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => bail!("the server did not start in 20 s"),
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("the server exited before it listened")
+                }
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         Ok(Self { child, base, dir })
     }
 
