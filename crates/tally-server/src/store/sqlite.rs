@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tally_proto::{CounterName, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -216,7 +216,7 @@ fn foreign(reason: &'static str) -> rusqlite::Error {
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers each.
 fn run_writer(
-    mut conn: Connection,
+    conn: Connection,
     mut inbox: mpsc::Receiver<WriterMessage>,
     history_limit: u64,
     metrics: &StoreMetrics,
@@ -238,7 +238,7 @@ fn run_writer(
         }
         if !appends.is_empty() {
             let started = std::time::Instant::now();
-            let results = commit(&mut conn, appends.iter().map(|(batch, _)| batch), history_limit);
+            let results = commit(&conn, appends.iter().map(|(batch, _)| batch), history_limit);
             if results.iter().any(Result::is_ok) {
                 let operations: usize = appends.iter().map(|(batch, _)| batch.entries.len()).sum();
                 metrics.transactions.inc();
@@ -258,12 +258,12 @@ fn run_writer(
 }
 
 /// Commits every batch in one transaction. A batch refused on its own (a version conflict,
-/// found before it writes anything) is rolled back to its savepoint without harming the others.
-/// Any other error fails the whole group: SQLite may already have rolled the transaction back
-/// by itself (disk full, I/O error), and going on would commit later batches one by one outside
-/// it while reporting them as failed.
+/// found before it writes anything) is left out without harming the others. Any other error
+/// fails the whole group: SQLite may already have rolled the transaction back by itself (disk
+/// full, I/O error), and going on would commit later batches one by one outside it while
+/// reporting them as failed.
 fn commit<'a>(
-    conn: &mut Connection,
+    conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
 ) -> Vec<Result<i64, StoreError>> {
@@ -277,32 +277,43 @@ fn commit<'a>(
     }
 }
 
+/// `BEGIN`, every batch, `COMMIT`, with the two statements prepared once: this runs for every
+/// group commit, and rusqlite's `Transaction` would parse them again each time. No savepoint
+/// per batch either: a conflict is found before its batch writes anything, and a savepoint
+/// would make SQLite copy every page it touches into a sub-journal first.
 fn commit_group<'a>(
-    conn: &mut Connection,
+    conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
 ) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
-    // Dropping `tx` on an early return rolls back whatever is left of the transaction.
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let outcome = append_all(conn, batches, history_limit).and_then(|results| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(results)
+    });
+    if outcome.is_err() && !conn.is_autocommit() {
+        // The error is what the callers get; a failed rollback leaves nothing more to say.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+fn append_all<'a>(
+    conn: &Connection,
+    batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
+    history_limit: u64,
+) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
-        if tx.is_autocommit() {
+        if conn.is_autocommit() {
             return Err(rusqlite::Error::SqliteFailure(
                 rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
                 Some("the transaction was rolled back by SQLite".into()),
             ));
         }
-        let mut savepoint = tx.savepoint()?;
-        match append_one(&savepoint, batch, history_limit) {
-            Ok(id) => {
-                savepoint.commit()?;
-                results.push(Ok(id));
-            }
-            Err(conflict @ StoreError::Conflict { .. }) => {
-                savepoint.rollback()?;
-                savepoint.finish()?;
-                results.push(Err(conflict));
-            }
+        match append_one(conn, batch, history_limit) {
+            Ok(id) => results.push(Ok(id)),
+            Err(conflict @ StoreError::Conflict { .. }) => results.push(Err(conflict)),
             Err(StoreError::Sqlite(error)) => return Err(error),
             Err(other) => {
                 return Err(rusqlite::Error::SqliteFailure(
@@ -312,10 +323,10 @@ fn commit_group<'a>(
             }
         }
     }
-    tx.commit()?;
     Ok(results)
 }
 
+/// Writes one batch, or refuses it with [`StoreError::Conflict`] before writing anything.
 fn append_one(
     conn: &Connection,
     batch: &AppendBatch,

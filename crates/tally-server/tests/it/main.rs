@@ -8,4 +8,5 @@ mod limits;
 mod origins;
 mod page;
 mod rpc;
+mod store;
 mod watch;
