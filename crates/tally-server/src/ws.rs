@@ -25,11 +25,13 @@ use crate::counter::{ApplyError, CounterState, Published};
 use crate::http::AppState;
 use crate::store::HistoryRecord;
 
-/// The read buffer tungstenite allocates per socket up front (128 KiB by default). Clients send
-/// only small messages (a ping is 15 bytes); a larger one, up to the 4 KiB limit, grows the buffer
-/// as needed. 512 bytes instead of 4 KiB took the server's memory per idle watcher from about
-/// 9.2 KB to about 5.4 KB at 10 000 watchers (docs/BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 512;
+/// The read buffer tungstenite allocates per socket up front (128 KiB by default), and the most
+/// one read takes. Clients send only small messages (a ping is 15 bytes, 21 framed; a control
+/// frame at most 131); a larger one, up to the 4 KiB limit, grows the buffer and takes a few
+/// more reads. 512 bytes instead of 4 KiB took the server's memory per idle watcher from about
+/// 9.2 KB to about 5.4 KB at 10 000 watchers, and 128 instead of 512 saved about 0.4 KB more
+/// (docs/BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 128;
 /// Updates are written once this much is buffered, or at the end of each burst (we flush).
 const WRITE_BUFFER_BYTES: usize = 8 * 1024;
 /// Past this, a socket's write buffer refuses more (only reached when writes keep failing).
