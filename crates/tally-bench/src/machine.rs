@@ -1,5 +1,31 @@
 //! Facts about the machine during a run that explain noisy figures.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long the disk under `folder` takes to make a small overwrite durable: the median of
+/// `rounds` rounds of writing 4 KiB over the start of a scratch file and `fdatasync`ing it, as
+/// a commit to SQLite's write-ahead log does. Every acknowledged write waits for one of these
+/// (shared by a whole group commit), so hot-counter figures move with it.
+pub(crate) fn sync_latency(folder: &Path, rounds: usize) -> std::io::Result<Duration> {
+    let path = folder.join("sync-probe");
+    let file = File::options().create(true).write(true).truncate(true).open(&path)?;
+    let block = [0x5a_u8; 4096];
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds.max(1) {
+        let started = Instant::now();
+        file.write_all_at(&block, 0)?;
+        file.sync_data()?;
+        times.push(started.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
 /// The cumulative CPU time counters of all CPUs, from `/proc/stat` (in clock ticks).
 pub(crate) struct CpuTimes {
     total: u64,
@@ -35,7 +61,15 @@ impl CpuTimes {
 
 #[cfg(test)]
 mod tests {
-    use super::CpuTimes;
+    use super::{CpuTimes, sync_latency};
+
+    #[test]
+    fn sync_latency_is_measured_and_leaves_nothing_behind() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let latency = sync_latency(folder.path(), 5).expect("a writable folder");
+        assert!(latency > std::time::Duration::ZERO);
+        assert_eq!(std::fs::read_dir(folder.path()).expect("folder").count(), 0);
+    }
 
     #[test]
     fn steal_is_a_share_of_all_time() {

@@ -168,6 +168,18 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     let client = Client::new(&base)?;
     let mut report = Report::default();
     eprintln!("benchmarking {base}");
+    if let Some(process) = &process {
+        // Beside the database, before the load: what one fsync costs on this disk today.
+        match machine::sync_latency(process.dir(), 200) {
+            Ok(latency) => report.add(
+                "machine",
+                "disk",
+                "4 KiB write + fdatasync p50 µs",
+                latency.as_secs_f64() * 1e6,
+            ),
+            Err(error) => eprintln!("note: cannot time the disk's sync: {error}"),
+        }
+    }
     // What was measured before a failure is still printed.
     let cpu_before = machine::CpuTimes::now();
     let outcome =

@@ -24,6 +24,11 @@ pub(crate) struct Memory {
 }
 
 impl ServerProcess {
+    /// The folder of its database.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Starts `binary serve` with `extra` flags and waits for its start line.
     pub(crate) fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
