@@ -6,9 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long the disk under `folder` takes to make a small overwrite durable: the median of
-/// `rounds` rounds of writing 4 KiB over the start of a scratch file and `fdatasync`ing it, as
-/// a commit to SQLite's write-ahead log does. Every acknowledged write waits for one of these
-/// (shared by a whole group commit), so hot-counter figures move with it.
+/// `rounds` rounds of writing 4 KiB over the start of a scratch file and `fsync`ing it, as a
+/// commit to SQLite's write-ahead log does (the bundled SQLite calls `fsync`, not `fdatasync`,
+/// so the file's changed times are written too). Every acknowledged write waits for one of
+/// these (shared by a whole group commit), so hot-counter figures move with it.
 pub(crate) fn sync_latency(folder: &Path, rounds: usize) -> std::io::Result<Duration> {
     let path = folder.join("sync-probe");
     let file = File::options().create(true).write(true).truncate(true).open(&path)?;
@@ -17,7 +18,7 @@ pub(crate) fn sync_latency(folder: &Path, rounds: usize) -> std::io::Result<Dura
     for _ in 0..rounds.max(1) {
         let started = Instant::now();
         file.write_all_at(&block, 0)?;
-        file.sync_data()?;
+        file.sync_all()?;
         times.push(started.elapsed());
     }
     drop(file);

@@ -174,7 +174,7 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             Ok(latency) => report.add(
                 "machine",
                 "disk",
-                "4 KiB write + fdatasync p50 µs",
+                "4 KiB write + fsync p50 µs",
                 latency.as_secs_f64() * 1e6,
             ),
             Err(error) => eprintln!("note: cannot time the disk's sync: {error}"),

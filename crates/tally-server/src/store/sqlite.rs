@@ -286,6 +286,11 @@ fn commit_group<'a>(
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
 ) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
+    if !conn.is_autocommit() {
+        // Only if a rollback after an earlier failure failed too: try again, or every group
+        // from now on would fail with "cannot start a transaction within a transaction".
+        conn.execute_batch("ROLLBACK")?;
+    }
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let outcome = append_all(conn, batches, history_limit).and_then(|results| {
         conn.prepare_cached("COMMIT")?.execute([])?;
