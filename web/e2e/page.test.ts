@@ -3,7 +3,7 @@
 // toggle, isolation of counters, toasts, errors in words, and a phone-sized screen.
 import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { chromium, type Browser, type Page } from "playwright-core";
+import { chromium, type Browser, type BrowserContextOptions, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient, type Entry } from "../packages/client/src/index.js";
 import { CHROMIUM } from "../scripts/ensure-chromium.js";
@@ -44,17 +44,21 @@ function rpc(): TallyClient {
   return new TallyClient({ baseUrl: server.url });
 }
 
-/** A new page (its own browser context, like another person) showing `names`. */
-async function open(...names: string[]): Promise<Page> {
-  const context = await browser.newContext();
+/**
+ * A new page (its own browser context, like another person, with `options` such as a viewport)
+ * showing `names`; its console errors and uncaught exceptions are collected in `problems`.
+ */
+async function open(names: string | string[], options: BrowserContextOptions = {}): Promise<Page> {
+  const counters = typeof names === "string" ? [names] : names;
+  const context = await browser.newContext(options);
   const page = await context.newPage();
   page.on("console", (message) => {
     if (message.type() === "error") problems.push(`console: ${message.text()}`);
   });
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  const query = names.map((name) => `counter=${encodeURIComponent(name)}`).join("&");
-  await page.goto(`${server.url}/?${query}`);
-  for (const name of names) await expect.poll(() => status(page, name), WAIT).toBe("Connected");
+  const query = counters.map((name) => `counter=${encodeURIComponent(name)}`).join("&");
+  await page.goto(`${server.url}/${query ? `?${query}` : ""}`);
+  for (const name of counters) await expect.poll(() => status(page, name), WAIT).toBe("Connected");
   return page;
 }
 
@@ -68,6 +72,16 @@ function status(page: Page, name: string): Promise<string | null> {
 
 function value(page: Page, name: string): Promise<string | null> {
   return card(page, name).getByTestId("counter-value").getAttribute("data-value");
+}
+
+/** The version of the newest entry in the card's history list. */
+function newestVersion(page: Page, name: string): Promise<string | null> {
+  return card(page, name).locator("[data-testid=history] li").first().getAttribute("data-version");
+}
+
+/** Clicks the card's − or + button. */
+function press(page: Page, name: string, button: "Increment" | "Decrement"): Promise<void> {
+  return card(page, name).getByRole("button", { name: button }).click();
 }
 
 async function closeAll(...pages: Page[]): Promise<void> {
@@ -89,35 +103,25 @@ async function fullHistory(name: string): Promise<Entry[]> {
 describe("the counter page", () => {
   it("shows a click in one page in the others; three pages all follow", async () => {
     const [a, b] = [await open("shared"), await open("shared")];
-    await card(a, "shared").getByRole("button", { name: "Increment" }).click();
+    await press(a, "shared", "Increment");
     await expect.poll(() => value(b, "shared"), WAIT).toBe("1");
 
     const c = await open("shared");
     expect(await value(c, "shared")).toBe("1");
-    await card(b, "shared").getByRole("button", { name: "Decrement" }).click();
-    await card(c, "shared").getByRole("button", { name: "Increment" }).click();
-    await card(c, "shared").getByRole("button", { name: "Increment" }).click();
+    await press(b, "shared", "Decrement");
+    await press(c, "shared", "Increment");
+    await press(c, "shared", "Increment");
     for (const page of [a, b, c]) await expect.poll(() => value(page, "shared"), WAIT).toBe("2");
     await closeAll(a, b, c);
   });
 
   it("ends 200 rapid clicks with the same value everywhere and a complete history", async () => {
     const pages = [await open("rapid"), await open("rapid"), await open("rapid")];
-    const plus = card(pages[0] as Page, "rapid").getByRole("button", { name: "Increment" });
-    for (let i = 0; i < 200; i++) await plus.click();
+    for (let i = 0; i < 200; i++) await press(pages[0] as Page, "rapid", "Increment");
 
     for (const page of pages) {
       await expect.poll(() => value(page, "rapid"), WAIT).toBe("200");
-      await expect
-        .poll(
-          () =>
-            card(page, "rapid")
-              .locator("[data-testid=history] li")
-              .first()
-              .getAttribute("data-version"),
-          WAIT,
-        )
-        .toBe("200");
+      await expect.poll(() => newestVersion(page, "rapid"), WAIT).toBe("200");
     }
     const history = await fullHistory("rapid");
     expect(history.map((e) => e.version)).toEqual(Array.from({ length: 200 }, (_, i) => 200 - i));
@@ -130,7 +134,7 @@ describe("the counter page", () => {
 
   it("shows Disconnected when the server stops and catches up by itself when it is back", async () => {
     const page = await open("restart");
-    await card(page, "restart").getByRole("button", { name: "Increment" }).click();
+    await press(page, "restart", "Increment");
     await expect.poll(() => value(page, "restart"), WAIT).toBe("1");
     await page.evaluate(() => {
       (window as unknown as { notReloaded: boolean }).notReloaded = true;
@@ -152,16 +156,7 @@ describe("the counter page", () => {
       .poll(() => status(page, "restart"), { ...WAIT, timeout: 70_000 })
       .toBe("Connected");
     await expect.poll(() => value(page, "restart"), WAIT).toBe("8");
-    await expect
-      .poll(
-        () =>
-          card(page, "restart")
-            .locator("[data-testid=history] li")
-            .first()
-            .getAttribute("data-version"),
-        WAIT,
-      )
-      .toBe("3");
+    await expect.poll(() => newestVersion(page, "restart"), WAIT).toBe("3");
     expect(
       await page.evaluate(() => (window as unknown as { notReloaded?: boolean }).notReloaded),
     ).toBe(true);
@@ -174,8 +169,8 @@ describe("the counter page", () => {
     await live.uncheck();
     await expect.poll(() => status(toggled, "toggle"), WAIT).toBe("Disconnected");
 
-    await card(writer, "toggle").getByRole("button", { name: "Increment" }).click();
-    await card(writer, "toggle").getByRole("button", { name: "Increment" }).click();
+    await press(writer, "toggle", "Increment");
+    await press(writer, "toggle", "Increment");
     await expect.poll(() => value(writer, "toggle"), WAIT).toBe("2");
     // A third page that is live sees the change; the toggled one, off, does not.
     const witness = await open("toggle");
@@ -189,13 +184,13 @@ describe("the counter page", () => {
   });
 
   it("keeps two counters on one page isolated", async () => {
-    const both = await open("iso-a", "iso-b");
+    const both = await open(["iso-a", "iso-b"]);
     const onlyB = await open("iso-b");
-    await card(both, "iso-a").getByRole("button", { name: "Increment" }).click();
-    await card(both, "iso-a").getByRole("button", { name: "Increment" }).click();
+    await press(both, "iso-a", "Increment");
+    await press(both, "iso-a", "Increment");
     await expect.poll(() => value(both, "iso-a"), WAIT).toBe("2");
 
-    await card(onlyB, "iso-b").getByRole("button", { name: "Decrement" }).click();
+    await press(onlyB, "iso-b", "Decrement");
     await expect.poll(() => value(both, "iso-b"), WAIT).toBe("-1");
     expect(await value(both, "iso-a")).toBe("2");
     expect(await value(onlyB, "iso-b")).toBe("-1");
@@ -205,7 +200,7 @@ describe("the counter page", () => {
 
   it("toasts changes made elsewhere, not one's own", async () => {
     const [mine, theirs] = [await open("toasts"), await open("toasts")];
-    await card(mine, "toasts").getByRole("button", { name: "Increment" }).click();
+    await press(mine, "toasts", "Increment");
     await expect
       .poll(() => theirs.getByTestId("toast").allTextContents(), WAIT)
       .toEqual(["toastsincrement: 0 → 1"]);
@@ -217,14 +212,14 @@ describe("the counter page", () => {
   it("shows the server's refusals and bad input in words", async () => {
     await rpc().setValue("edge", Number.MAX_SAFE_INTEGER);
     const page = await open("edge");
-    await card(page, "edge").getByRole("button", { name: "Increment" }).click();
+    await press(page, "edge", "Increment");
     await expect
       .poll(() => card(page, "edge").getByRole("alert").textContent(), WAIT)
       .toMatch(/9007199254740991/);
     expect(await rpc().getValue("edge")).toEqual({ value: Number.MAX_SAFE_INTEGER, version: 1 });
 
     await card(page, "edge").getByLabel("Amount").fill("0");
-    await card(page, "edge").getByRole("button", { name: "Decrement" }).click();
+    await press(page, "edge", "Decrement");
     expect(await card(page, "edge").getByRole("alert").textContent()).toBe(
       'The amount must be a whole number of at least 1, not "0".',
     );
@@ -238,17 +233,12 @@ describe("the counter page", () => {
   });
 
   it("opens counters by name, remembers them, and fits a phone-sized screen", async () => {
-    const context = await browser.newContext({
-      viewport: { width: 390, height: 844 },
-      isMobile: true,
-    });
-    const page = await context.newPage();
-    await page.goto(`${server.url}/`);
+    const page = await open([], { viewport: { width: 390, height: 844 }, isMobile: true });
     await page.getByLabel("Counter name").fill("likes:post-42");
     await page.getByRole("button", { name: "Open" }).click();
     await expect.poll(() => status(page, "likes:post-42"), WAIT).toBe("Connected");
     expect(new URL(page.url()).searchParams.getAll("counter")).toEqual(["likes:post-42"]);
-    await card(page, "likes:post-42").getByRole("button", { name: "Increment" }).click();
+    await press(page, "likes:post-42", "Increment");
     await expect.poll(() => value(page, "likes:post-42"), WAIT).toBe("1");
 
     // Nothing wider than the screen.
@@ -267,9 +257,9 @@ describe("the counter page", () => {
       .getByRole("navigation", { name: "Recently opened counters" })
       .textContent();
     expect(recent).toContain("likes:post-42");
-    await context.close();
+    await closeAll(page);
 
-    const desktop = await open("likes:post-42", "seats-left", "votes:yes");
+    const desktop = await open(["likes:post-42", "seats-left", "votes:yes"]);
     await card(desktop, "seats-left").getByLabel("New value").fill("120");
     await card(desktop, "seats-left").getByRole("button", { name: "Set value" }).click();
     await expect.poll(() => value(desktop, "seats-left"), WAIT).toBe("120");

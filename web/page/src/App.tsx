@@ -5,6 +5,7 @@
 import { nameProblem } from "@tally/client";
 import { useEffect, useState, type FormEvent } from "react";
 import { CounterCard } from "./CounterCard";
+import { capitalize } from "./format";
 import { loadRecent, rememberRecent } from "./recent";
 
 /** The counters named in the address, in order, without repeats. */
@@ -44,7 +45,7 @@ export function App() {
     const name = draft.trim();
     const problem = nameProblem(name);
     if (problem !== null) {
-      setDraftError(problem.charAt(0).toUpperCase() + problem.slice(1) + ".");
+      setDraftError(`${capitalize(problem)}.`);
       return;
     }
     setDraftError(null);

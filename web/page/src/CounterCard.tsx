@@ -3,7 +3,7 @@
  * its recent history.
  */
 
-import type { Update } from "@tally/client";
+import { MAX_VALUE, type Update } from "@tally/client";
 import {
   useCounterHistory,
   useCounterValue,
@@ -12,14 +12,20 @@ import {
   useIncrementCounter,
   useResetCounter,
   useSetCounterValue,
+  type CounterWebSocket,
 } from "@tally/react";
 import { useEffect, useId, useRef, useState, type FormEvent } from "react";
-import { describeChange, describeError, formatNumber, formatTime } from "./format";
+import {
+  capitalize,
+  describeChange,
+  describeError,
+  formatNumber,
+  formatTime,
+  parseWholeNumber,
+} from "./format";
 import { useToast } from "./toasts";
 
 const HISTORY_ROWS = 10;
-/** Digits with an optional sign: what a person types as a whole number (no 0x10, no 1e3). */
-const WHOLE_NUMBER = /^[-+]?\d+$/;
 /** Versions of own writes remembered at most (their updates normally arrive within moments). */
 const MAX_OWN_VERSIONS = 1_000;
 
@@ -51,8 +57,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
 
   /** The amount field as a whole number ≥ 1, or null after telling the reader what is wrong. */
   const parsedAmount = (): number | null => {
-    const parsed = Number(amount.trim());
-    if (!WHOLE_NUMBER.test(amount.trim()) || !Number.isSafeInteger(parsed) || parsed < 1) {
+    const parsed = parseWholeNumber(amount);
+    if (parsed === null || parsed < 1) {
       setActionError(`The amount must be a whole number of at least 1, not "${amount}".`);
       return null;
     }
@@ -61,10 +67,10 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
 
   const onSet = (event: FormEvent) => {
     event.preventDefault();
-    const parsed = Number(target.trim());
-    if (!WHOLE_NUMBER.test(target.trim()) || !Number.isSafeInteger(parsed)) {
+    const parsed = parseWholeNumber(target);
+    if (parsed === null) {
       setActionError(
-        `The new value must be a whole number between ${formatNumber(-Number.MAX_SAFE_INTEGER)} and ${formatNumber(Number.MAX_SAFE_INTEGER)}, not "${target}".`,
+        `The new value must be a whole number between ${formatNumber(-MAX_VALUE)} and ${formatNumber(MAX_VALUE)}, not "${target}".`,
       );
       return;
     }
@@ -225,13 +231,7 @@ function StepButton(props: {
 }
 
 /** Why the counter is not live, and when it will try again, in words. */
-function ConnectionNote({
-  live,
-  socket,
-}: {
-  live: boolean;
-  socket: ReturnType<typeof useCounterWebSocket>;
-}) {
+function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSocket }) {
   const now = useNow(socket.retryAt !== null);
   if (!live) {
     return <p className="connection-note">Live updates are off; the value may be out of date.</p>;
@@ -263,10 +263,6 @@ function useNow(ticking: boolean): number {
     return () => clearInterval(timer);
   }, [ticking]);
   return now;
-}
-
-function capitalize(text: string): string {
-  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 
 /**

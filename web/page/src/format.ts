@@ -1,10 +1,18 @@
 /**
- * How numbers, times and errors read on the page.
+ * How numbers, times and errors read on the page, and how it reads what a person types.
  */
 
-import { TallyConnectionError, TallyError, type Entry, type Update } from "@tally/client";
+import {
+  MAX_VALUE,
+  TallyConnectionError,
+  TallyError,
+  type Entry,
+  type Update,
+} from "@tally/client";
 
 const numberFormat = new Intl.NumberFormat();
+/** Digits with an optional sign: what a person types as a whole number (no 0x10, no 1e3). */
+const WHOLE_NUMBER = /^[-+]?\d+$/;
 
 /** A counter value with the reader's digit grouping. */
 export function formatNumber(value: number): string {
@@ -35,4 +43,16 @@ export function describeError(error: unknown, write = false): string {
   }
   if (error instanceof Error) return error.message;
   return String(error);
+}
+
+/** `text` (trimmed) as a whole number within ±MAX_VALUE, or null when it is not one. */
+export function parseWholeNumber(text: string): number | null {
+  const trimmed = text.trim();
+  const parsed = Number(trimmed);
+  return WHOLE_NUMBER.test(trimmed) && Math.abs(parsed) <= MAX_VALUE ? parsed : null;
+}
+
+/** `text` with its first letter in upper case. */
+export function capitalize(text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }

@@ -2,10 +2,11 @@
 // applying and dropping updates, resume with `since`, keep-alive pings, backoff and its reset,
 // close codes, the connection toggle, and reconnecting when the browser comes back.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { snapshot, update } from "../../../test-support/fixtures.js";
 import { Backoff } from "../src/backoff.js";
 import { TallyClient } from "../src/rpc.js";
 import { CounterSubscription, type SubscriptionOptions } from "../src/subscription.js";
-import { FakeSocket, snapshot, update } from "./fake-socket.js";
+import { FakeSocket } from "./fake-socket.js";
 
 const client = new TallyClient({
   baseUrl: "http://tally.test:8094",

@@ -1,47 +1,15 @@
 // The TanStack Query integration: what a live update or snapshot writes into the cache. Value and
 // metadata move only forward by version (a late answer never moves them back), a resync snapshot
 // replaces them, and history pages are invalidated rather than refetched at once.
-import type { Metadata, SnapshotMessage, Update, ValueAnswer } from "@tally/client";
+import type { Metadata, ValueAnswer } from "@tally/client";
 import { TallyClient } from "@tally/client";
 import { QueryClient } from "@tanstack/react-query";
 import { describe, expect, it } from "vitest";
+import { metadata, snapshot, update } from "../../../test-support/fixtures.js";
 import { applySnapshot, applyUpdate } from "../src/cache.js";
 import { counterKeys } from "../src/keys.js";
 
 const keys = counterKeys(new TallyClient({ baseUrl: "http://tally.test", fetch: fetch }));
-
-function metadata(value: number, version: number): Metadata {
-  return {
-    id: 1,
-    name: "likes",
-    value,
-    createdAt: "2026-01-01T00:00:00.000Z",
-    updatedAt: "2026-01-01T00:00:00.000Z",
-    operationCount: version,
-  };
-}
-
-function update(value: number, version: number): Update {
-  return {
-    type: "increment",
-    value,
-    previousValue: value - 1,
-    version,
-    metadata: metadata(value, version),
-    timestamp: "2026-01-01T00:00:00.000Z",
-  };
-}
-
-function snapshot(value: number, version: number, resync?: boolean): SnapshotMessage {
-  return {
-    type: "snapshot",
-    value,
-    version,
-    metadata: metadata(value, version),
-    timestamp: "2026-01-01T00:00:00.000Z",
-    ...(resync ? { resync } : {}),
-  };
-}
 
 function cache() {
   const queryClient = new QueryClient();
@@ -58,18 +26,18 @@ function cache() {
 describe("applyUpdate", () => {
   it("writes getValue and getMetadata and invalidates getHistory", () => {
     const c = cache();
-    applyUpdate(c.queryClient, keys, update(5, 5));
+    applyUpdate(c.queryClient, keys, update("likes", 4, 5, 5));
     expect(c.value()).toEqual({ value: 5, version: 5 });
-    expect(c.metadata()).toEqual(metadata(5, 5));
+    expect(c.metadata()).toEqual(metadata("likes", 5, 5));
     expect(c.historyInvalidated()).toBe(true);
   });
 
   it("never moves the cache back to an older version", () => {
     const c = cache();
-    applyUpdate(c.queryClient, keys, update(7, 7));
+    applyUpdate(c.queryClient, keys, update("likes", 6, 7, 7));
     c.queryClient.setQueryData(keys.history("likes", { limit: 10 }), { entries: [] });
-    applyUpdate(c.queryClient, keys, update(6, 6));
-    applyUpdate(c.queryClient, keys, update(7, 7));
+    applyUpdate(c.queryClient, keys, update("likes", 5, 6, 6));
+    applyUpdate(c.queryClient, keys, update("likes", 6, 7, 7));
     expect(c.value()).toEqual({ value: 7, version: 7 });
     expect(c.metadata()?.operationCount).toBe(7);
     expect(c.historyInvalidated()).toBe(false);
@@ -79,7 +47,7 @@ describe("applyUpdate", () => {
     const c = cache();
     const other = keys.value("dislikes");
     c.queryClient.setQueryData(other, { value: 3, version: 3 });
-    applyUpdate(c.queryClient, keys, update(9, 9));
+    applyUpdate(c.queryClient, keys, update("likes", 8, 9, 9));
     expect(c.queryClient.getQueryData(other)).toEqual({ value: 3, version: 3 });
   });
 });
@@ -87,17 +55,25 @@ describe("applyUpdate", () => {
 describe("applySnapshot", () => {
   it("fills an empty cache, and ignores an older snapshot", () => {
     const c = cache();
-    applySnapshot(c.queryClient, keys, snapshot(4, 4));
+    applySnapshot(c.queryClient, keys, snapshot("likes", 4, 4));
     expect(c.value()).toEqual({ value: 4, version: 4 });
-    applySnapshot(c.queryClient, keys, snapshot(2, 2));
+    applySnapshot(c.queryClient, keys, snapshot("likes", 2, 2));
     expect(c.value()).toEqual({ value: 4, version: 4 });
   });
 
   it("replaces the cache on resync, even with an older version", () => {
     const c = cache();
-    applyUpdate(c.queryClient, keys, update(50, 50));
-    applySnapshot(c.queryClient, keys, snapshot(3, 3, true));
+    applyUpdate(c.queryClient, keys, update("likes", 49, 50, 50));
+    applySnapshot(c.queryClient, keys, snapshot("likes", 3, 3, true));
     expect(c.value()).toEqual({ value: 3, version: 3 });
     expect(c.metadata()?.operationCount).toBe(3);
+  });
+
+  it("invalidates getHistory only when it replaces a cached state, not for a first snapshot", () => {
+    const c = cache();
+    applySnapshot(c.queryClient, keys, snapshot("likes", 4, 4));
+    expect(c.historyInvalidated()).toBe(false);
+    applySnapshot(c.queryClient, keys, snapshot("likes", 6, 6));
+    expect(c.historyInvalidated()).toBe(true);
   });
 });
