@@ -11,6 +11,18 @@ pub const NAME_RULE: &str = "1 to 128 characters from A-Z a-z 0-9 _ . : -";
 /// The characters of a name as a regular expression (the length is checked apart).
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
 
+/// The JSON schema of a counter name, for the OpenAPI description: the rule
+/// [`CounterName::parse`] enforces (length in bytes and [`NAME_PATTERN`]).
+#[cfg(feature = "schema")]
+pub(crate) fn name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": NAME_MAX_BYTES,
+        "pattern": NAME_PATTERN,
+    })
+}
+
 /// A validated counter name. Holding one proves the name is well formed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CounterName(String);

@@ -6,13 +6,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use crate::error::{ErrorCode, ProtocolError};
-#[cfg(feature = "schema")]
-use crate::limits::NAME_MAX_BYTES;
 use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use crate::message::OpKind;
 use crate::name::CounterName;
-#[cfg(feature = "schema")]
-use crate::name::NAME_PATTERN;
 
 /// The seven procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,10 +99,7 @@ impl Procedure {
 #[serde(deny_unknown_fields)]
 pub struct AmountBody {
     /// The counter.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::name::name_schema"))]
     pub name: String,
     /// An integer >= 1; 1 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,10 +116,7 @@ pub struct AmountBody {
 #[serde(deny_unknown_fields)]
 pub struct SetValueBody {
     /// The counter.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::name::name_schema"))]
     pub name: String,
     /// The new value, within ±(2^53 − 1).
     #[cfg_attr(
@@ -142,10 +132,7 @@ pub struct SetValueBody {
 #[serde(deny_unknown_fields)]
 pub struct NameBody {
     /// The counter.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::name::name_schema"))]
     pub name: String,
 }
 
@@ -155,10 +142,7 @@ pub struct NameBody {
 #[serde(deny_unknown_fields)]
 pub struct HistoryBody {
     /// The counter.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = NAME_MAX_BYTES), regex(pattern = NAME_PATTERN))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::name::name_schema"))]
     pub name: String,
     /// How many entries, 1..=1000; 50 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

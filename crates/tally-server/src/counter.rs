@@ -298,7 +298,8 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 // starts a fresh actor that tries again.
                 actor.registry.retire(&actor.name, actor.generation);
                 inbox.close();
-                let failed = || ApplyError::store_failed(&error.reason());
+                let reason = error.reason();
+                let failed = || ApplyError::store_failed(&reason);
                 for op in actor.pending.drain(..) {
                     let _ = op.respond_to.send(Err(failed()));
                 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,11 +93,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi));
-    // The page's paths are not routes: the fallback looks each request path up in its table,
-    // so routes above always win and other paths keep axum's plain 404.
-    let router =
-        if state.config.web_page.is_some() { router.fallback(static_files::serve) } else { router };
-    router.layer(DefaultBodyLimit::max(MAX_REQUEST_BODY_BYTES)).layer(cors).with_state(state)
+    // The page's paths are not routes: the fallback looks each request path up in its table
+    // (when there is a page), so routes above always win and other paths get a plain 404.
+    let router = router.fallback(static_files::serve);
+    // No `DefaultBodyLimit`: no handler uses a body extractor; `read_body` enforces the limit.
+    router.layer(cors).with_state(state)
 }
 
 /// A JSON answer from any serializable value.
@@ -119,11 +119,7 @@ async fn rpc(
     // The request taken whole, not through a `HeaderMap` extractor, which would copy every
     // header of every request.
     let (parts, body) = request.into_parts();
-    let answer = match read_body(&state, body).await {
-        Ok(body) => answer_rpc(&state, &procedure, &parts.headers, body).await,
-        Err(error) => Err(error),
-    };
-    match answer {
+    match answer_rpc(&state, &procedure, &parts.headers, body).await {
         Ok(response) => response,
         Err(error) => state.error_response(&error),
     }
@@ -133,8 +129,9 @@ async fn answer_rpc(
     state: &AppState,
     procedure: &str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ProtocolError> {
+    let body = read_body(state, body).await?;
     check_origin(headers, &state.config.allowed_origins)?;
     let procedure = Procedure::from_path(procedure)?;
     check_json_content_type(headers)?;

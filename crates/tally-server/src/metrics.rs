@@ -58,11 +58,21 @@ pub struct Metrics {
     pub(crate) operation_seconds: Family<OperationLabels, Histogram>,
     /// Each kind's two series, looked up in the families on its first operation only: a
     /// lookup takes the family's lock and hashes the labels, once per committed operation.
+    /// Indexed by `kind as usize` (`KINDS_ARE_INDEXES` checks that this fits).
     operation_series: [OnceLock<(Counter, Histogram)>; OpKind::ALL.len()],
     pub(crate) batch_operations: Histogram,
     pub(crate) errors: Family<ErrorLabels, Counter>,
     pub(crate) websocket_closes: Family<CloseLabels, Counter>,
 }
+
+/// Every operation kind's discriminant is its position in `OpKind::ALL`.
+const KINDS_ARE_INDEXES: () = {
+    let mut index = 0;
+    while index < OpKind::ALL.len() {
+        assert!(OpKind::ALL[index] as usize == index);
+        index += 1;
+    }
+};
 
 impl Metrics {
     /// Registers every metric under the `tally_` prefix, with the store's own.
@@ -152,6 +162,7 @@ impl Metrics {
 
     /// Counts a committed operation and how long it took.
     pub(crate) fn operation(&self, kind: OpKind, seconds: f64) {
+        let () = KINDS_ARE_INDEXES;
         let (count, duration) = self.operation_series[kind as usize].get_or_init(|| {
             let labels = OperationLabels { operation: kind.as_str() };
             let count = self.operations.get_or_create(&labels).clone();

@@ -3,7 +3,8 @@
 //! It is built from the code, not written by hand: the paths from `Procedure::ALL`, the request
 //! and answer schemas from the wire types' `JsonSchema` derives (with the same limits the
 //! validation enforces), and the error answers from `Procedure::error_codes` and
-//! `ErrorCode::http_status`. A new procedure, field, limit or error code changes it by itself.
+//! `ErrorCode::http_status`. A new procedure, field or limit changes it by itself; a new error
+//! code appears once it is added to the hand-written `Procedure::error_codes`.
 
 use std::collections::BTreeMap;
 

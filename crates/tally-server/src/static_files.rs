@@ -105,9 +105,7 @@ struct Prepared {
 
 impl fmt::Debug for WebPage {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut paths: Vec<&str> = self.files.keys().copied().collect();
-        paths.sort_unstable();
-        formatter.debug_struct("WebPage").field("files", &paths).finish()
+        formatter.debug_struct("WebPage").field("files", &self.paths()).finish()
     }
 }
 

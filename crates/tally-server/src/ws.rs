@@ -221,6 +221,11 @@ impl Session {
     ) -> Result<bool, End> {
         let mut cursor = since;
         let mut first_page = true;
+        // A counter with history has an id and a creation time; formatted once for all pages.
+        let origin = counter
+            .id
+            .zip(counter.created_at_ms)
+            .map(|(id, created_at_ms)| (id, clock::format_ms(created_at_ms)));
         while cursor < counter.version || first_page {
             let up_to = counter.version.min(cursor + REPLAY_PAGE);
             let records = if cursor < up_to {
@@ -245,11 +250,9 @@ impl Session {
                 self.feed(Utf8Bytes::from(resumed.to_json())).await?;
                 first_page = false;
             }
-            // A counter with history has an id and a creation time.
-            if let (Some(id), Some(created_at_ms)) = (counter.id, counter.created_at_ms) {
-                let created_at = clock::format_ms(created_at_ms);
+            if let Some((id, created_at)) = &origin {
                 for record in &records {
-                    self.feed(Published::new(name, id, &created_at, record).json).await?;
+                    self.feed(Published::new(name, *id, created_at, record).json).await?;
                 }
             }
             cursor = up_to;

@@ -272,7 +272,8 @@ fn commit<'a>(
         Ok(results) => results,
         // rusqlite's error is not Clone, so each waiting writer gets the reason in words.
         Err(error) => {
-            (0..count).map(|_| Err(StoreError::WriteFailed { reason: error.to_string() })).collect()
+            let reason = error.to_string();
+            (0..count).map(|_| Err(StoreError::WriteFailed { reason: reason.clone() })).collect()
         }
     }
 }
