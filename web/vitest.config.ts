@@ -1,5 +1,5 @@
 // Three kinds of tests, run by `npm test` (and by `cargo test --workspace` through
-// crates/tally-cli/tests/web.rs):
+// crates/tally-cli/tests/web/main.rs):
 // - unit: the client's state machine and backoff, with fake timers and a scripted socket;
 // - server: the client's protocol handling against a real `tally serve` process;
 // - e2e: the embedded page in real Chromium, driven by playwright-core.

@@ -89,7 +89,8 @@ fn run() -> Result<(), BuildError> {
     let embed_dir = out_dir.join("web");
     recreate_dir(&embed_dir)?;
 
-    let fallback = match std::env::var_os("TALLY_WEB_DIST").filter(|value| !value.is_empty()) {
+    let dist = std::env::var_os("TALLY_WEB_DIST").filter(|value| !value.is_empty());
+    let (mut files, fallback) = match dist {
         Some(dist) => {
             let dist = PathBuf::from(dist);
             if !dist.is_absolute() {
@@ -99,8 +100,7 @@ fn run() -> Result<(), BuildError> {
                 return Err(BuildError::DistWithoutIndex(dist));
             }
             println!("cargo::rerun-if-changed={}", dist.display());
-            copy_tree(&dist, &embed_dir)?;
-            None
+            (copy_tree(&dist, &embed_dir)?, None)
         }
         None => {
             let web = manifest_dir.join("..").join("..").join("web");
@@ -112,27 +112,24 @@ fn run() -> Result<(), BuildError> {
                     println!("cargo::rerun-if-changed={}", input.display());
                 }
                 match find_npm() {
-                    Some(npm) => {
-                        build_with_npm(&npm, &web, &inputs, &embed_dir)?;
-                        None
-                    }
+                    Some(npm) => (build_with_npm(&npm, &web, &inputs, &embed_dir)?, None),
                     None => {
                         // A shell with Node.js on its PATH may come along (nvm, a new
                         // terminal); that is worth another try.
                         println!("cargo::rerun-if-env-changed=PATH");
-                        Some(Fallback::no_npm())
+                        (Vec::new(), Some(Fallback::no_npm()))
                     }
                 }
             } else {
-                Some(Fallback::no_web(&web))
+                (Vec::new(), Some(Fallback::no_web(&web)))
             }
         }
     };
     if let Some(fallback) = &fallback {
-        fallback.write(&manifest_dir, &embed_dir)?;
+        files.push(fallback.write(&manifest_dir, &embed_dir)?);
         println!("cargo::warning={}", fallback.warning);
     }
-    let assets = collect(&embed_dir, &out_dir.join("web-gzip"))?;
+    let assets = collect(&embed_dir, files, &out_dir.join("web-gzip"))?;
     write_table(&out_dir.join("assets.rs"), &assets, fallback.as_ref())
 }
 
@@ -187,8 +184,9 @@ impl Fallback {
         }
     }
 
-    /// Writes the page, from the template in `fallback/`, as `index.html` in `embed_dir`.
-    fn write(&self, manifest_dir: &Path, embed_dir: &Path) -> Result<(), BuildError> {
+    /// Writes the page, from the template in `fallback/`, as `index.html` in `embed_dir`;
+    /// returns its path.
+    fn write(&self, manifest_dir: &Path, embed_dir: &Path) -> Result<PathBuf, BuildError> {
         let template_path = manifest_dir.join("fallback").join("index.html");
         let template =
             fs::read_to_string(&template_path).map_err(io_error("reading", &template_path))?;
@@ -196,7 +194,8 @@ impl Fallback {
             .replace("{{REASON}}", &escape_html(&self.reason))
             .replace("{{FIX}}", self.fix_html);
         let index = embed_dir.join("index.html");
-        fs::write(&index, page).map_err(io_error("writing", &index))
+        fs::write(&index, page).map_err(io_error("writing", &index))?;
+        Ok(index)
     }
 }
 
@@ -282,12 +281,13 @@ fn source_files(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), BuildError> 
 /// Runs the npm steps that are out of date, then copies `web/page/dist` into `embed_dir`, all
 /// under an exclusive lock, since cargo may run this script for several targets at once
 /// (build, clippy, doc, rust-analyzer) and two npm runs in one tree would trample each other.
+/// Returns the copies' paths.
 fn build_with_npm(
     npm: &Path,
     web: &Path,
     inputs: &[PathBuf],
     embed_dir: &Path,
-) -> Result<(), BuildError> {
+) -> Result<Vec<PathBuf>, BuildError> {
     let node_modules = web.join("node_modules");
     fs::create_dir_all(&node_modules).map_err(io_error("creating", &node_modules))?;
     let lock_path = node_modules.join(".tally-build.lock");
@@ -319,10 +319,10 @@ fn build_with_npm(
         }
         mark_current(&index)?;
     }
-    copy_tree(&dist, embed_dir)?;
+    let copied = copy_tree(&dist, embed_dir)?;
     // Closing the file releases the lock; said out loud so it is not moved up by accident.
     drop(lock);
-    Ok(())
+    Ok(copied)
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -387,20 +387,23 @@ fn recreate_dir(dir: &Path) -> Result<(), BuildError> {
     fs::create_dir_all(dir).map_err(io_error("creating", dir))
 }
 
-/// Copies every file under `from` to the same place under `to` (symbolic links followed).
-fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+/// Copies every file under `from` to the same place under `to` (symbolic links followed);
+/// returns the copies' paths.
+fn copy_tree(from: &Path, to: &Path) -> Result<Vec<PathBuf>, BuildError> {
     fs::create_dir_all(to).map_err(io_error("creating", to))?;
+    let mut copied = Vec::new();
     for entry in fs::read_dir(from).map_err(io_error("listing", from))? {
         let entry = entry.map_err(io_error("listing", from))?;
         let source = entry.path();
         let target = to.join(entry.file_name());
         if source.is_dir() {
-            copy_tree(&source, &target)?;
+            copied.extend(copy_tree(&source, &target)?);
         } else {
             fs::copy(&source, &target).map_err(io_error("copying", &source))?;
+            copied.push(target);
         }
     }
-    Ok(())
+    Ok(copied)
 }
 
 /// One file to embed.
@@ -414,12 +417,14 @@ struct Asset {
     gzip_file: Option<PathBuf>,
 }
 
-/// Lists the files under `embed_dir` with their URL paths and content types, writing gzip
+/// Gives `files`, which are under `embed_dir`, their URL paths and content types, writing gzip
 /// copies of compressible ones under `gzip_dir`.
-fn collect(embed_dir: &Path, gzip_dir: &Path) -> Result<Vec<Asset>, BuildError> {
+fn collect(
+    embed_dir: &Path,
+    files: Vec<PathBuf>,
+    gzip_dir: &Path,
+) -> Result<Vec<Asset>, BuildError> {
     recreate_dir(gzip_dir)?;
-    let mut files = Vec::new();
-    list_files(embed_dir, &mut files)?;
     let mut assets = Vec::new();
     for file in files {
         let relative = file.strip_prefix(embed_dir).unwrap_or(&file);
@@ -440,18 +445,6 @@ fn collect(embed_dir: &Path, gzip_dir: &Path) -> Result<Vec<Asset>, BuildError> 
     }
     assets.sort_by(|left, right| left.url_path.cmp(&right.url_path));
     Ok(assets)
-}
-
-fn list_files(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), BuildError> {
-    for entry in fs::read_dir(dir).map_err(io_error("listing", dir))? {
-        let path = entry.map_err(io_error("listing", dir))?.path();
-        if path.is_dir() {
-            list_files(&path, found)?;
-        } else {
-            found.push(path);
-        }
-    }
-    Ok(())
 }
 
 /// Whether `part` can stand in a URL path as it is: the characters RFC 3986 allows in a path

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_proto::limits::MAX_SAFE_INTEGER;
+use tally_proto::limits::{HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use tally_proto::{Op, Procedure, Request};
 
 fuzz_target!(|input: &[u8]| {
@@ -22,7 +22,7 @@ fuzz_target!(|input: &[u8]| {
             Op::Reset => {}
         },
         Ok(Request::GetHistory { limit, before, .. }) => {
-            assert!((1..=1000).contains(&limit), "accepted limit {limit}");
+            assert!((1..=HISTORY_PAGE_MAX).contains(&limit), "accepted limit {limit}");
             assert!(before.is_none_or(|before| before >= 1), "accepted before {before:?}");
         }
         Ok(Request::GetValue { .. } | Request::GetMetadata { .. }) => {}

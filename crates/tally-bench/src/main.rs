@@ -328,8 +328,6 @@ async fn soak(
         || server.memory(),
         Duration::from_secs(minutes * 60),
         args.soak_watchers,
-        20,
-        200,
         // By default at least three storms, at most one a minute.
         args.soak_storm_seconds.map_or_else(
             || Duration::from_secs(minutes * 60 / 4).min(Duration::from_secs(60)),
@@ -349,7 +347,7 @@ async fn soak(
     report.add("soak", &case, "acknowledged writes", result.writes as f64);
     let none = Some(Goal::at_most(0.0));
     report.add_with("soak", &case, "failed writes", result.failed_writes as f64, none);
-    report.add("soak", &case, "reconnect storms", f64::from(result.storms));
+    report.add("soak", &case, "reconnect storms", result.rss_before_storms.len() as f64);
     report.add_with(
         "soak",
         &case,
@@ -381,7 +379,7 @@ async fn soak(
         "soak",
         &case,
         "server RSS at the first storm MiB",
-        result.rss_warm as f64 / 1_048_576.0,
+        result.rss_before_storms.first().map_or(0.0, |rss| *rss as f64 / 1_048_576.0),
     );
     report.add("soak", &case, "server RSS max MiB", result.rss_max as f64 / 1_048_576.0);
     report.add("soak", &case, "server RSS last MiB", result.rss_last as f64 / 1_048_576.0);

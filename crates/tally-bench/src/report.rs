@@ -61,11 +61,10 @@ impl Report {
         goal: Option<Goal>,
     ) {
         let (target, meets_target) = match goal {
-            Some(Goal { value: goal, at_least: true }) => {
-                (Some(format!(">= {}", trim(goal))), Some(value >= goal))
-            }
-            Some(Goal { value: goal, at_least: false }) => {
-                (Some(format!("<= {}", trim(goal))), Some(value <= goal))
+            Some(Goal { value: goal, at_least }) => {
+                let (sign, met) =
+                    if at_least { (">=", value >= goal) } else { ("<=", value <= goal) };
+                (Some(format!("{sign} {}", trim(goal))), Some(met))
             }
             None => (None, None),
         };

@@ -18,13 +18,11 @@ use crate::server::Memory;
 pub(crate) struct Soak {
     pub(crate) writes: u64,
     pub(crate) failed_writes: u64,
-    pub(crate) storms: u32,
     pub(crate) rss_first: u64,
-    /// RSS at the first reconnect storm, once every watcher is connected and busy.
-    pub(crate) rss_warm: u64,
     pub(crate) rss_max: u64,
     pub(crate) rss_last: u64,
-    /// RSS just before each storm: flat once warm means no leak, a steady climb means one.
+    /// RSS just before each reconnect storm, one per storm; the first is once every watcher is
+    /// connected and busy. Flat once warm means no leak, a steady climb means one.
     pub(crate) rss_before_storms: Vec<u64>,
     /// The server's open WebSockets once every watcher has caught up: the live watchers, if
     /// no socket of the storms was leaked.
@@ -45,17 +43,19 @@ struct Follower {
     last: Arc<AtomicU64>,
 }
 
-/// Runs for `duration`: `watchers` watchers over `counters` counters, `rate` writes per second,
+/// The counters the watchers are spread over.
+const COUNTERS: usize = 20;
+/// Writes per second, spread over the counters.
+const RATE: u64 = 200;
+
+/// Runs for `duration`: `watchers` watchers over `COUNTERS` counters, `RATE` writes per second,
 /// and every `storm_every` all watchers dropped and reconnected with `since` at once.
-#[allow(clippy::too_many_arguments)] // A scenario's knobs, passed once.
 pub(crate) async fn run(
     client: &Client,
     base: &str,
     memory: impl Fn() -> anyhow::Result<Memory>,
     duration: Duration,
     watchers: usize,
-    counters: usize,
-    rate: u64,
     storm_every: Duration,
     progress: &ProgressBar,
 ) -> anyhow::Result<Soak> {
@@ -63,7 +63,7 @@ pub(crate) async fn run(
     let out_of_order = Arc::new(AtomicU64::new(0));
     let disconnects = Arc::new(AtomicU64::new(0));
     let followers: Vec<Follower> = (0..watchers)
-        .map(|index| Follower { counter: index % counters, last: Arc::new(AtomicU64::new(0)) })
+        .map(|index| Follower { counter: index % COUNTERS, last: Arc::new(AtomicU64::new(0)) })
         .collect();
     let start_all = |followers: &[Follower]| -> Vec<JoinHandle<()>> {
         followers
@@ -94,11 +94,11 @@ pub(crate) async fn run(
         let addr = base.trim_start_matches("http://").to_owned();
         tokio::spawn(async move {
             let mut connection = Connection::open(&addr).await?;
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / RATE as f64));
             let mut next = 0;
             while Instant::now() < deadline {
                 tick.tick().await;
-                match connection.increment(&format!("{prefix}-{}", next % counters)).await {
+                match connection.increment(&format!("{prefix}-{}", next % COUNTERS)).await {
                     Ok(true) => writes.fetch_add(1, Ordering::Relaxed),
                     _ => failed_writes.fetch_add(1, Ordering::Relaxed),
                 };
@@ -109,7 +109,7 @@ pub(crate) async fn run(
     };
 
     let first = memory()?;
-    let (mut rss_max, mut rss_last, mut rss_warm, mut storms) = (first.rss, first.rss, 0, 0);
+    let (mut rss_max, mut rss_last) = (first.rss, first.rss);
     let mut rss_before_storms = Vec::new();
     let mut next_storm = started + storm_every;
     while Instant::now() < deadline {
@@ -121,9 +121,6 @@ pub(crate) async fn run(
         rss_max = rss_max.max(rss_last);
         progress.set_position(started.elapsed().as_secs());
         if Instant::now() >= next_storm && Instant::now() < deadline {
-            if storms == 0 {
-                rss_warm = rss_last;
-            }
             rss_before_storms.push(rss_last);
             // Every watcher drops its socket at once and comes back resuming where it was.
             for task in tasks.drain(..) {
@@ -131,15 +128,14 @@ pub(crate) async fn run(
                 let _ = task.await;
             }
             tasks = start_all(&followers);
-            storms += 1;
             next_storm += storm_every;
         }
     }
     writer.await.context("writer task")??;
 
     // Let every watcher catch up with its counter's final version.
-    let mut finals = Vec::with_capacity(counters);
-    for counter in 0..counters {
+    let mut finals = Vec::with_capacity(COUNTERS);
+    for counter in 0..COUNTERS {
         finals.push(client.get_value(&format!("{prefix}-{counter}")).await?.version);
     }
     let catch_up_deadline = Instant::now() + Duration::from_secs(60);
@@ -161,9 +157,7 @@ pub(crate) async fn run(
     let result = Soak {
         writes: writes.load(Ordering::Relaxed),
         failed_writes: failed_writes.load(Ordering::Relaxed),
-        storms,
         rss_first: first.rss,
-        rss_warm,
         rss_max,
         rss_last,
         rss_before_storms,

@@ -10,6 +10,7 @@ use serde_json::Value;
 use tally_proto::ServerMessage;
 use tally_server::{Config, SqliteOptions, SqliteStore};
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -110,6 +111,25 @@ impl TestServer {
         (answer["value"].as_i64().expect("value"), answer["version"].as_u64().expect("version"))
     }
 
+    /// An HTTP request with `headers` and no body.
+    pub(crate) async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut request = self.http.request(method, self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Sends `GET path` byte for byte on a connection of its own; see [`raw_get`].
+    pub(crate) async fn raw_get(&self, path: &str) -> (u16, String) {
+        raw_get(TcpStream::connect(self.addr).await.expect("connect"), path).await
+    }
+
     /// Raw HTTP request with any method, content type and body.
     pub(crate) async fn raw(
         &self,
@@ -128,19 +148,15 @@ impl TestServer {
 
     /// The value of one sample in `/metrics`, e.g. `tally_counters_in_memory` or
     /// `tally_errors_total{code="invalid_name"}`; 0 when absent.
-    pub(crate) async fn metric(&self, sample: &str) -> f64 {
-        self.metric_if_reachable(sample).await.expect("metrics").unwrap_or(0.0)
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        self.metric_if_reachable(name).await.expect("metrics")
     }
 
-    /// Like `metric`, but `None` when the server refuses the connection (a limit is reached),
-    /// and `Some(None)` when the sample is absent.
-    pub(crate) async fn metric_if_reachable(&self, sample: &str) -> Option<Option<f64>> {
+    /// Like `metric`, but `None` when the server refuses the connection (a limit is reached).
+    pub(crate) async fn metric_if_reachable(&self, name: &str) -> Option<f64> {
         let response = self.http.get(self.url("/metrics")).send().await.ok()?;
         let text = response.text().await.ok()?;
-        Some(text.lines().find_map(|line| {
-            let value = line.strip_prefix(sample)?.strip_prefix(' ')?;
-            Some(value.trim().parse().expect("metric value"))
-        }))
+        Some(sample(&text, name).unwrap_or(0.0))
     }
 
     /// Waits until `sample` reads `expected` (metrics change a moment after the event).
@@ -174,6 +190,37 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// The value of the sample `name` (with its labels, if any) in Prometheus text `text`; `None`
+/// when absent.
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        Some(value.trim().parse().expect("metric value"))
+    })
+}
+
+/// Sends `GET path` byte for byte on `stream` (HTTP clients tidy `..` and `%2e%2e` away before
+/// sending, which is exactly what must not be relied on), asking the server to close it after
+/// answering; returns the status and the body.
+pub(crate) async fn raw_get(mut stream: TcpStream, path: &str) -> (u16, String) {
+    let host = stream.peer_addr().expect("peer address");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
+    (status, body)
 }
 
 /// A WebSocket client watching one counter.
@@ -273,7 +320,6 @@ pub(crate) struct SilentPeer {
 
 impl SilentPeer {
     pub(crate) async fn connect(addr: SocketAddr, path: &str) -> Self {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("small receive buffer");
         let mut stream = socket.connect(addr).await.expect("connect");
@@ -308,12 +354,9 @@ impl SilentPeer {
                 }
             }
             let mut chunk = vec![0_u8; 64 * 1024];
-            let read = tokio::time::timeout(
-                PATIENCE,
-                tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk),
-            )
-            .await
-            .expect("the server ends the connection in time");
+            let read = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("the server ends the connection in time");
             match read {
                 Ok(0) | Err(_) => return None,
                 Ok(read) => self.buffered.extend_from_slice(&chunk[..read]),

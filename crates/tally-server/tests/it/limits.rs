@@ -8,7 +8,7 @@ use tally_server::{Config, SqliteOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::{PATIENCE, TestServer, Watcher, test_config};
+use crate::harness::{PATIENCE, TestServer, Watcher, raw_get, sample, test_config};
 
 /// A TCP connection to `server` from source address 127.0.0.`last`.
 async fn connect_from(server: SocketAddr, last: u8) -> TcpStream {
@@ -78,17 +78,9 @@ async fn websockets_count_until_they_close() {
     let mut third = connect_from(server.addr, 1).await;
     assert!(closed_by_server(&mut third).await);
     // Seen from another address: the two sockets, and this request's own connection.
-    let mut other = connect_from(server.addr, 9).await;
-    other
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut metrics = String::new();
-    tokio::time::timeout(PATIENCE, other.read_to_string(&mut metrics))
-        .await
-        .expect("answer")
-        .expect("read");
-    assert!(metrics.contains("\ntally_connections_open 3\n"), "{metrics}");
+    let (status, metrics) = raw_get(connect_from(server.addr, 9).await, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    assert_eq!(sample(&metrics, "tally_connections_open"), Some(3.0), "{metrics}");
 }
 
 #[tokio::test]
@@ -103,7 +95,7 @@ async fn the_total_number_of_connections_is_limited() {
     // Reading the metric needs a connection of its own, once the two places are free.
     let deadline = Instant::now() + PATIENCE;
     while server.metric_if_reachable("tally_connections_refused_total{limit=\"total\"}").await
-        != Some(Some(1.0))
+        != Some(1.0)
     {
         assert!(Instant::now() < deadline, "the refusal was not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,9 +1,9 @@
 //! The web page: `/` and its files from an embedded table, with caching and security headers;
 //! nothing outside the table is reachable, and the API beside it is unchanged.
 
+use reqwest::Method;
 use serde_json::json;
 use tally_server::{CONTENT_SECURITY_POLICY, Config, SqliteOptions, StaticFile, WebPage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::{TestServer, test_config};
 
@@ -38,19 +38,6 @@ async fn start_with_page() -> TestServer {
     TestServer::start_with(config, SqliteOptions::default()).await
 }
 
-async fn request(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> reqwest::Response {
-    let mut request = reqwest::Client::new().request(method, server.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    request.send().await.expect("request")
-}
-
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response.headers().get(name).map_or("(missing)", |value| value.to_str().unwrap_or("(not text)"))
 }
@@ -63,64 +50,35 @@ fn assert_security_headers(response: &reqwest::Response) {
     assert_eq!(header(response, "x-frame-options"), "DENY");
 }
 
-/// Sends `path` byte for byte (HTTP clients tidy `..` and `%2e%2e` away before sending, which
-/// is exactly what must not be relied on); returns the status and the body.
-async fn raw_get(server: &TestServer, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr);
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await.expect("read");
-    let answer = String::from_utf8_lossy(&answer).into_owned();
-    let status = answer
-        .split(' ')
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
-    (status, body)
-}
-
 #[tokio::test]
-async fn the_page_is_served_at_root_and_index_html_with_security_headers() {
+async fn the_page_and_its_files_are_served_with_their_type_caching_and_security_headers() {
     let server = start_with_page().await;
-    for path in ["/", "/index.html", "/?counter=likes"] {
-        let response = request(&server, reqwest::Method::GET, path, &[]).await;
+    let html = "text/html; charset=utf-8";
+    // Names under /assets/ carry a content hash and are kept forever; other names do not, so
+    // browsers must ask again each time.
+    let forever = "public, max-age=31536000, immutable";
+    for (path, content_type, cache_control, body) in [
+        ("/", html, "no-cache", INDEX),
+        ("/index.html", html, "no-cache", INDEX),
+        ("/?counter=likes", html, "no-cache", INDEX),
+        ("/assets/index-3f2a9c.js", "text/javascript; charset=utf-8", forever, SCRIPT),
+        ("/favicon.svg", "image/svg+xml", "no-cache", ICON),
+    ] {
+        let response = server.request(Method::GET, path, &[]).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
-        assert_eq!(header(&response, "content-type"), "text/html; charset=utf-8");
-        assert_eq!(header(&response, "cache-control"), "no-cache");
+        assert_eq!(header(&response, "content-type"), content_type, "{path}");
+        assert_eq!(header(&response, "cache-control"), cache_control, "{path}");
+        assert!(response.headers().get("content-encoding").is_none(), "{path}");
         assert_security_headers(&response);
-        assert_eq!(response.bytes().await.expect("body").as_ref(), INDEX);
+        assert_eq!(response.bytes().await.expect("body").as_ref(), body, "{path}");
     }
-}
-
-#[tokio::test]
-async fn assets_are_served_with_their_type_and_kept_forever() {
-    let server = start_with_page().await;
-    let response = request(&server, reqwest::Method::GET, "/assets/index-3f2a9c.js", &[]).await;
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(header(&response, "content-type"), "text/javascript; charset=utf-8");
-    assert_eq!(header(&response, "cache-control"), "public, max-age=31536000, immutable");
-    assert!(response.headers().get("content-encoding").is_none());
-    assert_security_headers(&response);
-    assert_eq!(response.bytes().await.expect("body").as_ref(), SCRIPT);
-
-    // Outside /assets/ names carry no content hash, so browsers must ask again each time.
-    let response = request(&server, reqwest::Method::GET, "/favicon.svg", &[]).await;
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(header(&response, "content-type"), "image/svg+xml");
-    assert_eq!(header(&response, "cache-control"), "no-cache");
-    assert_security_headers(&response);
-    assert_eq!(response.bytes().await.expect("body").as_ref(), ICON);
 }
 
 #[tokio::test]
 async fn gzip_goes_only_to_clients_that_accept_it() {
     let server = start_with_page().await;
     let path = "/assets/index-3f2a9c.js";
-    let response =
-        request(&server, reqwest::Method::GET, path, &[("accept-encoding", "br, gzip")]).await;
+    let response = server.request(Method::GET, path, &[("accept-encoding", "br, gzip")]).await;
     assert_eq!(header(&response, "content-encoding"), "gzip");
     assert!(
         response.headers().get_all("vary").iter().any(|value| value == "accept-encoding"),
@@ -130,8 +88,7 @@ async fn gzip_goes_only_to_clients_that_accept_it() {
     let gzip_tag = header(&response, "etag").to_owned();
     assert_eq!(response.bytes().await.expect("body").as_ref(), SCRIPT_GZIP);
 
-    let response =
-        request(&server, reqwest::Method::GET, path, &[("accept-encoding", "gzip;q=0")]).await;
+    let response = server.request(Method::GET, path, &[("accept-encoding", "gzip;q=0")]).await;
     assert!(response.headers().get("content-encoding").is_none());
     assert_ne!(header(&response, "etag"), gzip_tag, "two representations share a tag");
     assert_eq!(response.bytes().await.expect("body").as_ref(), SCRIPT);
@@ -140,19 +97,18 @@ async fn gzip_goes_only_to_clients_that_accept_it() {
 #[tokio::test]
 async fn a_known_entity_tag_is_answered_not_modified() {
     let server = start_with_page().await;
-    let response = request(&server, reqwest::Method::GET, "/", &[]).await;
+    let response = server.request(Method::GET, "/", &[]).await;
     let tag = header(&response, "etag").to_owned();
     assert!(tag.starts_with('"'), "{tag}");
 
-    let response = request(&server, reqwest::Method::GET, "/", &[("if-none-match", &tag)]).await;
+    let response = server.request(Method::GET, "/", &[("if-none-match", &tag)]).await;
     assert_eq!(response.status().as_u16(), 304);
     assert_eq!(header(&response, "etag"), tag);
     assert_eq!(header(&response, "cache-control"), "no-cache");
     assert_security_headers(&response);
     assert!(response.bytes().await.expect("body").is_empty());
 
-    let response =
-        request(&server, reqwest::Method::GET, "/", &[("if-none-match", "\"other\"")]).await;
+    let response = server.request(Method::GET, "/", &[("if-none-match", "\"other\"")]).await;
     assert_eq!(response.status().as_u16(), 200);
 }
 
@@ -160,7 +116,7 @@ async fn a_known_entity_tag_is_answered_not_modified() {
 async fn head_answers_the_headers_without_the_body() {
     let server = start_with_page().await;
     for (path, length) in [("/", INDEX.len()), ("/assets/index-3f2a9c.js", SCRIPT.len())] {
-        let response = request(&server, reqwest::Method::HEAD, path, &[]).await;
+        let response = server.request(Method::HEAD, path, &[]).await;
         assert_eq!(response.status().as_u16(), 200, "{path}");
         assert_eq!(header(&response, "content-length"), length.to_string(), "{path}");
         assert_security_headers(&response);
@@ -172,11 +128,11 @@ async fn head_answers_the_headers_without_the_body() {
 async fn other_methods_on_the_page_are_refused_with_what_is_allowed() {
     let server = start_with_page().await;
     for (method, path) in [
-        (reqwest::Method::POST, "/"),
-        (reqwest::Method::PUT, "/index.html"),
-        (reqwest::Method::DELETE, "/assets/index-3f2a9c.js"),
+        (Method::POST, "/"),
+        (Method::PUT, "/index.html"),
+        (Method::DELETE, "/assets/index-3f2a9c.js"),
     ] {
-        let response = request(&server, method.clone(), path, &[]).await;
+        let response = server.request(method.clone(), path, &[]).await;
         assert_eq!(response.status().as_u16(), 405, "{method} {path}");
         assert_eq!(header(&response, "allow"), "GET, HEAD");
         assert_security_headers(&response);
@@ -189,7 +145,7 @@ async fn other_methods_on_the_page_are_refused_with_what_is_allowed() {
 async fn paths_outside_the_table_are_plain_404s_whatever_they_try() {
     let server = start_with_page().await;
     // The same way of asking reaches the page itself.
-    assert_eq!(raw_get(&server, "/index.html").await, (200, String::from_utf8_lossy(INDEX).into()));
+    assert_eq!(server.raw_get("/index.html").await, (200, String::from_utf8_lossy(INDEX).into()));
     for path in [
         "/../Cargo.toml",
         "/%2e%2e/Cargo.toml",
@@ -208,12 +164,12 @@ async fn paths_outside_the_table_are_plain_404s_whatever_they_try() {
         "/etc/passwd",
         "/assets/index-3f2a9c.js%00.html",
     ] {
-        let (status, body) = raw_get(&server, path).await;
+        let (status, body) = server.raw_get(path).await;
         assert_eq!(status, 404, "{path}");
         assert!(body.is_empty(), "{path} answered {body:?}");
     }
     // Absolute-form targets are allowed by HTTP/1.1; only the path counts, and it must match.
-    let (status, _) = raw_get(&server, &format!("http://{}/../Cargo.toml", server.addr)).await;
+    let (status, _) = server.raw_get(&format!("http://{}/../Cargo.toml", server.addr)).await;
     assert_eq!(status, 404);
 }
 
@@ -226,13 +182,12 @@ async fn the_api_beside_the_page_is_unchanged() {
     let (status, answer) = server.call("getValue", json!({"name": "likes"})).await;
     assert_eq!((status, answer["value"].as_i64()), (200, Some(2)));
 
-    let (status, text) =
-        server.raw(reqwest::Method::GET, "/rpc/counter.getValue", None, vec![]).await;
+    let (status, text) = server.raw(Method::GET, "/rpc/counter.getValue", None, vec![]).await;
     assert_eq!(status, 405);
     assert!(text.contains("method_not_allowed"), "{text}");
-    let (status, text) = server.raw(reqwest::Method::GET, "/healthz", None, vec![]).await;
+    let (status, text) = server.raw(Method::GET, "/healthz", None, vec![]).await;
     assert_eq!((status, text.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, _) = server.raw(reqwest::Method::GET, "/metrics", None, vec![]).await;
+    let (status, _) = server.raw(Method::GET, "/metrics", None, vec![]).await;
     assert_eq!(status, 200);
 
     let mut watcher = server.watch("likes").await;
@@ -243,7 +198,7 @@ async fn the_api_beside_the_page_is_unchanged() {
 #[tokio::test]
 async fn without_a_page_the_root_is_a_plain_404() {
     let server = TestServer::start().await;
-    let response = request(&server, reqwest::Method::GET, "/", &[]).await;
+    let response = server.request(Method::GET, "/", &[]).await;
     assert_eq!(response.status().as_u16(), 404);
     assert!(response.headers().get("content-security-policy").is_none());
     assert!(response.bytes().await.expect("body").is_empty());

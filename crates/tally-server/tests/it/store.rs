@@ -33,10 +33,8 @@ fn increments(counter: &str, expected_version: u64, count: u64, amount: i64) -> 
 fn transactions(metrics: &Registry) -> u64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, metrics).expect("metrics encode");
-    text.lines()
-        .find_map(|line| line.strip_prefix("store_transactions_total "))
-        .and_then(|count| count.trim().parse().ok())
-        .expect("the store counts its transactions")
+    crate::harness::sample(&text, "store_transactions_total")
+        .expect("the store counts its transactions") as u64
 }
 
 #[tokio::test]
