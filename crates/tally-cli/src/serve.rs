@@ -81,6 +81,14 @@ pub(crate) struct ServeArgs {
     /// Messages a WebSocket client may send per second (past it: close 1008).
     #[arg(long, env = "TALLY_MAX_MESSAGES_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_messages_per_second: u32,
+
+    /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); needs --tls-key.
+    #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -122,21 +130,25 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         args.database.display()
     );
-    let config = Config {
-        idle_timeout: args.idle_timeout,
-        ping_interval: args.ping_interval,
-        watch_buffer: args.watch_buffer as usize,
-        send_timeout: args.send_timeout,
-        shutdown_grace: args.shutdown_grace,
-        allowed_origins: args.allow_origins.clone(),
-        max_connections: args.max_connections as usize,
-        max_connections_per_ip: args.max_connections_per_ip as usize,
-        header_timeout: args.header_timeout,
-        request_timeout: args.request_timeout,
-        max_watchers_per_counter: args.max_watchers_per_counter as usize,
-        max_messages_per_second: args.max_messages_per_second,
-        web_page: Some(embedded_web_page()?),
-    };
+    let config =
+        Config {
+            idle_timeout: args.idle_timeout,
+            ping_interval: args.ping_interval,
+            watch_buffer: args.watch_buffer as usize,
+            send_timeout: args.send_timeout,
+            shutdown_grace: args.shutdown_grace,
+            allowed_origins: args.allow_origins.clone(),
+            max_connections: args.max_connections as usize,
+            max_connections_per_ip: args.max_connections_per_ip as usize,
+            header_timeout: args.header_timeout,
+            request_timeout: args.request_timeout,
+            max_watchers_per_counter: args.max_watchers_per_counter as usize,
+            max_messages_per_second: args.max_messages_per_second,
+            web_page: Some(embedded_web_page()?),
+            tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert_path, key_path)| {
+                tally_server::config::TlsFiles { cert_path, key_path }
+            }),
+        };
     tracing::info!("web page at http://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await

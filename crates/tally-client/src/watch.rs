@@ -222,7 +222,11 @@ impl Follower {
                         WatchEvent::Update(update)
                     }
                 },
-                ServerMessage::Pong(_) | ServerMessage::Error(_) => continue,
+                ServerMessage::Pong(_)
+                | ServerMessage::Error(_)
+                | ServerMessage::Authenticated(_) => {
+                    continue;
+                }
             };
             if !self.emit(event).await {
                 return Ended::Abandoned;

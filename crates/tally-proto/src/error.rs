@@ -7,116 +7,96 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a request was refused, as a stable code.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] from one table, so that a new code is written once: its variant, its
+/// wire name, its HTTP status, and whether it is temporary (the same request may succeed later).
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $wire:literal, $status:literal, $temporary:literal;)*) => {
+        /// Why a request was refused, as a stable code.
+        #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[non_exhaustive]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* #[serde(rename = $wire)] $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in documentation order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as it appears on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $wire,)* }
+            }
+
+            /// The HTTP status an RPC answers this code with.
+            pub fn http_status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// Whether the same request may succeed if sent again later unchanged.
+            pub fn is_temporary(self) -> bool {
+                match self { $(ErrorCode::$variant => $temporary,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// The body or message is not valid JSON.
-    BadJson,
+    BadJson = "bad_json", 400, false;
     /// The request's content type is not `application/json`.
-    UnsupportedMediaType,
+    UnsupportedMediaType = "unsupported_media_type", 415, false;
     /// No such RPC procedure.
-    UnknownProcedure,
+    UnknownProcedure = "unknown_procedure", 404, false;
     /// The HTTP method is not allowed on this path.
-    MethodNotAllowed,
+    MethodNotAllowed = "method_not_allowed", 405, false;
     /// A browser request from a web origin the server does not allow (see `--allow-origin`).
-    OriginNotAllowed,
+    OriginNotAllowed = "origin_not_allowed", 403, false;
+    /// The request's `Host` is not one this server answers to (a loopback name, an IP address,
+    /// or a `--public-host`): refused before anything else, which closes DNS rebinding.
+    HostNotAllowed = "host_not_allowed", 403, false;
+    /// No credentials where the request needs some, or credentials that are not valid (a bad
+    /// signature, a revoked API key, a malformed token).
+    Unauthenticated = "unauthenticated", 401, false;
+    /// The token's `exp` has passed: get a fresh token and send the request again.
+    TokenExpired = "token_expired", 401, false;
+    /// The principal holds no grant for this action on this counter, or the amount is over the
+    /// grant's cap.
+    Forbidden = "forbidden", 403, false;
+    /// The principal wrote faster than `--write-rate` allows; wait `Retry-After` seconds.
+    RateLimited = "rate_limited", 429, true;
     /// A field is missing, of the wrong type, or not known.
-    InvalidField,
+    InvalidField = "invalid_field", 400, false;
     /// The counter name breaks the naming rule.
-    InvalidName,
+    InvalidName = "invalid_name", 400, false;
     /// An amount that is not an integer >= 1.
-    InvalidAmount,
+    InvalidAmount = "invalid_amount", 400, false;
     /// A history `limit` outside 1..=1000.
-    InvalidLimit,
+    InvalidLimit = "invalid_limit", 400, false;
+    /// A grant that breaks the grant syntax (`PATTERN=ACTION[<=CAP],...`).
+    InvalidGrant = "invalid_grant", 400, false;
+    /// No API key has that name.
+    UnknownKey = "unknown_key", 404, false;
+    /// An API key with that name already exists (revoked keys keep their names).
+    KeyExists = "key_exists", 409, false;
     /// A value or result outside ±(2^53 − 1); nothing was stored.
-    OutOfRange,
+    OutOfRange = "out_of_range", 422, false;
     /// The request body is over 64 KiB.
-    PayloadTooLarge,
+    PayloadTooLarge = "payload_too_large", 413, false;
     /// The request body took longer to arrive than the server allows (`--request-timeout`);
     /// nothing was done.
-    RequestTimeout,
+    RequestTimeout = "request_timeout", 408, false;
     /// A WebSocket message whose `type` the server does not know.
-    UnknownMessageType,
+    UnknownMessageType = "unknown_message_type", 400, false;
     /// The counter already has as many watchers as the server allows; try again later.
-    TooManyWatchers,
+    TooManyWatchers = "too_many_watchers", 503, true;
     /// The server cannot serve right now (storage fault, shutting down); try again later.
-    Unavailable,
+    Unavailable = "unavailable", 503, true;
     /// A fault inside the server; logged there.
-    Internal,
+    Internal = "internal", 500, true;
 }
 
 impl ErrorCode {
-    /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::BadJson,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::UnknownProcedure,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::OriginNotAllowed,
-        ErrorCode::InvalidField,
-        ErrorCode::InvalidName,
-        ErrorCode::InvalidAmount,
-        ErrorCode::InvalidLimit,
-        ErrorCode::OutOfRange,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::RequestTimeout,
-        ErrorCode::UnknownMessageType,
-        ErrorCode::TooManyWatchers,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ];
-
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-            ErrorCode::UnknownProcedure => "unknown_procedure",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::OriginNotAllowed => "origin_not_allowed",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::InvalidName => "invalid_name",
-            ErrorCode::InvalidAmount => "invalid_amount",
-            ErrorCode::InvalidLimit => "invalid_limit",
-            ErrorCode::OutOfRange => "out_of_range",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::UnknownMessageType => "unknown_message_type",
-            ErrorCode::TooManyWatchers => "too_many_watchers",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// The HTTP status an RPC answers this code with.
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorCode::BadJson
-            | ErrorCode::InvalidField
-            | ErrorCode::InvalidName
-            | ErrorCode::InvalidAmount
-            | ErrorCode::InvalidLimit
-            | ErrorCode::UnknownMessageType => 400,
-            ErrorCode::OriginNotAllowed => 403,
-            ErrorCode::UnknownProcedure => 404,
-            ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::RequestTimeout => 408,
-            ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::UnsupportedMediaType => 415,
-            ErrorCode::OutOfRange => 422,
-            ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::TooManyWatchers => 503,
-        }
-    }
-
-    /// Whether the same request may succeed if sent again later unchanged.
-    pub fn is_temporary(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TooManyWatchers)
-    }
-
     /// Whether the fault is the client's (answered, not logged as a server error).
     pub fn is_client_fault(self) -> bool {
         self.http_status() < 500
@@ -138,12 +118,21 @@ pub struct ProtocolError {
     pub code: ErrorCode,
     /// What was wrong and what is allowed.
     pub message: String,
+    /// How long to wait before trying again, when the server knows (`rate_limited`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ProtocolError {
     /// A refusal with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// The same refusal, telling the client to wait `delay` before trying again.
+    #[must_use]
+    pub fn with_retry_after(mut self, delay: std::time::Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
     }
 }
 
@@ -166,6 +155,10 @@ pub struct ErrorDetail {
     /// Whether sending the same request later may succeed.
     #[serde(default)]
     pub temporary: bool,
+    /// How many milliseconds to wait before trying again, when the server knows
+    /// (`rate_limited`; RPC answers also carry it as `Retry-After` in whole seconds).
+    #[serde(default, rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl From<&ProtocolError> for ErrorBody {
@@ -175,9 +168,15 @@ impl From<&ProtocolError> for ErrorBody {
                 code: error.code.as_str().to_owned(),
                 message: error.message.clone(),
                 temporary: error.code.is_temporary(),
+                retry_after_ms: error.retry_after.map(duration_ms),
             },
         }
     }
+}
+
+/// A delay in whole milliseconds, at least 1 for any delay above zero.
+pub(crate) fn duration_ms(delay: std::time::Duration) -> u64 {
+    u64::try_from(delay.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 /// WebSocket close codes the server uses.
@@ -202,8 +201,17 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// The peer stopped answering pings.
     pub const PING_TIMEOUT: u16 = 4001;
+    /// No credentials where the counter needs some (none came within `--auth-timeout`), or
+    /// credentials that are not valid: do not reconnect without a new token.
+    pub const UNAUTHENTICATED: u16 = 4501;
+    /// The socket's token expired: get a fresh token, then reconnect (resuming with `since`).
+    pub const TOKEN_EXPIRED: u16 = 4502;
+    /// The principal may not watch this counter (or a fresh token no longer allows it): do not
+    /// reconnect.
+    pub const FORBIDDEN: u16 = 4503;
 
-    /// Whether a client should reconnect after the server closed with `code`.
+    /// Whether a client should reconnect after the server closed with `code`, as it is.
+    /// [`TOKEN_EXPIRED`] is not such a code: reconnecting needs a fresh token first.
     pub fn should_reconnect(code: u16) -> bool {
         !matches!(code, NORMAL | PROTOCOL_ERROR | POLICY_VIOLATION | MESSAGE_TOO_BIG | 4500..=4999)
     }
@@ -215,7 +223,7 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_wire_names() {
-        for code in ErrorCode::ALL {
+        for &code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

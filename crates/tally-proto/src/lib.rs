@@ -11,8 +11,12 @@
 //! - [`rpc`]: the seven RPC procedures, their raw requests and validated forms.
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
 //! - [`watch`]: the query string of a watch (`?since=V`).
+//! - [`grant`]: grants (`PATTERN=ACTION[<=CAP],...`): their syntax and what they allow.
+//! - [`keys`]: the API-key RPCs' bodies and answers.
 
 pub mod error;
+pub mod grant;
+pub mod keys;
 pub mod limits;
 pub mod message;
 pub mod name;
@@ -20,9 +24,10 @@ pub mod rpc;
 pub mod watch;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
+pub use grant::{Action, Grant, NamePattern, Permissions};
 pub use message::{
-    ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Resumed, ServerMessage, Snapshot,
-    Update, ValueAnswer, WsError,
+    Authenticated, ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Resumed,
+    ServerMessage, Snapshot, Update, ValueAnswer, WsError,
 };
 pub use name::CounterName;
 pub use rpc::{Op, Procedure, Request};

@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ErrorCode, ProtocolError};
+use crate::error::{ErrorCode, ProtocolError, duration_ms};
+use crate::grant::Action;
 
 /// The four operations that change a counter, as named on the wire.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -83,6 +84,10 @@ pub struct Update {
     pub metadata: Metadata,
     /// When it was committed (RFC 3339 UTC with milliseconds).
     pub timestamp: String,
+    /// Who made it (a token's subject, `key:NAME`, or `anonymous`); sent only to principals
+    /// with `admin` on the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The counter's state when a watch starts (or must start over, with `resync`).
@@ -101,6 +106,10 @@ pub struct Snapshot {
     /// (too old, or ahead of the counter): replace local state with this one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resync: bool,
+    /// What the socket's principal may do to this counter, so that a page can disable what
+    /// would be refused (for example `["read", "increment"]`).
+    #[serde(default)]
+    pub can: Vec<Action>,
 }
 
 /// Sent first on a resumed watch (`?since=V`): the updates after `since` up to `version`
@@ -123,17 +132,43 @@ pub struct Pong {
 
 /// A refused WebSocket message; the socket stays open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct WsError {
     /// The stable code (see [`ErrorCode`]).
     pub code: String,
     /// What was wrong and what is allowed.
     pub message: String,
+    /// Whether sending the same message later may succeed.
+    #[serde(default)]
+    pub temporary: bool,
+    /// How many milliseconds to wait before trying again, when the server knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl From<&ProtocolError> for WsError {
     fn from(error: &ProtocolError) -> Self {
-        WsError { code: error.code.as_str().to_owned(), message: error.message.clone() }
+        WsError {
+            code: error.code.as_str().to_owned(),
+            message: error.message.clone(),
+            temporary: error.code.is_temporary(),
+            retry_after_ms: error.retry_after.map(duration_ms),
+        }
     }
+}
+
+/// The answer to a client's `auth` message: the socket now acts as this principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authenticated {
+    /// Who the socket acts as: a token's subject, `key:NAME`, or `anonymous`.
+    pub principal: String,
+    /// When the token expires (RFC 3339 UTC); absent for API keys, which do not. The socket is
+    /// closed with 4502 then, unless a fresh `auth` arrives first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// What the principal may now do to the socket's counter.
+    pub can: Vec<Action>,
 }
 
 /// Any message the server sends over a WebSocket.
@@ -149,6 +184,8 @@ pub enum ServerMessage {
     Pong(Pong),
     /// `type: "error"`.
     Error(WsError),
+    /// `type: "authenticated"`.
+    Authenticated(Authenticated),
 }
 
 /// Adds `"type": tag` in front of a message struct's own fields.
@@ -173,6 +210,9 @@ impl ServerMessage {
             }
             ServerMessage::Pong(inner) => serde_json::to_string(&Tagged { tag: "pong", inner }),
             ServerMessage::Error(inner) => serde_json::to_string(&Tagged { tag: "error", inner }),
+            ServerMessage::Authenticated(inner) => {
+                serde_json::to_string(&Tagged { tag: "authenticated", inner })
+            }
         };
         // Serializing these plain structs (strings, integers, options) has no failure path.
         result.expect("server messages always serialize")
@@ -197,6 +237,7 @@ impl ServerMessage {
             "resumed" => ServerMessage::Resumed(serde_json::from_str(text)?),
             "pong" => ServerMessage::Pong(serde_json::from_str(text)?),
             "error" => ServerMessage::Error(serde_json::from_str(text)?),
+            "authenticated" => ServerMessage::Authenticated(serde_json::from_str(text)?),
             other if OpKind::from_name(other).is_some() => {
                 ServerMessage::Update(serde_json::from_str(text)?)
             }
@@ -212,10 +253,17 @@ impl ServerMessage {
 pub enum ClientMessage {
     /// `{"type": "ping"}`: the seed's keep-alive; answered with a [`Pong`].
     Ping,
+    /// `{"type": "auth", "token": "..."}`: act as the token's principal from now on (the first
+    /// message of a browser, which cannot set headers on a WebSocket; later, a fresh token
+    /// before the current one expires). Answered with [`Authenticated`] or an error.
+    Auth {
+        /// A JWT or an API key.
+        token: String,
+    },
 }
 
 /// The message types a client may send, worded for error messages.
-pub const CLIENT_MESSAGE_TYPES: &str = "ping";
+pub const CLIENT_MESSAGE_TYPES: &str = "ping, auth";
 
 impl ClientMessage {
     /// Reads a client message.
@@ -240,6 +288,13 @@ impl ClientMessage {
         };
         match tag {
             "ping" => Ok(ClientMessage::Ping),
+            "auth" => match value.get("token").and_then(|token| token.as_str()) {
+                Some(token) => Ok(ClientMessage::Auth { token: token.to_owned() }),
+                None => Err(ProtocolError::new(
+                    ErrorCode::InvalidField,
+                    "an auth message needs a string field \"token\" (a JWT or an API key)",
+                )),
+            },
             other => Err(ProtocolError::new(
                 ErrorCode::UnknownMessageType,
                 format!("unknown message type {other:?}; known types: {CLIENT_MESSAGE_TYPES}"),
@@ -277,6 +332,9 @@ pub struct Entry {
     pub value: i64,
     /// When it was committed.
     pub timestamp: String,
+    /// Who made it; shown only to principals with `admin` on the counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// The answer to `getHistory`: newest first.
@@ -314,6 +372,7 @@ mod tests {
             version: 10,
             metadata: metadata(),
             timestamp: "2025-01-15T12:00:01.000Z".into(),
+            by: None,
         };
         let json: serde_json::Value =
             serde_json::from_str(&ServerMessage::Update(update.clone()).to_json()).unwrap();
@@ -333,6 +392,7 @@ mod tests {
             metadata: metadata(),
             timestamp: "t".into(),
             resync: false,
+            can: vec![Action::Read],
         };
         let text = ServerMessage::Snapshot(snapshot.clone()).to_json();
         assert!(text.starts_with(r#"{"type":"snapshot","#), "{text}");

@@ -1,4 +1,4 @@
-//! The RPC procedures (`POST /rpc/counter.<procedure>`): raw request bodies as sent, and the
+//! The RPC procedures (`POST /rpc/counter.<procedure>` and `POST /rpc/key.<procedure>`): raw request bodies as sent, and the
 //! validated [`Request`] the server acts on.
 
 use serde::de::DeserializeOwned;
@@ -6,11 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
 use crate::error::{ErrorCode, ProtocolError};
+use crate::grant::{Action, Grant};
+use crate::keys::{EmptyBody, KeyCreateBody, KeyNameBody, check_key_name};
 use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use crate::message::OpKind;
 use crate::name::CounterName;
 
-/// The seven procedures.
+/// The seven counter procedures and the three key procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Procedure {
     /// `counter.increment`
@@ -27,11 +29,31 @@ pub enum Procedure {
     GetMetadata,
     /// `counter.getHistory`
     GetHistory,
+    /// `key.create` (admin on every counter)
+    KeyCreate,
+    /// `key.list` (admin on every counter)
+    KeyList,
+    /// `key.revoke` (admin on every counter)
+    KeyRevoke,
 }
 
 impl Procedure {
     /// Every procedure, in documentation order.
-    pub const ALL: [Procedure; 7] = [
+    pub const ALL: [Procedure; 10] = [
+        Procedure::Increment,
+        Procedure::Decrement,
+        Procedure::SetValue,
+        Procedure::Reset,
+        Procedure::GetValue,
+        Procedure::GetMetadata,
+        Procedure::GetHistory,
+        Procedure::KeyCreate,
+        Procedure::KeyList,
+        Procedure::KeyRevoke,
+    ];
+
+    /// The seven counter procedures (the key procedures are administration).
+    pub const COUNTER: [Procedure; 7] = [
         Procedure::Increment,
         Procedure::Decrement,
         Procedure::SetValue,
@@ -40,6 +62,19 @@ impl Procedure {
         Procedure::GetMetadata,
         Procedure::GetHistory,
     ];
+
+    /// The action a principal needs for this procedure: on the named counter, or for the key
+    /// procedures `admin` on every counter.
+    pub fn action(self) -> Action {
+        match self {
+            Procedure::Increment => Action::Increment,
+            Procedure::Decrement => Action::Decrement,
+            Procedure::SetValue => Action::Set,
+            Procedure::Reset => Action::Reset,
+            Procedure::GetValue | Procedure::GetMetadata | Procedure::GetHistory => Action::Read,
+            Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke => Action::Admin,
+        }
+    }
 
     /// The path segment after `/rpc/`, e.g. `counter.increment`.
     pub fn path_name(self) -> &'static str {
@@ -51,6 +86,9 @@ impl Procedure {
             Procedure::GetValue => "counter.getValue",
             Procedure::GetMetadata => "counter.getMetadata",
             Procedure::GetHistory => "counter.getHistory",
+            Procedure::KeyCreate => "key.create",
+            Procedure::KeyList => "key.list",
+            Procedure::KeyRevoke => "key.revoke",
         }
     }
 
@@ -66,7 +104,16 @@ impl Procedure {
             ErrorCode::RequestTimeout,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::Unauthenticated,
+            ErrorCode::TokenExpired,
+            ErrorCode::Forbidden,
         ];
+        if matches!(
+            self,
+            Procedure::Increment | Procedure::Decrement | Procedure::SetValue | Procedure::Reset
+        ) {
+            codes.push(ErrorCode::RateLimited);
+        }
         match self {
             Procedure::Increment | Procedure::Decrement => {
                 codes.extend([ErrorCode::InvalidAmount, ErrorCode::OutOfRange]);
@@ -74,6 +121,9 @@ impl Procedure {
             Procedure::SetValue => codes.push(ErrorCode::OutOfRange),
             Procedure::GetHistory => codes.push(ErrorCode::InvalidLimit),
             Procedure::Reset | Procedure::GetValue | Procedure::GetMetadata => {}
+            Procedure::KeyCreate => codes.extend([ErrorCode::InvalidGrant, ErrorCode::KeyExists]),
+            Procedure::KeyList => {}
+            Procedure::KeyRevoke => codes.push(ErrorCode::UnknownKey),
         }
         codes
     }
@@ -239,6 +289,20 @@ pub enum Request {
         /// Only versions below this one.
         before: Option<u64>,
     },
+    /// key.create.
+    KeyCreate {
+        /// The key's name (checked against the key-name rule).
+        name: String,
+        /// Its grants, parsed.
+        grants: Vec<Grant>,
+    },
+    /// key.list.
+    KeyList,
+    /// key.revoke.
+    KeyRevoke {
+        /// The key's name (checked against the key-name rule).
+        name: String,
+    },
 }
 
 impl Request {
@@ -294,6 +358,20 @@ impl Request {
                     Some(number) => Some(before(number)?),
                 };
                 Request::GetHistory { name, limit, before }
+            }
+            Procedure::KeyCreate => {
+                let raw: KeyCreateBody = from_json(body)?;
+                check_key_name(&raw.name)?;
+                Request::KeyCreate { name: raw.name, grants: Grant::parse_all(&raw.grants)? }
+            }
+            Procedure::KeyList => {
+                let _: EmptyBody = from_json(body)?;
+                Request::KeyList
+            }
+            Procedure::KeyRevoke => {
+                let raw: KeyNameBody = from_json(body)?;
+                check_key_name(&raw.name)?;
+                Request::KeyRevoke { name: raw.name }
             }
         })
     }

@@ -1,5 +1,6 @@
 //! Settings of a running server that are not storage settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::static_files::WebPage;
@@ -39,6 +40,17 @@ pub struct Config {
     /// The web page served at `/` with its files, or `None` for an API-only server (unknown
     /// paths, `/` included, answer a plain 404). The `tally` binary gives the page it embeds.
     pub web_page: Option<WebPage>,
+    /// Serve HTTPS and WSS with this certificate chain and key instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of a TLS server certificate.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first (`--tls-cert`).
+    pub cert_path: PathBuf,
+    /// The private key, PKCS#8, PKCS#1 or SEC1 (`--tls-key`).
+    pub key_path: PathBuf,
 }
 
 impl Default for Config {
@@ -57,6 +69,7 @@ impl Default for Config {
             max_watchers_per_counter: 100_000,
             max_messages_per_second: 50,
             web_page: None,
+            tls: None,
         }
     }
 }

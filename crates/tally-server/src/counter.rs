@@ -65,6 +65,7 @@ impl Published {
                 operation_count: entry.version,
             },
             timestamp,
+            by: None,
         };
         let json = tally_proto::ServerMessage::Update(update).to_json();
         Self { version: entry.version, json: Utf8Bytes::from(json) }
@@ -117,6 +118,7 @@ impl CounterState {
             metadata: self.metadata(name),
             timestamp: clock::format_ms(clock::now_ms()),
             resync,
+            can: tally_proto::Action::ALL.to_vec(),
         }
     }
 }

@@ -152,6 +152,9 @@ async fn answer_rpc(
         Request::GetHistory { name, limit, before } => {
             json_body(&history_page(state, &name, limit, before).await?)
         }
+        Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
+            return Err(ProtocolError::new(ErrorCode::Unavailable, "API keys are not built yet"));
+        }
     })
 }
 
@@ -184,6 +187,7 @@ fn entry(record: &HistoryRecord) -> Entry {
         previous_value: record.previous_value,
         value: record.value,
         timestamp: clock::format_ms(record.at_ms),
+        by: None,
     }
 }
 

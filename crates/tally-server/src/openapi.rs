@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
+use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
 use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
 use tally_proto::{ErrorBody, ErrorCode, HistoryPage, Metadata, Procedure, Update, ValueAnswer};
 
@@ -66,6 +67,9 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetValue => pair::<NameBody, ValueAnswer>(generator),
         Procedure::GetMetadata => pair::<NameBody, Metadata>(generator),
         Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
+        Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
+        Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
+        Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
     }
 }
 
@@ -109,6 +113,9 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetValue => "The committed value and version",
         Procedure::GetMetadata => "The counter's metadata",
         Procedure::GetHistory => "One page of history, newest first",
+        Procedure::KeyCreate => "Create an API key (admin on every counter)",
+        Procedure::KeyList => "List the API keys (admin on every counter)",
+        Procedure::KeyRevoke => "Revoke an API key at once (admin on every counter)",
     }
 }
 

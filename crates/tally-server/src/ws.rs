@@ -309,6 +309,11 @@ impl Session {
                         ServerMessage::Pong(Pong { timestamp: clock::format_ms(clock::now_ms()) });
                     self.send(Utf8Bytes::from(pong.to_json())).await
                 }
+                Ok(ClientMessage::Auth { .. }) => {
+                    let error =
+                        ProtocolError::new(ErrorCode::Unauthenticated, "auth is not built yet");
+                    self.send_error(&error).await
+                }
                 Err(error) => self.send_error(&error).await,
             },
             Message::Binary(_) => {
