@@ -100,6 +100,11 @@ fn main() -> ExitCode {
             init_logging();
             return match serve::serve(&args) {
                 Ok(()) => ExitCode::SUCCESS,
+                // A mistake in the flags or their files, as clap's own exit with 2.
+                Err(error) if error.is::<serve::UsageError>() => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(2)
+                }
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::FAILURE
