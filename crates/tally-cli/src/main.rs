@@ -40,7 +40,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of the out
 enum Command {
     /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSocket at
     /// /ws/counter/{name}, Prometheus metrics at /metrics.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a counter's value and metadata.
     Get {
         /// The counter.

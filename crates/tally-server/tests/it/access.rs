@@ -565,7 +565,7 @@ async fn a_socket_is_closed_at_expiry_and_a_fresh_token_in_band_keeps_it_with_no
         .expect("send fresh auth");
     let mut versions = Vec::new();
     let mut renewed = false;
-    while versions.len() < 1 || !renewed {
+    while versions.is_empty() || !renewed {
         match next_event(&mut refreshed).await {
             Event::Message(ServerMessage::Update(update)) => versions.push(update.version),
             Event::Message(ServerMessage::Authenticated(_)) => renewed = true,
