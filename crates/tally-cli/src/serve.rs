@@ -125,8 +125,9 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(
-        "tally {} listening on http://{address}, storing counters in {}",
+        "tally {} listening on {scheme}://{address}, storing counters in {}",
         env!("CARGO_PKG_VERSION"),
         args.database.display()
     );
@@ -149,7 +150,7 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 tally_server::config::TlsFiles { cert_path, key_path }
             }),
         };
-    tracing::info!("web page at http://{address}/");
+    tracing::info!("web page at {scheme}://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await
         .context("serving")?;

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - `accept`: the accept loop over hyper: connection limits, header deadline, HTTP shutdown.
+//! - [`tls`]: the `--tls-cert`/`--tls-key` PEM files loaded into a rustls acceptor.
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
 //! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
 //! - `ws`: one task per WebSocket: snapshot or resume, then live updates.
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod shutdown;
 mod static_files;
 pub mod store;
+pub mod tls;
 mod ws;
 
 use std::future::Future;
@@ -43,18 +45,27 @@ pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 /// pending commits; close the store.
 ///
 /// # Errors
-/// When the listener fails.
+/// When the TLS files of `config.tls` cannot be used (an `InvalidInput` error naming the file
+/// and what is wrong, before anything is served), or when the listener fails.
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn Store>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Loaded before anything is served, so that bad files stop the server at once.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::acceptor)
+        .transpose()
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
     let accept_config = accept::AcceptConfig {
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,
         header_timeout: config.header_timeout,
         grace: config.shutdown_grace,
+        tls,
     };
     let state = AppState::new(Arc::clone(&store), config);
     let token = state.shutdown.clone();

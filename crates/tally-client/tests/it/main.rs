@@ -1,0 +1,5 @@
+//! The client against a real server in the same process (one test binary, as STYLE §1 says).
+
+mod client;
+mod support;
+mod tls;
