@@ -11,7 +11,7 @@
 //! boxing or extra task.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+
+/// The client's address, in every request's extensions (anonymous principals are keyed by it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
 /// How the accept loop treats connections.
 pub(crate) struct AcceptConfig {
@@ -171,7 +175,13 @@ pub(crate) async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let io = Counted { stream, _admitted: admitted };
-        let service = TowerToHyperService::new(app.clone());
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ClientAddr(peer));
+                request
+            })
+            .service(app.clone());
+        let service = TowerToHyperService::new(service);
         let token = token.clone();
         match &config.tls {
             None => {

@@ -61,3 +61,17 @@ pub(crate) async fn next(watch: &mut Watch) -> WatchEvent {
         .expect("an event in time")
         .expect("stream open")
 }
+
+/// Whether the watch's stream ends (within [`PATIENCE`]) with no further event.
+pub(crate) trait EndsSoon {
+    async fn next_is_end(&mut self) -> bool;
+}
+
+impl EndsSoon for Watch {
+    async fn next_is_end(&mut self) -> bool {
+        tokio::time::timeout(PATIENCE, self.next())
+            .await
+            .expect("the stream ends in time")
+            .is_none()
+    }
+}
