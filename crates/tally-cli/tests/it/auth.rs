@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::cli::{command, run_err};
+use crate::cli::{Watcher, command, json_lines, run_err, run_ok};
+use crate::process::Tally;
 
 /// A 32-byte-plus secret in `dir/secret`, with a trailing newline as `echo` writes it.
 fn secret_file(dir: &Path) -> (std::path::PathBuf, &'static str) {
@@ -121,4 +122,130 @@ fn the_token_flag_is_never_echoed() {
     let help = command().env("TALLY_TOKEN", "tally_supersecretvalue").arg("--help").output();
     let help = String::from_utf8(help.expect("help").stdout).expect("UTF-8");
     assert!(help.contains("--token") && !help.contains("supersecret"), "{help}");
+}
+
+/// A token made by `tally token` with the secret in `secret`.
+fn make_token(secret: &Path, sub: &str, grants: &[&str]) -> String {
+    let mut args = vec!["--secret-file", secret.to_str().expect("UTF-8 path"), "--sub", sub];
+    for grant in grants {
+        args.extend(["--grant", grant]);
+    }
+    let output = token(&args);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned()
+}
+
+/// A `tally serve` that verifies tokens with the secret in `dir/secret`.
+fn start_with_secret(dir: &Path) -> (Tally, std::path::PathBuf, String) {
+    let (secret, _) = secret_file(dir);
+    let server = Tally::start(
+        &dir.join("tally.db"),
+        &["--jwt-secret-file", secret.to_str().expect("UTF-8 path")],
+    );
+    let url = format!("http://{}", server.addr);
+    (server, secret, url)
+}
+
+#[test]
+fn the_cli_sends_its_token_and_says_what_was_refused() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, secret, url) = start_with_secret(dir.path());
+    let writer = make_token(&secret, "alice", &["likes:*=read,increment"]);
+    let reader = make_token(&secret, "bob", &["likes:*=read"]);
+
+    let line = run_ok(&url, &["--token", &writer, "incr", "likes:1", "2"]);
+    assert!(line.starts_with("likes:1: 0 → 2"), "{line}");
+
+    let error = run_err(&url, &["--token", &reader, "incr", "likes:1"], 1);
+    assert!(error.contains("forbidden") && error.contains("likes:1"), "{error}");
+    assert!(error.contains("increment"), "names the missing action: {error}");
+    assert!(!error.contains(&reader), "{error}");
+
+    // TALLY_TOKEN stands in for the flag.
+    let output = command()
+        .env("TALLY_TOKEN", &reader)
+        .args(["--url", &url, "--json", "get", "likes:1"])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let got: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(got["value"], 2);
+
+    let error = run_err(&url, &["get", "likes:1"], 1);
+    assert!(error.contains("not authenticated") && error.contains("--token"), "{error}");
+    let error = run_err(&url, &["--token", "not-a-token", "get", "likes:1"], 1);
+    assert!(error.contains("unauthenticated"), "{error}");
+
+    // A watch with a token that may read: snapshot, then live updates.
+    let mut watch = Watcher::start(&url, &["likes:1", "--json", "--token", &reader], None);
+    let snapshot: Value = serde_json::from_str(&watch.line()).expect("snapshot");
+    assert_eq!(snapshot["value"], 2);
+    assert_eq!(snapshot["can"], serde_json::json!(["read"]));
+    run_ok(&url, &["--token", &writer, "incr", "likes:1"]);
+    let update: Value = serde_json::from_str(&watch.line()).expect("update");
+    assert_eq!(update["value"], 3);
+    let (status, _) = watch.interrupt();
+    assert!(status.success(), "{status}");
+
+    // A watch the token may not read ends at once with the refusal (exit 1).
+    let outsider = make_token(&secret, "eve", &["other=read"]);
+    let ran = crate::cli::run(&url, &["--token", &outsider, "watch", "likes:1"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let last = ran.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: forbidden") && last.contains("likes:1"), "{ran:?}");
+}
+
+#[test]
+fn keys_are_created_listed_and_revoked_from_the_cli() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_server, secret, url) = start_with_secret(dir.path());
+    let admin = make_token(&secret, "root", &["*=admin"]);
+
+    let created = crate::cli::run(
+        &url,
+        &["--token", &admin, "key", "create", "backend", "--grant", "likes:*=read,increment"],
+    );
+    assert_eq!(created.code, Some(0), "{created:?}");
+    let key = created.stdout.trim().to_owned();
+    assert!(key.starts_with("tally_") && created.stdout.lines().count() == 1, "{created:?}");
+    assert!(created.stderr.contains("shown only this once"), "{created:?}");
+
+    let json = run_ok(
+        &url,
+        &["--token", &admin, "--json", "key", "create", "reporting", "--grant", "*=read"],
+    );
+    let json = json_lines(&json);
+    assert!(json[0]["key"].as_str().is_some_and(|key| key.starts_with("tally_")), "{json:?}");
+    assert_eq!(json[0]["name"], "reporting");
+    assert_eq!(json[0]["grants"], serde_json::json!(["*=read"]));
+
+    let line = run_ok(&url, &["--token", &key, "incr", "likes:7"]);
+    assert!(line.starts_with("likes:7: 0 → 1"), "{line}");
+
+    let table = run_ok(&url, &["--token", &admin, "key", "list"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(rows[0].starts_with("NAME") && rows[1].starts_with("backend"), "{table}");
+    assert!(!table.contains("tally_"), "a listing never shows keys: {table}");
+    let listed = json_lines(&run_ok(&url, &["--token", &admin, "--json", "key", "list"]));
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|key| key.get("revokedAt").is_none()), "{listed:?}");
+
+    let line = run_ok(&url, &["--token", &admin, "key", "revoke", "backend"]);
+    assert!(line.starts_with("revoked key backend"), "{line}");
+    let error = run_err(&url, &["--token", &key, "incr", "likes:7"], 1);
+    assert!(error.contains("unauthenticated"), "a revoked key is refused at once: {error}");
+    let listed = json_lines(&run_ok(&url, &["--token", &admin, "--json", "key", "list"]));
+    assert!(listed[0]["revokedAt"].is_string(), "{listed:?}");
+
+    // Mistakes: a bad grant exits 2 before anything is sent; others are the server's (1).
+    let error = run_err(&url, &["--token", &admin, "key", "create", "x", "--grant", "x=fly"], 2);
+    assert!(error.contains("x=fly"), "{error}");
+    let error = run_err(&url, &["--token", &admin, "key", "revoke", "nobody"], 1);
+    assert!(error.contains("nobody"), "{error}");
+    let error = run_err(&url, &["--token", &key, "key", "list"], 1);
+    assert!(error.contains("unauthenticated"), "{error}");
+    let reader = make_token(&secret, "bob", &["likes:*=read"]);
+    let error = run_err(&url, &["--token", &reader, "key", "list"], 1);
+    assert!(error.contains("forbidden"), "{error}");
 }
