@@ -180,7 +180,7 @@ impl Access {
         parts.push(if anonymous.is_empty() {
             "anonymous may do nothing".into()
         } else {
-            format!("anonymous may {}", anonymous.join(" "))
+            format!("anonymous grants: {}", anonymous.join(" "))
         });
         if let Some(limiter) = &self.limiter {
             parts.push(format!("write rate {}", limiter.describe()));

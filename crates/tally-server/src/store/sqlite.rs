@@ -92,11 +92,15 @@ enum WriterMessage {
     Close {
         done: oneshot::Sender<()>,
     },
-    /// A rare write of its own (API keys), run in a transaction between two group commits.
+    /// A rare write of its own (API keys), run between two group commits; it answers its
+    /// caller itself.
     Run {
-        write: Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>,
+        write: OwnWrite,
     },
 }
+
+/// A write that is not a batch of counter operations.
+type OwnWrite = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -174,7 +178,6 @@ impl SqliteStore {
                 Ok(value)
             })();
             let _ = respond_to.send(result);
-            Ok(())
         });
         self.writer
             .send(WriterMessage::Run { write: run })
@@ -277,7 +280,7 @@ fn run_writer(
     metrics: &StoreMetrics,
 ) {
     let mut appends = Vec::new();
-    let mut runs: Vec<Box<dyn FnOnce(&Connection) -> Result<(), StoreError> + Send>> = Vec::new();
+    let mut runs: Vec<OwnWrite> = Vec::new();
     let mut closing = None;
     while closing.is_none() {
         // `None` means every sender is gone: nobody can append any more.
@@ -307,9 +310,8 @@ fn run_writer(
                 let _ = respond_to.send(result);
             }
         }
-        // Each answers its caller itself, from inside the closure.
         for write in runs.drain(..) {
-            let _ = write(&conn);
+            write(&conn);
         }
     }
     drop(conn);
