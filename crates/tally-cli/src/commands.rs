@@ -18,13 +18,15 @@ pub(crate) enum CliError {
     Output(std::io::Error),
     /// The reader of our output went away: not an error for a command line tool.
     BrokenPipe,
+    /// A flag's value cannot be used (exit 2, like clap's own refusals).
+    Usage(String),
 }
 
 impl CliError {
     pub(crate) fn exit_code(&self) -> u8 {
         match self {
             CliError::Client(ClientError::Connect { .. }) => 3,
-            CliError::Client(ClientError::InvalidUrl { .. }) => 2,
+            CliError::Client(ClientError::InvalidUrl { .. }) | CliError::Usage(_) => 2,
             CliError::Client(_) | CliError::Output(_) => 1,
             CliError::BrokenPipe => 0,
         }
@@ -38,6 +40,13 @@ impl fmt::Display for CliError {
                 write!(f, "{error}; is `tally serve` running there? (set --url or TALLY_URL)")
             }
             CliError::Client(ClientError::Rejected { message, .. }) => f.write_str(message),
+            CliError::Client(error @ ClientError::Unauthenticated { .. }) => {
+                write!(f, "{error}; give a valid token with --token or TALLY_TOKEN")
+            }
+            CliError::Client(ClientError::RateLimited { message, .. }) => {
+                write!(f, "rate limited: {message}")
+            }
+            CliError::Usage(message) => f.write_str(message),
             CliError::Client(error) => write!(f, "{error}"),
             CliError::Output(error) => write!(f, "cannot write the output: {error}"),
             CliError::BrokenPipe => f.write_str("output closed"),

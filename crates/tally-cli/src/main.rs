@@ -1,9 +1,12 @@
 //! The `tally` command: parses flags, then runs the server or talks to one.
 
 mod commands;
+mod keys;
 mod output;
 mod serve;
+mod token;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -28,6 +31,16 @@ struct Cli {
     /// Print JSON for scripts (one object per line) instead of text for people.
     #[arg(long, global = true)]
     json: bool,
+
+    /// The credential to send to the server: a JWT (see `tally token`) or an API key
+    /// (`tally_…`, see `tally key create`). Prefer TALLY_TOKEN: a flag's value shows in `ps`.
+    #[arg(long, global = true, env = "TALLY_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+
+    /// Also trust the CA certificate(s) in this PEM file, for an https:// server with a
+    /// self-signed or private certificate.
+    #[arg(long, global = true, env = "TALLY_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -86,6 +99,12 @@ enum Command {
         #[arg(long, value_name = "VERSION")]
         since: Option<u64>,
     },
+    /// Print a signed token (an HS256 JWT) for a server started with --jwt-secret-file, for
+    /// trying things out and for scripts.
+    Token(token::TokenArgs),
+    /// Create, list and revoke API keys (needs a token with the grant *=admin).
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
     /// Print a shell completion script (e.g. `tally completions bash > /etc/bash_completion.d/tally`).
     Completions {
         /// The shell.
@@ -118,7 +137,11 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "tally", &mut script);
             output::Printer::new(false).raw(&script)
         }
-        command => run_client_command(&cli.url, cli.json, command),
+        Command::Token(args) => token::run(&args, &mut output::Printer::new(cli.json)),
+        command => {
+            let options = ClientOptions { url: cli.url, token: cli.token, ca_cert: cli.ca_cert };
+            run_client_command(&options, cli.json, command)
+        }
     };
     match result {
         Ok(()) | Err(CliError::BrokenPipe) => ExitCode::SUCCESS,
@@ -129,9 +152,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// The global flags that say how to reach the server.
+struct ClientOptions {
+    url: String,
+    token: Option<String>,
+    ca_cert: Option<PathBuf>,
+}
+
+impl ClientOptions {
+    /// The client these flags describe.
+    fn client(&self) -> Result<tally_client::Client, CliError> {
+        let mut builder = tally_client::Client::builder(&self.url);
+        if let Some(token) = self.token.as_deref().map(str::trim).filter(|token| !token.is_empty())
+        {
+            builder = builder.token(token);
+        }
+        if let Some(path) = &self.ca_cert {
+            let pem = std::fs::read(path).map_err(|error| {
+                CliError::Usage(format!("cannot read --ca-cert {}: {error}", path.display()))
+            })?;
+            builder = builder.add_root_certificate_pem(pem);
+        }
+        builder.build().map_err(|error| match error {
+            tally_client::ClientError::InvalidCertificate { reason } => {
+                let path = self.ca_cert.as_deref().unwrap_or(std::path::Path::new("?"));
+                CliError::Usage(format!("--ca-cert {}: {reason}", path.display()))
+            }
+            error => CliError::Client(error),
+        })
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
-async fn run_client_command(url: &str, json: bool, command: Command) -> Result<(), CliError> {
-    let client = tally_client::Client::new(url).map_err(CliError::Client)?;
+async fn run_client_command(
+    options: &ClientOptions,
+    json: bool,
+    command: Command,
+) -> Result<(), CliError> {
+    let client = options.client()?;
     let mut out = output::Printer::new(json);
     match command {
         Command::Get { name } => commands::get(&client, &mut out, &name).await,
@@ -147,7 +205,10 @@ async fn run_client_command(url: &str, json: bool, command: Command) -> Result<(
         Command::Reset { name } => commands::apply(&mut out, client.reset(&name).await),
         Command::History(args) => commands::history(&client, &mut out, &args).await,
         Command::Watch { name, since } => commands::watch(&client, &mut out, &name, since).await,
-        Command::Serve(_) | Command::Completions { .. } => unreachable!("handled in main"),
+        Command::Key(command) => keys::run(&client, &mut out, command).await,
+        Command::Serve(_) | Command::Completions { .. } | Command::Token(_) => {
+            unreachable!("handled in main")
+        }
     }
 }
 

@@ -279,8 +279,9 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if open && !loopback && !args.insecure_open {
         return Err(UsageError(OPEN_REFUSED.into()).into());
     }
+    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
     tracing::info!(
-        "tally {} listening on http://{address}, storing counters in {}",
+        "tally {} listening on {scheme}://{address}, storing counters in {}",
         env!("CARGO_PKG_VERSION"),
         args.database.display()
     );
@@ -292,7 +293,7 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         tracing::info!("access {access}");
     }
     let config = config_from(args, auth, Some(embedded_web_page()?));
-    tracing::info!("web page at http://{address}/");
+    tracing::info!("web page at {scheme}://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await
         .context("serving")?;

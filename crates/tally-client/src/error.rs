@@ -1,4 +1,12 @@
 //! What can go wrong when talking to a Tally server.
+//!
+//! No variant ever holds a credential: tokens are kept apart (see `token.rs`) and never
+//! written into an error, its `Debug` output or a log.
+
+use std::time::Duration;
+
+/// What a [`TokenSource`](crate::TokenSource) may fail with: any error, boxed.
+pub type TokenSourceError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,8 +20,17 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The server could not be reached (not running, wrong address, network down, timeout).
-    /// The request may or may not have been applied if the connection broke mid-request.
+    /// A certificate given to trust (see
+    /// [`ClientBuilder::add_root_certificate_pem`](crate::ClientBuilder::add_root_certificate_pem))
+    /// cannot be used.
+    #[error("invalid CA certificate: {reason}")]
+    InvalidCertificate {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The server could not be reached (not running, wrong address, network down, timeout,
+    /// a TLS handshake that failed). The request may or may not have been applied if the
+    /// connection broke mid-request.
     #[error("cannot reach the Tally server at {url}: {reason}")]
     Connect {
         /// The URL tried.
@@ -21,7 +38,35 @@ pub enum ClientError {
         /// What the network layer said.
         reason: String,
     },
-    /// The server answered with an error: the request was refused and changed nothing.
+    /// The server did not accept the credentials: none were sent where some are needed, or
+    /// they are not valid (bad signature, revoked key, malformed), or the token expired and no
+    /// fresh one came from the token source. Nothing was changed. RPC: `401 unauthenticated` or
+    /// `401 token_expired`; watch: close 4501.
+    #[error("not authenticated: {message} ({code})")]
+    Unauthenticated {
+        /// `unauthenticated` or `token_expired`.
+        code: String,
+        /// The server's words (they never contain the credential).
+        message: String,
+    },
+    /// The credentials are valid, but their grants do not allow this action on this counter,
+    /// or the amount is over the grant's cap. Nothing was changed. RPC: `403 forbidden`;
+    /// watch: close 4503.
+    #[error("forbidden: {message}")]
+    Forbidden {
+        /// The server's words: the counter and the missing action, or the cap.
+        message: String,
+    },
+    /// The principal writes faster than the server allows (`429 rate_limited`). Nothing was
+    /// changed; the same request may succeed after `retry_after`.
+    #[error("rate limited: {message}")]
+    RateLimited {
+        /// The server's words.
+        message: String,
+        /// How long the server asks to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// The server answered with another error: the request was refused and changed nothing.
     #[error("{message} ({code})")]
     Rejected {
         /// The HTTP status.
@@ -33,6 +78,9 @@ pub enum ClientError {
         /// Whether the same request may succeed later.
         temporary: bool,
     },
+    /// The token source failed to give a credential; nothing was sent.
+    #[error("the token source failed: {0}")]
+    TokenSource(#[source] TokenSourceError),
     /// The request breaks a protocol rule, found before sending it (e.g. a bad counter name).
     #[error("{}", .0.message)]
     Invalid(tally_proto::ProtocolError),
@@ -50,7 +98,11 @@ impl ClientError {
     /// The protocol's error code, when the request was refused (by the server or before sending).
     pub fn code(&self) -> Option<&str> {
         match self {
-            ClientError::Rejected { code, .. } => Some(code),
+            ClientError::Rejected { code, .. } | ClientError::Unauthenticated { code, .. } => {
+                Some(code)
+            }
+            ClientError::Forbidden { .. } => Some("forbidden"),
+            ClientError::RateLimited { .. } => Some("rate_limited"),
             ClientError::Invalid(error) => Some(error.code.as_str()),
             _ => None,
         }
@@ -59,5 +111,11 @@ impl ClientError {
     /// Whether the server could not be reached at all.
     pub fn is_connect(&self) -> bool {
         matches!(self, ClientError::Connect { .. })
+    }
+
+    /// Whether the server refused for lack of valid credentials or grants (401 or 403, close
+    /// 4501 or 4503): sending the same request again with the same credentials will not help.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ClientError::Unauthenticated { .. } | ClientError::Forbidden { .. })
     }
 }

@@ -1,18 +1,30 @@
-//! A live watch of one counter that reconnects by itself and resumes with `since`.
+//! A live watch of one counter that reconnects by itself and resumes with `since`, and keeps
+//! its credentials fresh: a token about to expire is replaced over the open socket (an `auth`
+//! message), so the watch goes on with no gap.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::{Stream, StreamExt};
-use tally_proto::{ServerMessage, Snapshot, Update, close};
+use futures_util::{SinkExt, Stream, StreamExt};
+use tally_proto::{Authenticated, ClientMessage, ServerMessage, Snapshot, Update, close};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
 use crate::client::rejected;
 use crate::error::ClientError;
+use crate::token::{Credentials, Token};
+
+/// How long to wait before asking a failing token source again while the socket's token is
+/// still valid.
+const TOKEN_RETRY: Duration = Duration::from_secs(1);
 
 /// How a watch behaves.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +70,9 @@ pub enum WatchEvent {
     },
     /// One change, in version order, each exactly once across reconnects.
     Update(Update),
+    /// The server accepted a fresh token sent over the open socket; `can` is what the
+    /// principal may now do to the counter.
+    Authenticated(Authenticated),
     /// The connection ended; the watch reconnects after `retry_in`.
     Disconnected {
         /// Why, in words.
@@ -65,7 +80,9 @@ pub enum WatchEvent {
         /// How long until the next attempt.
         retry_in: Duration,
     },
-    /// The watch cannot go on (the server refused it); the stream ends after this.
+    /// The watch cannot go on; the stream ends after this. The server refused it: for example
+    /// [`ClientError::Unauthenticated`] (close 4501, or a refused upgrade),
+    /// [`ClientError::Forbidden`] (close 4503), or an invalid counter name.
     Failed(ClientError),
 }
 
@@ -76,7 +93,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub(crate) fn start(base: &str, name: &str, options: WatchOptions) -> Self {
+    pub(crate) fn start(
+        base: &str,
+        credentials: Option<Arc<Credentials>>,
+        tls: Arc<rustls::ClientConfig>,
+        name: &str,
+        options: WatchOptions,
+    ) -> Self {
         let (sender, events) = mpsc::channel(256);
         // Valid names need no escaping in a URL; an invalid one is refused here, as the server would.
         if let Err(error) = tally_proto::CounterName::parse(name) {
@@ -85,12 +108,18 @@ impl Watch {
             });
             return Self { events, task };
         }
-        let ws_base = format!("ws://{}", base.trim_start_matches("http://"));
+        let ws_base = match base.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => format!("ws://{}", base.trim_start_matches("http://")),
+        };
         let follower = Follower {
             url: format!("{ws_base}/ws/counter/{name}"),
             options,
             last_version: options.since,
             sender,
+            credentials,
+            tls,
+            expired: None,
         };
         Self { events, task: tokio::spawn(follower.run()) }
     }
@@ -114,6 +143,14 @@ impl Stream for Watch {
 enum Ended {
     /// Reconnect, for this reason.
     Retry(String),
+    /// The server closed with 4502: reconnect with a fresh token; at once if the connection
+    /// had worked (`worked`), else after the usual backoff.
+    Expired {
+        /// Why, in words.
+        reason: String,
+        /// Whether anything arrived on the connection before it closed.
+        worked: bool,
+    },
     /// Stop for good.
     Fail(ClientError),
     /// Nobody listens to the events any more.
@@ -127,7 +164,14 @@ struct Follower {
     /// The version of the last snapshot or update passed on; resumes start after it.
     last_version: Option<u64>,
     sender: mpsc::Sender<WatchEvent>,
+    /// Where tokens come from (shared with the client); `None` sends none.
+    credentials: Option<Arc<Credentials>>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The token the server closed a socket for with 4502: the next connection renews it.
+    expired: Option<Token>,
 }
+
+type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 impl Follower {
     async fn run(mut self) {
@@ -136,6 +180,15 @@ impl Follower {
             let connected_at = Instant::now();
             let reason = match self.connect_once().await {
                 Ended::Retry(reason) => reason,
+                Ended::Expired { reason, worked: true } => {
+                    let event = WatchEvent::Disconnected { reason, retry_in: Duration::ZERO };
+                    if self.sender.send(event).await.is_err() {
+                        return;
+                    }
+                    attempt = 0;
+                    continue;
+                }
+                Ended::Expired { reason, worked: false } => reason,
                 Ended::Fail(error) => {
                     let _ = self.sender.send(WatchEvent::Failed(error)).await;
                     return;
@@ -155,28 +208,103 @@ impl Follower {
     }
 
     async fn connect_once(&mut self) -> Ended {
+        let token = match (&self.credentials, self.expired.take()) {
+            (None, _) => None,
+            (Some(credentials), stale) => {
+                let fetched = match stale {
+                    Some(stale) => credentials.renew(&stale).await,
+                    None => credentials.get().await,
+                };
+                match fetched {
+                    Ok(token) => Some(token),
+                    Err(error) => return Ended::Retry(format!("cannot get a token: {error}")),
+                }
+            }
+        };
         let url = match self.last_version {
             Some(version) => format!("{}?since={version}", self.url),
             None => self.url.clone(),
         };
-        let mut socket = match tokio_tungstenite::connect_async(&url).await {
+        let mut request = match url.as_str().into_client_request() {
+            Ok(request) => request,
+            Err(error) => {
+                return Ended::Fail(ClientError::InvalidUrl { url, reason: error.to_string() });
+            }
+        };
+        if let Some(token) = &token {
+            match HeaderValue::from_str(&token.header_value()) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
+                Err(_) => {
+                    return Ended::Fail(ClientError::TokenSource(
+                        "the token is not a valid HTTP header value".into(),
+                    ));
+                }
+            }
+        }
+        let connector = Connector::Rustls(Arc::clone(&self.tls));
+        let connected =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+                .await;
+        let socket = match connected {
             Ok((socket, _)) => socket,
             Err(tungstenite::Error::Http(response)) if response.status().is_client_error() => {
                 let body = response.body().as_deref().unwrap_or_default();
-                return Ended::Fail(rejected(&url, response.status().as_u16(), body));
+                return Ended::Fail(rejected(&url, response.status().as_u16(), body, None));
             }
             Err(error) => return Ended::Retry(format!("cannot connect to {url}: {error}")),
         };
         if !self.emit(WatchEvent::Connected).await {
             return Ended::Abandoned;
         }
+        self.follow(socket, url, token).await
+    }
+
+    /// Reads one open socket until it ends, replacing its token in band before it expires.
+    async fn follow(&mut self, mut socket: Socket, url: String, token: Option<Token>) -> Ended {
+        let silence_timeout = self.options.silence_timeout;
+        let mut last_heard = tokio::time::Instant::now();
+        let mut worked = false;
+        // The token the server knows this socket by, and when to replace it.
+        let mut socket_token = token;
+        let mut refresh_at = socket_token.as_ref().and_then(Token::refresh_at).map(deadline);
         loop {
-            let silence_timeout = self.options.silence_timeout;
-            let Ok(next) = tokio::time::timeout(silence_timeout, socket.next()).await else {
-                return Ended::Retry(format!(
-                    "nothing heard for {silence_timeout:?}; reconnecting"
-                ));
+            let refresh = async {
+                match refresh_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
             };
+            let next = tokio::select! {
+                next = socket.next() => next,
+                () = tokio::time::sleep_until(last_heard + silence_timeout) => {
+                    return Ended::Retry(format!(
+                        "nothing heard for {silence_timeout:?}; reconnecting"
+                    ));
+                }
+                () = refresh => {
+                    refresh_at = None;
+                    let Some(credentials) = &self.credentials else { continue };
+                    match credentials.get().await {
+                        Ok(fresh) if socket_token.as_ref().is_none_or(|old| !fresh.same_as(old)) => {
+                            let auth = ClientMessage::Auth { token: fresh.secret().to_owned() };
+                            if let Err(error) = socket.send(Message::text(auth.to_json())).await {
+                                return Ended::Retry(format!("connection lost: {error}"));
+                            }
+                            refresh_at = fresh.refresh_at().map(deadline);
+                            socket_token = Some(fresh);
+                        }
+                        // Nothing fresher yet: the server closes with 4502 at expiry, and the
+                        // reconnect asks the source again.
+                        Ok(_) => {}
+                        Err(_) => refresh_at = Some(tokio::time::Instant::now() + TOKEN_RETRY),
+                    }
+                    continue;
+                }
+            };
+            last_heard = tokio::time::Instant::now();
             let message = match next {
                 Some(Ok(message)) => message,
                 Some(Err(error)) => return Ended::Retry(format!("connection lost: {error}")),
@@ -188,16 +316,12 @@ impl Follower {
                     let (code, reason) = frame.map_or((1005, String::new()), |frame| {
                         (u16::from(frame.code), frame.reason.to_string())
                     });
-                    let said = format!("server closed the connection with {code} {reason}");
-                    return if close::should_reconnect(code) {
-                        Ended::Retry(said)
-                    } else {
-                        Ended::Fail(ClientError::Protocol { url, reason: said })
-                    };
+                    return self.closed(code, reason, url, socket_token, worked);
                 }
                 // Pings are answered by tungstenite as we read; nothing else is expected.
                 _ => continue,
             };
+            worked = true;
             // Messages of types newer than this client are skipped.
             let Ok(message) = ServerMessage::from_json(&text) else { continue };
             let event = match message {
@@ -222,11 +346,12 @@ impl Follower {
                         WatchEvent::Update(update)
                     }
                 },
-                ServerMessage::Pong(_)
-                | ServerMessage::Error(_)
-                | ServerMessage::Authenticated(_) => {
-                    continue;
+                ServerMessage::Authenticated(authenticated) => {
+                    WatchEvent::Authenticated(authenticated)
                 }
+                // A refused fresh token leaves the socket on its current one until it expires
+                // (then 4502 and a reconnect with another fresh token).
+                ServerMessage::Pong(_) | ServerMessage::Error(_) => continue,
             };
             if !self.emit(event).await {
                 return Ended::Abandoned;
@@ -234,7 +359,41 @@ impl Follower {
         }
     }
 
+    /// What a close frame with `code` means for the watch (PROTOCOL §7 and §9.5).
+    fn closed(
+        &mut self,
+        code: u16,
+        reason: String,
+        url: String,
+        socket_token: Option<Token>,
+        worked: bool,
+    ) -> Ended {
+        let said = format!("server closed the connection with {code} {reason}");
+        let message = if reason.is_empty() { said.clone() } else { reason };
+        match code {
+            close::UNAUTHENTICATED => Ended::Fail(ClientError::Unauthenticated {
+                code: "unauthenticated".into(),
+                message,
+            }),
+            close::FORBIDDEN => Ended::Fail(ClientError::Forbidden { message }),
+            close::TOKEN_EXPIRED if socket_token.is_some() => {
+                self.expired = socket_token;
+                Ended::Expired { reason: said, worked }
+            }
+            close::TOKEN_EXPIRED => {
+                Ended::Fail(ClientError::Unauthenticated { code: "token_expired".into(), message })
+            }
+            code if close::should_reconnect(code) => Ended::Retry(said),
+            _ => Ended::Fail(ClientError::Protocol { url, reason: said }),
+        }
+    }
+
     async fn emit(&self, event: WatchEvent) -> bool {
         self.sender.send(event).await.is_ok()
     }
+}
+
+/// The monotonic instant of wall-clock time `at` (now if it has passed).
+fn deadline(at: SystemTime) -> tokio::time::Instant {
+    tokio::time::Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
 }

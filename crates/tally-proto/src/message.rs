@@ -266,6 +266,16 @@ pub enum ClientMessage {
 pub const CLIENT_MESSAGE_TYPES: &str = "ping, auth";
 
 impl ClientMessage {
+    /// The message as JSON text, as a client sends it.
+    pub fn to_json(&self) -> String {
+        match self {
+            ClientMessage::Ping => r#"{"type":"ping"}"#.to_owned(),
+            ClientMessage::Auth { token } => {
+                serde_json::json!({"type": "auth", "token": token}).to_string()
+            }
+        }
+    }
+
     /// Reads a client message.
     ///
     /// # Errors
@@ -403,6 +413,8 @@ mod tests {
     #[test]
     fn client_messages_are_checked() {
         assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        let auth = ClientMessage::Auth { token: "a.b.c".into() };
+        assert_eq!(ClientMessage::parse(&auth.to_json()), Ok(auth));
         assert_eq!(ClientMessage::parse("nope").unwrap_err().code, ErrorCode::BadJson);
         assert_eq!(ClientMessage::parse("[1]").unwrap_err().code, ErrorCode::InvalidField);
         let unknown = ClientMessage::parse(r#"{"type":"jump"}"#).unwrap_err();

@@ -5,6 +5,10 @@
 //! nor a hook to refuse connections. Every connection's socket carries a guard that releases
 //! its place in the limits when the socket is finally dropped, so a WebSocket (which outlives
 //! its HTTP connection after the upgrade) keeps counting until it closes.
+//!
+//! With TLS, each connection's handshake runs in its own task, bounded by the header timeout,
+//! inside the same limits; plain HTTP takes the same path as without TLS support, with no
+//! boxing or extra task.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +46,8 @@ pub(crate) struct AcceptConfig {
     pub(crate) max_connections_per_ip: usize,
     pub(crate) header_timeout: Duration,
     pub(crate) grace: Duration,
+    /// Serve TLS with this, or plain HTTP without.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 /// Open connections, in total and per client address.
@@ -173,30 +180,44 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let io = TokioIo::new(Counted { stream, _admitted: admitted });
+        let io = Counted { stream, _admitted: admitted };
         let service = tower::ServiceBuilder::new()
             .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ClientAddr(peer));
                 request
             })
             .service(app.clone());
-        let connection =
-            http.serve_connection(io, TowerToHyperService::new(service)).with_upgrades();
+        let service = TowerToHyperService::new(service);
         let token = token.clone();
-        connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = token.cancelled() => {
-                    // Finish the request in progress, answer it, then close.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+        match &config.tls {
+            None => {
+                let connection = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+                connections.spawn(drive(connection, token, peer));
             }
-        });
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(config.header_timeout, acceptor.accept(io));
+                let http = http.clone();
+                connections.spawn(async move {
+                    let stream = tokio::select! {
+                        handshake = handshake => match handshake {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        () = token.cancelled() => return,
+                    };
+                    let connection =
+                        http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                    drive(connection, token, peer).await;
+                });
+            }
+        }
     }
     drop(listener);
     // In-flight requests finish; a client that never finishes its request must not hold the
@@ -204,5 +225,31 @@ pub(crate) async fn serve(
     connections.close();
     if tokio::time::timeout(config.grace, connections.wait()).await.is_err() {
         tracing::warn!("some HTTP requests did not finish within the grace period");
+    }
+}
+
+/// Runs one HTTP connection (over TCP, or TLS over TCP) to its end; on `token`, finishes the
+/// request in progress, answers it, then closes.
+async fn drive<I, S, B>(
+    connection: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    token: CancellationToken,
+    peer: std::net::SocketAddr,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = token.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - `accept`: the accept loop over hyper: connection limits, header deadline, HTTP shutdown.
+//! - [`tls`]: the `--tls-cert`/`--tls-key` PEM files loaded into a rustls acceptor.
 //! - [`state`]: the shared parts every handler gets ([`AppState`]).
 //! - [`access`]: every request check (Host, origin, credentials, grants, write rate), called
 //!   by HTTP and WebSocket alike.
@@ -32,6 +33,7 @@ pub mod shutdown;
 pub mod state;
 mod static_files;
 pub mod store;
+pub mod tls;
 mod ws;
 
 use std::future::Future;
@@ -51,18 +53,28 @@ pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 /// pending commits; close the store.
 ///
 /// # Errors
-/// When the API keys cannot be read from the store, or the listener fails.
+/// When the TLS files of `config.tls` cannot be used (an `InvalidInput` error naming the file
+/// and what is wrong, before anything is served), when the API keys cannot be read from the
+/// store, or when the listener fails.
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn Store>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Loaded before anything is served, so that bad files stop the server at once.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(tls::acceptor)
+        .transpose()
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
     let accept_config = accept::AcceptConfig {
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip,
         header_timeout: config.header_timeout,
         grace: config.shutdown_grace,
+        tls,
     };
     let keys = store.keys().await.map_err(|error| {
         std::io::Error::other(format!("cannot read the API keys from storage: {error}"))

@@ -1,6 +1,7 @@
 //! End-to-end tests of the real `tally` binary: started as a process, stopped with signals or
 //! killed with SIGKILL, restarted on the same SQLite file.
 
+mod auth;
 mod cli;
 mod crash;
 mod durability;
@@ -9,3 +10,4 @@ mod page;
 mod process;
 mod serve;
 mod tidy;
+mod tls;

@@ -55,7 +55,11 @@ impl Tally {
                 .unwrap_or_else(|_| {
                     panic!("tally did not log its start line; status {:?}", child.try_wait())
                 });
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            let after_scheme = line
+                .split("listening on http://")
+                .nth(1)
+                .or_else(|| line.split("listening on https://").nth(1));
+            if let Some(rest) = after_scheme {
                 let addr = rest.split(',').next().expect("address");
                 assert!(line.contains("storing counters in"), "{line}");
                 break addr.parse().expect("socket address");

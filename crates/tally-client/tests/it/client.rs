@@ -1,55 +1,12 @@
 //! The client against a real server in the same process: typed calls, typed errors, and a watch
 //! that survives a server restart with no gap and no duplicate.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tally_client::{Backoff, Client, ClientError, OpKind, Watch, WatchEvent, WatchOptions};
-use tally_server::{Config, SqliteOptions, SqliteStore};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tally_client::{Backoff, Client, ClientError, OpKind, WatchEvent, WatchOptions};
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-struct Server {
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
-/// Runs a server on `addr` (port 0 for any) over the database in `dir`.
-async fn serve(dir: &std::path::Path, addr: SocketAddr) -> (Server, SocketAddr) {
-    let store = SqliteStore::open(&dir.join("tally.db"), SqliteOptions::default()).expect("store");
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let config = Config { shutdown_grace: Duration::from_secs(2), ..Config::default() };
-    let task = tokio::spawn(tally_server::run(listener, Arc::new(store), config, async move {
-        let _ = stopped.await;
-    }));
-    (Server { stop: Some(stop), task }, addr)
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(PATIENCE, self.task)
-            .await
-            .expect("stops")
-            .expect("task")
-            .expect("run");
-    }
-}
-
-async fn next(watch: &mut Watch) -> WatchEvent {
-    tokio::time::timeout(PATIENCE, watch.next())
-        .await
-        .expect("an event in time")
-        .expect("stream open")
-}
+use crate::support::{next, serve};
 
 #[tokio::test]
 async fn typed_calls_and_typed_errors() {
@@ -70,7 +27,7 @@ async fn typed_calls_and_typed_errors() {
     assert_eq!(page.next, Some(2));
 
     match client.increment("bad name", 1).await {
-        Err(ClientError::Rejected { status, code, message, temporary }) => {
+        Err(ClientError::Rejected { status, code, message, temporary, .. }) => {
             assert_eq!((status, code.as_str(), temporary), (400, "invalid_name", false));
             assert!(message.contains("A-Z a-z 0-9"), "{message}");
         }
@@ -87,14 +44,15 @@ async fn typed_calls_and_typed_errors() {
 }
 
 #[test]
-fn only_plain_http_base_urls_are_accepted() {
-    for url in ["https://example.com", "localhost:8094", "http://", "http://host/path"] {
+fn only_http_and_https_base_urls_are_accepted() {
+    for url in ["ftp://example.com", "localhost:8094", "http://", "https://", "http://host/path"] {
         assert!(matches!(Client::new(url), Err(ClientError::InvalidUrl { .. })), "{url}");
     }
     assert_eq!(
         Client::new("http://127.0.0.1:8094/").expect("ok").base_url(),
         "http://127.0.0.1:8094"
     );
+    assert_eq!(Client::new("https://example.com").expect("ok").base_url(), "https://example.com");
 }
 
 /// The watch reconnects by itself after a restart and resumes with `since`: the changes made
