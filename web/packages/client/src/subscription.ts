@@ -267,6 +267,8 @@ export class CounterSubscription {
     this.#clearRetry();
     this.#attempt = 0;
     this.#expiredToken = undefined;
+    // What the old credential allowed says nothing of the new one.
+    this.#setState({ can: null });
     this.#connect();
   };
 
@@ -393,6 +395,7 @@ export class CounterSubscription {
             }
             this.#token = fresh;
             this.#send(socket, { type: "auth", token: fresh });
+            this.#setState({ principal: inspectToken(fresh).principal });
             this.#scheduleRefresh(socket);
           },
           () => {},

@@ -385,9 +385,11 @@ describe("CounterSubscription credentials", () => {
     const likes = watch(client);
     await settle();
     FakeSocket.last.open();
-    FakeSocket.last.receive(snapshot("likes", 3, 3));
+    FakeSocket.last.receive({ ...snapshot("likes", 3, 3), can: ["admin"] });
     client.resetToken();
     expect(FakeSocket.instances[0]?.closedWith).toBe(1000);
+    // Nothing is known of what the new credential may do until the server says.
+    expect(likes.getState().can).toBeNull();
     await settle();
     expect(FakeSocket.instances).toHaveLength(2);
     expect(FakeSocket.last.url).toContain("since=3");
