@@ -40,7 +40,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of the out
 enum Command {
     /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSocket at
     /// /ws/counter/{name}, Prometheus metrics at /metrics.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Show a counter's value and metadata.
     Get {
         /// The counter.
@@ -100,6 +100,11 @@ fn main() -> ExitCode {
             init_logging();
             return match serve::serve(&args) {
                 Ok(()) => ExitCode::SUCCESS,
+                // A mistake in the flags or their files, as clap's own exit with 2.
+                Err(error) if error.is::<serve::UsageError>() => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(2)
+                }
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::FAILURE

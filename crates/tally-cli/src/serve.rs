@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tally_server::{Config, SqliteOptions, SqliteStore, StaticFile, WebPage};
+use tally_proto::Grant;
+use tally_server::access::{AuthConfig, JwtConfig};
+use tally_server::{Config, SqliteOptions, SqliteStore, StaticFile, Store, WebPage};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
@@ -89,7 +91,151 @@ pub(crate) struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "TALLY_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
     tls_key: Option<PathBuf>,
+
+    /// Accept JWTs signed with HS256/384/512 by the secret in this file (its content, trailing
+    /// whitespace trimmed; at least 32 bytes). TALLY_JWT_SECRET may hold the secret itself
+    /// instead (never as a flag value, which `ps` shows).
+    #[arg(long, env = "TALLY_JWT_SECRET_FILE", value_name = "PATH", help_heading = "Access")]
+    jwt_secret_file: Option<PathBuf>,
+
+    /// Accept JWTs signed by this PEM public key: RSA (RS*, PS*), EC (ES256, ES384) or Ed25519
+    /// (EdDSA). Repeat for several.
+    #[arg(
+        long,
+        env = "TALLY_JWT_PUBLIC_KEY",
+        value_delimiter = ',',
+        value_name = "PEM",
+        help_heading = "Access"
+    )]
+    jwt_public_key: Vec<PathBuf>,
+
+    /// Accept JWTs signed by the keys of this JWKS file ({"keys": [...]}), chosen by `kid`.
+    #[arg(long, env = "TALLY_JWT_JWKS", value_name = "PATH", help_heading = "Access")]
+    jwt_jwks: Option<PathBuf>,
+
+    /// Require this `aud` in every JWT (repeat to accept several).
+    #[arg(
+        long,
+        env = "TALLY_JWT_AUDIENCE",
+        value_delimiter = ',',
+        value_name = "AUD",
+        help_heading = "Access"
+    )]
+    jwt_audience: Vec<String>,
+
+    /// Require this `iss` in every JWT (repeat to accept several).
+    #[arg(
+        long,
+        env = "TALLY_JWT_ISSUER",
+        value_delimiter = ',',
+        value_name = "ISS",
+        help_heading = "Access"
+    )]
+    jwt_issuer: Vec<String>,
+
+    /// Clock skew allowed on a JWT's exp, nbf and iat.
+    #[arg(long, env = "TALLY_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Access")]
+    jwt_leeway: Duration,
+
+    /// What requests without credentials may do, as grants: PATTERN=ACTION[<=CAP],... e.g.
+    /// 'public:*=read' (repeat for several). Giving it turns auth on.
+    #[arg(long, env = "TALLY_ANONYMOUS", value_delimiter = ';', value_name = "GRANT", value_parser = parse_grant, help_heading = "Access")]
+    anonymous: Option<Vec<Grant>>,
+
+    /// A host name this server answers to besides localhost and IP addresses (what clients put
+    /// in the URL; repeat for several). Other Host headers are refused (DNS rebinding).
+    #[arg(
+        long = "public-host",
+        env = "TALLY_PUBLIC_HOSTS",
+        value_delimiter = ',',
+        value_name = "NAME",
+        help_heading = "Access"
+    )]
+    public_hosts: Vec<String>,
+
+    /// Serve everyone everything on a non-loopback address with no auth configured. Without
+    /// this the server refuses to start there.
+    #[arg(long, env = "TALLY_INSECURE_OPEN", help_heading = "Access")]
+    insecure_open: bool,
+
+    /// Writes per second each principal may make (anonymous ones per address, IPv6 per /64);
+    /// 0 for no limit. Past it: 429 with Retry-After.
+    #[arg(
+        long,
+        env = "TALLY_WRITE_RATE",
+        default_value_t = 0,
+        value_name = "N",
+        help_heading = "Access"
+    )]
+    write_rate: u32,
+
+    /// Writes a principal may make at once before --write-rate applies (at least the rate).
+    #[arg(
+        long,
+        env = "TALLY_WRITE_BURST",
+        default_value_t = 0,
+        value_name = "N",
+        help_heading = "Access"
+    )]
+    write_burst: u32,
+
+    /// How long a WebSocket without credentials, on a counter anonymous may not read, may take
+    /// to send its auth message (then 4501).
+    #[arg(long, env = "TALLY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Access")]
+    auth_timeout: Duration,
 }
+
+fn parse_grant(text: &str) -> Result<Grant, String> {
+    Grant::parse(text).map_err(|error| error.message)
+}
+
+/// A mistake in the command line or its files: `tally serve` exits 2 with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct UsageError(pub(crate) String);
+
+/// The access settings from the flags, their files read.
+fn auth_config(args: &ServeArgs) -> Result<AuthConfig, UsageError> {
+    let mut jwt = JwtConfig::default();
+    jwt.audience.clone_from(&args.jwt_audience);
+    jwt.issuer.clone_from(&args.jwt_issuer);
+    jwt.leeway = args.jwt_leeway;
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).map_err(|error| {
+            UsageError(format!("cannot read the {what} {}: {error}", path.display()))
+        })
+    };
+    let secret = match (&args.jwt_secret_file, std::env::var_os("TALLY_JWT_SECRET")) {
+        (Some(path), _) => Some(read(path, "JWT secret file")?),
+        (None, Some(secret)) => Some(secret.into_encoded_bytes()),
+        (None, None) => None,
+    };
+    if let Some(secret) = secret {
+        let trimmed = secret.trim_ascii_end();
+        jwt.add_secret(trimmed).map_err(|error| UsageError(error.to_string()))?;
+    }
+    for path in &args.jwt_public_key {
+        jwt.add_public_pem(&read(path, "JWT public key")?)
+            .map_err(|error| UsageError(format!("{}: {error}", path.display())))?;
+    }
+    if let Some(path) = &args.jwt_jwks {
+        let text = String::from_utf8(read(path, "JWKS file")?).map_err(|_| {
+            UsageError(format!("{}: a JWKS file must be UTF-8 JSON", path.display()))
+        })?;
+        jwt.add_jwks(&text).map_err(|error| UsageError(format!("{}: {error}", path.display())))?;
+    }
+    Ok(AuthConfig {
+        jwt,
+        anonymous: args.anonymous.clone(),
+        public_hosts: args.public_hosts.clone(),
+        write_rate: args.write_rate,
+        write_burst: args.write_burst,
+        auth_timeout: args.auth_timeout,
+    })
+}
+
+/// Protected mode: open (no auth configured) is allowed only on loopback, or on purpose.
+const OPEN_REFUSED: &str = "refusing to serve without auth on a non-loopback address: anyone who reaches it could change or reset every counter. Configure tokens (--jwt-secret-file PATH, --jwt-public-key PEM or --jwt-jwks FILE; see docs/SECURITY.md), or grant anonymous clients only what they need (--anonymous 'public:*=read'), or pass --insecure-open to serve everyone everything on purpose";
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match humantime::parse_duration(text) {
@@ -119,17 +265,32 @@ fn embedded_web_page() -> anyhow::Result<WebPage> {
 
 #[tokio::main]
 pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let auth = auth_config(args)?;
     let store =
         SqliteStore::open(&args.database, SqliteOptions { history_limit: args.history_limit })?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr().context("reading the bound address")?;
+    // The same decision the server will make, from the same keys: is it open?
+    let keys = store.keys().await.context("reading the API keys")?;
+    let (open, access) = tally_server::access::summarize(&auth, &keys);
+    let loopback = address.ip().is_loopback();
+    if open && !loopback && !args.insecure_open {
+        return Err(UsageError(OPEN_REFUSED.into()).into());
+    }
     tracing::info!(
         "tally {} listening on http://{address}, storing counters in {}",
         env!("CARGO_PKG_VERSION"),
         args.database.display()
     );
+    if open && loopback {
+        tracing::info!("access {access}, which is allowed because it listens on loopback only");
+    } else if open {
+        tracing::warn!("access {access}, on a non-loopback address (--insecure-open)");
+    } else {
+        tracing::info!("access {access}");
+    }
     let config =
         Config {
             idle_timeout: args.idle_timeout,
@@ -148,6 +309,7 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
             tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert_path, key_path)| {
                 tally_server::config::TlsFiles { cert_path, key_path }
             }),
+            auth,
         };
     tracing::info!("web page at http://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())

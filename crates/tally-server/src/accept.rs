@@ -7,7 +7,7 @@
 //! its HTTP connection after the upgrade) keeps counting until it closes.
 
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+
+/// The client's address, in every request's extensions (anonymous principals are keyed by it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
 /// How the accept loop treats connections.
 pub(crate) struct AcceptConfig {
@@ -164,8 +168,14 @@ pub(crate) async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let io = TokioIo::new(Counted { stream, _admitted: admitted });
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ClientAddr(peer));
+                request
+            })
+            .service(app.clone());
         let connection =
-            http.serve_connection(io, TowerToHyperService::new(app.clone())).with_upgrades();
+            http.serve_connection(io, TowerToHyperService::new(service)).with_upgrades();
         let token = token.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);

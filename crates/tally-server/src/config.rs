@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::access::AuthConfig;
 use crate::static_files::WebPage;
 
 /// How the server treats counters and sockets. `Default` gives the documented defaults.
@@ -42,6 +43,8 @@ pub struct Config {
     pub web_page: Option<WebPage>,
     /// Serve HTTPS and WSS with this certificate chain and key instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Who may do what (tokens, keys, anonymous grants, hosts, write rate).
+    pub auth: AuthConfig,
 }
 
 /// The PEM files of a TLS server certificate.
@@ -70,6 +73,7 @@ impl Default for Config {
             max_messages_per_second: 50,
             web_page: None,
             tls: None,
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -10,13 +10,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
-use tally_proto::{CounterName, ErrorCode, Metadata, Op, ProtocolError, Snapshot, Update};
+use tally_proto::{Action, CounterName, ErrorCode, Metadata, Op, ProtocolError, Snapshot};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::clock;
-use crate::registry::Registry;
+use crate::config::Config;
+use crate::framing::Published;
+use crate::metrics::Metrics;
 use crate::store::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
 
 /// How many commands may wait in one counter's inbox before callers wait too.
@@ -28,49 +29,6 @@ const MAX_IN_FLIGHT: usize = 4;
 /// How many operations may wait for the next batch; past this the actor stops taking commands
 /// from its inbox until the commit in flight is done, so the inbox pushes back on callers.
 const MAX_PENDING: usize = 4096;
-
-/// An update as sent: its version, and its JSON, serialized once and shared by every watcher
-/// and the writer's HTTP answer.
-#[derive(Debug, Clone)]
-pub struct Published {
-    /// The counter's version after the update.
-    pub version: u64,
-    /// The update's JSON text.
-    pub json: Utf8Bytes,
-}
-
-impl Published {
-    /// Serializes the update that `entry` made to counter `name` (storage id `id`, created at
-    /// `created_at`, already formatted: callers format it once per batch or replay, not per
-    /// update). Live broadcasts and replays from history both come through here, so a
-    /// replayed update is byte for byte the one first broadcast.
-    pub(crate) fn new(
-        name: &CounterName,
-        id: i64,
-        created_at: &str,
-        entry: &HistoryRecord,
-    ) -> Self {
-        let timestamp = clock::format_ms(entry.at_ms);
-        let update = Update {
-            kind: entry.kind,
-            value: entry.value,
-            previous_value: entry.previous_value,
-            version: entry.version,
-            metadata: Metadata {
-                id: Some(id),
-                name: name.to_string(),
-                value: entry.value,
-                created_at: Some(created_at.to_owned()),
-                updated_at: Some(timestamp.clone()),
-                operation_count: entry.version,
-            },
-            timestamp,
-            by: None,
-        };
-        let json = tally_proto::ServerMessage::Update(update).to_json();
-        Self { version: entry.version, json: Utf8Bytes::from(json) }
-    }
-}
 
 /// A counter's committed state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,15 +68,15 @@ impl CounterState {
         }
     }
 
-    /// A snapshot of this state, taken now.
-    pub fn snapshot(&self, name: &CounterName, resync: bool) -> Snapshot {
+    /// A snapshot of this state, taken now, for a principal who `can` do these actions.
+    pub fn snapshot(&self, name: &CounterName, resync: bool, can: Vec<Action>) -> Snapshot {
         Snapshot {
             value: self.value,
             version: self.version,
             metadata: self.metadata(name),
             timestamp: clock::format_ms(clock::now_ms()),
             resync,
-            can: tally_proto::Action::ALL.to_vec(),
+            can,
         }
     }
 }
@@ -168,8 +126,8 @@ type Reply<T> = oneshot::Sender<Result<T, ApplyError>>;
 
 /// What a counter's actor can be asked.
 enum Command {
-    /// Apply an operation; answered once it is committed.
-    Apply { op: Op, received: Instant, respond_to: Reply<Published> },
+    /// Apply an operation on behalf of `by`; answered once it is committed.
+    Apply { op: Op, by: Arc<str>, received: Instant, respond_to: Reply<Published> },
     /// The committed state.
     Read { respond_to: Reply<CounterState> },
     /// The committed state and a subscription to later updates, in one step, so that no update
@@ -205,10 +163,11 @@ impl CounterHandle {
         answer.await.map_err(|_| ApplyError::ShuttingDown)?
     }
 
-    /// Applies `op`; answers with the update once it is durable and broadcast.
-    pub(crate) async fn apply(&self, op: Op) -> Result<Published, ApplyError> {
+    /// Applies `op` on behalf of `by`; answers with the update once it is durable and
+    /// broadcast.
+    pub(crate) async fn apply(&self, op: Op, by: Arc<str>) -> Result<Published, ApplyError> {
         let received = Instant::now();
-        self.ask(|respond_to| Command::Apply { op, received, respond_to }).await
+        self.ask(|respond_to| Command::Apply { op, by, received, respond_to }).await
     }
 
     /// The committed state.
@@ -227,6 +186,7 @@ impl CounterHandle {
 /// An operation waiting for its batch.
 struct PendingOp {
     op: Op,
+    by: Arc<str>,
     received: Instant,
     respond_to: Reply<Published>,
 }
@@ -234,6 +194,27 @@ struct PendingOp {
 /// The batch being committed: each entry with the caller waiting for it.
 struct InFlight {
     entries: Vec<(HistoryRecord, PendingOp)>,
+}
+
+/// What an actor needs from the registry that started it: where it is registered and where
+/// its broadcast channel lives. A trait, so that this module does not depend on the registry
+/// (which depends on it).
+pub(crate) trait Home: Send + Sync + 'static {
+    /// Unregisters actor `generation` of `name` as it stops.
+    fn retire(&self, name: &CounterName, generation: u64);
+    /// `name`'s broadcast channel, created on first use.
+    fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>>;
+}
+
+/// What every actor shares.
+#[derive(Clone)]
+pub(crate) struct ActorContext {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) home: Arc<dyn Home>,
+    /// Every actor task, so shutdown can wait for them to finish their last commits.
+    pub(crate) tracker: tokio_util::task::TaskTracker,
 }
 
 /// Owns one counter's state. Only this actor changes it.
@@ -244,7 +225,7 @@ struct CounterActor {
     /// The committed state: what is on disk.
     state: CounterState,
     store: Arc<dyn Store>,
-    registry: Registry,
+    context: ActorContext,
     /// The counter's broadcast channel, taken from the registry on the first watch; it outlives
     /// the actor while watchers hold receivers, so watchers survive hibernation.
     topic: Option<broadcast::Sender<Arc<Published>>>,
@@ -257,33 +238,33 @@ struct CounterActor {
     reload: bool,
 }
 
-/// Starts the actor of `name` on the registry's task tracker and returns its handle.
+/// Starts the actor of `name` on the context's task tracker and returns its handle.
 pub(crate) fn spawn(
     name: CounterName,
     generation: u64,
     topic: Option<broadcast::Sender<Arc<Published>>>,
-    registry: &Registry,
+    context: &ActorContext,
 ) -> CounterHandle {
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let actor = CounterActor {
         name,
         generation,
         state: CounterState::default(),
-        store: registry.store(),
-        registry: registry.clone(),
+        store: Arc::clone(&context.store),
+        context: context.clone(),
         topic,
         pending: Vec::new(),
         tip: (0, 0),
         reload: true,
     };
-    registry.tracker().spawn(run(actor, inbox_rx));
+    context.tracker.spawn(run(actor, inbox_rx));
     CounterHandle { inbox: inbox_tx }
 }
 
 async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
-    let metrics = actor.registry.metrics();
+    let metrics = Arc::clone(&actor.context.metrics);
     metrics.counters_in_memory.inc();
-    let idle_timeout = actor.registry.config().idle_timeout;
+    let idle_timeout = actor.context.config.idle_timeout;
     // Batches queued in the store, oldest first; they complete in this order.
     let mut in_flight: VecDeque<(InFlight, Committing)> = VecDeque::new();
     let mut idle_deadline = deadline_after(idle_timeout);
@@ -298,7 +279,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 tracing::error!(counter = %actor.name, %error, "cannot load counter");
                 // Nothing can be answered without the state: leave, so that the next request
                 // starts a fresh actor that tries again.
-                actor.registry.retire(&actor.name, actor.generation);
+                actor.context.home.retire(&actor.name, actor.generation);
                 inbox.close();
                 let reason = error.reason();
                 let failed = || ApplyError::store_failed(&reason);
@@ -341,7 +322,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 }
             }
             () = sleep_until(idle_deadline), if idle && !handles_gone => {
-                actor.registry.retire(&actor.name, actor.generation);
+                actor.context.home.retire(&actor.name, actor.generation);
                 actor.topic = None;
                 // Commands sent before the retirement are refused as `Retired` (not applied), so
                 // their callers go to the next actor; this one never writes again.
@@ -379,14 +360,14 @@ impl CounterActor {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Apply { op, received, respond_to } => {
-                self.pending.push(PendingOp { op, received, respond_to })
+            Command::Apply { op, by, received, respond_to } => {
+                self.pending.push(PendingOp { op, by, received, respond_to })
             }
             Command::Read { respond_to } => {
                 let _ = respond_to.send(Ok(self.state));
             }
             Command::Watch { respond_to } => {
-                let topic = self.topic.get_or_insert_with(|| self.registry.topic(&self.name));
+                let topic = self.topic.get_or_insert_with(|| self.context.home.topic(&self.name));
                 let _ = respond_to.send(Ok((self.state, topic.subscribe())));
             }
         }
@@ -411,6 +392,7 @@ impl CounterActor {
                         previous_value: value,
                         value: next,
                         at_ms,
+                        by: Some(Arc::clone(&pending.by)),
                     };
                     value = next;
                     entries.push((entry, pending));
@@ -426,7 +408,7 @@ impl CounterActor {
         let batch = AppendBatch {
             name: self.name.clone(),
             expected_version: base_version,
-            entries: entries.iter().map(|(entry, _)| *entry).collect(),
+            entries: entries.iter().map(|(entry, _)| entry.clone()).collect(),
         };
         match self.store.append(batch).await {
             Ok(committing) => {
@@ -460,7 +442,7 @@ impl CounterActor {
                 return;
             }
         };
-        let metrics = self.registry.metrics();
+        let metrics = &self.context.metrics;
         metrics.batch_operations.observe(batch.entries.len() as f64);
         // `start_batch` never starts an empty batch, and all its entries share one timestamp.
         let created_at =

@@ -1,88 +1,31 @@
 //! The HTTP side: the router, the RPC handlers, `/metrics` and `/healthz` (and the web page's
 //! files, from `static_files`, when one is configured).
 
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
+use tally_proto::keys::{CreatedKey, KeyInfo, KeyList};
 use tally_proto::limits::{HISTORY_PAGE_MAX, MAX_REQUEST_BODY_BYTES};
 use tally_proto::{
-    CounterName, Entry, ErrorBody, ErrorCode, HistoryPage, Procedure, ProtocolError, Request,
+    Action, CounterName, Entry, ErrorCode, HistoryPage, Procedure, ProtocolError, Request,
     ValueAnswer,
 };
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::accept::ClientAddr;
+use crate::access::{Principal, new_key};
 use crate::clock;
-use crate::config::Config;
 use crate::counter::ApplyError;
-use crate::metrics::Metrics;
-use crate::registry::Registry;
-use crate::store::{HistoryRecord, Store};
+use crate::state::AppState;
+use crate::store::{HistoryRecord, KeyRecord, StoreError};
 use crate::{static_files, ws};
-
-/// What every handler shares: one pointer, because axum clones the state for every request
-/// (cloning six shared fields meant six atomic increments and decrements per request, on cache
-/// lines both cores write).
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The server's shared parts, behind [`AppState`].
-pub struct Shared {
-    /// The counters.
-    pub(crate) registry: Registry,
-    /// Storage, for history reads that need no actor.
-    pub(crate) store: Arc<dyn Store>,
-    /// What the server counts.
-    pub(crate) metrics: Arc<Metrics>,
-    /// Settings.
-    pub(crate) config: Arc<Config>,
-    /// Cancelled when the server starts shutting down; every socket watches it.
-    pub(crate) shutdown: CancellationToken,
-    /// Every WebSocket task, so shutdown can wait for them (they outlive their HTTP connection).
-    pub(crate) sockets: TaskTracker,
-}
-
-impl AppState {
-    /// State for a server over `store`.
-    pub fn new(store: Arc<dyn Store>, config: Config) -> Self {
-        let metrics = Arc::new(Metrics::with_store(store.as_ref()));
-        let registry = Registry::new(Arc::clone(&store), Arc::clone(&metrics), config.clone());
-        Self(Arc::new(Shared {
-            registry,
-            store,
-            metrics,
-            config: Arc::new(config),
-            shutdown: CancellationToken::new(),
-            sockets: TaskTracker::new(),
-        }))
-    }
-
-    /// Answers `error`, counting it; server faults are logged, client faults are not.
-    pub(crate) fn error_response(&self, error: &ProtocolError) -> Response {
-        self.metrics.error(error.code);
-        if !error.code.is_client_fault() {
-            tracing::warn!(code = %error.code, message = %error.message, "request failed");
-        }
-        let status = StatusCode::from_u16(error.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, json_body(&ErrorBody::from(error))).into_response()
-    }
-}
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -95,9 +38,39 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi));
     // The page's paths are not routes: the fallback looks each request path up in its table
     // (when there is a page), so routes above always win and other paths get a plain 404.
-    let router = router.fallback(static_files::serve);
+    let router = router.fallback(page);
     // No `DefaultBodyLimit`: no handler uses a body extractor; `read_body` enforces the limit.
-    router.layer(cors).with_state(state)
+    // The Host check wraps everything, CORS answers included, and runs before any body is read.
+    router
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .with_state(state)
+}
+
+/// Refuses, before anything else, a request whose `Host` this server does not answer to.
+async fn check_host(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    match state.access.check_host(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(error) => state.error_response(&error),
+    }
+}
+
+async fn page(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    static_files::serve(
+        state.config.web_page.as_ref(),
+        request.method(),
+        request.uri(),
+        request.headers(),
+    )
+}
+
+/// The client's address, as the accept loop saw it.
+pub(crate) fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientAddr>().map(|ClientAddr(address)| address.ip())
 }
 
 /// A JSON answer from any serializable value.
@@ -119,43 +92,111 @@ async fn rpc(
     // The request taken whole, not through a `HeaderMap` extractor, which would copy every
     // header of every request.
     let (parts, body) = request.into_parts();
-    match answer_rpc(&state, &procedure, &parts.headers, body).await {
+    let peer = peer_ip(&parts.extensions);
+    match answer_rpc(&state, &procedure, &parts.headers, peer, body).await {
         Ok(response) => response,
         Err(error) => state.error_response(&error),
     }
 }
 
+/// One RPC, checked in the order PROTOCOL.md §9.4 gives: the request's form, then who sends
+/// it, then what it asks, then whether that principal may.
 async fn answer_rpc(
     state: &AppState,
     procedure: &str,
     headers: &HeaderMap,
+    peer: Option<IpAddr>,
     body: axum::body::Body,
 ) -> Result<Response, ProtocolError> {
     let body = read_body(state, body).await?;
-    check_origin(headers, &state.config.allowed_origins)?;
+    let access = &state.access;
+    access.check_origin(headers)?;
     let procedure = Procedure::from_path(procedure)?;
     check_json_content_type(headers)?;
+    let principal = access.authenticate(headers, peer)?;
     let to_protocol = |error: ApplyError| error.to_protocol();
+    let action = procedure.action();
     Ok(match Request::parse(procedure, &body)? {
         Request::Apply { name, op } => {
-            let published = state.registry.apply(&name, op).await.map_err(to_protocol)?;
-            json_bytes(Bytes::from(published.json))
+            let permissions = access.authorize(&principal, &name, action, Some(op))?;
+            access.check_write_rate(&principal)?;
+            let published =
+                state.registry.apply(&name, op, &principal.id).await.map_err(to_protocol)?;
+            json_bytes(Bytes::from(published.json_for(permissions.allows(Action::Admin))))
         }
         Request::GetValue { name } => {
+            access.authorize(&principal, &name, action, None)?;
             let counter = state.registry.read(&name).await.map_err(to_protocol)?;
             json_body(&ValueAnswer { value: counter.value, version: counter.version })
         }
         Request::GetMetadata { name } => {
+            access.authorize(&principal, &name, action, None)?;
             let counter = state.registry.read(&name).await.map_err(to_protocol)?;
             json_body(&counter.metadata(&name))
         }
         Request::GetHistory { name, limit, before } => {
-            json_body(&history_page(state, &name, limit, before).await?)
+            let permissions = access.authorize(&principal, &name, action, None)?;
+            let admin = permissions.allows(Action::Admin);
+            json_body(&history_page(state, &name, limit, before, admin).await?)
         }
-        Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
-            return Err(ProtocolError::new(ErrorCode::Unavailable, "API keys are not built yet"));
+        Request::KeyCreate { name, grants } => {
+            access.authorize_admin(&principal)?;
+            let (key, record) = new_key(&name, &grants, clock::now_ms())?;
+            state.store.create_key(record.clone()).await.map_err(key_store_error)?;
+            access.keys.insert(&record);
+            access.turn_auth_on();
+            tracing::info!(key = %name, by = %principal.id, "API key created");
+            json_body(&CreatedKey { key, info: key_info(&record) })
+        }
+        Request::KeyList => {
+            access.authorize_admin(&principal)?;
+            let records = state.store.keys().await.map_err(key_store_error)?;
+            json_body(&KeyList { keys: records.iter().map(key_info).collect() })
+        }
+        Request::KeyRevoke { name } => {
+            access.authorize_admin(&principal)?;
+            let revoked =
+                state.store.revoke_key(&name, clock::now_ms()).await.map_err(key_store_error)?;
+            let Some(record) = revoked else {
+                return Err(ProtocolError::new(
+                    ErrorCode::UnknownKey,
+                    format!("there is no API key named {name:?}; key.list lists them"),
+                ));
+            };
+            access.keys.revoke(&record.id);
+            tracing::info!(key = %name, by = %principal.id, "API key revoked");
+            json_body(&key_info(&record))
         }
     })
+}
+
+fn key_info(record: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        name: record.name.clone(),
+        grants: record.grants.clone(),
+        created_at: clock::format_ms(record.created_at_ms),
+        revoked_at: record.revoked_at_ms.map(clock::format_ms),
+    }
+}
+
+fn key_store_error(error: StoreError) -> ProtocolError {
+    match error {
+        StoreError::KeyExists(name) => ProtocolError::new(
+            ErrorCode::KeyExists,
+            format!(
+                "an API key named {name:?} exists already (names of revoked keys stay taken); choose another name"
+            ),
+        ),
+        other => ApplyError::Store(other).to_protocol(),
+    }
+}
+
+/// Who a request acts as, for handlers outside the RPC path (metrics).
+fn principal_of(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+) -> Result<Principal, ProtocolError> {
+    state.access.authenticate(&parts.headers, peer_ip(&parts.extensions))
 }
 
 /// Reads one page of history straight from storage: only committed operations are there, and
@@ -165,6 +206,7 @@ async fn history_page(
     name: &CounterName,
     limit: u32,
     before: Option<u64>,
+    admin: bool,
 ) -> Result<HistoryPage, ProtocolError> {
     debug_assert!(limit <= HISTORY_PAGE_MAX);
     // One more than asked tells whether older entries remain.
@@ -176,10 +218,11 @@ async fn history_page(
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
     let next = if more { records.last().map(|record| record.version) } else { None };
-    Ok(HistoryPage { entries: records.iter().map(entry).collect(), next })
+    Ok(HistoryPage { entries: records.iter().map(|record| entry(record, admin)).collect(), next })
 }
 
-fn entry(record: &HistoryRecord) -> Entry {
+/// A history entry as answered: with `by` only for principals with `admin` on the counter.
+fn entry(record: &HistoryRecord, admin: bool) -> Entry {
     Entry {
         version: record.version,
         kind: record.kind,
@@ -187,7 +230,7 @@ fn entry(record: &HistoryRecord) -> Entry {
         previous_value: record.previous_value,
         value: record.value,
         timestamp: clock::format_ms(record.at_ms),
-        by: None,
+        by: if admin { record.by.as_deref().map(str::to_owned) } else { None },
     }
 }
 
@@ -253,35 +296,7 @@ fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE])
-}
-
-/// Refuses a browser request from a web origin other than the server's own and the allowed
-/// ones. Browsers send `Origin` on every cross-origin request and on every WebSocket upgrade;
-/// programs usually send none, and are not refused for that.
-pub(crate) fn check_origin(
-    headers: &HeaderMap,
-    allowed_origins: &[String],
-) -> Result<(), ProtocolError> {
-    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
-    let origin = origin.to_str().unwrap_or_default();
-    let own = headers.get(header::HOST).and_then(|host| host.to_str().ok()).is_some_and(|host| {
-        origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
-    });
-    if own || allowed_origins.iter().any(|allowed| allowed == "*" || allowed == origin) {
-        return Ok(());
-    }
-    Err(ProtocolError::new(
-        ErrorCode::OriginNotAllowed,
-        format!(
-            "requests from pages at {origin:?} are not allowed; allowed: this server's own pages{}",
-            if allowed_origins.is_empty() {
-                " (start the server with --allow-origin ORIGIN to allow others)".to_owned()
-            } else {
-                format!(" and {}", allowed_origins.join(", "))
-            }
-        ),
-    ))
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
 }
 
 async fn rpc_wrong_method(State(state): State<AppState>, method: axum::http::Method) -> Response {
@@ -291,7 +306,16 @@ async fn rpc_wrong_method(State(state): State<AppState>, method: axum::http::Met
     ))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// Metrics tell how busy the server is and which counters' errors are counted: once auth
+/// is on they need `admin` on every counter (a Prometheus scraper sends a key as its bearer
+/// token).
+async fn metrics(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let (parts, _) = request.into_parts();
+    let allowed =
+        principal_of(&state, &parts).and_then(|principal| state.access.authorize_admin(&principal));
+    if let Err(error) = allowed {
+        return state.error_response(&error);
+    }
     (
         [(
             header::CONTENT_TYPE,

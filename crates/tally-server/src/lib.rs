@@ -5,24 +5,31 @@
 //!
 //! # Layout
 //! - `accept`: the accept loop over hyper: connection limits, header deadline, HTTP shutdown.
+//! - [`state`]: the shared parts every handler gets ([`AppState`]).
+//! - [`access`]: every request check (Host, origin, credentials, grants, write rate), called
+//!   by HTTP and WebSocket alike.
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
 //! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
-//! - `ws`: one task per WebSocket: snapshot or resume, then live updates.
+//! - `ws`: one task per WebSocket: credentials, snapshot or resume, then live updates.
 //! - [`registry`]: name → counter actor, started on first use; keeps broadcast channels.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
+//! - [`framing`]: an update's JSON, serialized once for every watcher and replay.
 //! - [`store`]: the storage interface and its SQLite implementation (the only SQL).
 //! - [`metrics`]: what is counted for `/metrics`.
 //! - [`config`], [`shutdown`], `clock`: settings, the stop signal, timestamps.
 
 mod accept;
+pub mod access;
 mod clock;
 pub mod config;
 pub mod counter;
+pub mod framing;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;
 pub mod shutdown;
+pub mod state;
 mod static_files;
 pub mod store;
 mod ws;
@@ -33,8 +40,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub use config::Config;
-pub use http::{AppState, router};
+pub use http::router;
 pub use shutdown::shutdown_signal;
+pub use state::AppState;
 pub use static_files::{CONTENT_SECURITY_POLICY, StaticFile, WebPage, WebPageError};
 pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 
@@ -43,7 +51,7 @@ pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 /// pending commits; close the store.
 ///
 /// # Errors
-/// When the listener fails.
+/// When the API keys cannot be read from the store, or the listener fails.
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn Store>,
@@ -56,12 +64,31 @@ pub async fn run(
         header_timeout: config.header_timeout,
         grace: config.shutdown_grace,
     };
-    let state = AppState::new(Arc::clone(&store), config);
+    let keys = store.keys().await.map_err(|error| {
+        std::io::Error::other(format!("cannot read the API keys from storage: {error}"))
+    })?;
+    let state = AppState::new(Arc::clone(&store), config, &keys);
     let token = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let registry = state.registry.clone();
     let metrics = Arc::clone(&state.metrics);
 
+    // Rate buckets of principals that stopped writing are dropped every few seconds, so the
+    // limiter holds only recent writers.
+    let sweeper_state = state.clone();
+    let sweeper_token = token.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let held = sweeper_state.access.forget_idle_buckets();
+                    sweeper_state.metrics.rate_buckets.set(i64::try_from(held).unwrap_or(i64::MAX));
+                }
+                () = sweeper_token.cancelled() => break,
+            }
+        }
+    });
     let signal_token = token.clone();
     tokio::spawn(async move {
         shutdown.await;

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub(crate) batch_operations: Histogram,
     pub(crate) errors: Family<ErrorLabels, Counter>,
     pub(crate) websocket_closes: Family<CloseLabels, Counter>,
+    /// Write-rate buckets held (principals that wrote in the last few seconds).
+    pub(crate) rate_buckets: Gauge,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -99,6 +101,7 @@ impl Metrics {
             batch_operations: batch_histogram(),
             errors: Family::default(),
             websocket_closes: Family::default(),
+            rate_buckets: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -156,6 +159,11 @@ impl Metrics {
             "websocket_closes",
             "WebSockets closed by the server, by close code",
             metrics.websocket_closes.clone(),
+        );
+        registry.register(
+            "rate_buckets",
+            "Write-rate buckets held: principals that wrote in the last few seconds (with --write-rate)",
+            metrics.rate_buckets.clone(),
         );
         Self { registry, ..metrics }
     }

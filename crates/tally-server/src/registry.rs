@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::counter::{self, ApplyError, CounterHandle, CounterState, Published};
+use crate::counter::{self, ActorContext, ApplyError, CounterHandle, CounterState, Home};
+use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -28,16 +29,19 @@ struct Slot {
     topic: Option<broadcast::Sender<Arc<Published>>>,
 }
 
-struct Shared {
+/// The slots, which actors reach through [`Home`].
+struct Slots {
     /// Sharded, so lookups of different counters do not contend; no shard lock is ever held
     /// across an `.await`.
     slots: DashMap<CounterName, Slot>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    config: Config,
+    watch_buffer: usize,
+}
+
+struct Shared {
+    slots: Arc<Slots>,
+    /// What every actor is started with.
+    context: ActorContext,
     next_generation: AtomicU64,
-    /// Every actor task, so shutdown can wait for them to finish their last commits.
-    actors: TaskTracker,
     closed: AtomicBool,
 }
 
@@ -47,36 +51,44 @@ pub struct Registry {
     shared: Arc<Shared>,
 }
 
+impl Home for Slots {
+    /// Unregisters actor `generation` of `name`; called by the actor as it hibernates. The
+    /// slot stays while watchers hold its broadcast channel.
+    fn retire(&self, name: &CounterName, generation: u64) {
+        self.slots.remove_if_mut(name, |_, slot| {
+            if slot.actor.as_ref().is_some_and(|(current, _)| *current == generation) {
+                slot.actor = None;
+            }
+            slot.actor.is_none() && !has_watchers(slot)
+        });
+    }
+
+    /// `name`'s broadcast channel, created on first use. Called by the counter's actor.
+    fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>> {
+        let mut slot = self.slots.entry(name.clone()).or_default();
+        slot.topic.get_or_insert_with(|| broadcast::channel(self.watch_buffer.max(1)).0).clone()
+    }
+}
+
 impl Registry {
     /// A registry over `store`.
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: Config) -> Self {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
+        let slots = Arc::new(Slots { slots: DashMap::new(), watch_buffer: config.watch_buffer });
+        let context = ActorContext {
+            store,
+            metrics,
+            config,
+            home: Arc::clone(&slots) as Arc<dyn Home>,
+            tracker: TaskTracker::new(),
+        };
         Self {
             shared: Arc::new(Shared {
-                slots: DashMap::new(),
-                store,
-                metrics,
-                config,
+                slots,
+                context,
                 next_generation: AtomicU64::new(1),
-                actors: TaskTracker::new(),
                 closed: AtomicBool::new(false),
             }),
         }
-    }
-
-    pub(crate) fn store(&self) -> Arc<dyn Store> {
-        Arc::clone(&self.shared.store)
-    }
-
-    pub(crate) fn metrics(&self) -> Arc<Metrics> {
-        Arc::clone(&self.shared.metrics)
-    }
-
-    pub(crate) fn config(&self) -> &Config {
-        &self.shared.config
-    }
-
-    pub(crate) fn tracker(&self) -> &TaskTracker {
-        &self.shared.actors
     }
 
     /// The handle of `name`'s actor, starting the actor if the counter is not in memory.
@@ -84,12 +96,12 @@ impl Registry {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(ApplyError::ShuttingDown);
         }
-        if let Some(slot) = self.shared.slots.get(name)
+        if let Some(slot) = self.shared.slots.slots.get(name)
             && let Some((_, handle)) = &slot.actor
         {
             return Ok(handle.clone());
         }
-        let mut slot = self.shared.slots.entry(name.clone()).or_default();
+        let mut slot = self.shared.slots.slots.entry(name.clone()).or_default();
         if let Some((_, handle)) = &slot.actor {
             return Ok(handle.clone());
         }
@@ -99,7 +111,8 @@ impl Registry {
             return Err(ApplyError::ShuttingDown);
         }
         let generation = self.shared.next_generation.fetch_add(1, Ordering::Relaxed);
-        let handle = counter::spawn(name.clone(), generation, slot.topic.clone(), self);
+        let handle =
+            counter::spawn(name.clone(), generation, slot.topic.clone(), &self.shared.context);
         slot.actor = Some((generation, handle.clone()));
         Ok(handle)
     }
@@ -120,12 +133,22 @@ impl Registry {
         Err(ApplyError::Retired)
     }
 
-    /// Applies `op` to counter `name`; answers once it is committed and broadcast.
+    /// Applies `op` to counter `name` on behalf of `by` (recorded in history); answers once it
+    /// is committed and broadcast.
     ///
     /// # Errors
     /// `Rejected` for a result out of range; `Store` when storage failed; `ShuttingDown`.
-    pub async fn apply(&self, name: &CounterName, op: Op) -> Result<Published, ApplyError> {
-        self.with_actor(name, |handle| async move { handle.apply(op).await }).await
+    pub async fn apply(
+        &self,
+        name: &CounterName,
+        op: Op,
+        by: &Arc<str>,
+    ) -> Result<Published, ApplyError> {
+        self.with_actor(name, |handle| {
+            let by = Arc::clone(by);
+            async move { handle.apply(op, by).await }
+        })
+        .await
     }
 
     /// The committed state of counter `name` (its zero state if it was never written).
@@ -152,6 +175,7 @@ impl Registry {
     pub fn watchers(&self, name: &CounterName) -> usize {
         self.shared
             .slots
+            .slots
             .get(name)
             .and_then(|slot| slot.topic.as_ref().map(broadcast::Sender::receiver_count))
             .unwrap_or(0)
@@ -159,35 +183,19 @@ impl Registry {
 
     /// Forgets `name`'s slot if nothing needs it any more: no actor, and no watcher.
     pub fn unwatch(&self, name: &CounterName) {
-        self.shared.slots.remove_if(name, |_, slot| slot.actor.is_none() && !has_watchers(slot));
-    }
-
-    /// `name`'s broadcast channel, created on first use. Called by the counter's actor.
-    pub(crate) fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>> {
-        let mut slot = self.shared.slots.entry(name.clone()).or_default();
-        slot.topic
-            .get_or_insert_with(|| broadcast::channel(self.shared.config.watch_buffer.max(1)).0)
-            .clone()
-    }
-
-    /// Unregisters actor `generation` of `name`; called by the actor as it hibernates. The
-    /// slot stays while watchers hold its broadcast channel.
-    pub(crate) fn retire(&self, name: &CounterName, generation: u64) {
-        self.shared.slots.remove_if_mut(name, |_, slot| {
-            if slot.actor.as_ref().is_some_and(|(current, _)| *current == generation) {
-                slot.actor = None;
-            }
-            slot.actor.is_none() && !has_watchers(slot)
-        });
+        self.shared
+            .slots
+            .slots
+            .remove_if(name, |_, slot| slot.actor.is_none() && !has_watchers(slot));
     }
 
     /// Stops taking commands, lets every actor finish its pending commits, and waits for them.
     pub async fn shutdown(&self) {
         self.shared.closed.store(true, Ordering::Release);
         // Dropping every handle ends each actor's inbox; each finishes what it took, then stops.
-        self.shared.slots.clear();
-        self.shared.actors.close();
-        self.shared.actors.wait().await;
+        self.shared.slots.slots.clear();
+        self.shared.context.tracker.close();
+        self.shared.context.tracker.wait().await;
     }
 }
 

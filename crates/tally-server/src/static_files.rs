@@ -9,11 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-
-use crate::http::AppState;
 
 /// The page's Content Security Policy: everything from this server only, no inline script or
 /// style, no plugins, no framing. `connect-src 'self'` covers the RPCs and, under CSP Level 3
@@ -200,15 +197,16 @@ fn etag(bytes: &[u8], suffix: &str) -> HeaderValue {
     HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-/// The router's fallback when a page is configured: a file of the page, or the plain 404
-/// every other unknown path gets.
-pub(crate) async fn serve(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
+/// The router's fallback: a file of the page (when there is one), or the plain 404 every
+/// other unknown path gets. It takes the page, not the server's state, so that this module
+/// depends on nothing else of the server.
+pub(crate) fn serve(
+    page: Option<&WebPage>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
 ) -> Response {
-    let Some(page) = &state.config.web_page else { return StatusCode::NOT_FOUND.into_response() };
+    let Some(page) = page else { return StatusCode::NOT_FOUND.into_response() };
     let Some(prepared) = page.get(uri.path()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -223,11 +221,11 @@ pub(crate) async fn serve(
         return response;
     }
     let gzip = match (prepared.file.gzip, &prepared.etag_gzip) {
-        (Some(bytes), Some(etag)) if accepts_gzip(&headers) => Some((bytes, etag)),
+        (Some(bytes), Some(etag)) if accepts_gzip(headers) => Some((bytes, etag)),
         _ => None,
     };
     let (bytes, etag) = gzip.unwrap_or((prepared.file.bytes, &prepared.etag));
-    let mut response = if none_match(&headers, etag) {
+    let mut response = if none_match(headers, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         // HEAD gets the same answer; hyper sends its headers and leaves out the body.

@@ -6,23 +6,27 @@
 //! `--watch-buffer` updates behind, or whose send stalls for `--send-timeout`, is closed with
 //! 4000 and resumes with `since`, so a slow watcher never slows anyone else.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
 use tally_proto::{
-    ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed, ServerMessage, WatchQuery,
-    WsError, close,
+    Action, Authenticated, ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed,
+    ServerMessage, WatchQuery, WsError, close,
 };
 use tokio::sync::broadcast::{self, error::RecvError};
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, MissedTickBehavior, Sleep, timeout};
 
+use crate::access::Principal;
 use crate::clock;
-use crate::counter::{ApplyError, CounterState, Published};
-use crate::http::AppState;
+use crate::counter::{ApplyError, CounterState};
+use crate::framing::Published;
+use crate::state::AppState;
 use crate::store::HistoryRecord;
 
 /// The read buffer tungstenite allocates per socket up front (128 KiB by default), and the most
@@ -43,16 +47,20 @@ const REPLAY_PAGE: u64 = 500;
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The most bytes of a close frame's reason (RFC 6455: 125 for the payload, 2 of them the code).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
 /// Validates the request, then upgrades it to a socket watched by a task on the tracker.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     // WebSockets have no CORS: without this check any web page could watch any counter.
-    if let Err(error) = crate::http::check_origin(&headers, &state.config.allowed_origins) {
+    if let Err(error) = state.access.check_origin(&headers) {
         return state.error_response(&error);
     }
     let name = match CounterName::parse(&name) {
@@ -78,6 +86,13 @@ pub(crate) async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // Credentials are decided now but answered after the upgrade, as close codes: a browser
+    // cannot read the status of a refused upgrade, and would retry it forever.
+    let peer = crate::http::peer_ip(&extensions);
+    let start = match headers.get(header::AUTHORIZATION) {
+        None => Ok(state.access.anonymous(peer)),
+        Some(_) => state.access.authenticate(&headers, peer),
+    };
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -86,7 +101,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(serve(state, socket, name, since))
+            sockets.track_future(serve(state, socket, name, since, start))
         })
         .into_response()
 }
@@ -103,19 +118,38 @@ enum End {
 }
 
 /// One socket, from upgrade to close.
-async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Option<u64>) {
+async fn serve(
+    state: AppState,
+    socket: WebSocket,
+    name: CounterName,
+    since: Option<u64>,
+    start: Result<Principal, ProtocolError>,
+) {
     state.metrics.websockets_open.inc();
+    let (principal, refused) = match start {
+        Ok(principal) => (principal, None),
+        Err(error) => (state.access.anonymous(None), Some(error)),
+    };
     let mut session = Session {
         socket,
+        name,
         last_version: 0,
         heard: false,
         ping_outstanding: false,
         rate_window: (Instant::now(), 0),
+        admin: false,
+        renewed: false,
+        principal,
         state: state.clone(),
     };
     let end = if state.shutdown.is_cancelled() {
         End::Close(close::SERVICE_RESTART, "server is shutting down".into())
+    } else if let Some(error) = refused {
+        End::Close(refusal_close_code(&error), error.message)
+    } else if let Err(end) = Box::pin(session.admit()).await {
+        end
     } else {
+        let name = session.name.clone();
         match state.registry.watch(&name).await {
             Ok((counter, updates)) => {
                 state.metrics.watchers.inc();
@@ -145,6 +179,8 @@ async fn serve(state: AppState, socket: WebSocket, name: CounterName, since: Opt
 
 struct Session {
     socket: WebSocket,
+    /// The counter watched.
+    name: CounterName,
     /// The version of the last update sent; nothing at or below it is sent again.
     last_version: u64,
     /// Whether the peer sent anything (a message, a ping or a pong) since the last ping tick.
@@ -153,6 +189,12 @@ struct Session {
     ping_outstanding: bool,
     /// The start of the current one-second window and the messages received in it.
     rate_window: (Instant, u32),
+    /// Whether the principal holds `admin` on the counter (and so sees `by`).
+    admin: bool,
+    /// Set when a fresh token replaced the principal, so the expiry timer is set again.
+    renewed: bool,
+    /// Who the socket acts as.
+    principal: Principal,
     state: AppState,
 }
 
@@ -177,6 +219,8 @@ impl Session {
         // Made once: each `cancelled()` future registers with (and leaves) a notifier that every
         // socket shares, which per update per watcher would contend on one lock.
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
+        // Boxed, and only for sockets whose token expires: most sockets never need one.
+        let mut expiry = self.expiry_timer();
         loop {
             let step = tokio::select! {
                 biased;
@@ -184,11 +228,124 @@ impl Session {
                 incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
                 update = updates.recv() => self.on_update(update, &mut updates).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
+                () = until(&mut expiry) => Err(End::Close(
+                    close::TOKEN_EXPIRED,
+                    format!("the token expired; reconnect with a fresh one and since={}", self.last_version),
+                )),
             };
             if let Err(end) = step {
                 return end;
             }
+            if std::mem::take(&mut self.renewed) {
+                expiry = self.expiry_timer();
+            }
         }
+    }
+
+    /// A timer for the principal's token expiry (plus the leeway), if it expires.
+    fn expiry_timer(&self) -> Option<Pin<Box<Sleep>>> {
+        let expires_in = self.principal.expires_in(self.state.access.leeway())?;
+        Some(Box::pin(tokio::time::sleep(expires_in)))
+    }
+
+    /// Lets the socket watch its counter: at once when its principal may read it; otherwise,
+    /// for a socket without credentials, once an `auth` message brings some within
+    /// `--auth-timeout`.
+    async fn admit(&mut self) -> Result<(), End> {
+        let permissions = self.principal.permissions(&self.name);
+        if permissions.allows(Action::Read) {
+            self.admin = permissions.allows(Action::Admin);
+            return Ok(());
+        }
+        if self.principal.credentialed {
+            return Err(self.forbidden());
+        }
+        let deadline = Instant::now() + self.state.access.auth_timeout;
+        loop {
+            let incoming = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+                Ok(incoming) => incoming,
+                Err(_) => {
+                    return Err(End::Close(
+                        close::UNAUTHENTICATED,
+                        format!(
+                            "counter {} needs credentials: send {{\"type\":\"auth\",\"token\":…}} first (within {} s)",
+                            self.name,
+                            self.state.access.auth_timeout.as_secs()
+                        ),
+                    ));
+                }
+            };
+            let message = self.receive(incoming)?;
+            match message {
+                Message::Text(text) => match ClientMessage::parse(&text) {
+                    Ok(ClientMessage::Auth { token }) => {
+                        let principal = match self.state.access.authenticate_token(&token) {
+                            Ok(principal) => principal,
+                            Err(error) => {
+                                return Err(End::Close(refusal_close_code(&error), error.message));
+                            }
+                        };
+                        let permissions = principal.permissions(&self.name);
+                        self.principal = principal;
+                        if !permissions.allows(Action::Read) {
+                            return Err(self.forbidden());
+                        }
+                        self.admin = permissions.allows(Action::Admin);
+                        return self.send_authenticated(permissions.actions()).await;
+                    }
+                    Ok(ClientMessage::Ping) => self.send_pong().await?,
+                    Err(error) => self.send_error(&error).await?,
+                },
+                Message::Binary(_) => self.send_error(&binary_refused()).await?,
+                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Close(_) => {
+                    let _ = self.flush().await;
+                    return Err(End::Drop);
+                }
+            }
+        }
+    }
+
+    fn forbidden(&self) -> End {
+        tracing::info!(principal = %self.principal.id, counter = %self.name, "watch refused: no read grant");
+        End::Close(
+            close::FORBIDDEN,
+            format!("{} may not read counter {}", self.principal.id, self.name),
+        )
+    }
+
+    /// Replaces the principal with that of a fresh token, with no gap in updates; a token that
+    /// no longer allows reading ends the socket, a bad one is answered and changes nothing.
+    async fn reauthenticate(&mut self, token: &str) -> Result<(), End> {
+        let principal = match self.state.access.authenticate_token(token) {
+            Ok(principal) => principal,
+            Err(error) => return self.send_error(&error).await,
+        };
+        let permissions = principal.permissions(&self.name);
+        self.principal = principal;
+        if !permissions.allows(Action::Read) {
+            return Err(self.forbidden());
+        }
+        self.admin = permissions.allows(Action::Admin);
+        self.renewed = true;
+        self.send_authenticated(permissions.actions()).await
+    }
+
+    async fn send_authenticated(&mut self, can: Vec<Action>) -> Result<(), End> {
+        let expires_at = self.principal.expires_at.map(|seconds| {
+            clock::format_ms(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
+        });
+        let message = ServerMessage::Authenticated(Authenticated {
+            principal: self.principal.id.to_string(),
+            expires_at,
+            can,
+        });
+        self.send(Utf8Bytes::from(message.to_json())).await
+    }
+
+    async fn send_pong(&mut self) -> Result<(), End> {
+        let pong = ServerMessage::Pong(Pong { timestamp: clock::format_ms(clock::now_ms()) });
+        self.send(Utf8Bytes::from(pong.to_json())).await
     }
 
     /// Sends the first messages: a snapshot, or for a resume the missed updates.
@@ -204,7 +361,8 @@ impl Session {
             Some(since) => !self.replay(name, counter, since).await?,
         };
         if resync || since.is_none() {
-            let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync));
+            let can = self.principal.permissions(name).actions();
+            let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync, can));
             self.feed(Utf8Bytes::from(snapshot.to_json())).await?;
         }
         self.last_version = counter.version;
@@ -252,7 +410,8 @@ impl Session {
             }
             if let Some((id, created_at)) = &origin {
                 for record in &records {
-                    self.feed(Published::new(name, *id, created_at, record).json).await?;
+                    let published = Published::new(name, *id, created_at, record);
+                    self.feed(published.json_for(self.admin)).await?;
                 }
             }
             cursor = up_to;
@@ -279,10 +438,9 @@ impl Session {
         }
     }
 
-    async fn on_incoming(
-        &mut self,
-        incoming: Option<Result<Message, axum::Error>>,
-    ) -> Result<(), End> {
+    /// One frame from the client, counted against the message rate (every frame but Close,
+    /// Ping and Pong frames too: they cost the server a reply or a wake-up each).
+    fn receive(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Result<Message, End> {
         let message = match incoming {
             None => return Err(End::Drop),
             Some(Ok(message)) => message,
@@ -299,30 +457,23 @@ impl Session {
         };
         self.heard = true;
         self.ping_outstanding = false;
-        if matches!(message, Message::Text(_) | Message::Binary(_)) {
+        if !matches!(message, Message::Close(_)) {
             self.count_message()?;
         }
-        match message {
+        Ok(message)
+    }
+
+    async fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), End> {
+        match self.receive(incoming)? {
             Message::Text(text) => match ClientMessage::parse(&text) {
-                Ok(ClientMessage::Ping) => {
-                    let pong =
-                        ServerMessage::Pong(Pong { timestamp: clock::format_ms(clock::now_ms()) });
-                    self.send(Utf8Bytes::from(pong.to_json())).await
-                }
-                Ok(ClientMessage::Auth { .. }) => {
-                    let error =
-                        ProtocolError::new(ErrorCode::Unauthenticated, "auth is not built yet");
-                    self.send_error(&error).await
-                }
+                Ok(ClientMessage::Ping) => self.send_pong().await,
+                Ok(ClientMessage::Auth { token }) => self.reauthenticate(&token).await,
                 Err(error) => self.send_error(&error).await,
             },
-            Message::Binary(_) => {
-                let error = ProtocolError::new(
-                    ErrorCode::BadJson,
-                    "binary messages are not accepted; send JSON text such as {\"type\":\"ping\"}",
-                );
-                self.send_error(&error).await
-            }
+            Message::Binary(_) => self.send_error(&binary_refused()).await,
             // tungstenite answers pings itself; pongs only tell us the peer is alive.
             Message::Ping(_) | Message::Pong(_) => Ok(()),
             Message::Close(_) => {
@@ -383,7 +534,7 @@ impl Session {
                 }
                 Ok(published) => {
                     self.last_version = published.version;
-                    let text = Message::Text(published.json.clone());
+                    let text = Message::Text(published.json_for(self.admin));
                     self.socket.feed(text).await.map_err(|_| End::Drop)?;
                     sent += 1;
                 }
@@ -466,7 +617,7 @@ impl Session {
     /// `code`, then reconnect where `code` says not to (1008 for a client that keeps flooding).
     async fn close(&mut self, code: u16, reason: String) {
         self.state.metrics.websocket_closed(code);
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(close_reason(reason)) };
         let _ = timeout(CLOSE_TIMEOUT, async {
             if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
                 while let Some(Ok(message)) = self.socket.recv().await {
@@ -478,6 +629,43 @@ impl Session {
         })
         .await;
     }
+}
+
+/// Waits for the expiry timer, or forever when there is none.
+async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The close code of a refused credential: expired (get a fresh one) or not valid.
+fn refusal_close_code(error: &ProtocolError) -> u16 {
+    if error.code == ErrorCode::TokenExpired {
+        close::TOKEN_EXPIRED
+    } else {
+        close::UNAUTHENTICATED
+    }
+}
+
+fn binary_refused() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::BadJson,
+        "binary messages are not accepted; send JSON text such as {\"type\":\"ping\"}",
+    )
+}
+
+/// `reason` cut to what a close frame holds, at a character boundary.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON_BYTES {
+        let mut end = MAX_CLOSE_REASON_BYTES - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// A failed send means the peer is gone; a stalled one that it stopped reading.

@@ -31,6 +31,21 @@ fn help_documents_every_flag() {
         "--request-timeout",
         "--max-watchers-per-counter",
         "--max-messages-per-second",
+        "--jwt-secret-file",
+        "TALLY_JWT_SECRET",
+        "--jwt-public-key",
+        "--jwt-jwks",
+        "--jwt-audience",
+        "--jwt-issuer",
+        "--jwt-leeway",
+        "--anonymous",
+        "--public-host",
+        "--insecure-open",
+        "--write-rate",
+        "--write-burst",
+        "--auth-timeout",
+        "--tls-cert",
+        "--tls-key",
     ] {
         assert!(help.contains(flag), "serve --help does not mention {flag}:\n{help}");
     }
@@ -125,4 +140,80 @@ async fn sigterm_closes_sockets_with_1012_and_exits_0() {
     let log = server.drain_log();
     assert!(log.iter().any(|line| line.contains("SIGTERM")), "{log:?}");
     assert!(log.last().is_some_and(|line| line.contains("tally stopped")), "{log:?}");
+}
+
+#[test]
+fn without_auth_it_refuses_a_non_loopback_address_and_says_how_to_configure_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let output = tally()
+        .args(["serve", "--listen", "0.0.0.0:0", "--database"])
+        .arg(dir.path().join("tally.db"))
+        .env_remove("TALLY_JWT_SECRET")
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for says in ["non-loopback", "--jwt-secret-file", "--anonymous", "--insecure-open"] {
+        assert!(stderr.contains(says), "{stderr} should mention {says}");
+    }
+}
+
+#[test]
+fn a_short_or_missing_jwt_secret_is_a_usage_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "too short\n").expect("write");
+    let output = tally()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(dir.path().join("tally.db"))
+        .arg("--jwt-secret-file")
+        .arg(&secret)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("at least 32"));
+    let output =
+        tally().args(["serve", "--jwt-secret-file", "/nonexistent/secret"]).output().expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/secret"));
+    let output = tally().args(["serve", "--anonymous", "public:*=fly"]).output().expect("run");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fly"));
+}
+
+#[tokio::test]
+async fn the_start_line_says_who_may_do_what() {
+    let dir = tempfile::tempdir().expect("dir");
+    let open = Tally::start(&dir.path().join("open.db"), &[]);
+    let log = access_line(&open);
+    assert!(log.contains("open: no auth configured") && log.contains("loopback only"), "{log}");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef-and-more\n").expect("write");
+    let guarded = Tally::start(
+        &dir.path().join("guarded.db"),
+        &["--jwt-secret-file", secret.to_str().expect("utf-8"), "--anonymous", "public:*=read"],
+    );
+    let log = access_line(&guarded);
+    assert!(
+        log.contains("auth on: JWTs (HS256, HS384, HS512); anonymous grants: public:*=read"),
+        "{log}"
+    );
+    assert!(!log.contains("0123456789abcdef"), "the secret reached the log: {log}");
+    let (status, answer) =
+        guarded.call("increment", serde_json::json!({"name": "public:x"})).await.expect("call");
+    assert_eq!(status, 401, "{answer}");
+}
+
+/// The log line that says who may do what (it follows the start line).
+fn access_line(server: &Tally) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut log = Vec::new();
+    while std::time::Instant::now() < deadline {
+        log.extend(server.drain_log());
+        if let Some(line) = log.iter().find(|line| line.contains("access ")) {
+            return line.clone();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("no access line in {log:?}");
 }

@@ -11,6 +11,7 @@ mod sqlite;
 mod stats;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tally_proto::{CounterName, OpKind};
@@ -34,7 +35,7 @@ pub struct CounterRecord {
 }
 
 /// One operation in a counter's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRecord {
     /// The counter's version after this operation.
     pub version: u64,
@@ -48,6 +49,26 @@ pub struct HistoryRecord {
     pub value: i64,
     /// When it was applied, in milliseconds since the Unix epoch.
     pub at_ms: i64,
+    /// Who made it: a token's subject, `key:NAME` or `anonymous`; `None` for operations stored
+    /// before Tally recorded it.
+    pub by: Option<Arc<str>>,
+}
+
+/// An API key as stored: never the secret itself, only its SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The public part of the key, which finds it.
+    pub id: String,
+    /// Its name (unique, also among revoked keys).
+    pub name: String,
+    /// SHA-256 of the secret part.
+    pub secret_hash: [u8; 32],
+    /// Its grants, as written.
+    pub grants: Vec<String>,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
 }
 
 /// Operations on one counter, to be committed together after the counter's `expected_version`.
@@ -122,6 +143,9 @@ pub enum StoreError {
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// An API key with this name exists already.
+    #[error("an API key named {0:?} exists already")]
+    KeyExists(String),
 }
 
 impl StoreError {
@@ -180,6 +204,26 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         up_to: u64,
     ) -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// Every API key, revoked ones too, oldest first.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Stores a new API key durably.
+    ///
+    /// # Errors
+    /// [`StoreError::KeyExists`] when a key of that name exists (revoked or not); any other
+    /// error means nothing was stored.
+    async fn create_key(&self, key: KeyRecord) -> Result<(), StoreError>;
+
+    /// Marks the key named `name` revoked at `at_ms` (durably) and returns it, or `None` when
+    /// there is no such key. Revoking a revoked key keeps its first revocation time.
+    ///
+    /// # Errors
+    /// When storage fails; then nothing changed.
+    async fn revoke_key(&self, name: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Finishes pending writes and releases the storage.
     async fn close(&self);

@@ -17,13 +17,14 @@ use tally_proto::{CounterName, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError, StoreMetrics,
+    AppendBatch, Committing, CounterRecord, HistoryRecord, KeyRecord, Store, StoreError,
+    StoreMetrics,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
 const APPLICATION_ID: i64 = 0x5441_4C59;
-/// The schema version this code writes and reads.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this code writes and reads; older files are migrated at open.
+const SCHEMA_VERSION: i64 = 2;
 /// How many appends one transaction takes at most, so one commit's latency stays bounded.
 const MAX_APPENDS_PER_COMMIT: usize = 4096;
 /// How many appends may wait for the writer before callers are made to wait.
@@ -54,6 +55,20 @@ CREATE TABLE history (
 ) WITHOUT ROWID;
 ";
 
+/// Each step takes the schema from the version before it to the next: `MIGRATIONS[0]` from 1
+/// to 2, and so on. Every step runs in the same transaction as the `user_version` it sets.
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE history ADD COLUMN by TEXT;
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    secret_hash BLOB NOT NULL,
+    grants TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    revoked_at_ms INTEGER
+);
+"];
+
 /// Settings of the SQLite store.
 #[derive(Debug, Clone, Copy)]
 pub struct SqliteOptions {
@@ -77,7 +92,15 @@ enum WriterMessage {
     Close {
         done: oneshot::Sender<()>,
     },
+    /// A rare write of its own (API keys), run between two group commits; it answers its
+    /// caller itself.
+    Run {
+        write: OwnWrite,
+    },
 }
+
+/// A write that is not a batch of counter operations.
+type OwnWrite = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -139,6 +162,30 @@ impl SqliteStore {
         })
     }
 
+    /// Runs `write` on the writer thread in a transaction of its own (committed and synced
+    /// before the answer), between two group commits.
+    async fn write<T, F>(&self, write: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (respond_to, answer) = oneshot::channel();
+        let run = Box::new(move |conn: &Connection| {
+            let result = (|| {
+                let tx = conn.unchecked_transaction()?;
+                let value = write(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = respond_to.send(result);
+        });
+        self.writer
+            .send(WriterMessage::Run { write: run })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -182,6 +229,9 @@ fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
+        for migration in MIGRATIONS {
+            tx.execute_batch(migration)?;
+        }
         tx.pragma_update(None, "application_id", APPLICATION_ID)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -191,10 +241,18 @@ fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
         ));
     } else {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-        if version != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&version) {
             return Err(foreign(
-                "it was written by another version of Tally (schema version differs)",
+                "it was written by a newer version of Tally (its schema version is unknown here)",
             ));
+        }
+        for (from, migration) in
+            (version..SCHEMA_VERSION).zip(&MIGRATIONS[(version - 1) as usize..])
+        {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(migration)?;
+            tx.pragma_update(None, "user_version", from + 1)?;
+            tx.commit()?;
         }
     }
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -222,6 +280,7 @@ fn run_writer(
     metrics: &StoreMetrics,
 ) {
     let mut appends = Vec::new();
+    let mut runs: Vec<OwnWrite> = Vec::new();
     let mut closing = None;
     while closing.is_none() {
         // `None` means every sender is gone: nobody can append any more.
@@ -231,6 +290,7 @@ fn run_writer(
             match message {
                 WriterMessage::Append { batch, respond_to } => appends.push((batch, respond_to)),
                 WriterMessage::Close { done } => closing = Some(done),
+                WriterMessage::Run { write } => runs.push(write),
             }
             if appends.len() < MAX_APPENDS_PER_COMMIT && closing.is_none() {
                 next = inbox.try_recv().ok();
@@ -249,6 +309,9 @@ fn run_writer(
                 // The caller may have gone away; the write is committed all the same.
                 let _ = respond_to.send(result);
             }
+        }
+        for write in runs.drain(..) {
+            write(&conn);
         }
     }
     drop(conn);
@@ -373,7 +436,7 @@ fn append_one(
         }
     };
     let mut insert = conn.prepare_cached(
-        "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for entry in &batch.entries {
         insert.execute(params![
@@ -383,7 +446,8 @@ fn append_one(
             entry.amount,
             entry.previous_value,
             entry.value,
-            entry.at_ms
+            entry.at_ms,
+            entry.by.as_deref(),
         ])?;
     }
     if last.version > history_limit {
@@ -444,8 +508,31 @@ fn history_row(row: &rusqlite::Row<'_>) -> Result<HistoryRecord, rusqlite::Error
         previous_value: row.get(3)?,
         value: row.get(4)?,
         at_ms: row.get(5)?,
+        by: row.get::<_, Option<String>>(6)?.map(Arc::from),
     })
 }
+
+fn key_row(row: &rusqlite::Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
+    let hash: Vec<u8> = row.get(2)?;
+    let grants: String = row.get(3)?;
+    let bad = |column: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            format!("api_keys row has a malformed {what}").into(),
+        )
+    };
+    Ok(KeyRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        secret_hash: hash.try_into().map_err(|_| bad(2, "secret hash"))?,
+        grants: serde_json::from_str(&grants).map_err(|_| bad(3, "grant list"))?,
+        created_at_ms: row.get(4)?,
+        revoked_at_ms: row.get(5)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, secret_hash, grants, created_at_ms, revoked_at_ms";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -489,7 +576,7 @@ impl Store for SqliteStore {
         let before = before.map_or(i64::MAX, |before| i64::try_from(before).unwrap_or(i64::MAX));
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms
+                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms, h.by
                  FROM history h JOIN counters c ON c.id = h.counter_id
                  WHERE c.name = ?1 AND h.version < ?2 ORDER BY h.version DESC LIMIT ?3",
             )?
@@ -508,12 +595,52 @@ impl Store for SqliteStore {
         let name = name.clone();
         self.read(move |conn| {
             conn.prepare_cached(
-                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms
+                "SELECT h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms, h.by
                  FROM history h JOIN counters c ON c.id = h.counter_id
                  WHERE c.name = ?1 AND h.version > ?2 AND h.version <= ?3 ORDER BY h.version ASC",
             )?
             .query_map(params![name.as_str(), after, up_to], history_row)?
             .collect()
+        })
+        .await
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at_ms, name"
+            ))?
+            .query_map([], key_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            let grants = serde_json::to_string(&key.grants).unwrap_or_else(|_| "[]".into());
+            let inserted = conn
+                .prepare_cached(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING"))?
+                .execute(params![key.id, key.name, key.secret_hash.as_slice(), grants, key.created_at_ms, key.revoked_at_ms])?;
+            if inserted == 0 {
+                return Err(StoreError::KeyExists(key.name));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, name: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE api_keys SET revoked_at_ms = coalesce(revoked_at_ms, ?2) WHERE name = ?1",
+            )?
+            .execute(params![name, at_ms])?;
+            Ok(conn
+                .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE name = ?1"))?
+                .query_row([name.as_str()], key_row)
+                .optional()?)
         })
         .await
     }

@@ -25,7 +25,7 @@ async fn closed_by_server(stream: &mut TcpStream) -> bool {
 
 /// Whether `stream` is served: a health check gets an answer.
 async fn served(stream: &mut TcpStream) -> bool {
-    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     if stream.write_all(request).await.is_err() {
         return false;
     }
@@ -112,7 +112,7 @@ async fn a_client_that_sends_nothing_or_trickles_headers_is_dropped() {
     assert!(started.elapsed() >= Duration::from_millis(250), "dropped before the timeout");
 
     let mut trickling = connect_from(server.addr, 22).await;
-    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut dropped = false;
     for byte in request {
         if trickling.write_all(&[*byte]).await.is_err() {
@@ -131,7 +131,7 @@ async fn a_body_sent_byte_by_byte_gets_408_and_changes_nothing() {
     let body = br#"{"name":"slow"}"#;
     let mut stream = connect_from(server.addr, 31).await;
     let head = format!(
-        "POST /rpc/counter.increment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /rpc/counter.increment HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("head");

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on an ephemeral port, spoken to over real HTTP and
 //! WebSocket connections, storing in a real SQLite file.
 
+mod access;
 mod bad_input;
 mod harness;
 mod hibernation;

@@ -23,6 +23,7 @@ fn increments(counter: &str, expected_version: u64, count: u64, amount: i64) -> 
                 previous_value: before,
                 value: before + amount,
                 at_ms: 1_700_000_000_000,
+                by: Some("tester".into()),
             }
         })
         .collect();
