@@ -141,6 +141,19 @@ export class Credentials {
   }
 
   /**
+   * A credential to replace `token` when it is due: `getToken`'s answer if `token` is still the
+   * one held (asked even if the clock says it is a moment early: timers may fire early), or the
+   * one held if it was replaced meanwhile.
+   *
+   * @throws TallyTokenError when `getToken` throws or rejects.
+   */
+  async renew(token: string | null): Promise<string | null> {
+    if (this.#getToken === undefined) return null;
+    if (this.#held !== null && this.#held.token !== token) return this.#held.token;
+    return (await this.#fetch()).token;
+  }
+
+  /**
    * Forgets `token` if it is still the one held (the server said it expired), so that the next
    * `token()` asks `getToken` for a fresh one.
    */

@@ -385,7 +385,7 @@ export class CounterSubscription {
       () => {
         this.#refreshTimer = null;
         const current = this.#token;
-        this.client.credentials.token().then(
+        this.client.credentials.renew(current).then(
           (fresh) => {
             if (this.#socket !== socket || fresh === current) return;
             if (fresh === null) {

@@ -3,6 +3,7 @@
 // authenticate in band and say what they may do, close 4501 and 4503 without a reconnect, an
 // in-band refresh that keeps a socket open with no missed update, a reconnect with a fresh token
 // after 4502, `by` for admins only, and the write rate's 429 with its delay.
+import { mkdirSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import WebSocket from "ws";
 import { TallyServer, tempDir, type JwtServer } from "../../../test-support/server.js";
@@ -99,7 +100,9 @@ describe("RPC with tokens", () => {
   });
 
   it("answers too many writes with 429 and how long to wait", async () => {
-    const limited = await TallyServer.startWithJwt(`${dir.path}`, {
+    const own = `${dir.path}/rate`;
+    mkdirSync(own);
+    const limited = await TallyServer.startWithJwt(own, {
       args: ["--write-rate", "1", "--write-burst", "1"],
     });
     try {

@@ -272,6 +272,18 @@ describe("CounterSubscription credentials", () => {
     });
   });
 
+  it("refreshes even when its timer fires a moment before the clock says it is due", async () => {
+    const getToken = tokens(jwt("alice", 10_000, 1), jwt("alice", 10_000, 2));
+    watch(clientWith(getToken));
+    await settle();
+    FakeSocket.last.open();
+    // Node's timers may fire a millisecond before Date.now() reaches their time.
+    vi.setSystemTime(Date.now() - 5);
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(getToken).toHaveBeenCalledTimes(2);
+    expect(FakeSocket.last.messages).toHaveLength(2);
+  });
+
   it("refreshes a short-lived token halfway through its life", async () => {
     const getToken = tokens(jwt("alice", 10_000, 1), jwt("alice", 10_000, 2));
     watch(clientWith(getToken));
