@@ -2,6 +2,8 @@
 // link (kept in sessionStorage, gone from the address), a read-only token (controls disabled and
 // saying why, no request refused), a writer token (a click counts), no token (the page asks for
 // one and a token typed in works), and a token that expires (the page says to sign in again).
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import type { Browser, Page, Response } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient } from "../packages/client/src/index.js";
@@ -9,6 +11,7 @@ import { TallyServer, tempDir, type JwtServer } from "../test-support/server.js"
 import type { TestClaims } from "../test-support/tokens.js";
 import { launchChromium } from "./browser.js";
 
+const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
 const WAIT = { timeout: 20_000, interval: 50 };
 
 const dir = tempDir();
@@ -103,6 +106,8 @@ describe("the page with tokens", () => {
       expect(await button.getAttribute("title")).toMatch(/^Your token may not .* ro:a$/);
       expect(await button.getAttribute("aria-describedby")).toBeTruthy();
     }
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: `${ARTIFACTS}page-read-only.png`, fullPage: true });
     expect(await ro.getByLabel("Amount").isDisabled()).toBe(true);
     expect(await ro.getByLabel("New value").isDisabled()).toBe(true);
     // A click on a disabled button sends nothing.
@@ -138,7 +143,11 @@ describe("the page with tokens", () => {
     const signIn = page.getByRole("alert").filter({ hasText: "This server needs a token" });
     await expect.poll(() => signIn.count(), WAIT).toBe(1);
 
-    await page.getByLabel("Token").fill(jwt.token({ sub: "typed", grants: ["ask:*=admin"] }));
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await page.screenshot({ path: `${ARTIFACTS}page-sign-in.png`, fullPage: true });
+    await page
+      .getByLabel("Token", { exact: true })
+      .fill(jwt.token({ sub: "typed", grants: ["ask:*=admin"] }));
     await page.getByRole("button", { name: "Sign in" }).click();
     await expect.poll(() => status(page, "ask:a"), WAIT).toBe("Connected");
     expect(await signIn.count()).toBe(0);
@@ -160,7 +169,9 @@ describe("the page with tokens", () => {
     await expect.poll(() => expired.count(), WAIT).toBe(1);
     expect(await status(page, "exp:a")).toBe("Disconnected");
 
-    await page.getByLabel("Token").fill(jwt.token({ sub: "brief", grants: ["exp:*=admin"] }));
+    await page
+      .getByLabel("Token", { exact: true })
+      .fill(jwt.token({ sub: "brief", grants: ["exp:*=admin"] }));
     await page.getByRole("button", { name: "Sign in" }).click();
     await expect.poll(() => status(page, "exp:a"), WAIT).toBe("Connected");
     expect(await expired.count()).toBe(0);
