@@ -142,6 +142,9 @@ describe("the page with tokens", () => {
     const { page } = await open("/?counter=ask:a");
     const signIn = page.getByRole("alert").filter({ hasText: "This server needs a token" });
     await expect.poll(() => signIn.count(), WAIT).toBe(1);
+    await expect
+      .poll(() => card(page, "ask:a").getByRole("alert").first().textContent(), WAIT)
+      .toBe("Sign in with a token to see this counter.");
 
     mkdirSync(ARTIFACTS, { recursive: true });
     await page.screenshot({ path: `${ARTIFACTS}page-sign-in.png`, fullPage: true });
