@@ -25,7 +25,10 @@ fuzz_target!(|input: &[u8]| {
             assert!((1..=HISTORY_PAGE_MAX).contains(&limit), "accepted limit {limit}");
             assert!(before.is_none_or(|before| before >= 1), "accepted before {before:?}");
         }
-        Ok(Request::GetValue { .. } | Request::GetMetadata { .. }) => {}
+        Ok(Request::GetValue { .. } | Request::GetMetadata { .. } | Request::KeyList) => {}
+        Ok(Request::KeyCreate { name, .. } | Request::KeyRevoke { name }) => {
+            assert!(tally_proto::keys::check_key_name(&name).is_ok(), "accepted key name {name:?}");
+        }
         Err(error) => assert!(!error.message.is_empty(), "a refusal without words"),
     }
 });

@@ -291,30 +291,60 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!("access {access}");
     }
-    let config =
-        Config {
-            idle_timeout: args.idle_timeout,
-            ping_interval: args.ping_interval,
-            watch_buffer: args.watch_buffer as usize,
-            send_timeout: args.send_timeout,
-            shutdown_grace: args.shutdown_grace,
-            allowed_origins: args.allow_origins.clone(),
-            max_connections: args.max_connections as usize,
-            max_connections_per_ip: args.max_connections_per_ip as usize,
-            header_timeout: args.header_timeout,
-            request_timeout: args.request_timeout,
-            max_watchers_per_counter: args.max_watchers_per_counter as usize,
-            max_messages_per_second: args.max_messages_per_second,
-            web_page: Some(embedded_web_page()?),
-            tls: args.tls_cert.clone().zip(args.tls_key.clone()).map(|(cert_path, key_path)| {
-                tally_server::config::TlsFiles { cert_path, key_path }
-            }),
-            auth,
-        };
+    let config = config_from(args, auth, Some(embedded_web_page()?));
     tracing::info!("web page at http://{address}/");
     tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("tally stopped");
     Ok(())
+}
+
+/// The server's settings from the flags.
+fn config_from(args: &ServeArgs, auth: AuthConfig, web_page: Option<WebPage>) -> Config {
+    Config {
+        idle_timeout: args.idle_timeout,
+        ping_interval: args.ping_interval,
+        watch_buffer: args.watch_buffer as usize,
+        send_timeout: args.send_timeout,
+        shutdown_grace: args.shutdown_grace,
+        allowed_origins: args.allow_origins.clone(),
+        max_connections: args.max_connections as usize,
+        max_connections_per_ip: args.max_connections_per_ip as usize,
+        header_timeout: args.header_timeout,
+        request_timeout: args.request_timeout,
+        max_watchers_per_counter: args.max_watchers_per_counter as usize,
+        max_messages_per_second: args.max_messages_per_second,
+        web_page,
+        tls: args
+            .tls_cert
+            .clone()
+            .zip(args.tls_key.clone())
+            .map(|(cert_path, key_path)| tally_server::config::TlsFiles { cert_path, key_path }),
+        auth,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// The flags' defaults are written in clap's attributes and the server's in
+    /// `Config::default()`: they must be the same, or `--help` would lie.
+    #[test]
+    fn flag_defaults_are_the_servers_defaults() {
+        let args = Serve::try_parse_from(["serve"]).expect("no flags parse").args;
+        let auth = auth_config(&args).expect("no files to read");
+        let config = config_from(&args, auth, None);
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+        assert_eq!(args.history_limit, SqliteOptions::default().history_limit);
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::Number;
 
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grant::{Action, Grant};
-use crate::keys::{EmptyBody, KeyCreateBody, KeyNameBody, check_key_name};
+use crate::keys::{KeyCreateBody, KeyNameBody, check_key_name};
 use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use crate::message::OpKind;
 use crate::name::CounterName;
@@ -365,7 +365,14 @@ impl Request {
                 Request::KeyCreate { name: raw.name, grants: Grant::parse_all(&raw.grants)? }
             }
             Procedure::KeyList => {
-                let _: EmptyBody = from_json(body)?;
+                // A map, not `EmptyBody`: serde would take `[]` for an empty struct too.
+                let raw: serde_json::Map<String, serde_json::Value> = from_json(body)?;
+                if let Some(field) = raw.keys().next() {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidField,
+                        format!("key.list takes an empty object; unknown field {field:?}"),
+                    ));
+                }
                 Request::KeyList
             }
             Procedure::KeyRevoke => {

@@ -29,6 +29,12 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
+/// The client's address of a request, as the accept loop saw it (`None` for a router served
+/// some other way, as in tests that call it directly).
+pub(crate) fn client_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientAddr>().map(|ClientAddr(address)| address.ip())
+}
+
 /// How the accept loop treats connections.
 pub(crate) struct AcceptConfig {
     pub(crate) max_connections: usize,

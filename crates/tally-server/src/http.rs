@@ -19,7 +19,7 @@ use tally_proto::{
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::accept::ClientAddr;
+use crate::accept::client_ip;
 use crate::access::{Principal, new_key};
 use crate::clock;
 use crate::counter::ApplyError;
@@ -68,11 +68,6 @@ async fn page(State(state): State<AppState>, request: axum::extract::Request) ->
     )
 }
 
-/// The client's address, as the accept loop saw it.
-pub(crate) fn peer_ip(extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    extensions.get::<ClientAddr>().map(|ClientAddr(address)| address.ip())
-}
-
 /// A JSON answer from any serializable value.
 fn json_body<T: Serialize>(value: &T) -> Response {
     // Our answer types are plain data and always serialize.
@@ -92,7 +87,7 @@ async fn rpc(
     // The request taken whole, not through a `HeaderMap` extractor, which would copy every
     // header of every request.
     let (parts, body) = request.into_parts();
-    let peer = peer_ip(&parts.extensions);
+    let peer = client_ip(&parts.extensions);
     match answer_rpc(&state, &procedure, &parts.headers, peer, body).await {
         Ok(response) => response,
         Err(error) => state.error_response(&error),
@@ -196,7 +191,7 @@ fn principal_of(
     state: &AppState,
     parts: &axum::http::request::Parts,
 ) -> Result<Principal, ProtocolError> {
-    state.access.authenticate(&parts.headers, peer_ip(&parts.extensions))
+    state.access.authenticate(&parts.headers, client_ip(&parts.extensions))
 }
 
 /// Reads one page of history straight from storage: only committed operations are there, and

@@ -48,10 +48,18 @@ pub fn document() -> Value {
         "info": {
             "title": "Tally",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Real-time counters: HTTP RPC to change and read them. Watching them live is a WebSocket at GET /ws/counter/{name}[?since=V], described in docs/PROTOCOL.md with every message and close code.",
+            "description": "Real-time counters: HTTP RPC to change and read them, and to manage API keys. Watching them live is a WebSocket at GET /ws/counter/{name}[?since=V], described in docs/PROTOCOL.md with every message and close code.",
         },
         "paths": paths,
-        "components": {"schemas": generator.take_definitions(true)},
+        "components": {
+            "schemas": generator.take_definitions(true),
+            "securitySchemes": {"bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "A JWT signed by a key the server is configured with, or an API key (tally_…). Without one a request acts as anonymous: in open mode (no auth configured) that may do everything, otherwise only what --anonymous grants. See docs/SECURITY.md.",
+            }},
+        },
+        "security": [{"bearer": []}, {}],
     })
 }
 

@@ -88,7 +88,7 @@ pub(crate) async fn upgrade(
     };
     // Credentials are decided now but answered after the upgrade, as close codes: a browser
     // cannot read the status of a refused upgrade, and would retry it forever.
-    let peer = crate::http::peer_ip(&extensions);
+    let peer = crate::accept::client_ip(&extensions);
     let start = match headers.get(header::AUTHORIZATION) {
         None => Ok(state.access.anonymous(peer)),
         Some(_) => state.access.authenticate(&headers, peer),
