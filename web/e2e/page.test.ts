@@ -3,11 +3,11 @@
 // toggle, isolation of counters, toasts, errors in words, and a phone-sized screen.
 import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { chromium, type Browser, type BrowserContextOptions, type Page } from "playwright-core";
+import type { Browser, BrowserContextOptions, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient, type Entry } from "../packages/client/src/index.js";
-import { CHROMIUM } from "../scripts/ensure-chromium.js";
 import { TallyServer, tempDir } from "../test-support/server.js";
+import { launchChromium } from "./browser.js";
 
 const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
 const WAIT = { timeout: 20_000, interval: 50 };
@@ -19,19 +19,7 @@ const problems: string[] = [];
 
 beforeAll(async () => {
   server = await TallyServer.start(`${dir.path}/tally.db`);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    // Flags for a sandboxed CI machine without a network beyond loopback.
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  browser = await launchChromium();
 });
 
 afterAll(async () => {

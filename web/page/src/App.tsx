@@ -1,5 +1,6 @@
 /**
- * The page: open counters by name (or by `/?counter=NAME` links), see each one live, side by side.
+ * The page: open counters by name (or by `/?counter=NAME` links), see each one live, side by side;
+ * sign in with a token when the server needs one.
  */
 
 import { nameProblem } from "@tally/client";
@@ -7,6 +8,7 @@ import { useEffect, useState, type FormEvent } from "react";
 import { CounterCard } from "./CounterCard";
 import { capitalize } from "./format";
 import { loadRecent, rememberRecent } from "./recent";
+import { SignIn } from "./SignIn";
 
 /** The counters named in the address, in order, without repeats. */
 function countersInAddress(): string[] {
@@ -64,6 +66,8 @@ export function App() {
         </a>
         <p className="tagline">Live counters. Every change, in every open tab, as it happens.</p>
       </header>
+
+      <SignIn />
 
       <section className="opener" aria-label="Open a counter">
         <form onSubmit={onSubmit} className="open-form" noValidate>

@@ -1,9 +1,9 @@
 /**
- * One open counter: its value, live status, controls, a toast for each change made elsewhere, and
- * its recent history.
+ * One open counter: its value, live status, controls (disabled, saying why, where the token may
+ * not use them), a toast for each change made elsewhere, and its recent history.
  */
 
-import { MAX_VALUE, type Update } from "@tally/client";
+import { allows, MAX_VALUE, WRITE_ACTIONS, type Action, type Update } from "@tally/client";
 import {
   useCounterHistory,
   useCounterValue,
@@ -23,6 +23,7 @@ import {
   formatTime,
   parseWholeNumber,
 } from "./format";
+import { reportAuthProblem } from "./session";
 import { useToast } from "./toasts";
 
 const HISTORY_ROWS = 10;
@@ -47,7 +48,10 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       setActionError(null);
     },
     onSuccess: (update: Update) => elsewhere.writeAnswered(update),
-    onError: (error: Error) => setActionError(describeError(error, true)),
+    onError: (error: Error) => {
+      reportAuthProblem(error);
+      setActionError(describeError(error, true));
+    },
     onSettled: () => elsewhere.writeSettled(),
   };
   const increment = useIncrementCounter(writeOptions);
@@ -77,6 +81,13 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
     setValue.mutate({ name, value: parsed }, { onSuccess: () => setTarget("") });
   };
 
+  // A refusal a new token may fix makes the page ask for one.
+  useEffect(() => reportAuthProblem(socket.authError), [socket.authError]);
+  useEffect(() => reportAuthProblem(valueQuery.error), [valueQuery.error]);
+  useEffect(() => reportAuthProblem(history.error), [history.error]);
+
+  const permissions = usePermissions(name, socket);
+
   const value = valueQuery.data?.value ?? socket.value;
   // The last change seen live, or else the one the snapshot reports.
   const updatedAt = socket.metadata?.updatedAt;
@@ -104,6 +115,11 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
         <span className={`status status-${socket.status}`} data-testid="connection-status">
           {statusText}
         </span>
+        {permissions.readOnly && (
+          <span className="badge" title={permissions.readOnlyText}>
+            Read-only
+          </span>
+        )}
         <label className="toggle">
           <input
             type="checkbox"
@@ -135,12 +151,19 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
         )}
       </p>
 
+      {permissions.readOnly && (
+        <p className="read-only-note" id={permissions.noteId} data-testid="read-only-note">
+          {permissions.readOnlyText}
+        </p>
+      )}
+
       <div className="steppers">
         <StepButton
           label="Decrement"
           symbol="−"
           onStep={(by) => decrement.mutate({ name, amount: by })}
           amount={parsedAmount}
+          refusal={permissions.refusal("decrement")}
         />
         <label className="amount">
           <span>by</span>
@@ -149,6 +172,7 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
             value={amount}
             onChange={(event) => setAmount(event.target.value)}
             aria-label="Amount"
+            disabled={!permissions.may("increment") && !permissions.may("decrement")}
           />
         </label>
         <StepButton
@@ -156,6 +180,7 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
           symbol="+"
           onStep={(by) => increment.mutate({ name, amount: by })}
           amount={parsedAmount}
+          refusal={permissions.refusal("increment")}
         />
       </div>
 
@@ -166,9 +191,17 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
           onChange={(event) => setTarget(event.target.value)}
           placeholder="New value"
           aria-label="New value"
+          disabled={!permissions.may("set")}
         />
-        <button type="submit">Set value</button>
-        <button type="button" className="danger" onClick={() => reset.mutate({ name })}>
+        <button type="submit" {...refusalProps(permissions.refusal("set"))}>
+          Set value
+        </button>
+        <button
+          type="button"
+          className="danger"
+          onClick={() => reset.mutate({ name })}
+          {...refusalProps(permissions.refusal("reset"))}
+        >
           Reset
         </button>
       </form>
@@ -195,6 +228,12 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
                   {entry.amount !== undefined && entry.amount !== 1 && (
                     <span className="history-amount"> (by {formatNumber(entry.amount)})</span>
                   )}
+                  {entry.by !== undefined && (
+                    <span className="history-by" data-testid="history-by">
+                      {" "}
+                      · {entry.by}
+                    </span>
+                  )}
                 </span>
                 <time dateTime={entry.timestamp}>{formatTime(new Date(entry.timestamp))}</time>
               </li>
@@ -208,12 +247,66 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
   );
 }
 
+/** Why an action is refused, for a disabled control (and the note it refers to, if any). */
+interface Refusal {
+  text: string;
+  noteId: string | null;
+}
+
+/**
+ * What the socket's principal may do to counter `name` (its `can`); everything while that is not
+ * known yet (the server refuses what it must, and says why).
+ */
+function usePermissions(name: string, socket: CounterWebSocket) {
+  const noteId = `${useId()}-read-only`;
+  const can = socket.can;
+  const may = (action: Action) => can === null || allows(can, action);
+  const readOnly = can !== null && !WRITE_ACTIONS.some((action) => allows(can, action));
+  const who = socket.principal === "anonymous" ? "Without a token you" : "Your token";
+  return {
+    readOnly,
+    readOnlyText: `Read-only: ${who.charAt(0).toLowerCase()}${who.slice(1)} may not change ${name}.`,
+    noteId,
+    may,
+    refusal: (action: Action): Refusal | null =>
+      may(action)
+        ? null
+        : {
+            text: `${who} may not ${ACTION_WORDS[action]} ${name}`,
+            noteId: readOnly ? noteId : null,
+          },
+  };
+}
+
+const ACTION_WORDS: Record<Action, string> = {
+  read: "read",
+  increment: "increment",
+  decrement: "decrement",
+  set: "set the value of",
+  reset: "reset",
+  admin: "administer",
+};
+
+/**
+ * A refused control's attributes: disabled, saying why in its title (its accessible
+ * description), and pointing at the card's read-only note when there is one.
+ */
+function refusalProps(refusal: Refusal | null) {
+  if (refusal === null) return {};
+  return {
+    disabled: true,
+    title: refusal.text,
+    ...(refusal.noteId === null ? {} : { "aria-describedby": refusal.noteId }),
+  };
+}
+
 /** − or +: steps by the amount field, once it reads as a whole number ≥ 1. */
 function StepButton(props: {
   label: "Increment" | "Decrement";
   symbol: string;
   amount: () => number | null;
   onStep: (by: number) => void;
+  refusal: Refusal | null;
 }) {
   return (
     <button
@@ -224,6 +317,7 @@ function StepButton(props: {
         const by = props.amount();
         if (by !== null) props.onStep(by);
       }}
+      {...refusalProps(props.refusal)}
     >
       {props.symbol}
     </button>
@@ -237,6 +331,15 @@ function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSoc
     return <p className="connection-note">Live updates are off; the value may be out of date.</p>;
   }
   if (socket.status === "connected" || socket.error === null) return null;
+  if (socket.authError !== null && socket.authError.code !== "forbidden") {
+    return (
+      <p className="connection-note" role="status">
+        {socket.authError.code === "token_expired"
+          ? "The session expired; sign in again to watch this counter."
+          : "Sign in with a token to watch this counter."}
+      </p>
+    );
+  }
   const retry =
     socket.retryAt !== null
       ? ` Reconnecting in ${Math.max(0, Math.ceil((socket.retryAt - now) / 1000))} s.`

@@ -35,7 +35,14 @@ export function describeChange(change: Update | Entry): string {
 
 /** An error in words for the reader; `write` says whether it answered a change. */
 export function describeError(error: unknown, write = false): string {
-  if (error instanceof TallyError) return error.message;
+  if (error instanceof TallyError) {
+    // The sign-in form above says what to do; the server's words are for programs here.
+    if (error.code === "unauthenticated") {
+      return `Sign in with a token to ${write ? "change" : "see"} this counter.`;
+    }
+    if (error.code === "token_expired") return "The session expired; sign in again.";
+    return error.message;
+  }
   if (error instanceof TallyConnectionError) {
     return write
       ? "Cannot reach the Tally server, so the change may or may not have been made; the value shown will tell once it is back."

@@ -1,6 +1,6 @@
 /**
- * The page's entry: one TallyClient (the page's own origin, or VITE_SERVER_URL in development),
- * one QueryClient, and the app.
+ * The page's entry: the token of a `#token=` link put away first, one TallyClient (the page's own
+ * origin, or VITE_SERVER_URL in development) with the page's token, one QueryClient, and the app.
  */
 
 import { TallyClient, TallyError } from "@tally/client";
@@ -9,10 +9,14 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 import { App } from "./App";
+import { getToken, takeTokenFromAddress } from "./session";
 import { Toaster } from "./toasts";
 import "./styles.css";
 
-const client = new TallyClient({ baseUrl: import.meta.env.VITE_SERVER_URL ?? "" });
+// Before anything is sent: the fragment leaves the address bar at once.
+takeTokenFromAddress();
+
+const client = new TallyClient({ baseUrl: import.meta.env.VITE_SERVER_URL ?? "", getToken });
 
 const queryClient = new QueryClient({
   defaultOptions: {

@@ -13,6 +13,13 @@
  */
 
 export * from "./protocol.js";
+export {
+  Credentials,
+  TallyTokenError,
+  inspectToken,
+  type GetToken,
+  type TokenInfo,
+} from "./auth.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export {
   TallyClient,

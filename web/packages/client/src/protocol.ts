@@ -8,6 +8,24 @@
 /** The four operations that change a counter. */
 export type OperationType = "increment" | "decrement" | "setValue" | "reset";
 
+/**
+ * What a grant may allow on a counter (PROTOCOL.md §9): `read` (getValue, getMetadata,
+ * getHistory, watching), the four writes (`set` is setValue), and `admin` (everything, and seeing
+ * who made each change).
+ */
+export type Action = "read" | "increment" | "decrement" | "set" | "reset" | "admin";
+
+/** The actions that change a counter. */
+export const WRITE_ACTIONS: readonly Action[] = ["increment", "decrement", "set", "reset"];
+
+/**
+ * Whether `can` (a snapshot's or an `authenticated` answer's) allows `action`; `admin` allows
+ * everything.
+ */
+export function allows(can: readonly Action[], action: Action): boolean {
+  return can.includes(action) || can.includes("admin");
+}
+
 /** A counter's descriptive state (PROTOCOL.md §3.2). `id` and the times are null before the first write. */
 export interface Metadata {
   id: number | null;
@@ -28,6 +46,11 @@ export interface Update {
   metadata: Metadata;
   /** RFC 3339 UTC with milliseconds; operations of one batch share it, so order by version. */
   timestamp: string;
+  /**
+   * Who made it (a token's subject, `key:NAME` or `anonymous`); present only for principals with
+   * `admin` on the counter.
+   */
+  by?: string;
 }
 
 /** The answer to `counter.getValue`. */
@@ -44,6 +67,8 @@ export interface Entry {
   previousValue: number;
   value: number;
   timestamp: string;
+  /** Who made it; present only for principals with `admin` on the counter (see `Update.by`). */
+  by?: string;
 }
 
 /** The answer to `counter.getHistory`: entries newest first; `next` is present while older ones remain. */
@@ -62,6 +87,11 @@ export interface SnapshotMessage {
   timestamp: string;
   /** True when a resume could not be served: replace all local state with this snapshot. */
   resync?: boolean;
+  /**
+   * What the socket's principal may do to this counter (absent from servers older than access
+   * control, which allow everything).
+   */
+  can?: Action[];
 }
 
 /** A resume is served: the updates `since + 1 ..= version` follow. */
@@ -82,6 +112,20 @@ export interface ErrorMessage {
   type: "error";
   code: ErrorCode;
   message: string;
+  temporary?: boolean;
+  /** How long to wait before trying again, when the server knows (`rate_limited`). */
+  retryAfterMs?: number;
+}
+
+/**
+ * The answer to an `auth` message: the socket now acts as `principal`, until `expiresAt` (absent
+ * for API keys, which do not expire), and may do `can` to its counter.
+ */
+export interface AuthenticatedMessage {
+  type: "authenticated";
+  principal: string;
+  expiresAt?: string;
+  can: Action[];
 }
 
 /** An Update as a WebSocket message. */
@@ -89,12 +133,29 @@ export type UpdateMessage = Update;
 
 /** Everything the server sends on a WebSocket. */
 export type ServerMessage =
-  SnapshotMessage | ResumedMessage | PongMessage | ErrorMessage | UpdateMessage;
+  | SnapshotMessage
+  | ResumedMessage
+  | PongMessage
+  | ErrorMessage
+  | AuthenticatedMessage
+  | UpdateMessage;
 
-/** The only message a client sends. */
+/** The keep-alive a client sends, answered with a `pong`. */
 export interface PingMessage {
   type: "ping";
 }
+
+/**
+ * A credential (a JWT or an API key) sent in band: a browser cannot set headers on a WebSocket.
+ * The first message of a socket, and again with a fresh token before the current one expires.
+ */
+export interface AuthMessage {
+  type: "auth";
+  token: string;
+}
+
+/** Everything a client sends on a WebSocket. */
+export type ClientMessage = PingMessage | AuthMessage;
 
 /** Error codes the server answers (PROTOCOL.md §6); newer servers may send others. */
 export type KnownErrorCode =
@@ -103,10 +164,18 @@ export type KnownErrorCode =
   | "unknown_procedure"
   | "method_not_allowed"
   | "origin_not_allowed"
+  | "host_not_allowed"
+  | "unauthenticated"
+  | "token_expired"
+  | "forbidden"
+  | "rate_limited"
   | "invalid_field"
   | "invalid_name"
   | "invalid_amount"
   | "invalid_limit"
+  | "invalid_grant"
+  | "unknown_key"
+  | "key_exists"
   | "out_of_range"
   | "payload_too_large"
   | "request_timeout"
@@ -124,6 +193,8 @@ export interface ErrorBody {
     code: ErrorCode;
     message: string;
     temporary: boolean;
+    /** How long to wait before trying again (`rate_limited`; also the `Retry-After` header). */
+    retryAfterMs?: number;
   };
 }
 
@@ -156,11 +227,18 @@ export const CloseCode = {
   SERVICE_RESTART: 1012,
   SLOW_CONSUMER: 4000,
   PING_TIMEOUT: 4001,
+  /** No valid credential came in time: do not reconnect without a new one. */
+  UNAUTHENTICATED: 4501,
+  /** The token expired: get a fresh token, then reconnect with `since`. */
+  TOKEN_EXPIRED: 4502,
+  /** The principal may not read this counter: do not reconnect. */
+  FORBIDDEN: 4503,
 } as const;
 
 /**
- * Whether a client should reconnect after the server closed with `code` (PROTOCOL.md §7):
- * not after 1000, 1002, 1008, 1009 or 4500–4999, which need a change on the client's side first.
+ * Whether a client should reconnect after the server closed with `code` (PROTOCOL.md §7), as it
+ * is: not after 1000, 1002, 1008, 1009 or 4500–4999, which need a change on the client's side
+ * first. After 4502 (token expired) a subscription reconnects once it has a fresh token.
  */
 export function shouldReconnect(code: number): boolean {
   switch (code) {
@@ -224,6 +302,10 @@ export function parseServerMessage(text: string): ServerMessage | null {
         : null;
     case "resumed":
       return typeof message.version === "number" ? (parsed as ResumedMessage) : null;
+    case "authenticated":
+      return typeof (parsed as { principal?: unknown }).principal === "string"
+        ? (parsed as AuthenticatedMessage)
+        : null;
     case "pong":
     case "error":
       return parsed as ServerMessage;

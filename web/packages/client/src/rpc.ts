@@ -1,7 +1,9 @@
 /**
- * Typed calls for the seven RPC procedures (PROTOCOL.md §3), over `fetch`.
+ * Typed calls for the seven RPC procedures (PROTOCOL.md §3), over `fetch`, with the credential
+ * of the client's `getToken` (PROTOCOL.md §9).
  */
 
+import { Credentials, type GetToken } from "./auth.js";
 import type {
   ErrorBody,
   ErrorCode,
@@ -22,12 +24,24 @@ export class TallyError extends Error {
   readonly code: ErrorCode;
   /** True when sending the same request again later, unchanged, may succeed. */
   readonly temporary: boolean;
+  /**
+   * How long to wait before sending it again, when the server said (`rate_limited`: the body's
+   * `retryAfterMs`, or else the `Retry-After` header); null otherwise.
+   */
+  readonly retryAfterMs: number | null;
 
-  constructor(status: number, code: ErrorCode, message: string, temporary: boolean) {
+  constructor(
+    status: number,
+    code: ErrorCode,
+    message: string,
+    temporary: boolean,
+    retryAfterMs: number | null = null,
+  ) {
     super(message);
     this.status = status;
     this.code = code;
     this.temporary = temporary;
+    this.retryAfterMs = retryAfterMs;
   }
 }
 
@@ -56,15 +70,28 @@ export interface TallyClientOptions {
   fetch?: typeof fetch;
   /** The `WebSocket` constructor for subscriptions; the global one by default. */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Where credentials come from: returns a JWT, an API key, or null to act as `anonymous`.
+   * Called before the first request, again shortly before a JWT expires (its `exp`), and after
+   * the server said it expired (`token_expired`, close 4502). Without it, every request is
+   * anonymous, which a server without access control lets do everything.
+   */
+  getToken?: GetToken;
+  /** How long before a JWT's `exp` a fresh one is asked for (30 s; at most half its life). */
+  tokenRefreshMargin?: number;
 }
 
 /** What a subscription needs of a WebSocket class: the standard browser API. */
 export type WebSocketConstructor = new (url: string) => WebSocket;
 
+const DEFAULT_TOKEN_REFRESH_MARGIN = 30_000;
+
 /** A Tally server: typed RPC calls, and the URLs a subscription connects to. */
 export class TallyClient {
   readonly baseUrl: string;
   readonly WebSocket: WebSocketConstructor | undefined;
+  /** The credential this client sends, and whom it names (see `getToken`). */
+  readonly credentials: Credentials;
   readonly #fetch: typeof fetch;
 
   constructor(options: TallyClientOptions = {}) {
@@ -76,6 +103,27 @@ export class TallyClient {
     // Bound, so that browsers do not refuse it as an "illegal invocation" on another `this`.
     this.#fetch = fetchImpl.bind(globalThis);
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this.credentials = new Credentials(
+      options.getToken,
+      options.tokenRefreshMargin ?? DEFAULT_TOKEN_REFRESH_MARGIN,
+    );
+  }
+
+  /**
+   * Whom this client's requests act as: a JWT's `sub`, `key:ID` for an API key, `anonymous`; null
+   * while `getToken` has not answered yet. Query keys include it, so two identities never share
+   * cached data.
+   */
+  get principal(): string | null {
+    return this.credentials.principal;
+  }
+
+  /**
+   * Forgets the credential and asks `getToken` for a new one now: call it after the user signed
+   * in or out. Subscriptions reconnect with the new credential.
+   */
+  resetToken(): void {
+    this.credentials.reset();
   }
 
   /** Adds `amount` (a whole number ≥ 1, default 1). */
@@ -113,36 +161,66 @@ export class TallyClient {
     return this.call("getHistory", { name, ...page });
   }
 
-  /** Calls `procedure` with `request`; any of the typed methods above is this. */
+  /**
+   * Calls `procedure` with `request`; any of the typed methods above is this. With `getToken`, the
+   * request carries `Authorization: Bearer …`; answered `401 token_expired`, it is sent once more
+   * with a fresh token.
+   *
+   * @throws TallyError when the server refuses; TallyConnectionError when it cannot be reached
+   * or does not answer Tally's protocol; TallyTokenError when `getToken` fails.
+   */
   async call<P extends Procedure>(
     procedure: P,
     request: Procedures[P]["request"],
   ): Promise<Procedures[P]["answer"]> {
+    const body = JSON.stringify(request);
+    const token = await this.credentials.token();
+    try {
+      return await this.#send<P>(procedure, body, token);
+    } catch (error) {
+      if (!(error instanceof TallyError && error.code === "token_expired")) throw error;
+      this.credentials.expired(token);
+      const fresh = await this.credentials.token();
+      // Sending the same expired token again would be refused the same way.
+      if (fresh === token) throw error;
+      return this.#send<P>(procedure, body, fresh);
+    }
+  }
+
+  async #send<P extends Procedure>(
+    procedure: P,
+    body: string,
+    token: string | null,
+  ): Promise<Procedures[P]["answer"]> {
     const url = `${this.baseUrl}/rpc/counter.${procedure}`;
+    const headers: Record<string, string> = { "Content-Type": "application/json" };
+    if (token !== null) headers["Authorization"] = `Bearer ${token}`;
     let response: Response;
     try {
-      response = await this.#fetch(url, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify(request),
-      });
+      response = await this.#fetch(url, { method: "POST", headers, body });
     } catch (cause) {
       throw new TallyConnectionError(url, `cannot reach the Tally server at ${url}`, { cause });
     }
     const text = await response.text().catch(() => "");
-    let body: unknown;
+    let answer: unknown;
     try {
-      body = JSON.parse(text);
+      answer = JSON.parse(text);
     } catch {
       throw new TallyConnectionError(
         url,
         `the server at ${url} answered ${response.status} without a Tally JSON body`,
       );
     }
-    if (response.ok) return body as Procedures[P]["answer"];
-    const error = (body as Partial<ErrorBody> | null)?.error;
+    if (response.ok) return answer as Procedures[P]["answer"];
+    const error = (answer as Partial<ErrorBody> | null)?.error;
     if (error && typeof error.code === "string" && typeof error.message === "string") {
-      throw new TallyError(response.status, error.code, error.message, error.temporary === true);
+      throw new TallyError(
+        response.status,
+        error.code,
+        error.message,
+        error.temporary === true,
+        retryAfter(error.retryAfterMs, response.headers.get("Retry-After")),
+      );
     }
     throw new TallyConnectionError(
       url,
@@ -164,4 +242,14 @@ export class TallyClient {
     const query = since === undefined ? "" : `?since=${since}`;
     return `${wsBase}/ws/counter/${encodeURIComponent(name)}${query}`;
   }
+}
+
+/**
+ * The delay a refusal asks for, in ms: the body's `retryAfterMs`, or else `Retry-After` (whole
+ * seconds; the HTTP-date form is not used by Tally), or null.
+ */
+function retryAfter(bodyMs: unknown, header: string | null): number | null {
+  if (typeof bodyMs === "number" && Number.isFinite(bodyMs) && bodyMs >= 0) return bodyMs;
+  if (header !== null && /^\d+$/.test(header.trim())) return Number(header.trim()) * 1000;
+  return null;
 }

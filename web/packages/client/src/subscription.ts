@@ -1,9 +1,11 @@
 /**
  * A live subscription to one counter: a WebSocket that keeps itself alive, reconnects with
- * backoff, resumes after the last version it saw, and exposes its state as immutable snapshots
- * (suited to React's `useSyncExternalStore`, or to any other framework).
+ * backoff, resumes after the last version it saw, authenticates in band and refreshes its token
+ * before it expires, and exposes its state as immutable snapshots (suited to React's
+ * `useSyncExternalStore`, or to any other framework).
  */
 
+import { inspectToken } from "./auth.js";
 import { Backoff, type BackoffOptions } from "./backoff.js";
 import {
   CloseCode,
@@ -11,12 +13,15 @@ import {
   nameProblem,
   parseServerMessage,
   shouldReconnect,
+  type Action,
+  type ClientMessage,
+  type ErrorCode,
   type Metadata,
   type ServerMessage,
   type SnapshotMessage,
   type Update,
 } from "./protocol.js";
-import type { TallyClient } from "./rpc.js";
+import type { TallyClient, WebSocketConstructor } from "./rpc.js";
 
 /** Where the connection is. A disabled subscription is `disconnected`. */
 export type ConnectionStatus = "connecting" | "connected" | "disconnected";
@@ -28,11 +33,37 @@ export class TallyWatchError extends Error {
   readonly closeCode: number | null;
   /** True when the subscription will try again by itself. */
   readonly willRetry: boolean;
+  /**
+   * The refusal as an error code, for the access-control closes: `unauthenticated` (4501: a new
+   * credential is needed), `token_expired` (4502, when `getToken` had no fresh token), `forbidden`
+   * (4503); null otherwise.
+   */
+  readonly code: ErrorCode | null;
 
-  constructor(message: string, closeCode: number | null, willRetry: boolean) {
-    super(message);
+  constructor(
+    message: string,
+    closeCode: number | null,
+    willRetry: boolean,
+    options: { code?: ErrorCode | null; cause?: unknown } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.closeCode = closeCode;
     this.willRetry = willRetry;
+    this.code = options.code ?? authCode(closeCode);
+  }
+}
+
+/** The error code of an access-control close, or null. */
+function authCode(closeCode: number | null): ErrorCode | null {
+  switch (closeCode) {
+    case CloseCode.UNAUTHENTICATED:
+      return "unauthenticated";
+    case CloseCode.TOKEN_EXPIRED:
+      return "token_expired";
+    case CloseCode.FORBIDDEN:
+      return "forbidden";
+    default:
+      return null;
   }
 }
 
@@ -54,6 +85,16 @@ export interface SubscriptionState {
   readonly error: TallyWatchError | null;
   /** When the next reconnect attempt is due (epoch ms), while one is scheduled. */
   readonly retryAt: number | null;
+  /**
+   * What this connection's principal may do to the counter, from the latest `snapshot` or
+   * `authenticated` message; null until one came (or from a server without access control).
+   */
+  readonly can: readonly Action[] | null;
+  /**
+   * Whom the current (or last) connection acts as, as the client reads its credential (see
+   * `TallyClient.principal`); null before the first connection.
+   */
+  readonly principal: string | null;
 }
 
 /** Tunes a subscription. Times are in milliseconds. */
@@ -125,6 +166,16 @@ export class CounterSubscription {
   #pingOutstanding = false;
   #receivedSincePing = false;
   #resumeListenersAttached = false;
+  /** Bumped whenever a connection attempt starts or is abandoned, so a late token is dropped. */
+  #attemptId = 0;
+  /** The credential of the current connection (null: anonymous). */
+  #token: string | null = null;
+  /** A token the server said expired: if `getToken` gives it again, there is no fresh one. */
+  #expiredToken: string | null | undefined = undefined;
+  #refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  #stopCredentials: (() => void) | null = null;
+  /** The credentials' generation the current connection's token came from. */
+  #credentialGeneration = 0;
 
   constructor(client: TallyClient, name: string, options: SubscriptionOptions = {}) {
     this.client = client;
@@ -146,6 +197,8 @@ export class CounterSubscription {
       lastUpdate: null,
       error: null,
       retryAt: null,
+      can: null,
+      principal: null,
     };
     if (options.enabled ?? true) this.enable();
   }
@@ -172,6 +225,7 @@ export class CounterSubscription {
     this.#attempt = 0;
     this.#setState({ enabled: true, error: null });
     this.#attachResumeListeners();
+    this.#stopCredentials = this.client.credentials.subscribe(this.#onCredentials);
     this.#connect();
   }
 
@@ -179,6 +233,8 @@ export class CounterSubscription {
   disable(): void {
     if (!this.#state.enabled) return;
     this.#detachResumeListeners();
+    this.#stopCredentials?.();
+    this.#stopCredentials = null;
     this.#clearRetry();
     this.#dropSocket();
     this.#setState({ enabled: false, status: "disconnected", retryAt: null });
@@ -200,6 +256,23 @@ export class CounterSubscription {
     this.#connect();
   }
 
+  /**
+   * The credential was reset (signing in or out): whatever this connection was allowed is no
+   * longer known, so it starts over with the new one, resuming after the last version seen.
+   */
+  readonly #onCredentials = (): void => {
+    const credentials = this.client.credentials;
+    if (!this.#state.enabled || credentials.generation === this.#credentialGeneration) return;
+    this.#dropSocket();
+    this.#clearRetry();
+    this.#attempt = 0;
+    this.#expiredToken = undefined;
+    // What the old credential allowed says nothing of the new one.
+    this.#setState({ can: null });
+    this.#connect();
+  };
+
+  /** Gets the credential (when the client has `getToken`), then opens the socket. */
   #connect(): void {
     const problem = nameProblem(this.name);
     if (problem !== null) {
@@ -216,6 +289,41 @@ export class CounterSubscription {
       this.#fail(error);
       return;
     }
+    const credentials = this.client.credentials;
+    const attemptId = ++this.#attemptId;
+    this.#credentialGeneration = credentials.generation;
+    if (!credentials.enabled) {
+      this.#open(null, WebSocketClass);
+      return;
+    }
+    this.#setState({ status: "connecting", retryAt: null });
+    credentials.token().then(
+      (token) => {
+        if (attemptId !== this.#attemptId || !this.#state.enabled) return;
+        if (token === this.#expiredToken) {
+          // 4502 said this token expired, and getToken has nothing newer: a person must sign in
+          // again (or the application's backend must issue a token), so do not loop.
+          this.#fail(
+            new TallyWatchError(
+              "the token expired and getToken returned no fresh one",
+              CloseCode.TOKEN_EXPIRED,
+              false,
+            ),
+          );
+          return;
+        }
+        this.#expiredToken = undefined;
+        this.#open(token, WebSocketClass);
+      },
+      (error: unknown) => {
+        if (attemptId !== this.#attemptId || !this.#state.enabled) return;
+        const message = error instanceof Error ? error.message : String(error);
+        this.#retry(new TallyWatchError(message, null, true, { cause: error }));
+      },
+    );
+  }
+
+  #open(token: string | null, WebSocketClass: WebSocketConstructor): void {
     const since = this.#state.version ?? this.#since ?? undefined;
     let socket: WebSocket;
     try {
@@ -227,6 +335,13 @@ export class CounterSubscription {
     }
     // Handlers first, and each ignores a socket that is no longer the current one, so that a
     // listener reacting to the state change below cannot leave events of a dropped socket live.
+    // A browser cannot set headers on a WebSocket, so the credential is the first message.
+    socket.onopen = () => {
+      if (this.#socket === socket && this.#token !== null) {
+        this.#send(socket, { type: "auth", token: this.#token });
+        this.#scheduleRefresh(socket);
+      }
+    };
     socket.onmessage = (event: MessageEvent) => {
       if (this.#socket === socket && typeof event.data === "string") this.#receive(event.data);
     };
@@ -237,6 +352,7 @@ export class CounterSubscription {
     // stays even after the socket is dropped: Node's `ws` throws an error nobody listens to.
     socket.onerror = () => {};
     this.#socket = socket;
+    this.#token = token;
     this.#syncedAt = null;
     this.#connectTimer = setTimeout(() => {
       this.#connectTimer = null;
@@ -249,7 +365,53 @@ export class CounterSubscription {
         ),
       );
     }, this.#connectTimeout);
-    this.#setState({ status: "connecting", retryAt: null });
+    this.#setState({
+      status: "connecting",
+      retryAt: null,
+      principal: this.client.credentials.enabled ? inspectToken(token).principal : "anonymous",
+    });
+  }
+
+  /**
+   * Asks for a fresh token shortly before the current one expires and sends it in band, so the
+   * socket goes on without a gap. If none comes (getToken fails, or gives the same token), the
+   * server closes with 4502 at expiry and the subscription reconnects with whatever it then gets.
+   */
+  #scheduleRefresh(socket: WebSocket): void {
+    this.#clearRefresh();
+    const refreshAt = this.client.credentials.refreshAt(this.#token);
+    if (refreshAt === null) return;
+    this.#refreshTimer = setTimeout(
+      () => {
+        this.#refreshTimer = null;
+        const current = this.#token;
+        this.client.credentials.renew(current).then(
+          (fresh) => {
+            if (this.#socket !== socket || fresh === current) return;
+            if (fresh === null) {
+              // Signed out: a socket cannot become anonymous in band, so it starts over.
+              this.#retry(new TallyWatchError("the credential was withdrawn", null, true), true);
+              return;
+            }
+            this.#token = fresh;
+            this.#send(socket, { type: "auth", token: fresh });
+            this.#setState({ principal: inspectToken(fresh).principal });
+            this.#scheduleRefresh(socket);
+          },
+          () => {},
+        );
+      },
+      Math.max(0, refreshAt - Date.now()),
+    );
+  }
+
+  #clearRefresh(): void {
+    if (this.#refreshTimer !== null) clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+  }
+
+  #send(socket: WebSocket, message: ClientMessage): void {
+    if (socket.readyState === 1) socket.send(JSON.stringify(message));
   }
 
   #receive(text: string): void {
@@ -270,8 +432,15 @@ export class CounterSubscription {
         // A first resume from the `since` option: the replay continues from that version.
         if (this.#state.version === null) this.#setState({ version: message.since });
         return;
+      case "authenticated":
+        // The answer to our token; a snapshot sent before it (anonymous may read) said what
+        // anonymous may do, this says what the token may.
+        this.#setState({ can: message.can });
+        return;
       case "pong":
       case "error":
+        // A refused fresh token (`unauthenticated`, `token_expired`) leaves the socket on its
+        // current principal until that one expires (then 4502).
         return;
       default:
         if (isUpdate(message)) this.#applyUpdate(message);
@@ -287,6 +456,7 @@ export class CounterSubscription {
       // A resync may replace a state whose last update no longer exists.
       update: null,
       lastUpdate: updatedAt === null ? null : new Date(updatedAt),
+      ...(snapshot.can === undefined ? {} : { can: snapshot.can }),
     });
     this.#emit("snapshot", snapshot);
   }
@@ -319,6 +489,16 @@ export class CounterSubscription {
 
   #closed(code: number, reason: string): void {
     if (!this.#state.enabled) return;
+    if (code === CloseCode.TOKEN_EXPIRED) {
+      // Ask for a fresh token and resume with it: at once if this connection had been working,
+      // with the backoff if it is failing again and again.
+      const expired = this.#token;
+      this.client.credentials.expired(expired);
+      this.#expiredToken = expired;
+      const error = new TallyWatchError(describeClose(code, reason), code, true);
+      this.#retry(error, this.#syncedAt !== null);
+      return;
+    }
     const retry = shouldReconnect(code);
     const error = new TallyWatchError(describeClose(code, reason), code, retry);
     if (retry) {
@@ -333,11 +513,11 @@ export class CounterSubscription {
    * Drops the current socket and schedules the next attempt: the backoff starts over if the
    * connection stayed up for `minUptime`, and grows otherwise.
    */
-  #retry(error: TallyWatchError): void {
+  #retry(error: TallyWatchError, immediately = false): void {
     const syncedAt = this.#syncedAt;
     this.#dropSocket();
     if (syncedAt !== null && Date.now() - syncedAt >= this.#minUptime) this.#attempt = 0;
-    this.#scheduleRetry(error, this.#backoff.delay(this.#attempt));
+    this.#scheduleRetry(error, immediately ? 0 : this.#backoff.delay(this.#attempt));
     this.#attempt += 1;
   }
 
@@ -391,10 +571,14 @@ export class CounterSubscription {
   #dropSocket(): void {
     this.#stopPings();
     this.#clearConnectTimer();
+    this.#clearRefresh();
+    // A token still on its way belongs to an attempt that is over.
+    this.#attemptId += 1;
     const socket = this.#socket;
     this.#socket = null;
     this.#syncedAt = null;
     if (socket === null) return;
+    socket.onopen = null;
     socket.onmessage = null;
     socket.onclose = null;
     if (socket.readyState === 0 || socket.readyState === 1) socket.close(CloseCode.NORMAL);
@@ -481,6 +665,12 @@ export function describeClose(code: number, reason: string): string {
       return `the server closed the connection: message too big${why}`;
     case CloseCode.INTERNAL_ERROR:
       return `the server could not serve this counter${why}`;
+    case CloseCode.UNAUTHENTICATED:
+      return `the server needs a valid token to watch this counter${why}`;
+    case CloseCode.TOKEN_EXPIRED:
+      return `the token expired${why}`;
+    case CloseCode.FORBIDDEN:
+      return `this token may not watch this counter${why}`;
     default:
       return `the connection closed with code ${code}${why}`;
   }

@@ -45,6 +45,17 @@ export class FakeSocket {
     this.readyState = 3;
   }
 
+  /** The connection opens (the `open` event). */
+  open(): void {
+    this.readyState = 1;
+    this.onopen?.({});
+  }
+
+  /** The messages the client sent, parsed. */
+  get messages(): unknown[] {
+    return this.sent.map((text) => JSON.parse(text) as unknown);
+  }
+
   /** The server sends `message` (as JSON). */
   receive(message: unknown): void {
     this.readyState = 1;

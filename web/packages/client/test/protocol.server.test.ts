@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
 import { TallyClient, TallyConnectionError, TallyError } from "../src/rpc.js";
-import { CounterSubscription, type SubscriptionState } from "../src/subscription.js";
+import { CounterSubscription } from "../src/subscription.js";
+import { until } from "../../../test-support/until.js";
 import type { Update } from "../src/protocol.js";
 
 const dir = tempDir();
@@ -28,30 +29,6 @@ afterAll(async () => {
   await server?.stop();
   dir.remove();
 });
-
-/** Resolves when `subscription`'s state satisfies `done`, or fails after `ms`. */
-function until(
-  subscription: CounterSubscription,
-  done: (state: SubscriptionState) => boolean,
-  ms = 15_000,
-): Promise<SubscriptionState> {
-  return new Promise((resolve, reject) => {
-    const check = () => {
-      const state = subscription.getState();
-      if (!done(state)) return false;
-      clearTimeout(timer);
-      stop();
-      resolve(state);
-      return true;
-    };
-    const timer = setTimeout(() => {
-      stop();
-      reject(new Error(`timed out; state: ${JSON.stringify(subscription.getState())}`));
-    }, ms);
-    const stop = subscription.subscribe(() => void check());
-    check();
-  });
-}
 
 describe("RPC", () => {
   it("answers every procedure with the documented shapes", async () => {

@@ -3,7 +3,7 @@
  * Query cache in sync; query and mutation hooks cover the seven procedures on one key factory.
  */
 
-export { TallyProvider, useTallyClient } from "./context.js";
+export { TallyProvider, useTallyClient, useTallyPrincipal } from "./context.js";
 export { counterKeys, type CounterKeys, type HistoryParams } from "./keys.js";
 export { applySnapshot, applyUpdate } from "./cache.js";
 export {

@@ -1,7 +1,8 @@
 /**
  * One query-key factory for every Tally query, so that hooks, live updates and invalidations all
- * name the same cache entries. Keys start with the server's base URL, so two servers on one page
- * never share entries.
+ * name the same cache entries. Keys start with the server's base URL and the principal, so two
+ * servers on one page, or two identities on one server, never share entries: an admin's history
+ * shows who made each change, and a reader's must not show what the admin's fetch saw.
  */
 
 import type { TallyClient } from "@tally/client";
@@ -12,11 +13,15 @@ export interface HistoryParams {
   before?: number;
 }
 
-/** The query keys of one server's counters. */
-export function counterKeys(client: TallyClient) {
-  const all = ["tally", client.baseUrl] as const;
+/**
+ * The query keys of one server's counters, as seen by `principal` (`client.principal` by
+ * default: a JWT's `sub`, `key:ID`, or `anonymous`; `unknown` while `getToken` has not answered,
+ * when the hooks fetch nothing).
+ */
+export function counterKeys(client: TallyClient, principal: string | null = client.principal) {
+  const all = ["tally", client.baseUrl, principal ?? "unknown"] as const;
   return {
-    /** Every Tally query of this server. */
+    /** Every Tally query of this server and principal. */
     all,
     /** Every query of one counter. */
     counter: (name: string) => [...all, "counter", name] as const,

@@ -1,7 +1,7 @@
 /**
  * Query and mutation hooks for the seven procedures, on one key factory. Mutations write their
  * answer into the cache the same way live updates do, so the writer's own view never waits for
- * its socket.
+ * its socket. Queries are keyed by the principal and wait until it is known.
  */
 
 import type { HistoryPage, Metadata, TallyClient, Update, ValueAnswer } from "@tally/client";
@@ -13,7 +13,7 @@ import {
   type UseQueryOptions,
 } from "@tanstack/react-query";
 import { applyUpdate } from "./cache.js";
-import { useTallyClient } from "./context.js";
+import { useTallyClient, useTallyPrincipal } from "./context.js";
 import { counterKeys, type HistoryParams } from "./keys.js";
 
 type QueryOptions<T> = Omit<
@@ -21,9 +21,35 @@ type QueryOptions<T> = Omit<
   "queryKey" | "queryFn"
 >;
 
-/** The query keys of the current server (see `counterKeys`). */
+/** The query keys of the current server and principal (see `counterKeys`). */
 export function useCounterKeys() {
-  return counterKeys(useTallyClient());
+  return counterKeys(useTallyClient(), useTallyPrincipal());
+}
+
+/** The principal changed while a query was fetched, so its answer is not kept under its key. */
+class PrincipalChangedError extends Error {
+  override readonly name = "PrincipalChangedError";
+}
+
+/**
+ * Fetches for `principal` only: if the client's credential changed before or during the
+ * request, the answer may be another identity's and is not cached under this key.
+ */
+async function asPrincipal<T>(
+  client: TallyClient,
+  principal: string | null,
+  fetch: () => Promise<T>,
+): Promise<T> {
+  const changed = () => new PrincipalChangedError("the credential changed during the request");
+  if (client.principal !== principal) throw changed();
+  const answer = await fetch();
+  if (client.principal !== principal) throw changed();
+  return answer;
+}
+
+/** `options.enabled`, and only once the principal is known. */
+function enabledFor<T>(principal: string | null, options: QueryOptions<T>) {
+  return principal === null ? false : (options.enabled ?? true);
 }
 
 /**
@@ -31,30 +57,32 @@ export function useCounterKeys() {
  * update may arrive after it, so the cached entry is kept when its version is newer.
  */
 function useLiveQuery<T>(
-  queryKey: readonly unknown[],
-  fetch: () => Promise<T>,
+  key: (keys: ReturnType<typeof counterKeys>) => readonly unknown[],
+  fetch: (client: TallyClient) => Promise<T>,
   version: (data: T) => number,
   options: QueryOptions<T>,
 ) {
+  const client = useTallyClient();
+  const principal = useTallyPrincipal();
   const queryClient = useQueryClient();
+  const queryKey = key(counterKeys(client, principal));
   return useQuery({
+    ...options,
     queryKey,
     queryFn: async () => {
-      const answer = await fetch();
+      const answer = await asPrincipal(client, principal, () => fetch(client));
       const cached = queryClient.getQueryData<T>(queryKey);
       return cached !== undefined && version(cached) > version(answer) ? cached : answer;
     },
-    ...options,
+    enabled: enabledFor(principal, options),
   });
 }
 
 /** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`. */
 export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
-  const client = useTallyClient();
-  const key = counterKeys(client).value(name);
   return useLiveQuery(
-    key,
-    () => client.getValue(name),
+    (keys) => keys.value(name),
+    (client) => client.getValue(name),
     (data) => data.version,
     options,
   );
@@ -62,11 +90,9 @@ export function useCounterValue(name: string, options: QueryOptions<ValueAnswer>
 
 /** `counter.getMetadata`, kept live by `useCounterWebSocket`. */
 export function useCounterMetadata(name: string, options: QueryOptions<Metadata> = {}) {
-  const client = useTallyClient();
-  const key = counterKeys(client).metadata(name);
   return useLiveQuery(
-    key,
-    () => client.getMetadata(name),
+    (keys) => keys.metadata(name),
+    (client) => client.getMetadata(name),
     (data) => data.operationCount,
     options,
   );
@@ -79,10 +105,12 @@ export function useCounterHistory(
   options: QueryOptions<HistoryPage> = {},
 ) {
   const client = useTallyClient();
+  const principal = useTallyPrincipal();
   return useQuery({
-    queryKey: counterKeys(client).history(name, params),
-    queryFn: () => client.getHistory(name, params),
     ...options,
+    queryKey: counterKeys(client, principal).history(name, params),
+    queryFn: () => asPrincipal(client, principal, () => client.getHistory(name, params)),
+    enabled: enabledFor(principal, options),
   });
 }
 
@@ -98,6 +126,7 @@ function useWrite<V extends { name: string }>(
     ...options,
     mutationFn: (variables) => write(client, variables),
     onSuccess: (update, variables, onMutateResult, context) => {
+      // The principal the answer came for: the request got its token before it was sent.
       applyUpdate(queryClient, counterKeys(client), update);
       return options.onSuccess?.(update, variables, onMutateResult, context);
     },

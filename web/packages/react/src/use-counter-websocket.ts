@@ -1,11 +1,13 @@
 /**
  * `useCounterWebSocket`: the seed's hook. It watches one counter live, exposes the connection's
- * state through `useSyncExternalStore`, and keeps the TanStack Query cache of that counter in sync
- * (when a `QueryClientProvider` is above it).
+ * state (and what its principal may do) through `useSyncExternalStore`, and keeps the TanStack
+ * Query cache of that counter in sync (when a `QueryClientProvider` is above it), under the keys
+ * of the principal the socket acts as.
  */
 
 import {
   CounterSubscription,
+  type Action,
   type ConnectionStatus,
   type Metadata,
   type SubscriptionOptions,
@@ -44,6 +46,18 @@ export interface CounterWebSocket {
   metadata: Metadata | null;
   /** When the next reconnect attempt is due (epoch ms), while one is scheduled. */
   retryAt: number | null;
+  /**
+   * What the socket's principal may do to the counter (`read`, `increment`, …, `admin`), from the
+   * latest snapshot or `authenticated` answer; null until one came. See `allows`.
+   */
+  can: readonly Action[] | null;
+  /** Whom the socket acts as (a JWT's `sub`, `key:ID`, `anonymous`), or null before it connects. */
+  principal: string | null;
+  /**
+   * `error` when it is an access-control refusal (`error.code` is `unauthenticated`,
+   * `token_expired` or `forbidden`): a new credential is needed before watching again.
+   */
+  authError: TallyWatchError | null;
   /** Reconnects now instead of waiting for the backoff. */
   reconnect: () => void;
   /** The underlying subscription, for anything the hook does not expose. */
@@ -75,12 +89,13 @@ export function useCounterWebSocket(
   );
 
   useEffect(() => {
-    const keys = counterKeys(client);
+    // What the socket says goes to the keys of the principal it acts as.
+    const keys = () => counterKeys(client, subscription.getState().principal);
     const offSnapshot = subscription.on("snapshot", (snapshot) => {
-      if (queryClient) applySnapshot(queryClient, keys, snapshot);
+      if (queryClient) applySnapshot(queryClient, keys(), snapshot);
     });
     const offUpdate = subscription.on("update", (update) => {
-      if (queryClient) applyUpdate(queryClient, keys, update);
+      if (queryClient) applyUpdate(queryClient, keys(), update);
       onUpdateRef.current?.(update);
     });
     return () => {
@@ -112,6 +127,9 @@ export function useCounterWebSocket(
     version: state.version,
     metadata: state.metadata,
     retryAt: state.retryAt,
+    can: state.can,
+    principal: state.principal,
+    authError: state.error?.code ? state.error : null,
     reconnect: () => subscription.reconnectNow(),
     subscription,
   };

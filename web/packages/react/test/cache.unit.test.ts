@@ -1,11 +1,13 @@
 // The TanStack Query integration: what a live update or snapshot writes into the cache. Value and
 // metadata move only forward by version (a late answer never moves them back), a resync snapshot
-// replaces them, and history pages are invalidated rather than refetched at once.
+// replaces them, and history pages are invalidated rather than refetched at once. Keys include the
+// principal.
 import type { Metadata, ValueAnswer } from "@tally/client";
 import { TallyClient } from "@tally/client";
 import { QueryClient } from "@tanstack/react-query";
 import { describe, expect, it } from "vitest";
 import { metadata, snapshot, update } from "../../../test-support/fixtures.js";
+import { unsignedToken } from "../../../test-support/tokens.js";
 import { applySnapshot, applyUpdate } from "../src/cache.js";
 import { counterKeys } from "../src/keys.js";
 
@@ -75,5 +77,52 @@ describe("applySnapshot", () => {
     expect(c.historyInvalidated()).toBe(false);
     applySnapshot(c.queryClient, keys, snapshot("likes", 6, 6));
     expect(c.historyInvalidated()).toBe(true);
+  });
+});
+
+describe("counterKeys", () => {
+  const server = "http://tally.test";
+  const tokenOf = (sub: string) => unsignedToken({ sub, exp: 4_000_000_000 });
+  const as = (sub: string) =>
+    new TallyClient({ baseUrl: server, fetch, getToken: () => tokenOf(sub) });
+
+  it("include the principal, so two identities never share cached data", async () => {
+    const [alice, bob] = [as("alice"), as("bob")];
+    await Promise.all([alice.credentials.token(), bob.credentials.token()]);
+    const [aliceKeys, bobKeys] = [counterKeys(alice), counterKeys(bob)];
+    expect(aliceKeys.value("likes")).toEqual([
+      "tally",
+      server,
+      "alice",
+      "counter",
+      "likes",
+      "getValue",
+    ]);
+    expect(bobKeys.history("likes", { limit: 10 })).toEqual([
+      "tally",
+      server,
+      "bob",
+      "counter",
+      "likes",
+      "getHistory",
+      { limit: 10, before: undefined },
+    ]);
+
+    const queryClient = new QueryClient();
+    applyUpdate(queryClient, aliceKeys, { ...update("likes", 4, 5, 5), by: "carol" });
+    expect(queryClient.getQueryData(aliceKeys.value("likes"))).toEqual({ value: 5, version: 5 });
+    expect(queryClient.getQueryData(bobKeys.value("likes"))).toBeUndefined();
+    expect(queryClient.getQueryData(counterKeys(bob, "alice").value("likes"))).toEqual({
+      value: 5,
+      version: 5,
+    });
+  });
+
+  it("are anonymous without getToken, and unknown until getToken answers", async () => {
+    expect(keys.all).toEqual(["tally", server, "anonymous"]);
+    const pending = as("dave");
+    expect(counterKeys(pending).all).toEqual(["tally", server, "unknown"]);
+    await pending.credentials.token();
+    expect(counterKeys(pending).all).toEqual(["tally", server, "dave"]);
   });
 });
