@@ -248,8 +248,8 @@ impl ServerMessage {
     }
 }
 
-/// Any message a client sends over a WebSocket.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Any message a client sends over a WebSocket. Its `Debug` leaves out tokens.
+#[derive(Clone, PartialEq, Eq)]
 pub enum ClientMessage {
     /// `{"type": "ping"}`: the seed's keep-alive; answered with a [`Pong`].
     Ping,
@@ -260,6 +260,16 @@ pub enum ClientMessage {
         /// A JWT or an API key.
         token: String,
     },
+}
+
+impl std::fmt::Debug for ClientMessage {
+    // A token must never reach a log, so it is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientMessage::Ping => f.write_str("Ping"),
+            ClientMessage::Auth { .. } => f.write_str("Auth { token: <redacted> }"),
+        }
+    }
 }
 
 /// The message types a client may send, worded for error messages.
@@ -408,6 +418,13 @@ mod tests {
         assert!(text.starts_with(r#"{"type":"snapshot","#), "{text}");
         assert!(!text.contains("resync"), "{text}");
         assert_eq!(ServerMessage::from_json(&text).unwrap(), ServerMessage::Snapshot(snapshot));
+    }
+
+    #[test]
+    fn an_auth_message_never_prints_its_token() {
+        let message = ClientMessage::parse(r#"{"type":"auth","token":"secret-token"}"#).unwrap();
+        assert_eq!(message, ClientMessage::Auth { token: "secret-token".into() });
+        assert!(!format!("{message:?}").contains("secret-token"));
     }
 
     #[test]

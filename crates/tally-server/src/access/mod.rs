@@ -1,8 +1,8 @@
 //! The request checks, in one place for HTTP and WebSocket alike: the `Host`, the `Origin`,
-//! the credentials (a JWT or an API key) that make a [`Principal`], the grants that say what
+//! the credentials (a JWT or an API key) that make a `Principal`, the grants that say what
 //! it may do to a counter, and its write rate.
 //!
-//! Handlers never decide access themselves: they ask [`Access`], and every refusal it makes is
+//! Handlers never decide access themselves: they ask `Access`, and every refusal it makes is
 //! logged here, once, at info level, with the principal and the reason (never the token).
 
 pub mod jwt;
