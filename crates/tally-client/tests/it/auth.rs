@@ -170,7 +170,13 @@ async fn a_watch_renews_its_token_in_band_with_no_gap() {
     writing.await.expect("writer");
     assert_eq!(versions, (1..=50).collect::<Vec<u64>>());
     assert!(renewals >= 2, "about 5 s of 3 s tokens: {renewals} renewals");
-    assert_eq!(calls.load(Ordering::SeqCst), renewals + 1, "one fetch per renewal");
+    // One fetch for the connection and one per renewal; the last renewal may have been fetched
+    // and sent but not yet answered when the 50th version arrived.
+    let fetches = calls.load(Ordering::SeqCst);
+    assert!(
+        (renewals + 1..=renewals + 2).contains(&fetches),
+        "{fetches} fetches for {renewals} renewals: a fetch per renewal, no more"
+    );
     drop(watch);
     server.stop().await;
 }
