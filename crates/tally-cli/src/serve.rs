@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tally_proto::Grant;
-use tally_server::access::{AuthConfig, JwtConfig};
+use tally_server::access::{AuthConfig, JwtConfig, jwt::MAX_LEEWAY};
 use tally_server::{Config, SqliteOptions, SqliteStore, StaticFile, Store, WebPage};
 use tokio::net::TcpListener;
 
@@ -196,6 +196,27 @@ pub(crate) struct UsageError(pub(crate) String);
 
 /// The access settings from the flags, their files read.
 fn auth_config(args: &ServeArgs) -> Result<AuthConfig, UsageError> {
+    if args.jwt_leeway > MAX_LEEWAY {
+        return Err(UsageError(format!(
+            "--jwt-leeway {} is more than the {} s allowed: a larger leeway quietly stops tokens from expiring",
+            humantime::format_duration(args.jwt_leeway),
+            MAX_LEEWAY.as_secs()
+        )));
+    }
+    let mut public_hosts = Vec::new();
+    for host in &args.public_hosts {
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if !valid {
+            return Err(UsageError(format!(
+                "--public-host {host:?} is not a host name; give the name alone, without scheme or port (e.g. counters.example.com)"
+            )));
+        }
+        public_hosts.push(name.to_ascii_lowercase());
+    }
     let mut jwt = JwtConfig::default();
     jwt.audience.clone_from(&args.jwt_audience);
     jwt.issuer.clone_from(&args.jwt_issuer);
@@ -227,7 +248,7 @@ fn auth_config(args: &ServeArgs) -> Result<AuthConfig, UsageError> {
     Ok(AuthConfig {
         jwt,
         anonymous: args.anonymous.clone(),
-        public_hosts: args.public_hosts.clone(),
+        public_hosts,
         write_rate: args.write_rate,
         write_burst: args.write_burst,
         auth_timeout: args.auth_timeout,

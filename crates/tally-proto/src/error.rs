@@ -194,6 +194,9 @@ pub mod close {
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// A fault inside the server; reconnecting later may help.
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The counter has as many watchers as the server allows (found after the socket's
+    /// credentials arrived): reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// The server is restarting or shutting down: reconnect (with `since`) after a moment.
     pub const SERVICE_RESTART: u16 = 1012;
     /// The watcher fell too far behind the counter's updates (its queue overflowed, or a send

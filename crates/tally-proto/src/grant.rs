@@ -6,8 +6,9 @@
 //!
 //! - `PATTERN` is an exact counter name, or a prefix ending in `*` (`likes:*`; `*` alone is
 //!   every counter). `{sub}` stands for the token's subject: `user:{sub}:*` lets each user
-//!   reach only their own counters. A subject is matched literally: a `*` or `{` inside it is
-//!   no wildcard.
+//!   reach only their own counters. `{sub}` must be followed by `:` or end the pattern, and
+//!   matches only subjects made of `A-Z a-z 0-9 _ . -` (no `:`), taken literally: so one
+//!   subject can never reach into another's namespace (`alice` and `alice:x`, or `a` and `ab`).
 //! - `ACTION` is `read` (getValue, getMetadata, getHistory, watch), `increment`, `decrement`,
 //!   `set` (setValue), `reset`, or `admin` (all of them, uncapped, plus `by` in updates and
 //!   history, and the key RPCs when the pattern is `*`).
@@ -128,6 +129,16 @@ impl NamePattern {
         let mut rest = body;
         while let Some(c) = rest.chars().next() {
             if let Some(after) = rest.strip_prefix("{sub}") {
+                if !(after.starts_with(':') || after.is_empty() && !prefix) {
+                    return Err(invalid(format!(
+                        "grant pattern {text:?} has {{sub}} followed by {:?}; {{sub}} must be followed by ':' or end the pattern, so that one subject cannot reach another's counters",
+                        if after.is_empty() {
+                            "*"
+                        } else {
+                            &after[..after.chars().next().map_or(0, char::len_utf8)]
+                        }
+                    )));
+                }
                 parts.push(String::new());
                 rest = after;
                 continue;
@@ -154,6 +165,12 @@ impl NamePattern {
     /// Whether the pattern covers counter `name` for a principal whose subject is `subject`
     /// (`None` for API keys and anonymous principals, which no `{sub}` pattern matches).
     pub fn matches(&self, name: &str, subject: Option<&str>) -> bool {
+        let subject = subject.filter(|subject| {
+            !subject.is_empty()
+                && subject
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        });
         let mut rest = name;
         for (index, part) in self.parts.iter().enumerate() {
             if index > 0 {
@@ -351,8 +368,11 @@ mod tests {
         assert!(own.matches("user:alice:likes", Some("alice")));
         assert!(!own.matches("user:bob:likes", Some("alice")));
         assert!(!own.matches("user:alice:likes", None), "keys and anonymous have no subject");
-        // A subject with a * is no wildcard.
+        // A subject with a * is no wildcard, and one with a ':' cannot reach into another's.
         assert!(!own.matches("user:alice:x", Some("*")));
+        assert!(!own.matches("user:alice:x:likes", Some("alice:x")));
+        assert!(NamePattern::parse("user:{sub}*").is_err(), "a matches ab");
+        assert!(NamePattern::parse("user:{sub}x:*").is_err());
         let exact = NamePattern::parse("inbox:{sub}").unwrap();
         assert!(exact.matches("inbox:alice", Some("alice")));
         assert!(!exact.matches("inbox:alice2", Some("alice")));

@@ -65,8 +65,8 @@ pub struct KeyInfo {
     pub revoked_at: Option<String>,
 }
 
-/// The answer to `key.create`: the key itself, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The answer to `key.create`: the key itself, shown this once. Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedKey {
@@ -75,6 +75,12 @@ pub struct CreatedKey {
     /// The key as listed.
     #[serde(flatten)]
     pub info: KeyInfo,
+}
+
+impl std::fmt::Debug for CreatedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedKey").field("key", &"<redacted>").field("info", &self.info).finish()
+    }
 }
 
 /// The answer to `key.list`: every key, revoked ones too, oldest first.

@@ -136,6 +136,15 @@ async fn answer_rpc(
         }
         Request::KeyCreate { name, grants } => {
             access.authorize_admin(&principal)?;
+            // The first key of an open server turns auth on for good, so whoever makes it owns
+            // the server: only a program on this machine may, not a web page nor a remote peer.
+            let local = peer.is_some_and(|ip| ip.is_loopback());
+            if access.is_open() && (!local || headers.contains_key(header::ORIGIN)) {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    "the first API key of a server without auth can be created only by a program on the server's own machine (not a web page, not a remote client); it turns auth on for good",
+                ));
+            }
             let (key, record) = new_key(&name, &grants, clock::now_ms())?;
             state.store.create_key(record.clone()).await.map_err(key_store_error)?;
             access.keys.insert(&record);
@@ -158,7 +167,7 @@ async fn answer_rpc(
                     format!("there is no API key named {name:?}; key.list lists them"),
                 ));
             };
-            access.keys.revoke(&record.id);
+            access.revoke_key(&record.id);
             tracing::info!(key = %name, by = %principal.id, "API key revoked");
             json_body(&key_info(&record))
         }

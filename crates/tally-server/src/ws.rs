@@ -221,6 +221,7 @@ impl Session {
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         // Boxed, and only for sockets whose token expires: most sockets never need one.
         let mut expiry = self.expiry_timer();
+        let mut access_changes = self.state.access.changes();
         loop {
             let step = tokio::select! {
                 biased;
@@ -228,10 +229,18 @@ impl Session {
                 incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
                 update = updates.recv() => self.on_update(update, &mut updates).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
-                () = until(&mut expiry) => Err(End::Close(
-                    close::TOKEN_EXPIRED,
-                    format!("the token expired; reconnect with a fresh one and since={}", self.last_version),
-                )),
+                () = until(&mut expiry) => {
+                    tracing::info!(principal = %self.principal.id, counter = %self.name, "watch closed: token expired");
+                    Err(End::Close(
+                        close::TOKEN_EXPIRED,
+                        format!("the token expired; reconnect with a fresh one and since={}", self.last_version),
+                    ))
+                }
+                changed = access_changes.changed() => match changed {
+                    Ok(()) => Box::pin(self.on_access_change()).await,
+                    // The sender lives as long as the server's state, which this socket holds.
+                    Err(_) => Ok(()),
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -240,6 +249,20 @@ impl Session {
                 expiry = self.expiry_timer();
             }
         }
+    }
+
+    /// Rights may have shrunk (auth turned on, a key revoked): check the principal again, and
+    /// end the watch if it may no longer read.
+    async fn on_access_change(&mut self) -> Result<(), End> {
+        if let Err(error) = self.state.access.recheck(&mut self.principal) {
+            return Err(End::Close(close::UNAUTHENTICATED, error.message));
+        }
+        let permissions = self.principal.permissions(&self.name);
+        if !permissions.allows(Action::Read) {
+            return Err(self.forbidden());
+        }
+        self.admin = permissions.allows(Action::Admin);
+        Ok(())
     }
 
     /// A timer for the principal's token expiry (plus the leeway), if it expires.
@@ -265,6 +288,7 @@ impl Session {
             let incoming = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
                 Ok(incoming) => incoming,
                 Err(_) => {
+                    tracing::info!(counter = %self.name, "watch refused: no credentials in time");
                     return Err(End::Close(
                         close::UNAUTHENTICATED,
                         format!(
@@ -291,7 +315,20 @@ impl Session {
                             return Err(self.forbidden());
                         }
                         self.admin = permissions.allows(Action::Admin);
-                        return self.send_authenticated(permissions.actions()).await;
+                        self.send_authenticated(permissions.actions()).await?;
+                        // Checked before the upgrade too, but sockets that waited for their
+                        // credentials were not counted then.
+                        let limit = self.state.config.max_watchers_per_counter;
+                        if self.state.registry.watchers(&self.name) >= limit {
+                            return Err(End::Close(
+                                close::TRY_AGAIN_LATER,
+                                format!(
+                                    "counter {} already has {limit} watchers, the most allowed; try again later",
+                                    self.name
+                                ),
+                            ));
+                        }
+                        return Ok(());
                     }
                     Ok(ClientMessage::Ping) => self.send_pong().await?,
                     Err(error) => self.send_error(&error).await?,
@@ -332,8 +369,10 @@ impl Session {
     }
 
     async fn send_authenticated(&mut self, can: Vec<Action>) -> Result<(), End> {
+        // A larger `exp` than the clock can format reads as the latest time it can, not 1970.
         let expires_at = self.principal.expires_at.map(|seconds| {
-            clock::format_ms(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX))
+            let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+            clock::format_ms(ms.min(253_402_300_799_000))
         });
         let message = ServerMessage::Authenticated(Authenticated {
             principal: self.principal.id.to_string(),

@@ -17,6 +17,10 @@ use tally_proto::Grant;
 
 /// The shortest HMAC secret accepted: a shorter one can be guessed offline from any token.
 pub const MIN_SECRET_BYTES: usize = 32;
+/// The longest subject accepted (it is stored with every change the subject makes).
+const MAX_SUBJECT_BYTES: usize = 256;
+/// The most clock skew allowed: more would quietly stop tokens from expiring.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// One verification key with the algorithms it may check.
 #[derive(Clone)]
@@ -29,6 +33,12 @@ struct JwtKey {
 /// Why a set of keys could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum JwtKeyError {
+    /// The secret is a key file, not a secret: a PEM or JWK public key used as an HMAC secret
+    /// would let anyone who holds that public key sign tokens.
+    #[error(
+        "the JWT secret looks like a {0}, not a shared secret; give public keys with --jwt-public-key or --jwt-jwks, and a secret of random bytes with --jwt-secret-file"
+    )]
+    NotASecret(&'static str),
     /// The secret is too short.
     #[error(
         "the JWT secret is {0} bytes long; use at least {MIN_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
@@ -88,6 +98,13 @@ impl JwtConfig {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(JwtKeyError::ShortSecret(secret.len()));
         }
+        let text = secret.trim_ascii_start();
+        if text.starts_with(b"-----BEGIN") {
+            return Err(JwtKeyError::NotASecret("PEM key"));
+        }
+        if text.starts_with(b"{") {
+            return Err(JwtKeyError::NotASecret("JSON key (JWK)"));
+        }
         let key =
             DecodingKey::from_secret(secret).map_err(|e| JwtKeyError::BadPem(e.to_string()))?;
         self.push(key, AlgorithmFamily::Hmac, None);
@@ -121,6 +138,13 @@ impl JwtConfig {
             serde_json::from_str(json).map_err(|e| JwtKeyError::BadJwks(e.to_string()))?;
         let before = self.keys.len();
         for jwk in &set.keys {
+            // Keys meant for encryption never verify a signature.
+            if matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) {
+                continue;
+            }
             let key =
                 DecodingKey::from_jwk(jwk).map_err(|e| JwtKeyError::BadJwks(e.to_string()))?;
             if key.family() == AlgorithmFamily::Hmac {
@@ -177,15 +201,15 @@ impl JwtConfig {
                 "the token is not a well-formed JWT with a supported algorithm".into(),
             )
         })?;
-        let candidates: Vec<&JwtKey> = self
-            .keys
-            .iter()
-            .filter(|key| key.algorithms.contains(&header.alg))
-            .filter(|key| match (&header.kid, &key.kid) {
-                (Some(wanted), Some(kid)) => wanted == kid,
-                _ => true,
-            })
-            .collect();
+        let mut candidates: Vec<&JwtKey> =
+            self.keys.iter().filter(|key| key.algorithms.contains(&header.alg)).collect();
+        // A `kid` that names a key picks that key alone; one that names none (or no `kid`)
+        // leaves every key of the algorithm to try.
+        if let Some(wanted) = &header.kid
+            && candidates.iter().any(|key| key.kid.as_ref() == Some(wanted))
+        {
+            candidates.retain(|key| key.kid.as_ref() == Some(wanted));
+        }
         if candidates.is_empty() {
             return Err(TokenError::Invalid(format!(
                 "tokens signed with {:?} are not accepted here; accepted: {}",
@@ -290,10 +314,19 @@ impl Claims {
         if self.iat.is_some_and(|iat| iat > now + leeway) {
             return Err(TokenError::Invalid("the token's iat is in the future".into()));
         }
-        if self.sub.is_empty() || self.sub == "anonymous" || self.sub.starts_with("key:") {
+        let reserved = self.sub.eq_ignore_ascii_case("anonymous")
+            || self.sub.get(..4).is_some_and(|start| start.eq_ignore_ascii_case("key:"));
+        if self.sub.is_empty() || reserved {
             return Err(TokenError::Invalid(format!(
                 "the token's sub {:?} is reserved; a subject must not be empty, \"anonymous\" or start with \"key:\"",
                 self.sub
+            )));
+        }
+        // Subjects go into history and logs: printable and bounded.
+        if self.sub.len() > MAX_SUBJECT_BYTES || self.sub.chars().any(char::is_control) {
+            return Err(TokenError::Invalid(format!(
+                "the token's sub is {} bytes or has control characters; allowed: at most {MAX_SUBJECT_BYTES} bytes of printable text",
+                self.sub.len()
             )));
         }
         let texts = self.tally.map(|claim| claim.grants).unwrap_or_default();

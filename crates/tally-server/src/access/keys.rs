@@ -33,6 +33,7 @@ struct Entry {
 /// What a valid key stands for.
 #[derive(Debug)]
 pub(crate) struct KeyPrincipal {
+    pub(crate) id: String,
     pub(crate) name: String,
     pub(crate) grants: Arc<[Grant]>,
 }
@@ -76,6 +77,11 @@ impl KeyRing {
         self.write().insert(record.id.clone(), entry);
     }
 
+    /// Whether the key with public id `id` is revoked (or unknown).
+    pub(crate) fn is_revoked(&self, id: &str) -> bool {
+        self.read().get(id).is_none_or(|entry| entry.revoked)
+    }
+
     pub(crate) fn revoke(&self, id: &str) {
         if let Some(entry) = self.write().get_mut(id) {
             entry.revoked = true;
@@ -99,7 +105,11 @@ impl KeyRing {
         if entry.revoked {
             return Err(format!("the API key {:?} was revoked", entry.name));
         }
-        Ok(KeyPrincipal { name: entry.name.clone(), grants: Arc::clone(&entry.grants) })
+        Ok(KeyPrincipal {
+            id: id.to_owned(),
+            name: entry.name.clone(),
+            grants: Arc::clone(&entry.grants),
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {

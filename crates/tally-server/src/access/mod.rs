@@ -70,7 +70,13 @@ pub(crate) struct Principal {
     pub(crate) id: Arc<str>,
     /// The token's subject, which `{sub}` in a grant stands for.
     subject: Option<String>,
-    grants: Grants,
+    /// What the credentials grant, with what `--anonymous` grants everyone.
+    grants: Arc<[Grant]>,
+    /// Made while the server was open: everything is allowed until auth turns on (sockets
+    /// check again when it does).
+    everything: bool,
+    /// The API key's public id, so a socket can tell when its key is revoked.
+    key_id: Option<String>,
     /// When the token expires, in seconds since the epoch; `None` for keys and anonymous.
     pub(crate) expires_at: Option<u64>,
     /// Whether the request carried credentials at all.
@@ -78,40 +84,30 @@ pub(crate) struct Principal {
     rate_key: RateKey,
 }
 
-#[derive(Debug, Clone)]
-enum Grants {
-    /// Open mode: everything.
-    Everything,
-    /// What the credentials (or `--anonymous`) grant.
-    Listed(Arc<[Grant]>),
-}
-
 impl Principal {
     /// What this principal may do to counter `name`.
     pub(crate) fn permissions(&self, name: &CounterName) -> Permissions {
-        match &self.grants {
-            Grants::Everything => Permissions::everything(),
-            Grants::Listed(grants) => {
-                Permissions::of(grants, name.as_str(), self.subject.as_deref())
-            }
+        if self.everything {
+            return Permissions::everything();
         }
+        Permissions::of(&self.grants, name.as_str(), self.subject.as_deref())
     }
 
     /// Whether this principal holds `admin` on every counter (the key RPCs need it).
     fn is_global_admin(&self) -> bool {
-        match &self.grants {
-            Grants::Everything => true,
-            Grants::Listed(grants) => grants.iter().any(|grant| {
+        self.everything
+            || self.grants.iter().any(|grant| {
                 grant.pattern.is_everything()
                     && grant.allowed.iter().any(|allowed| allowed.action == Action::Admin)
-            }),
-        }
+            })
     }
 
-    /// How long until the token expires (with `leeway`), if it does.
+    /// How long until the token expires (with `leeway`), if it does; at most a year, which
+    /// neither overflows an `Instant` nor leaves the timer's range.
     pub(crate) fn expires_in(&self, leeway: Duration) -> Option<Duration> {
-        let expires_at = Duration::from_secs(self.expires_at?) + leeway;
-        Some(expires_at.saturating_sub(since_epoch()))
+        const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+        let expires_at = Duration::from_secs(self.expires_at?).saturating_add(leeway);
+        Some(expires_at.saturating_sub(since_epoch()).min(YEAR))
     }
 }
 
@@ -123,6 +119,9 @@ pub(crate) struct Access {
     jwt: JwtConfig,
     anonymous: Arc<[Grant]>,
     pub(crate) keys: KeyRing,
+    /// Bumped whenever rights held by open sockets may have shrunk (auth turned on, a key
+    /// revoked), so each socket checks its principal again.
+    changes: tokio::sync::watch::Sender<u64>,
     limiter: Option<WriteLimiter>,
     public_hosts: Vec<String>,
     allowed_origins: Vec<String>,
@@ -135,9 +134,14 @@ impl Access {
         let auth_on = config.jwt.is_configured() || config.anonymous.is_some() || !keys.is_empty();
         Self {
             auth_on: AtomicBool::new(auth_on),
-            jwt: config.jwt.clone(),
+            jwt: {
+                let mut jwt = config.jwt.clone();
+                jwt.leeway = jwt.leeway.min(jwt::MAX_LEEWAY);
+                jwt
+            },
             anonymous: config.anonymous.clone().unwrap_or_default().into(),
             keys,
+            changes: tokio::sync::watch::Sender::new(0),
             limiter: WriteLimiter::new(config.write_rate, config.write_burst),
             public_hosts: config
                 .public_hosts
@@ -156,7 +160,42 @@ impl Access {
 
     /// Turns auth on for good (the first API key was made).
     pub(crate) fn turn_auth_on(&self) {
-        self.auth_on.store(true, Ordering::Release);
+        if !self.auth_on.swap(true, Ordering::AcqRel) {
+            self.announce_change();
+        }
+    }
+
+    /// Revokes the key with public id `id` at once, for requests and open sockets alike.
+    pub(crate) fn revoke_key(&self, id: &str) {
+        self.keys.revoke(id);
+        self.announce_change();
+    }
+
+    fn announce_change(&self) {
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    /// Wakes when rights may have shrunk: see [`Access::recheck`].
+    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Brings a principal made earlier up to date: the rights of open mode end once auth is
+    /// on, and a revoked key is refused.
+    pub(crate) fn recheck(&self, principal: &mut Principal) -> Result<(), ProtocolError> {
+        if principal.everything && !self.is_open() {
+            principal.everything = false;
+        }
+        if let Some(id) = &principal.key_id
+            && self.keys.is_revoked(id)
+        {
+            let error = ProtocolError::new(
+                ErrorCode::Unauthenticated,
+                format!("the API key of {} was revoked", principal.id),
+            );
+            return Err(self.refuse(principal, error));
+        }
+        Ok(())
     }
 
     /// The clock skew allowed on token times.
@@ -206,7 +245,7 @@ impl Access {
         {
             return Ok(());
         }
-        tracing::info!(host = %host, "request refused: host not allowed");
+        tracing::info!(host = ?host, "request refused: host not allowed");
         Err(ProtocolError::new(
             ErrorCode::HostNotAllowed,
             format!(
@@ -235,7 +274,7 @@ impl Access {
         if own || allowed.iter().any(|allowed| allowed == "*" || allowed == origin) {
             return Ok(());
         }
-        tracing::info!(origin = %origin, "request refused: origin not allowed");
+        tracing::info!(origin = ?origin, "request refused: origin not allowed");
         Err(ProtocolError::new(
             ErrorCode::OriginNotAllowed,
             format!(
@@ -286,7 +325,9 @@ impl Access {
                         rate_key: RateKey::Principal(Arc::clone(&id)),
                         id,
                         subject: None,
-                        grants: self.grants_or_everything(key.grants),
+                        grants: self.with_anonymous(&key.grants),
+                        everything: self.is_open(),
+                        key_id: Some(key.id),
                         expires_at: None,
                         credentialed: true,
                     })
@@ -310,7 +351,9 @@ impl Access {
                     rate_key: RateKey::Principal(Arc::clone(&id)),
                     id,
                     subject: Some(token.subject),
-                    grants: self.grants_or_everything(token.grants.into()),
+                    grants: self.with_anonymous(&token.grants),
+                    everything: self.is_open(),
+                    key_id: None,
                     expires_at: Some(token.expires_at),
                     credentialed: true,
                 })
@@ -325,8 +368,9 @@ impl Access {
         }
     }
 
-    fn grants_or_everything(&self, grants: Arc<[Grant]>) -> Grants {
-        if self.is_open() { Grants::Everything } else { Grants::Listed(grants) }
+    /// `grants` and what anonymous may do: signing in never takes a right away.
+    fn with_anonymous(&self, grants: &[Grant]) -> Arc<[Grant]> {
+        grants.iter().chain(self.anonymous.iter()).cloned().collect()
     }
 
     /// The anonymous principal of a client at `peer`.
@@ -334,7 +378,9 @@ impl Access {
         Principal {
             id: Arc::from("anonymous"),
             subject: None,
-            grants: self.grants_or_everything(Arc::clone(&self.anonymous)),
+            grants: Arc::clone(&self.anonymous),
+            everything: self.is_open(),
+            key_id: None,
             expires_at: None,
             credentialed: false,
             rate_key: RateKey::address(peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))),
@@ -454,7 +500,18 @@ impl Access {
 /// The name part of a `Host` header (`[::1]:8094` → `::1`, `localhost:8094` → `localhost`).
 fn host_name(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or_default();
+        // `[v6]` or `[v6]:port`, nothing else after the bracket.
+        return match rest.split_once(']') {
+            Some((address, "")) => address,
+            Some((address, port))
+                if port
+                    .strip_prefix(':')
+                    .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                address
+            }
+            _ => host,
+        };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,

@@ -784,3 +784,44 @@ async fn ping_frames_count_against_the_message_rate() {
     };
     assert_eq!(code, close::POLICY_VIOLATION);
 }
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_watch_at_once() {
+    let server = start(auth_config()).await;
+    let admin = hs256(&claims("root", &["*=admin"]));
+    let body = json!({"name": "screen", "grants": ["likes:*=read"]});
+    let (_, created, _) = call_key(&server, "key.create", &body, &admin).await;
+    let key = created["key"].as_str().expect("key").to_owned();
+    let mut socket = open_socket(&server, "likes:screen", Some(&key)).await;
+    assert!(matches!(next_event(&mut socket).await, Event::Message(ServerMessage::Snapshot(_))));
+    let (status, _, _) = call_key(&server, "key.revoke", &json!({"name": "screen"}), &admin).await;
+    assert_eq!(status, 200);
+    assert!(matches!(next_event(&mut socket).await, Event::Closed(close::UNAUTHENTICATED)));
+}
+
+#[tokio::test]
+async fn sockets_of_an_open_server_lose_open_rights_when_the_first_key_turns_auth_on() {
+    let server = TestServer::start().await;
+    let mut socket = open_socket(&server, "likes:open", None).await;
+    assert!(matches!(next_event(&mut socket).await, Event::Message(ServerMessage::Snapshot(_))));
+    // From a web page, the first key is refused: it would take the server over.
+    let body = json!({"name": "ops", "grants": ["*=admin"]}).to_string();
+    let refused = reqwest::Client::new()
+        .post(server.url("/rpc/key.create"))
+        .header("content-type", "application/json")
+        .header("origin", format!("http://{}", server.addr))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status().as_u16(), 403);
+    let created = reqwest::Client::new()
+        .post(server.url("/rpc/key.create"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(created.status().as_u16(), 200);
+    assert!(matches!(next_event(&mut socket).await, Event::Closed(close::FORBIDDEN)));
+}
