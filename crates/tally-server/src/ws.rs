@@ -89,10 +89,10 @@ pub(crate) async fn upgrade(
     // Credentials are decided now but answered after the upgrade, as close codes: a browser
     // cannot read the status of a refused upgrade, and would retry it forever.
     let peer = crate::accept::client_ip(&extensions);
-    let start = match headers.get(header::AUTHORIZATION) {
+    let start = Box::new(match headers.get(header::AUTHORIZATION) {
         None => Ok(state.access.anonymous(peer)),
         Some(_) => state.access.authenticate(&headers, peer),
-    };
+    });
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -123,10 +123,11 @@ async fn serve(
     socket: WebSocket,
     name: CounterName,
     since: Option<u64>,
-    start: Result<Principal, ProtocolError>,
+    start: Box<Result<Principal, ProtocolError>>,
 ) {
     state.metrics.websockets_open.inc();
-    let (principal, refused) = match start {
+    // Boxed until here: an argument stays in the socket's future for its whole life.
+    let (principal, refused) = match *start {
         Ok(principal) => (principal, None),
         Err(error) => (state.access.anonymous(None), Some(error)),
     };
@@ -138,6 +139,7 @@ async fn serve(
         ping_outstanding: false,
         rate_window: (Instant::now(), 0),
         admin: false,
+        access_generation: state.access.generation(),
         renewed: false,
         principal,
         state: state.clone(),
@@ -191,6 +193,8 @@ struct Session {
     rate_window: (Instant, u32),
     /// Whether the principal holds `admin` on the counter (and so sees `by`).
     admin: bool,
+    /// The access generation the principal was last checked at.
+    access_generation: u64,
     /// Set when a fresh token replaced the principal, so the expiry timer is set again.
     renewed: bool,
     /// Who the socket acts as.
@@ -221,7 +225,6 @@ impl Session {
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         // Boxed, and only for sockets whose token expires: most sockets never need one.
         let mut expiry = self.expiry_timer();
-        let mut access_changes = self.state.access.changes();
         loop {
             let step = tokio::select! {
                 biased;
@@ -236,11 +239,6 @@ impl Session {
                         format!("the token expired; reconnect with a fresh one and since={}", self.last_version),
                     ))
                 }
-                changed = access_changes.changed() => match changed {
-                    Ok(()) => Box::pin(self.on_access_change()).await,
-                    // The sender lives as long as the server's state, which this socket holds.
-                    Err(_) => Ok(()),
-                },
             };
             if let Err(end) = step {
                 return end;
@@ -251,9 +249,15 @@ impl Session {
         }
     }
 
-    /// Rights may have shrunk (auth turned on, a key revoked): check the principal again, and
-    /// end the watch if it may no longer read.
-    async fn on_access_change(&mut self) -> Result<(), End> {
+    /// Checks the principal again if rights may have shrunk since it last did (auth turned on,
+    /// a key revoked), and ends the watch if it may no longer read: called before every burst
+    /// of updates and at every ping tick, so a revoked key is sent nothing more.
+    fn check_access(&mut self) -> Result<(), End> {
+        let generation = self.state.access.generation();
+        if generation == self.access_generation {
+            return Ok(());
+        }
+        self.access_generation = generation;
         if let Err(error) = self.state.access.recheck(&mut self.principal) {
             return Err(End::Close(close::UNAUTHENTICATED, error.message));
         }
@@ -558,6 +562,7 @@ impl Session {
         updates: &mut broadcast::Receiver<Arc<Published>>,
     ) -> Result<(), End> {
         use futures_util::SinkExt;
+        self.check_access()?;
         let mut next = Some(first);
         let mut sent = 0;
         while let Some(received) = next.take() {
@@ -612,6 +617,7 @@ impl Session {
     /// Once per ping interval: a peer heard from since the last tick is fine; a silent one is
     /// pinged; one still silent a whole interval after its ping is closed.
     async fn on_ping_timer(&mut self) -> Result<(), End> {
+        self.check_access()?;
         if std::mem::take(&mut self.heard) {
             self.ping_outstanding = false;
             return Ok(());

@@ -11,7 +11,7 @@ mod rate;
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
@@ -120,8 +120,12 @@ pub(crate) struct Access {
     anonymous: Arc<[Grant]>,
     pub(crate) keys: KeyRing,
     /// Bumped whenever rights held by open sockets may have shrunk (auth turned on, a key
-    /// revoked), so each socket checks its principal again.
-    changes: tokio::sync::watch::Sender<u64>,
+    /// revoked): each socket compares it before it sends an update and at each ping tick, and
+    /// checks its principal again when it moved. An atomic, not a channel each socket waits
+    /// on, which would widen every idle socket.
+    generation: AtomicU64,
+    /// `anonymous`, shared by every anonymous principal.
+    anonymous_id: Arc<str>,
     limiter: Option<WriteLimiter>,
     public_hosts: Vec<String>,
     allowed_origins: Vec<String>,
@@ -141,7 +145,8 @@ impl Access {
             },
             anonymous: config.anonymous.clone().unwrap_or_default().into(),
             keys,
-            changes: tokio::sync::watch::Sender::new(0),
+            generation: AtomicU64::new(0),
+            anonymous_id: Arc::from("anonymous"),
             limiter: WriteLimiter::new(config.write_rate, config.write_burst),
             public_hosts: config
                 .public_hosts
@@ -172,12 +177,12 @@ impl Access {
     }
 
     fn announce_change(&self) {
-        self.changes.send_modify(|generation| *generation += 1);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Wakes when rights may have shrunk: see [`Access::recheck`].
-    pub(crate) fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// Moves whenever rights may have shrunk: see [`Access::recheck`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Brings a principal made earlier up to date: the rights of open mode end once auth is
@@ -376,7 +381,7 @@ impl Access {
     /// The anonymous principal of a client at `peer`.
     pub(crate) fn anonymous(&self, peer: Option<IpAddr>) -> Principal {
         Principal {
-            id: Arc::from("anonymous"),
+            id: Arc::clone(&self.anonymous_id),
             subject: None,
             grants: Arc::clone(&self.anonymous),
             everything: self.is_open(),

@@ -785,8 +785,10 @@ async fn ping_frames_count_against_the_message_rate() {
     assert_eq!(code, close::POLICY_VIOLATION);
 }
 
+/// Revocation is checked before each update is sent (and at each ping tick): the socket of a
+/// revoked key gets nothing more, and is closed.
 #[tokio::test]
-async fn a_revoked_key_ends_its_watch_at_once() {
+async fn a_revoked_key_is_sent_nothing_more() {
     let server = start(auth_config()).await;
     let admin = hs256(&claims("root", &["*=admin"]));
     let body = json!({"name": "screen", "grants": ["likes:*=read"]});
@@ -796,6 +798,7 @@ async fn a_revoked_key_ends_its_watch_at_once() {
     assert!(matches!(next_event(&mut socket).await, Event::Message(ServerMessage::Snapshot(_))));
     let (status, _, _) = call_key(&server, "key.revoke", &json!({"name": "screen"}), &admin).await;
     assert_eq!(status, 200);
+    call(&server, "increment", &json!({"name": "likes:screen"}), Some(&admin)).await;
     assert!(matches!(next_event(&mut socket).await, Event::Closed(close::UNAUTHENTICATED)));
 }
 
@@ -823,5 +826,8 @@ async fn sockets_of_an_open_server_lose_open_rights_when_the_first_key_turns_aut
         .await
         .expect("request");
     assert_eq!(created.status().as_u16(), 200);
+    let created: Value = created.json().await.expect("json");
+    let key = created["key"].as_str().expect("key");
+    call(&server, "increment", &json!({"name": "likes:open"}), Some(key)).await;
     assert!(matches!(next_event(&mut socket).await, Event::Closed(close::FORBIDDEN)));
 }
