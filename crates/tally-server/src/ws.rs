@@ -90,8 +90,9 @@ pub(crate) async fn upgrade(
     // cannot read the status of a refused upgrade, and would retry it forever.
     let peer = crate::accept::client_ip(&extensions);
     let start = Box::new(match headers.get(header::AUTHORIZATION) {
-        None => Ok(state.access.anonymous(peer)),
-        Some(_) => state.access.authenticate(&headers, peer),
+        // A socket never writes, so its anonymous principal needs no address of its own.
+        None => Ok(state.access.anonymous_watcher()),
+        Some(_) => state.access.authenticate(&headers, peer).map(Arc::new),
     });
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
@@ -123,13 +124,13 @@ async fn serve(
     socket: WebSocket,
     name: CounterName,
     since: Option<u64>,
-    start: Box<Result<Principal, ProtocolError>>,
+    start: Box<Result<Arc<Principal>, ProtocolError>>,
 ) {
     state.metrics.websockets_open.inc();
     // Boxed until here: an argument stays in the socket's future for its whole life.
     let (principal, refused) = match *start {
         Ok(principal) => (principal, None),
-        Err(error) => (state.access.anonymous(None), Some(error)),
+        Err(error) => (state.access.anonymous_watcher(), Some(error)),
     };
     let mut session = Session {
         socket,
@@ -197,8 +198,8 @@ struct Session {
     access_generation: u64,
     /// Set when a fresh token replaced the principal, so the expiry timer is set again.
     renewed: bool,
-    /// Who the socket acts as.
-    principal: Principal,
+    /// Who the socket acts as; shared, so that anonymous sockets hold one pointer each.
+    principal: Arc<Principal>,
     state: AppState,
 }
 
@@ -258,7 +259,7 @@ impl Session {
             return Ok(());
         }
         self.access_generation = generation;
-        if let Err(error) = self.state.access.recheck(&mut self.principal) {
+        if let Err(error) = self.state.access.recheck(Arc::make_mut(&mut self.principal)) {
             return Err(End::Close(close::UNAUTHENTICATED, error.message));
         }
         let permissions = self.principal.permissions(&self.name);
@@ -314,7 +315,7 @@ impl Session {
                             }
                         };
                         let permissions = principal.permissions(&self.name);
-                        self.principal = principal;
+                        self.principal = Arc::new(principal);
                         if !permissions.allows(Action::Read) {
                             return Err(self.forbidden());
                         }
@@ -363,7 +364,7 @@ impl Session {
             Err(error) => return self.send_error(&error).await,
         };
         let permissions = principal.permissions(&self.name);
-        self.principal = principal;
+        self.principal = Arc::new(principal);
         if !permissions.allows(Action::Read) {
             return Err(self.forbidden());
         }

@@ -126,6 +126,9 @@ pub(crate) struct Access {
     generation: AtomicU64,
     /// `anonymous`, shared by every anonymous principal.
     anonymous_id: Arc<str>,
+    /// The anonymous principal of sockets (which never write, so need no address), shared by
+    /// all of them while it is current: rebuilt when auth turns on.
+    anonymous_watcher: std::sync::RwLock<Arc<Principal>>,
     limiter: Option<WriteLimiter>,
     public_hosts: Vec<String>,
     allowed_origins: Vec<String>,
@@ -136,6 +139,8 @@ impl Access {
     pub(crate) fn new(config: &AuthConfig, allowed_origins: &[String], keys: &[KeyRecord]) -> Self {
         let keys = KeyRing::new(keys);
         let auth_on = config.jwt.is_configured() || config.anonymous.is_some() || !keys.is_empty();
+        let anonymous: Arc<[Grant]> = config.anonymous.clone().unwrap_or_default().into();
+        let anonymous_id: Arc<str> = Arc::from("anonymous");
         Self {
             auth_on: AtomicBool::new(auth_on),
             jwt: {
@@ -143,10 +148,20 @@ impl Access {
                 jwt.leeway = jwt.leeway.min(jwt::MAX_LEEWAY);
                 jwt
             },
-            anonymous: config.anonymous.clone().unwrap_or_default().into(),
+            anonymous: Arc::clone(&anonymous),
             keys,
             generation: AtomicU64::new(0),
-            anonymous_id: Arc::from("anonymous"),
+            anonymous_id: Arc::clone(&anonymous_id),
+            anonymous_watcher: std::sync::RwLock::new(Arc::new(Principal {
+                id: anonymous_id,
+                subject: None,
+                grants: Arc::clone(&anonymous),
+                everything: !auth_on,
+                key_id: None,
+                expires_at: None,
+                credentialed: false,
+                rate_key: RateKey::address(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            })),
             limiter: WriteLimiter::new(config.write_rate, config.write_burst),
             public_hosts: config
                 .public_hosts
@@ -166,8 +181,20 @@ impl Access {
     /// Turns auth on for good (the first API key was made).
     pub(crate) fn turn_auth_on(&self) {
         if !self.auth_on.swap(true, Ordering::AcqRel) {
+            let mut watcher =
+                self.anonymous_watcher.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::make_mut(&mut watcher).everything = false;
+            drop(watcher);
             self.announce_change();
         }
+    }
+
+    /// The anonymous principal of a socket.
+    pub(crate) fn anonymous_watcher(&self) -> Arc<Principal> {
+        // Only `turn_auth_on` writes, once; a poisoned lock still holds a whole principal.
+        Arc::clone(
+            &self.anonymous_watcher.read().unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Revokes the key with public id `id` at once, for requests and open sockets alike.
