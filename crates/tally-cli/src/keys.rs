@@ -95,27 +95,5 @@ fn key_table(keys: &[KeyInfo]) -> Vec<String> {
             ]
         })
         .collect();
-    let header =
-        ["NAME".to_owned(), "CREATED".to_owned(), "REVOKED".to_owned(), "GRANTS".to_owned()];
-    let mut widths = [0; 3];
-    for row in std::iter::once(&header).chain(&rows) {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    std::iter::once(&header)
-        .chain(&rows)
-        .map(|row| {
-            format!(
-                "{:<w0$}  {:<w1$}  {:<w2$}  {}",
-                row[0],
-                row[1],
-                row[2],
-                row[3],
-                w0 = widths[0],
-                w1 = widths[1],
-                w2 = widths[2]
-            )
-        })
-        .collect()
+    output::aligned(["NAME", "CREATED", "REVOKED", "GRANTS"], &rows, false)
 }

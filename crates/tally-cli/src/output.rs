@@ -118,23 +118,32 @@ pub(crate) fn history_table(entries: &[Entry]) -> Vec<String> {
             ]
         })
         .collect();
-    let header = ["VERSION".to_owned(), "TIME".to_owned(), "CHANGE".to_owned(), "VALUE".to_owned()];
-    let mut widths = [0; 4];
-    for row in std::iter::once(&header).chain(&rows) {
+    aligned(["VERSION", "TIME", "CHANGE", "VALUE"], &rows, true)
+}
+
+/// `header` and `rows` as lines of columns two spaces apart, each as wide as its widest cell;
+/// the first column right-aligned (numbers) when `numeric_first`, the last one unpadded.
+pub(crate) fn aligned(header: [&str; 4], rows: &[[String; 4]], numeric_first: bool) -> Vec<String> {
+    let header = header.map(str::to_owned);
+    let mut widths = [0; 3];
+    for row in std::iter::once(&header).chain(rows) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     std::iter::once(&header)
-        .chain(&rows)
+        .chain(rows)
         .map(|row| {
+            let first = if numeric_first {
+                format!("{:>w$}", row[0], w = widths[0])
+            } else {
+                format!("{:<w$}", row[0], w = widths[0])
+            };
             format!(
-                "{:>w0$}  {:<w1$}  {:<w2$}  {}",
-                row[0],
+                "{first}  {:<w1$}  {:<w2$}  {}",
                 row[1],
                 row[2],
                 row[3],
-                w0 = widths[0],
                 w1 = widths[1],
                 w2 = widths[2]
             )

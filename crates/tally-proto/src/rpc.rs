@@ -52,17 +52,6 @@ impl Procedure {
         Procedure::KeyRevoke,
     ];
 
-    /// The seven counter procedures (the key procedures are administration).
-    pub const COUNTER: [Procedure; 7] = [
-        Procedure::Increment,
-        Procedure::Decrement,
-        Procedure::SetValue,
-        Procedure::Reset,
-        Procedure::GetValue,
-        Procedure::GetMetadata,
-        Procedure::GetHistory,
-    ];
-
     /// The action a principal needs for this procedure: on the named counter, or for the key
     /// procedures `admin` on every counter.
     pub fn action(self) -> Action {
