@@ -286,10 +286,15 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// What `grants` allow on counter `name` for subject `subject`.
-    pub fn of(grants: &[Grant], name: &str, subject: Option<&str>) -> Self {
+    /// What `grants` allow on counter `name` for subject `subject` (any iterator of grants,
+    /// so that several sets can be joined without copying them).
+    pub fn of<'a>(
+        grants: impl IntoIterator<Item = &'a Grant>,
+        name: &str,
+        subject: Option<&str>,
+    ) -> Self {
         let mut permissions = Self::default();
-        for grant in grants.iter().filter(|grant| grant.pattern.matches(name, subject)) {
+        for grant in grants.into_iter().filter(|grant| grant.pattern.matches(name, subject)) {
             for allowed in &grant.allowed {
                 permissions.add(allowed.action, allowed.cap);
             }

@@ -194,6 +194,67 @@ impl JwtConfig {
         names
     }
 
+    /// The verifier of these keys and rules, with each key's validation rules built once
+    /// rather than for every token.
+    pub(crate) fn verifier(&self) -> Verifier {
+        let leeway = self.leeway.min(MAX_LEEWAY);
+        let keys = self
+            .keys
+            .iter()
+            .map(|key| {
+                let mut validation = Validation::new(key.algorithms[0]);
+                validation.algorithms.clone_from(&key.algorithms);
+                validation.leeway = leeway.as_secs();
+                validation.validate_nbf = true;
+                validation.set_required_spec_claims(&["exp", "sub"]);
+                if self.audience.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&self.audience);
+                    validation.required_spec_claims.insert("aud".into());
+                }
+                if !self.issuer.is_empty() {
+                    validation.set_issuer(&self.issuer);
+                    validation.required_spec_claims.insert("iss".into());
+                }
+                (key.clone(), validation)
+            })
+            .collect();
+        Verifier {
+            keys,
+            algorithms: self.algorithms(),
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+            leeway,
+        }
+    }
+}
+
+/// Verifies tokens with the keys and rules of a [`JwtConfig`], prepared once.
+pub(crate) struct Verifier {
+    keys: Vec<(JwtKey, Validation)>,
+    algorithms: Vec<String>,
+    audience: Vec<String>,
+    issuer: Vec<String>,
+    leeway: Duration,
+}
+
+impl Verifier {
+    /// Whether any key is configured.
+    pub(crate) fn is_configured(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The algorithms accepted, for people.
+    pub(crate) fn algorithms(&self) -> &[String] {
+        &self.algorithms
+    }
+
+    /// The clock skew allowed on token times.
+    pub(crate) fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
     /// Verifies `token` and reads its claims.
     pub(crate) fn verify(&self, token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| {
@@ -201,39 +262,25 @@ impl JwtConfig {
                 "the token is not a well-formed JWT with a supported algorithm".into(),
             )
         })?;
-        let mut candidates: Vec<&JwtKey> =
-            self.keys.iter().filter(|key| key.algorithms.contains(&header.alg)).collect();
+        let mut candidates: Vec<&(JwtKey, Validation)> =
+            self.keys.iter().filter(|(key, _)| key.algorithms.contains(&header.alg)).collect();
         // A `kid` that names a key picks that key alone; one that names none (or no `kid`)
         // leaves every key of the algorithm to try.
         if let Some(wanted) = &header.kid
-            && candidates.iter().any(|key| key.kid.as_ref() == Some(wanted))
+            && candidates.iter().any(|(key, _)| key.kid.as_ref() == Some(wanted))
         {
-            candidates.retain(|key| key.kid.as_ref() == Some(wanted));
+            candidates.retain(|(key, _)| key.kid.as_ref() == Some(wanted));
         }
         if candidates.is_empty() {
             return Err(TokenError::Invalid(format!(
                 "tokens signed with {:?} are not accepted here; accepted: {}",
                 header.alg,
-                self.algorithms().join(", ")
+                self.algorithms.join(", ")
             )));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        if !self.audience.is_empty() {
-            validation.set_audience(&self.audience);
-            validation.required_spec_claims.insert("aud".into());
-        } else {
-            validation.validate_aud = false;
-        }
-        if !self.issuer.is_empty() {
-            validation.set_issuer(&self.issuer);
-            validation.required_spec_claims.insert("iss".into());
-        }
         let mut last = TokenError::Invalid("the token's signature does not verify".into());
-        for candidate in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &candidate.key, &validation) {
+        for (candidate, validation) in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &candidate.key, validation) {
                 Ok(data) => return data.claims.into_verified(now, self.leeway.as_secs()),
                 Err(error) => {
                     last = match error.kind() {

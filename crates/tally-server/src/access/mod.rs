@@ -70,8 +70,11 @@ pub(crate) struct Principal {
     pub(crate) id: Arc<str>,
     /// The token's subject, which `{sub}` in a grant stands for.
     subject: Option<String>,
-    /// What the credentials grant, with what `--anonymous` grants everyone.
+    /// What the credentials grant (nothing for anonymous)...
     grants: Arc<[Grant]>,
+    /// ...and what `--anonymous` grants everyone: signing in never takes a right away. Kept
+    /// apart, so that no request copies the two into one list.
+    anonymous: Arc<[Grant]>,
     /// Made while the server was open: everything is allowed until auth turns on (sockets
     /// check again when it does).
     everything: bool,
@@ -90,13 +93,14 @@ impl Principal {
         if self.everything {
             return Permissions::everything();
         }
-        Permissions::of(&self.grants, name.as_str(), self.subject.as_deref())
+        let grants = self.grants.iter().chain(self.anonymous.iter());
+        Permissions::of(grants, name.as_str(), self.subject.as_deref())
     }
 
     /// Whether this principal holds `admin` on every counter (the key RPCs need it).
     fn is_global_admin(&self) -> bool {
         self.everything
-            || self.grants.iter().any(|grant| {
+            || self.grants.iter().chain(self.anonymous.iter()).any(|grant| {
                 grant.pattern.is_everything()
                     && grant.allowed.iter().any(|allowed| allowed.action == Action::Admin)
             })
@@ -116,7 +120,7 @@ pub(crate) struct Access {
     /// Set once any auth is configured, and never unset while the server runs: revoking the
     /// last key must not open the server.
     auth_on: AtomicBool,
-    jwt: JwtConfig,
+    jwt: jwt::Verifier,
     anonymous: Arc<[Grant]>,
     pub(crate) keys: KeyRing,
     /// Bumped whenever rights held by open sockets may have shrunk (auth turned on, a key
@@ -126,6 +130,8 @@ pub(crate) struct Access {
     generation: AtomicU64,
     /// `anonymous`, shared by every anonymous principal.
     anonymous_id: Arc<str>,
+    /// No grants, shared by every anonymous principal (whose rights are `anonymous`'s).
+    no_grants: Arc<[Grant]>,
     /// The anonymous principal of sockets (which never write, so need no address), shared by
     /// all of them while it is current: rebuilt when auth turns on.
     anonymous_watcher: std::sync::RwLock<Arc<Principal>>,
@@ -141,21 +147,20 @@ impl Access {
         let auth_on = config.jwt.is_configured() || config.anonymous.is_some() || !keys.is_empty();
         let anonymous: Arc<[Grant]> = config.anonymous.clone().unwrap_or_default().into();
         let anonymous_id: Arc<str> = Arc::from("anonymous");
+        let no_grants: Arc<[Grant]> = Arc::from([]);
         Self {
             auth_on: AtomicBool::new(auth_on),
-            jwt: {
-                let mut jwt = config.jwt.clone();
-                jwt.leeway = jwt.leeway.min(jwt::MAX_LEEWAY);
-                jwt
-            },
+            jwt: config.jwt.verifier(),
             anonymous: Arc::clone(&anonymous),
             keys,
             generation: AtomicU64::new(0),
             anonymous_id: Arc::clone(&anonymous_id),
+            no_grants: Arc::clone(&no_grants),
             anonymous_watcher: std::sync::RwLock::new(Arc::new(Principal {
                 id: anonymous_id,
                 subject: None,
-                grants: Arc::clone(&anonymous),
+                grants: Arc::clone(&no_grants),
+                anonymous: Arc::clone(&anonymous),
                 everything: !auth_on,
                 key_id: None,
                 expires_at: None,
@@ -232,7 +237,7 @@ impl Access {
 
     /// The clock skew allowed on token times.
     pub(crate) fn leeway(&self) -> Duration {
-        self.jwt.leeway
+        self.jwt.leeway()
     }
 
     /// What is configured, for the start line (no secrets).
@@ -357,7 +362,8 @@ impl Access {
                         rate_key: RateKey::Principal(Arc::clone(&id)),
                         id,
                         subject: None,
-                        grants: self.with_anonymous(&key.grants),
+                        grants: key.grants,
+                        anonymous: Arc::clone(&self.anonymous),
                         everything: self.is_open(),
                         key_id: Some(key.id),
                         expires_at: None,
@@ -383,7 +389,8 @@ impl Access {
                     rate_key: RateKey::Principal(Arc::clone(&id)),
                     id,
                     subject: Some(token.subject),
-                    grants: self.with_anonymous(&token.grants),
+                    grants: token.grants.into(),
+                    anonymous: Arc::clone(&self.anonymous),
                     everything: self.is_open(),
                     key_id: None,
                     expires_at: Some(token.expires_at),
@@ -400,17 +407,13 @@ impl Access {
         }
     }
 
-    /// `grants` and what anonymous may do: signing in never takes a right away.
-    fn with_anonymous(&self, grants: &[Grant]) -> Arc<[Grant]> {
-        grants.iter().chain(self.anonymous.iter()).cloned().collect()
-    }
-
     /// The anonymous principal of a client at `peer`.
     pub(crate) fn anonymous(&self, peer: Option<IpAddr>) -> Principal {
         Principal {
             id: Arc::clone(&self.anonymous_id),
             subject: None,
-            grants: Arc::clone(&self.anonymous),
+            grants: Arc::clone(&self.no_grants),
+            anonymous: Arc::clone(&self.anonymous),
             everything: self.is_open(),
             key_id: None,
             expires_at: None,
