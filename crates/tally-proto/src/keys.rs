@@ -15,16 +15,30 @@ pub const KEY_PREFIX: &str = "tally_";
 /// What a key's name may contain, worded for error messages.
 pub const KEY_NAME_RULE: &str = "1 to 64 characters from A-Z a-z 0-9 _ . -";
 
+/// The longest key name, in bytes.
+pub const KEY_NAME_MAX_BYTES: usize = 64;
+
+/// The characters of a key name as a regular expression (the length is checked apart).
+pub const KEY_NAME_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+
+/// The JSON schema of a key name: the rule [`check_key_name`] enforces.
+#[cfg(feature = "schema")]
+fn key_name_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": KEY_NAME_MAX_BYTES,
+        "pattern": KEY_NAME_PATTERN,
+    })
+}
+
 /// Body of `key.create`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct KeyCreateBody {
     /// The key's name: who or what uses it (it is what history's `by` shows, as `key:NAME`).
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.-]+$"))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "key_name_schema"))]
     pub name: String,
     /// The key's grants, each `PATTERN=ACTION[<=CAP],...` (see docs/SECURITY.md).
     pub grants: Vec<String>,
@@ -36,10 +50,7 @@ pub struct KeyCreateBody {
 #[serde(deny_unknown_fields)]
 pub struct KeyNameBody {
     /// The key's name.
-    #[cfg_attr(
-        feature = "schema",
-        schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_.-]+$"))
-    )]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "key_name_schema"))]
     pub name: String,
 }
 
@@ -96,7 +107,7 @@ pub struct KeyList {
 /// # Errors
 /// `invalid_field`, saying what was wrong and what is allowed.
 pub fn check_key_name(name: &str) -> Result<(), ProtocolError> {
-    let ok = (1..=64).contains(&name.len())
+    let ok = (1..=KEY_NAME_MAX_BYTES).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
