@@ -304,48 +304,37 @@ impl Session {
                     ));
                 }
             };
-            let message = self.receive(incoming)?;
-            match message {
-                Message::Text(text) => match ClientMessage::parse(&text) {
-                    Ok(ClientMessage::Auth { token }) => {
-                        let principal = match self.state.access.authenticate_token(&token) {
-                            Ok(principal) => principal,
-                            Err(error) => {
-                                return Err(End::Close(refusal_close_code(&error), error.message));
-                            }
-                        };
-                        let permissions = principal.permissions(&self.name);
-                        self.principal = Arc::new(principal);
-                        if !permissions.allows(Action::Read) {
-                            return Err(self.forbidden());
-                        }
-                        self.admin = permissions.allows(Action::Admin);
-                        self.send_authenticated(permissions.actions()).await?;
-                        // Checked before the upgrade too, but sockets that waited for their
-                        // credentials were not counted then.
-                        let limit = self.state.config.max_watchers_per_counter;
-                        if self.state.registry.watchers(&self.name) >= limit {
-                            return Err(End::Close(
-                                close::TRY_AGAIN_LATER,
-                                format!(
-                                    "counter {} already has {limit} watchers, the most allowed; try again later",
-                                    self.name
-                                ),
-                            ));
-                        }
-                        return Ok(());
-                    }
-                    Ok(ClientMessage::Ping) => self.send_pong().await?,
-                    Err(error) => self.send_error(&error).await?,
-                },
-                Message::Binary(_) => self.send_error(&binary_refused()).await?,
-                Message::Ping(_) | Message::Pong(_) => {}
-                Message::Close(_) => {
-                    let _ = self.flush().await;
-                    return Err(End::Drop);
-                }
+            let Some(token) = self.answer(incoming).await? else { continue };
+            let principal = match self.state.access.authenticate_token(&token) {
+                Ok(principal) => principal,
+                Err(error) => return Err(End::Close(refusal_close_code(&error), error.message)),
+            };
+            self.adopt(principal).await?;
+            // Checked before the upgrade too, but sockets that waited for their credentials
+            // were not counted then.
+            let limit = self.state.config.max_watchers_per_counter;
+            if self.state.registry.watchers(&self.name) >= limit {
+                return Err(End::Close(
+                    close::TRY_AGAIN_LATER,
+                    format!(
+                        "counter {} already has {limit} watchers, the most allowed; try again later",
+                        self.name
+                    ),
+                ));
             }
+            return Ok(());
         }
+    }
+
+    /// Makes `principal` the socket's, if it may read the counter, and tells the client.
+    async fn adopt(&mut self, principal: Principal) -> Result<(), End> {
+        let permissions = principal.permissions(&self.name);
+        self.principal = Arc::new(principal);
+        if !permissions.allows(Action::Read) {
+            return Err(self.forbidden());
+        }
+        self.admin = permissions.allows(Action::Admin);
+        self.send_authenticated(permissions.actions()).await
     }
 
     fn forbidden(&self) -> End {
@@ -359,18 +348,13 @@ impl Session {
     /// Replaces the principal with that of a fresh token, with no gap in updates; a token that
     /// no longer allows reading ends the socket, a bad one is answered and changes nothing.
     async fn reauthenticate(&mut self, token: &str) -> Result<(), End> {
-        let principal = match self.state.access.authenticate_token(token) {
-            Ok(principal) => principal,
-            Err(error) => return self.send_error(&error).await,
-        };
-        let permissions = principal.permissions(&self.name);
-        self.principal = Arc::new(principal);
-        if !permissions.allows(Action::Read) {
-            return Err(self.forbidden());
+        match self.state.access.authenticate_token(token) {
+            Ok(principal) => {
+                self.renewed = true;
+                self.adopt(principal).await
+            }
+            Err(error) => self.send_error(&error).await,
         }
-        self.admin = permissions.allows(Action::Admin);
-        self.renewed = true;
-        self.send_authenticated(permissions.actions()).await
     }
 
     async fn send_authenticated(&mut self, can: Vec<Action>) -> Result<(), End> {
@@ -511,15 +495,27 @@ impl Session {
         &mut self,
         incoming: Option<Result<Message, axum::Error>>,
     ) -> Result<(), End> {
+        match self.answer(incoming).await? {
+            Some(token) => self.reauthenticate(&token).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Answers one frame from the client (pings, mistakes, its close) and hands back the token
+    /// of an `auth` message, which what the socket is doing decides what to do with.
+    async fn answer(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<Option<String>, End> {
         match self.receive(incoming)? {
             Message::Text(text) => match ClientMessage::parse(&text) {
-                Ok(ClientMessage::Ping) => self.send_pong().await,
-                Ok(ClientMessage::Auth { token }) => self.reauthenticate(&token).await,
-                Err(error) => self.send_error(&error).await,
+                Ok(ClientMessage::Ping) => self.send_pong().await.map(|()| None),
+                Ok(ClientMessage::Auth { token }) => Ok(Some(token)),
+                Err(error) => self.send_error(&error).await.map(|()| None),
             },
-            Message::Binary(_) => self.send_error(&binary_refused()).await,
+            Message::Binary(_) => self.send_error(&binary_refused()).await.map(|()| None),
             // tungstenite answers pings itself; pongs only tell us the peer is alive.
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) => Ok(None),
             Message::Close(_) => {
                 // tungstenite queued the close reply; flushing sends it, completing the handshake.
                 let _ = self.flush().await;
