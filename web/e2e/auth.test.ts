@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient } from "../packages/client/src/index.js";
 import { TallyServer, tempDir, type JwtServer } from "../test-support/server.js";
 import type { TestClaims } from "../test-support/tokens.js";
-import { launchChromium } from "./browser.js";
+import { card, launchChromium, status, value } from "./browser.js";
 
 const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
 const WAIT = { timeout: 20_000, interval: 50 };
@@ -56,18 +56,6 @@ async function open(path: string): Promise<{ page: Page; refused: string[] }> {
 /** `/?counter=NAME#token=…` for a token with `claims`. */
 function link(name: string, claims: TestClaims): string {
   return `/?counter=${encodeURIComponent(name)}#token=${jwt.token(claims)}`;
-}
-
-function card(page: Page, name: string) {
-  return page.locator(`article[data-counter="${name}"]`);
-}
-
-function status(page: Page, name: string): Promise<string | null> {
-  return card(page, name).getByTestId("connection-status").textContent();
-}
-
-function value(page: Page, name: string): Promise<string | null> {
-  return card(page, name).getByTestId("counter-value").getAttribute("data-value");
 }
 
 describe("the page with tokens", () => {

@@ -7,7 +7,7 @@ import type { Browser, BrowserContextOptions, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient, type Entry } from "../packages/client/src/index.js";
 import { TallyServer, tempDir } from "../test-support/server.js";
-import { launchChromium } from "./browser.js";
+import { card, launchChromium, status, value } from "./browser.js";
 
 const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
 const WAIT = { timeout: 20_000, interval: 50 };
@@ -48,18 +48,6 @@ async function open(names: string | string[], options: BrowserContextOptions = {
   await page.goto(`${server.url}/${query ? `?${query}` : ""}`);
   for (const name of counters) await expect.poll(() => status(page, name), WAIT).toBe("Connected");
   return page;
-}
-
-function card(page: Page, name: string) {
-  return page.locator(`article[data-counter="${name}"]`);
-}
-
-function status(page: Page, name: string): Promise<string | null> {
-  return card(page, name).getByTestId("connection-status").textContent();
-}
-
-function value(page: Page, name: string): Promise<string | null> {
-  return card(page, name).getByTestId("counter-value").getAttribute("data-value");
 }
 
 /** The version of the newest entry in the card's history list. */
