@@ -93,8 +93,8 @@ pub(crate) struct ServeArgs {
     tls_key: Option<PathBuf>,
 
     /// Accept JWTs signed with HS256/384/512 by the secret in this file (its content, trailing
-    /// whitespace trimmed; at least 32 bytes). TALLY_JWT_SECRET may hold the secret itself
-    /// instead (never as a flag value, which `ps` shows).
+    /// whitespace trimmed; at least 32 bytes; a PEM or JSON key is refused). TALLY_JWT_SECRET
+    /// may hold the secret itself instead (never as a flag value, which `ps` shows).
     #[arg(long, env = "TALLY_JWT_SECRET_FILE", value_name = "PATH", help_heading = "Access")]
     jwt_secret_file: Option<PathBuf>,
 
@@ -109,7 +109,8 @@ pub(crate) struct ServeArgs {
     )]
     jwt_public_key: Vec<PathBuf>,
 
-    /// Accept JWTs signed by the keys of this JWKS file ({"keys": [...]}), chosen by `kid`.
+    /// Accept JWTs signed by the keys of this JWKS file ({"keys": [...]}); a token whose `kid`
+    /// names one of them is checked with that key alone, and `use: enc` keys are skipped.
     #[arg(long, env = "TALLY_JWT_JWKS", value_name = "PATH", help_heading = "Access")]
     jwt_jwks: Option<PathBuf>,
 
