@@ -81,6 +81,11 @@ error_codes! {
     KeyExists = "key_exists", 409, false;
     /// A value or result outside ±(2^53 − 1); nothing was stored.
     OutOfRange = "out_of_range", 422, false;
+    /// An idempotency key that breaks the key rule (1 to 128 printable ASCII characters).
+    InvalidIdempotencyKey = "invalid_idempotency_key", 400, false;
+    /// The idempotency key was already used by this principal on this counter for a different
+    /// operation; nothing was stored. Use a new key for a new operation.
+    IdempotencyKeyReused = "idempotency_key_reused", 422, false;
     /// The request body is over 64 KiB.
     PayloadTooLarge = "payload_too_large", 413, false;
     /// The request body took longer to arrive than the server allows (`--request-timeout`);
@@ -88,6 +93,16 @@ error_codes! {
     RequestTimeout = "request_timeout", 408, false;
     /// A WebSocket message whose `type` the server does not know.
     UnknownMessageType = "unknown_message_type", 400, false;
+    /// A `subscribe` to a counter the socket already subscribes to.
+    AlreadySubscribed = "already_subscribed", 409, false;
+    /// An `unsubscribe` of a counter the socket does not subscribe to.
+    NotSubscribed = "not_subscribed", 404, false;
+    /// The socket already holds as many subscriptions as the server allows
+    /// (`--max-subscriptions`); unsubscribe from one first.
+    TooManySubscriptions = "too_many_subscriptions", 429, false;
+    /// The socket already has as many commands waiting for their replies as the server allows
+    /// (`--max-in-flight`); send more once replies arrive.
+    TooManyInFlight = "too_many_in_flight", 429, true;
     /// The counter already has as many watchers as the server allows; try again later.
     TooManyWatchers = "too_many_watchers", 503, true;
     /// The server cannot serve right now (storage fault, shutting down); try again later.

@@ -13,20 +13,25 @@
 //! - [`watch`]: the query string of a watch (`?since=V`).
 //! - [`grant`]: grants (`PATTERN=ACTION[<=CAP],...`): their syntax and what they allow.
 //! - [`keys`]: the API-key RPCs' bodies and answers.
+//! - [`idempotency`]: idempotency keys, which make a retried write count once.
+//! - [`socket`]: the socket protocol, version 2 (`GET /ws`): commands, replies and pushes.
 
 pub mod error;
 pub mod grant;
+pub mod idempotency;
 pub mod keys;
 pub mod limits;
 pub mod message;
 pub mod name;
 pub mod rpc;
+pub mod socket;
 pub mod watch;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use grant::{Action, Grant, NamePattern, Permissions};
+pub use idempotency::IdempotencyKey;
 pub use message::{
-    Authenticated, ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Resumed,
+    Authenticated, ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Presence, Resumed,
     ServerMessage, Snapshot, Update, ValueAnswer, WsError,
 };
 pub use name::CounterName;

@@ -323,6 +323,17 @@ impl ClientMessage {
     }
 }
 
+/// How many watch a counter now: the answer to `getPresence`, and (with the counter's name) the
+/// `presence` push of the socket protocol.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Presence {
+    /// Subscriptions to the counter, over every socket (v1 watches included).
+    pub watchers: u64,
+    /// Distinct principals among them; every anonymous socket counts as a user of its own.
+    pub users: u64,
+}
+
 /// The answer to `getValue`.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

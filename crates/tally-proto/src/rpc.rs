@@ -29,6 +29,8 @@ pub enum Procedure {
     GetMetadata,
     /// `counter.getHistory`
     GetHistory,
+    /// `counter.getPresence`
+    GetPresence,
     /// `key.create` (admin on every counter)
     KeyCreate,
     /// `key.list` (admin on every counter)
@@ -39,7 +41,7 @@ pub enum Procedure {
 
 impl Procedure {
     /// Every procedure, in documentation order.
-    pub const ALL: [Procedure; 10] = [
+    pub const ALL: [Procedure; 11] = [
         Procedure::Increment,
         Procedure::Decrement,
         Procedure::SetValue,
@@ -47,6 +49,7 @@ impl Procedure {
         Procedure::GetValue,
         Procedure::GetMetadata,
         Procedure::GetHistory,
+        Procedure::GetPresence,
         Procedure::KeyCreate,
         Procedure::KeyList,
         Procedure::KeyRevoke,
@@ -60,7 +63,10 @@ impl Procedure {
             Procedure::Decrement => Action::Decrement,
             Procedure::SetValue => Action::Set,
             Procedure::Reset => Action::Reset,
-            Procedure::GetValue | Procedure::GetMetadata | Procedure::GetHistory => Action::Read,
+            Procedure::GetValue
+            | Procedure::GetMetadata
+            | Procedure::GetHistory
+            | Procedure::GetPresence => Action::Read,
             Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke => Action::Admin,
         }
     }
@@ -75,6 +81,7 @@ impl Procedure {
             Procedure::GetValue => "counter.getValue",
             Procedure::GetMetadata => "counter.getMetadata",
             Procedure::GetHistory => "counter.getHistory",
+            Procedure::GetPresence => "counter.getPresence",
             Procedure::KeyCreate => "key.create",
             Procedure::KeyList => "key.list",
             Procedure::KeyRevoke => "key.revoke",
@@ -101,7 +108,11 @@ impl Procedure {
             self,
             Procedure::Increment | Procedure::Decrement | Procedure::SetValue | Procedure::Reset
         ) {
-            codes.push(ErrorCode::RateLimited);
+            codes.extend([
+                ErrorCode::RateLimited,
+                ErrorCode::InvalidIdempotencyKey,
+                ErrorCode::IdempotencyKeyReused,
+            ]);
         }
         match self {
             Procedure::Increment | Procedure::Decrement => {
@@ -109,12 +120,29 @@ impl Procedure {
             }
             Procedure::SetValue => codes.push(ErrorCode::OutOfRange),
             Procedure::GetHistory => codes.push(ErrorCode::InvalidLimit),
-            Procedure::Reset | Procedure::GetValue | Procedure::GetMetadata => {}
+            Procedure::Reset
+            | Procedure::GetValue
+            | Procedure::GetMetadata
+            | Procedure::GetPresence => {}
             Procedure::KeyCreate => codes.extend([ErrorCode::InvalidGrant, ErrorCode::KeyExists]),
             Procedure::KeyList => {}
             Procedure::KeyRevoke => codes.push(ErrorCode::UnknownKey),
         }
         codes
+    }
+
+    /// Whether the procedure changes a counter (and so takes an idempotency key).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Procedure::Increment | Procedure::Decrement | Procedure::SetValue | Procedure::Reset
+        )
+    }
+
+    /// Whether the procedure may be sent as a socket `call`: every counter procedure; the key
+    /// procedures are RPC-only (the first key may be made only by a local program).
+    pub fn callable_over_socket(self) -> bool {
+        !matches!(self, Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke)
     }
 
     /// The procedure whose path segment is `segment`.
@@ -269,6 +297,11 @@ pub enum Request {
         /// The counter.
         name: CounterName,
     },
+    /// getPresence.
+    GetPresence {
+        /// The counter.
+        name: CounterName,
+    },
     /// getHistory.
     GetHistory {
         /// The counter.
@@ -295,6 +328,18 @@ pub enum Request {
 }
 
 impl Request {
+    /// The counter the request is about, if it is about one.
+    pub fn counter(&self) -> Option<&CounterName> {
+        match self {
+            Request::Apply { name, .. }
+            | Request::GetValue { name }
+            | Request::GetMetadata { name }
+            | Request::GetPresence { name }
+            | Request::GetHistory { name, .. } => Some(name),
+            Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => None,
+        }
+    }
+
     /// Reads and validates the JSON `body` of `procedure`.
     ///
     /// # Errors
@@ -334,6 +379,10 @@ impl Request {
             Procedure::GetMetadata => {
                 let raw: NameBody = from_json(body)?;
                 Request::GetMetadata { name: CounterName::parse(&raw.name)? }
+            }
+            Procedure::GetPresence => {
+                let raw: NameBody = from_json(body)?;
+                Request::GetPresence { name: CounterName::parse(&raw.name)? }
             }
             Procedure::GetHistory => {
                 let raw: HistoryBody = from_json(body)?;

@@ -10,8 +10,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tally_proto::{Action, CounterName, ErrorCode, Metadata, Op, ProtocolError, Snapshot};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tally_proto::{
+    Action, CounterName, ErrorCode, IdempotencyKey, Metadata, Op, ProtocolError, Snapshot,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::clock;
@@ -19,6 +21,7 @@ use crate::config::Config;
 use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::store::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
+use crate::topic::{Subscription, Topic, User};
 
 /// How many commands may wait in one counter's inbox before callers wait too.
 pub(crate) const INBOX_CAPACITY: usize = 1024;
@@ -127,12 +130,18 @@ type Reply<T> = oneshot::Sender<Result<T, ApplyError>>;
 /// What a counter's actor can be asked.
 enum Command {
     /// Apply an operation on behalf of `by`; answered once it is committed.
-    Apply { op: Op, by: Arc<str>, received: Instant, respond_to: Reply<Published> },
+    Apply {
+        op: Op,
+        by: Arc<str>,
+        key: Option<IdempotencyKey>,
+        received: Instant,
+        respond_to: Reply<Arc<Published>>,
+    },
     /// The committed state.
     Read { respond_to: Reply<CounterState> },
     /// The committed state and a subscription to later updates, in one step, so that no update
     /// can fall between them.
-    Watch { respond_to: Reply<(CounterState, broadcast::Receiver<Arc<Published>>)> },
+    Watch { user: User, respond_to: Reply<(CounterState, Subscription)> },
 }
 
 impl Command {
@@ -142,7 +151,7 @@ impl Command {
         let _ = match self {
             Command::Apply { respond_to, .. } => respond_to.send(Err(error())).map_err(drop),
             Command::Read { respond_to } => respond_to.send(Err(error())).map_err(drop),
-            Command::Watch { respond_to } => respond_to.send(Err(error())).map_err(drop),
+            Command::Watch { respond_to, .. } => respond_to.send(Err(error())).map_err(drop),
         };
     }
 }
@@ -164,10 +173,15 @@ impl CounterHandle {
     }
 
     /// Applies `op` on behalf of `by`; answers with the update once it is durable and
-    /// broadcast.
-    pub(crate) async fn apply(&self, op: Op, by: Arc<str>) -> Result<Published, ApplyError> {
+    /// broadcast. With an idempotency `key`, a retry answers the first application's update.
+    pub(crate) async fn apply(
+        &self,
+        op: Op,
+        by: Arc<str>,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Arc<Published>, ApplyError> {
         let received = Instant::now();
-        self.ask(|respond_to| Command::Apply { op, by, received, respond_to }).await
+        self.ask(|respond_to| Command::Apply { op, by, key, received, respond_to }).await
     }
 
     /// The committed state.
@@ -175,11 +189,12 @@ impl CounterHandle {
         self.ask(|respond_to| Command::Read { respond_to }).await
     }
 
-    /// The committed state and a subscription to every later update.
+    /// The committed state and a subscription (counted as `user`) to every later update.
     pub(crate) async fn watch(
         &self,
-    ) -> Result<(CounterState, broadcast::Receiver<Arc<Published>>), ApplyError> {
-        self.ask(|respond_to| Command::Watch { respond_to }).await
+        user: User,
+    ) -> Result<(CounterState, Subscription), ApplyError> {
+        self.ask(|respond_to| Command::Watch { user, respond_to }).await
     }
 }
 
@@ -187,8 +202,11 @@ impl CounterHandle {
 struct PendingOp {
     op: Op,
     by: Arc<str>,
+    /// Not yet acted on: the idempotency issue adds the dedup.
+    #[allow(dead_code)]
+    key: Option<IdempotencyKey>,
     received: Instant,
-    respond_to: Reply<Published>,
+    respond_to: Reply<Arc<Published>>,
 }
 
 /// The batch being committed: each entry with the caller waiting for it.
@@ -202,8 +220,8 @@ struct InFlight {
 pub(crate) trait Home: Send + Sync + 'static {
     /// Unregisters actor `generation` of `name` as it stops.
     fn retire(&self, name: &CounterName, generation: u64);
-    /// `name`'s broadcast channel, created on first use.
-    fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>>;
+    /// `name`'s fan-out to its watchers, created on first use at `version`.
+    fn topic(&self, name: &CounterName, version: u64) -> Arc<Topic>;
 }
 
 /// What every actor shares.
@@ -219,16 +237,17 @@ pub(crate) struct ActorContext {
 
 /// Owns one counter's state. Only this actor changes it.
 struct CounterActor {
-    name: CounterName,
+    /// Shared with every update it publishes.
+    name: Arc<CounterName>,
     /// Tells this actor's registration apart from a later actor's for the same name.
     generation: u64,
     /// The committed state: what is on disk.
     state: CounterState,
     store: Arc<dyn Store>,
     context: ActorContext,
-    /// The counter's broadcast channel, taken from the registry on the first watch; it outlives
-    /// the actor while watchers hold receivers, so watchers survive hibernation.
-    topic: Option<broadcast::Sender<Arc<Published>>>,
+    /// The counter's fan-out, taken from the registry on the first watch; it outlives the actor
+    /// while watchers hold subscriptions, so watchers survive hibernation.
+    topic: Option<Arc<Topic>>,
     /// Operations waiting to be queued as the next batch.
     pending: Vec<PendingOp>,
     /// Value and version after the last queued batch: where the next batch starts. Equal to the
@@ -242,12 +261,12 @@ struct CounterActor {
 pub(crate) fn spawn(
     name: CounterName,
     generation: u64,
-    topic: Option<broadcast::Sender<Arc<Published>>>,
+    topic: Option<Arc<Topic>>,
     context: &ActorContext,
 ) -> CounterHandle {
     let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_CAPACITY);
     let actor = CounterActor {
-        name,
+        name: Arc::new(name),
         generation,
         state: CounterState::default(),
         store: Arc::clone(&context.store),
@@ -360,15 +379,17 @@ impl CounterActor {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Apply { op, by, received, respond_to } => {
-                self.pending.push(PendingOp { op, by, received, respond_to })
+            Command::Apply { op, by, key, received, respond_to } => {
+                self.pending.push(PendingOp { op, by, key, received, respond_to })
             }
             Command::Read { respond_to } => {
                 let _ = respond_to.send(Ok(self.state));
             }
-            Command::Watch { respond_to } => {
-                let topic = self.topic.get_or_insert_with(|| self.context.home.topic(&self.name));
-                let _ = respond_to.send(Ok((self.state, topic.subscribe())));
+            Command::Watch { user, respond_to } => {
+                let version = self.state.version;
+                let topic =
+                    self.topic.get_or_insert_with(|| self.context.home.topic(&self.name, version));
+                let _ = respond_to.send(Ok((self.state, topic.subscribe(user))));
             }
         }
     }
@@ -406,7 +427,7 @@ impl CounterActor {
             return None;
         }
         let batch = AppendBatch {
-            name: self.name.clone(),
+            name: CounterName::clone(&self.name),
             expected_version: base_version,
             entries: entries.iter().map(|(entry, _)| entry.clone()).collect(),
         };
@@ -445,22 +466,29 @@ impl CounterActor {
         let metrics = &self.context.metrics;
         metrics.batch_operations.observe(batch.entries.len() as f64);
         // `start_batch` never starts an empty batch, and all its entries share one timestamp.
-        let created_at =
-            clock::format_ms(*self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms));
+        let created_at: Arc<str> = Arc::from(clock::format_ms(
+            *self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms),
+        ));
         self.state.id = Some(id);
-        let topic = self.topic.as_ref().filter(|topic| topic.receiver_count() > 0);
+        // Published whenever a topic exists, watched or not: it is the history a watcher
+        // arriving between two updates reads, and a topic outlives its last watcher only until
+        // the registry forgets it.
+        let topic = self.topic.as_ref();
         for (entry, pending) in batch.entries {
             self.state.value = entry.value;
             self.state.version = entry.version;
             self.state.updated_at_ms = Some(entry.at_ms);
-            let published = Published::new(&self.name, id, &created_at, &entry);
-            if let Some(topic) = topic {
-                // In an `Arc`, so that each of the channel's `--watch-buffer` slots, allocated
-                // up front per watched counter, holds a pointer rather than the whole update.
-                // An error only means every watcher left meanwhile.
-                let _ = topic.send(Arc::new(published.clone()));
-            }
             metrics.operation(entry.kind, pending.received.elapsed().as_secs_f64());
+            // The change as data: its JSON is made by framing, on first use, outside this task.
+            let published = Arc::new(Published::new(
+                Arc::clone(&self.name),
+                id,
+                Arc::clone(&created_at),
+                entry,
+            ));
+            if let Some(topic) = topic {
+                topic.publish(Arc::clone(&published));
+            }
             let _ = pending.respond_to.send(Ok(published));
         }
     }

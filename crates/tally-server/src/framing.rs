@@ -1,86 +1,163 @@
 //! The wire framing of committed changes: each update serialized once, for its writer's answer,
 //! every watcher, and every later replay from history.
 //!
+//! The counter actor hands over a [`Published`] change as data; its JSON is made here, on first
+//! use, by whoever needs it first (the writer's answer or the first watcher), and then shared.
+//! Two framings live side by side:
+//! - **v1** (`/ws/counter/{name}` and RPC answers): the update as the seed sends it;
+//! - **v2** (`/ws`): the same object with the counter's `name` in front, so one socket can carry
+//!   many counters. The name goes in the shared bytes, not into a copy per socket.
+//!
 //! Who made a change (`by`) is shown only to principals with `admin` on the counter, so the
 //! shared bytes leave it out and an admin's copy appends it: the one field after the others,
-//! spliced into a copy rather than serialized again.
+//! spliced into a copy rather than serialized again. A conflated v2 update (a `maxRate`
+//! subscription's jump to the latest state) is also a copy, with `"conflated":true` appended.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
-use tally_proto::{CounterName, Metadata, ServerMessage, Update};
+use tally_proto::{CounterName, Metadata, OpKind, ServerMessage, Update};
 
 use crate::clock;
 use crate::store::HistoryRecord;
 
-/// An update as sent: its version, its JSON without `by` (serialized once and shared by every
-/// watcher and the writer's answer), and who made it.
-#[derive(Debug, Clone)]
+/// A committed update: what it did, and its JSON in each framing, made on first use.
+#[derive(Debug)]
 pub struct Published {
-    /// The counter's version after the update.
-    pub version: u64,
-    /// The update's JSON text, without `by`.
-    pub json: Utf8Bytes,
-    /// Who made it, for the copies that admins get.
-    pub by: Option<Arc<str>>,
+    /// The counter, shared by the updates of a batch or replay page.
+    name: Arc<CounterName>,
+    /// Its storage id.
+    id: i64,
+    /// When the counter was created, formatted once per batch or replay page and shared.
+    created_at: Arc<str>,
+    /// What the operation did.
+    entry: HistoryRecord,
+    /// The update's v1 JSON, without `by`.
+    v1: OnceLock<Utf8Bytes>,
+    /// The update's v2 JSON (with `name`), without `by`.
+    v2: OnceLock<Utf8Bytes>,
 }
 
 impl Published {
-    /// Serializes the update that `entry` made to counter `name` (storage id `id`, created at
-    /// `created_at`, already formatted: callers format it once per batch or replay, not per
-    /// update). Live broadcasts and replays from history both come through here, so a
+    /// The update that `entry` made to counter `name` (storage id `id`, created at
+    /// `created_at`). Live broadcasts and replays from history both come through here, so a
     /// replayed update is byte for byte the one first broadcast.
     pub(crate) fn new(
-        name: &CounterName,
+        name: Arc<CounterName>,
         id: i64,
-        created_at: &str,
-        entry: &HistoryRecord,
+        created_at: Arc<str>,
+        entry: HistoryRecord,
     ) -> Self {
+        Self { name, id, created_at, entry, v1: OnceLock::new(), v2: OnceLock::new() }
+    }
+
+    /// The counter's version after the update.
+    pub fn version(&self) -> u64 {
+        self.entry.version
+    }
+
+    /// The operation's type.
+    pub fn kind(&self) -> OpKind {
+        self.entry.kind
+    }
+
+    /// The value after the update.
+    pub fn value(&self) -> i64 {
+        self.entry.value
+    }
+
+    /// The committed operation.
+    pub fn entry(&self) -> &HistoryRecord {
+        &self.entry
+    }
+
+    /// The counter.
+    pub fn name(&self) -> &CounterName {
+        &self.name
+    }
+
+    /// The v1 JSON, shared: the RPC's answer and a v1 watcher's message.
+    pub fn json(&self) -> &Utf8Bytes {
+        self.v1.get_or_init(|| Utf8Bytes::from(ServerMessage::Update(self.update()).to_json()))
+    }
+
+    /// The v1 JSON for a principal who may (`admin`) or may not see who made the update.
+    pub fn json_for(&self, admin: bool) -> Utf8Bytes {
+        match (&self.entry.by, admin) {
+            (Some(by), true) => Utf8Bytes::from(append(self.json(), "by", &json_string(by))),
+            _ => self.json().clone(),
+        }
+    }
+
+    /// The v2 JSON, shared: `{"name":…,` followed by the v1 object's fields.
+    pub fn v2_json(&self) -> &Utf8Bytes {
+        self.v2.get_or_init(|| {
+            let v1 = self.json();
+            let mut text = String::with_capacity(v1.len() + self.name.as_str().len() + 10);
+            text.push_str("{\"name\":");
+            text.push_str(&json_string(self.name.as_str()));
+            text.push(',');
+            text.push_str(&v1[1..]);
+            Utf8Bytes::from(text)
+        })
+    }
+
+    /// The v2 JSON for one subscription: with `by` for admins, and marked `conflated` for a
+    /// `maxRate` subscription's jump to the latest state.
+    pub fn v2_json_for(&self, admin: bool, conflated: bool) -> Utf8Bytes {
+        let by = self.entry.by.as_deref().filter(|_| admin);
+        if by.is_none() && !conflated {
+            return self.v2_json().clone();
+        }
+        let mut text = self.v2_json().to_string();
+        if let Some(by) = by {
+            text = append(&text, "by", &json_string(by));
+        }
+        if conflated {
+            text = append(&text, "conflated", "true");
+        }
+        Utf8Bytes::from(text)
+    }
+
+    fn update(&self) -> Update {
+        let entry = &self.entry;
         let timestamp = clock::format_ms(entry.at_ms);
-        let update = Update {
+        Update {
             kind: entry.kind,
             value: entry.value,
             previous_value: entry.previous_value,
             version: entry.version,
             metadata: Metadata {
-                id: Some(id),
-                name: name.to_string(),
+                id: Some(self.id),
+                name: self.name.to_string(),
                 value: entry.value,
-                created_at: Some(created_at.to_owned()),
+                created_at: Some(self.created_at.to_string()),
                 updated_at: Some(timestamp.clone()),
                 operation_count: entry.version,
             },
             timestamp,
             by: None,
-        };
-        let json = ServerMessage::Update(update).to_json();
-        Self { version: entry.version, json: Utf8Bytes::from(json), by: entry.by.clone() }
-    }
-
-    /// The JSON for a principal who may (`admin`) or may not see who made the update.
-    pub fn json_for(&self, admin: bool) -> Utf8Bytes {
-        match (&self.by, admin) {
-            (Some(by), true) => Utf8Bytes::from(with_by(&self.json, by)),
-            _ => self.json.clone(),
         }
     }
 }
 
-/// `json` (an object, `by` being its last field when present) with `"by": by` added.
-fn with_by(json: &str, by: &str) -> String {
+/// `json` (an object) with `"field": value` (already JSON) added as its last field.
+fn append(json: &str, field: &str, value: &str) -> String {
     let body = json.strip_suffix('}').unwrap_or(json);
+    format!("{body},\"{field}\":{value}}}")
+}
+
+fn json_string(text: &str) -> String {
     // A string always serializes.
-    let by = serde_json::to_string(by).unwrap_or_default();
-    format!("{body},\"by\":{by}}}")
+    serde_json::to_string(text).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally_proto::OpKind;
+    use tally_proto::socket::Frame;
 
-    #[test]
-    fn an_admin_copy_is_the_update_serialized_with_by() {
+    fn published() -> Published {
         let name = CounterName::parse("likes").unwrap();
         let entry = HistoryRecord {
             version: 3,
@@ -91,14 +168,42 @@ mod tests {
             at_ms: 1_736_942_400_000,
             by: Some(Arc::from("al\"ice")),
         };
-        let published = Published::new(&name, 7, "2025-01-15T12:00:00.000Z", &entry);
-        assert!(!published.json.contains("by"), "{}", published.json);
-        assert_eq!(published.json_for(false), published.json);
-        let ServerMessage::Update(mut update) = ServerMessage::from_json(&published.json).unwrap()
+        Published::new(Arc::new(name), 7, Arc::from("2025-01-15T12:00:00.000Z"), entry)
+    }
+
+    #[test]
+    fn an_admin_copy_is_the_update_serialized_with_by() {
+        let published = published();
+        assert!(!published.json().contains("by"), "{}", published.json());
+        assert_eq!(&published.json_for(false), published.json());
+        let ServerMessage::Update(mut update) = ServerMessage::from_json(published.json()).unwrap()
         else {
             panic!("an update")
         };
         update.by = Some("al\"ice".into());
         assert_eq!(published.json_for(true).as_str(), ServerMessage::Update(update).to_json());
+    }
+
+    #[test]
+    fn v2_framing_is_v1_with_the_name_in_the_shared_bytes() {
+        let published = published();
+        let ServerMessage::Update(update) = ServerMessage::from_json(published.json()).unwrap()
+        else {
+            panic!("an update")
+        };
+        let plain = Frame::from_json(published.v2_json()).unwrap();
+        assert_eq!(
+            plain,
+            Frame::Update { name: "likes".into(), update: update.clone(), conflated: false }
+        );
+        // The same bytes every time: made once, then shared.
+        assert_eq!(published.v2_json().as_ptr(), published.v2_json().as_ptr());
+        let Frame::Update { update: admin, conflated: true, .. } =
+            Frame::from_json(&published.v2_json_for(true, true)).unwrap()
+        else {
+            panic!("a conflated update")
+        };
+        assert_eq!(admin.by.as_deref(), Some("al\"ice"));
+        assert_eq!(Update { by: None, ..admin }, update);
     }
 }

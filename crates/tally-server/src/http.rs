@@ -12,11 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use tally_proto::keys::{CreatedKey, KeyInfo, KeyList};
-use tally_proto::limits::{HISTORY_PAGE_MAX, MAX_REQUEST_BODY_BYTES};
-use tally_proto::{
-    Action, CounterName, Entry, ErrorCode, HistoryPage, Procedure, ProtocolError, Request,
-    ValueAnswer,
-};
+use tally_proto::limits::MAX_REQUEST_BODY_BYTES;
+use tally_proto::{ErrorCode, IdempotencyKey, Procedure, ProtocolError, Request};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::accept::client_ip;
@@ -24,8 +21,8 @@ use crate::access::{Principal, new_key};
 use crate::clock;
 use crate::counter::ApplyError;
 use crate::state::AppState;
-use crate::store::{HistoryRecord, KeyRecord, StoreError};
-use crate::{static_files, ws};
+use crate::store::{KeyRecord, StoreError};
+use crate::{calls, static_files, ws};
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -70,10 +67,11 @@ async fn page(State(state): State<AppState>, request: axum::extract::Request) ->
 
 /// A JSON answer from any serializable value.
 fn json_body<T: Serialize>(value: &T) -> Response {
-    // Our answer types are plain data and always serialize.
-    let text = serde_json::to_vec(value).unwrap_or_default();
-    json_bytes(Bytes::from(text))
+    json_bytes(calls::json(value))
 }
+
+/// The header that carries a write's idempotency key.
+const IDEMPOTENCY_KEY: header::HeaderName = header::HeaderName::from_static("idempotency-key");
 
 fn json_bytes(bytes: Bytes) -> Response {
     ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
@@ -109,30 +107,15 @@ async fn answer_rpc(
     let procedure = Procedure::from_path(procedure)?;
     check_json_content_type(headers)?;
     let principal = access.authenticate(headers, peer)?;
-    let to_protocol = |error: ApplyError| error.to_protocol();
     let action = procedure.action();
+    let key = idempotency_key(headers, procedure)?;
     Ok(match Request::parse(procedure, &body)? {
-        Request::Apply { name, op } => {
-            let permissions = access.authorize(&principal, &name, action, Some(op))?;
-            access.check_write_rate(&principal)?;
-            let published =
-                state.registry.apply(&name, op, &principal.id).await.map_err(to_protocol)?;
-            json_bytes(Bytes::from(published.json_for(permissions.allows(Action::Admin))))
-        }
-        Request::GetValue { name } => {
-            access.authorize(&principal, &name, action, None)?;
-            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
-            json_body(&ValueAnswer { value: counter.value, version: counter.version })
-        }
-        Request::GetMetadata { name } => {
-            access.authorize(&principal, &name, action, None)?;
-            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
-            json_body(&counter.metadata(&name))
-        }
-        Request::GetHistory { name, limit, before } => {
-            let permissions = access.authorize(&principal, &name, action, None)?;
-            let admin = permissions.allows(Action::Admin);
-            json_body(&history_page(state, &name, limit, before, admin).await?)
+        request @ (Request::Apply { .. }
+        | Request::GetValue { .. }
+        | Request::GetMetadata { .. }
+        | Request::GetPresence { .. }
+        | Request::GetHistory { .. }) => {
+            json_bytes(calls::counter_call(state, &principal, action, request, key.as_ref()).await?)
         }
         Request::KeyCreate { name, grants } => {
             access.authorize_admin(&principal)?;
@@ -203,39 +186,22 @@ fn principal_of(
     state.access.authenticate(&parts.headers, client_ip(&parts.extensions))
 }
 
-/// Reads one page of history straight from storage: only committed operations are there, and
-/// every answered write is committed, so no actor is needed.
-async fn history_page(
-    state: &AppState,
-    name: &CounterName,
-    limit: u32,
-    before: Option<u64>,
-    admin: bool,
-) -> Result<HistoryPage, ProtocolError> {
-    debug_assert!(limit <= HISTORY_PAGE_MAX);
-    // One more than asked tells whether older entries remain.
-    let mut records = state
-        .store
-        .history(name, before, limit + 1)
-        .await
-        .map_err(|error| ApplyError::Store(error).to_protocol())?;
-    let more = records.len() > limit as usize;
-    records.truncate(limit as usize);
-    let next = if more { records.last().map(|record| record.version) } else { None };
-    Ok(HistoryPage { entries: records.iter().map(|record| entry(record, admin)).collect(), next })
-}
-
-/// A history entry as answered: with `by` only for principals with `admin` on the counter.
-fn entry(record: &HistoryRecord, admin: bool) -> Entry {
-    Entry {
-        version: record.version,
-        kind: record.kind,
-        amount: record.amount,
-        previous_value: record.previous_value,
-        value: record.value,
-        timestamp: clock::format_ms(record.at_ms),
-        by: if admin { record.by.as_deref().map(str::to_owned) } else { None },
+/// The `Idempotency-Key` header of a write, checked.
+fn idempotency_key(
+    headers: &HeaderMap,
+    procedure: Procedure,
+) -> Result<Option<IdempotencyKey>, ProtocolError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    if !procedure.is_write() {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "{} does not change the counter, so it takes no Idempotency-Key header",
+                procedure.path_name()
+            ),
+        ));
     }
+    IdempotencyKey::parse(value.to_str().unwrap_or("(not ASCII)")).map(Some)
 }
 
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), ProtocolError> {
@@ -300,7 +266,7 @@ fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(origins)
         .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, IDEMPOTENCY_KEY])
 }
 
 async fn rpc_wrong_method(State(state): State<AppState>, method: axum::http::Method) -> Response {

@@ -12,7 +12,9 @@
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
 //! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
 //! - `ws`: one task per WebSocket: credentials, snapshot or resume, then live updates.
-//! - [`registry`]: name → counter actor, started on first use; keeps broadcast channels.
+//! - `calls`: the counter procedures, answered alike for an RPC and a socket `call`.
+//! - [`registry`]: name → counter actor, started on first use; keeps each counter's topic.
+//! - [`topic`]: a counter's fan-out: a ring grown with use, wake-ups, presence counts.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
 //! - [`framing`]: an update's JSON, serialized once for every watcher and replay.
 //! - [`store`]: the storage interface and its SQLite implementation (the only SQL).
@@ -21,6 +23,7 @@
 
 mod accept;
 pub mod access;
+mod calls;
 mod clock;
 pub mod config;
 pub mod counter;
@@ -34,6 +37,7 @@ pub mod state;
 mod static_files;
 pub mod store;
 pub mod tls;
+pub mod topic;
 mod ws;
 
 use std::future::Future;
@@ -80,6 +84,7 @@ pub async fn run(
         std::io::Error::other(format!("cannot read the API keys from storage: {error}"))
     })?;
     let state = AppState::new(Arc::clone(&store), config, &keys);
+    state.registry.spawn_presence_ticker();
     let token = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let registry = state.registry.clone();

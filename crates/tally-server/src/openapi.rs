@@ -13,7 +13,9 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
 use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
-use tally_proto::{ErrorBody, ErrorCode, HistoryPage, Metadata, Procedure, Update, ValueAnswer};
+use tally_proto::{
+    ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Update, ValueAnswer,
+};
 
 /// The whole OpenAPI document.
 pub fn document() -> Value {
@@ -75,6 +77,7 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetValue => pair::<NameBody, ValueAnswer>(generator),
         Procedure::GetMetadata => pair::<NameBody, Metadata>(generator),
         Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
+        Procedure::GetPresence => pair::<NameBody, Presence>(generator),
         Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
         Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
         Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
@@ -121,6 +124,7 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetValue => "The committed value and version",
         Procedure::GetMetadata => "The counter's metadata",
         Procedure::GetHistory => "One page of history, newest first",
+        Procedure::GetPresence => "How many watch the counter now (watchers and distinct users)",
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",
         Procedure::KeyRevoke => "Revoke an API key at once (admin on every counter)",

@@ -1,12 +1,11 @@
 //! Finds the actor of a counter by name, starting one on first use, and keeps each counter's
-//! broadcast channel for as long as someone watches it, even while the counter hibernates.
+//! fan-out ([`Topic`]) for as long as someone watches it, even while the counter hibernates.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use tally_proto::{CounterName, Op};
-use tokio::sync::broadcast;
+use tally_proto::{CounterName, IdempotencyKey, Op, Presence};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -14,6 +13,7 @@ use crate::counter::{self, ActorContext, ApplyError, CounterHandle, CounterState
 use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::topic::{Subscription, Topic, User};
 
 /// How many times a command follows a counter to its next actor after the previous one
 /// hibernated under it. Hibernation takes `--idle-timeout` of silence, so one retry is almost
@@ -25,8 +25,8 @@ const MAX_RETRIES: usize = 8;
 struct Slot {
     /// The live actor, with its generation; `None` while the counter hibernates.
     actor: Option<(u64, CounterHandle)>,
-    /// The broadcast channel, created on the first watch and kept while anyone watches.
-    topic: Option<broadcast::Sender<Arc<Published>>>,
+    /// The fan-out, created on the first watch and kept while anyone watches.
+    topic: Option<Arc<Topic>>,
 }
 
 /// The slots, which actors reach through [`Home`].
@@ -53,7 +53,7 @@ pub struct Registry {
 
 impl Home for Slots {
     /// Unregisters actor `generation` of `name`; called by the actor as it hibernates. The
-    /// slot stays while watchers hold its broadcast channel.
+    /// slot stays while watchers hold subscriptions to its topic.
     fn retire(&self, name: &CounterName, generation: u64) {
         self.slots.remove_if_mut(name, |_, slot| {
             if slot.actor.as_ref().is_some_and(|(current, _)| *current == generation) {
@@ -63,10 +63,10 @@ impl Home for Slots {
         });
     }
 
-    /// `name`'s broadcast channel, created on first use. Called by the counter's actor.
-    fn topic(&self, name: &CounterName) -> broadcast::Sender<Arc<Published>> {
+    /// `name`'s topic, created on first use at `version`. Called by the counter's actor.
+    fn topic(&self, name: &CounterName, version: u64) -> Arc<Topic> {
         let mut slot = self.slots.entry(name.clone()).or_default();
-        slot.topic.get_or_insert_with(|| broadcast::channel(self.watch_buffer.max(1)).0).clone()
+        Arc::clone(slot.topic.get_or_insert_with(|| Topic::new(self.watch_buffer, version)))
     }
 }
 
@@ -143,10 +143,12 @@ impl Registry {
         name: &CounterName,
         op: Op,
         by: &Arc<str>,
-    ) -> Result<Published, ApplyError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Arc<Published>, ApplyError> {
         self.with_actor(name, |handle| {
             let by = Arc::clone(by);
-            async move { handle.apply(op, by).await }
+            let key = key.cloned();
+            async move { handle.apply(op, by, key).await }
         })
         .await
     }
@@ -159,26 +161,69 @@ impl Registry {
         self.with_actor(name, |handle| async move { handle.read().await }).await
     }
 
-    /// The committed state of counter `name` and a subscription to its later updates.
-    /// Call [`Registry::unwatch`] after dropping the receiver.
+    /// The committed state of counter `name` and a subscription to its later updates,
+    /// counted as `user`'s in presence. Call [`Registry::unwatch`] after dropping the
+    /// subscription.
     ///
     /// # Errors
     /// `Store` when the counter could not be loaded; `ShuttingDown`.
-    pub async fn watch(
+    pub(crate) async fn watch(
         &self,
         name: &CounterName,
-    ) -> Result<(CounterState, broadcast::Receiver<Arc<Published>>), ApplyError> {
-        self.with_actor(name, |handle| async move { handle.watch().await }).await
+        user: User,
+    ) -> Result<(CounterState, Subscription), ApplyError> {
+        self.with_actor(name, |handle| {
+            let user = user.clone();
+            async move { handle.watch(user).await }
+        })
+        .await
     }
 
-    /// How many sockets watch `name` now.
+    /// How many subscriptions `name` has now.
     pub fn watchers(&self, name: &CounterName) -> usize {
         self.shared
             .slots
             .slots
             .get(name)
-            .and_then(|slot| slot.topic.as_ref().map(broadcast::Sender::receiver_count))
+            .and_then(|slot| slot.topic.as_ref().map(|topic| topic.watchers() as usize))
             .unwrap_or(0)
+    }
+
+    /// Who watches `name` now (all zero when nobody does).
+    pub fn presence(&self, name: &CounterName) -> Presence {
+        self.shared
+            .slots
+            .slots
+            .get(name)
+            .and_then(|slot| slot.topic.as_ref().map(|topic| topic.presence_now()))
+            .unwrap_or_default()
+    }
+
+    /// Pushes each watched counter's presence, if it changed, once a second until shutdown;
+    /// this is what bounds presence pushes to one a second per counter however fast sockets
+    /// come and go.
+    pub fn spawn_presence_ticker(&self) {
+        let slots = Arc::downgrade(&self.shared.slots);
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(slots), Some(shared)) = (slots.upgrade(), shared.upgrade()) else {
+                    break;
+                };
+                if shared.closed.load(Ordering::Acquire) {
+                    break;
+                }
+                // Topics are cloned out first: no shard lock is held while pushing.
+                let topics: Vec<Arc<Topic>> =
+                    slots.slots.iter().filter_map(|slot| slot.topic.clone()).collect();
+                for topic in topics {
+                    topic.tick_presence();
+                }
+            }
+        });
     }
 
     /// Forgets `name`'s slot if nothing needs it any more: no actor, and no watcher.
@@ -200,5 +245,5 @@ impl Registry {
 }
 
 fn has_watchers(slot: &Slot) -> bool {
-    slot.topic.as_ref().is_some_and(|topic| topic.receiver_count() > 0)
+    slot.topic.as_ref().is_some_and(|topic| topic.watchers() > 0)
 }

@@ -19,7 +19,6 @@ use tally_proto::{
     Action, Authenticated, ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed,
     ServerMessage, WatchQuery, WsError, close,
 };
-use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, MissedTickBehavior, Sleep, timeout};
 
 use crate::access::Principal;
@@ -28,6 +27,7 @@ use crate::counter::{ApplyError, CounterState};
 use crate::framing::Published;
 use crate::state::AppState;
 use crate::store::HistoryRecord;
+use crate::topic::{Read, Subscription, User, next_socket_id};
 
 /// The read buffer tungstenite allocates per socket up front (128 KiB by default), and the most
 /// one read takes. Clients send only small messages (a ping is 15 bytes, 21 framed; a control
@@ -153,7 +153,8 @@ async fn serve(
         end
     } else {
         let name = session.name.clone();
-        match state.registry.watch(&name).await {
+        let user = User::of(&session.principal, next_socket_id());
+        match state.registry.watch(&name, user).await {
             Ok((counter, updates)) => {
                 state.metrics.watchers.inc();
                 let end = session.watch(&name, counter, updates, since).await;
@@ -208,7 +209,7 @@ impl Session {
         &mut self,
         name: &CounterName,
         counter: CounterState,
-        mut updates: broadcast::Receiver<Arc<Published>>,
+        mut updates: Subscription,
         since: Option<u64>,
     ) -> End {
         // The first messages, the client's rare messages and the ping tick are boxed while they
@@ -231,7 +232,7 @@ impl Session {
                 biased;
                 () = &mut shutting_down => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
                 incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
-                update = updates.recv() => self.on_update(update, &mut updates).await,
+                _ = updates.changed() => self.on_update(&updates).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
                 () = until(&mut expiry) => {
                     tracing::info!(principal = %self.principal.id, counter = %self.name, "watch closed: token expired");
@@ -411,7 +412,7 @@ impl Session {
         let origin = counter
             .id
             .zip(counter.created_at_ms)
-            .map(|(id, created_at_ms)| (id, clock::format_ms(created_at_ms)));
+            .map(|(id, created_at_ms)| (id, Arc::<str>::from(clock::format_ms(created_at_ms))));
         while cursor < counter.version || first_page {
             let up_to = counter.version.min(cursor + REPLAY_PAGE);
             let records = if cursor < up_to {
@@ -437,8 +438,14 @@ impl Session {
                 first_page = false;
             }
             if let Some((id, created_at)) = &origin {
-                for record in &records {
-                    let published = Published::new(name, *id, created_at, record);
+                let shared_name = Arc::new(name.clone());
+                for record in records {
+                    let published = Published::new(
+                        Arc::clone(&shared_name),
+                        *id,
+                        Arc::clone(created_at),
+                        record,
+                    );
                     self.feed(published.json_for(self.admin)).await?;
                 }
             }
@@ -542,30 +549,34 @@ impl Session {
         Ok(())
     }
 
-    /// Sends `first` and whatever else is already queued (up to `MAX_BURST`), then flushes once.
-    /// The whole burst shares one `--send-timeout` deadline rather than a timer per message.
-    async fn on_update(
-        &mut self,
-        first: Result<Arc<Published>, RecvError>,
-        updates: &mut broadcast::Receiver<Arc<Published>>,
-    ) -> Result<(), End> {
+    /// Sends the updates published since the last one sent (up to `MAX_BURST`), then flushes
+    /// once. The whole burst shares one `--send-timeout` deadline rather than a timer per
+    /// message.
+    async fn on_update(&mut self, updates: &Subscription) -> Result<(), End> {
         let send_timeout = self.state.config.send_timeout;
-        timeout(send_timeout, self.send_burst(first, updates)).await.unwrap_or(Err(End::Stalled))
+        timeout(send_timeout, self.send_burst(updates)).await.unwrap_or(Err(End::Stalled))
     }
 
-    async fn send_burst(
-        &mut self,
-        first: Result<Arc<Published>, RecvError>,
-        updates: &mut broadcast::Receiver<Arc<Published>>,
-    ) -> Result<(), End> {
+    async fn send_burst(&mut self, updates: &Subscription) -> Result<(), End> {
         use futures_util::SinkExt;
         self.check_access()?;
-        let mut next = Some(first);
-        let mut sent = 0;
-        while let Some(received) = next.take() {
-            match received {
-                Ok(published) if published.version <= self.last_version => {}
-                Ok(published) if published.version != self.last_version + 1 => {
+        let mut burst = Vec::new();
+        loop {
+            burst.clear();
+            if let Read::Lagged { oldest } =
+                updates.topic().read_after(self.last_version, MAX_BURST, &mut burst)
+            {
+                return Err(End::Close(
+                    close::SLOW_CONSUMER,
+                    format!(
+                        "fell {} updates behind; reconnect with since={}",
+                        oldest - self.last_version - 1,
+                        self.last_version
+                    ),
+                ));
+            }
+            for published in &burst {
+                if published.version() != self.last_version + 1 {
                     // Storage moved past versions this socket never saw (a commit reported as
                     // failed that reached the disk anyway): never skip silently.
                     return Err(End::Close(
@@ -573,40 +584,15 @@ impl Session {
                         format!("missed updates; reconnect with since={}", self.last_version),
                     ));
                 }
-                Ok(published) => {
-                    self.last_version = published.version;
-                    let text = Message::Text(published.json_for(self.admin));
-                    self.socket.feed(text).await.map_err(|_| End::Drop)?;
-                    sent += 1;
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    return Err(End::Close(
-                        close::SLOW_CONSUMER,
-                        format!(
-                            "fell {missed} updates behind; reconnect with since={}",
-                            self.last_version
-                        ),
-                    ));
-                }
-                Err(RecvError::Closed) => {
-                    return Err(End::Close(
-                        close::SERVICE_RESTART,
-                        "server is restarting; reconnect with since".into(),
-                    ));
-                }
+                self.last_version = published.version();
+                let text = Message::Text(published.json_for(self.admin));
+                self.socket.feed(text).await.map_err(|_| End::Drop)?;
             }
-            if sent < MAX_BURST {
-                next = match updates.try_recv() {
-                    Ok(published) => Some(Ok(published)),
-                    Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                        Some(Err(RecvError::Lagged(missed)))
-                    }
-                    Err(
-                        broadcast::error::TryRecvError::Empty
-                        | broadcast::error::TryRecvError::Closed,
-                    ) => None,
-                };
+            // A full burst may have left more behind it: flush, then go on.
+            if burst.len() < MAX_BURST {
+                break;
             }
+            self.socket.flush().await.map_err(|_| End::Drop)?;
         }
         self.socket.flush().await.map_err(|_| End::Drop)
     }

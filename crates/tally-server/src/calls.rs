@@ -1,0 +1,109 @@
+//! The counter procedures, answered the same way whether they came as an RPC (`http`) or as a
+//! socket `call` (`session`): one place checks grants and write rate, applies, and frames the
+//! answer, so both transports give the same answers and the same errors.
+
+use axum::body::Bytes;
+use serde::Serialize;
+use tally_proto::limits::HISTORY_PAGE_MAX;
+use tally_proto::{
+    Action, CounterName, Entry, HistoryPage, IdempotencyKey, ProtocolError, Request, ValueAnswer,
+};
+
+use crate::access::Principal;
+use crate::clock;
+use crate::counter::ApplyError;
+use crate::state::AppState;
+use crate::store::HistoryRecord;
+
+/// Answers a counter procedure's validated `request` for `principal`: checks its grants (and
+/// for a write the write rate), then applies or reads, and answers the JSON the RPC answers.
+/// A write is answered only once committed; with `key`, a retry gets the first answer.
+///
+/// # Errors
+/// The refusal, or why the counter could not be changed or read. The key procedures are not
+/// answered here (they are RPC-only): `http` answers them.
+pub(crate) async fn counter_call(
+    state: &AppState,
+    principal: &Principal,
+    action: Action,
+    request: Request,
+    key: Option<&IdempotencyKey>,
+) -> Result<Bytes, ProtocolError> {
+    let access = &state.access;
+    let to_protocol = |error: ApplyError| error.to_protocol();
+    Ok(match request {
+        Request::Apply { name, op } => {
+            let permissions = access.authorize(principal, &name, action, Some(op))?;
+            access.check_write_rate(principal)?;
+            let published =
+                state.registry.apply(&name, op, &principal.id, key).await.map_err(to_protocol)?;
+            Bytes::from(published.json_for(permissions.allows(Action::Admin)))
+        }
+        Request::GetValue { name } => {
+            access.authorize(principal, &name, action, None)?;
+            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
+            json(&ValueAnswer { value: counter.value, version: counter.version })
+        }
+        Request::GetMetadata { name } => {
+            access.authorize(principal, &name, action, None)?;
+            let counter = state.registry.read(&name).await.map_err(to_protocol)?;
+            json(&counter.metadata(&name))
+        }
+        Request::GetPresence { name } => {
+            access.authorize(principal, &name, action, None)?;
+            json(&state.registry.presence(&name))
+        }
+        Request::GetHistory { name, limit, before } => {
+            let permissions = access.authorize(principal, &name, action, None)?;
+            let admin = permissions.allows(Action::Admin);
+            json(&history_page(state, &name, limit, before, admin).await?)
+        }
+        Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
+            return Err(ProtocolError::new(
+                tally_proto::ErrorCode::UnknownProcedure,
+                "the key procedures are RPC-only",
+            ));
+        }
+    })
+}
+
+/// A JSON answer from any serializable value.
+pub(crate) fn json<T: Serialize>(value: &T) -> Bytes {
+    // Our answer types are plain data and always serialize.
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// Reads one page of history straight from storage: only committed operations are there, and
+/// every answered write is committed, so no actor is needed.
+async fn history_page(
+    state: &AppState,
+    name: &CounterName,
+    limit: u32,
+    before: Option<u64>,
+    admin: bool,
+) -> Result<HistoryPage, ProtocolError> {
+    debug_assert!(limit <= HISTORY_PAGE_MAX);
+    // One more than asked tells whether older entries remain.
+    let mut records = state
+        .store
+        .history(name, before, limit + 1)
+        .await
+        .map_err(|error| ApplyError::Store(error).to_protocol())?;
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next = if more { records.last().map(|record| record.version) } else { None };
+    Ok(HistoryPage { entries: records.iter().map(|record| entry(record, admin)).collect(), next })
+}
+
+/// A history entry as answered: with `by` only for principals with `admin` on the counter.
+fn entry(record: &HistoryRecord, admin: bool) -> Entry {
+    Entry {
+        version: record.version,
+        kind: record.kind,
+        amount: record.amount,
+        previous_value: record.previous_value,
+        value: record.value,
+        timestamp: clock::format_ms(record.at_ms),
+        by: if admin { record.by.as_deref().map(str::to_owned) } else { None },
+    }
+}
