@@ -39,6 +39,8 @@ pub(crate) enum Request {
     Health,
     /// `increment` of one counter.
     Increment(Arc<str>),
+    /// `increment` of one counter, each with an `Idempotency-Key` of its own.
+    IncrementKeyed(Arc<str>),
     /// `increment` of a random one of `count` counters named `prefix-N`.
     Spread { prefix: Arc<str>, count: u32 },
 }
@@ -59,13 +61,16 @@ pub(crate) async fn run(
     // per counter of a spread.
     let bodies: Arc<[Bytes]> = match request {
         Request::Health => Arc::new([]),
-        Request::Increment(name) => Arc::new([increment_body(name)]),
+        Request::Increment(name) | Request::IncrementKeyed(name) => {
+            Arc::new([increment_body(name)])
+        }
         Request::Spread { prefix, count } => {
             (0..*count).map(|index| increment_body(&format!("{prefix}-{index}"))).collect()
         }
     };
+    let keyed = matches!(request, Request::IncrementKeyed(_));
     let mut tasks = Vec::new();
-    for _ in 0..clients {
+    for client in 0..clients {
         // One HTTP/1.1 connection per client, kept alive, one request at a time, as separate
         // users would. hyper's client connection directly: a full-featured client (pooling,
         // redirects, …) costs the shared CPUs more than the server's own work.
@@ -75,13 +80,18 @@ pub(crate) async fn run(
             let mut connection = connection;
             let mut latency = stats::histogram();
             let (mut ok, mut failed) = (0_u64, 0_u64);
-            loop {
+            for sequence in 0_u64.. {
                 let sent = Instant::now();
                 if sent >= deadline {
                     break;
                 }
                 let answered = match bodies.len() {
                     0 => connection.get("/healthz").await,
+                    // A key no other request of this run has (the counter is new for the run).
+                    _ if keyed => {
+                        let key = format!("h{client}-{sequence}");
+                        connection.post_increment_keyed(bodies[0].clone(), &key).await
+                    }
                     // Covered by the next arm, but spares the hot loop a fastrand call each request.
                     1 => connection.post_increment(bodies[0].clone()).await,
                     n => connection.post_increment(bodies[fastrand::usize(..n)].clone()).await,
@@ -187,6 +197,28 @@ impl Connection {
             .header(hyper::header::HOST, self.host.clone())
             .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(Full::new(body))
+            .context("building a request")?;
+        self.send(request).await
+    }
+
+    /// Posts an increment with an `Idempotency-Key` header.
+    async fn post_increment_keyed(&mut self, body: Bytes, key: &str) -> anyhow::Result<bool> {
+        let request = hyper::Request::post(INCREMENT_URI.clone())
+            .header(hyper::header::HOST, self.host.clone())
+            .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("idempotency-key", HeaderValue::from_str(key).context("a key as a header")?)
+            .body(Full::new(body))
+            .context("building a request")?;
+        self.send(request).await
+    }
+
+    /// Calls `procedure` on counter `name` over the RPC; `Ok(true)` for a 2xx.
+    pub(crate) async fn call(&mut self, procedure: Procedure, name: &str) -> anyhow::Result<bool> {
+        let body = serde_json::json!({ "name": name }).to_string();
+        let request = hyper::Request::post(format!("/rpc/{}", procedure.path_name()))
+            .header(hyper::header::HOST, self.host.clone())
+            .header(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(Full::new(Bytes::from(body)))
             .context("building a request")?;
         self.send(request).await
     }

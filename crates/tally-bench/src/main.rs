@@ -4,11 +4,16 @@
 //! It starts its own `tally serve` (the release binary next to it) on a free loopback port with
 //! a fresh database, unless `--url` points at a running server.
 
+mod calls;
+mod conflation;
 mod load;
 mod machine;
+mod memory;
+mod presence;
 mod report;
 mod server;
 mod soak;
+mod socket;
 mod stats;
 mod watchers;
 
@@ -43,9 +48,13 @@ struct Args {
     /// Seconds per load measurement (default 10, or 1 with --quick).
     #[arg(long, value_name = "S")]
     seconds: Option<u64>,
-    /// Client counts for the hot scenario (default 1,8,32,128, or 8 with --quick).
+    /// Client counts for the hot scenario (default 1,8,32,128, or 8 with --quick) and the
+    /// calls scenario (default 32, or 4 with --quick).
     #[arg(long, value_delimiter = ',', value_name = "N,...")]
     clients: Vec<usize>,
+    /// Calls each socket keeps in flight in the calls scenario.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    window: usize,
     /// Only these scenarios (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -75,6 +84,15 @@ enum Scenario {
     Idle,
     /// Connect to snapshot; first write to a hibernated counter.
     Cold,
+    /// One counter incremented over socket calls (v2) against the HTTP RPC, same clients.
+    Calls,
+    /// Server memory per subscription (one socket, many), and per watcher with all on one
+    /// counter or each on its own, v1 and v2.
+    Memory,
+    /// A hot counter's watchers, plain against `maxRate`: server CPU and updates delivered.
+    Conflation,
+    /// Presence pushes at many watchers of one counter, and `getPresence`.
+    Presence,
     /// Minutes of watchers, steady writes and reconnect storms (not part of the default run).
     Soak,
 }
@@ -89,6 +107,19 @@ struct Plan {
     idle: Vec<usize>,
     connects: usize,
     hibernated: usize,
+    call_clients: Vec<usize>,
+    /// Subscriptions on one socket.
+    subscriptions: usize,
+    /// Watchers per layout.
+    layout_watchers: usize,
+    /// Watchers of the conflation scenario, and the writes a second to their counter.
+    conflation: (usize, u32),
+    /// The conflated subscriptions' `maxRate`.
+    max_rate: f64,
+    /// Presence subscribers, the quiet time measured, and the watchers that join then leave.
+    presence: (usize, Duration, usize),
+    /// Sequential `getPresence` (and `getValue`) calls.
+    presence_calls: usize,
 }
 
 impl Plan {
@@ -96,6 +127,7 @@ impl Plan {
         let mut plan = Self::sizes(args);
         if !args.clients.is_empty() {
             plan.hot_clients.clone_from(&args.clients);
+            plan.call_clients.clone_from(&args.clients);
         }
         plan
     }
@@ -111,6 +143,13 @@ impl Plan {
                 idle: vec![200],
                 connects: 20,
                 hibernated: 5,
+                call_clients: vec![4],
+                subscriptions: 20,
+                layout_watchers: 100,
+                conflation: (20, 50),
+                max_rate: 10.0,
+                presence: (50, Duration::from_millis(300), 5),
+                presence_calls: 20,
             }
         } else {
             Plan {
@@ -122,6 +161,13 @@ impl Plan {
                 idle: vec![10_000, 100_000],
                 connects: 500,
                 hibernated: 50,
+                call_clients: vec![32],
+                subscriptions: 1_000,
+                layout_watchers: 10_000,
+                conflation: (1_000, 200),
+                max_rate: 10.0,
+                presence: (10_000, Duration::from_secs(3), 100),
+                presence_calls: 500,
             }
         }
     }
@@ -152,7 +198,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     };
     let process = match &binary {
         Some(binary) => {
-            Some(ServerProcess::start(binary, &["--idle-timeout", BENCH_IDLE_TIMEOUT])?)
+            let mut flags = vec!["--idle-timeout", BENCH_IDLE_TIMEOUT];
+            flags.extend(unlimited_socket_flags(binary));
+            Some(ServerProcess::start(binary, &flags)?)
         }
         None => None,
     };
@@ -182,8 +230,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     }
     // What was measured before a failure is still printed.
     let cpu_before = machine::CpuTimes::now();
-    let outcome =
-        scenarios(args, &plan, &base, addr, &client, binary.as_deref(), &mut report).await;
+    let cpu = || process.as_ref().and_then(|process| process.cpu_time().ok());
+    let target =
+        Target { base: &base, addr, client: &client, binary: binary.as_deref(), cpu: &cpu };
+    let outcome = scenarios(args, &plan, &target, &mut report).await;
     if let (Some(before), Some(after)) = (cpu_before, machine::CpuTimes::now()) {
         // On a shared virtual machine the host may take CPU time away; a run with much steal
         // is not comparable with one without.
@@ -197,15 +247,42 @@ async fn run(args: &Args) -> anyhow::Result<()> {
     outcome
 }
 
+/// The server under test.
+struct Target<'a> {
+    base: &'a str,
+    addr: SocketAddr,
+    client: &'a Client,
+    /// The binary, when the benchmark started the server (fresh servers are started from it).
+    binary: Option<&'a std::path::Path>,
+    /// The server's CPU time so far, when its process is known.
+    cpu: &'a dyn Fn() -> Option<Duration>,
+}
+
+/// Flags that lift the socket's per-client limits (commands a second, in flight) out of the
+/// measurements' way, for a build that has them: the benchmark's few sockets each carry what
+/// many users' would.
+fn unlimited_socket_flags(binary: &std::path::Path) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    for (flag, value) in [("--max-commands-per-second", "1000000"), ("--max-in-flight", "4096")] {
+        if server::supports_flag(binary, flag) {
+            flags.extend([flag, value]);
+        }
+    }
+    flags
+}
+
+/// A fresh server from `binary`, with its defaults except the socket limits above.
+fn fresh_server(binary: &std::path::Path) -> anyhow::Result<ServerProcess> {
+    ServerProcess::start(binary, &unlimited_socket_flags(binary))
+}
+
 async fn scenarios(
     args: &Args,
     plan: &Plan,
-    base: &str,
-    addr: SocketAddr,
-    client: &Client,
-    binary: Option<&std::path::Path>,
+    target: &Target<'_>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    let Target { base, addr, client, binary, .. } = *target;
     let wanted = |scenario: Scenario| {
         // The soak runs for minutes: only when asked for by name.
         (args.only.is_empty() && scenario != Scenario::Soak) || args.only.contains(&scenario)
@@ -299,9 +376,320 @@ async fn scenarios(
         hibernated(base, client, plan.hibernated, report).await?;
     }
 
+    if wanted(Scenario::Calls) {
+        for &clients in &plan.call_clients {
+            calls(target, clients, args.window, plan.seconds, report).await?;
+        }
+    }
+    if wanted(Scenario::Memory) {
+        memory(target, plan, report).await?;
+    }
+    if wanted(Scenario::Conflation) {
+        conflation(target, plan, report).await?;
+    }
+    if wanted(Scenario::Presence) {
+        presence(target, plan, report).await?;
+    }
+
     if wanted(Scenario::Soak) {
         soak(args, binary, report).await?;
     }
+    Ok(())
+}
+
+/// Says so and returns false when the server has no `/ws` (a build from before version 2).
+async fn speaks_v2(addr: SocketAddr, scenario: &str) -> bool {
+    let supported = socket::supported(addr).await;
+    if !supported {
+        eprintln!("{scenario}: the v2 part skipped: this server has no GET /ws");
+    }
+    supported
+}
+
+/// One counter incremented by the same `clients` over the HTTP RPC and over socket calls
+/// (`window` in flight per socket), then both again with an idempotency key on every write.
+async fn calls(
+    target: &Target<'_>,
+    clients: usize,
+    window: usize,
+    seconds: Duration,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let case = format!("clients={clients} window={window}");
+    let v2 = speaks_v2(target.addr, "calls").await;
+    for keyed in [false, true] {
+        let with = if keyed { " + key" } else { "" };
+        let name: Arc<str> = Arc::from(format!("calls{}", fastrand::u32(..)));
+        let request = if keyed {
+            Request::IncrementKeyed(Arc::clone(&name))
+        } else {
+            Request::Increment(Arc::clone(&name))
+        };
+        let progress = timed_bar(seconds, &format!("calls: {clients} HTTP clients{with}"));
+        let http = load::run(target.base, &request, clients, seconds, &progress).await?;
+        progress.finish_and_clear();
+        checked(target.client, &name, http.ok).await?;
+        let label = format!("HTTP RPC{with}");
+        calls_rows(report, &case, &label, &http);
+        if !v2 {
+            continue;
+        }
+        let name = format!("calls{}", fastrand::u32(..));
+        let progress = timed_bar(seconds, &format!("calls: {clients} sockets{with}"));
+        let over_socket =
+            calls::run(target.addr, &name, clients, window, keyed, seconds, &progress).await?;
+        progress.finish_and_clear();
+        checked(target.client, &name, over_socket.ok).await?;
+        calls_rows(report, &case, &format!("socket call{with}"), &over_socket);
+        let ratio = over_socket.per_second() / http.per_second();
+        let goal = (!keyed).then_some(Goal::at_least(2.0));
+        report.add_with("calls", &case, &format!("socket ÷ HTTP{with}"), ratio, goal);
+    }
+    let honoured = keys_honoured(target.base, target.client).await?;
+    report.add("calls", &case, "keys honoured (a repeated key counts once)", f64::from(honoured));
+    Ok(())
+}
+
+fn calls_rows(report: &mut Report, case: &str, label: &str, result: &load::LoadResult) {
+    let (p50, p99, _) = stats::percentiles_ms(&result.latency);
+    report.add("calls", case, &format!("{label} increments/s"), result.per_second());
+    report.add("calls", case, &format!("{label} p50 ms"), p50);
+    report.add("calls", case, &format!("{label} p99 ms"), p99);
+    if result.failed > 0 {
+        report.add("calls", case, &format!("{label} failed"), result.failed as f64);
+    }
+}
+
+/// Checks that counter `name` holds exactly the `acknowledged` increments.
+async fn checked(client: &Client, name: &str, acknowledged: u64) -> anyhow::Result<()> {
+    let stored = client.get_value(name).await.context("reading a counter back")?.value;
+    anyhow::ensure!(
+        stored == acknowledged as i64,
+        "counter {name} holds {stored} but {acknowledged} increments were acknowledged"
+    );
+    Ok(())
+}
+
+/// Whether the server acts on idempotency keys: the same increment sent twice with one key
+/// must count once.
+async fn keys_honoured(base: &str, client: &Client) -> anyhow::Result<bool> {
+    let name = format!("keyprobe{}", fastrand::u32(..));
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        http.post(format!("{base}/rpc/counter.increment"))
+            .header("idempotency-key", "bench-probe")
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .context("probing idempotency keys")?
+            .error_for_status()
+            .context("probing idempotency keys")?;
+    }
+    Ok(client.get_value(&name).await.context("reading the probe back")?.value == 1)
+}
+
+/// Memory per subscription on one socket, and per watcher in both layouts over v1 and v2, each
+/// on a fresh server.
+async fn memory(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    let Some(binary) = target.binary else {
+        eprintln!("memory: skipped (needs a server this benchmark started, to read its memory)");
+        return Ok(());
+    };
+    let v2 = speaks_v2(target.addr, "memory").await;
+    if v2 {
+        let count = plan.subscriptions;
+        let fresh = fresh_server(binary)?;
+        let result = memory::per_subscription(&fresh, count).await?;
+        let case = format!("one socket, subscriptions={count}");
+        report.add(
+            "memory",
+            &case,
+            "server RSS bytes/subscription, new counter each",
+            result.new_counters,
+        );
+        report.add(
+            "memory",
+            &case,
+            "server RSS bytes/subscription, counter already watched",
+            result.watched_counters,
+        );
+    }
+    let count = plan.layout_watchers;
+    if !fits_open_files(count, "memory", report) {
+        return Ok(());
+    }
+    for protocol in [memory::Protocol::V1, memory::Protocol::V2] {
+        if protocol == memory::Protocol::V2 && !v2 {
+            continue;
+        }
+        for layout in [memory::Layout::OneCounter, memory::Layout::OwnCounter] {
+            let fresh = fresh_server(binary)?;
+            let label = format!("{} watchers={count} {}", protocol.label(), layout.label());
+            let progress = bar(count as u64, &format!("memory: {label}"));
+            let result = memory::layout(&fresh, protocol, layout, count, &progress).await?;
+            progress.finish_and_clear();
+            report.add_with(
+                "memory",
+                &label,
+                "server RSS bytes/watcher",
+                result.rss_per_watcher,
+                // Issue 12's goal is set at 10 000 watchers; smaller runs carry the fixed costs.
+                (count >= 10_000).then_some(Goal::at_most(2048.0)),
+            );
+            report.add("memory", &label, "server PSS bytes/watcher", result.pss_per_watcher);
+            report.add_with(
+                "memory",
+                &label,
+                "watchers that got the next update",
+                if result.all_received { count as f64 } else { 0.0 },
+                Some(Goal::at_least(count as f64)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A hot counter's watchers, plain and then conflated, side by side.
+async fn conflation(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    if !speaks_v2(target.addr, "conflation").await {
+        return Ok(());
+    }
+    let (watchers, rate) = plan.conflation;
+    if !fits_open_files(watchers, "conflation", report) {
+        return Ok(());
+    }
+    let mut cpu_per_second = Vec::new();
+    let mut delivered_per_second = Vec::new();
+    for max_rate in [None, Some(plan.max_rate)] {
+        let kind = max_rate.map_or_else(|| "plain".to_owned(), |rate| format!("maxRate={rate}"));
+        let case = format!("watchers={watchers} writes/s={rate} {kind}");
+        let progress =
+            bar(watchers as u64, &format!("conflation: opening {watchers} watchers, {kind}"));
+        let result = conflation::run(
+            target.addr,
+            target.cpu,
+            watchers,
+            max_rate,
+            rate,
+            plan.seconds,
+            &progress,
+        )
+        .await?;
+        report.add("conflation", &case, "writes/s", result.writes as f64 / result.write_seconds);
+        if result.failed_writes > 0 {
+            report.add("conflation", &case, "failed writes", result.failed_writes as f64);
+        }
+        let delivered = result.delivered as f64 / result.seconds;
+        report.add("conflation", &case, "updates delivered/s", delivered);
+        report.add(
+            "conflation",
+            &case,
+            "last write → all on the final version ms",
+            (result.seconds - result.write_seconds) * 1000.0,
+        );
+        delivered_per_second.push(delivered);
+        if let Some(cpu) = result.server_cpu {
+            let share = cpu.as_secs_f64() / result.seconds;
+            report.add("conflation", &case, "server CPU % of one core", share * 100.0);
+            report.add(
+                "conflation",
+                &case,
+                "server CPU µs per write",
+                cpu.as_secs_f64() * 1e6 / result.writes.max(1) as f64,
+            );
+            cpu_per_second.push(share);
+        }
+        report.add_with(
+            "conflation",
+            &case,
+            "updates out of order",
+            result.out_of_order as f64,
+            Some(Goal::at_most(0.0)),
+        );
+        report.add_with(
+            "conflation",
+            &case,
+            "watchers on the final version",
+            result.ended_on_final as f64,
+            Some(Goal::at_least(watchers as f64)),
+        );
+        if max_rate.is_some() {
+            report.add(
+                "conflation",
+                &case,
+                "most updates to one watcher in a second",
+                result.most_in_a_second as f64,
+            );
+        }
+    }
+    let case = format!("watchers={watchers} writes/s={rate}");
+    let kind = format!("plain ÷ maxRate={}", plan.max_rate);
+    if let [plain, conflated] = delivered_per_second[..] {
+        report.add("conflation", &case, &format!("updates delivered, {kind}"), plain / conflated);
+    }
+    if let [plain, conflated] = cpu_per_second[..] {
+        report.add("conflation", &case, &format!("server CPU, {kind}"), plain / conflated);
+    }
+    Ok(())
+}
+
+/// Presence pushes at many watchers of one counter, and `getPresence` beside `getValue`.
+async fn presence(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow::Result<()> {
+    if !speaks_v2(target.addr, "presence").await {
+        return Ok(());
+    }
+    let (watchers, quiet, churn) = plan.presence;
+    if !fits_open_files(watchers + churn, "presence", report) {
+        return Ok(());
+    }
+    let progress = bar(watchers as u64, &format!("presence: opening {watchers} subscribers"));
+    let result = presence::run(
+        target.addr,
+        target.cpu,
+        watchers,
+        quiet,
+        churn,
+        plan.presence_calls,
+        &progress,
+    )
+    .await?;
+    let case = format!("watchers={watchers} churn={churn}");
+    if let Some(cpu) = result.quiet_cpu {
+        let share = cpu.as_secs_f64() / result.quiet_seconds * 100.0;
+        report.add("presence", &case, "server CPU % of one core, nothing changing", share);
+    }
+    for (step, wave) in [("join", &result.join), ("leave", &result.leave)] {
+        let (p50, p99, _) = stats::percentiles_ms(&wave.latency);
+        report.add("presence", &case, &format!("{step}: push p50 ms"), p50);
+        report.add("presence", &case, &format!("{step}: push p99 ms"), p99);
+        report.add(
+            "presence",
+            &case,
+            &format!("{step}: last push ms"),
+            wave.last.as_secs_f64() * 1000.0,
+        );
+        if let Some(cpu) = wave.server_cpu {
+            report.add(
+                "presence",
+                &case,
+                &format!("{step}: server CPU ms"),
+                cpu.as_secs_f64() * 1000.0,
+            );
+            report.add(
+                "presence",
+                &case,
+                &format!("{step}: server CPU µs per push"),
+                cpu.as_secs_f64() * 1e6 / watchers as f64,
+            );
+        }
+    }
+    let (presence_p50, presence_p99, _) = stats::percentiles_ms(&result.get_presence);
+    let (value_p50, value_p99, _) = stats::percentiles_ms(&result.get_value);
+    report.add("presence", &case, "getPresence p50 ms", presence_p50);
+    report.add("presence", &case, "getPresence p99 ms", presence_p99);
+    report.add("presence", &case, "getValue p50 ms (reference)", value_p50);
+    report.add("presence", &case, "getValue p99 ms (reference)", value_p99);
+    report.add("presence", &case, "getPresence ÷ getValue p50", presence_p50 / value_p50);
     Ok(())
 }
 

@@ -79,6 +79,50 @@ impl ServerProcess {
     pub(crate) fn memory(&self) -> anyhow::Result<Memory> {
         memory_of(self.child.id())
     }
+
+    /// The CPU time the server has used so far, user and system, over all its threads.
+    pub(crate) fn cpu_time(&self) -> anyhow::Result<Duration> {
+        cpu_time_of(self.child.id())
+    }
+}
+
+/// Linux reports a process's times in `/proc` in USER_HZ ticks, which the kernel's ABI fixes at
+/// 100 a second whatever the kernel's own tick rate.
+const USER_HZ: u64 = 100;
+
+/// The user + system CPU time of process `pid`, every thread included (also ended ones), from
+/// `/proc/PID/stat`.
+pub(crate) fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    cpu_ticks(&text)
+        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
+        .with_context(|| format!("unexpected {path}: {text:?}"))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) is
+/// in parentheses and may hold spaces, so fields are counted after its closing parenthesis.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    // After the name: state is field 3, so utime (14) is the 12th from here.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Whether `binary serve` has the flag `flag` (e.g. `--max-in-flight`): a benchmark may measure
+/// an older build, which would refuse a flag it does not know.
+pub(crate) fn supports_flag(binary: &Path, flag: &str) -> bool {
+    Command::new(binary)
+        .args(["serve", "--help"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+                .any(|word| word == flag)
+        })
 }
 
 impl Drop for ServerProcess {
@@ -127,4 +171,17 @@ pub(crate) async fn metric(
         let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
         rest.trim().parse::<f64>().ok()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
+        let stat = "4242 (tally serve) S 1 4242 4242 0 -1 4194560 2010 0 0 0 731 269 0 0 20 0 5 0 \
+                    123 456 789";
+        assert_eq!(cpu_ticks(stat), Some(1000));
+        assert_eq!(cpu_ticks("4242 (tally) S 1"), None);
+    }
 }

@@ -24,15 +24,20 @@ const PER_SOURCE_ADDRESS: usize = 5_000;
 /// How long to wait for every watcher to get something before calling it lost.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Socket = WebSocketStream<TcpStream>;
+pub(crate) type Socket = WebSocketStream<TcpStream>;
 
 /// How many watcher connections this run has opened: each takes the next port of the next source
 /// address, so ports of earlier scenarios (still in TIME_WAIT) are never needed again.
 static OPENED: AtomicUsize = AtomicUsize::new(0);
 
-/// Opens a watcher of counter `name` from source address 127.0.0.(2 + n / 5 000), where n counts
-/// the connections opened so far (127.0.0.1 is left to the HTTP clients).
+/// Opens a v1 watcher of counter `name` (see [`connect_to`]).
 pub(crate) async fn connect(server: SocketAddr, name: &str) -> anyhow::Result<Socket> {
+    connect_to(server, &format!("/ws/counter/{name}")).await
+}
+
+/// Opens a WebSocket to `path` from source address 127.0.0.(2 + n / 5 000), where n counts the
+/// connections opened so far (127.0.0.1 is left to the HTTP clients).
+pub(crate) async fn connect_to(server: SocketAddr, path: &str) -> anyhow::Result<Socket> {
     let index = OPENED.fetch_add(1, Ordering::Relaxed);
     let source = Ipv4Addr::new(
         127,
@@ -48,7 +53,7 @@ pub(crate) async fn connect(server: SocketAddr, name: &str) -> anyhow::Result<So
     stream.set_nodelay(true).context("nodelay")?;
     // Small buffers: the benchmark holds up to 100 000 of these itself.
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let url = format!("ws://{server}/ws/counter/{name}");
+    let url = format!("ws://{server}{path}");
     let (socket, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .context("WebSocket handshake")?;
@@ -56,7 +61,7 @@ pub(crate) async fn connect(server: SocketAddr, name: &str) -> anyhow::Result<So
 }
 
 /// Reads until the next update; returns its version (`None` when the socket ends).
-async fn next_update(socket: &mut Socket) -> Option<u64> {
+pub(crate) async fn next_update(socket: &mut Socket) -> Option<u64> {
     while let Some(Ok(message)) = socket.next().await {
         if let Message::Text(text) = message
             && let Some(version) = update_version(&text)
@@ -79,7 +84,7 @@ fn update_version(text: &str) -> Option<u64> {
 }
 
 /// Reads the first message (the snapshot); returns its version.
-async fn snapshot(socket: &mut Socket) -> anyhow::Result<u64> {
+pub(crate) async fn snapshot(socket: &mut Socket) -> anyhow::Result<u64> {
     while let Some(message) = socket.next().await {
         if let Message::Text(text) = message.context("reading the snapshot")? {
             if let Ok(ServerMessage::Snapshot(snapshot)) = ServerMessage::from_json(&text) {
@@ -93,7 +98,7 @@ async fn snapshot(socket: &mut Socket) -> anyhow::Result<u64> {
 
 /// Opens `count` watchers spread over `counters` counters named `prefix-N`, each read to its
 /// snapshot, `parallel` handshakes at a time.
-async fn open_many(
+pub(crate) async fn open_many(
     server: SocketAddr,
     prefix: &str,
     counters: usize,
