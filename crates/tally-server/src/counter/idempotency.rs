@@ -218,3 +218,104 @@ impl Keys {
 pub(super) fn key_ref(id: &KeyId, version: u64) -> KeyRef {
     KeyRef { principal: Arc::clone(&id.by), key: id.key.clone(), version }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tally_proto::OpKind;
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const HOUR_MS: i64 = 3_600_000;
+    const NOW: i64 = 1_736_942_400_000;
+
+    fn id(key: &str) -> KeyId {
+        KeyId { by: Arc::from("alice"), key: IdempotencyKey::parse(key).expect("a valid key") }
+    }
+
+    fn increment(version: u64, at_ms: i64) -> HistoryRecord {
+        HistoryRecord {
+            version,
+            kind: OpKind::Increment,
+            amount: Some(1),
+            previous_value: version as i64 - 1,
+            value: version as i64,
+            at_ms,
+            by: Some(Arc::from("alice")),
+        }
+    }
+
+    fn reply() -> Reply<Arc<Published>> {
+        oneshot::channel().0
+    }
+
+    fn record(key: &str, version: u64, at_ms: i64) -> IdempotencyRecord {
+        IdempotencyRecord { key: id(key).key, entry: increment(version, at_ms) }
+    }
+
+    #[test]
+    fn a_key_past_the_window_is_forgotten_when_asked_and_counts_again() {
+        let mut keys = Keys::new(100, Duration::from_secs(3600));
+        keys.load(vec![record("old", 1, NOW - 2 * HOUR_MS), record("new", 2, NOW - 10)]);
+        assert!(matches!(keys.arrive(id("new"), Op::Increment(1), NOW, reply()), Arrival::Replay(..)));
+        // Past the window: a new write, and storage is told to forget the old record.
+        assert!(matches!(keys.arrive(id("old"), Op::Increment(1), NOW, reply()), Arrival::New(..)));
+        let forgotten = keys.take_forgotten();
+        assert_eq!(forgotten, [key_ref(&id("old"), 1)]);
+        assert_eq!(keys.remembered(), 1);
+    }
+
+    #[test]
+    fn expired_keys_are_forgotten_oldest_first_before_a_batch() {
+        let mut keys = Keys::new(100, Duration::from_secs(3600));
+        keys.load(vec![
+            record("a", 1, NOW - 3 * HOUR_MS),
+            record("b", 2, NOW - 2 * HOUR_MS),
+            record("c", 3, NOW - HOUR_MS / 2),
+        ]);
+        keys.forget_expired(NOW);
+        assert_eq!(keys.take_forgotten(), [key_ref(&id("a"), 1), key_ref(&id("b"), 2)]);
+        assert_eq!(keys.remembered(), 1);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_key_is_forgotten_and_a_key_used_again_keeps_its_new_record() {
+        let mut keys = Keys::new(2, Duration::from_secs(3600));
+        for (version, key) in [(1, "a"), (2, "b"), (3, "c")] {
+            let Arrival::New(new, _) = keys.arrive(id(key), Op::Increment(1), NOW, reply()) else {
+                panic!("{key} is new")
+            };
+            assert!(keys.commit(new, &increment(version, NOW)).is_empty());
+        }
+        assert_eq!(keys.take_forgotten(), [key_ref(&id("a"), 1)]);
+        // "a" again is a new write now; "b" goes when it commits, and the stale queue entry of
+        // the first "a" is skipped rather than forgetting the new one.
+        let Arrival::New(again, _) = keys.arrive(id("a"), Op::Increment(1), NOW, reply()) else {
+            panic!("a was forgotten")
+        };
+        keys.commit(again, &increment(4, NOW));
+        assert_eq!(keys.take_forgotten(), [key_ref(&id("b"), 2)]);
+        assert!(matches!(keys.arrive(id("a"), Op::Increment(1), NOW, reply()), Arrival::Replay(entry, _) if entry.version == 4));
+        assert_eq!(keys.remembered(), 2);
+    }
+
+    #[test]
+    fn duplicates_wait_and_count_until_the_first_is_settled() {
+        let mut keys = Keys::new(10, Duration::from_secs(3600));
+        let Arrival::New(first, _) = keys.arrive(id("k"), Op::SetValue(3), NOW, reply()) else {
+            panic!("new")
+        };
+        assert!(matches!(keys.arrive(id("k"), Op::SetValue(3), NOW, reply()), Arrival::Waiting));
+        assert!(matches!(
+            keys.arrive(id("k"), Op::SetValue(4), NOW, reply()),
+            Arrival::Reused(ApplyError::KeyReused { first: Op::SetValue(3), op: Op::SetValue(4), .. }, _)
+        ));
+        assert_eq!(keys.waiting(), 1);
+        assert_eq!(keys.settle(&first).len(), 1);
+        assert_eq!(keys.waiting(), 0);
+        // Settled without a commit: not remembered.
+        assert!(matches!(keys.arrive(id("k"), Op::SetValue(3), NOW, reply()), Arrival::New(..)));
+    }
+}
