@@ -150,7 +150,9 @@ impl ApplyError {
                 ),
                 StoreError::Unavailable(cause) => ProtocolError::new(
                     ErrorCode::Unavailable,
-                    format!("storage is unavailable ({cause}); nothing was stored: try again shortly"),
+                    format!(
+                        "storage is unavailable ({cause}); nothing was stored: try again shortly"
+                    ),
                 ),
                 StoreError::Closed => ProtocolError::new(
                     ErrorCode::Unavailable,
@@ -506,7 +508,13 @@ impl CounterActor {
                 let id = KeyId { by: Arc::clone(&by), key };
                 match self.keys.arrive(id, op, clock::now_ms(), respond_to) {
                     Arrival::New(id, respond_to) => {
-                        self.pending.push(PendingOp { op, by, key: Some(id), received, respond_to });
+                        self.pending.push(PendingOp {
+                            op,
+                            by,
+                            key: Some(id),
+                            received,
+                            respond_to,
+                        });
                     }
                     Arrival::Replay(entry, respond_to) => {
                         let _ = respond_to.send(Ok(self.republish(entry)));

@@ -259,7 +259,10 @@ mod tests {
     fn a_key_past_the_window_is_forgotten_when_asked_and_counts_again() {
         let mut keys = Keys::new(100, Duration::from_secs(3600));
         keys.load(vec![record("old", 1, NOW - 2 * HOUR_MS), record("new", 2, NOW - 10)]);
-        assert!(matches!(keys.arrive(id("new"), Op::Increment(1), NOW, reply()), Arrival::Replay(..)));
+        assert!(matches!(
+            keys.arrive(id("new"), Op::Increment(1), NOW, reply()),
+            Arrival::Replay(..)
+        ));
         // Past the window: a new write, and storage is told to forget the old record.
         assert!(matches!(keys.arrive(id("old"), Op::Increment(1), NOW, reply()), Arrival::New(..)));
         let forgotten = keys.take_forgotten();
@@ -297,7 +300,9 @@ mod tests {
         };
         keys.commit(again, &increment(4, NOW));
         assert_eq!(keys.take_forgotten(), [key_ref(&id("b"), 2)]);
-        assert!(matches!(keys.arrive(id("a"), Op::Increment(1), NOW, reply()), Arrival::Replay(entry, _) if entry.version == 4));
+        assert!(
+            matches!(keys.arrive(id("a"), Op::Increment(1), NOW, reply()), Arrival::Replay(entry, _) if entry.version == 4)
+        );
         assert_eq!(keys.remembered(), 2);
     }
 
@@ -310,7 +315,10 @@ mod tests {
         assert!(matches!(keys.arrive(id("k"), Op::SetValue(3), NOW, reply()), Arrival::Waiting));
         assert!(matches!(
             keys.arrive(id("k"), Op::SetValue(4), NOW, reply()),
-            Arrival::Reused(ApplyError::KeyReused { first: Op::SetValue(3), op: Op::SetValue(4), .. }, _)
+            Arrival::Reused(
+                ApplyError::KeyReused { first: Op::SetValue(3), op: Op::SetValue(4), .. },
+                _
+            )
         ));
         assert_eq!(keys.waiting(), 1);
         assert_eq!(keys.settle(&first).len(), 1);

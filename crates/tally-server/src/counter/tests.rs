@@ -100,7 +100,12 @@ impl Faulty {
         self.appended.borrow().clone()
     }
 
-    async fn forward(&self, batch: AppendBatch, respond_to: oneshot::Sender<CommitResult>, fail: bool) {
+    async fn forward(
+        &self,
+        batch: AppendBatch,
+        respond_to: oneshot::Sender<CommitResult>,
+        fail: bool,
+    ) {
         if fail {
             let error = std::io::Error::other("disk I/O error (injected)");
             let _ = respond_to.send(Err(Arc::new(StoreError::Unavailable(Box::new(error)))));
@@ -378,7 +383,10 @@ async fn a_key_used_for_another_operation_is_refused_and_nothing_is_stored() {
     answer(send(&handle, Op::Increment(1), key("k1")).await).await;
     for other in [Op::Increment(2), Op::Decrement(1), Op::SetValue(1), Op::Reset] {
         let error = refusal(send(&handle, other, key("k1")).await).await;
-        assert!(matches!(error, ApplyError::KeyReused { first: Op::Increment(1), .. }), "{error:?}");
+        assert!(
+            matches!(error, ApplyError::KeyReused { first: Op::Increment(1), .. }),
+            "{error:?}"
+        );
         let wire = error.to_protocol();
         assert_eq!((wire.code, wire.code.http_status()), (ErrorCode::IdempotencyKeyReused, 422));
         assert!(wire.message.contains("increment by 1"), "{}", wire.message);

@@ -62,7 +62,8 @@ CREATE TABLE history (
 
 /// Each step takes the schema from the version before it to the next: `MIGRATIONS[0]` from 1
 /// to 2, and so on. Every step runs in the same transaction as the `user_version` it sets.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE history ADD COLUMN by TEXT;
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY,
@@ -72,7 +73,8 @@ CREATE TABLE api_keys (
     created_at_ms INTEGER NOT NULL,
     revoked_at_ms INTEGER
 );
-", "
+",
+    "
 CREATE TABLE idempotency (
     counter_id INTEGER NOT NULL REFERENCES counters (id),
     principal TEXT NOT NULL,
@@ -86,7 +88,8 @@ CREATE TABLE idempotency (
     PRIMARY KEY (counter_id, principal, key)
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_expiry ON idempotency (at_ms);
-"];
+",
+];
 
 /// Settings of the SQLite store.
 #[derive(Debug, Clone, Copy)]

@@ -123,7 +123,11 @@ fn increments_at(counter: &str, expected_version: u64, count: u64, at_ms: i64) -
 }
 
 /// The keys and versions of `counter`'s idempotency records within `retention`.
-async fn remembered(store: &SqliteStore, counter: &str, retention: Retention) -> Vec<(String, u64)> {
+async fn remembered(
+    store: &SqliteStore,
+    counter: &str,
+    retention: Retention,
+) -> Vec<(String, u64)> {
     let loaded = store.load(&name(counter), retention).await.expect("load").expect("stored");
     loaded.idempotency.iter().map(|r| (r.key.to_string(), r.entry.version)).collect()
 }
