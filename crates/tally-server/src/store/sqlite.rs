@@ -410,12 +410,14 @@ fn commit_group<'a>(
     let outcome = append_all(conn, batches, history_limit).and_then(|results| {
         if let Some(cutoff) = expired_before {
             // Records of counters nobody writes any more are not forgotten by an actor: this
-            // is what deletes them. The index on `at_ms` makes it one seek when none expired.
+            // is what deletes them. One range of the index on `at_ms`: up to the cutoff, and
+            // no further than the SWEEP_ROWS-th oldest record (with its ties); one seek when
+            // none expired.
             conn.prepare_cached(
-                "DELETE FROM idempotency WHERE (counter_id, principal, key) IN
-                 (SELECT counter_id, principal, key FROM idempotency WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+                "DELETE FROM idempotency WHERE at_ms < ?1 AND at_ms <= coalesce(
+                 (SELECT at_ms FROM idempotency ORDER BY at_ms LIMIT 1 OFFSET ?2), ?1)",
             )?
-            .execute(params![cutoff, SWEEP_ROWS])?;
+            .execute(params![cutoff, SWEEP_ROWS - 1])?;
         }
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(results)
