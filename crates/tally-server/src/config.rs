@@ -45,6 +45,19 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Who may do what (tokens, keys, anonymous grants, hosts, write rate).
     pub auth: AuthConfig,
+
+    // The version-2 socket (`GET /ws`, many counters over one socket).
+    /// Subscriptions one socket may hold at most; more are refused `too_many_subscriptions`.
+    pub max_subscriptions: usize,
+    /// Commands one socket may have waiting for their replies (calls in flight) at most; more
+    /// are refused `too_many_in_flight`.
+    pub max_in_flight: usize,
+    /// Commands one socket may send per second; past it each is refused `rate_limited` (with
+    /// `retryAfterMs`) and the socket stays.
+    pub max_commands_per_second: u32,
+    /// On shutdown and load refusals, each socket is told to reconnect after a delay chosen at
+    /// random in `0..=reconnect_spread`, so that clients come back spread out.
+    pub reconnect_spread: Duration,
 }
 
 /// The PEM files of a TLS server certificate.
@@ -74,6 +87,10 @@ impl Default for Config {
             web_page: None,
             tls: None,
             auth: AuthConfig::default(),
+            max_subscriptions: 1000,
+            max_in_flight: 256,
+            max_commands_per_second: 1000,
+            reconnect_spread: Duration::from_secs(5),
         }
     }
 }
