@@ -77,6 +77,10 @@ pub struct Metrics {
     pub(crate) subscriptions: Gauge,
     /// Calls answered over version-2 sockets, by outcome.
     pub(crate) socket_calls: Family<CallLabels, Counter>,
+    /// Lagging subscriptions caught up from history.
+    pub(crate) catch_ups: Counter,
+    /// Subscriptions started over with a `resync` snapshot push.
+    pub(crate) resyncs: Counter,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -117,6 +121,8 @@ impl Metrics {
             sessions_open: Gauge::default(),
             subscriptions: Gauge::default(),
             socket_calls: Family::default(),
+            catch_ups: Counter::default(),
+            resyncs: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -194,6 +200,16 @@ impl Metrics {
             "socket_calls",
             "Calls answered over version-2 sockets, by outcome (ok, or the error code)",
             metrics.socket_calls.clone(),
+        );
+        registry.register(
+            "subscription_catch_ups",
+            "Version-2 subscriptions that lagged past the ring and were caught up from history",
+            metrics.catch_ups.clone(),
+        );
+        registry.register(
+            "subscription_resyncs",
+            "Version-2 subscriptions started over with a resync snapshot (history no longer reached)",
+            metrics.resyncs.clone(),
         );
         Self { registry, ..metrics }
     }

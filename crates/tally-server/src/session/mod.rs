@@ -286,6 +286,7 @@ impl<T: Transport> Session<T> {
         else {
             return Ok(());
         };
+        self.state.metrics.catch_ups.inc();
         let mut cursor = watched.seen;
         while cursor + 1 < oldest {
             let up_to = (oldest - 1).min(cursor + replay::PAGE);
@@ -316,6 +317,7 @@ impl<T: Transport> Session<T> {
             Err(error) => return self.end_subscription(key, &error.to_protocol()).await,
         };
         let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(()) };
+        self.state.metrics.resyncs.inc();
         watched.seen = counter.version;
         watched.drop_pending();
         let can = self.principal.permissions(&name).actions();
