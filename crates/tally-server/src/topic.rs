@@ -237,13 +237,13 @@ impl Topic {
 
     /// Subscribes `user`; the subscription leaves when dropped. Until it is attached to a
     /// socket's list ([`Subscription::attach`]) it wakes a list of its own, which
-    /// [`Subscription::changed`] waits on.
+    /// [`Subscription::changed`] waits on. It starts due a look, off the waiting list, so that
+    /// attaching it leaves nothing behind there.
     pub(crate) fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
         *lock(&self.users).entry(user.clone()).or_default() += 1;
         self.watchers.fetch_add(1, Ordering::Relaxed);
         self.presence_dirty.store(true, Ordering::Release);
-        let listener = Listener::new(Wakes::new(), 0, false, false);
-        self.wait(Arc::clone(&listener));
+        let listener = Listener::new(Wakes::new(), 0, false, true);
         Subscription { topic: Arc::clone(self), listener, user }
     }
 
@@ -327,8 +327,8 @@ pub struct Subscription {
 
 impl Subscription {
     /// Waits until a version later than the last one this subscription was woken for is
-    /// published (at once if one already was), and answers the latest version. For a
-    /// subscription that is not attached to a socket's list.
+    /// published (at once if one already was, and at once the first time), and answers the
+    /// latest version. For a subscription that is not attached to a socket's list.
     pub(crate) async fn changed(&mut self) -> u64 {
         poll_fn(|cx| {
             let wakes = &self.listener.wakes;
@@ -347,9 +347,16 @@ impl Subscription {
     /// (`presence`: presence changes wake it too), and wakes it there once, so that the socket
     /// looks at what was published since the subscription was made.
     pub(crate) fn attach(&mut self, wakes: &Arc<Wakes>, key: u32, presence: bool) {
-        // The old listener may stay on the waiting list, abandoned: it wakes nobody.
+        // Were the old listener on the waiting list, it would stay there abandoned, waking
+        // nobody, until the next publish.
         self.listener = Listener::new(Arc::clone(wakes), key, presence, true);
         wakes.wake(key);
+    }
+
+    /// Has the socket look at this subscription again soon, as if its topic had published:
+    /// for a socket that stopped reading a busy topic to give its other subscriptions a turn.
+    pub(crate) fn wake_again(&self) {
+        self.listener.notify();
     }
 
     /// Called just before the socket looks at the topic: if the subscription was due a look,

@@ -68,6 +68,8 @@ impl<T: Transport> Session<T> {
             .with_retry_after(wait.max(std::time::Duration::from_millis(1)));
             return self.reply_error(Some(id), &error).await;
         }
+        // Rights may have shrunk since the last look (a revoked key must authorize nothing).
+        self.check_access().await?;
         match command.kind {
             CommandKind::Auth { token } => self.auth(id, &token).await,
             CommandKind::Subscribe(subscribe) => self.subscribe(id, subscribe).await,
@@ -240,7 +242,6 @@ impl<T: Transport> Session<T> {
                 }
                 Err(error) if first_page => {
                     self.forget(key);
-                    self.state.registry.unwatch(&name);
                     self.reply_error(Some(id), &error).await?;
                     return Ok(Replayed::Failed);
                 }
@@ -280,8 +281,7 @@ impl<T: Transport> Session<T> {
             );
             return self.reply_error(Some(id), &error).await;
         };
-        drop(self.forget(key));
-        self.state.registry.unwatch(name);
+        self.forget(key);
         let reply =
             Frame::Unsubscribed { id: Some(id), name: name.to_string(), code: None, reason: None };
         self.link.feed(Utf8Bytes::from(reply.to_json())).await

@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tally_proto::socket::Frame;
-use tally_proto::{Action, ErrorCode, ProtocolError, WsError, close};
+use tally_proto::{Action, CounterName, ErrorCode, ProtocolError, WsError, close};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::access::Principal;
@@ -53,6 +53,8 @@ use subscription::{Offer, Schedule, Subscriptions, Watched};
 
 /// How many updates of one subscription a look reads from its topic at a time.
 const MAX_BURST: usize = 64;
+/// How many bursts one look at a subscription sends before the others get their turn.
+const MAX_BURSTS_PER_LOOK: usize = 16;
 
 /// A call in flight: its command's id and, once it is done, its answer.
 type CallFuture = BoxFuture<'static, (u64, Result<axum::body::Bytes, ProtocolError>)>;
@@ -174,7 +176,7 @@ impl<T: Transport> Session<T> {
             // Not biased (but for shutdown): under load every source is ready at once, and
             // neither pushes nor commands may starve the other.
             let step = tokio::select! {
-                () = &mut shutdown_signal => Err(Box::pin(self.reconnect("server is restarting")).await),
+                () = &mut shutdown_signal => Err(Box::pin(self.stop("server is restarting")).await),
                 incoming = self.link.recv() => Box::pin(self.on_incoming(incoming)).await,
                 Some((id, answer)) = self.calls.next(), if !self.calls.is_empty() => {
                     Box::pin(self.on_call_done(id, answer)).await
@@ -197,6 +199,24 @@ impl<T: Transport> Session<T> {
             if std::mem::take(&mut self.renewed) {
                 expiry = expiry_timer(&self.state, &self.principal);
             }
+        }
+    }
+
+    /// Shutdown: answers the calls in flight first (their writes are being committed; the
+    /// counters stop only after the sockets), within half the shutdown grace, then tells the
+    /// client when to come back.
+    async fn stop(&mut self, why: &str) -> End {
+        let grace = self.state.config.shutdown_grace / 2;
+        let answered = tokio::time::timeout(grace, async {
+            while let Some((id, answer)) = self.calls.next().await {
+                self.on_call_done(id, answer).await?;
+            }
+            self.link.flush().await
+        })
+        .await;
+        match answered {
+            Ok(Err(end)) => end,
+            Ok(Ok(())) | Err(_) => self.reconnect(why).await,
         }
     }
 
@@ -228,7 +248,7 @@ impl<T: Transport> Session<T> {
     /// Sends subscription `key` what its topic published since it last looked (caught up from
     /// history when the ring no longer holds it), and its presence if that changed.
     async fn pump(&mut self, key: u32) -> Result<(), End> {
-        loop {
+        for _ in 0..MAX_BURSTS_PER_LOOK {
             let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(()) };
             let mut burst = std::mem::take(&mut self.burst);
             let read = watched.subscription.topic().read_after(watched.seen, MAX_BURST, &mut burst);
@@ -259,10 +279,14 @@ impl<T: Transport> Session<T> {
                 continue;
             }
             if !full {
-                break;
+                return self.push_presence(key).await;
             }
         }
-        self.push_presence(key).await
+        // A topic publishing as fast as the socket sends: the others get a turn first.
+        if let Some(watched) = self.subscriptions.get_mut(key) {
+            watched.subscription.wake_again();
+        }
+        Ok(())
     }
 
     /// Pushes subscription `key`'s presence if the topic announced new counts.
@@ -329,25 +353,30 @@ impl<T: Transport> Session<T> {
     /// Ends subscription `key` because of `error`, with an `unsubscribed` push; the socket
     /// goes on.
     async fn end_subscription(&mut self, key: u32, error: &ProtocolError) -> Result<(), End> {
-        let Some(watched) = self.forget(key) else { return Ok(()) };
+        let Some(name) = self.forget(key) else { return Ok(()) };
         self.state.metrics.error(error.code);
         let push = Frame::Unsubscribed {
             id: None,
-            name: watched.name.to_string(),
+            name: name.to_string(),
             code: Some(error.code.as_str().to_owned()),
             reason: Some(error.message.clone()),
         };
         self.link.feed(Utf8Bytes::from(push.to_json())).await
     }
 
-    /// Removes subscription `key` and everything kept for it.
-    fn forget(&mut self, key: u32) -> Option<Watched> {
+    /// Ends subscription `key` (it leaves its topic) and forgets everything kept for it;
+    /// answers the counter's name.
+    fn forget(&mut self, key: u32) -> Option<Arc<CounterName>> {
         let watched = self.subscriptions.remove(key)?;
         if let Some(at) = watched.rate.as_ref().and_then(|rate| rate.scheduled) {
             self.schedule.remove(at, key);
         }
+        let name = Arc::clone(&watched.name);
+        drop(watched);
         self.state.metrics.subscriptions.dec();
-        Some(watched)
+        // The subscription is gone: the counter's slot may go too.
+        self.state.registry.unwatch(&name);
+        Some(name)
     }
 
     /// Leaves every topic, as the socket ends.

@@ -738,6 +738,39 @@ async fn losing_the_right_to_read_ends_the_subscription_and_the_socket_goes_on()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_after_rights_shrank_is_checked_with_the_rights_left() {
+    let harness = harness(config()).await;
+    let mut socket = harness.connect();
+    assert!(socket.sync(1).await.is_empty());
+    // No look at any subscription happens in between: the command itself checks again.
+    harness.state.access.turn_auth_on();
+    socket
+        .send(json!({"id": 2, "type": "call", "procedure": "counter.increment", "name": "q"}))
+        .await;
+    assert_error(&socket.next().await, 2, "unauthenticated");
+    let counter = harness.state.registry.read(&name("q")).await.expect("read");
+    assert_eq!(counter.version, 0, "nothing was written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_answers_the_calls_in_flight_before_it_closes() {
+    let harness = harness(config()).await;
+    let mut socket = harness.connect();
+    assert!(socket.sync(1).await.is_empty());
+    socket
+        .send(json!({"id": 2, "type": "call", "procedure": "counter.increment", "name": "z"}))
+        .await;
+    socket.run_a_while().await;
+    harness.state.shutdown.cancel();
+    match socket.next().await {
+        Frame::Result { id: 2, result } => assert_eq!(result["version"], 1),
+        other => panic!("expected the call's result first, got {other:?}"),
+    }
+    assert!(matches!(socket.next().await, Frame::Reconnect { .. }));
+    assert_eq!(socket.closed().await.map(|frame| frame.code), Some(close::SERVICE_RESTART));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_thousand_subscriptions_are_served_by_looking_only_at_those_that_changed() {
     let harness = harness(config()).await;
     let mut socket = harness.connect();
