@@ -58,7 +58,7 @@ pub(crate) async fn page(
         .store
         .history_range(&origin.name, after, up_to)
         .await
-        .map_err(|error| ApplyError::Store(error).to_protocol())?;
+        .map_err(|error| ApplyError::from(error).to_protocol())?;
     let complete = records.len() as u64 == up_to - after
         && records.first().is_some_and(|record| record.version == after + 1);
     if !complete {
