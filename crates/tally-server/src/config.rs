@@ -45,6 +45,12 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Who may do what (tokens, keys, anonymous grants, hosts, write rate).
     pub auth: AuthConfig,
+    /// How long an idempotency key is remembered after its write committed; a retry after it
+    /// is applied again (`--idempotency-window`; the store's `SqliteOptions` has the same
+    /// setting, for deleting old records).
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered per counter at most, the newest (`--idempotency-keys`).
+    pub idempotency_keys: usize,
 
     // The version-2 socket (`GET /ws`, many counters over one socket).
     /// Subscriptions one socket may hold at most; more are refused `too_many_subscriptions`.
@@ -87,6 +93,8 @@ impl Default for Config {
             web_page: None,
             tls: None,
             auth: AuthConfig::default(),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_keys: 10_000,
             max_subscriptions: 1000,
             max_in_flight: 256,
             max_commands_per_second: 1000,

@@ -393,8 +393,6 @@ async fn a_lagging_subscription_is_caught_up_from_history_once_in_order_without_
 
 #[tokio::test(start_paused = true)]
 async fn a_subscription_lagging_past_history_starts_over_with_a_resync_snapshot() {
-    // The other store options (more are coming) stay at their defaults, whatever they are.
-    #[allow(clippy::needless_update)]
     let options = SqliteOptions { history_limit: 5, ..SqliteOptions::default() };
     let harness = harness_with(Config { watch_buffer: 4, ..config() }, options).await;
     let mut socket = harness.connect();
