@@ -302,6 +302,37 @@ async fn calls_are_acked_after_commit_and_bad_calls_get_the_rpcs_errors() {
     assert_eq!(server.metric("tally_socket_calls_total{outcome=\"ok\"}").await, 4.0);
 }
 
+#[tokio::test]
+async fn a_call_retried_with_its_idempotency_key_counts_once_and_gets_the_same_answer() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server).await;
+    let call = json!({"procedure": "counter.increment", "name": "once", "amount": 5, "idempotencyKey": "click-1"});
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let id = client.send("call", call.clone()).await;
+        let text = loop {
+            let text = client.next_text().await;
+            if Frame::from_json(&text).expect("frame").reply_id() == Some(id) {
+                break text;
+            }
+        };
+        answers.push(text.replacen(&format!("\"id\":{id}"), "\"id\":_", 1));
+    }
+    assert_eq!(answers[0], answers[1], "the retry gets the first answer, byte for byte");
+    assert_eq!(server.value("once").await, (5, 1), "counted once");
+    // The same key for another operation is refused, as over the RPC.
+    let reused = json!({"procedure": "counter.increment", "name": "once", "amount": 6, "idempotencyKey": "click-1"});
+    match client.ask("call", reused).await {
+        Frame::Error { error, .. } => assert_eq!(error.code, "idempotency_key_reused"),
+        other => panic!("expected idempotency_key_reused, got {other:?}"),
+    }
+    let read_key = json!({"procedure": "counter.getValue", "name": "once", "idempotencyKey": "k"});
+    match client.ask("call", read_key).await {
+        Frame::Error { error, .. } => assert_eq!(error.code, "invalid_field"),
+        other => panic!("expected invalid_field, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_subscription_is_caught_up_from_history_without_a_close() {
     let config = Config { watch_buffer: 8, send_timeout: Duration::from_secs(30), ..test_config() };
