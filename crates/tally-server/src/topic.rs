@@ -9,7 +9,7 @@
 //!
 //! Updates have consecutive versions, so a watcher needs no cursor of its own here: it reads
 //! the updates after the last version it sent. When that version has left the ring, the read
-//! says [`Lagged`], and the watcher catches up from history itself: nothing is ever skipped
+//! says [`Read::Lagged`], and the watcher catches up from history itself: nothing is ever skipped
 //! silently.
 //!
 //! Why not a `watch` channel per subscription for the wake-ups: a socket with a thousand
