@@ -9,12 +9,12 @@
 //!
 //! Updates have consecutive versions, so a watcher needs no cursor of its own here: it reads
 //! the updates after the last version it sent. When that version has left the ring, the read
-//! says [`Read::Lagged`], and the watcher catches up from history itself: nothing is ever skipped
+//! says `Read::Lagged`, and the watcher catches up from history itself: nothing is ever skipped
 //! silently.
 //!
 //! Why not a `watch` channel per subscription for the wake-ups: a socket with a thousand
 //! subscriptions would have to keep a thousand `changed()` futures and poll them. Instead each
-//! socket has one [`Wakes`] list, and a publish puts the key of each waiting subscription on
+//! socket has one `Wakes` list, and a publish puts the key of each waiting subscription on
 //! its socket's list and wakes that socket's task once: the socket then looks only at the
 //! subscriptions whose counters changed. A subscription is on its topic's waiting list only
 //! between the moment its socket looked at it and the next publish, so a publish touches only
