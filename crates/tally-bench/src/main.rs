@@ -112,6 +112,8 @@ struct Plan {
     subscriptions: usize,
     /// Watchers per layout.
     layout_watchers: usize,
+    /// How long a server is left alone before its memory is read.
+    settle: Duration,
     /// Watchers of the conflation scenario, and the writes a second to their counter.
     conflation: (usize, u32),
     /// The conflated subscriptions' `maxRate`.
@@ -146,6 +148,7 @@ impl Plan {
                 call_clients: vec![4],
                 subscriptions: 20,
                 layout_watchers: 100,
+                settle: Duration::from_millis(100),
                 conflation: (20, 50),
                 max_rate: 10.0,
                 presence: (50, Duration::from_millis(300), 5),
@@ -164,6 +167,7 @@ impl Plan {
                 call_clients: vec![32],
                 subscriptions: 1_000,
                 layout_watchers: 10_000,
+                settle: Duration::from_secs(1),
                 conflation: (1_000, 200),
                 max_rate: 10.0,
                 presence: (10_000, Duration::from_secs(3), 100),
@@ -499,7 +503,7 @@ async fn memory(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow
     if v2 {
         let count = plan.subscriptions;
         let fresh = fresh_server(binary)?;
-        let result = memory::per_subscription(&fresh, count).await?;
+        let result = memory::per_subscription(&fresh, count, plan.settle).await?;
         let case = format!("one socket, subscriptions={count}");
         report.add(
             "memory",
@@ -526,7 +530,8 @@ async fn memory(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow
             let fresh = fresh_server(binary)?;
             let label = format!("{} watchers={count} {}", protocol.label(), layout.label());
             let progress = bar(count as u64, &format!("memory: {label}"));
-            let result = memory::layout(&fresh, protocol, layout, count, &progress).await?;
+            let result =
+                memory::layout(&fresh, protocol, layout, count, plan.settle, &progress).await?;
             progress.finish_and_clear();
             report.add_with(
                 "memory",

@@ -16,8 +16,6 @@ use tally_client::Client;
 use crate::server::{Memory, ServerProcess};
 use crate::{socket, watchers};
 
-/// How long the server is left to settle before its memory is read.
-const SETTLE: Duration = Duration::from_secs(1);
 /// How long to wait for every watcher to get its update.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -78,9 +76,11 @@ pub(crate) struct PerSubscription {
 
 /// Two sockets on a fresh server; the first subscribes to `count` counters, then the second
 /// to the same ones; the server's RSS growth after each, per subscription.
+/// `settle` is how long the server is left alone before each reading.
 pub(crate) async fn per_subscription(
     server: &ServerProcess,
     count: usize,
+    settle: Duration,
 ) -> anyhow::Result<PerSubscription> {
     let addr = address(server)?;
     let prefix = format!("subs{}", fastrand::u32(..));
@@ -88,13 +88,13 @@ pub(crate) async fn per_subscription(
     // Both sockets are open before the first reading, so only subscriptions are counted.
     let mut first = socket::connect(addr).await?;
     let mut second = socket::connect(addr).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let before = server.memory()?;
     socket::subscribe_all(&mut first, &names, 64).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let middle = server.memory()?;
     socket::subscribe_all(&mut second, &names, 64).await?;
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle).await;
     let after = server.memory()?;
     Ok(PerSubscription {
         new_counters: grown(before, middle, count).0,
@@ -111,12 +111,14 @@ pub(crate) struct LayoutMemory {
 }
 
 /// `count` watchers on a fresh server, in `layout` over `protocol`: the server's memory growth
-/// per watcher; then one write to every watched counter, which every watcher must get.
+/// per watcher (read `settle` after the last has opened); then one write to every watched
+/// counter, which every watcher must get.
 pub(crate) async fn layout(
     server: &ServerProcess,
     protocol: Protocol,
     layout: Layout,
     count: usize,
+    settle: Duration,
     progress: &ProgressBar,
 ) -> anyhow::Result<LayoutMemory> {
     let addr = address(server)?;
@@ -132,7 +134,7 @@ pub(crate) async fn layout(
     match protocol {
         Protocol::V1 => {
             let sockets = watchers::open_many(addr, &prefix, counters, count, progress).await?;
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(settle).await;
             for (_, mut socket) in sockets {
                 let got = Arc::clone(&got);
                 tasks.push(tokio::spawn(async move {
@@ -147,7 +149,7 @@ pub(crate) async fn layout(
             let options = socket::Options::default();
             let sockets =
                 socket::open_many(addr, &prefix, counters, count, options, progress).await?;
-            tokio::time::sleep(SETTLE).await;
+            tokio::time::sleep(settle).await;
             for (_, _, mut socket) in sockets {
                 let got = Arc::clone(&got);
                 tasks.push(tokio::spawn(async move {
