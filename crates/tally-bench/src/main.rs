@@ -563,10 +563,15 @@ async fn conflation(target: &Target<'_>, plan: &Plan, report: &mut Report) -> an
     if !fits_open_files(watchers, "conflation", report) {
         return Ok(());
     }
+    // The same writes with nobody watching, the reference: what the watchers add is the rest.
+    let runs = [
+        (0, None, "no watchers (reference)".to_owned()),
+        (watchers, None, "plain".to_owned()),
+        (watchers, Some(plan.max_rate), format!("maxRate={}", plan.max_rate)),
+    ];
     let mut cpu_per_second = Vec::new();
     let mut delivered_per_second = Vec::new();
-    for max_rate in [None, Some(plan.max_rate)] {
-        let kind = max_rate.map_or_else(|| "plain".to_owned(), |rate| format!("maxRate={rate}"));
+    for (watchers, max_rate, kind) in runs {
         let case = format!("watchers={watchers} writes/s={rate} {kind}");
         let progress =
             bar(watchers as u64, &format!("conflation: opening {watchers} watchers, {kind}"));
@@ -585,14 +590,16 @@ async fn conflation(target: &Target<'_>, plan: &Plan, report: &mut Report) -> an
             report.add("conflation", &case, "failed writes", result.failed_writes as f64);
         }
         let delivered = result.delivered as f64 / result.seconds;
-        report.add("conflation", &case, "updates delivered/s", delivered);
-        report.add(
-            "conflation",
-            &case,
-            "last write → all on the final version ms",
-            (result.seconds - result.write_seconds) * 1000.0,
-        );
         delivered_per_second.push(delivered);
+        if watchers > 0 {
+            report.add("conflation", &case, "updates delivered/s", delivered);
+            report.add(
+                "conflation",
+                &case,
+                "last write → all on the final version ms",
+                (result.seconds - result.write_seconds) * 1000.0,
+            );
+        }
         if let Some(cpu) = result.server_cpu {
             let share = cpu.as_secs_f64() / result.seconds;
             report.add("conflation", &case, "server CPU % of one core", share * 100.0);
@@ -603,6 +610,9 @@ async fn conflation(target: &Target<'_>, plan: &Plan, report: &mut Report) -> an
                 cpu.as_secs_f64() * 1e6 / result.writes.max(1) as f64,
             );
             cpu_per_second.push(share);
+        }
+        if watchers == 0 {
+            continue;
         }
         report.add_with(
             "conflation",
@@ -629,11 +639,18 @@ async fn conflation(target: &Target<'_>, plan: &Plan, report: &mut Report) -> an
     }
     let case = format!("watchers={watchers} writes/s={rate}");
     let kind = format!("plain ÷ maxRate={}", plan.max_rate);
-    if let [plain, conflated] = delivered_per_second[..] {
+    if let [_, plain, conflated] = delivered_per_second[..] {
         report.add("conflation", &case, &format!("updates delivered, {kind}"), plain / conflated);
     }
-    if let [plain, conflated] = cpu_per_second[..] {
+    if let [reference, plain, conflated] = cpu_per_second[..] {
         report.add("conflation", &case, &format!("server CPU, {kind}"), plain / conflated);
+        // What the watchers themselves cost, the writes' own cost taken out.
+        report.add(
+            "conflation",
+            &case,
+            &format!("server CPU above the reference, {kind}"),
+            (plain - reference) / (conflated - reference),
+        );
     }
     Ok(())
 }
