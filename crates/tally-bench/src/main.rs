@@ -519,6 +519,12 @@ async fn memory(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyhow
         );
     }
     let count = plan.layout_watchers;
+    // The reference for the layouts: what a counter in memory costs with nobody watching.
+    let fresh = fresh_server(binary)?;
+    let per_counter = memory::per_counter(&fresh, count, plan.settle).await?;
+    drop(fresh);
+    let case = format!("counters={count} written once, nobody watching");
+    report.add("memory", &case, "server RSS bytes/counter", per_counter);
     if !fits_open_files(count, "memory", report) {
         return Ok(());
     }

@@ -102,6 +102,36 @@ pub(crate) async fn per_subscription(
     })
 }
 
+/// Server RSS growth per counter when `count` counters are written once each and nobody
+/// watches them (their actors are in memory, with no topic): the part of a watcher of its own
+/// counter that is the counter's, not the socket's.
+pub(crate) async fn per_counter(
+    server: &ServerProcess,
+    count: usize,
+    settle: Duration,
+) -> anyhow::Result<f64> {
+    let client = Client::new(&server.base)?;
+    let prefix = format!("counters{}", fastrand::u32(..));
+    // The HTTP connections are made, and the first counter loaded, before the first reading.
+    client.increment(&format!("{prefix}-warm"), 1).await?;
+    tokio::time::sleep(settle).await;
+    let before = server.memory()?;
+    let writes = futures_util::stream::iter(0..count)
+        .map(|counter| {
+            let name = format!("{prefix}-{counter}");
+            let client = &client;
+            async move { client.increment(&name, 1).await }
+        })
+        .buffer_unordered(32);
+    let results: Vec<_> = writes.collect().await;
+    for result in results {
+        result.context("writing a counter")?;
+    }
+    tokio::time::sleep(settle).await;
+    let after = server.memory()?;
+    Ok(grown(before, after, count).0)
+}
+
 /// What one layout cost.
 pub(crate) struct LayoutMemory {
     pub(crate) rss_per_watcher: f64,
