@@ -696,6 +696,9 @@ async fn presence(target: &Target<'_>, plan: &Plan, report: &mut Report) -> anyh
             &format!("{step}: last push ms"),
             wave.last.as_secs_f64() * 1000.0,
         );
+        // The fan-out itself, without the wait for the tick.
+        let spread = wave.last.saturating_sub(wave.first).as_secs_f64() * 1000.0;
+        report.add("presence", &case, &format!("{step}: first → last push ms"), spread);
         if let Some(cpu) = wave.server_cpu {
             report.add(
                 "presence",

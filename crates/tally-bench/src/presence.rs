@@ -24,6 +24,9 @@ pub(crate) struct Wave {
     /// From the change (the last joiner's snapshot, or the leavers' close) to each
     /// subscriber's push with the new count.
     pub(crate) latency: Histogram<u64>,
+    /// From the change to the first subscriber's push: mostly the wait for the once-a-second
+    /// presence tick.
+    pub(crate) first: Duration,
     /// From the change to the last subscriber's push.
     pub(crate) last: Duration,
     /// The server's CPU time over that, when its process is known.
@@ -124,6 +127,7 @@ async fn wave(
     let mut latency = stats::histogram();
     let mut told = 0;
     let mut last = Duration::ZERO;
+    let mut first = Duration::MAX;
     while told < subscribers {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, pushes.recv()).await {
@@ -132,6 +136,7 @@ async fn wave(
                 let delay = at.saturating_duration_since(changed);
                 stats::record(&mut latency, delay);
                 last = last.max(delay);
+                first = first.min(delay);
             }
             Ok(Some(_)) => {}
             Ok(None) => bail!("every presence subscriber's socket ended"),
@@ -142,7 +147,7 @@ async fn wave(
         }
     }
     let server_cpu = cpu_before.zip(cpu()).map(|(before, after)| after.saturating_sub(before));
-    Ok(Wave { latency, last, server_cpu })
+    Ok(Wave { latency, first, last, server_cpu })
 }
 
 /// `count` calls of `procedure` on `name`, one at a time.
