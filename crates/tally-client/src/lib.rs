@@ -59,6 +59,7 @@
 mod backoff;
 mod client;
 mod error;
+mod reconnect;
 mod tls;
 mod token;
 mod watch;
