@@ -324,11 +324,6 @@ impl Machine {
         }
     }
 
-    /// Whether the machine has given up.
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.phase == Phase::Stopped
-    }
-
     /// Handles `event`, appending what to do to `out` (which it does not clear).
     pub(crate) fn handle(&mut self, event: Event, out: &mut Vec<Action>) {
         if self.phase == Phase::Stopped {
