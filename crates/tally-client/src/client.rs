@@ -508,9 +508,13 @@ impl Client {
             request = request.header(IDEMPOTENCY_KEY, key.as_str());
         }
         let request = request.body(Full::new(body)).map_err(|error| {
-            Failure::Final(ClientError::InvalidUrl { url: url.to_owned(), reason: error.to_string() })
+            Failure::Final(ClientError::InvalidUrl {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            })
         })?;
-        let connect_error = |reason: String| ClientError::Connect { url: self.base.clone(), reason };
+        let connect_error =
+            |reason: String| ClientError::Connect { url: self.base.clone(), reason };
         let exchange = async {
             let response = self.http.request(request).await.map_err(|error| {
                 // A connection that could not be made carried nothing; any other failure may

@@ -211,6 +211,9 @@ pub struct Connection {
     requests: mpsc::UnboundedSender<Request>,
     /// The socket's own events, for [`Connection::events`].
     events: broadcast::Sender<ConnectionEvent>,
+    /// A listener made before the task started, for the first call of [`Connection::events`],
+    /// so that it misses nothing (not even a failure of the very first attempt).
+    first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<ConnectionEvent>>>>,
     /// The server's base URL, for errors.
     base: Arc<str>,
     /// How long a call waits for its answer, across reconnects.
@@ -236,7 +239,7 @@ impl Connection {
         let (requests, inbox) = mpsc::unbounded_channel();
         // Connection events are rare (a few per reconnect); a listener that falls this far
         // behind skips the oldest.
-        let (events, _) = broadcast::channel(64);
+        let (events, first_events) = broadcast::channel(64);
         let url = match base.strip_prefix("https://") {
             Some(rest) => format!("wss://{rest}/ws"),
             None => format!("ws://{}/ws", base.trim_start_matches("http://")),
@@ -246,6 +249,7 @@ impl Connection {
         Self {
             requests,
             events,
+            first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
             base: Arc::from(base),
             retry_for,
             serials: Arc::new(AtomicU64::new(0)),
@@ -266,12 +270,8 @@ impl Connection {
     pub fn subscribe_with(&self, name: &str, options: SubscribeOptions) -> Subscription {
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
         let (sender, events) = mpsc::unbounded_channel();
-        let subscription = Subscription {
-            name: name.to_owned(),
-            serial,
-            events,
-            requests: self.requests.clone(),
-        };
+        let subscription =
+            Subscription { name: name.to_owned(), serial, events, requests: self.requests.clone() };
         let problem = match CounterName::parse(name) {
             Err(error) => Some(ClientError::Invalid(error)),
             Ok(_) if options.max_rate.is_some_and(|rate| !(rate > 0.0 && rate <= 1000.0)) => {
@@ -297,10 +297,13 @@ impl Connection {
         subscription
     }
 
-    /// The socket's own events: connected, disconnected, stopped. Each call gives a listener
-    /// that sees the events from then on.
+    /// The socket's own events: connected, disconnected, stopped. The first call gives a
+    /// listener that sees every event since the connection started; later calls, listeners
+    /// that see the events from then on.
     pub fn events(&self) -> ConnectionEvents {
-        ConnectionEvents { receiver: self.events.subscribe() }
+        // The lock is never held across an await, nor while anything can panic.
+        let first = self.first_events.lock().ok().and_then(|mut first| first.take());
+        ConnectionEvents { receiver: first.unwrap_or_else(|| self.events.subscribe()) }
     }
 
     /// Calls `procedure` (any counter procedure) with `body` (the RPC's body, a JSON object)
@@ -328,7 +331,8 @@ impl Connection {
     /// write, saying it may have been applied and naming its key); the connection's error when
     /// it stopped for good.
     pub async fn call(&self, procedure: Procedure, body: Value) -> Result<Value, ClientError> {
-        let invalid = |code, message: String| ClientError::Invalid(ProtocolError::new(code, message));
+        let invalid =
+            |code, message: String| ClientError::Invalid(ProtocolError::new(code, message));
         let Value::Object(mut body) = body else {
             return Err(invalid(
                 ErrorCode::InvalidField,
@@ -481,8 +485,7 @@ impl Connection {
         let mut step = 0;
         loop {
             let (reply, answer) = oneshot::channel();
-            let request =
-                Request::Call { procedure, body: body.clone(), key: key.clone(), reply };
+            let request = Request::Call { procedure, body: body.clone(), key: key.clone(), reply };
             self.requests.send(request).map_err(|_| gone())?;
             let answer = match tokio::time::timeout_at(deadline, answer).await {
                 Ok(Ok(answer)) => answer,

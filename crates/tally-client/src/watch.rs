@@ -170,7 +170,8 @@ impl Stream for Watch {
                 // A watch does not ask for presence.
                 SubscriptionEvent::Presence(_) => continue,
             };
-            if !this.connected && matches!(event, WatchEvent::Snapshot(_) | WatchEvent::Resumed { .. })
+            if !this.connected
+                && matches!(event, WatchEvent::Snapshot(_) | WatchEvent::Resumed { .. })
             {
                 this.connected = true;
                 this.pending = Some(event);

@@ -605,7 +605,9 @@ impl Driver {
     /// machine sends the subscriptions again itself.
     fn drop_link(&mut self) {
         self.link = Link::Down;
-        for timer in [TimerKind::ConnectTimeout, TimerKind::MinUptime, TimerKind::Ping, TimerKind::Token] {
+        for timer in
+            [TimerKind::ConnectTimeout, TimerKind::MinUptime, TimerKind::Ping, TimerKind::Token]
+        {
             self.timers[slot(timer)] = None;
         }
         self.later.clear();
@@ -705,7 +707,9 @@ impl Driver {
                     status: response.status().as_u16(),
                     body: response.body().clone().unwrap_or_default(),
                 }),
-                Err(error) => Err(ConnectFailure::Lost(format!("cannot connect to {url}: {error}"))),
+                Err(error) => {
+                    Err(ConnectFailure::Lost(format!("cannot connect to {url}: {error}")))
+                }
             }
         })
     }
@@ -749,7 +753,9 @@ async fn next_on(link: &mut Link) -> LinkEvent {
     }
 }
 
-async fn next_token(job: &mut Option<BoxFuture<Result<Token, ClientError>>>) -> Result<Token, ClientError> {
+async fn next_token(
+    job: &mut Option<BoxFuture<Result<Token, ClientError>>>,
+) -> Result<Token, ClientError> {
     match job {
         Some(job) => job.await,
         None => std::future::pending().await,

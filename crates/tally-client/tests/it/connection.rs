@@ -156,10 +156,8 @@ async fn calls_over_the_socket_answer_as_the_rpc_does() {
     assert!(matches!(refused, ClientError::Rejected { status: 400, .. }), "{refused:?}");
     let refused = connection.increment("calls", 0).await.expect_err("invalid amount");
     assert_eq!(refused.code(), Some("invalid_amount"));
-    let refused = connection
-        .call(Procedure::KeyList, serde_json::json!({}))
-        .await
-        .expect_err("RPC-only");
+    let refused =
+        connection.call(Procedure::KeyList, serde_json::json!({})).await.expect_err("RPC-only");
     assert_eq!(refused.code(), Some("unknown_procedure"));
     // Still usable after the refusals.
     assert_eq!(connection.reset("calls").await.expect("reset").value, 0);
