@@ -265,11 +265,14 @@ impl Connection {
     /// counter; a second one of the same counter ends at once (`already_subscribed`). Dropping
     /// the [`Subscription`] unsubscribes.
     ///
-    /// The events are buffered for the subscription until it is read: read every subscription
-    /// you make (or ask for `max_rate`), or it holds its updates in memory.
+    /// Up to 1024 events wait for the reader. A reader that falls that far behind is not
+    /// waited for (the socket and the other subscriptions go on): its subscription is paused
+    /// and resumed after the last version it delivered once the reader has caught up, so
+    /// nothing is skipped. To follow a counter that changes faster than you read, ask for
+    /// `max_rate`.
     pub fn subscribe_with(&self, name: &str, options: SubscribeOptions) -> Subscription {
         let serial = self.serials.fetch_add(1, Ordering::Relaxed);
-        let (sender, events) = mpsc::unbounded_channel();
+        let (sender, events) = mpsc::channel(driver::SUBSCRIPTION_BUFFER);
         let subscription =
             Subscription { name: name.to_owned(), serial, events, requests: self.requests.clone() };
         let problem = match CounterName::parse(name) {
@@ -292,7 +295,8 @@ impl Connection {
             }
         };
         if let Some(error) = problem {
-            let _ = sender.send(SubscriptionEvent::Ended(Ended::Refused(error)));
+            // A new channel has room.
+            let _ = sender.try_send(SubscriptionEvent::Ended(Ended::Refused(error)));
         }
         subscription
     }
@@ -530,7 +534,7 @@ pub struct Subscription {
     name: String,
     /// Tells the task which subscription of this counter is being dropped.
     serial: u64,
-    events: mpsc::UnboundedReceiver<SubscriptionEvent>,
+    events: mpsc::Receiver<SubscriptionEvent>,
     /// Keeps the connection's task alive, and unsubscribes on drop.
     requests: mpsc::UnboundedSender<Request>,
 }

@@ -132,6 +132,10 @@ pub(crate) enum Event {
     },
     /// The server ended a subscription (an `unsubscribed` push); the socket goes on.
     Ended { name: String },
+    /// The application has not read subscription `name`, and its buffer is full: pause it.
+    Full { name: String },
+    /// The application read the paused subscription `name`'s buffer down: resume it.
+    Drained { name: String },
     /// The v2 `reconnect{afterMs}` push, sent just before the server closes.
     Advised { after_ms: u64 },
     /// The server closed the socket with `code` and `reason`.
@@ -268,6 +272,9 @@ enum SubState {
     Resubscribing,
     /// Refused for now; waiting for [`Event::Due`].
     Later,
+    /// Its reader is behind: unsubscribed until [`Event::Drained`], and kept so across
+    /// reconnects.
+    Paused,
 }
 
 #[derive(Debug, Clone)]
@@ -370,8 +377,10 @@ impl Machine {
                     out.push(Action::Ping);
                 }
                 for (name, sub) in &mut self.subs {
-                    sub.state = SubState::Sent;
-                    out.push(Action::Subscribe { name: name.clone(), since: sub.since });
+                    if sub.state != SubState::Paused {
+                        sub.state = SubState::Sent;
+                        out.push(Action::Subscribe { name: name.clone(), since: sub.since });
+                    }
                 }
                 if let Some(ms) = token_refresh_ms {
                     out.push(Action::Timer { timer: TimerKind::Token, ms });
@@ -381,8 +390,8 @@ impl Machine {
             Event::Snapshot { name, version, push } => {
                 self.heard(out);
                 let Some(sub) = self.subs.get_mut(&name) else { return };
-                if push && sub.state == SubState::Resubscribing {
-                    // From the subscription being replaced.
+                if (push && sub.state == SubState::Resubscribing) || sub.state == SubState::Paused {
+                    // From the subscription being replaced, or for a reader that is behind.
                     return;
                 }
                 sub.since = Some(version);
@@ -392,7 +401,9 @@ impl Machine {
             }
             Event::Resumed { name, since, .. } => {
                 self.heard(out);
-                if let Some(sub) = self.subs.get_mut(&name) {
+                if let Some(sub) = self.subs.get_mut(&name)
+                    && sub.state != SubState::Paused
+                {
                     sub.since = sub.since.or(Some(since));
                     sub.state = SubState::Live;
                     sub.attempt = 0;
@@ -422,6 +433,34 @@ impl Machine {
             Event::Ended { name } => {
                 self.heard(out);
                 self.subs.remove(&name);
+            }
+            Event::Full { name } => {
+                let open = self.is_open();
+                let Some(sub) = self.subs.get_mut(&name) else { return };
+                let subscribed =
+                    matches!(sub.state, SubState::Sent | SubState::Live | SubState::Resubscribing);
+                if sub.state == SubState::Paused {
+                    return;
+                }
+                // Pausing costs the server nothing and the socket no stall; the resume starts
+                // after the last version the reader was given, so nothing is skipped.
+                sub.state = SubState::Paused;
+                if open && subscribed {
+                    out.push(Action::Unsubscribe { name });
+                }
+            }
+            Event::Drained { name } => {
+                let open = self.is_open();
+                if let Some(sub) = self.subs.get_mut(&name)
+                    && sub.state == SubState::Paused
+                {
+                    if open {
+                        sub.state = SubState::Sent;
+                        out.push(Action::Subscribe { name, since: sub.since });
+                    } else {
+                        sub.state = SubState::Queued;
+                    }
+                }
             }
             Event::Advised { after_ms } => {
                 self.heard(out);
@@ -557,7 +596,7 @@ impl Machine {
 
     fn update(&mut self, name: String, version: u64, conflated: bool, out: &mut Vec<Action>) {
         let Some(sub) = self.subs.get_mut(&name) else { return };
-        if sub.state == SubState::Resubscribing {
+        if matches!(sub.state, SubState::Resubscribing | SubState::Paused) {
             return;
         }
         match sub.since {
@@ -619,7 +658,7 @@ impl Machine {
     fn ended(&mut self) {
         self.phase = Phase::Waiting;
         self.refreshing_in_band = false;
-        for sub in self.subs.values_mut() {
+        for sub in self.subs.values_mut().filter(|sub| sub.state != SubState::Paused) {
             sub.state = SubState::Queued;
         }
     }

@@ -32,6 +32,18 @@ use crate::token::{Credentials, Token};
 /// reconnect is never refused for it.
 const MAX_IN_FLIGHT: usize = 128;
 
+/// How many events a subscription buffers for its reader. A reader that lets it fill is not
+/// waited for (that would stall every subscription on the socket): the subscription is paused
+/// and resumed from the last version it was given once the reader has read half of it.
+pub(crate) const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// Room kept in a subscription's buffer for the events that are never dropped for a slow
+/// reader (a resume, a disconnect, the end).
+const RESERVE: usize = 16;
+
+/// How often paused subscriptions are checked for a reader that caught up.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
 /// How long one frame may take to be written before the socket is given up as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,7 +56,7 @@ pub(crate) enum Request {
         name: CounterName,
         serial: u64,
         options: SubscribeOptions,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
+        events: mpsc::Sender<SubscriptionEvent>,
     },
     Unsubscribe {
         name: String,
@@ -73,13 +85,19 @@ struct Sub {
     serial: u64,
     name: CounterName,
     options: SubscribeOptions,
-    events: mpsc::UnboundedSender<SubscriptionEvent>,
+    events: mpsc::Sender<SubscriptionEvent>,
 }
 
 impl Sub {
     fn send(&self, event: SubscriptionEvent) {
-        // A dropped Subscription's unsubscribe is on its way; until then, nobody listens.
-        let _ = self.events.send(event);
+        // Full only for a reader far behind (its updates are paused before that, see
+        // `RESERVE`), or closed: a dropped Subscription's unsubscribe is on its way.
+        let _ = self.events.try_send(event);
+    }
+
+    /// Whether the reader is so far behind that updates must stop.
+    fn is_behind(&self) -> bool {
+        self.events.capacity() <= RESERVE
     }
 }
 
@@ -160,6 +178,9 @@ pub(crate) struct Driver {
     timers: [Option<Instant>; TimerKind::ALL.len()],
     /// When each subscription refused for now is tried again.
     later: HashMap<String, Instant>,
+    /// Subscriptions paused for a reader that is behind, and when to look at them again.
+    paused: Vec<String>,
+    drain_check: Option<Instant>,
     subs: HashMap<String, Sub>,
     /// Calls not answered yet, by a local number (in order, so re-sends keep it).
     calls: BTreeMap<u64, Pending>,
@@ -201,6 +222,8 @@ impl Driver {
             token_job: None,
             timers: [None; TimerKind::ALL.len()],
             later: HashMap::new(),
+            paused: Vec::new(),
+            drain_check: None,
             subs: HashMap::new(),
             calls: BTreeMap::new(),
             next_call: 0,
@@ -314,7 +337,7 @@ impl Driver {
             Request::Subscribe { name, serial, options, events } => {
                 if let Some(error) = &self.stopped {
                     let ended = Ended::Stopped(duplicate(error));
-                    let _ = events.send(SubscriptionEvent::Ended(ended));
+                    let _ = events.try_send(SubscriptionEvent::Ended(ended));
                     return;
                 }
                 if self.subs.contains_key(name.as_str()) {
@@ -326,7 +349,7 @@ impl Driver {
                         ),
                         temporary: false,
                     };
-                    let _ = events.send(SubscriptionEvent::Ended(Ended::Refused(error)));
+                    let _ = events.try_send(SubscriptionEvent::Ended(Ended::Refused(error)));
                     return;
                 }
                 let jumps = options.types.is_some() || options.max_rate.is_some();
@@ -420,7 +443,16 @@ impl Driver {
             self.feed(Event::Heard);
             return;
         };
+        let reply = frame.reply_id();
         match frame {
+            Frame::Update { name, .. } | Frame::Snapshot { name, .. }
+                if self.subs.get(&name).is_some_and(Sub::is_behind) =>
+            {
+                if let Some(id) = reply {
+                    self.in_flight.remove(&id);
+                }
+                self.pause(name);
+            }
             Frame::Update { name, update, conflated } => {
                 let version = update.version;
                 self.held = Some(if conflated {
@@ -488,7 +520,8 @@ impl Driver {
             }
             Frame::Presence { name, presence } => {
                 self.feed(Event::Heard);
-                if let Some(sub) = self.subs.get(&name) {
+                // The next push will say it again; a reader that is behind can miss one.
+                if let Some(sub) = self.subs.get(&name).filter(|sub| !sub.is_behind()) {
                     sub.send(SubscriptionEvent::Presence(presence));
                 }
             }
@@ -528,8 +561,38 @@ impl Driver {
         }
     }
 
+    /// Stops the updates of a subscription whose reader is behind (see
+    /// [`SUBSCRIPTION_BUFFER`]).
+    fn pause(&mut self, name: String) {
+        self.feed(Event::Heard);
+        if !self.paused.contains(&name) {
+            self.paused.push(name.clone());
+        }
+        self.drain_check.get_or_insert_with(|| Instant::now() + DRAIN_CHECK);
+        self.feed(Event::Full { name });
+    }
+
+    /// Resumes the paused subscriptions whose readers caught up.
+    fn check_drained(&mut self) {
+        let paused = std::mem::take(&mut self.paused);
+        for name in paused {
+            match self.subs.get(&name) {
+                None => {}
+                Some(sub) if sub.events.capacity() >= SUBSCRIPTION_BUFFER / 2 => {
+                    self.feed(Event::Drained { name });
+                }
+                Some(_) => self.paused.push(name),
+            }
+        }
+        self.drain_check = (!self.paused.is_empty()).then(|| Instant::now() + DRAIN_CHECK);
+    }
+
     fn on_deadline(&mut self) {
         let now = Instant::now();
+        if self.drain_check.is_some_and(|at| at <= now) {
+            self.check_drained();
+            return;
+        }
         for timer in TimerKind::ALL {
             if self.timers[slot(timer)].is_some_and(|at| at <= now) {
                 self.timers[slot(timer)] = None;
@@ -545,7 +608,13 @@ impl Driver {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.timers.iter().flatten().chain(self.later.values()).min().copied()
+        self.timers
+            .iter()
+            .flatten()
+            .chain(self.later.values())
+            .chain(&self.drain_check)
+            .min()
+            .copied()
     }
 
     /// Sends queued commands while the socket is up and the in-flight limit allows.

@@ -126,6 +126,7 @@ fn the_scenarios_cover_every_rule_and_close_code_class() {
         "upgrade-refused",
         "subscribe-refused",
         "ended",
+        "slow-reader",
         "wake",
     ] {
         assert!(rules.contains(rule), "no scenario checks the rule {rule:?}");

@@ -373,3 +373,56 @@ async fn conflated_and_presence_subscriptions() {
     drop((second, other, conflated, connection));
     server.stop().await;
 }
+
+/// A subscription whose reader does not read while 1 200 updates flow: the socket is not held
+/// up (the other subscription sees every update live), the unread one is paused when its
+/// buffer fills and resumed once read, and in the end it too has every version once, in order.
+#[tokio::test]
+async fn a_subscription_not_read_is_paused_without_stalling_the_others_and_skips_nothing() {
+    const WRITES: u64 = 1200;
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    let connection = client.connect_with(fast());
+    let mut slow = connection.subscribe("slow-reader");
+    let mut live = connection.subscribe("live-reader");
+    assert_eq!(snapshot_version(&mut slow).await, 0);
+    assert_eq!(snapshot_version(&mut live).await, 0);
+
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for _ in 0..WRITES / 8 {
+                    client.increment("slow-reader", 1).await.expect("write");
+                    client.increment("live-reader", 1).await.expect("write");
+                }
+            })
+        })
+        .collect();
+    let mut live_versions = Vec::new();
+    while live_versions.len() < WRITES as usize {
+        match next_event(&mut live).await {
+            SubscriptionEvent::Update(update) => live_versions.push(update.version),
+            other => panic!("live-reader: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(live_versions, (1..=WRITES).collect::<Vec<_>>());
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+
+    let mut slow_versions = Vec::new();
+    while slow_versions.last() != Some(&WRITES) {
+        match next_event(&mut slow).await {
+            SubscriptionEvent::Update(update) => slow_versions.push(update.version),
+            SubscriptionEvent::Resumed { since, .. } => {
+                assert_eq!(slow_versions.last(), Some(&since), "resumed after what it had");
+            }
+            other => panic!("slow-reader: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(slow_versions, (1..=WRITES).collect::<Vec<_>>());
+    drop((slow, live, connection));
+    server.stop().await;
+}
