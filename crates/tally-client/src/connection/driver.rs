@@ -130,7 +130,7 @@ enum InFlight {
 /// The socket, or the attempt to get one.
 enum Link {
     Down,
-    Connecting(BoxFuture<Result<Opened, ConnectFailure>>),
+    Connecting(BoxFuture<Result<Box<Opened>, ConnectFailure>>),
     Up {
         /// To the writer task (which owns the sending half).
         outgoing: mpsc::UnboundedSender<Message>,
@@ -154,7 +154,8 @@ enum ConnectFailure {
 }
 
 enum LinkEvent {
-    Connected(Result<Opened, ConnectFailure>),
+    /// The socket is boxed: it is large, and this event is passed by value.
+    Connected(Result<Box<Opened>, ConnectFailure>),
     Message(Option<Result<Message, tungstenite::Error>>),
 }
 
@@ -380,7 +381,8 @@ impl Driver {
 
     fn on_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Connected(Ok(Opened { socket, token })) => {
+            LinkEvent::Connected(Ok(opened)) => {
+                let Opened { socket, token } = *opened;
                 let (sink, incoming) = socket.split();
                 let (outgoing, queued) = mpsc::unbounded_channel();
                 tokio::spawn(write_all(sink, queued));
@@ -736,7 +738,7 @@ impl Driver {
     }
 
     /// Gets a token (if there are credentials) and opens the socket with it.
-    fn connect(&self) -> BoxFuture<Result<Opened, ConnectFailure>> {
+    fn connect(&self) -> BoxFuture<Result<Box<Opened>, ConnectFailure>> {
         let url = self.url.clone();
         let credentials = self.credentials.clone();
         let tls = Arc::clone(&self.tls);
@@ -771,7 +773,7 @@ impl Driver {
             )
             .await
             {
-                Ok((socket, _)) => Ok(Opened { socket, token }),
+                Ok((socket, _)) => Ok(Box::new(Opened { socket, token })),
                 Err(tungstenite::Error::Http(response)) => Err(ConnectFailure::Refused {
                     status: response.status().as_u16(),
                     body: response.body().clone().unwrap_or_default(),
