@@ -60,8 +60,10 @@ enum Command {
         /// The counter.
         name: String,
     },
-    /// Add to a counter. Like every write, it carries an idempotency key and is sent again
-    /// while its fate is unknown, so it counts once.
+    /// Add to a counter.
+    ///
+    /// Like every write, it carries an idempotency key and is sent again while its fate is
+    /// unknown (a timeout, a lost connection, a restarting server), so it counts once.
     Incr {
         /// The counter.
         name: String,
