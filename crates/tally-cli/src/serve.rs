@@ -84,6 +84,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALLY_MAX_MESSAGES_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_messages_per_second: u32,
 
+    /// How long an idempotency key is remembered after its write committed: a retry with the
+    /// key within it is answered the first answer; after it, the write is applied again.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = parse_positive_duration, value_name = "DURATION")]
+    idempotency_window: Duration,
+
+    /// Idempotency keys remembered per counter at most, the newest; an older key is forgotten
+    /// before --idempotency-window ends.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
+    idempotency_keys: u32,
+
     /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); needs --tls-key.
     #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", value_name = "PEM")]
     tls_cert: Option<PathBuf>,
@@ -288,8 +298,11 @@ fn embedded_web_page() -> anyhow::Result<WebPage> {
 #[tokio::main]
 pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let auth = auth_config(args)?;
-    let store =
-        SqliteStore::open(&args.database, SqliteOptions { history_limit: args.history_limit })?;
+    let options = SqliteOptions {
+        history_limit: args.history_limit,
+        idempotency_window: args.idempotency_window,
+    };
+    let store = SqliteStore::open(&args.database, options)?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -345,6 +358,8 @@ fn config_from(args: &ServeArgs, auth: AuthConfig, web_page: Option<WebPage>) ->
             .zip(args.tls_key.clone())
             .map(|(cert_path, key_path)| tally_server::config::TlsFiles { cert_path, key_path }),
         auth,
+        idempotency_window: args.idempotency_window,
+        idempotency_keys: args.idempotency_keys as usize,
     }
 }
 
@@ -369,5 +384,6 @@ mod tests {
         let config = config_from(&args, auth, None);
         assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
         assert_eq!(args.history_limit, SqliteOptions::default().history_limit);
+        assert_eq!(args.idempotency_window, SqliteOptions::default().idempotency_window);
     }
 }

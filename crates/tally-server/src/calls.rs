@@ -88,7 +88,7 @@ async fn history_page(
         .store
         .history(name, before, limit + 1)
         .await
-        .map_err(|error| ApplyError::Store(error).to_protocol())?;
+        .map_err(|error| ApplyError::from(error).to_protocol())?;
     let more = records.len() > limit as usize;
     records.truncate(limit as usize);
     let next = if more { records.last().map(|record| record.version) } else { None };

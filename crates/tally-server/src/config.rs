@@ -45,6 +45,12 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Who may do what (tokens, keys, anonymous grants, hosts, write rate).
     pub auth: AuthConfig,
+    /// How long an idempotency key is remembered after its write committed; a retry after it
+    /// is applied again (`--idempotency-window`; the store's `SqliteOptions` has the same
+    /// setting, for deleting old records).
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered per counter at most, the newest (`--idempotency-keys`).
+    pub idempotency_keys: usize,
 }
 
 /// The PEM files of a TLS server certificate.
@@ -74,6 +80,8 @@ impl Default for Config {
             web_page: None,
             tls: None,
             auth: AuthConfig::default(),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_keys: 10_000,
         }
     }
 }

@@ -5,6 +5,15 @@
 //! committed, new operations queue up, and they become the next batch the moment the first is
 //! durable. Each batch goes commit → broadcast → reply, so an answer or an update is only ever
 //! seen for a write that is on disk, and watchers see versions in order.
+//!
+//! An operation with an idempotency key is answered once per key: the actor remembers the
+//! keys of its counter (see `idempotency`), so a retry of a committed operation gets the first
+//! answer again, a duplicate of one still in flight waits for it, and storage is never asked on
+//! the write path. The key is stored in the batch's own transaction.
+
+mod idempotency;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,8 +29,12 @@ use crate::clock;
 use crate::config::Config;
 use crate::framing::Published;
 use crate::metrics::Metrics;
-use crate::store::{AppendBatch, Committing, CounterRecord, HistoryRecord, Store, StoreError};
+use crate::store::{
+    AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, Retention, Store,
+    StoreError,
+};
 use crate::topic::{Subscription, Topic, User};
+use idempotency::{Arrival, KeyId, Keys, key_ref};
 
 /// How many commands may wait in one counter's inbox before callers wait too.
 pub(crate) const INBOX_CAPACITY: usize = 1024;
@@ -84,15 +97,28 @@ impl CounterState {
     }
 }
 
-/// Why a command to a counter failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a command to a counter failed. Cloneable: the duplicates of an operation (same
+/// idempotency key) that waited for it get its answer, errors included.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApplyError {
     /// The operation was refused (its result would be out of range); nothing was stored.
     #[error(transparent)]
     Rejected(#[from] ProtocolError),
-    /// Storage failed; nothing of the operation is stored.
+    /// Storage failed; nothing of the operation is stored. Every operation of a failed batch
+    /// shares the one error.
     #[error("storage failed: {0}")]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
+    /// The idempotency key was used by the same principal on this counter for another
+    /// operation; nothing was stored.
+    #[error("idempotency key {key} was used for {} and now for {}", describe(*.first), describe(*.op))]
+    KeyReused {
+        /// The key.
+        key: IdempotencyKey,
+        /// The operation the key was first used for.
+        first: Op,
+        /// The operation refused.
+        op: Op,
+    },
     /// The counter's actor stopped before taking the command (it hibernated); the command was not
     /// applied and may be sent again to a fresh actor.
     #[error("the counter's actor has stopped")]
@@ -102,26 +128,65 @@ pub enum ApplyError {
     ShuttingDown,
 }
 
-impl ApplyError {
-    /// A storage failure given in words, for each operation of a failed batch or load
-    /// (`StoreError` is not `Clone`).
-    fn store_failed(reason: &str) -> Self {
-        ApplyError::Store(StoreError::WriteFailed { reason: reason.to_owned() })
+impl From<StoreError> for ApplyError {
+    fn from(error: StoreError) -> Self {
+        ApplyError::Store(Arc::new(error))
     }
+}
 
-    /// The wire error this becomes.
+impl ApplyError {
+    /// The wire error this becomes: the one mapping of counter and storage failures to what
+    /// clients are told. Every answer says that nothing was stored, since that is what the
+    /// client must know to decide on a retry.
     pub fn to_protocol(&self) -> ProtocolError {
         match self {
             ApplyError::Rejected(error) => error.clone(),
-            ApplyError::Store(error) => ProtocolError::new(
-                ErrorCode::Unavailable,
-                format!("storage is unavailable, nothing was stored: {error}"),
+            ApplyError::Store(error) => match &**error {
+                // Only a bug makes a batch meet another version (logged as one where it
+                // happens); the actor reads the counter again, so sending again works.
+                StoreError::Conflict { .. } => ProtocolError::new(
+                    ErrorCode::Internal,
+                    "the stored counter was not at the version this server built the write on (a server fault, logged); nothing was stored and the counter is read again: send the write again",
+                ),
+                StoreError::Unavailable(cause) => ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "storage is unavailable ({cause}); nothing was stored: try again shortly"
+                    ),
+                ),
+                StoreError::Closed => ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    "the server is shutting down; nothing was stored: try again shortly",
+                ),
+                _ => ProtocolError::new(
+                    ErrorCode::Internal,
+                    "storage failed (the server logged why); nothing was stored",
+                ),
+            },
+            ApplyError::KeyReused { key, first, op } => ProtocolError::new(
+                ErrorCode::IdempotencyKeyReused,
+                format!(
+                    "idempotency key {key:?} was already used on this counter for {}, so it cannot be used for {}; nothing was stored: send a new key with a new operation, and the first body when retrying one",
+                    describe(*first),
+                    describe(*op)
+                ),
             ),
             ApplyError::Retired | ApplyError::ShuttingDown => ProtocolError::new(
                 ErrorCode::Unavailable,
                 "the server is shutting down; try again shortly",
             ),
         }
+    }
+}
+
+/// An operation in words, for messages: "increment by 2", "setValue to 5", "reset".
+fn describe(op: Op) -> String {
+    match op {
+        Op::Increment(amount) | Op::Decrement(amount) => {
+            format!("{} by {amount}", op.kind().as_str())
+        }
+        Op::SetValue(value) => format!("{} to {value}", op.kind().as_str()),
+        Op::Reset => op.kind().as_str().to_owned(),
     }
 }
 
@@ -202,9 +267,8 @@ impl CounterHandle {
 struct PendingOp {
     op: Op,
     by: Arc<str>,
-    /// Not yet acted on: the idempotency issue adds the dedup.
-    #[allow(dead_code)]
-    key: Option<IdempotencyKey>,
+    /// Its idempotency key, in flight in `CounterActor::keys` until the operation is answered.
+    key: Option<Arc<KeyId>>,
     received: Instant,
     respond_to: Reply<Arc<Published>>,
 }
@@ -255,6 +319,12 @@ struct CounterActor {
     tip: (i64, u64),
     /// Set after a failed commit: the next batch first reloads the state from storage.
     reload: bool,
+    /// The failure that set `reload`: the batches queued behind it fail with a conflict (their
+    /// base version was never stored), which is its consequence, not a bug, and they are
+    /// answered with it.
+    failure: Option<Arc<StoreError>>,
+    /// The idempotency keys this counter remembers, committed and in flight.
+    keys: Keys,
 }
 
 /// Starts the actor of `name` on the context's task tracker and returns its handle.
@@ -275,6 +345,8 @@ pub(crate) fn spawn(
         pending: Vec::new(),
         tip: (0, 0),
         reload: true,
+        failure: None,
+        keys: Keys::new(context.config.idempotency_keys, context.config.idempotency_window),
     };
     context.tracker.spawn(run(actor, inbox_rx));
     CounterHandle { inbox: inbox_tx }
@@ -300,13 +372,12 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 // starts a fresh actor that tries again.
                 actor.context.home.retire(&actor.name, actor.generation);
                 inbox.close();
-                let reason = error.reason();
-                let failed = || ApplyError::store_failed(&reason);
-                for op in actor.pending.drain(..) {
-                    let _ = op.respond_to.send(Err(failed()));
+                let failed = ApplyError::from(error);
+                for pending in std::mem::take(&mut actor.pending) {
+                    actor.answer(pending, Err(failed.clone()));
                 }
                 while let Some(command) = inbox.recv().await {
-                    command.refuse(failed);
+                    command.refuse(|| failed.clone());
                 }
                 break;
             }
@@ -325,7 +396,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             break;
         }
         tokio::select! {
-            command = inbox.recv(), if !handles_gone && actor.pending.len() < MAX_PENDING => match command {
+            command = inbox.recv(), if !handles_gone && actor.pending.len() + actor.keys.waiting() < MAX_PENDING => match command {
                 Some(command) => {
                     idle_deadline = deadline_after(idle_timeout);
                     actor.handle(command);
@@ -366,21 +437,93 @@ fn deadline_after(after: std::time::Duration) -> tokio::time::Instant {
 }
 
 impl CounterActor {
+    /// Reads the counter and the idempotency keys to remember from storage, the truth.
     async fn reload(&mut self) -> Result<(), StoreError> {
-        self.state = match self.store.load(&self.name).await? {
-            Some(record) => CounterState::from_record(record),
-            None => CounterState::default(),
+        let retention =
+            Retention { since_ms: self.keys.cutoff(clock::now_ms()), limit: self.keys.limit() };
+        let (state, records) = match self.store.load(&self.name, retention).await? {
+            Some(loaded) => (CounterState::from_record(loaded.record), loaded.idempotency),
+            None => (CounterState::default(), Vec::new()),
         };
+        self.state = state;
+        self.keys.load(records);
         self.tip = (self.state.value, self.state.version);
         self.reload = false;
+        self.failure = None;
+        // A commit reported failed may still have reached the disk; if storage shows a pending
+        // operation's key as committed, that operation is answered from it, not applied again.
+        let now_ms = clock::now_ms();
+        for pending in std::mem::take(&mut self.pending) {
+            let Some(id) = pending.key.clone() else {
+                self.pending.push(pending);
+                continue;
+            };
+            match self.keys.committed(&id, now_ms).cloned() {
+                Some(entry) if entry.op() == pending.op => {
+                    let published = self.republish(entry);
+                    self.answer(pending, Ok(published));
+                }
+                Some(entry) => {
+                    let (key, first, op) = (id.key.clone(), entry.op(), pending.op);
+                    self.answer(pending, Err(ApplyError::KeyReused { key, first, op }));
+                }
+                None => self.pending.push(pending),
+            }
+        }
         tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
         Ok(())
     }
 
+    /// Answers `pending`, and every duplicate waiting on its key, with `result`. A key whose
+    /// operation failed is not remembered: a later retry applies the operation.
+    fn answer(&mut self, pending: PendingOp, result: Result<Arc<Published>, ApplyError>) {
+        let duplicates = match &pending.key {
+            Some(id) => self.keys.settle(id),
+            None => Vec::new(),
+        };
+        for duplicate in duplicates {
+            let _ = duplicate.send(result.clone());
+        }
+        // The caller may have left; that is normal.
+        let _ = pending.respond_to.send(result);
+    }
+
+    /// The update `entry` made, built again for a retry: the same bytes as the first answer,
+    /// since the update's JSON is made from exactly these fields.
+    fn republish(&self, entry: HistoryRecord) -> Arc<Published> {
+        // A committed entry means the counter is stored, so both are set; the fallbacks only
+        // keep a bug from panicking.
+        let id = self.state.id.unwrap_or_default();
+        let created_at_ms = self.state.created_at_ms.unwrap_or(entry.at_ms);
+        let created_at = Arc::from(clock::format_ms(created_at_ms));
+        Arc::new(Published::new(Arc::clone(&self.name), id, created_at, entry))
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Apply { op, by, key, received, respond_to } => {
-                self.pending.push(PendingOp { op, by, key, received, respond_to })
+            Command::Apply { op, by, key: None, received, respond_to } => {
+                self.pending.push(PendingOp { op, by, key: None, received, respond_to });
+            }
+            Command::Apply { op, by, key: Some(key), received, respond_to } => {
+                let id = KeyId { by: Arc::clone(&by), key };
+                match self.keys.arrive(id, op, clock::now_ms(), respond_to) {
+                    Arrival::New(id, respond_to) => {
+                        self.pending.push(PendingOp {
+                            op,
+                            by,
+                            key: Some(id),
+                            received,
+                            respond_to,
+                        });
+                    }
+                    Arrival::Replay(entry, respond_to) => {
+                        let _ = respond_to.send(Ok(self.republish(entry)));
+                    }
+                    Arrival::Waiting => {}
+                    Arrival::Reused(error, respond_to) => {
+                        let _ = respond_to.send(Err(error));
+                    }
+                }
             }
             Command::Read { respond_to } => {
                 let _ = respond_to.send(Ok(self.state));
@@ -399,10 +542,12 @@ impl CounterActor {
     /// are refused here and left out.
     async fn start_batch(&mut self) -> Option<(InFlight, Committing)> {
         let at_ms = clock::now_ms();
+        self.keys.forget_expired(at_ms);
         let (mut value, mut version) = self.tip;
         let base_version = version;
         let mut entries = Vec::with_capacity(self.pending.len());
-        for pending in self.pending.drain(..) {
+        let mut remember = Vec::new();
+        for pending in std::mem::take(&mut self.pending) {
             match pending.op.apply(value) {
                 Ok(next) => {
                     version += 1;
@@ -416,11 +561,12 @@ impl CounterActor {
                         by: Some(Arc::clone(&pending.by)),
                     };
                     value = next;
+                    if let Some(id) = &pending.key {
+                        remember.push(key_ref(id, version));
+                    }
                     entries.push((entry, pending));
                 }
-                Err(error) => {
-                    let _ = pending.respond_to.send(Err(ApplyError::Rejected(error)));
-                }
+                Err(error) => self.answer(pending, Err(ApplyError::Rejected(error))),
             }
         }
         if entries.is_empty() {
@@ -430,6 +576,8 @@ impl CounterActor {
             name: CounterName::clone(&self.name),
             expected_version: base_version,
             entries: entries.iter().map(|(entry, _)| entry.clone()).collect(),
+            remember,
+            forget: self.keys.take_forgotten(),
         };
         match self.store.append(batch).await {
             Ok(committing) => {
@@ -437,10 +585,9 @@ impl CounterActor {
                 Some((InFlight { entries }, committing))
             }
             Err(error) => {
-                let reason = error.reason();
+                let failed = ApplyError::from(error);
                 for (_, pending) in entries {
-                    let failed = ApplyError::store_failed(&reason);
-                    let _ = pending.respond_to.send(Err(failed));
+                    self.answer(pending, Err(failed.clone()));
                 }
                 None
             }
@@ -448,14 +595,29 @@ impl CounterActor {
     }
 
     /// The batch is durable (or failed): broadcast and answer each operation in order.
-    fn finish_batch(&mut self, batch: InFlight, result: Result<i64, StoreError>) {
+    fn finish_batch(&mut self, batch: InFlight, result: CommitResult) {
         let id = match result {
             Ok(id) => id,
             Err(error) => {
-                tracing::error!(counter = %self.name, %error, "commit failed");
-                let reason = error.reason();
+                let error = match (&self.failure, &*error) {
+                    // Built on a batch that failed: the first failure is the answer.
+                    (Some(first), StoreError::Conflict { .. }) => Arc::clone(first),
+                    (None, StoreError::Conflict { .. }) => {
+                        tracing::error!(
+                            counter = %self.name, %error,
+                            "version conflict: storage does not hold what this actor committed (a bug, or another writer on the database); reloading the counter"
+                        );
+                        error
+                    }
+                    _ => {
+                        tracing::error!(counter = %self.name, %error, "commit failed");
+                        error
+                    }
+                };
+                self.failure.get_or_insert_with(|| Arc::clone(&error));
+                let failed = ApplyError::Store(error);
                 for (_, pending) in batch.entries {
-                    let _ = pending.respond_to.send(Err(ApplyError::store_failed(&reason)));
+                    self.answer(pending, Err(failed.clone()));
                 }
                 // Storage is the truth; read it again before building on it (once every batch
                 // queued behind this one, which fails too, has been answered).
@@ -488,6 +650,12 @@ impl CounterActor {
             ));
             if let Some(topic) = topic {
                 topic.publish(Arc::clone(&published));
+            }
+            if let Some(id) = &pending.key {
+                // Duplicates that waited get the very same update (the same bytes).
+                for duplicate in self.keys.commit(Arc::clone(id), published.entry()) {
+                    let _ = duplicate.send(Ok(Arc::clone(&published)));
+                }
             }
             let _ = pending.respond_to.send(Ok(published));
         }

@@ -174,7 +174,7 @@ fn key_store_error(error: StoreError) -> ProtocolError {
                 "an API key named {name:?} exists already (names of revoked keys stay taken); choose another name"
             ),
         ),
-        other => ApplyError::Store(other).to_protocol(),
+        other => ApplyError::from(other).to_protocol(),
     }
 }
 

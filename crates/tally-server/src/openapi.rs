@@ -107,12 +107,28 @@ fn operation(procedure: Procedure, request: &Schema, answer: &Schema, error: &Sc
         );
     }
     let name = procedure.path_name();
-    json!({"post": {
+    let mut operation = json!({"post": {
         "operationId": name,
         "summary": summary(procedure),
         "requestBody": {"required": true, "content": {"application/json": {"schema": request}}},
         "responses": responses,
-    }})
+    }});
+    if procedure.is_write() {
+        operation["post"]["parameters"] = json!([idempotency_key_header()]);
+    }
+    operation
+}
+
+/// The `Idempotency-Key` header a write may carry (docs/PROTOCOL.md §3.4).
+fn idempotency_key_header() -> Value {
+    use tally_proto::idempotency::{IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_KEY_RULE};
+    json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": format!("Makes the write safe to send again: a retry with the same key (by the same principal, on the same counter, within --idempotency-window) is answered the first answer and changes nothing; the same key with another body is refused 422 idempotency_key_reused. {IDEMPOTENCY_KEY_RULE}."),
+        "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_BYTES, "pattern": "^[!-~]+$"},
+    })
 }
 
 fn summary(procedure: Procedure) -> &'static str {
@@ -153,5 +169,8 @@ mod tests {
             increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))
         );
         assert!(doc["paths"]["/rpc/counter.getValue"]["post"]["responses"]["422"].is_null());
+        let header = &doc["paths"]["/rpc/counter.increment"]["post"]["parameters"][0];
+        assert_eq!((&header["name"], &header["in"]), (&json!("Idempotency-Key"), &json!("header")));
+        assert!(doc["paths"]["/rpc/counter.getValue"]["post"]["parameters"].is_null());
     }
 }

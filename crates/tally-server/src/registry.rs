@@ -134,10 +134,13 @@ impl Registry {
     }
 
     /// Applies `op` to counter `name` on behalf of `by` (recorded in history); answers once it
-    /// is committed and broadcast.
+    /// is committed and broadcast. With an idempotency `key` (scoped to `by` and `name`), an
+    /// operation already committed with that key is answered its first update again and not
+    /// applied, and one still in flight is waited for.
     ///
     /// # Errors
-    /// `Rejected` for a result out of range; `Store` when storage failed; `ShuttingDown`.
+    /// `Rejected` for a result out of range; `KeyReused` when `key` was used for another
+    /// operation; `Store` when storage failed; `ShuttingDown`.
     pub async fn apply(
         &self,
         name: &CounterName,

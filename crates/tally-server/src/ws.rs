@@ -463,7 +463,7 @@ impl Session {
         match self.state.store.history_range(name, after, up_to).await {
             Ok(records) => Ok(records),
             Err(error) => {
-                let error = ApplyError::Store(error).to_protocol();
+                let error = ApplyError::from(error).to_protocol();
                 let _ = self.send_error(&error).await;
                 Err(End::Close(
                     close::INTERNAL_ERROR,

@@ -1,7 +1,10 @@
 //! Crash safety under repeated SIGKILL: the real binary is killed at random moments while
-//! writers and a watcher are busy, and restarted on the same database each time.
+//! writers and a watcher are busy, and restarted on the same database each time; and keyed
+//! writes retried through the kills count exactly once.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -178,4 +181,147 @@ fn surface_panic(ended: Result<(), tokio::task::JoinError>) {
     {
         std::panic::resume_unwind(error.into_panic());
     }
+}
+
+/// Keyed increments in this test, and how many are in flight at once.
+const KEYED_WRITES: usize = 10_000;
+const KEYED_IN_FLIGHT: usize = 16;
+
+/// Exactly-once writes: 16 clients send 10 000 increments, each with its own idempotency key,
+/// over plain HTTP (no Tally client, whose retrying is tested on its own). The server is
+/// killed with SIGKILL twice mid-stream and restarted on the same database at a new address;
+/// every request whose answer was lost is sent again with the same key until it is answered.
+/// The counter must end at exactly 10 000, every write having its own version, and after the
+/// last restart every one of the 10 000 sent once more must be answered its first answer, byte
+/// for byte, without counting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_increments_retried_through_two_sigkills_count_exactly_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("tally.db");
+    let mut server = Tally::start(&database, &[]);
+    let (address_tx, address) = tokio::sync::watch::channel(server.addr);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let retried = Arc::new(AtomicUsize::new(0));
+    // Each write's answer, as sent by the server.
+    let answers: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; KEYED_WRITES]));
+    let http = reqwest::Client::builder().timeout(PATIENCE).build().expect("http client");
+
+    let mut clients = Vec::new();
+    for _ in 0..KEYED_IN_FLIGHT {
+        let (http, mut address) = (http.clone(), address.clone());
+        let (next, done, retried) = (Arc::clone(&next), Arc::clone(&done), Arc::clone(&retried));
+        let answers = Arc::clone(&answers);
+        clients.push(tokio::spawn(async move {
+            loop {
+                let write = next.fetch_add(1, Ordering::Relaxed);
+                if write >= KEYED_WRITES {
+                    return;
+                }
+                let answer = send_until_answered(&http, &mut address, write, &retried).await;
+                answers.lock().expect("lock")[write] = Some(answer);
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for kill_after in [KEYED_WRITES * 3 / 10, KEYED_WRITES * 65 / 100] {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while done.load(Ordering::Relaxed) < kill_after {
+            assert!(tokio::time::Instant::now() < deadline, "writes stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.signal("KILL");
+        server.wait();
+        server = Tally::start(&database, &[]);
+        address_tx.send(server.addr).expect("clients listen");
+    }
+    for client in clients {
+        tokio::time::timeout(PATIENCE, client).await.expect("clients finish").expect("client");
+    }
+
+    let retried = retried.load(Ordering::Relaxed);
+    assert!(retried > 0, "no answer was lost in the kills: the test proved nothing");
+    let answers: Vec<String> =
+        answers.lock().expect("lock").iter().map(|a| a.clone().expect("answered")).collect();
+    let mut versions: Vec<u64> = answers.iter().map(|text| version_of(text)).collect();
+    versions.sort_unstable();
+    let highest = versions.last().copied().unwrap_or_default();
+    versions.dedup();
+    assert!(
+        versions.iter().copied().eq(1..=KEYED_WRITES as u64),
+        "{KEYED_WRITES} writes were answered {} distinct versions up to {highest}: one write counted twice or a version was answered twice",
+        versions.len()
+    );
+    let value = server.ok("getValue", json!({"name": "once"})).await;
+    assert_eq!((value["value"].as_u64(), value["version"].as_u64()), (Some(10_000), Some(10_000)));
+
+    // Every key survived the kills: all of them again, each answered its first answer.
+    let answers = Arc::new(answers);
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..KEYED_IN_FLIGHT {
+        let (http, mut address, next) = (http.clone(), address.clone(), Arc::clone(&next));
+        let answers = Arc::clone(&answers);
+        clients.push(tokio::spawn(async move {
+            let unused = AtomicUsize::new(0);
+            loop {
+                let write = next.fetch_add(1, Ordering::Relaxed);
+                if write >= KEYED_WRITES {
+                    return;
+                }
+                let answer = send_until_answered(&http, &mut address, write, &unused).await;
+                assert_eq!(answer, answers[write], "write {write} answered differently");
+            }
+        }));
+    }
+    for client in clients {
+        tokio::time::timeout(PATIENCE, client).await.expect("clients finish").expect("client");
+    }
+    let value = server.ok("getValue", json!({"name": "once"})).await;
+    assert_eq!(value["version"].as_u64(), Some(10_000), "a retry counted again");
+    eprintln!("{KEYED_WRITES} keyed writes through 2 kills: {retried} sent again, value 10000");
+}
+
+/// Sends keyed increment `write` until the server answers 200, following the server to its new
+/// address when it died; counts each resend in `retried`.
+async fn send_until_answered(
+    http: &reqwest::Client,
+    address: &mut tokio::sync::watch::Receiver<SocketAddr>,
+    write: usize,
+    retried: &AtomicUsize,
+) -> String {
+    let key = format!("write-{write}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let target = *address.borrow_and_update();
+        let sent = http
+            .post(format!("http://{target}/rpc/counter.increment"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", &key)
+            .body(json!({"name": "once", "amount": 1}).to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == 200 => {
+                if let Ok(text) = response.text().await {
+                    return text;
+                }
+            }
+            Ok(response) if response.status().is_server_error() => {}
+            Ok(response) => panic!("write {write} refused: {}", response.status()),
+            Err(_) => {}
+        }
+        // The answer was lost (or the server was going down): wait for the server to be back,
+        // then send the same request with the same key.
+        assert!(tokio::time::Instant::now() < deadline, "write {write} never answered");
+        retried.fetch_add(1, Ordering::Relaxed);
+        if *address.borrow() == target {
+            let _ = tokio::time::timeout(Duration::from_millis(200), address.changed()).await;
+        }
+    }
+}
+
+fn version_of(answer: &str) -> u64 {
+    let answer: serde_json::Value = serde_json::from_str(answer).expect("JSON answer");
+    answer["version"].as_u64().expect("version")
 }

@@ -6,6 +6,23 @@
 //! Writes arrive as [`AppendBatch`]es: one or more operations on one counter that are committed
 //! together. A store may (and the SQLite store does) commit the batches of many counters in one
 //! transaction, so that one fsync covers every write that was waiting (group commit).
+//!
+//! # Idempotency records
+//! An operation sent with an idempotency key is stored with an [`IdempotencyRecord`]: the key,
+//! its principal, and the committed operation in full, written in the same transaction as the
+//! operation's history row. A retry with the key is answered from it, byte for byte, even after
+//! `--history-limit` trimmed the history row away. The store is never asked about a key on the
+//! write path: the counter's actor remembers its counter's records, loaded with the counter by
+//! [`Store::load`]. The actor also says, with each batch, which records it stopped remembering
+//! (past `--idempotency-keys`), and the store forgets records older than the idempotency window
+//! by itself, so storage holds about `--idempotency-keys` records per counter at most, and none
+//! older than the window for long.
+//!
+//! # Errors
+//! A [`StoreError`] keeps its kind up to the wire: a version [`Conflict`](StoreError::Conflict)
+//! (a server bug), storage [`Unavailable`](StoreError::Unavailable) (I/O, full disk, busy), the
+//! store [`Closed`](StoreError::Closed) (shutting down), or a [`Backend`](StoreError::Backend)
+//! failure. A failed group commit hands one `Arc<StoreError>` to every batch in it.
 
 mod sqlite;
 mod stats;
@@ -14,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tally_proto::{CounterName, OpKind};
+use tally_proto::{CounterName, IdempotencyKey, Op, OpKind};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use stats::StoreMetrics;
@@ -54,6 +71,59 @@ pub struct HistoryRecord {
     pub by: Option<Arc<str>>,
 }
 
+impl HistoryRecord {
+    /// The operation this entry applied: what a retry with the same idempotency key must ask
+    /// for again (its fingerprint is the kind with the amount, or the value set).
+    pub fn op(&self) -> Op {
+        match self.kind {
+            OpKind::Increment => Op::Increment(self.amount.unwrap_or_default()),
+            OpKind::Decrement => Op::Decrement(self.amount.unwrap_or_default()),
+            OpKind::SetValue => Op::SetValue(self.value),
+            OpKind::Reset => Op::Reset,
+        }
+    }
+}
+
+/// A counter as loaded: the stored record and the idempotency records to remember.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedCounter {
+    /// The stored counter.
+    pub record: CounterRecord,
+    /// Its idempotency records within the asked [`Retention`], oldest (lowest version) first.
+    pub idempotency: Vec<IdempotencyRecord>,
+}
+
+/// A committed operation that carried an idempotency key: what a retry is answered from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key, unique per counter and principal (`entry.by`).
+    pub key: IdempotencyKey,
+    /// The operation as committed, with `by` set to the principal that sent it.
+    pub entry: HistoryRecord,
+}
+
+/// Names one idempotency record of a batch's counter: to store with an entry of the batch, or
+/// to forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    /// The principal that sent the key (the entry's `by`).
+    pub principal: Arc<str>,
+    /// The key.
+    pub key: IdempotencyKey,
+    /// The version of the operation it names.
+    pub version: u64,
+}
+
+/// Which idempotency records [`Store::load`] brings back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Only records of operations committed at or after this time, in milliseconds since the
+    /// Unix epoch (now minus `--idempotency-window`).
+    pub since_ms: i64,
+    /// At most this many, the newest (`--idempotency-keys`).
+    pub limit: usize,
+}
+
 /// An API key as stored: never the secret itself, only its SHA-256 hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -81,22 +151,40 @@ pub struct AppendBatch {
     pub expected_version: u64,
     /// The operations, in version order, starting at `expected_version + 1`.
     pub entries: Vec<HistoryRecord>,
+    /// Idempotency records to store with entries of this batch, in the same transaction: each
+    /// names an entry by its version, and the entry is the answer a retry gets.
+    pub remember: Vec<KeyRef>,
+    /// Idempotency records of this counter, committed earlier, to delete in the same
+    /// transaction (the actor stopped remembering them). A record is deleted only if it still
+    /// names that version, so a key used again after being forgotten keeps its new record.
+    pub forget: Vec<KeyRef>,
 }
+
+impl AppendBatch {
+    /// A batch of `entries` after `expected_version`, with no idempotency records.
+    pub fn new(name: CounterName, expected_version: u64, entries: Vec<HistoryRecord>) -> Self {
+        Self { name, expected_version, entries, remember: Vec::new(), forget: Vec::new() }
+    }
+}
+
+/// How a queued batch ended: the counter's storage id, or why nothing of it was stored. The
+/// error is shared: a failed group commit gives the same one to every batch it held.
+pub type CommitResult = Result<i64, Arc<StoreError>>;
 
 /// A queued batch: resolves once it is committed (to the counter's storage id) or has failed.
 pub struct Committing {
-    answer: tokio::sync::oneshot::Receiver<Result<i64, StoreError>>,
+    answer: tokio::sync::oneshot::Receiver<CommitResult>,
 }
 
 impl Committing {
     /// A batch answered on `answer`.
-    pub fn new(answer: tokio::sync::oneshot::Receiver<Result<i64, StoreError>>) -> Self {
+    pub fn new(answer: tokio::sync::oneshot::Receiver<CommitResult>) -> Self {
         Self { answer }
     }
 }
 
 impl std::future::Future for Committing {
-    type Output = Result<i64, StoreError>;
+    type Output = CommitResult;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -105,11 +193,15 @@ impl std::future::Future for Committing {
         // A dropped sender means the store went away without answering.
         std::pin::Pin::new(&mut self.answer)
             .poll(cx)
-            .map(|answer| answer.unwrap_or(Err(StoreError::Closed)))
+            .map(|answer| answer.unwrap_or_else(|_| Err(Arc::new(StoreError::Closed))))
     }
 }
 
-/// Why a store operation failed.
+/// What a storage backend said, kept whole for logs.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a store operation failed. Each kind becomes its own wire error (see
+/// `ApplyError::to_protocol`), so clients are told what happened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -121,7 +213,9 @@ pub enum StoreError {
         /// What went wrong, in words.
         reason: String,
     },
-    /// The stored counter's version is not the one the batch was built on.
+    /// The stored counter's version is not the one the batch was built on. Only this server
+    /// writes its database (a lock file sees to it) and only a counter's actor writes the
+    /// counter, so outside the batches queued behind a failed one this is a bug.
     #[error("counter {name} is at version {found} in storage, not {expected}: batch refused")]
     Conflict {
         /// The counter.
@@ -131,15 +225,14 @@ pub enum StoreError {
         /// The version found.
         found: u64,
     },
-    /// A transaction could not be committed; nothing of it is stored.
-    #[error("commit failed: {reason}")]
-    WriteFailed {
-        /// What the database said.
-        reason: String,
-    },
-    /// An error from SQLite.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// Storage cannot be used right now: an I/O error, a full disk, a file busy or locked by
+    /// another program. Nothing of the operation is stored; it may succeed later.
+    #[error("storage is unavailable: {0}")]
+    Unavailable(#[source] BackendError),
+    /// The backend failed in a way waiting will not mend (a corrupt file, a broken
+    /// constraint, a malformed row). Nothing of the operation is stored.
+    #[error("storage failed: {0}")]
+    Backend(#[source] BackendError),
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,
@@ -148,13 +241,22 @@ pub enum StoreError {
     KeyExists(String),
 }
 
-impl StoreError {
-    /// What went wrong, in words, without repeating "commit failed" when this already is a
-    /// failed commit (the reason is handed on to every operation of a failed batch).
-    pub fn reason(&self) -> String {
-        match self {
-            StoreError::WriteFailed { reason } => reason.clone(),
-            other => other.to_string(),
+impl From<rusqlite::Error> for StoreError {
+    /// Sorts SQLite's errors into what the client is told: worth retrying later, or not.
+    fn from(error: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        match error.sqlite_error_code() {
+            Some(
+                Code::DiskFull
+                | Code::SystemIoFailure
+                | Code::DatabaseBusy
+                | Code::DatabaseLocked
+                | Code::OutOfMemory
+                | Code::CannotOpen
+                | Code::FileLockingProtocolFailed
+                | Code::ReadOnly,
+            ) => StoreError::Unavailable(Box::new(error)),
+            _ => StoreError::Backend(Box::new(error)),
         }
     }
 }
@@ -164,16 +266,23 @@ impl StoreError {
 /// Implementations are shared by every counter actor, so every method takes `&self`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The stored counter named `name`, or `None` if it was never written.
+    /// The stored counter named `name` with its idempotency records within `retention`, read
+    /// together; `None` if it was never written.
     ///
     /// # Errors
     /// When storage cannot be read.
-    async fn load(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError>;
+    async fn load(
+        &self,
+        name: &CounterName,
+        retention: Retention,
+    ) -> Result<Option<LoadedCounter>, StoreError>;
 
     /// Queues `batch` to be committed durably (on disk, synced) after every batch queued before
     /// it, and returns as soon as it is queued. The returned [`Committing`] resolves to the
     /// counter's storage id once the batch is committed. A counter may have several batches
-    /// queued at once (each built on the one before), so one fsync can cover all of them.
+    /// queued at once (each built on the one before), so one fsync can cover all of them. The
+    /// batch's idempotency records (`remember`, `forget`) are written in the same transaction
+    /// as its history: an operation and its key are stored together or not at all.
     ///
     /// # Errors
     /// When the store is closed. The commit itself fails with [`StoreError::Conflict`] when the

@@ -9,22 +9,22 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tally_proto::{CounterName, OpKind};
+use tally_proto::{CounterName, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendBatch, Committing, CounterRecord, HistoryRecord, KeyRecord, Store, StoreError,
-    StoreMetrics,
+    AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
+    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
 const APPLICATION_ID: i64 = 0x5441_4C59;
 /// The schema version this code writes and reads; older files are migrated at open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// How many appends one transaction takes at most, so one commit's latency stays bounded.
 const MAX_APPENDS_PER_COMMIT: usize = 4096;
 /// How many appends may wait for the writer before callers are made to wait.
@@ -33,6 +33,11 @@ const WRITER_QUEUE: usize = 8192;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many idle read connections are kept open.
 const MAX_IDLE_READERS: usize = 4;
+/// How often the writer deletes idempotency records past the window, at most; each time it
+/// deletes at most `SWEEP_ROWS` of them, so that a wave of expiring keys (a day after a burst)
+/// is spread over many commits instead of stalling one.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_ROWS: i64 = 1000;
 
 const SCHEMA: &str = "
 CREATE TABLE counters (
@@ -57,7 +62,8 @@ CREATE TABLE history (
 
 /// Each step takes the schema from the version before it to the next: `MIGRATIONS[0]` from 1
 /// to 2, and so on. Every step runs in the same transaction as the `user_version` it sets.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE history ADD COLUMN by TEXT;
 CREATE TABLE api_keys (
     id TEXT PRIMARY KEY,
@@ -67,26 +73,51 @@ CREATE TABLE api_keys (
     created_at_ms INTEGER NOT NULL,
     revoked_at_ms INTEGER
 );
-"];
+",
+    "
+CREATE TABLE idempotency (
+    counter_id INTEGER NOT NULL REFERENCES counters (id),
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER,
+    previous_value INTEGER NOT NULL,
+    value INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    PRIMARY KEY (counter_id, principal, key)
+) WITHOUT ROWID;
+CREATE INDEX idempotency_expiry ON idempotency (at_ms);
+",
+];
 
 /// Settings of the SQLite store.
 #[derive(Debug, Clone, Copy)]
 pub struct SqliteOptions {
     /// How many of the most recent operations are kept per counter (at least 1).
     pub history_limit: u64,
+    /// Idempotency records older than this are deleted by the writer (`--idempotency-window`;
+    /// the server's `Config` has the same setting, for what the actors remember).
+    pub idempotency_window: Duration,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { history_limit: 10_000 }
+        Self { history_limit: 10_000, idempotency_window: Duration::from_secs(24 * 3600) }
     }
+}
+
+/// What the writer thread needs to know besides its queue.
+struct WriterSettings {
+    history_limit: u64,
+    idempotency_window: Duration,
 }
 
 /// A request to the writer thread.
 enum WriterMessage {
     Append {
         batch: AppendBatch,
-        respond_to: oneshot::Sender<Result<i64, StoreError>>,
+        respond_to: oneshot::Sender<CommitResult>,
     },
     /// Commit what is queued, then stop; answered once the thread is done with the file.
     Close {
@@ -145,12 +176,15 @@ impl SqliteStore {
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
-        let history_limit = options.history_limit.max(1);
+        let settings = WriterSettings {
+            history_limit: options.history_limit.max(1),
+            idempotency_window: options.idempotency_window,
+        };
         let metrics = StoreMetrics::default();
         let writer_metrics = metrics.clone();
         thread::Builder::new()
             .name("tally-sqlite-writer".into())
-            .spawn(move || run_writer(conn, inbox, history_limit, &writer_metrics))
+            .spawn(move || run_writer(conn, inbox, &settings, &writer_metrics))
             .map_err(|error| open_error(format!("cannot start the writer thread: {error}")))?;
 
         Ok(Self {
@@ -276,9 +310,11 @@ fn foreign(reason: &'static str) -> rusqlite::Error {
 fn run_writer(
     conn: Connection,
     mut inbox: mpsc::Receiver<WriterMessage>,
-    history_limit: u64,
+    settings: &WriterSettings,
     metrics: &StoreMetrics,
 ) {
+    // `None` until the first group commit, which sweeps expired idempotency records at once.
+    let mut last_sweep: Option<Instant> = None;
     let mut appends = Vec::new();
     let mut runs: Vec<OwnWrite> = Vec::new();
     let mut closing = None;
@@ -297,8 +333,14 @@ fn run_writer(
             }
         }
         if !appends.is_empty() {
-            let started = std::time::Instant::now();
-            let results = commit(&conn, appends.iter().map(|(batch, _)| batch), history_limit);
+            let started = Instant::now();
+            let sweep = last_sweep.is_none_or(|last| started - last >= SWEEP_EVERY);
+            let expired_before = sweep.then(|| expiry_cutoff(settings.idempotency_window));
+            let batches = appends.iter().map(|(batch, _)| batch);
+            let results = commit(&conn, batches, settings.history_limit, expired_before);
+            if sweep {
+                last_sweep = Some(started);
+            }
             if results.iter().any(Result::is_ok) {
                 let operations: usize = appends.iter().map(|(batch, _)| batch.entries.len()).sum();
                 metrics.transactions.inc();
@@ -329,16 +371,24 @@ fn commit<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
-) -> Vec<Result<i64, StoreError>> {
+    expired_before: Option<i64>,
+) -> Vec<CommitResult> {
     let count = batches.len();
-    match commit_group(conn, batches, history_limit) {
+    match commit_group(conn, batches, history_limit, expired_before) {
         Ok(results) => results,
-        // rusqlite's error is not Clone, so each waiting writer gets the reason in words.
+        // One failure, kept whole (its kind decides what clients are told), shared by every
+        // batch of the group.
         Err(error) => {
-            let reason = error.to_string();
-            (0..count).map(|_| Err(StoreError::WriteFailed { reason: reason.clone() })).collect()
+            let error = Arc::new(StoreError::from(error));
+            (0..count).map(|_| Err(Arc::clone(&error))).collect()
         }
     }
+}
+
+/// Idempotency records committed before this time (ms since the epoch) are past `window`.
+fn expiry_cutoff(window: Duration) -> i64 {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    crate::clock::now_ms().saturating_sub(window_ms)
 }
 
 /// `BEGIN`, every batch, `COMMIT`, with the two statements prepared once: this runs for every
@@ -349,7 +399,8 @@ fn commit_group<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
-) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
+    expired_before: Option<i64>,
+) -> Result<Vec<CommitResult>, rusqlite::Error> {
     if !conn.is_autocommit() {
         // Only if a rollback after an earlier failure failed too: try again, or every group
         // from now on would fail with "cannot start a transaction within a transaction".
@@ -357,6 +408,17 @@ fn commit_group<'a>(
     }
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let outcome = append_all(conn, batches, history_limit).and_then(|results| {
+        if let Some(cutoff) = expired_before {
+            // Records of counters nobody writes any more are not forgotten by an actor: this
+            // is what deletes them. One range of the index on `at_ms`: up to the cutoff, and
+            // no further than the SWEEP_ROWS-th oldest record (with its ties); one seek when
+            // none expired.
+            conn.prepare_cached(
+                "DELETE FROM idempotency WHERE at_ms < ?1 AND at_ms <= coalesce(
+                 (SELECT at_ms FROM idempotency ORDER BY at_ms LIMIT 1 OFFSET ?2), ?1)",
+            )?
+            .execute(params![cutoff, SWEEP_ROWS - 1])?;
+        }
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(results)
     });
@@ -371,7 +433,7 @@ fn append_all<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
     history_limit: u64,
-) -> Result<Vec<Result<i64, StoreError>>, rusqlite::Error> {
+) -> Result<Vec<CommitResult>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
         if conn.is_autocommit() {
@@ -380,33 +442,27 @@ fn append_all<'a>(
                 Some("the transaction was rolled back by SQLite".into()),
             ));
         }
-        match append_one(conn, batch, history_limit) {
-            Ok(id) => results.push(Ok(id)),
-            Err(conflict @ StoreError::Conflict { .. }) => results.push(Err(conflict)),
-            Err(StoreError::Sqlite(error)) => return Err(error),
-            Err(other) => {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-                    Some(other.to_string()),
-                ));
-            }
-        }
+        results.push(append_one(conn, batch, history_limit)?.map_err(Arc::new));
     }
     Ok(results)
 }
 
-/// Writes one batch, or refuses it with [`StoreError::Conflict`] before writing anything.
+/// Writes one batch, or refuses it with [`StoreError::Conflict`] (the inner error) before
+/// writing anything. The outer error fails the whole group.
 fn append_one(
     conn: &Connection,
     batch: &AppendBatch,
     history_limit: u64,
-) -> Result<i64, StoreError> {
-    let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) else {
-        return Err(StoreError::Conflict {
+) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let conflict = |found: u64| {
+        Ok(Err(StoreError::Conflict {
             name: batch.name.to_string(),
             expected: batch.expected_version,
-            found: batch.expected_version,
-        });
+            found,
+        }))
+    };
+    let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) else {
+        return conflict(batch.expected_version);
     };
     let stored: Option<(i64, u64)> = conn
         .prepare_cached("SELECT id, version FROM counters WHERE name = ?1")?
@@ -427,13 +483,7 @@ fn append_one(
             .execute(params![id, last.value, last.version, last.at_ms])?;
             id
         }
-        other => {
-            return Err(StoreError::Conflict {
-                name: batch.name.to_string(),
-                expected: batch.expected_version,
-                found: other.map_or(0, |(_, version)| version),
-            });
-        }
+        other => return conflict(other.map_or(0, |(_, version)| version)),
     };
     let mut insert = conn.prepare_cached(
         "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -454,7 +504,66 @@ fn append_one(
         conn.prepare_cached("DELETE FROM history WHERE counter_id = ?1 AND version <= ?2")?
             .execute(params![id, last.version - history_limit])?;
     }
-    Ok(id)
+    write_idempotency(conn, id, batch)?;
+    Ok(Ok(id))
+}
+
+/// Deletes the records the actor forgot, then stores the batch's own, in the batch's
+/// transaction. Forgetting first, and only a record that still names the forgotten version,
+/// lets a key used again after it was forgotten keep its new record.
+fn write_idempotency(
+    conn: &Connection,
+    id: i64,
+    batch: &AppendBatch,
+) -> Result<(), rusqlite::Error> {
+    if !batch.forget.is_empty() {
+        let mut delete = conn.prepare_cached(
+            "DELETE FROM idempotency WHERE counter_id = ?1 AND principal = ?2 AND key = ?3 AND version = ?4",
+        )?;
+        for forgotten in &batch.forget {
+            delete.execute(params![
+                id,
+                &*forgotten.principal,
+                forgotten.key.as_str(),
+                forgotten.version
+            ])?;
+        }
+    }
+    if !batch.remember.is_empty() {
+        let mut insert = conn.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency (counter_id, principal, key, version, kind, amount, previous_value, value, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for remembered in &batch.remember {
+            // Entries are consecutive from `expected_version + 1`; a record naming a version
+            // outside the batch is the caller's bug, refused rather than stored wrong.
+            let entry = remembered
+                .version
+                .checked_sub(batch.expected_version + 1)
+                .and_then(|index| batch.entries.get(usize::try_from(index).ok()?))
+                .filter(|entry| entry.version == remembered.version)
+                .ok_or_else(|| {
+                    rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISUSE),
+                        Some(format!(
+                            "idempotency key {:?} names version {}, which is not in the batch",
+                            remembered.key, remembered.version
+                        )),
+                    )
+                })?;
+            insert.execute(params![
+                id,
+                &*remembered.principal,
+                remembered.key.as_str(),
+                entry.version,
+                entry.kind.as_str(),
+                entry.amount,
+                entry.previous_value,
+                entry.value,
+                entry.at_ms,
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 /// Read-only connections, opened on demand and kept for reuse. Written by hand: a pool crate
@@ -512,6 +621,21 @@ fn history_row(row: &rusqlite::Row<'_>) -> Result<HistoryRecord, rusqlite::Error
     })
 }
 
+/// An idempotency record from `version, kind, amount, previous_value, value, at_ms, principal,
+/// key` (the history columns first, so `history_row` reads them).
+fn idempotency_row(row: &rusqlite::Row<'_>) -> Result<IdempotencyRecord, rusqlite::Error> {
+    let entry = history_row(row)?;
+    let key: String = row.get(7)?;
+    let key = IdempotencyKey::parse(&key).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(
+            7,
+            rusqlite::types::Type::Text,
+            error.message.into(),
+        )
+    })?;
+    Ok(IdempotencyRecord { key, entry })
+}
+
 fn key_row(row: &rusqlite::Row<'_>) -> Result<KeyRecord, rusqlite::Error> {
     let hash: Vec<u8> = row.get(2)?;
     let grants: String = row.get(3)?;
@@ -536,22 +660,41 @@ const KEY_COLUMNS: &str = "id, name, secret_hash, grants, created_at_ms, revoked
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn load(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError> {
+    async fn load(
+        &self,
+        name: &CounterName,
+        retention: Retention,
+    ) -> Result<Option<LoadedCounter>, StoreError> {
         let name = name.clone();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = ?1",
-            )?
-            .query_row([name.as_str()], |row| {
-                Ok(CounterRecord {
-                    id: row.get(0)?,
-                    value: row.get(1)?,
-                    version: row.get(2)?,
-                    created_at_ms: row.get(3)?,
-                    updated_at_ms: row.get(4)?,
+            // One read transaction, so the records match the counter's version.
+            let tx = conn.unchecked_transaction()?;
+            let record = tx
+                .prepare_cached(
+                    "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = ?1",
+                )?
+                .query_row([name.as_str()], |row| {
+                    Ok(CounterRecord {
+                        id: row.get(0)?,
+                        value: row.get(1)?,
+                        version: row.get(2)?,
+                        created_at_ms: row.get(3)?,
+                        updated_at_ms: row.get(4)?,
+                    })
                 })
-            })
-            .optional()
+                .optional()?;
+            let Some(record) = record else { return Ok(None) };
+            let limit = i64::try_from(retention.limit).unwrap_or(i64::MAX);
+            let mut idempotency: Vec<IdempotencyRecord> = tx
+                .prepare_cached(
+                    "SELECT version, kind, amount, previous_value, value, at_ms, principal, key
+                     FROM idempotency WHERE counter_id = ?1 AND at_ms >= ?2
+                     ORDER BY version DESC LIMIT ?3",
+                )?
+                .query_map(params![record.id, retention.since_ms, limit], idempotency_row)?
+                .collect::<Result<_, _>>()?;
+            idempotency.reverse();
+            Ok(Some(LoadedCounter { record, idempotency }))
         })
         .await
     }

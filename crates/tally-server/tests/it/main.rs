@@ -5,6 +5,7 @@ mod access;
 mod bad_input;
 mod harness;
 mod hibernation;
+mod idempotency;
 mod limits;
 mod origins;
 mod page;

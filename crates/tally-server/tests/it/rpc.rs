@@ -133,7 +133,11 @@ async fn a_counter_never_written_reads_as_zero_and_stores_nothing() {
 
 #[tokio::test]
 async fn history_keeps_only_the_most_recent_operations() {
-    let server = TestServer::start_with(test_config(), SqliteOptions { history_limit: 5 }).await;
+    let server = TestServer::start_with(
+        test_config(),
+        SqliteOptions { history_limit: 5, ..SqliteOptions::default() },
+    )
+    .await;
     for _ in 0..8 {
         server.increment("short", 1).await;
     }

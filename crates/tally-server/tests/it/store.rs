@@ -1,10 +1,14 @@
 //! The SQLite store on its own, on a real file: what a group commit does with a batch that is
-//! refused while the batches around it, in the same transaction, are not.
+//! refused while the batches around it, in the same transaction, are not; idempotency records
+//! written, loaded, forgotten and swept; a file of the previous schema migrated.
 
 use prometheus_client::registry::Registry;
-use tally_proto::{CounterName, OpKind};
-use tally_server::store::{AppendBatch, HistoryRecord};
+use tally_proto::{CounterName, IdempotencyKey, OpKind};
+use tally_server::store::{AppendBatch, HistoryRecord, KeyRef, Retention};
 use tally_server::{SqliteOptions, SqliteStore, Store, StoreError};
+
+/// A retention that keeps every idempotency record.
+const EVERY_KEY: Retention = Retention { since_ms: 0, limit: usize::MAX };
 
 fn name(text: &str) -> CounterName {
     CounterName::parse(text).expect("a valid name")
@@ -27,7 +31,7 @@ fn increments(counter: &str, expected_version: u64, count: u64, amount: i64) -> 
             }
         })
         .collect();
-    AppendBatch { name: name(counter), expected_version, entries }
+    AppendBatch::new(name(counter), expected_version, entries)
 }
 
 /// How many transactions the store has committed, from its own metrics.
@@ -62,7 +66,7 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
 
         let id = first.await.expect("the first batch is stored");
         match stale.await {
-            Err(StoreError::Conflict { expected: 1, found: 3, .. }) => {}
+            Err(error) if matches!(*error, StoreError::Conflict { expected: 1, found: 3, .. }) => {}
             other => panic!("expected a conflict at version 1 over 3, got {other:?}"),
         }
         assert_eq!(second.await.expect("the batch after the refused one is stored"), id);
@@ -70,7 +74,8 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
             grouped += 1;
         }
 
-        let record = store.load(&name(&counter)).await.expect("load").expect("stored");
+        let record = store.load(&name(&counter), EVERY_KEY).await.expect("load").expect("stored");
+        let record = record.record;
         assert_eq!((record.value, record.version), (5, 5));
         let history = store.history(&name(&counter), None, 10).await.expect("history");
         let kept: Vec<(u64, i64)> = history.iter().map(|e| (e.version, e.value)).collect();
@@ -93,4 +98,135 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
         .map(|entry| entry.version)
         .collect();
     assert_eq!(versions, [5, 4, 3, 2, 1]);
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    i64::try_from(since_epoch.expect("after 1970").as_millis()).expect("in range")
+}
+
+fn key_ref(key: &str, version: u64) -> KeyRef {
+    KeyRef {
+        principal: "tester".into(),
+        key: IdempotencyKey::parse(key).expect("a valid key"),
+        version,
+    }
+}
+
+/// `count` increments by 1 after `expected_version`, made at `at_ms`.
+fn increments_at(counter: &str, expected_version: u64, count: u64, at_ms: i64) -> AppendBatch {
+    let mut batch = increments(counter, expected_version, count, 1);
+    for entry in &mut batch.entries {
+        entry.at_ms = at_ms;
+    }
+    batch
+}
+
+/// The keys and versions of `counter`'s idempotency records within `retention`.
+async fn remembered(
+    store: &SqliteStore,
+    counter: &str,
+    retention: Retention,
+) -> Vec<(String, u64)> {
+    let loaded = store.load(&name(counter), retention).await.expect("load").expect("stored");
+    loaded.idempotency.iter().map(|r| (r.key.to_string(), r.entry.version)).collect()
+}
+
+/// How many idempotency records the file holds, read beside the store as another program would.
+fn stored_records(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).expect("open");
+    conn.query_row("SELECT count(*) FROM idempotency", [], |row| row.get(0)).expect("count")
+}
+
+#[tokio::test]
+async fn idempotency_records_are_stored_with_their_batch_and_outlive_its_history() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("tally.db");
+    // History keeps one entry: the records must not depend on it.
+    let options = SqliteOptions { history_limit: 1, ..SqliteOptions::default() };
+    let store = SqliteStore::open(&path, options).expect("store opens");
+    let at_ms = now_ms();
+
+    let mut batch = increments_at("c", 0, 3, at_ms);
+    batch.remember = vec![key_ref("k1", 1), key_ref("k3", 3)];
+    store.append(batch.clone()).await.expect("queued").await.expect("stored");
+    let loaded = store.load(&name("c"), EVERY_KEY).await.expect("load").expect("stored");
+    assert_eq!(loaded.idempotency[0].entry, batch.entries[0], "the whole answer, kept");
+    assert_eq!(loaded.idempotency[1].entry, batch.entries[2]);
+    assert_eq!(store.history(&name("c"), None, 10).await.expect("history").len(), 1);
+
+    // A refused batch stores none of its records.
+    let mut stale = increments_at("c", 1, 1, at_ms);
+    stale.remember = vec![key_ref("k-stale", 2)];
+    assert!(store.append(stale).await.expect("queued").await.is_err());
+    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k1".into(), 1), ("k3".into(), 3)]);
+
+    // The newest first, and only as many as asked, and only from `since_ms` on.
+    let newest = Retention { since_ms: 0, limit: 1 };
+    assert_eq!(remembered(&store, "c", newest).await, [("k3".into(), 3)]);
+    let later = Retention { since_ms: at_ms + 1, limit: 10 };
+    assert!(remembered(&store, "c", later).await.is_empty());
+
+    // Forgetting deletes a record only if it still names that version.
+    let mut next = increments_at("c", 3, 1, at_ms);
+    next.forget = vec![key_ref("k1", 1), key_ref("k3", 2)];
+    store.append(next).await.expect("queued").await.expect("stored");
+    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k3".into(), 3)]);
+    assert_eq!(stored_records(&path), 1);
+}
+
+#[tokio::test]
+async fn the_writer_deletes_records_past_the_window() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("tally.db");
+    let hour = std::time::Duration::from_secs(3600);
+    let options = SqliteOptions { idempotency_window: hour, ..SqliteOptions::default() };
+    let store = SqliteStore::open(&path, options).expect("store opens");
+
+    // One counter written two hours ago (as if restored), one just now; nobody forgets the
+    // old record but the writer's sweep.
+    let mut old = increments_at("old", 0, 1, now_ms() - 2 * 3_600_000);
+    old.remember = vec![key_ref("k", 1)];
+    let mut new = increments_at("new", 0, 1, now_ms());
+    new.remember = vec![key_ref("k", 1)];
+    let old = store.append(old).await.expect("queued");
+    let new = store.append(new).await.expect("queued");
+    old.await.expect("stored");
+    new.await.expect("stored");
+    // The first commit sweeps; the old record went in the same transaction it came in.
+    assert_eq!(stored_records(&path), 1);
+    assert_eq!(remembered(&store, "new", EVERY_KEY).await, [("k".into(), 1)]);
+}
+
+#[tokio::test]
+async fn a_version_2_database_is_migrated_and_keeps_its_counters() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("tally.db");
+    {
+        // The schema as Tally 2 wrote it.
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE counters (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, value INTEGER NOT NULL, version INTEGER NOT NULL, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
+             CREATE TABLE history (counter_id INTEGER NOT NULL REFERENCES counters (id), version INTEGER NOT NULL, kind TEXT NOT NULL, amount INTEGER, previous_value INTEGER NOT NULL, value INTEGER NOT NULL, at_ms INTEGER NOT NULL, by TEXT, PRIMARY KEY (counter_id, version)) WITHOUT ROWID;
+             CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, secret_hash BLOB NOT NULL, grants TEXT NOT NULL, created_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER);
+             INSERT INTO counters VALUES (1, 'c', 7, 1, 1700000000000, 1700000000000);
+             INSERT INTO history VALUES (1, 1, 'increment', 7, 0, 7, 1700000000000, 'tester');
+             PRAGMA application_id = 1413565529;
+             PRAGMA user_version = 2;",
+        )
+        .expect("a version 2 file");
+    }
+    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("migrates");
+    let loaded = store.load(&name("c"), EVERY_KEY).await.expect("load").expect("kept");
+    assert_eq!((loaded.record.value, loaded.record.version), (7, 1));
+    let mut batch = increments_at("c", 1, 1, now_ms());
+    batch.entries[0].previous_value = 7;
+    batch.entries[0].value = 8;
+    batch.remember = vec![key_ref("k", 2)];
+    store.append(batch).await.expect("queued").await.expect("stored");
+    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k".into(), 2)]);
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("read");
+    assert_eq!(version, 3);
 }

@@ -136,7 +136,11 @@ async fn resume_at_the_current_version_only_goes_live() {
 
 #[tokio::test]
 async fn resume_too_old_or_ahead_gets_a_resync_snapshot() {
-    let server = TestServer::start_with(test_config(), SqliteOptions { history_limit: 3 }).await;
+    let server = TestServer::start_with(
+        test_config(),
+        SqliteOptions { history_limit: 3, ..SqliteOptions::default() },
+    )
+    .await;
     for _ in 0..10 {
         server.increment("trimmed", 1).await;
     }
