@@ -194,6 +194,25 @@ pub(crate) struct ServeArgs {
     /// to send its auth message (then 4501).
     #[arg(long, env = "TALLY_AUTH_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION", help_heading = "Access")]
     auth_timeout: Duration,
+
+    /// Subscriptions one /ws socket may hold at most (more: too_many_subscriptions).
+    #[arg(long, env = "TALLY_MAX_SUBSCRIPTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N", help_heading = "Sockets")]
+    max_subscriptions: u32,
+
+    /// Calls one /ws socket may have waiting for their answers at most (more:
+    /// too_many_in_flight).
+    #[arg(long, env = "TALLY_MAX_IN_FLIGHT", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N", help_heading = "Sockets")]
+    max_in_flight: u32,
+
+    /// Commands one /ws socket may send per second (more: rate_limited with retryAfterMs; the
+    /// socket stays).
+    #[arg(long, env = "TALLY_MAX_COMMANDS_PER_SECOND", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N", help_heading = "Sockets")]
+    max_commands_per_second: u32,
+
+    /// On shutdown and load refusals, tell each socket to reconnect after a delay chosen at
+    /// random up to this, so that clients come back spread out (0s: at once).
+    #[arg(long, env = "TALLY_RECONNECT_SPREAD", default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Sockets")]
+    reconnect_spread: Duration,
 }
 
 fn parse_grant(text: &str) -> Result<Grant, String> {
@@ -360,6 +379,10 @@ fn config_from(args: &ServeArgs, auth: AuthConfig, web_page: Option<WebPage>) ->
         auth,
         idempotency_window: args.idempotency_window,
         idempotency_keys: args.idempotency_keys as usize,
+        max_subscriptions: args.max_subscriptions as usize,
+        max_in_flight: args.max_in_flight as usize,
+        max_commands_per_second: args.max_commands_per_second,
+        reconnect_spread: args.reconnect_spread,
     }
 }
 

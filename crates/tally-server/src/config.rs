@@ -51,6 +51,19 @@ pub struct Config {
     pub idempotency_window: Duration,
     /// Idempotency keys remembered per counter at most, the newest (`--idempotency-keys`).
     pub idempotency_keys: usize,
+
+    // The version-2 socket (`GET /ws`, many counters over one socket).
+    /// Subscriptions one socket may hold at most; more are refused `too_many_subscriptions`.
+    pub max_subscriptions: usize,
+    /// Commands one socket may have waiting for their replies (calls in flight) at most; more
+    /// are refused `too_many_in_flight`.
+    pub max_in_flight: usize,
+    /// Commands one socket may send per second; past it each is refused `rate_limited` (with
+    /// `retryAfterMs`) and the socket stays.
+    pub max_commands_per_second: u32,
+    /// On shutdown and load refusals, each socket is told to reconnect after a delay chosen at
+    /// random in `0..=reconnect_spread`, so that clients come back spread out.
+    pub reconnect_spread: Duration,
 }
 
 /// The PEM files of a TLS server certificate.
@@ -82,6 +95,10 @@ impl Default for Config {
             auth: AuthConfig::default(),
             idempotency_window: Duration::from_secs(24 * 3600),
             idempotency_keys: 10_000,
+            max_subscriptions: 1000,
+            max_in_flight: 256,
+            max_commands_per_second: 1000,
+            reconnect_spread: Duration::from_secs(5),
         }
     }
 }

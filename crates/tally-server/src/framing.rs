@@ -76,6 +76,12 @@ impl Published {
         &self.name
     }
 
+    /// The counter's name, storage id and creation time, which every update of the counter
+    /// shares: a catch-up from history builds its updates from them.
+    pub(crate) fn origin(&self) -> (&Arc<CounterName>, i64, &Arc<str>) {
+        (&self.name, self.id, &self.created_at)
+    }
+
     /// The v1 JSON, shared: the RPC's answer and a v1 watcher's message.
     pub fn json(&self) -> &Utf8Bytes {
         self.v1.get_or_init(|| Utf8Bytes::from(ServerMessage::Update(self.update()).to_json()))
@@ -141,6 +147,22 @@ impl Published {
     }
 }
 
+/// The version-2 reply to call `id`: `{"type":"result","id":…,"result":…}` around the RPC's
+/// answer bytes as they are, so that a call's result is byte for byte the RPC's answer (and
+/// a write's, the update every watcher gets).
+pub(crate) fn result_frame(id: u64, answer: &[u8]) -> Utf8Bytes {
+    match std::str::from_utf8(answer) {
+        Ok(answer) => {
+            Utf8Bytes::from(format!("{{\"type\":\"result\",\"id\":{id},\"result\":{answer}}}"))
+        }
+        // Answers are serialized JSON, always UTF-8; should one not be, it goes as a value.
+        Err(_) => {
+            let result = serde_json::from_slice(answer).unwrap_or(serde_json::Value::Null);
+            Utf8Bytes::from(tally_proto::socket::Frame::Result { id, result }.to_json())
+        }
+    }
+}
+
 /// `json` (an object) with `"field": value` (already JSON) added as its last field.
 fn append(json: &str, field: &str, value: &str) -> String {
     let body = json.strip_suffix('}').unwrap_or(json);
@@ -182,6 +204,17 @@ mod tests {
         };
         update.by = Some("al\"ice".into());
         assert_eq!(published.json_for(true).as_str(), ServerMessage::Update(update).to_json());
+    }
+
+    #[test]
+    fn a_result_frame_carries_the_answer_bytes_as_they_are() {
+        let published = published();
+        let frame = result_frame(12, published.json().as_bytes());
+        assert!(frame.as_str().contains(published.json().as_str()));
+        let Frame::Result { id: 12, result } = Frame::from_json(&frame).unwrap() else {
+            panic!("a result: {frame}")
+        };
+        assert_eq!(result, serde_json::from_str::<serde_json::Value>(published.json()).unwrap());
     }
 
     #[test]

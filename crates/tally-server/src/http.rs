@@ -22,7 +22,7 @@ use crate::clock;
 use crate::counter::ApplyError;
 use crate::state::AppState;
 use crate::store::{KeyRecord, StoreError};
-use crate::{calls, static_files, ws};
+use crate::{calls, session, static_files, ws};
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     let router = Router::new()
         .route("/rpc/{procedure}", post(rpc).fallback(rpc_wrong_method))
         .route("/ws/counter/{name}", get(ws::upgrade))
+        .route("/ws", get(session::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi));

@@ -11,7 +11,13 @@
 //!   by HTTP and WebSocket alike.
 //! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
 //! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
-//! - `ws`: one task per WebSocket: credentials, snapshot or resume, then live updates.
+//! - `ws`: the version-1 socket (`/ws/counter/{name}`): one counter, snapshot or resume,
+//!   then live updates.
+//! - `session`: the version-2 socket (`/ws`): many subscriptions and calls over one socket,
+//!   generic over its transport so that it is unit-tested over channels.
+//! - `connection`: what both sockets share: the transport, buffers, credentials at the
+//!   upgrade, keep-alive, rate window, bounded sends, closes and the advised reconnect delay.
+//! - `replay`: updates rebuilt from history for a resume or a catch-up.
 //! - `calls`: the counter procedures, answered alike for an RPC and a socket `call`.
 //! - [`registry`]: name → counter actor, started on first use; keeps each counter's topic.
 //! - [`topic`]: a counter's fan-out: a ring grown with use, wake-ups, presence counts.
@@ -26,12 +32,15 @@ pub mod access;
 mod calls;
 mod clock;
 pub mod config;
+mod connection;
 pub mod counter;
 pub mod framing;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod registry;
+mod replay;
+mod session;
 pub mod shutdown;
 pub mod state;
 mod static_files;

@@ -28,6 +28,12 @@ pub(crate) struct LimitLabels {
     limit: &'static str,
 }
 
+/// Labels a socket call by how it ended: `ok`, or the error code it was answered with.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct CallLabels {
+    outcome: &'static str,
+}
+
 /// Labels a WebSocket close by its code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct CloseLabels {
@@ -65,6 +71,16 @@ pub struct Metrics {
     pub(crate) websocket_closes: Family<CloseLabels, Counter>,
     /// Write-rate buckets held (principals that wrote in the last few seconds).
     pub(crate) rate_buckets: Gauge,
+    /// Open version-2 sockets (`/ws`).
+    pub(crate) sessions_open: Gauge,
+    /// Subscriptions held by version-2 sockets.
+    pub(crate) subscriptions: Gauge,
+    /// Calls answered over version-2 sockets, by outcome.
+    pub(crate) socket_calls: Family<CallLabels, Counter>,
+    /// Lagging subscriptions caught up from history.
+    pub(crate) catch_ups: Counter,
+    /// Subscriptions started over with a `resync` snapshot push.
+    pub(crate) resyncs: Counter,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -102,6 +118,11 @@ impl Metrics {
             errors: Family::default(),
             websocket_closes: Family::default(),
             rate_buckets: Gauge::default(),
+            sessions_open: Gauge::default(),
+            subscriptions: Gauge::default(),
+            socket_calls: Family::default(),
+            catch_ups: Counter::default(),
+            resyncs: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +186,31 @@ impl Metrics {
             "Write-rate buckets held: principals that wrote in the last few seconds (with --write-rate)",
             metrics.rate_buckets.clone(),
         );
+        registry.register(
+            "sessions_open",
+            "Open version-2 sockets (GET /ws), also counted in websockets_open",
+            metrics.sessions_open.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Subscriptions held by version-2 sockets",
+            metrics.subscriptions.clone(),
+        );
+        registry.register(
+            "socket_calls",
+            "Calls answered over version-2 sockets, by outcome (ok, or the error code)",
+            metrics.socket_calls.clone(),
+        );
+        registry.register(
+            "subscription_catch_ups",
+            "Version-2 subscriptions that lagged past the ring and were caught up from history",
+            metrics.catch_ups.clone(),
+        );
+        registry.register(
+            "subscription_resyncs",
+            "Version-2 subscriptions started over with a resync snapshot (history no longer reached)",
+            metrics.resyncs.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -188,6 +234,11 @@ impl Metrics {
     /// Counts a connection refused by `limit`.
     pub(crate) fn connection_refused(&self, limit: &'static str) {
         self.connections_refused.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    /// Counts a socket call answered with `outcome`: `ok`, or an error code.
+    pub(crate) fn socket_call(&self, outcome: &'static str) {
+        self.socket_calls.get_or_create(&CallLabels { outcome }).inc();
     }
 
     /// Counts a socket closed by the server with `code`.

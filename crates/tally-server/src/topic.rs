@@ -1,5 +1,5 @@
 //! A counter's fan-out to its watchers: the latest updates in a ring that grows only as far as
-//! it is used, a version that wakes watchers, and who watches (presence).
+//! it is used, wake-ups for the sockets that watch it, and who watches (presence).
 //!
 //! Why not `tokio::sync::broadcast`: its ring is allocated whole when the channel is made, about
 //! 39 KB at the default `--watch-buffer` of 1024, for every watched counter, even one that never
@@ -9,15 +9,25 @@
 //!
 //! Updates have consecutive versions, so a watcher needs no cursor of its own here: it reads
 //! the updates after the last version it sent. When that version has left the ring, the read
-//! says [`Lagged`], and the watcher catches up from history itself: nothing is ever skipped
+//! says `Read::Lagged`, and the watcher catches up from history itself: nothing is ever skipped
 //! silently.
+//!
+//! Why not a `watch` channel per subscription for the wake-ups: a socket with a thousand
+//! subscriptions would have to keep a thousand `changed()` futures and poll them. Instead each
+//! socket has one `Wakes` list, and a publish puts the key of each waiting subscription on
+//! its socket's list and wakes that socket's task once: the socket then looks only at the
+//! subscriptions whose counters changed. A subscription is on its topic's waiting list only
+//! between the moment its socket looked at it and the next publish, so a publish touches only
+//! the subscriptions that are not already due a look, as `tokio::sync::Notify` does.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tally_proto::Presence;
-use tokio::sync::watch;
 
 use crate::framing::Published;
 
@@ -49,21 +59,106 @@ pub(crate) fn next_socket_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// One socket's wake-ups: the keys of its subscriptions whose topics changed since the socket
+/// last looked at them, and the socket's task to wake when one is added.
+#[derive(Debug, Default)]
+pub(crate) struct Wakes {
+    /// Each key at most once until the socket takes them (a subscription is put here only as
+    /// it leaves its topic's waiting list).
+    ready: Mutex<Vec<u32>>,
+    /// The task of the socket.
+    waker: AtomicWaker,
+}
+
+impl Wakes {
+    /// An empty list.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Waits until at least one subscription was woken, then moves the woken keys to `keys`.
+    pub(crate) async fn take(&self, keys: &mut Vec<u32>) {
+        poll_fn(|cx| self.poll_take(cx, keys)).await;
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>, keys: &mut Vec<u32>) -> Poll<()> {
+        // Registered before looking, so a key added after the look wakes the task again.
+        self.waker.register(cx.waker());
+        let mut ready = lock(&self.ready);
+        if ready.is_empty() {
+            return Poll::Pending;
+        }
+        keys.append(&mut ready);
+        Poll::Ready(())
+    }
+
+    fn wake(&self, key: u32) {
+        lock(&self.ready).push(key);
+        self.waker.wake();
+    }
+}
+
+/// Where a subscription's wake-ups go. Shared between the subscription and, while it waits,
+/// its topic's waiting list.
+#[derive(Debug)]
+struct Listener {
+    /// True while the subscription is due a look (so not on the waiting list); its socket
+    /// clears it, and joins the waiting list again, just before it looks.
+    due: AtomicBool,
+    wakes: Arc<Wakes>,
+    key: u32,
+    /// Whether presence changes wake it too.
+    presence: bool,
+}
+
+impl Listener {
+    fn new(wakes: Arc<Wakes>, key: u32, presence: bool, due: bool) -> Arc<Self> {
+        Arc::new(Self { due: AtomicBool::new(due), wakes, key, presence })
+    }
+
+    /// Marks the subscription due and wakes its socket, unless it already was.
+    fn notify(&self) {
+        if !self.due.swap(true, Ordering::AcqRel) {
+            self.wakes.wake(self.key);
+        }
+    }
+
+    /// Whether the subscription that made this listener still uses it: a dropped or
+    /// re-attached subscription leaves its old listener on the waiting list alone.
+    fn is_abandoned(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) == 1
+    }
+}
+
 /// A watched counter's fan-out.
 #[derive(Debug)]
 pub struct Topic {
     /// The latest updates, oldest first, at most `capacity`.
     ring: Mutex<VecDeque<Arc<Published>>>,
     capacity: usize,
-    /// The latest published version: wakes every subscription.
-    tip: watch::Sender<u64>,
+    /// The latest published version.
+    version: AtomicU64,
+    /// The subscriptions that looked since the last publish, to be woken by the next one.
+    waiting: Mutex<Vec<Arc<Listener>>>,
     /// Subscriptions per user.
     users: Mutex<HashMap<User, u32>>,
     watchers: AtomicU64,
-    /// The presence last pushed; the presence ticker updates it at most once a second.
-    presence: watch::Sender<Presence>,
+    /// The presence last announced, numbered; the presence ticker changes it at most once a
+    /// second.
+    presence: Mutex<Announced>,
     /// Set when the counts changed since the last tick.
     presence_dirty: AtomicBool,
+}
+
+/// Presence as the ticker announced it. A subscription pushes an announcement numbered above
+/// the last one it saw, and only that: its first push (the counts when it subscribed) may be
+/// fresher than the last announcement, which must then not follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Announced {
+    /// Counts up with each announcement.
+    pub(crate) number: u64,
+    /// The counts announced.
+    pub(crate) presence: Presence,
 }
 
 /// What a read found.
@@ -85,10 +180,11 @@ impl Topic {
         Arc::new(Self {
             ring: Mutex::new(VecDeque::new()),
             capacity: capacity.max(1),
-            tip: watch::Sender::new(version),
+            version: AtomicU64::new(version),
+            waiting: Mutex::new(Vec::new()),
             users: Mutex::new(HashMap::new()),
             watchers: AtomicU64::new(0),
-            presence: watch::Sender::new(Presence::default()),
+            presence: Mutex::new(Announced::default()),
             presence_dirty: AtomicBool::new(false),
         })
     }
@@ -103,13 +199,19 @@ impl Topic {
             }
             ring.push_back(update);
         }
-        self.tip.send_replace(version);
+        // Stored before the wake-ups, so that a woken socket reads the update.
+        self.version.store(version, Ordering::Release);
+        let woken = std::mem::take(&mut *lock(&self.waiting));
+        for listener in &woken {
+            if !listener.is_abandoned() {
+                listener.notify();
+            }
+        }
     }
 
     /// The latest published version.
-    #[allow(dead_code)] // the v2 session's first user lands next
     pub(crate) fn version(&self) -> u64 {
-        *self.tip.borrow()
+        self.version.load(Ordering::Acquire)
     }
 
     /// Appends to `out` up to `max` updates with versions above `after`, oldest first.
@@ -129,17 +231,30 @@ impl Topic {
     }
 
     /// The latest update, if the ring holds any.
-    #[allow(dead_code)] // the v2 session's first user lands next
     pub(crate) fn latest(&self) -> Option<Arc<Published>> {
         lock(&self.ring).back().cloned()
     }
 
-    /// Subscribes `user`; the subscription leaves when dropped.
+    /// Subscribes `user`; the subscription leaves when dropped. Until it is attached to a
+    /// socket's list ([`Subscription::attach`]) it wakes a list of its own, which
+    /// [`Subscription::changed`] waits on. It starts due a look, off the waiting list, so that
+    /// attaching it leaves nothing behind there.
     pub(crate) fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
         *lock(&self.users).entry(user.clone()).or_default() += 1;
         self.watchers.fetch_add(1, Ordering::Relaxed);
         self.presence_dirty.store(true, Ordering::Release);
-        Subscription { tip: self.tip.subscribe(), topic: Arc::clone(self), user }
+        let listener = Listener::new(Wakes::new(), 0, false, true);
+        Subscription { topic: Arc::clone(self), listener, user }
+    }
+
+    /// Puts `listener` on the waiting list, dropping abandoned listeners now and then: an idle
+    /// topic has no publish to clear them, and subscriptions may come and go on it forever.
+    fn wait(&self, listener: Arc<Listener>) {
+        let mut waiting = lock(&self.waiting);
+        if waiting.len() >= 2 * self.watchers() as usize + 16 {
+            waiting.retain(|listener| !listener.is_abandoned());
+        }
+        waiting.push(listener);
     }
 
     /// How many subscriptions the topic has now.
@@ -153,13 +268,38 @@ impl Topic {
         Presence { watchers: self.watchers(), users }
     }
 
-    /// Publishes the counts if they changed since the last call; the presence ticker calls it
-    /// once a second, which bounds presence pushes to one a second per counter.
+    /// The counts last announced by [`Topic::tick_presence`], with their number.
+    pub(crate) fn presence_announced(&self) -> Announced {
+        *lock(&self.presence)
+    }
+
+    /// Announces the counts if they changed since the last call, waking the subscriptions that
+    /// asked for presence; the presence ticker calls it once a second, which bounds presence
+    /// pushes to one a second per counter.
     pub(crate) fn tick_presence(&self) {
-        if self.presence_dirty.swap(false, Ordering::AcqRel) {
-            let now = self.presence_now();
-            self.presence.send_if_modified(|last| std::mem::replace(last, now) != now);
+        if !self.presence_dirty.swap(false, Ordering::AcqRel) {
+            return;
         }
+        let now = self.presence_now();
+        {
+            let mut announced = lock(&self.presence);
+            if announced.presence == now {
+                return;
+            }
+            *announced = Announced { number: announced.number + 1, presence: now };
+        }
+        // Only those waiting need a wake-up: the others are due a look anyway, and look at
+        // presence when they do.
+        lock(&self.waiting).retain(|listener| {
+            if listener.is_abandoned() {
+                return false;
+            }
+            if listener.presence {
+                listener.notify();
+                return false;
+            }
+            true
+        });
     }
 
     fn leave(&self, user: &User) {
@@ -179,29 +319,60 @@ impl Topic {
 /// One watcher's subscription to a topic.
 #[derive(Debug)]
 pub struct Subscription {
-    tip: watch::Receiver<u64>,
     topic: Arc<Topic>,
+    /// Where its wake-ups go; replaced by `attach`.
+    listener: Arc<Listener>,
     user: User,
 }
 
 impl Subscription {
     /// Waits until a version later than the last one this subscription was woken for is
-    /// published (at once if one already was), and answers it.
+    /// published (at once if one already was, and at once the first time), and answers the
+    /// latest version. For a subscription that is not attached to a socket's list.
     pub(crate) async fn changed(&mut self) -> u64 {
-        // The sender lives in the topic, which this subscription keeps alive: never closed.
-        let _ = self.tip.changed().await;
-        *self.tip.borrow_and_update()
+        poll_fn(|cx| {
+            let wakes = &self.listener.wakes;
+            wakes.waker.register(cx.waker());
+            if !self.rearm() {
+                return Poll::Pending;
+            }
+            // The list is this subscription's own: its one key says nothing more.
+            lock(&wakes.ready).clear();
+            Poll::Ready(self.topic.version())
+        })
+        .await
+    }
+
+    /// Sends this subscription's wake-ups to the socket list `wakes` as `key` from now on
+    /// (`presence`: presence changes wake it too), and wakes it there once, so that the socket
+    /// looks at what was published since the subscription was made.
+    pub(crate) fn attach(&mut self, wakes: &Arc<Wakes>, key: u32, presence: bool) {
+        // Were the old listener on the waiting list, it would stay there abandoned, waking
+        // nobody, until the next publish.
+        self.listener = Listener::new(Arc::clone(wakes), key, presence, true);
+        wakes.wake(key);
+    }
+
+    /// Has the socket look at this subscription again soon, as if its topic had published:
+    /// for a socket that stopped reading a busy topic to give its other subscriptions a turn.
+    pub(crate) fn wake_again(&self) {
+        self.listener.notify();
+    }
+
+    /// Called just before the socket looks at the topic: if the subscription was due a look,
+    /// it waits for the next publish again, and the answer is true. Waiting starts before the
+    /// look, so a publish during the look wakes it again rather than being missed.
+    pub(crate) fn rearm(&self) -> bool {
+        if !self.listener.due.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.topic.wait(Arc::clone(&self.listener));
+        true
     }
 
     /// The topic.
     pub(crate) fn topic(&self) -> &Arc<Topic> {
         &self.topic
-    }
-
-    /// A receiver of the topic's presence pushes (at most one a second).
-    #[allow(dead_code)] // the v2 session's first user lands next
-    pub(crate) fn presence(&self) -> watch::Receiver<Presence> {
-        self.topic.presence.subscribe()
     }
 }
 
@@ -244,6 +415,13 @@ mod tests {
         }
     }
 
+    fn take_now(wakes: &Wakes) -> Vec<u32> {
+        let mut keys = Vec::new();
+        let waker = futures_util::task::noop_waker();
+        let _ = wakes.poll_take(&mut Context::from_waker(&waker), &mut keys);
+        keys
+    }
+
     #[test]
     fn the_ring_grows_only_with_use_and_says_when_a_reader_lagged() {
         let topic = Topic::new(4, 0);
@@ -265,20 +443,29 @@ mod tests {
     fn presence_counts_users_and_watchers_and_ticks_only_on_change() {
         let topic = Topic::new(4, 0);
         let alice = || User::Principal(Arc::from("alice"));
-        let a = topic.subscribe(alice());
+        let wakes = Wakes::new();
+        let mut a = topic.subscribe(alice());
+        a.attach(&wakes, 7, true);
         let b = topic.subscribe(alice());
         let c = topic.subscribe(User::Anonymous(1));
         let d = topic.subscribe(User::Anonymous(2));
         assert_eq!(topic.presence_now(), Presence { watchers: 4, users: 3 });
-        let mut pushes = a.presence();
+        assert_eq!(take_now(&wakes), vec![7], "attaching wakes once");
+        assert!(a.rearm());
         topic.tick_presence();
-        assert!(pushes.has_changed().unwrap());
-        assert_eq!(*pushes.borrow_and_update(), Presence { watchers: 4, users: 3 });
+        assert_eq!(topic.presence_announced().presence, Presence { watchers: 4, users: 3 });
+        assert_eq!(take_now(&wakes), vec![7], "a change wakes who asked for presence");
         topic.tick_presence();
-        assert!(!pushes.has_changed().unwrap(), "no change, no push");
+        assert!(a.rearm());
+        topic.tick_presence();
+        assert_eq!(take_now(&wakes), Vec::<u32>::new(), "no change, no wake-up");
         drop((b, d));
         topic.tick_presence();
-        assert_eq!(*pushes.borrow_and_update(), Presence { watchers: 2, users: 2 });
+        assert_eq!(
+            topic.presence_announced(),
+            Announced { number: 2, presence: Presence { watchers: 2, users: 2 } }
+        );
+        assert_eq!(take_now(&wakes), vec![7]);
         drop(c);
         assert_eq!(topic.presence_now(), Presence { watchers: 1, users: 1 });
     }
@@ -294,5 +481,48 @@ mod tests {
         tokio::task::yield_now().await;
         topic.publish(update(3));
         assert_eq!(waiting.await.unwrap(), 3);
+    }
+
+    #[test]
+    fn a_publish_wakes_each_socket_once_with_the_keys_of_its_changed_subscriptions() {
+        let (one, two) = (Topic::new(8, 0), Topic::new(8, 0));
+        let wakes = Wakes::new();
+        let mut subscriptions = Vec::new();
+        for (key, topic) in [(1, &one), (2, &two)] {
+            let mut subscription = topic.subscribe(User::Anonymous(1));
+            subscription.attach(&wakes, key, false);
+            subscriptions.push(subscription);
+        }
+        let mut keys = take_now(&wakes);
+        keys.sort_unstable();
+        assert_eq!(keys, vec![1, 2]);
+        // Not looked at yet: still due, so more publishes add nothing.
+        one.publish(update(1));
+        assert!(take_now(&wakes).is_empty());
+        for subscription in &subscriptions {
+            assert!(subscription.rearm());
+            assert!(!subscription.rearm(), "a second look without a wake-up is not due");
+        }
+        one.publish(update(2));
+        one.publish(update(3));
+        assert_eq!(take_now(&wakes), vec![1], "one key however many publishes");
+        // A dropped subscription is woken no more, and its listener is let go.
+        subscriptions.remove(1);
+        two.publish(update(1));
+        assert!(take_now(&wakes).is_empty());
+        assert!(lock(&two.waiting).is_empty());
+    }
+
+    #[test]
+    fn subscriptions_that_come_and_go_on_an_idle_topic_leave_nothing_behind() {
+        let topic = Topic::new(8, 0);
+        let wakes = Wakes::new();
+        for _ in 0..1000 {
+            let mut subscription = topic.subscribe(User::Anonymous(1));
+            subscription.attach(&wakes, 0, false);
+            subscription.rearm();
+        }
+        assert!(lock(&topic.waiting).len() <= 16 + 2, "{}", lock(&topic.waiting).len());
+        assert_eq!(topic.watchers(), 0);
     }
 }

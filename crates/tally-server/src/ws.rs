@@ -1,54 +1,38 @@
-//! The WebSocket side: `GET /ws/counter/{name}[?since=V]`, one task per socket.
+//! The version-1 socket: `GET /ws/counter/{name}[?since=V]`, one task per socket, one counter.
 //!
 //! A socket first gets a snapshot (or, resuming with `since`, a `resumed` marker and the missed
-//! updates from history), then every update of the counter as its actor broadcasts it. The
-//! broadcast channel is the socket's bounded queue: a watcher that falls more than
+//! updates from history), then every update of the counter as its actor publishes it. The
+//! counter's topic is the socket's bounded queue: a watcher that falls more than
 //! `--watch-buffer` updates behind, or whose send stalls for `--send-timeout`, is closed with
-//! 4000 and resumes with `since`, so a slow watcher never slows anyone else.
+//! 4000 and resumes with `since`, so a slow watcher never slows anyone else. (The version-2
+//! socket, `session`, catches a lagging subscription up by itself instead.) What both kinds of
+//! socket share lives in `connection`.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
+use futures_util::SinkExt;
 use tally_proto::{
     Action, Authenticated, ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed,
     ServerMessage, WatchQuery, WsError, close,
 };
-use tokio::time::{Instant, MissedTickBehavior, Sleep, timeout};
+use tokio::time::{Instant, MissedTickBehavior, timeout};
 
 use crate::access::Principal;
 use crate::clock;
+use crate::connection::{
+    self, End, Link, RateWindow, Transport, binary_refused, expiry_timer, reconnect_delay,
+    reconnect_phrase, refusal_close_code, until,
+};
 use crate::counter::{ApplyError, CounterState};
-use crate::framing::Published;
+use crate::replay::{self, Origin};
 use crate::state::AppState;
-use crate::store::HistoryRecord;
 use crate::topic::{Read, Subscription, User, next_socket_id};
 
-/// The read buffer tungstenite allocates per socket up front (128 KiB by default), and the most
-/// one read takes. Clients send only small messages (a ping is 15 bytes, 21 framed; a control
-/// frame at most 131); a larger one, up to the 4 KiB limit, grows the buffer and takes a few
-/// more reads. 512 bytes instead of 4 KiB took the server's memory per idle watcher from about
-/// 9.2 KB to about 5.4 KB at 10 000 watchers, and 128 instead of 512 saved about 0.4 KB more
-/// (docs/BENCHMARKS.md).
-const READ_BUFFER_BYTES: usize = 128;
-/// Updates are written once this much is buffered, or at the end of each burst (we flush).
-const WRITE_BUFFER_BYTES: usize = 8 * 1024;
-/// Past this, a socket's write buffer refuses more (only reached when writes keep failing).
-const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
 /// How many queued updates one wake-up writes before flushing.
 const MAX_BURST: usize = 64;
-/// How many history entries a resume reads and sends at a time.
-const REPLAY_PAGE: u64 = 500;
-/// How long a close frame may take to leave.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The most bytes of a close frame's reason (RFC 6455: 125 for the payload, 2 of them the code).
-const MAX_CLOSE_REASON_BYTES: usize = 123;
 
 /// Validates the request, then upgrades it to a socket watched by a task on the tracker.
 pub(crate) async fn upgrade(
@@ -86,20 +70,11 @@ pub(crate) async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    // Credentials are decided now but answered after the upgrade, as close codes: a browser
-    // cannot read the status of a refused upgrade, and would retry it forever.
-    let peer = crate::accept::client_ip(&extensions);
-    let start = Box::new(match headers.get(header::AUTHORIZATION) {
-        // A socket never writes, so its anonymous principal needs no address of its own.
-        None => Ok(state.access.anonymous_watcher()),
-        Some(_) => state.access.authenticate(&headers, peer).map(Arc::new),
+    // A v1 socket never writes, so its anonymous principal needs no address of its own.
+    let start = connection::upgrade_principal(&state, &headers, &extensions, |_| {
+        state.access.anonymous_watcher()
     });
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
-        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
-        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+    connection::configure(upgrade)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
             sockets.track_future(serve(state, socket, name, since, start))
@@ -107,21 +82,10 @@ pub(crate) async fn upgrade(
         .into_response()
 }
 
-/// Why a session ended.
-enum End {
-    /// Close with this code and reason.
-    Close(u16, String),
-    /// The peer is gone: just drop the connection.
-    Drop,
-    /// A send stalled for `--send-timeout`: the peer stopped reading, so a close frame could not
-    /// get through either; counted as a 4000 close and dropped.
-    Stalled,
-}
-
 /// One socket, from upgrade to close.
-async fn serve(
+async fn serve<T: Transport>(
     state: AppState,
-    socket: WebSocket,
+    socket: T,
     name: CounterName,
     since: Option<u64>,
     start: Box<Result<Arc<Principal>, ProtocolError>>,
@@ -133,12 +97,10 @@ async fn serve(
         Err(error) => (state.access.anonymous_watcher(), Some(error)),
     };
     let mut session = Session {
-        socket,
+        link: Link::new(socket, state.config.send_timeout),
         name,
         last_version: 0,
-        heard: false,
-        ping_outstanding: false,
-        rate_window: (Instant::now(), 0),
+        rate_window: RateWindow::new(),
         admin: false,
         access_generation: state.access.generation(),
         renewed: false,
@@ -146,7 +108,7 @@ async fn serve(
         state: state.clone(),
     };
     let end = if state.shutdown.is_cancelled() {
-        End::Close(close::SERVICE_RESTART, "server is shutting down".into())
+        shutting_down(&state, "server is shutting down")
     } else if let Some(error) = refused {
         End::Close(refusal_close_code(&error), error.message)
     } else if let Err(end) = Box::pin(session.admit()).await {
@@ -159,13 +121,11 @@ async fn serve(
                 state.metrics.watchers.inc();
                 let end = session.watch(&name, counter, updates, since).await;
                 state.metrics.watchers.dec();
-                // The receiver is gone now; the counter's channel may be too.
+                // The subscription is gone now; the counter's slot may be too.
                 state.registry.unwatch(&name);
                 end
             }
-            Err(ApplyError::ShuttingDown) => {
-                End::Close(close::SERVICE_RESTART, "server is shutting down".into())
-            }
+            Err(ApplyError::ShuttingDown) => shutting_down(&state, "server is shutting down"),
             Err(error) => {
                 let error = error.to_protocol();
                 let _ = session.send_error(&error).await;
@@ -174,25 +134,28 @@ async fn serve(
         }
     };
     match end {
-        End::Close(code, reason) => session.close(code, reason).await,
+        End::Close(code, reason) => session.link.close(&state.metrics, code, reason).await,
         End::Stalled => state.metrics.websocket_closed(close::SLOW_CONSUMER),
         End::Drop => {}
     }
     state.metrics.websockets_open.dec();
 }
 
-struct Session {
-    socket: WebSocket,
+/// The close of a socket the server stops serving: 1012, with a reconnect delay chosen over
+/// `--reconnect-spread` in its reason.
+fn shutting_down(state: &AppState, why: &str) -> End {
+    let after_ms = reconnect_delay(state.config.reconnect_spread);
+    End::Close(close::SERVICE_RESTART, format!("{why}; {}", reconnect_phrase(after_ms)))
+}
+
+struct Session<T> {
+    link: Link<T>,
     /// The counter watched.
     name: CounterName,
     /// The version of the last update sent; nothing at or below it is sent again.
     last_version: u64,
-    /// Whether the peer sent anything (a message, a ping or a pong) since the last ping tick.
-    heard: bool,
-    /// Whether a ping was sent and nothing has been heard since.
-    ping_outstanding: bool,
-    /// The start of the current one-second window and the messages received in it.
-    rate_window: (Instant, u32),
+    /// The messages received in the current second.
+    rate_window: RateWindow,
     /// Whether the principal holds `admin` on the counter (and so sees `by`).
     admin: bool,
     /// The access generation the principal was last checked at.
@@ -204,7 +167,7 @@ struct Session {
     state: AppState,
 }
 
-impl Session {
+impl<T: Transport> Session<T> {
     async fn watch(
         &mut self,
         name: &CounterName,
@@ -224,14 +187,13 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         // Made once: each `cancelled()` future registers with (and leaves) a notifier that every
         // socket shares, which per update per watcher would contend on one lock.
-        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        // Boxed, and only for sockets whose token expires: most sockets never need one.
-        let mut expiry = self.expiry_timer();
+        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+        let mut expiry = expiry_timer(&self.state, &self.principal);
         loop {
             let step = tokio::select! {
                 biased;
-                () = &mut shutting_down => Err(End::Close(close::SERVICE_RESTART, "server is restarting; reconnect with since".into())),
-                incoming = self.socket.recv() => Box::pin(self.on_incoming(incoming)).await,
+                () = &mut shutdown_signal => Err(shutting_down(&self.state, "server is restarting; reconnect with since")),
+                incoming = self.link.recv() => Box::pin(self.on_incoming(incoming)).await,
                 _ = updates.changed() => self.on_update(&updates).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
                 () = until(&mut expiry) => {
@@ -246,7 +208,7 @@ impl Session {
                 return end;
             }
             if std::mem::take(&mut self.renewed) {
-                expiry = self.expiry_timer();
+                expiry = expiry_timer(&self.state, &self.principal);
             }
         }
     }
@@ -271,12 +233,6 @@ impl Session {
         Ok(())
     }
 
-    /// A timer for the principal's token expiry (plus the leeway), if it expires.
-    fn expiry_timer(&self) -> Option<Pin<Box<Sleep>>> {
-        let expires_in = self.principal.expires_in(self.state.access.leeway())?;
-        Some(Box::pin(tokio::time::sleep(expires_in)))
-    }
-
     /// Lets the socket watch its counter: at once when its principal may read it; otherwise,
     /// for a socket without credentials, once an `auth` message brings some within
     /// `--auth-timeout`.
@@ -291,7 +247,7 @@ impl Session {
         }
         let deadline = Instant::now() + self.state.access.auth_timeout;
         loop {
-            let incoming = match tokio::time::timeout_at(deadline, self.socket.recv()).await {
+            let incoming = match tokio::time::timeout_at(deadline, self.link.recv()).await {
                 Ok(incoming) => incoming,
                 Err(_) => {
                     tracing::info!(counter = %self.name, "watch refused: no credentials in time");
@@ -315,11 +271,13 @@ impl Session {
             // were not counted then.
             let limit = self.state.config.max_watchers_per_counter;
             if self.state.registry.watchers(&self.name) >= limit {
+                let after_ms = reconnect_delay(self.state.config.reconnect_spread);
                 return Err(End::Close(
                     close::TRY_AGAIN_LATER,
                     format!(
-                        "counter {} already has {limit} watchers, the most allowed; try again later",
-                        self.name
+                        "counter {} already has {limit} watchers, the most allowed; {}",
+                        self.name,
+                        reconnect_phrase(after_ms)
                     ),
                 ));
             }
@@ -359,22 +317,17 @@ impl Session {
     }
 
     async fn send_authenticated(&mut self, can: Vec<Action>) -> Result<(), End> {
-        // A larger `exp` than the clock can format reads as the latest time it can, not 1970.
-        let expires_at = self.principal.expires_at.map(|seconds| {
-            let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-            clock::format_ms(ms.min(253_402_300_799_000))
-        });
         let message = ServerMessage::Authenticated(Authenticated {
             principal: self.principal.id.to_string(),
-            expires_at,
+            expires_at: expires_at(&self.principal),
             can,
         });
-        self.send(Utf8Bytes::from(message.to_json())).await
+        self.link.send_text(Utf8Bytes::from(message.to_json())).await
     }
 
     async fn send_pong(&mut self) -> Result<(), End> {
         let pong = ServerMessage::Pong(Pong { timestamp: clock::format_ms(clock::now_ms()) });
-        self.send(Utf8Bytes::from(pong.to_json())).await
+        self.link.send_text(Utf8Bytes::from(pong.to_json())).await
     }
 
     /// Sends the first messages: a snapshot, or for a resume the missed updates.
@@ -392,10 +345,10 @@ impl Session {
         if resync || since.is_none() {
             let can = self.principal.permissions(name).actions();
             let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync, can));
-            self.feed(Utf8Bytes::from(snapshot.to_json())).await?;
+            self.link.feed(Utf8Bytes::from(snapshot.to_json())).await?;
         }
         self.last_version = counter.version;
-        self.flush().await
+        self.link.flush().await
     }
 
     /// Sends `resumed` and the updates after `since` up to the counter's version, reading
@@ -406,69 +359,45 @@ impl Session {
         counter: CounterState,
         since: u64,
     ) -> Result<bool, End> {
+        let origin = Origin::of_state(name, &counter);
         let mut cursor = since;
         let mut first_page = true;
-        // A counter with history has an id and a creation time; formatted once for all pages.
-        let origin = counter
-            .id
-            .zip(counter.created_at_ms)
-            .map(|(id, created_at_ms)| (id, Arc::<str>::from(clock::format_ms(created_at_ms))));
-        while cursor < counter.version || first_page {
-            let up_to = counter.version.min(cursor + REPLAY_PAGE);
-            let records = if cursor < up_to {
-                self.read_history(name, cursor, up_to).await?
-            } else {
-                Vec::new()
+        loop {
+            let up_to = counter.version.min(cursor + replay::PAGE);
+            let page = match &origin {
+                Some(origin) => replay::page(&self.state, origin, cursor, up_to).await,
+                // A counter never written has nothing to replay (and `since` is 0 here).
+                None => Ok((cursor == up_to).then(Vec::new)),
             };
-            let complete = records.len() as u64 == up_to - cursor
-                && records.first().is_none_or(|record| record.version == cursor + 1);
-            if !complete {
-                if first_page {
-                    return Ok(false);
+            let updates = match page {
+                Ok(Some(updates)) => updates,
+                Ok(None) if first_page => return Ok(false),
+                Ok(None) => {
+                    // Trimmed while we replayed: what was sent is good; resume for the rest.
+                    return Err(End::Close(
+                        close::SLOW_CONSUMER,
+                        format!("history moved during replay; reconnect with since={cursor}"),
+                    ));
                 }
-                // Trimmed while we replayed: what was sent is good; resume for the rest.
-                return Err(End::Close(
-                    close::SLOW_CONSUMER,
-                    format!("history moved during replay; reconnect with since={cursor}"),
-                ));
-            }
+                Err(error) => {
+                    let _ = self.send_error(&error).await;
+                    return Err(End::Close(
+                        close::INTERNAL_ERROR,
+                        "cannot read history; reconnect later".into(),
+                    ));
+                }
+            };
             if first_page {
                 let resumed = ServerMessage::Resumed(Resumed { since, version: counter.version });
-                self.feed(Utf8Bytes::from(resumed.to_json())).await?;
+                self.link.feed(Utf8Bytes::from(resumed.to_json())).await?;
                 first_page = false;
             }
-            if let Some((id, created_at)) = &origin {
-                let shared_name = Arc::new(name.clone());
-                for record in records {
-                    let published = Published::new(
-                        Arc::clone(&shared_name),
-                        *id,
-                        Arc::clone(created_at),
-                        record,
-                    );
-                    self.feed(published.json_for(self.admin)).await?;
-                }
+            for published in updates {
+                self.link.feed(published.json_for(self.admin)).await?;
             }
             cursor = up_to;
-        }
-        Ok(true)
-    }
-
-    async fn read_history(
-        &mut self,
-        name: &CounterName,
-        after: u64,
-        up_to: u64,
-    ) -> Result<Vec<HistoryRecord>, End> {
-        match self.state.store.history_range(name, after, up_to).await {
-            Ok(records) => Ok(records),
-            Err(error) => {
-                let error = ApplyError::from(error).to_protocol();
-                let _ = self.send_error(&error).await;
-                Err(End::Close(
-                    close::INTERNAL_ERROR,
-                    "cannot read history; reconnect later".into(),
-                ))
+            if cursor >= counter.version {
+                return Ok(true);
             }
         }
     }
@@ -476,24 +405,15 @@ impl Session {
     /// One frame from the client, counted against the message rate (every frame but Close,
     /// Ping and Pong frames too: they cost the server a reply or a wake-up each).
     fn receive(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Result<Message, End> {
-        let message = match incoming {
-            None => return Err(End::Drop),
-            Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                return Err(if is_message_too_big(&error) {
-                    End::Close(
-                        close::MESSAGE_TOO_BIG,
-                        format!("message over {MAX_CLIENT_MESSAGE_BYTES} bytes"),
-                    )
-                } else {
-                    End::Drop
-                });
-            }
-        };
-        self.heard = true;
-        self.ping_outstanding = false;
+        let message = self.link.receive(incoming)?;
         if !matches!(message, Message::Close(_)) {
-            self.count_message()?;
+            let limit = self.state.config.max_messages_per_second;
+            if self.rate_window.count(limit).is_err() {
+                return Err(End::Close(
+                    close::POLICY_VIOLATION,
+                    format!("more than {limit} messages per second"),
+                ));
+            }
         }
         Ok(message)
     }
@@ -523,30 +443,8 @@ impl Session {
             Message::Binary(_) => self.send_error(&binary_refused()).await.map(|()| None),
             // tungstenite answers pings itself; pongs only tell us the peer is alive.
             Message::Ping(_) | Message::Pong(_) => Ok(None),
-            Message::Close(_) => {
-                // tungstenite queued the close reply; flushing sends it, completing the handshake.
-                let _ = self.flush().await;
-                Err(End::Drop)
-            }
+            Message::Close(_) => Err(self.link.closed_by_peer().await),
         }
-    }
-
-    /// Counts one client message against `--max-messages-per-second`.
-    fn count_message(&mut self) -> Result<(), End> {
-        let (started, count) = &mut self.rate_window;
-        if started.elapsed() >= Duration::from_secs(1) {
-            *started = Instant::now();
-            *count = 0;
-        }
-        *count += 1;
-        let limit = self.state.config.max_messages_per_second;
-        if *count > limit {
-            return Err(End::Close(
-                close::POLICY_VIOLATION,
-                format!("more than {limit} messages per second"),
-            ));
-        }
-        Ok(())
     }
 
     /// Sends the updates published since the last one sent (up to `MAX_BURST`), then flushes
@@ -558,8 +456,8 @@ impl Session {
     }
 
     async fn send_burst(&mut self, updates: &Subscription) -> Result<(), End> {
-        use futures_util::SinkExt;
         self.check_access()?;
+        let socket = &mut self.link.transport;
         let mut burst = Vec::new();
         loop {
             burst.clear();
@@ -586,134 +484,34 @@ impl Session {
                 }
                 self.last_version = published.version();
                 let text = Message::Text(published.json_for(self.admin));
-                self.socket.feed(text).await.map_err(|_| End::Drop)?;
+                socket.feed(text).await.map_err(|_| End::Drop)?;
             }
             // A full burst may have left more behind it: flush, then go on.
             if burst.len() < MAX_BURST {
                 break;
             }
-            self.socket.flush().await.map_err(|_| End::Drop)?;
+            socket.flush().await.map_err(|_| End::Drop)?;
         }
-        self.socket.flush().await.map_err(|_| End::Drop)
+        socket.flush().await.map_err(|_| End::Drop)
     }
 
-    /// Once per ping interval: a peer heard from since the last tick is fine; a silent one is
-    /// pinged; one still silent a whole interval after its ping is closed.
     async fn on_ping_timer(&mut self) -> Result<(), End> {
         self.check_access()?;
-        if std::mem::take(&mut self.heard) {
-            self.ping_outstanding = false;
-            return Ok(());
-        }
-        if self.ping_outstanding {
-            return Err(End::Close(close::PING_TIMEOUT, "no answer to pings".into()));
-        }
-        self.ping_outstanding = true;
-        self.send_message(Message::Ping(Default::default())).await
+        self.link.ping_tick().await
     }
 
     async fn send_error(&mut self, error: &ProtocolError) -> Result<(), End> {
         self.state.metrics.error(error.code);
         let message = ServerMessage::Error(WsError::from(error));
-        self.send(Utf8Bytes::from(message.to_json())).await
-    }
-
-    async fn send(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.send_message(Message::Text(text)).await
-    }
-
-    async fn send_message(&mut self, message: Message) -> Result<(), End> {
-        let send_timeout = self.state.config.send_timeout;
-        stalled_or_failed(timeout(send_timeout, self.socket.send(message)).await)
-    }
-
-    async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        use futures_util::SinkExt;
-        let send_timeout = self.state.config.send_timeout;
-        stalled_or_failed(timeout(send_timeout, self.socket.feed(Message::Text(text))).await)
-    }
-
-    async fn flush(&mut self) -> Result<(), End> {
-        use futures_util::SinkExt;
-        let send_timeout = self.state.config.send_timeout;
-        stalled_or_failed(timeout(send_timeout, self.socket.flush()).await)
-    }
-
-    /// Sends the close frame, then reads (and drops) what the client still sends until its own
-    /// close frame arrives, within `CLOSE_TIMEOUT`: a TCP socket closed with unread data is
-    /// reset by the kernel, and the client would see a lost connection (1006) instead of
-    /// `code`, then reconnect where `code` says not to (1008 for a client that keeps flooding).
-    async fn close(&mut self, code: u16, reason: String) {
-        self.state.metrics.websocket_closed(code);
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(close_reason(reason)) };
-        let _ = timeout(CLOSE_TIMEOUT, async {
-            if self.socket.send(Message::Close(Some(frame))).await.is_ok() {
-                while let Some(Ok(message)) = self.socket.recv().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
+        self.link.send_text(Utf8Bytes::from(message.to_json())).await
     }
 }
 
-/// Waits for the expiry timer, or forever when there is none.
-async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The close code of a refused credential: expired (get a fresh one) or not valid.
-fn refusal_close_code(error: &ProtocolError) -> u16 {
-    if error.code == ErrorCode::TokenExpired {
-        close::TOKEN_EXPIRED
-    } else {
-        close::UNAUTHENTICATED
-    }
-}
-
-fn binary_refused() -> ProtocolError {
-    ProtocolError::new(
-        ErrorCode::BadJson,
-        "binary messages are not accepted; send JSON text such as {\"type\":\"ping\"}",
-    )
-}
-
-/// `reason` cut to what a close frame holds, at a character boundary.
-fn close_reason(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON_BYTES {
-        let mut end = MAX_CLOSE_REASON_BYTES - '…'.len_utf8();
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-        reason.push('…');
-    }
-    reason
-}
-
-/// A failed send means the peer is gone; a stalled one that it stopped reading.
-fn stalled_or_failed(
-    result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
-) -> Result<(), End> {
-    match result {
-        Ok(sent) => sent.map_err(|_| End::Drop),
-        Err(_) => Err(End::Stalled),
-    }
-}
-
-fn is_message_too_big(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
-        {
-            return true;
-        }
-        source = current.source();
-    }
-    false
+/// When a principal's token expires, as sent in `authenticated`; `None` for keys and anonymous.
+pub(crate) fn expires_at(principal: &Principal) -> Option<String> {
+    // A larger `exp` than the clock can format reads as the latest time it can, not 1970.
+    principal.expires_at.map(|seconds| {
+        let ms = i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        clock::format_ms(ms.min(253_402_300_799_000))
+    })
 }

@@ -344,6 +344,27 @@ impl SilentPeer {
         Self { stream, buffered }
     }
 
+    /// Sends one text message, masked as a client's must be (a v2 command, say).
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+        let payload = text.as_bytes();
+        let mut frame = vec![0x81];
+        match payload.len() {
+            short @ 0..=125 => frame.push(0x80 | short as u8),
+            medium @ 126..=65535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(medium as u16).to_be_bytes());
+            }
+            long => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(long as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&MASK);
+        frame.extend(payload.iter().zip(MASK.iter().cycle()).map(|(byte, mask)| byte ^ mask));
+        self.stream.write_all(&frame).await.expect("send");
+    }
+
     /// Reads frames until a close frame (its code) or the end of the connection (`None`).
     pub(crate) async fn wait_for_close_code(&mut self) -> Option<u16> {
         loop {

@@ -10,5 +10,6 @@ mod limits;
 mod origins;
 mod page;
 mod rpc;
+mod socket;
 mod store;
 mod watch;

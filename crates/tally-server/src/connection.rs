@@ -1,0 +1,355 @@
+//! What every WebSocket task shares, version 1 (`ws`, one counter) and version 2 (`session`,
+//! many): the transport it talks over, the socket's buffers, credentials at the upgrade, the
+//! keep-alive, the message-rate window, sends bounded by `--send-timeout`, and closing with a
+//! reason, including the advised reconnect delay of shutdown and load refusals.
+//!
+//! A task talks to a [`Transport`], any `Sink` and `Stream` of WebSocket messages, rather than
+//! to axum's `WebSocket` (centrifuge's transport split): the server hands it a real socket, and
+//! unit tests an in-memory pair of channels, so the socket logic is tested without a network.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::http::{Extensions, HeaderMap, header};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
+use tally_proto::{ErrorCode, ProtocolError, close};
+use tokio::time::{Instant, Sleep, timeout};
+
+use crate::access::Principal;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// The read buffer tungstenite allocates per socket up front (128 KiB by default), and the most
+/// one read takes. Clients send only small messages (a ping is 15 bytes, 21 framed; a control
+/// frame at most 131); a larger one, up to the 4 KiB limit, grows the buffer and takes a few
+/// more reads. 512 bytes instead of 4 KiB took the server's memory per idle watcher from about
+/// 9.2 KB to about 5.4 KB at 10 000 watchers, and 128 instead of 512 saved about 0.4 KB more
+/// (docs/BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 128;
+/// Updates are written once this much is buffered, or at the end of each burst (we flush).
+const WRITE_BUFFER_BYTES: usize = 8 * 1024;
+/// Past this, a socket's write buffer refuses more (only reached when writes keep failing).
+const MAX_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// How long a close frame may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most bytes of a close frame's reason (RFC 6455: 125 for the payload, 2 of them the code).
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+/// What a socket task talks over: WebSocket messages in both directions. axum's `WebSocket`
+/// is one; the session's unit tests use channels.
+pub(crate) trait Transport:
+    Sink<Message, Error = axum::Error> + Stream<Item = Result<Message, axum::Error>> + Unpin + Send
+{
+}
+
+impl<T> Transport for T where
+    T: Sink<Message, Error = axum::Error>
+        + Stream<Item = Result<Message, axum::Error>>
+        + Unpin
+        + Send
+{
+}
+
+/// The socket's buffers and the limits of what a client may send.
+pub(crate) fn configure(upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(MAX_CLIENT_MESSAGE_BYTES)
+        .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
+}
+
+/// The principal of an upgrade's `Authorization` header, or `anonymous(peer)` without one.
+/// Credentials are decided now but a refusal is answered after the upgrade, as a close code: a
+/// browser cannot read the status of a refused upgrade, and would retry it forever. Boxed,
+/// because the task keeps its arguments for its whole life.
+pub(crate) fn upgrade_principal(
+    state: &AppState,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+    anonymous: impl FnOnce(Option<IpAddr>) -> Arc<Principal>,
+) -> Box<Result<Arc<Principal>, ProtocolError>> {
+    let peer = crate::accept::client_ip(extensions);
+    Box::new(match headers.get(header::AUTHORIZATION) {
+        None => Ok(anonymous(peer)),
+        Some(_) => state.access.authenticate(headers, peer).map(Arc::new),
+    })
+}
+
+/// Why a socket task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Close with this code and reason.
+    Close(u16, String),
+    /// The peer is gone: just drop the connection.
+    Drop,
+    /// A send stalled for `--send-timeout`: the peer stopped reading, so a close frame could not
+    /// get through either; counted as a 4000 close and dropped.
+    Stalled,
+}
+
+/// The close code of a refused credential: expired (get a fresh one) or not valid.
+pub(crate) fn refusal_close_code(error: &ProtocolError) -> u16 {
+    if error.code == ErrorCode::TokenExpired {
+        close::TOKEN_EXPIRED
+    } else {
+        close::UNAUTHENTICATED
+    }
+}
+
+/// The answer to a binary message.
+pub(crate) fn binary_refused() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::BadJson,
+        "binary messages are not accepted; send JSON text such as {\"type\":\"ping\"}",
+    )
+}
+
+/// A delay chosen uniformly at random in `0..=spread`, in whole milliseconds: how long a client
+/// should wait before reconnecting after a shutdown or a load refusal, so that the clients of
+/// a restarting server come back spread over `--reconnect-spread` rather than all at once.
+pub(crate) fn reconnect_delay(spread: Duration) -> u64 {
+    let spread_ms = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
+    let mut bytes = [0_u8; 8];
+    // Without randomness (which does not happen on supported systems) every client gets the
+    // middle of the range: still a valid delay.
+    if getrandom::fill(&mut bytes).is_err() {
+        return spread_ms / 2;
+    }
+    let random = u64::from_le_bytes(bytes);
+    // The modulo bias is below 2^-40 for any spread a flag can give.
+    random % spread_ms.saturating_add(1)
+}
+
+/// The phrase a close reason carries with an advised delay; clients read it back.
+pub(crate) fn reconnect_phrase(after_ms: u64) -> String {
+    format!("reconnect after {after_ms} ms")
+}
+
+/// A timer for the principal's token expiry (plus the leeway), if it expires. Boxed, and only
+/// for sockets whose token expires: most sockets never need one.
+pub(crate) fn expiry_timer(state: &AppState, principal: &Principal) -> Option<Pin<Box<Sleep>>> {
+    let expires_in = principal.expires_in(state.access.leeway())?;
+    Some(Box::pin(tokio::time::sleep(expires_in)))
+}
+
+/// Waits for the expiry timer, or forever when there is none.
+pub(crate) async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The messages a client sent in the current one-second window.
+#[derive(Debug)]
+pub(crate) struct RateWindow {
+    started: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    pub(crate) fn new() -> Self {
+        Self { started: Instant::now(), count: 0 }
+    }
+
+    /// Counts one message against `limit` a second; over it, how long until the window ends.
+    pub(crate) fn count(&mut self, limit: u32) -> Result<(), Duration> {
+        let elapsed = self.started.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            self.started = Instant::now();
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.count > limit {
+            return Err(Duration::from_secs(1).saturating_sub(self.started.elapsed()));
+        }
+        Ok(())
+    }
+}
+
+/// One socket's transport, with what every socket keeps about it: whether the peer is alive,
+/// and how long a send may stall.
+pub(crate) struct Link<T> {
+    pub(crate) transport: T,
+    /// Whether the peer sent anything (a message, a ping or a pong) since the last ping tick.
+    heard: bool,
+    /// Whether a ping was sent and nothing has been heard since.
+    ping_outstanding: bool,
+    send_timeout: Duration,
+}
+
+impl<T: Transport> Link<T> {
+    pub(crate) fn new(transport: T, send_timeout: Duration) -> Self {
+        Self { transport, heard: false, ping_outstanding: false, send_timeout }
+    }
+
+    /// The next frame from the peer; `None` once it is gone.
+    pub(crate) async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        self.transport.next().await
+    }
+
+    /// One frame from the client: a message, or why the socket ends (the peer left, or sent a
+    /// message over the limit). Any frame is a sign of life.
+    pub(crate) fn receive(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+    ) -> Result<Message, End> {
+        let message = match incoming {
+            None => return Err(End::Drop),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                return Err(if is_message_too_big(&error) {
+                    End::Close(
+                        close::MESSAGE_TOO_BIG,
+                        format!("message over {MAX_CLIENT_MESSAGE_BYTES} bytes"),
+                    )
+                } else {
+                    End::Drop
+                });
+            }
+        };
+        self.heard = true;
+        self.ping_outstanding = false;
+        Ok(message)
+    }
+
+    /// The peer's close frame arrived: tungstenite queued the reply, and flushing sends it,
+    /// completing the handshake. The socket then ends.
+    pub(crate) async fn closed_by_peer(&mut self) -> End {
+        let _ = self.flush().await;
+        End::Drop
+    }
+
+    /// Once per ping interval: a peer heard from since the last tick is fine; a silent one is
+    /// pinged; one still silent a whole interval after its ping is closed.
+    pub(crate) async fn ping_tick(&mut self) -> Result<(), End> {
+        if std::mem::take(&mut self.heard) {
+            self.ping_outstanding = false;
+            return Ok(());
+        }
+        if self.ping_outstanding {
+            return Err(End::Close(close::PING_TIMEOUT, "no answer to pings".into()));
+        }
+        self.ping_outstanding = true;
+        self.send(Message::Ping(Default::default())).await
+    }
+
+    /// Sends one message at once.
+    pub(crate) async fn send(&mut self, message: Message) -> Result<(), End> {
+        stalled_or_failed(timeout(self.send_timeout, self.transport.send(message)).await)
+    }
+
+    /// Sends one text message at once.
+    pub(crate) async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        self.send(Message::Text(text)).await
+    }
+
+    /// Queues one text message; it leaves at the next flush (or once the buffer is full).
+    pub(crate) async fn feed(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        stalled_or_failed(
+            timeout(self.send_timeout, self.transport.feed(Message::Text(text))).await,
+        )
+    }
+
+    /// Sends what was queued.
+    pub(crate) async fn flush(&mut self) -> Result<(), End> {
+        stalled_or_failed(timeout(self.send_timeout, self.transport.flush()).await)
+    }
+
+    /// Sends the close frame, then reads (and drops) what the client still sends until its own
+    /// close frame arrives, within `CLOSE_TIMEOUT`: a TCP socket closed with unread data is
+    /// reset by the kernel, and the client would see a lost connection (1006) instead of
+    /// `code`, then reconnect where `code` says not to (1008 for a client that keeps flooding).
+    pub(crate) async fn close(&mut self, metrics: &Metrics, code: u16, reason: String) {
+        metrics.websocket_closed(code);
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(close_reason(reason)) };
+        let _ = timeout(CLOSE_TIMEOUT, async {
+            if self.transport.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(message)) = self.transport.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// `reason` cut to what a close frame holds, at a character boundary.
+pub(crate) fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON_BYTES {
+        let mut end = MAX_CLOSE_REASON_BYTES - '…'.len_utf8();
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
+}
+
+/// A failed send means the peer is gone; a stalled one that it stopped reading.
+fn stalled_or_failed(
+    result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), End> {
+    match result {
+        Ok(sent) => sent.map_err(|_| End::Drop),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
+fn is_message_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_cover_the_spread() {
+        let spread = Duration::from_millis(1000);
+        let delays: Vec<u64> = (0..2000).map(|_| reconnect_delay(spread)).collect();
+        assert!(delays.iter().all(|delay| *delay <= 1000));
+        // Uniform over 0..=1000: each tenth of the range gets some of 2000 draws.
+        for tenth in 0..10 {
+            let low = tenth * 100;
+            assert!(delays.iter().any(|delay| (low..low + 100).contains(delay)), "none in {low}..");
+        }
+        assert_eq!(reconnect_delay(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let cut = close_reason(long);
+        assert!(cut.len() <= MAX_CLOSE_REASON_BYTES && cut.ends_with('…'));
+        assert_eq!(close_reason("short".into()), "short");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_window_says_how_long_to_wait() {
+        let mut window = RateWindow::new();
+        assert!(window.count(2).is_ok());
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert!(window.count(2).is_ok());
+        assert_eq!(window.count(2), Err(Duration::from_millis(700)));
+        tokio::time::advance(Duration::from_millis(700)).await;
+        assert!(window.count(2).is_ok(), "a new window");
+    }
+}
