@@ -279,14 +279,15 @@ async fn an_rpc_write_whose_answer_was_lost_is_sent_again_and_counts_once() {
 }
 
 /// A shutdown tells each socket to come back after a delay chosen at random over
-/// `--reconnect-spread`; the connections wait that long instead of their own (10 ms) backoff,
-/// so their reconnects spread out instead of arriving as one spike.
+/// `--reconnect-spread` (2 s here); the connections wait that long instead of their own (10 ms)
+/// backoff, so their reconnects spread out instead of arriving as one spike.
 #[tokio::test]
 async fn the_advised_delay_spreads_reconnects_after_a_shutdown() {
     const CONNECTIONS: usize = 20;
     let dir = tempfile::tempdir().expect("dir");
+    let spread_config = || Config { reconnect_spread: Duration::from_secs(2), ..Config::default() };
     let (server, addr) =
-        serve_with(dir.path(), "127.0.0.1:0".parse().expect("addr"), Config::default()).await;
+        serve_with(dir.path(), "127.0.0.1:0".parse().expect("addr"), spread_config()).await;
     let client = Client::new(&format!("http://{addr}")).expect("client");
     let immediate = ConnectionOptions {
         backoff: Backoff {
@@ -308,7 +309,7 @@ async fn the_advised_delay_spreads_reconnects_after_a_shutdown() {
     }
     let stopped_at = tokio::time::Instant::now();
     server.stop().await;
-    let (server, _) = serve(dir.path(), addr).await;
+    let (server, _) = serve_with(dir.path(), addr, spread_config()).await;
 
     // Each connection is followed by its own task, so the times are when each came back.
     let followers: Vec<_> = watchers
@@ -342,13 +343,13 @@ async fn the_advised_delay_spreads_reconnects_after_a_shutdown() {
         let (min, max) = (times.iter().min().copied(), times.iter().max().copied());
         max.unwrap_or_default() - min.unwrap_or_default()
     };
-    // The default spread is 5 s: twenty uniform delays over it span more than a second but for
-    // a vanishing chance; the clients' own 10 ms backoff would span nothing.
-    assert!(advised.iter().all(|delay| *delay <= Duration::from_secs(5)), "{advised:?}");
-    assert!(spread(&advised) >= Duration::from_secs(1), "advised delays {advised:?}");
+    // Twenty uniform delays over 2 s span more than 400 ms but for a chance of about 1e-12; the
+    // clients' own 10 ms backoff would span nothing.
+    assert!(advised.iter().all(|delay| *delay <= Duration::from_secs(2)), "{advised:?}");
+    assert!(spread(&advised) >= Duration::from_millis(400), "advised delays {advised:?}");
     // Those advised less than the restart took come back together when it is up; the others
     // later, each at its own time.
-    assert!(spread(&back_after) >= Duration::from_millis(500), "reconnects {back_after:?}");
+    assert!(spread(&back_after) >= Duration::from_millis(200), "reconnects {back_after:?}");
     server.stop().await;
 }
 
