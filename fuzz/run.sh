@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-10}"
-targets=(client_message rpc_body counter_name watch_query grant)
+targets=(client_message socket_command rpc_body counter_name watch_query grant)
 cargo fuzz build -s none 2>&1 | tail -1
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"

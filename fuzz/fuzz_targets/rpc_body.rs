@@ -1,4 +1,4 @@
-//! RPC bodies: any bytes as the body of any of the seven procedures. Besides never panicking,
+//! RPC bodies: any bytes as the body of any procedure. Besides never panicking,
 //! whatever is accepted must be within the protocol's rules, and every refusal must say what was
 //! wrong in words.
 
@@ -25,7 +25,12 @@ fuzz_target!(|input: &[u8]| {
             assert!((1..=HISTORY_PAGE_MAX).contains(&limit), "accepted limit {limit}");
             assert!(before.is_none_or(|before| before >= 1), "accepted before {before:?}");
         }
-        Ok(Request::GetValue { .. } | Request::GetMetadata { .. } | Request::KeyList) => {}
+        Ok(
+            Request::GetValue { .. }
+            | Request::GetMetadata { .. }
+            | Request::GetPresence { .. }
+            | Request::KeyList,
+        ) => {}
         Ok(Request::KeyCreate { name, .. } | Request::KeyRevoke { name }) => {
             assert!(tally_proto::keys::check_key_name(&name).is_ok(), "accepted key name {name:?}");
         }

@@ -3,9 +3,14 @@
 use std::fmt;
 
 use futures_util::StreamExt;
-use tally_client::{Client, ClientError, Update, WatchEvent, WatchOptions};
+use futures_util::stream::select_all;
+use tally_client::{
+    Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
+    SubscriptionEvent, Write,
+};
+use tally_proto::Snapshot;
 use tally_proto::limits::HISTORY_PAGE_MAX;
-use tally_proto::{Resumed, ServerMessage};
+use tally_proto::socket::Frame;
 
 use crate::output::{self, Printer};
 
@@ -71,11 +76,38 @@ pub(crate) async fn get(client: &Client, out: &mut Printer, name: &str) -> Resul
     Ok(())
 }
 
-pub(crate) fn apply(
+/// The idempotency key flag of every write.
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyArg {
+    /// Send the write under this idempotency key (1 to 128 printable ASCII characters)
+    /// instead of a fresh random one. Running the command again with the same key applies the
+    /// write at most once (within the server's idempotency window), so a script may retry
+    /// `tally incr` safely; the same key with another write is refused.
+    #[arg(long, value_name = "KEY", value_parser = parse_key)]
+    idempotency_key: Option<IdempotencyKey>,
+}
+
+impl KeyArg {
+    /// `write` under the given key, if one was given.
+    pub(crate) fn apply(self, write: Write) -> Write {
+        match self.idempotency_key {
+            Some(key) => write.with_key(key),
+            None => write,
+        }
+    }
+}
+
+fn parse_key(text: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::parse(text).map_err(|error| error.message)
+}
+
+/// Applies `write` (sent again with its key while its fate is unknown) and prints the update.
+pub(crate) async fn write(
+    client: &Client,
     out: &mut Printer,
-    result: Result<Update, ClientError>,
+    write: Write,
 ) -> Result<(), CliError> {
-    let update = result?;
+    let update = client.write(&write).await?;
     if out.json { out.json_line(&update) } else { out.line(&output::update_line(&update)) }
 }
 
@@ -148,69 +180,161 @@ fn print_older_hint(name: &str, next: Option<u64>) {
     }
 }
 
+/// Flags of `tally watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct WatchArgs {
+    /// The counters, one or more.
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    /// Start after this version: replay the changes since then, then go live (one counter only).
+    #[arg(long, value_name = "VERSION")]
+    since: Option<u64>,
+    /// Also print how many watch each counter (watchers and distinct users) when it changes,
+    /// at most once a second.
+    #[arg(long)]
+    presence: bool,
+    /// Only changes of these types (comma-separated: increment, decrement, setValue, reset).
+    /// Versions then jump over the others.
+    #[arg(long, value_name = "TYPES", value_delimiter = ',', value_parser = parse_type)]
+    types: Option<Vec<OpKind>>,
+    /// At most this many changes a second per counter, each the latest state (0 < N <= 1000).
+    #[arg(long, value_name = "N")]
+    max_rate: Option<f64>,
+}
+
+fn parse_type(text: &str) -> Result<OpKind, String> {
+    OpKind::from_name(text.trim()).ok_or_else(|| {
+        format!("{text:?} is not an update type; allowed: increment, decrement, setValue, reset")
+    })
+}
+
 pub(crate) async fn watch(
     client: &Client,
     out: &mut Printer,
-    name: &str,
-    since: Option<u64>,
+    args: &WatchArgs,
 ) -> Result<(), CliError> {
-    let mut watch = client.watch_with(name, WatchOptions { since, ..WatchOptions::default() });
+    if args.since.is_some() && args.names.len() > 1 {
+        return Err(CliError::Usage(
+            "--since is a version of one counter; give it with a single counter name".into(),
+        ));
+    }
+    // A counter named twice is watched once.
+    let mut names: Vec<&String> = Vec::with_capacity(args.names.len());
+    for name in &args.names {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let connection = client.connect();
+    let mut connection_events = connection.events();
+    let options = SubscribeOptions {
+        since: args.since,
+        types: args.types.clone(),
+        max_rate: args.max_rate,
+        presence: args.presence,
+    };
+    let mut subscriptions = select_all(names.iter().map(|name| {
+        let subscription = connection.subscribe_with(name, options.clone());
+        let name = (*name).clone();
+        subscription.map(move |event| (name.clone(), event))
+    }));
+    // With one counter, text lines look as they always did; with more, each names its counter.
+    let named = names.len() > 1;
+    // Subscriptions not ended yet: when none is left, the last one's error ends the command.
+    let mut live = names.len();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     // Until the first connection succeeds, an unreachable server is an error like for every
     // other command; after that, the watch rides out restarts.
     let mut connected_once = false;
     loop {
-        let event = tokio::select! {
-            event = watch.next() => event,
+        let (name, event) = tokio::select! {
+            event = connection_events.next() => {
+                match event {
+                    Some(ConnectionEvent::Connected) => {
+                        connected_once = true;
+                        eprintln!("connected to {}", client.base_url());
+                    }
+                    Some(ConnectionEvent::Disconnected { reason, .. }) if !connected_once => {
+                        return Err(CliError::Client(ClientError::Connect {
+                            url: client.base_url().to_owned(),
+                            reason,
+                        }));
+                    }
+                    Some(ConnectionEvent::Disconnected { reason, retry_in }) => {
+                        eprintln!("disconnected: {reason}; retrying in {:.1}s", retry_in.as_secs_f64());
+                    }
+                    // A stop ends every subscription with the error, handled below.
+                    _ => {}
+                }
+                continue;
+            }
+            item = subscriptions.next() => match item {
+                Some(item) => item,
+                None => return Ok(()),
+            },
             _ = &mut ctrl_c => return Ok(()),
         };
-        let Some(event) = event else { return Ok(()) };
         match event {
-            WatchEvent::Connected => {
-                connected_once = true;
-                eprintln!("connected to {}", client.base_url());
-            }
-            WatchEvent::Snapshot(snapshot) => {
+            SubscriptionEvent::Snapshot(snapshot) => print_snapshot(out, &name, snapshot)?,
+            SubscriptionEvent::Resumed { since, version } => {
                 if out.json {
-                    out.line(&ServerMessage::Snapshot(snapshot).to_json())?;
-                } else {
-                    let note = if snapshot.resync {
-                        "  (resynced: changes in between were too old to replay)"
-                    } else {
-                        ""
-                    };
+                    // A reply, printed as a push: its command id means nothing to a reader.
+                    let name = serde_json::Value::from(name);
                     out.line(&format!(
-                        "{name}: {}  (version {}){note}",
-                        snapshot.value, snapshot.version
+                        r#"{{"type":"resumed","name":{name},"since":{since},"version":{version}}}"#
                     ))?;
-                }
-            }
-            WatchEvent::Resumed { since, version } => {
-                if out.json {
-                    out.line(&ServerMessage::Resumed(Resumed { since, version }).to_json())?;
+                } else if named {
+                    eprintln!("{name}: resumed after version {since}");
                 } else {
                     eprintln!("resumed after version {since}");
                 }
             }
-            WatchEvent::Update(update) => {
-                if out.json {
-                    out.line(&ServerMessage::Update(update).to_json())?;
+            SubscriptionEvent::Update(update) | SubscriptionEvent::Conflated(update)
+                if !out.json =>
+            {
+                if named {
+                    out.line(&output::named_watch_line(&name, &update))?;
                 } else {
                     out.line(&output::watch_line(&update))?;
                 }
             }
-            WatchEvent::Disconnected { reason, .. } if !connected_once => {
-                return Err(CliError::Client(ClientError::Connect {
-                    url: client.base_url().to_owned(),
-                    reason,
-                }));
+            SubscriptionEvent::Update(update) => {
+                out.line(&Frame::Update { name, update, conflated: false }.to_json())?;
             }
-            WatchEvent::Disconnected { reason, retry_in } => {
-                eprintln!("disconnected: {reason}; retrying in {:.1}s", retry_in.as_secs_f64());
+            SubscriptionEvent::Conflated(update) => {
+                out.line(&Frame::Update { name, update, conflated: true }.to_json())?;
             }
-            WatchEvent::Failed(error) => return Err(error.into()),
+            SubscriptionEvent::Presence(presence) => {
+                if out.json {
+                    out.line(&Frame::Presence { name, presence }.to_json())?;
+                } else {
+                    out.line(&output::presence_line(&name, &presence))?;
+                }
+            }
+            SubscriptionEvent::Ended(ended) => {
+                let error = ended.into_error();
+                live -= 1;
+                if live == 0 {
+                    return Err(error.into());
+                }
+                // The others go on; this one is reported.
+                eprintln!("error: {name}: {}", CliError::Client(error));
+            }
             _ => {}
         }
     }
+}
+
+fn print_snapshot(out: &mut Printer, name: &str, snapshot: Snapshot) -> Result<(), CliError> {
+    if out.json {
+        let frame = Frame::Snapshot { id: None, name: name.to_owned(), snapshot };
+        return out.line(&frame.to_json());
+    }
+    let note = if snapshot.resync {
+        "  (resynced: changes in between were too old to replay)"
+    } else {
+        ""
+    };
+    out.line(&format!("{name}: {}  (version {}){note}", snapshot.value, snapshot.version))
 }

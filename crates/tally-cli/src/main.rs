@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use tally_client::Write;
 
-use crate::commands::{CliError, HistoryArgs};
+use crate::commands::{CliError, HistoryArgs, KeyArg, WatchArgs};
 
 /// Tally: live counters. Change a named counter over HTTP; everyone watching it sees the change
 /// live, in order, with nothing lost.
@@ -51,8 +52,8 @@ const EXIT_CODES: &str = "Exit codes: 0 success (also when the reader of the out
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSocket at
-    /// /ws/counter/{name}, Prometheus metrics at /metrics.
+    /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSockets at
+    /// /ws (many counters) and /ws/counter/{name} (one), Prometheus metrics at /metrics.
     Serve(Box<serve::ServeArgs>),
     /// Show a counter's value and metadata.
     Get {
@@ -60,12 +61,17 @@ enum Command {
         name: String,
     },
     /// Add to a counter.
+    ///
+    /// Like every write, it carries an idempotency key and is sent again while its fate is
+    /// unknown (a timeout, a lost connection, a restarting server), so it counts once.
     Incr {
         /// The counter.
         name: String,
         /// How much to add (a whole number >= 1).
         #[arg(default_value_t = 1)]
         amount: i64,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Subtract from a counter.
     Decr {
@@ -74,6 +80,8 @@ enum Command {
         /// How much to subtract (a whole number >= 1).
         #[arg(default_value_t = 1)]
         amount: i64,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Set a counter to a value.
     Set {
@@ -82,23 +90,22 @@ enum Command {
         /// The new value (within ±9007199254740991).
         #[arg(allow_negative_numbers = true)]
         value: i64,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Set a counter to 0.
     Reset {
         /// The counter.
         name: String,
+        #[command(flatten)]
+        key: KeyArg,
     },
     /// Show a counter's recent operations, newest first.
     History(HistoryArgs),
-    /// Print each change of a counter live, one line each, until Ctrl-C. Reconnects by itself
-    /// and resumes where it left off, so no change is missed or shown twice.
-    Watch {
-        /// The counter.
-        name: String,
-        /// Start after this version: replay the changes since then, then go live.
-        #[arg(long, value_name = "VERSION")]
-        since: Option<u64>,
-    },
+    /// Print each change of one or more counters live, one line each, until Ctrl-C. All of
+    /// them share one socket, which reconnects by itself and resumes where each left off, so
+    /// no change is missed or shown twice.
+    Watch(WatchArgs),
     /// Print a signed token (an HS256 JWT) for a server started with --jwt-secret-file, for
     /// trying things out and for scripts.
     Token(token::TokenArgs),
@@ -193,18 +200,20 @@ async fn run_client_command(
     let mut out = output::Printer::new(json);
     match command {
         Command::Get { name } => commands::get(&client, &mut out, &name).await,
-        Command::Incr { name, amount } => {
-            commands::apply(&mut out, client.increment(&name, amount).await)
+        Command::Incr { name, amount, key } => {
+            commands::write(&client, &mut out, key.apply(Write::increment(&name, amount))).await
         }
-        Command::Decr { name, amount } => {
-            commands::apply(&mut out, client.decrement(&name, amount).await)
+        Command::Decr { name, amount, key } => {
+            commands::write(&client, &mut out, key.apply(Write::decrement(&name, amount))).await
         }
-        Command::Set { name, value } => {
-            commands::apply(&mut out, client.set_value(&name, value).await)
+        Command::Set { name, value, key } => {
+            commands::write(&client, &mut out, key.apply(Write::set_value(&name, value))).await
         }
-        Command::Reset { name } => commands::apply(&mut out, client.reset(&name).await),
+        Command::Reset { name, key } => {
+            commands::write(&client, &mut out, key.apply(Write::reset(&name))).await
+        }
         Command::History(args) => commands::history(&client, &mut out, &args).await,
-        Command::Watch { name, since } => commands::watch(&client, &mut out, &name, since).await,
+        Command::Watch(args) => commands::watch(&client, &mut out, &args).await,
         Command::Key(command) => keys::run(&client, &mut out, command).await,
         Command::Serve(_) | Command::Completions { .. } | Command::Token(_) => {
             unreachable!("handled in main")

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Local};
 use serde::Serialize;
-use tally_proto::{Entry, Metadata, OpKind, Update};
+use tally_proto::{Entry, Metadata, OpKind, Presence, Update};
 
 use crate::commands::CliError;
 
@@ -149,6 +149,23 @@ pub(crate) fn aligned(header: [&str; 4], rows: &[[String; 4]], numeric_first: bo
             )
         })
         .collect()
+}
+
+/// A watched change of one of several counters: `21:04:05.123  likes  increment +2  0 → 2  (version 1)`.
+pub(crate) fn named_watch_line(name: &str, update: &Update) -> String {
+    let line = watch_line(update);
+    match line.split_once("  ") {
+        Some((clock, rest)) => format!("{clock}  {name}  {rest}"),
+        None => format!("{name}  {line}"),
+    }
+}
+
+/// How many watch a counter: `likes: 3 watchers, 2 users`.
+pub(crate) fn presence_line(name: &str, presence: &Presence) -> String {
+    let plural = |count: u64, word: &str| {
+        if count == 1 { format!("{count} {word}") } else { format!("{count} {word}s") }
+    };
+    format!("{name}: {}, {}", plural(presence.watchers, "watcher"), plural(presence.users, "user"))
 }
 
 /// One live change for `watch`: `21:04:05.123  increment +1  41 → 42  (version 7)`

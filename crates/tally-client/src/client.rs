@@ -11,20 +11,29 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Number;
+use serde_json::{Number, Value};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
-use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
-use tally_proto::{ErrorBody, Grant, HistoryPage, Metadata, Procedure, Update, ValueAnswer};
+use tally_proto::rpc::{HistoryBody, NameBody};
+use tally_proto::{
+    ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey, Metadata, Presence,
+    Procedure, Update, ValueAnswer, WsError,
+};
 
+use crate::connection::{Connection, ConnectionOptions};
 use crate::error::ClientError;
 use crate::tls;
 use crate::token::{Credentials, StaticToken, Token, TokenSource};
 use crate::watch::{Watch, WatchOptions};
+use crate::write::{Failure, Write, retrying};
 
 /// How long to wait for a TCP connection to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one call may take in all.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a write whose fate is unknown is sent again, and how long a socket call waits.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+/// The header that carries a write's idempotency key.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The HTTP client: hyper's pooled client over TCP, with rustls for `https`.
 type HttpClient =
@@ -39,6 +48,8 @@ pub struct Client {
     http: HttpClient,
     /// How long one call may take in all.
     request_timeout: Duration,
+    /// How long a write whose fate is unknown is sent again (see [`Client::write`]).
+    retry_for: Duration,
     /// Where tokens come from; `None` sends no `Authorization` header.
     credentials: Option<Arc<Credentials>>,
     /// The TLS settings of `https`/`wss`, shared with the watches.
@@ -71,6 +82,7 @@ pub struct ClientBuilder {
     roots_pem: Vec<Vec<u8>>,
     connect_timeout: Duration,
     request_timeout: Duration,
+    retry_for: Duration,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -125,6 +137,15 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a write whose fate is unknown (no answer, a lost connection, a restarting
+    /// server) is sent again with its idempotency key before giving up, and how long a call
+    /// over a [`Connection`](crate::Connection) waits for its answer (30 s by default).
+    #[must_use]
+    pub fn retry_for(mut self, duration: Duration) -> Self {
+        self.retry_for = duration;
+        self
+    }
+
     /// The client.
     ///
     /// # Errors
@@ -166,7 +187,14 @@ impl ClientBuilder {
         let http =
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let credentials = self.source.map(|source| Arc::new(Credentials::new(source)));
-        Ok(Client { base, http, request_timeout: self.request_timeout, credentials, tls })
+        Ok(Client {
+            base,
+            http,
+            request_timeout: self.request_timeout,
+            retry_for: self.retry_for,
+            credentials,
+            tls,
+        })
     }
 }
 
@@ -195,6 +223,7 @@ impl Client {
             roots_pem: Vec::new(),
             connect_timeout: CONNECT_TIMEOUT,
             request_timeout: REQUEST_TIMEOUT,
+            retry_for: RETRY_FOR,
         }
     }
 
@@ -203,17 +232,15 @@ impl Client {
         &self.base
     }
 
-    /// Adds `amount` (>= 1) to counter `name`; answers the committed update.
+    /// Adds `amount` (>= 1) to counter `name`; answers the committed update. Like every write,
+    /// it carries a fresh idempotency key and is sent again while its fate is unknown (see
+    /// [`Client::write`]), so it counts once.
     ///
     /// # Errors
     /// [`ClientError::Rejected`] for a bad name or amount or a result out of range;
     /// [`ClientError::Connect`] when the server cannot be reached.
     pub async fn increment(&self, name: &str, amount: i64) -> Result<Update, ClientError> {
-        self.call(
-            Procedure::Increment,
-            &AmountBody { name: name.to_owned(), amount: Some(Number::from(amount)) },
-        )
-        .await
+        self.write(&Write::increment(name, amount)).await
     }
 
     /// Subtracts `amount` (>= 1) from counter `name`.
@@ -221,11 +248,7 @@ impl Client {
     /// # Errors
     /// As [`Client::increment`].
     pub async fn decrement(&self, name: &str, amount: i64) -> Result<Update, ClientError> {
-        self.call(
-            Procedure::Decrement,
-            &AmountBody { name: name.to_owned(), amount: Some(Number::from(amount)) },
-        )
-        .await
+        self.write(&Write::decrement(name, amount)).await
     }
 
     /// Sets counter `name` to `value` (within ±(2^53 − 1)).
@@ -233,11 +256,7 @@ impl Client {
     /// # Errors
     /// As [`Client::increment`].
     pub async fn set_value(&self, name: &str, value: i64) -> Result<Update, ClientError> {
-        self.call(
-            Procedure::SetValue,
-            &SetValueBody { name: name.to_owned(), value: Number::from(value) },
-        )
-        .await
+        self.write(&Write::set_value(name, value)).await
     }
 
     /// Sets counter `name` to 0.
@@ -245,7 +264,7 @@ impl Client {
     /// # Errors
     /// As [`Client::increment`].
     pub async fn reset(&self, name: &str) -> Result<Update, ClientError> {
-        self.call(Procedure::Reset, &NameBody { name: name.to_owned() }).await
+        self.write(&Write::reset(name)).await
     }
 
     /// The value and version of counter `name` (0 and 0 if it was never written).
@@ -283,6 +302,32 @@ impl Client {
         self.call(Procedure::GetHistory, &body).await
     }
 
+    /// How many watch counter `name` right now: `watchers` (subscriptions) and `users`
+    /// (distinct principals).
+    ///
+    /// # Errors
+    /// As [`Client::increment`].
+    pub async fn get_presence(&self, name: &str) -> Result<Presence, ClientError> {
+        self.call(Procedure::GetPresence, &NameBody { name: name.to_owned() }).await
+    }
+
+    /// One socket (`/ws`, protocol version 2) for many subscriptions and calls, with the
+    /// default options; see [`Connection`].
+    pub fn connect(&self) -> Connection {
+        self.connect_with(ConnectionOptions::default())
+    }
+
+    /// One socket for many subscriptions and calls; see [`Connection`].
+    pub fn connect_with(&self, options: ConnectionOptions) -> Connection {
+        Connection::start(
+            &self.base,
+            self.credentials.clone(),
+            Arc::clone(&self.tls),
+            options,
+            self.retry_for,
+        )
+    }
+
     /// Follows counter `name` live with the default options (see [`WatchOptions`]).
     pub fn watch(&self, name: &str) -> Watch {
         self.watch_with(name, WatchOptions::default())
@@ -314,7 +359,7 @@ impl Client {
     /// # }
     /// ```
     pub fn watch_with(&self, name: &str, options: WatchOptions) -> Watch {
-        Watch::start(&self.base, self.credentials.clone(), Arc::clone(&self.tls), name, options)
+        Watch::start(self, name, options)
     }
 
     /// Creates an API key called `name` with `grants` (`PATTERN=ACTION[<=CAP],...`); the
@@ -358,9 +403,8 @@ impl Client {
         self.call(Procedure::KeyRevoke, &KeyNameBody { name: name.to_owned() }).await
     }
 
-    /// Calls `procedure` with `body`, with the current token; after a `401 token_expired`
-    /// answer, once more with a fresh one (a refused request changed nothing, so sending it
-    /// again cannot apply it twice).
+    /// Calls `procedure` with `body` once (reads and the key procedures; writes go through
+    /// [`Client::write`]).
     async fn call<T: DeserializeOwned>(
         &self,
         procedure: Procedure,
@@ -370,72 +414,135 @@ impl Client {
         let body = Bytes::from(serde_json::to_vec(body).map_err(|error| {
             ClientError::Protocol { url: url.clone(), reason: error.to_string() }
         })?);
+        let bytes = self.attempt(&url, body, None).await.map_err(Failure::into_error)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|error| ClientError::Protocol { url, reason: error.to_string() })
+    }
+
+    /// Applies `write` over HTTP with its idempotency key (the `Idempotency-Key` header),
+    /// sending it again with the same key while its fate is unknown: no answer (a timeout, a
+    /// connection lost mid-request, the server restarting) or `503 unavailable`. So a write
+    /// through a dropping network counts exactly once. A write whose first attempt reaches no
+    /// server fails at once; the retries stop after [`ClientBuilder::retry_for`].
+    ///
+    /// ```no_run
+    /// # async fn example(client: tally_client::Client) -> Result<(), tally_client::ClientError> {
+    /// use tally_client::Write;
+    /// let write = Write::increment("likes", 1);
+    /// let update = client.write(&write).await?;
+    /// // The same write again (same key): the original answer, counted once.
+    /// assert_eq!(client.write(&write).await?.version, update.version);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::increment`]; [`ClientError::Rejected`] with `idempotency_key_reused` when
+    /// the key was used for another write on this counter. When it gives up on a write whose
+    /// fate is unknown, the error says so and names the key to send it again with.
+    pub async fn write(&self, write: &Write) -> Result<Update, ClientError> {
+        let url = format!("{}/rpc/{}", self.base, write.procedure.path_name());
+        let body = Bytes::from(Value::Object(write.body.clone()).to_string());
+        let bytes = retrying(&write.key, self.retry_for, || {
+            self.attempt(&url, body.clone(), Some(&write.key))
+        })
+        .await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|error| ClientError::Protocol { url, reason: error.to_string() })
+    }
+
+    /// One request with the current token; after a `401 token_expired` answer, once more with
+    /// a fresh one (a refused request changed nothing, so sending it again cannot apply it
+    /// twice).
+    async fn attempt(
+        &self,
+        url: &str,
+        body: Bytes,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Bytes, Failure> {
         let mut token = match &self.credentials {
-            Some(credentials) => Some(credentials.get().await?),
+            Some(credentials) => Some(credentials.get().await.map_err(Failure::Final)?),
             None => None,
         };
         let mut renewed = false;
         loop {
-            let error = match self.send(&url, body.clone(), token.as_ref()).await? {
-                Ok(bytes) => {
-                    return serde_json::from_slice(&bytes)
-                        .map_err(|error| ClientError::Protocol { url, reason: error.to_string() });
-                }
-                Err(error) => error,
+            let error = match self.send(url, body.clone(), token.as_ref(), key).await {
+                Err(Failure::Final(error)) => error,
+                other => return other,
             };
             let expired = matches!(&error, ClientError::Unauthenticated { code, .. } if code == "token_expired");
             if let (true, false, Some(credentials), Some(stale)) =
                 (expired, renewed, &self.credentials, &token)
             {
-                let fresh = credentials.renew(stale).await?;
+                let fresh = credentials.renew(stale).await.map_err(Failure::Final)?;
                 if !fresh.same_as(stale) {
                     token = Some(fresh);
                     renewed = true;
                     continue;
                 }
             }
-            return Err(error);
+            return Err(Failure::Final(error));
         }
     }
 
-    /// One POST: `Ok(Ok(body))` for a success, `Ok(Err(refusal))` for an error answer, `Err`
-    /// when no answer came.
+    /// One POST: the body of a success, or how it failed: not sent (no connection could be
+    /// made), unknown (no answer, or `503`/another temporary server fault), or refused.
     async fn send(
         &self,
         url: &str,
         body: Bytes,
         token: Option<&Token>,
-    ) -> Result<Result<Bytes, ClientError>, ClientError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Bytes, Failure> {
         let mut request = hyper::Request::post(url).header(CONTENT_TYPE, "application/json");
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(&token.header_value()).map_err(|_| {
-                ClientError::TokenSource("the token is not a valid HTTP header value".into())
+                Failure::Final(ClientError::TokenSource(
+                    "the token is not a valid HTTP header value".into(),
+                ))
             })?;
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
-        let request = request.body(Full::new(body)).map_err(|error| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            reason: error.to_string(),
+        if let Some(key) = key {
+            request = request.header(IDEMPOTENCY_KEY, key.as_str());
+        }
+        let request = request.body(Full::new(body)).map_err(|error| {
+            Failure::Final(ClientError::InvalidUrl {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            })
         })?;
+        let connect_error =
+            |reason: String| ClientError::Connect { url: self.base.clone(), reason };
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|error| describe(&error))?;
+            let response = self.http.request(request).await.map_err(|error| {
+                // A connection that could not be made carried nothing; any other failure may
+                // have come after the server read the request.
+                let reason = describe(&error);
+                if error.is_connect() {
+                    Failure::NotSent(connect_error(reason))
+                } else {
+                    Failure::Unknown(connect_error(reason))
+                }
+            })?;
             let (parts, body) = response.into_parts();
-            let bytes = body.collect().await.map_err(|error| describe(&error))?.to_bytes();
-            Ok::<_, String>((parts, bytes))
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|error| Failure::Unknown(connect_error(describe(&error))))?
+                .to_bytes();
+            Ok::<_, Failure>((parts, bytes))
         };
         let (parts, bytes) = match tokio::time::timeout(self.request_timeout, exchange).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(reason)) => return Err(ClientError::Connect { url: self.base.clone(), reason }),
+            Ok(answer) => answer?,
             Err(_) => {
-                return Err(ClientError::Connect {
-                    url: self.base.clone(),
-                    reason: format!("timed out after {:?}", self.request_timeout),
-                });
+                let reason = format!("timed out after {:?}", self.request_timeout);
+                return Err(Failure::Unknown(connect_error(reason)));
             }
         };
         if parts.status.is_success() {
-            return Ok(Ok(bytes));
+            return Ok(bytes);
         }
         let retry_after = parts
             .headers
@@ -443,7 +550,12 @@ impl Client {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        Ok(Err(rejected(url, parts.status.as_u16(), &bytes, retry_after)))
+        let error = rejected(url, parts.status.as_u16(), &bytes, retry_after);
+        // A temporary server fault (503 unavailable while storage is down or the server shuts
+        // down) says nothing of whether a write that raced it was applied.
+        let server_fault = parts.status.is_server_error()
+            && matches!(&error, ClientError::Rejected { temporary: true, .. });
+        Err(if server_fault { Failure::Unknown(error) } else { Failure::Final(error) })
     }
 }
 
@@ -456,22 +568,7 @@ pub(crate) fn rejected(
     retry_after: Option<Duration>,
 ) -> ClientError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error }) => match error.code.as_str() {
-            "unauthenticated" | "token_expired" => {
-                ClientError::Unauthenticated { code: error.code, message: error.message }
-            }
-            "forbidden" => ClientError::Forbidden { message: error.message },
-            "rate_limited" => ClientError::RateLimited {
-                message: error.message,
-                retry_after: error.retry_after_ms.map(Duration::from_millis).or(retry_after),
-            },
-            _ => ClientError::Rejected {
-                status,
-                code: error.code,
-                message: error.message,
-                temporary: error.temporary,
-            },
-        },
+        Ok(ErrorBody { error }) => refusal(status, error, retry_after),
         Err(_) => ClientError::Protocol {
             url: url.to_owned(),
             reason: format!(
@@ -480,6 +577,42 @@ pub(crate) fn rejected(
             ),
         },
     }
+}
+
+/// A refusal as a typed error. `retry_after` is used when the refusal does not say it in ms.
+fn refusal(status: u16, error: ErrorDetail, retry_after: Option<Duration>) -> ClientError {
+    match error.code.as_str() {
+        "unauthenticated" | "token_expired" => {
+            ClientError::Unauthenticated { code: error.code, message: error.message }
+        }
+        "forbidden" => ClientError::Forbidden { message: error.message },
+        "rate_limited" => ClientError::RateLimited {
+            message: error.message,
+            retry_after: error.retry_after_ms.map(Duration::from_millis).or(retry_after),
+        },
+        _ => ClientError::Rejected {
+            status,
+            code: error.code,
+            message: error.message,
+            temporary: error.temporary,
+        },
+    }
+}
+
+/// A command refused over the socket, as the same typed error the RPC would give (with the
+/// HTTP status the RPC answers the code with; 0 for a code newer than this client).
+pub(crate) fn socket_refusal(error: WsError) -> ClientError {
+    let status = ErrorCode::ALL
+        .iter()
+        .find(|code| code.as_str() == error.code)
+        .map_or(0, |code| code.http_status());
+    let detail = ErrorDetail {
+        code: error.code,
+        message: error.message,
+        temporary: error.temporary,
+        retry_after_ms: error.retry_after_ms,
+    };
+    refusal(status, detail, None)
 }
 
 /// An error with its causes, which hold the useful part ("Connection refused").

@@ -119,3 +119,38 @@ impl ClientError {
         matches!(self, ClientError::Unauthenticated { .. } | ClientError::Forbidden { .. })
     }
 }
+
+/// A copy of `error`, for handing one failure to many waiters (every subscription and call of
+/// a connection that stopped). `ClientError` is not `Clone` because a token source may fail
+/// with any error; the copy of that one keeps its words.
+pub(crate) fn duplicate(error: &ClientError) -> ClientError {
+    match error {
+        ClientError::InvalidUrl { url, reason } => {
+            ClientError::InvalidUrl { url: url.clone(), reason: reason.clone() }
+        }
+        ClientError::InvalidCertificate { reason } => {
+            ClientError::InvalidCertificate { reason: reason.clone() }
+        }
+        ClientError::Connect { url, reason } => {
+            ClientError::Connect { url: url.clone(), reason: reason.clone() }
+        }
+        ClientError::Unauthenticated { code, message } => {
+            ClientError::Unauthenticated { code: code.clone(), message: message.clone() }
+        }
+        ClientError::Forbidden { message } => ClientError::Forbidden { message: message.clone() },
+        ClientError::RateLimited { message, retry_after } => {
+            ClientError::RateLimited { message: message.clone(), retry_after: *retry_after }
+        }
+        ClientError::Rejected { status, code, message, temporary } => ClientError::Rejected {
+            status: *status,
+            code: code.clone(),
+            message: message.clone(),
+            temporary: *temporary,
+        },
+        ClientError::TokenSource(source) => ClientError::TokenSource(source.to_string().into()),
+        ClientError::Invalid(error) => ClientError::Invalid(error.clone()),
+        ClientError::Protocol { url, reason } => {
+            ClientError::Protocol { url: url.clone(), reason: reason.clone() }
+        }
+    }
+}

@@ -1,17 +1,25 @@
 //! A Rust client for Tally.
 //!
-//! [`Client`] makes the seven RPC calls and the three API-key calls; [`Client::watch`]
-//! follows one counter live as a [`Stream`](futures_util::Stream) of [`WatchEvent`]s that
-//! reconnects by itself and resumes with `since`, so it has no gap and no duplicate across
-//! reconnects. It speaks `http`/`ws` and `https`/`wss` (rustls, with the web PKI's roots and
-//! any CA certificate you add).
+//! [`Client`] makes the RPC calls and the three API-key calls; [`Client::connect`] opens a
+//! [`Connection`]: one socket (`/ws`, protocol version 2) for many counters, each followed as a
+//! [`Subscription`] (a [`Stream`](futures_util::Stream) of [`SubscriptionEvent`]s), plus calls
+//! over the same socket. A connection reconnects by itself, honours the server's advised delay,
+//! and resumes every subscription with `since`, so it has no gap and no duplicate across
+//! reconnects. [`Client::watch`] follows one counter the same way, as a [`Watch`].
+//!
+//! Every write carries an idempotency key ([`Write`]) and is sent again with the same key while
+//! its fate is unknown (a timeout, a lost connection, a restarting server), over HTTP and over
+//! the socket alike: a write through a dropping network counts exactly once.
+//!
+//! It speaks `http`/`ws` and `https`/`wss` (rustls, with the web PKI's roots and any CA
+//! certificate you add).
 //!
 //! # Credentials
 //! On a server with access control (docs/SECURITY.md), give the client a token, a JWT or an
 //! API key, with [`ClientBuilder::token`], or a [`TokenSource`] that it asks before the first
 //! request, again shortly before a JWT expires (it reads the `exp` claim) and after the server
 //! said the token expired. RPCs send `Authorization: Bearer …` (and are sent once more after a
-//! `401 token_expired`, with a fresh token); a watch sends the same header on its upgrade and
+//! `401 token_expired`, with a fresh token); a connection sends the same header on its upgrade and
 //! a fresh token over the open socket before the current one expires, so it goes on with no
 //! gap. Refusals are typed: [`ClientError::Unauthenticated`], [`ClientError::Forbidden`],
 //! [`ClientError::RateLimited`]. Tokens never appear in errors or `Debug` output.
@@ -50,25 +58,40 @@
 //!
 //! # Layout
 //! - [`Client`], [`ClientBuilder`] (`client.rs`): the RPC calls and the client's settings.
+//! - [`Write`] (`write.rs`): writes with idempotency keys, and when a write is sent again.
+//! - [`Connection`], [`Subscription`] (`connection.rs`): one socket, many counters, and calls;
+//!   `connection/driver.rs` is the task that owns the socket.
+//! - `reconnect.rs`: the reconnect rules as a pure state machine, checked against
+//!   `protocol/reconnect-scenarios.json` (shared with the TypeScript client).
+//! - [`Watch`], [`WatchEvent`], [`WatchOptions`] (`watch.rs`): one counter over a connection.
 //! - [`TokenSource`] (`token.rs`): where tokens come from, when they are renewed.
 //! - `tls.rs`: the rustls settings shared by RPCs and sockets.
-//! - [`Watch`], [`WatchEvent`], [`WatchOptions`] (`watch.rs`): the live stream.
 //! - [`Backoff`] (`backoff.rs`): reconnect delays with full jitter.
 //! - [`ClientError`] (`error.rs`): what can go wrong, telling a connection failure from a refusal.
 
 mod backoff;
 mod client;
+mod connection;
 mod error;
+mod reconnect;
 mod tls;
 mod token;
 mod watch;
+mod write;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientBuilder};
+pub use connection::{
+    Connection, ConnectionEvent, ConnectionEvents, ConnectionOptions, Ended, SubscribeOptions,
+    Subscription, SubscriptionEvent,
+};
 pub use error::{ClientError, TokenSourceError};
 pub use tally_proto::keys::{CreatedKey, KeyInfo};
+pub use tally_proto::socket::SocketAuthenticated;
 pub use tally_proto::{
-    Action, Authenticated, Entry, HistoryPage, Metadata, OpKind, Snapshot, Update, ValueAnswer,
+    Action, Entry, HistoryPage, IdempotencyKey, Metadata, OpKind, Presence, Procedure, Snapshot,
+    Update, ValueAnswer,
 };
 pub use token::{TokenFuture, TokenSource};
 pub use watch::{Watch, WatchEvent, WatchOptions};
+pub use write::{Write, new_key};

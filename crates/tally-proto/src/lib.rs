@@ -8,7 +8,7 @@
 //! - [`limits`]: the numbers the protocol promises (name length, safe integer range, sizes).
 //! - [`name`]: counter names and their validation.
 //! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
-//! - [`rpc`]: the seven RPC procedures, their raw requests and validated forms.
+//! - [`rpc`]: the RPC procedures (eight counter, three key), their raw requests and validated forms.
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
 //! - [`watch`]: the query string of a watch (`?since=V`).
 //! - [`grant`]: grants (`PATTERN=ACTION[<=CAP],...`): their syntax and what they allow.

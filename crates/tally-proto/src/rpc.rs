@@ -12,7 +12,7 @@ use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
 use crate::message::OpKind;
 use crate::name::CounterName;
 
-/// The seven counter procedures and the three key procedures.
+/// The eight counter procedures and the three key procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Procedure {
     /// `counter.increment`

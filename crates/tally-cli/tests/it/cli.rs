@@ -2,6 +2,7 @@
 //! checking what a user sees (output, exit codes, stderr), and `watch` across a server restart
 //! and into a closed pipe.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -673,6 +674,7 @@ async fn watch_prints_every_change_once_in_order_across_a_server_restart() {
     assert_eq!(versions, vec![1, 2, 3, 4, 5, 6], "every version once, in order");
     for update in updates {
         assert_eq!(update["value"], update["version"], "{update}");
+        assert_eq!(update["name"], "likes", "every JSON line names its counter: {update}");
         assert_eq!(update["metadata"]["name"], "likes", "{update}");
     }
     let stderr = watcher.final_stderr();
@@ -691,7 +693,7 @@ async fn watch_since_replays_the_missed_changes_then_goes_live() {
         Watcher::start(&url_of(server.addr), &["likes", "--since", "2", "--json"], None);
     let deadline = Instant::now() + PATIENCE;
     let resumed = watcher.json_line_by(deadline);
-    assert_eq!(resumed, json!({"type": "resumed", "since": 2, "version": 5}));
+    assert_eq!(resumed, json!({"type": "resumed", "name": "likes", "since": 2, "version": 5}));
     for version in 3..=5 {
         let update = watcher.json_line_by(deadline);
         assert_eq!(
@@ -756,4 +758,105 @@ fn one_shot_commands_into_a_closed_pipe_exit_0() {
     }
     // The write was applied even though nobody read its answer.
     assert_eq!(run_ok(&url, &["get", "likes"]).lines().next(), Some("likes: 2"));
+}
+
+/// `tally watch a b c` follows several counters over one socket: each JSON line names its
+/// counter, each counter's versions arrive once each, in order; text lines name the counter
+/// too. `--presence` adds the watcher counts.
+#[tokio::test]
+async fn watch_several_counters_over_one_socket() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    server.ok("increment", json!({"name": "b"})).await;
+    let mut watcher = Watcher::start(&url, &["a", "b", "c", "b", "--json"], None);
+    let deadline = Instant::now() + PATIENCE;
+    let mut snapshots = BTreeMap::new();
+    while snapshots.len() < 3 {
+        let line = watcher.json_line_by(deadline);
+        assert_eq!(line["type"], "snapshot", "{line}");
+        snapshots.insert(line["name"].as_str().expect("name").to_owned(), line["version"].clone());
+    }
+    assert_eq!(
+        snapshots,
+        BTreeMap::from([("a".into(), json!(0)), ("b".into(), json!(1)), ("c".into(), json!(0))])
+    );
+    for name in ["c", "a", "c", "b"] {
+        server.ok("increment", json!({"name": name})).await;
+    }
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for _ in 0..4 {
+        let line = watcher.json_line_by(deadline);
+        assert_eq!(line["type"], "increment", "{line}");
+        let name = line["name"].as_str().expect("a name on every line").to_owned();
+        assert_eq!(line["metadata"]["name"], name.as_str(), "{line}");
+        versions.entry(name).or_default().push(line["version"].as_u64().expect("version"));
+    }
+    assert_eq!(
+        versions,
+        BTreeMap::from([("a".into(), vec![1]), ("b".into(), vec![2]), ("c".into(), vec![1, 2])])
+    );
+    let (status, rest) = watcher.interrupt();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(rest, Vec::<String>::new());
+
+    // Text, with presence: each line names its counter.
+    let mut watcher = Watcher::start(&url, &["a", "c", "--presence"], None);
+    let deadline = Instant::now() + PATIENCE;
+    let (mut snapshots, mut presence) = (Vec::new(), None);
+    while snapshots.len() < 2 || presence.is_none() {
+        let line = watcher.line_by(deadline);
+        if line.contains(" watcher") {
+            if line.starts_with("a: ") {
+                presence = Some(line);
+            }
+        } else {
+            snapshots.push(line);
+        }
+    }
+    snapshots.sort();
+    assert_eq!(snapshots, vec!["a: 1  (version 1)", "c: 2  (version 2)"]);
+    assert_eq!(presence.as_deref(), Some("a: 1 watcher, 1 user"));
+    server.ok("increment", json!({"name": "a"})).await;
+    let change = loop {
+        let line = watcher.line_by(deadline);
+        if !line.contains("watcher") {
+            break line;
+        }
+    };
+    let (_clock, rest) = change.split_once("  ").unwrap_or_else(|| panic!("{change}"));
+    assert_eq!(rest, "a  increment +1  1 → 2  (version 2)");
+    let (status, _) = watcher.interrupt();
+    assert_eq!(status.code(), Some(0));
+
+    let error = run_err(&url, &["watch", "a", "b", "--since", "3"], 2);
+    assert!(error.contains("--since"), "{error}");
+}
+
+/// Every write carries an idempotency key; a script that runs `tally incr` again with the same
+/// `--idempotency-key` (after a timeout, say) applies it once and prints the original answer.
+#[tokio::test]
+async fn a_write_run_again_with_its_idempotency_key_counts_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    let args = ["--json", "incr", "likes", "3", "--idempotency-key", "script-run-17"];
+    let first = json_lines(&run_ok(&url, &args));
+    let again = json_lines(&run_ok(&url, &args));
+    assert_eq!(first, again, "the original answer, byte for byte");
+    assert_eq!((first[0]["value"].as_i64(), first[0]["version"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        server.ok("getValue", json!({"name": "likes"})).await,
+        json!({"value": 3, "version": 1})
+    );
+    // Without a key, each run is a new write.
+    run_ok(&url, &["incr", "likes", "3"]);
+    run_ok(&url, &["incr", "likes", "3"]);
+    assert_eq!(server.ok("getValue", json!({"name": "likes"})).await["value"], 9);
+    // The same key for another write is refused.
+    let error = run_err(&url, &["incr", "likes", "4", "--idempotency-key", "script-run-17"], 1);
+    assert!(error.contains("idempotency"), "{error}");
+    let ran = run(&url, &["incr", "likes", "--idempotency-key", "has space"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("printable ASCII"), "{ran:?}");
 }

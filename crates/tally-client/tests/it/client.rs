@@ -122,11 +122,12 @@ async fn a_refused_watch_fails_and_ends() {
     server.stop().await;
 }
 
-/// A server that accepts the socket, sends a snapshot, then goes silent without closing (a
-/// vanished peer): the watch notices by the silence and reconnects.
+/// A server that accepts the socket, answers the subscribe with a snapshot, then goes silent
+/// without closing (a vanished peer): the watch pings, hears nothing, and reconnects.
 #[tokio::test]
 async fn a_silent_connection_is_replaced() {
     use futures_util::SinkExt;
+    use tally_proto::socket::{Command, CommandKind, Frame};
     use tokio_tungstenite::tungstenite::Message;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -136,15 +137,44 @@ async fn a_silent_connection_is_replaced() {
         for _ in 0..2 {
             let (stream, _) = listener.accept().await.expect("accept");
             let mut socket = tokio_tungstenite::accept_async(stream).await.expect("handshake");
-            let snapshot = r#"{"type":"snapshot","value":0,"version":0,"metadata":{"id":null,"name":"quiet","value":0,"createdAt":null,"updatedAt":null,"operationCount":0},"timestamp":"2026-01-01T00:00:00.000Z"}"#;
-            socket.send(Message::text(snapshot)).await.expect("snapshot");
+            let subscribe = loop {
+                let Some(Ok(Message::Text(text))) = socket.next().await else {
+                    panic!("the client hung up before subscribing")
+                };
+                let command = Command::parse(&text).expect("a command");
+                if let CommandKind::Subscribe(subscribe) = command.kind {
+                    break (command.id, subscribe);
+                }
+            };
+            let snapshot = tally_client::Snapshot {
+                value: 0,
+                version: 0,
+                metadata: tally_client::Metadata {
+                    id: None,
+                    name: "quiet".into(),
+                    value: 0,
+                    created_at: None,
+                    updated_at: None,
+                    operation_count: 0,
+                },
+                timestamp: "2026-01-01T00:00:00.000Z".into(),
+                resync: false,
+                can: Vec::new(),
+            };
+            let reply = Frame::Snapshot {
+                id: Some(subscribe.0),
+                name: subscribe.1.name.as_str().into(),
+                snapshot,
+            };
+            socket.send(Message::text(reply.to_json())).await.expect("snapshot");
+            // Kept open and never read again: pings go unanswered.
             held.push(socket);
         }
         held
     });
     let client = Client::new(&format!("http://{addr}")).expect("client");
     let options = WatchOptions {
-        silence_timeout: Duration::from_millis(300),
+        ping_interval: Duration::from_millis(150),
         backoff: Backoff {
             min: Duration::from_millis(10),
             max: Duration::from_millis(10),

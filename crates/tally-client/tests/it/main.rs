@@ -2,5 +2,6 @@
 
 mod auth;
 mod client;
+mod connection;
 mod support;
 mod tls;
