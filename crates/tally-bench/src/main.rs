@@ -31,7 +31,8 @@ use crate::load::Request;
 use crate::report::{Goal, Report};
 use crate::server::ServerProcess;
 
-/// Benchmarks a Tally server: hot counter, spread writes, fan-out, idle watchers, cold paths.
+/// Benchmarks a Tally server: hot counter (HTTP and socket calls), spread writes, fan-out, idle
+/// watchers, memory per subscription, conflation, presence, cold paths.
 #[derive(Debug, Parser)]
 #[command(name = "tally-bench", version, about)]
 struct Args {
