@@ -353,6 +353,12 @@ impl Subscription {
         wakes.wake(key);
     }
 
+    /// Whether the subscription is due a look: woken, and so off its topic's waiting list until
+    /// `rearm` (publishes meanwhile cost it nothing).
+    pub(crate) fn is_due(&self) -> bool {
+        self.listener.due.load(Ordering::Acquire)
+    }
+
     /// Has the socket look at this subscription again soon, as if its topic had published:
     /// for a socket that stopped reading a busy topic to give its other subscriptions a turn.
     pub(crate) fn wake_again(&self) {

@@ -49,7 +49,7 @@ use crate::replay::{self, Origin};
 use crate::state::AppState;
 use crate::topic::{Read, Wakes, next_socket_id};
 
-use subscription::{Offer, Schedule, Subscriptions, Watched};
+use subscription::{Offer, Schedule, Slot, Subscriptions, Watched};
 
 /// How many updates of one subscription a look reads from its topic at a time.
 const MAX_BURST: usize = 64;
@@ -233,7 +233,21 @@ impl<T: Transport> Session<T> {
     async fn on_wakes(&mut self) -> Result<(), End> {
         self.check_access().await?;
         let mut woken = std::mem::take(&mut self.woken);
+        let now = Instant::now();
         for key in woken.drain(..) {
+            let Some(watched) = self.subscriptions.get_mut(key) else { continue };
+            // A conflated subscription woken before its slot waits for it, off the waiting
+            // list: a hot counter then costs it a look per slot, not per write.
+            if watched.wants_latest_only() && watched.subscription.is_due() {
+                match watched.park(now) {
+                    Slot::Schedule(at) => {
+                        self.schedule.add(at, key);
+                        continue;
+                    }
+                    Slot::Scheduled => continue,
+                    Slot::Now => {}
+                }
+            }
             // A key may be stale (its subscription ended or was replaced): then it is not due.
             let due =
                 self.subscriptions.get_mut(key).is_some_and(|watched| watched.subscription.rearm());
@@ -391,11 +405,17 @@ impl<T: Transport> Session<T> {
 
     /// Sends the held updates of conflated subscriptions whose time came.
     async fn on_due(&mut self) -> Result<(), End> {
+        self.check_access().await?;
         let now = Instant::now();
         for key in self.schedule.take_due(now) {
             let Some(watched) = self.subscriptions.get_mut(key) else { continue };
+            let latest_only = watched.wants_latest_only();
             if let Some(text) = watched.due(now) {
                 self.link.feed(text).await?;
+            }
+            if latest_only {
+                // Parked until now, so presence changes waited for this slot too.
+                self.push_presence(key).await?;
             }
         }
         Ok(())

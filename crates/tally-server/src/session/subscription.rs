@@ -54,6 +54,8 @@ pub(super) struct Conflation {
     pending: Option<Arc<Published>>,
     /// When the pending update is due, if the schedule holds it.
     pub(super) scheduled: Option<Instant>,
+    /// The version of the last conflated update sent.
+    sent: u64,
 }
 
 impl Conflation {
@@ -64,6 +66,7 @@ impl Conflation {
             next_at: Instant::now(),
             pending: None,
             scheduled: None,
+            sent: 0,
         })
     }
 }
@@ -77,6 +80,17 @@ pub(super) enum Offer {
     Send(Utf8Bytes),
     /// Held: schedule the subscription's conflated send at this time.
     Schedule(Instant),
+}
+
+/// When a parked conflated subscription may send (see [`Watched::park`]).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Slot {
+    /// Now: look at the topic.
+    Now,
+    /// At this time: schedule it.
+    Schedule(Instant),
+    /// Its next slot is already scheduled.
+    Scheduled,
 }
 
 /// One subscription of the socket.
@@ -115,6 +129,7 @@ impl Watched {
         };
         if rate.scheduled.is_none() && now >= rate.next_at {
             rate.next_at = now + rate.interval;
+            rate.sent = update.version();
             return Offer::Send(update.v2_json_for(self.admin, true));
         }
         rate.pending = Some(update);
@@ -125,13 +140,45 @@ impl Watched {
         Offer::Schedule(rate.next_at)
     }
 
-    /// The held update, now that its time came (`None` if there is none).
+    /// The held update, now that its time came (`None` if there is none). A latest-only
+    /// subscription sends its topic's latest update instead, if it is newer than the last one
+    /// it sent, and listens to its topic again.
     pub(super) fn due(&mut self, now: Instant) -> Option<Utf8Bytes> {
+        let latest_only = self.wants_latest_only();
         let rate = self.rate.as_mut()?;
         rate.scheduled = None;
-        let update = rate.pending.take()?;
+        let update = if latest_only {
+            rate.pending = None;
+            self.subscription.rearm();
+            self.subscription.topic().latest().filter(|update| update.version() > rate.sent)?
+        } else {
+            rate.pending.take()?
+        };
         rate.next_at = now + rate.interval;
+        rate.sent = update.version();
+        self.seen = self.seen.max(update.version());
         Some(update.v2_json_for(self.admin, true))
+    }
+
+    /// For a latest-only subscription its topic woke: when its next slot is still ahead, parks
+    /// it until then (it stays off the topic's waiting list, so the writes meanwhile cost this
+    /// subscription nothing: about `maxRate` looks a second, however hot the counter) and
+    /// says when to look again; or says it may send now, its `seen` moved to just before the
+    /// latest version so that the look reads only the latest.
+    pub(super) fn park(&mut self, now: Instant) -> Slot {
+        let tip = self.subscription.topic().version();
+        let Some(rate) = self.rate.as_mut().filter(|_| self.types == Types::ALL) else {
+            return Slot::Now;
+        };
+        if rate.scheduled.is_some() {
+            return Slot::Scheduled;
+        }
+        if now < rate.next_at {
+            rate.scheduled = Some(rate.next_at);
+            return Slot::Schedule(rate.next_at);
+        }
+        self.seen = self.seen.max(tip.saturating_sub(1));
+        Slot::Now
     }
 
     /// Forgets a held update: the subscription starts over from a snapshot.
