@@ -252,8 +252,8 @@ enum Phase {
     Established,
     /// Waiting for [`TimerKind::Retry`].
     Waiting,
-    /// Getting a fresh token before reconnecting (after 4502); `at_once`: connect as soon as
-    /// it comes.
+    /// Getting a fresh token before reconnecting (after 4502): once it comes, connect at once
+    /// if the closed connection had been established, else after the backoff.
     Refreshing,
     /// Given up.
     Stopped,
