@@ -79,7 +79,12 @@ impl TimerKind {
 
 /// What happened, as the driver tells the machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub(crate) enum Event {
     /// The connection is wanted (its first use). `credentials`: whether there is a token
     /// source to refresh from.
@@ -200,7 +205,12 @@ pub(crate) enum StopKind {
 
 /// What the driver must do, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub(crate) enum Action {
     /// Open a socket (getting a token first when there are credentials).
     Connect,
