@@ -194,44 +194,66 @@ pub(crate) fn duration_ms(delay: std::time::Duration) -> u64 {
     u64::try_from(delay.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
+/// Declares the close codes of [`close`] from one table, so that [`close::ALL`] lists every one
+/// (the TypeScript client's copy is generated from it).
+macro_rules! close_codes {
+    ($($(#[doc = $doc:literal])* $name:ident = $code:literal;)*) => {
+        $($(#[doc = $doc])* pub const $name: u16 = $code;)*
+
+        /// Every close code by its name, in documentation order.
+        pub const ALL: &[(&str, u16)] = &[$((stringify!($name), $name),)*];
+    };
+}
+
 /// WebSocket close codes the server uses.
 ///
 /// 4000–4499 mean "reconnect, resuming with `since` = the last version you saw"; 4500–4999 mean
 /// "do not reconnect without changing something". Standard codes keep their RFC 6455 meaning.
 pub mod close {
-    /// The server closed a socket it no longer needs, or the client asked to close.
-    pub const NORMAL: u16 = 1000;
-    /// A protocol violation by the client (for example a binary frame where text was expected).
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    /// The client sent more messages per second than the server allows.
-    pub const POLICY_VIOLATION: u16 = 1008;
-    /// The client sent a message over 4 KiB.
-    pub const MESSAGE_TOO_BIG: u16 = 1009;
-    /// A fault inside the server; reconnecting later may help.
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// The counter has as many watchers as the server allows (found after the socket's
-    /// credentials arrived): reconnect later.
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// The server is restarting or shutting down: reconnect (with `since`) after a moment.
-    pub const SERVICE_RESTART: u16 = 1012;
-    /// The watcher fell too far behind the counter's updates (its queue overflowed, or a send
-    /// stalled): reconnect with `since` and the gap is replayed from history.
-    pub const SLOW_CONSUMER: u16 = 4000;
-    /// The peer stopped answering pings.
-    pub const PING_TIMEOUT: u16 = 4001;
-    /// No credentials where the counter needs some (none came within `--auth-timeout`), or
-    /// credentials that are not valid: do not reconnect without a new token.
-    pub const UNAUTHENTICATED: u16 = 4501;
-    /// The socket's token expired: get a fresh token, then reconnect (resuming with `since`).
-    pub const TOKEN_EXPIRED: u16 = 4502;
-    /// The principal may not watch this counter (or a fresh token no longer allows it): do not
-    /// reconnect.
-    pub const FORBIDDEN: u16 = 4503;
+    use std::ops::RangeInclusive;
 
-    /// Whether a client should reconnect after the server closed with `code`, as it is.
-    /// [`TOKEN_EXPIRED`] is not such a code: reconnecting needs a fresh token first.
+    close_codes! {
+        /// The server closed a socket it no longer needs, or the client asked to close.
+        NORMAL = 1000;
+        /// A protocol violation by the client (for example a binary frame where text was expected).
+        PROTOCOL_ERROR = 1002;
+        /// The client sent more messages per second than the server allows.
+        POLICY_VIOLATION = 1008;
+        /// The client sent a message over 4 KiB.
+        MESSAGE_TOO_BIG = 1009;
+        /// A fault inside the server; reconnecting later may help.
+        INTERNAL_ERROR = 1011;
+        /// The counter has as many watchers as the server allows (found after the socket's
+        /// credentials arrived): reconnect later.
+        TRY_AGAIN_LATER = 1013;
+        /// The server is restarting or shutting down: reconnect (with `since`) after a moment.
+        SERVICE_RESTART = 1012;
+        /// The watcher fell too far behind the counter's updates (its queue overflowed, or a send
+        /// stalled): reconnect with `since` and the gap is replayed from history.
+        SLOW_CONSUMER = 4000;
+        /// The peer stopped answering pings.
+        PING_TIMEOUT = 4001;
+        /// No credentials where the counter needs some (none came within `--auth-timeout`), or
+        /// credentials that are not valid: do not reconnect without a new token.
+        UNAUTHENTICATED = 4501;
+        /// The socket's token expired: get a fresh token, then reconnect (resuming with `since`).
+        TOKEN_EXPIRED = 4502;
+        /// The principal may not watch this counter (or a fresh token no longer allows it): do not
+        /// reconnect.
+        FORBIDDEN = 4503;
+    }
+
+    /// The standard codes after which a client does not reconnect as it is.
+    pub const NO_RECONNECT: &[u16] = &[NORMAL, PROTOCOL_ERROR, POLICY_VIOLATION, MESSAGE_TOO_BIG];
+
+    /// The application codes after which a client does not reconnect without changing something.
+    pub const NO_RECONNECT_RANGE: RangeInclusive<u16> = 4500..=4999;
+
+    /// Whether a client should reconnect after the server closed with `code`, as it is: not after
+    /// [`NO_RECONNECT`] or [`NO_RECONNECT_RANGE`]. [`TOKEN_EXPIRED`] is not such a code:
+    /// reconnecting needs a fresh token first.
     pub fn should_reconnect(code: u16) -> bool {
-        !matches!(code, NORMAL | PROTOCOL_ERROR | POLICY_VIOLATION | MESSAGE_TOO_BIG | 4500..=4999)
+        !(NO_RECONNECT.contains(&code) || NO_RECONNECT_RANGE.contains(&code))
     }
 }
 

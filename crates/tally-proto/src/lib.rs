@@ -25,6 +25,8 @@ pub mod message;
 pub mod name;
 pub mod rpc;
 pub mod socket;
+#[cfg(test)]
+mod typescript;
 pub mod watch;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};

@@ -3,7 +3,23 @@
  *
  * Field names and shapes follow the server byte for byte; where the server may send something
  * newer than this client (an error code, a message type), the types leave room for it.
+ *
+ * The constants the server shares with clients (error codes, close codes, the name and
+ * idempotency-key rules, the limits) are generated from `tally-proto` into
+ * `generated/protocol-constants.ts`; this file only re-exports and uses them.
  */
+
+import {
+  CLOSE_CODES,
+  ERROR_CODES,
+  MAX_SAFE_INTEGER,
+  NAME_MAX_BYTES,
+  NAME_PATTERN,
+  NO_RECONNECT_CLOSE_CODES,
+  NO_RECONNECT_CLOSE_RANGE,
+} from "./generated/protocol-constants.js";
+
+export * from "./generated/protocol-constants.js";
 
 /** The four operations that change a counter. */
 export type OperationType = "increment" | "decrement" | "setValue" | "reset";
@@ -158,31 +174,7 @@ export interface AuthMessage {
 export type ClientMessage = PingMessage | AuthMessage;
 
 /** Error codes the server answers (PROTOCOL.md §6); newer servers may send others. */
-export type KnownErrorCode =
-  | "bad_json"
-  | "unsupported_media_type"
-  | "unknown_procedure"
-  | "method_not_allowed"
-  | "origin_not_allowed"
-  | "host_not_allowed"
-  | "unauthenticated"
-  | "token_expired"
-  | "forbidden"
-  | "rate_limited"
-  | "invalid_field"
-  | "invalid_name"
-  | "invalid_amount"
-  | "invalid_limit"
-  | "invalid_grant"
-  | "unknown_key"
-  | "key_exists"
-  | "out_of_range"
-  | "payload_too_large"
-  | "request_timeout"
-  | "unknown_message_type"
-  | "too_many_watchers"
-  | "unavailable"
-  | "internal";
+export type KnownErrorCode = keyof typeof ERROR_CODES;
 
 /** A known code, or one newer than this client (then rely on the status and `temporary`). */
 export type ErrorCode = KnownErrorCode | (string & {});
@@ -215,24 +207,14 @@ export interface Procedures {
 /** The name of an RPC procedure (the `x` of `POST /rpc/counter.x`). */
 export type Procedure = keyof Procedures;
 
-/** WebSocket close codes the server sends (PROTOCOL.md §7). */
+/**
+ * WebSocket close codes the server sends (PROTOCOL.md §7), and 1006, which only a client sees.
+ * 4000–4499 mean "reconnect with `since`"; 4500–4999 mean "do not reconnect without a change".
+ */
 export const CloseCode = {
-  NORMAL: 1000,
-  PROTOCOL_ERROR: 1002,
+  ...CLOSE_CODES,
   /** No close frame at all: a lost network, or a stalled send the server dropped. */
   ABNORMAL: 1006,
-  POLICY_VIOLATION: 1008,
-  MESSAGE_TOO_BIG: 1009,
-  INTERNAL_ERROR: 1011,
-  SERVICE_RESTART: 1012,
-  SLOW_CONSUMER: 4000,
-  PING_TIMEOUT: 4001,
-  /** No valid credential came in time: do not reconnect without a new one. */
-  UNAUTHENTICATED: 4501,
-  /** The token expired: get a fresh token, then reconnect with `since`. */
-  TOKEN_EXPIRED: 4502,
-  /** The principal may not read this counter: do not reconnect. */
-  FORBIDDEN: 4503,
 } as const;
 
 /**
@@ -241,37 +223,33 @@ export const CloseCode = {
  * first. After 4502 (token expired) a subscription reconnects once it has a fresh token.
  */
 export function shouldReconnect(code: number): boolean {
-  switch (code) {
-    case CloseCode.NORMAL:
-    case CloseCode.PROTOCOL_ERROR:
-    case CloseCode.POLICY_VIOLATION:
-    case CloseCode.MESSAGE_TOO_BIG:
-      return false;
-    default:
-      return !(code >= 4500 && code <= 4999);
-  }
+  return !(
+    NO_RECONNECT_CLOSE_CODES.includes(code) ||
+    (code >= NO_RECONNECT_CLOSE_RANGE.min && code <= NO_RECONNECT_CLOSE_RANGE.max)
+  );
 }
 
 /** Every value, amount and result stays within ±(2^53 − 1). */
-export const MAX_VALUE = Number.MAX_SAFE_INTEGER;
+export const MAX_VALUE = MAX_SAFE_INTEGER;
 
 /** Longest counter name, in bytes. */
-export const MAX_NAME_BYTES = 128;
+export const MAX_NAME_BYTES = NAME_MAX_BYTES;
 
-const NAME_PATTERN = /^[A-Za-z0-9_.:-]+$/;
+const NAME_REGEXP = new RegExp(NAME_PATTERN);
 
 /**
  * Why `name` is not a valid counter name, in words, or null when it is valid.
- * The rule is the server's: 1 to 128 bytes of `[A-Za-z0-9_.:-]`.
+ * The rule is the server's (`NAME_RULE`, `NAME_PATTERN`, `NAME_MAX_BYTES`); the wording is the page's.
  */
 export function nameProblem(name: string): string | null {
   if (name.length === 0) {
-    return "the counter name is empty; use 1 to 128 of the characters A-Z a-z 0-9 _ . : -";
+    return `the counter name is empty; use 1 to ${MAX_NAME_BYTES} of the characters A-Z a-z 0-9 _ . : -`;
   }
-  if (!NAME_PATTERN.test(name)) {
-    const bad = [...name].find((ch) => !NAME_PATTERN.test(ch)) ?? "";
+  if (!NAME_REGEXP.test(name)) {
+    const bad = [...name].find((ch) => !NAME_REGEXP.test(ch)) ?? "";
     return `the counter name contains ${JSON.stringify(bad)}; only A-Z a-z 0-9 _ . : - are allowed`;
   }
+  // The pattern allows ASCII only, so here characters are bytes.
   if (name.length > MAX_NAME_BYTES) {
     return `the counter name is ${name.length} characters long; at most ${MAX_NAME_BYTES} are allowed`;
   }
