@@ -1,5 +1,6 @@
 /**
- * Tally's TypeScript client: typed calls for the seven RPC procedures and live subscriptions to
+ * Tally's TypeScript client: typed calls for the seven RPC procedures, writes that count once
+ * (idempotency keys, sent again while their fate is unknown), and live subscriptions to
  * counters that keep themselves alive, reconnect with backoff and resume without gaps.
  * It has no runtime dependencies and runs in browsers and in Node.js (pass `ws` as `WebSocket`
  * on Node.js versions without a global one).
@@ -25,9 +26,17 @@ export {
   TallyClient,
   TallyConnectionError,
   TallyError,
+  type CallOptions,
   type TallyClientOptions,
   type WebSocketConstructor,
+  type WriteOptions,
 } from "./rpc.js";
+export {
+  WRITE_BACKOFF,
+  WRITE_RETRY_FOR,
+  idempotencyKeyProblem,
+  newIdempotencyKey,
+} from "./write.js";
 export {
   CounterSubscription,
   TallyWatchError,

@@ -1,6 +1,7 @@
 /**
  * Typed calls for the seven RPC procedures (PROTOCOL.md §3), over `fetch`, with the credential
- * of the client's `getToken` (PROTOCOL.md §9).
+ * of the client's `getToken` (PROTOCOL.md §9). Writes carry an idempotency key and are sent
+ * again while their fate is unknown (write.ts).
  */
 
 import { Credentials, type GetToken } from "./auth.js";
@@ -14,6 +15,15 @@ import type {
   Update,
   ValueAnswer,
 } from "./protocol.js";
+import {
+  AttemptFailure,
+  WRITE_RETRY_FOR,
+  idempotencyKeyProblem,
+  isWrite,
+  newIdempotencyKey,
+  retrying,
+  undecidedNote,
+} from "./write.js";
 
 /** The server refused a request; `code` and `message` are the server's own. */
 export class TallyError extends Error {
@@ -29,6 +39,11 @@ export class TallyError extends Error {
    * `retryAfterMs`, or else the `Retry-After` header); null otherwise.
    */
   readonly retryAfterMs: number | null;
+  /**
+   * Set when a write was given up on while its fate was unknown (the last answer was this
+   * temporary error): the key to send it again with, so that it is applied at most once.
+   */
+  readonly idempotencyKey: string | null;
 
   constructor(
     status: number,
@@ -36,27 +51,58 @@ export class TallyError extends Error {
     message: string,
     temporary: boolean,
     retryAfterMs: number | null = null,
+    idempotencyKey: string | null = null,
   ) {
     super(message);
     this.status = status;
     this.code = code;
     this.temporary = temporary;
     this.retryAfterMs = retryAfterMs;
+    this.idempotencyKey = idempotencyKey;
   }
 }
 
 /**
- * The server could not be reached, or answered something that is not Tally's protocol.
- * A write that fails this way may or may not have been applied: read the counter before retrying.
+ * The server could not be reached, did not answer in time, or answered something that is not
+ * Tally's protocol. A write that fails this way after it may have reached the server was sent
+ * again with its idempotency key for `retryFor`; then `idempotencyKey` is set and the message
+ * says so: send it again with that key (or read the counter) to apply it at most once.
  */
 export class TallyConnectionError extends Error {
   override readonly name = "TallyConnectionError";
   readonly url: string;
+  /** The key of a write given up on while its fate was unknown; null otherwise. */
+  readonly idempotencyKey: string | null;
 
-  constructor(url: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(
+    url: string,
+    message: string,
+    options?: { cause?: unknown; idempotencyKey?: string | null },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.url = url;
+    this.idempotencyKey = options?.idempotencyKey ?? null;
   }
+}
+
+/** Options of one call. */
+export interface CallOptions {
+  /**
+   * Stops the call: the request in flight is aborted, a write is not sent again, and the promise
+   * rejects with `signal.reason`. A write aborted after it was sent may or may not have been
+   * applied; send it again with the same `idempotencyKey` to apply it at most once.
+   */
+  signal?: AbortSignal;
+}
+
+/** Options of one write (increment, decrement, setValue, reset). */
+export interface WriteOptions extends CallOptions {
+  /**
+   * The write's idempotency key (PROTOCOL.md §3.4): 1 to 128 printable ASCII characters. A
+   * fresh random one by default. Pass your own for a write that must count once even when the
+   * program making it runs again (a reloaded page, a retried job); a new operation needs a new key.
+   */
+  idempotencyKey?: string;
 }
 
 /** How to reach a server. */
@@ -79,12 +125,30 @@ export interface TallyClientOptions {
   getToken?: GetToken;
   /** How long before a JWT's `exp` a fresh one is asked for (30 s; at most half its life). */
   tokenRefreshMargin?: number;
+  /** How long one request may take before it counts as unanswered, in ms (30 s). */
+  requestTimeout?: number;
+  /** How long a write whose fate is unknown is sent again with its key, in ms (30 s). */
+  retryFor?: number;
 }
 
 /** What a subscription needs of a WebSocket class: the standard browser API. */
 export type WebSocketConstructor = new (url: string) => WebSocket;
 
 const DEFAULT_TOKEN_REFRESH_MARGIN = 30_000;
+const DEFAULT_REQUEST_TIMEOUT = 30_000;
+
+/**
+ * Error codes of Node.js (undici) that mean no connection was made, so a request was not sent.
+ * Browsers do not say why a `fetch` failed: there every failure counts as an unknown fate.
+ */
+const NOT_CONNECTED_CODES = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "UND_ERR_CONNECT_TIMEOUT",
+]);
 
 /** A Tally server: typed RPC calls, and the URLs a subscription connects to. */
 export class TallyClient {
@@ -92,6 +156,8 @@ export class TallyClient {
   readonly WebSocket: WebSocketConstructor | undefined;
   /** The credential this client sends, and whom it names (see `getToken`). */
   readonly credentials: Credentials;
+  readonly requestTimeout: number;
+  readonly retryFor: number;
   readonly #fetch: typeof fetch;
 
   constructor(options: TallyClientOptions = {}) {
@@ -107,6 +173,8 @@ export class TallyClient {
       options.getToken,
       options.tokenRefreshMargin ?? DEFAULT_TOKEN_REFRESH_MARGIN,
     );
+    this.requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT;
+    this.retryFor = options.retryFor ?? WRITE_RETRY_FOR;
   }
 
   /**
@@ -126,105 +194,214 @@ export class TallyClient {
     this.credentials.reset();
   }
 
-  /** Adds `amount` (a whole number ≥ 1, default 1). */
-  increment(name: string, amount?: number): Promise<Update> {
-    return this.call("increment", amount === undefined ? { name } : { name, amount });
+  /**
+   * Adds `amount` (a whole number ≥ 1, default 1). Like every write, it carries an idempotency
+   * key and is sent again with it while its fate is unknown (see `call`).
+   */
+  increment(name: string, amount?: number, options?: WriteOptions): Promise<Update> {
+    return this.call("increment", amount === undefined ? { name } : { name, amount }, options);
   }
 
   /** Subtracts `amount` (a whole number ≥ 1, default 1). */
-  decrement(name: string, amount?: number): Promise<Update> {
-    return this.call("decrement", amount === undefined ? { name } : { name, amount });
+  decrement(name: string, amount?: number, options?: WriteOptions): Promise<Update> {
+    return this.call("decrement", amount === undefined ? { name } : { name, amount }, options);
   }
 
   /** Sets the value. */
-  setValue(name: string, value: number): Promise<Update> {
-    return this.call("setValue", { name, value });
+  setValue(name: string, value: number, options?: WriteOptions): Promise<Update> {
+    return this.call("setValue", { name, value }, options);
   }
 
   /** Sets the value to 0. */
-  reset(name: string): Promise<Update> {
-    return this.call("reset", { name });
+  reset(name: string, options?: WriteOptions): Promise<Update> {
+    return this.call("reset", { name }, options);
   }
 
   /** The committed value and version. */
-  getValue(name: string): Promise<ValueAnswer> {
-    return this.call("getValue", { name });
+  getValue(name: string, options?: CallOptions): Promise<ValueAnswer> {
+    return this.call("getValue", { name }, options);
   }
 
   /** The counter's metadata. */
-  getMetadata(name: string): Promise<Metadata> {
-    return this.call("getMetadata", { name });
+  getMetadata(name: string, options?: CallOptions): Promise<Metadata> {
+    return this.call("getMetadata", { name }, options);
   }
 
   /** One page of history, newest first; pass `next` of a page as `before` for the one after. */
-  getHistory(name: string, page: { limit?: number; before?: number } = {}): Promise<HistoryPage> {
-    return this.call("getHistory", { name, ...page });
+  getHistory(
+    name: string,
+    page: { limit?: number; before?: number } = {},
+    options?: CallOptions,
+  ): Promise<HistoryPage> {
+    return this.call("getHistory", { name, ...page }, options);
   }
 
   /**
    * Calls `procedure` with `request`; any of the typed methods above is this. With `getToken`, the
    * request carries `Authorization: Bearer …`; answered `401 token_expired`, it is sent once more
-   * with a fresh token.
+   * with a fresh token. A request unanswered after `requestTimeout` fails.
+   *
+   * A write (increment, decrement, setValue, reset) carries `Idempotency-Key` (`idempotencyKey`, or
+   * a fresh random one) and is sent again with the same key while its fate is unknown: no answer
+   * (a connection lost mid-request, a timeout, a server restarting) or a temporary server fault
+   * (`503 unavailable`, `500 internal`), with backoff (250 ms doubling to 5 s, jittered), for up to
+   * `retryFor` or until `signal` aborts. So it is applied at most once. A write whose first attempt
+   * reached no server fails at once (Node.js only: a browser does not say why a `fetch` failed).
    *
    * @throws TallyError when the server refuses; TallyConnectionError when it cannot be reached
-   * or does not answer Tally's protocol; TallyTokenError when `getToken` fails.
+   * or does not answer Tally's protocol; TallyTokenError when `getToken` fails; `signal.reason`
+   * when `signal` aborts; TypeError for an invalid `idempotencyKey`, or one given to a read.
    */
   async call<P extends Procedure>(
     procedure: P,
     request: Procedures[P]["request"],
+    options: WriteOptions = {},
   ): Promise<Procedures[P]["answer"]> {
+    const { signal } = options;
+    signal?.throwIfAborted();
     const body = JSON.stringify(request);
-    const token = await this.credentials.token();
+    if (!isWrite(procedure)) {
+      if (options.idempotencyKey !== undefined) {
+        throw new TypeError(`counter.${procedure} is a read; only writes take an idempotency key`);
+      }
+      return this.#attempt<P>(procedure, body, null, signal).catch(settled);
+    }
+    const key = options.idempotencyKey ?? newIdempotencyKey();
+    const problem = idempotencyKeyProblem(key);
+    if (problem !== null) throw new TypeError(problem);
+    return retrying(
+      key,
+      { retryFor: this.retryFor, signal },
+      () => this.#attempt<P>(procedure, body, key, signal),
+      undecided,
+    );
+  }
+
+  /**
+   * One request with the current token; after a `401 token_expired` answer, once more with a
+   * fresh one (a refused request changed nothing, so sending it again cannot apply it twice).
+   * Fails with an AttemptFailure.
+   */
+  async #attempt<P extends Procedure>(
+    procedure: P,
+    body: string,
+    key: string | null,
+    signal: AbortSignal | undefined,
+  ): Promise<Procedures[P]["answer"]> {
+    let token: string | null;
     try {
-      return await this.#send<P>(procedure, body, token);
+      token = await this.credentials.token();
     } catch (error) {
-      if (!(error instanceof TallyError && error.code === "token_expired")) throw error;
-      this.credentials.expired(token);
-      const fresh = await this.credentials.token();
+      throw new AttemptFailure("final", error);
+    }
+    try {
+      return await this.#send<P>(procedure, body, token, key, signal);
+    } catch (failure) {
+      const error = failure instanceof AttemptFailure ? failure.error : failure;
+      if (!(error instanceof TallyError && error.code === "token_expired")) throw failure;
+      let fresh: string | null;
+      try {
+        this.credentials.expired(token);
+        fresh = await this.credentials.token();
+      } catch (tokenError) {
+        throw new AttemptFailure("final", tokenError);
+      }
       // Sending the same expired token again would be refused the same way.
-      if (fresh === token) throw error;
-      return this.#send<P>(procedure, body, fresh);
+      if (fresh === token) throw failure;
+      return this.#send<P>(procedure, body, fresh, key, signal);
     }
   }
 
+  /**
+   * One POST: the answer of a success, or an AttemptFailure saying how it failed: not sent (no
+   * connection could be made), unknown (no answer in time, or a temporary server fault), or final.
+   */
   async #send<P extends Procedure>(
     procedure: P,
     body: string,
     token: string | null,
+    key: string | null,
+    signal: AbortSignal | undefined,
   ): Promise<Procedures[P]["answer"]> {
     const url = `${this.baseUrl}/rpc/counter.${procedure}`;
     const headers: Record<string, string> = { "Content-Type": "application/json" };
     if (token !== null) headers["Authorization"] = `Bearer ${token}`;
+    if (key !== null) headers["Idempotency-Key"] = key;
+    // One signal for the caller's abort and the timeout, which also covers reading the body.
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      controller.abort();
+    }, this.requestTimeout);
+    const onAbort = () => controller.abort(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const failed = (cause: unknown, fate: "notSent" | "unknown", message: string) => {
+      if (signal?.aborted) return new AttemptFailure("final", signal.reason);
+      if (timedOut) {
+        const reason = `the Tally server at ${url} did not answer within ${this.requestTimeout} ms`;
+        return new AttemptFailure("unknown", new TallyConnectionError(url, reason, { cause }));
+      }
+      return new AttemptFailure(fate, new TallyConnectionError(url, message, { cause }));
+    };
     let response: Response;
+    let text: string;
     try {
-      response = await this.#fetch(url, { method: "POST", headers, body });
-    } catch (cause) {
-      throw new TallyConnectionError(url, `cannot reach the Tally server at ${url}`, { cause });
+      try {
+        response = await this.#fetch(url, {
+          method: "POST",
+          headers,
+          body,
+          signal: controller.signal,
+        });
+      } catch (cause) {
+        // A connection that could not be made carried nothing; any other failure may have come
+        // after the server read the request.
+        const fate = notConnected(cause) ? "notSent" : "unknown";
+        throw failed(cause, fate, `cannot reach the Tally server at ${url}`);
+      }
+      try {
+        text = await response.text();
+      } catch (cause) {
+        throw failed(cause, "unknown", `the connection to ${url} was lost during the answer`);
+      }
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
     }
-    const text = await response.text().catch(() => "");
     let answer: unknown;
     try {
       answer = JSON.parse(text);
     } catch {
-      throw new TallyConnectionError(
-        url,
-        `the server at ${url} answered ${response.status} without a Tally JSON body`,
+      throw new AttemptFailure(
+        "final",
+        new TallyConnectionError(
+          url,
+          `the server at ${url} answered ${response.status} without a Tally JSON body`,
+        ),
       );
     }
     if (response.ok) return answer as Procedures[P]["answer"];
     const error = (answer as Partial<ErrorBody> | null)?.error;
     if (error && typeof error.code === "string" && typeof error.message === "string") {
-      throw new TallyError(
+      const refusal = new TallyError(
         response.status,
         error.code,
         error.message,
         error.temporary === true,
         retryAfter(error.retryAfterMs, response.headers.get("Retry-After")),
       );
+      // A temporary server fault (503 unavailable while storage is down or the server shuts
+      // down) says nothing of whether a write that raced it was applied.
+      const serverFault = response.status >= 500 && refusal.temporary;
+      throw new AttemptFailure(serverFault ? "unknown" : "final", refusal);
     }
-    throw new TallyConnectionError(
-      url,
-      `the server at ${url} answered ${response.status} without a Tally error body`,
+    throw new AttemptFailure(
+      "final",
+      new TallyConnectionError(
+        url,
+        `the server at ${url} answered ${response.status} without a Tally error body`,
+      ),
     );
   }
 
@@ -242,6 +419,47 @@ export class TallyClient {
     const query = since === undefined ? "" : `?since=${since}`;
     return `${wsBase}/ws/counter/${encodeURIComponent(name)}${query}`;
   }
+}
+
+/** The error of a read's only attempt. */
+function settled(failure: unknown): never {
+  throw failure instanceof AttemptFailure ? failure.error : failure;
+}
+
+/** Whether a `fetch` failure says that no connection was made (Node.js's error codes). */
+function notConnected(error: unknown): boolean {
+  for (let cause = error, depth = 0; cause instanceof Error && depth < 4; depth++) {
+    const { code, errors } = cause as Error & { code?: unknown; errors?: unknown };
+    if (typeof code === "string" && NOT_CONNECTED_CODES.has(code)) return true;
+    // Node's happy-eyeballs connect fails with an AggregateError of one error per address.
+    if (Array.isArray(errors) && errors.length > 0 && errors.every((e) => notConnected(e))) {
+      return true;
+    }
+    cause = cause.cause;
+  }
+  return false;
+}
+
+/** `error`, saying that the write may have been applied and which key applies it at most once. */
+function undecided(error: unknown, key: string): unknown {
+  const note = undecidedNote(key);
+  if (error instanceof TallyConnectionError) {
+    return new TallyConnectionError(error.url, `${error.message}; ${note}`, {
+      cause: error.cause,
+      idempotencyKey: key,
+    });
+  }
+  if (error instanceof TallyError) {
+    return new TallyError(
+      error.status,
+      error.code,
+      `${error.message}; ${note}`,
+      error.temporary,
+      error.retryAfterMs,
+      key,
+    );
+  }
+  return error;
 }
 
 /**
