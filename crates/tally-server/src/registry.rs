@@ -192,6 +192,12 @@ impl Registry {
             .unwrap_or(0)
     }
 
+    /// `name`'s topic, if it has one (tests only).
+    #[cfg(test)]
+    pub(crate) fn topic_of(&self, name: &CounterName) -> Option<Arc<Topic>> {
+        self.shared.slots.slots.get(name).and_then(|slot| slot.topic.clone())
+    }
+
     /// Who watches `name` now (all zero when nobody does).
     pub fn presence(&self, name: &CounterName) -> Presence {
         self.shared

@@ -247,6 +247,13 @@ impl Topic {
         Subscription { topic: Arc::clone(self), listener, user }
     }
 
+    /// How many live subscriptions wait on this topic's next publish (tests only: that a
+    /// parked conflated subscription is off the list).
+    #[cfg(test)]
+    pub(crate) fn waiting_listeners(&self) -> usize {
+        lock(&self.waiting).iter().filter(|listener| !listener.is_abandoned()).count()
+    }
+
     /// Puts `listener` on the waiting list, dropping abandoned listeners now and then: an idle
     /// topic has no publish to clear them, and subscriptions may come and go on it forever.
     fn wait(&self, listener: Arc<Listener>) {

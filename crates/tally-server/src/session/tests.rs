@@ -448,6 +448,37 @@ async fn conflation_sends_at_most_max_rate_each_the_latest_and_always_the_last_s
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_conflated_subscription_waits_for_its_slot_off_the_topics_waiting_list() {
+    let harness = harness(config()).await;
+    let mut socket = harness.connect();
+    let snapshot = socket.subscribe(1, json!({"name": "hot", "maxRate": 1})).await;
+    assert!(matches!(snapshot, Frame::Snapshot { .. }));
+    let topic = harness.state.registry.topic_of(&name("hot")).expect("a watched counter");
+    // The first write goes out at once, and the subscription listens again.
+    harness.increment("hot", 1).await;
+    assert_eq!(socket.settle_at().await.len(), 1);
+    assert_eq!(topic.waiting_listeners(), 1);
+    // A write inside the slot parks it: the writes after it do not wake it at all.
+    harness.increment("hot", 1).await;
+    assert!(socket.settle_at().await.is_empty());
+    assert_eq!(topic.waiting_listeners(), 0, "parked until its slot");
+    for _ in 0..50 {
+        harness.increment("hot", 1).await;
+    }
+    assert!(socket.settle_at().await.is_empty());
+    assert_eq!(topic.waiting_listeners(), 0, "still parked");
+    // At its slot it sends the latest state, once, and listens again.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let sent = socket.settle_at().await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let Frame::Update { update, conflated: true, .. } = &sent[0].1 else {
+        panic!("a conflated update, got {:?}", sent[0].1)
+    };
+    assert_eq!(update.version, 52);
+    assert_eq!(topic.waiting_listeners(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn presence_is_pushed_at_most_once_a_second_and_ends_at_the_true_counts() {
     let harness = harness(config()).await;
     harness.state.registry.spawn_presence_ticker();
