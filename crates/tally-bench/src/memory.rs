@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -15,9 +15,6 @@ use tally_client::Client;
 
 use crate::server::{Memory, ServerProcess};
 use crate::{socket, watchers};
-
-/// How long to wait for every watcher to get its update.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which socket endpoint the watchers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,22 +190,7 @@ pub(crate) async fn layout(
     }
     // Read before the reading tasks run, which changes nothing on the server.
     let after = server.memory()?;
-    let writes = futures_util::stream::iter(0..counters)
-        .map(|counter| {
-            let name = format!("{prefix}-{counter}");
-            let client = &client;
-            async move { client.increment(&name, 1).await }
-        })
-        .buffer_unordered(32);
-    let results: Vec<_> = writes.collect().await;
-    for result in results {
-        result.context("writing to a watched counter")?;
-    }
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    while got.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let received = got.load(Ordering::Relaxed);
+    let received = watchers::write_each_and_wait(&client, &prefix, counters, &got, count).await?;
     for task in tasks {
         task.abort();
     }

@@ -237,21 +237,7 @@ pub(crate) async fn idle(
             socket
         }));
     }
-    let writes = futures_util::stream::iter(0..counters)
-        .map(|counter| {
-            let name = format!("{prefix}-{counter}");
-            async move { client.increment(&name, 1).await }
-        })
-        .buffer_unordered(32);
-    let results: Vec<_> = writes.collect().await;
-    for result in results {
-        result.context("writing to an idle counter")?;
-    }
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    while got.load(Ordering::Relaxed) < count && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let received = got.load(Ordering::Relaxed);
+    let received = write_each_and_wait(client, &prefix, counters, &got, count).await?;
     for task in tasks {
         task.abort();
     }
@@ -283,6 +269,32 @@ pub(crate) async fn connect_to_snapshot(
         progress.inc(1);
     }
     Ok(latency)
+}
+
+/// Writes once to each of counters `{prefix}-0..counters`, then waits (up to 60 s) until
+/// `got` counts `count` watchers that received their update; answers how many did.
+pub(crate) async fn write_each_and_wait(
+    client: &Client,
+    prefix: &str,
+    counters: usize,
+    got: &AtomicUsize,
+    count: usize,
+) -> anyhow::Result<usize> {
+    let writes = futures_util::stream::iter(0..counters)
+        .map(|counter| {
+            let name = format!("{prefix}-{counter}");
+            async move { client.increment(&name, 1).await }
+        })
+        .buffer_unordered(32);
+    let results: Vec<_> = writes.collect().await;
+    for result in results {
+        result.context("writing to a watched counter")?;
+    }
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while got.load(Ordering::Relaxed) < count && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(got.load(Ordering::Relaxed))
 }
 
 #[cfg(test)]

@@ -41,19 +41,21 @@ impl Origin {
 }
 
 /// The updates `after + 1..=up_to` (at most [`PAGE`] are asked for at a time), oldest first;
-/// `None` when history no longer holds every one of them (it was trimmed).
+/// `None` when history no longer holds every one of them (it was trimmed). `origin` is `None`
+/// for a counter never written, which holds no history at all.
 ///
 /// # Errors
 /// When storage cannot be read (`unavailable`).
 pub(crate) async fn page(
     state: &AppState,
-    origin: &Origin,
+    origin: Option<&Origin>,
     after: u64,
     up_to: u64,
 ) -> Result<Option<Vec<Published>>, ProtocolError> {
     if after >= up_to {
         return Ok(Some(Vec::new()));
     }
+    let Some(origin) = origin else { return Ok(None) };
     let records = state
         .store
         .history_range(&origin.name, after, up_to)

@@ -227,11 +227,7 @@ impl<T: Transport> Session<T> {
         let mut first_page = true;
         loop {
             let up_to = counter.version.min(cursor + replay::PAGE);
-            let page = match &origin {
-                Some(origin) => replay::page(&self.state, origin, cursor, up_to).await,
-                // A counter never written has nothing to replay (and `since` is 0 here).
-                None => Ok((cursor == up_to).then(Vec::new)),
-            };
+            let page = replay::page(&self.state, origin.as_ref(), cursor, up_to).await;
             let updates = match page {
                 Ok(Some(updates)) => updates,
                 Ok(None) if first_page => return Ok(Replayed::Gone),

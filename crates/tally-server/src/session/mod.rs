@@ -328,7 +328,7 @@ impl<T: Transport> Session<T> {
         let mut cursor = watched.seen;
         while cursor + 1 < oldest {
             let up_to = (oldest - 1).min(cursor + replay::PAGE);
-            match replay::page(&self.state, &origin, cursor, up_to).await {
+            match replay::page(&self.state, Some(&origin), cursor, up_to).await {
                 Ok(Some(updates)) => {
                     let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(()) };
                     let now = Instant::now();
