@@ -652,10 +652,10 @@ impl CounterActor {
             *self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms),
         ));
         self.state.id = Some(id);
-        // Published whenever a topic exists, watched or not: it is the history a watcher
-        // arriving between two updates reads, and a topic outlives its last watcher only until
-        // the registry forgets it.
-        let topic = self.topic.as_ref();
+        // Published only while someone watches: a watcher subscribes through this actor, at
+        // the state it then gets, so it never needs an update published before it came, and an
+        // unwatched topic (kept while the actor lives) would only hold updates in its ring.
+        let topic = self.topic.as_ref().filter(|topic| topic.watchers() > 0);
         for (entry, pending) in batch.entries {
             self.state.value = entry.value;
             self.state.version = entry.version;
