@@ -1,0 +1,148 @@
+// Scenario 2: from a click in one tab to another tab showing its result. Both tabs stamp with
+// `performance.timeOrigin + performance.now()`, which is on one clock for every tab of a browser
+// (checked: `clockSkewMs`): the writer when the click reaches the page (a capture listener, before
+// React's), the reader when its card's value element changes (a MutationObserver, right after
+// React commits the new value, so at most one frame before it is painted). Clicks are made one at
+// a time: the next one only after the reader shows the last, and `gapMs` later, like a person
+// clicking, rather than a burst that would measure queueing.
+import type { Browser, Page } from "playwright-core";
+import { incrementButton, openCards } from "./page.js";
+import { quantile } from "./stats.js";
+
+/** How long the reader may take to show one click before the run is given up. */
+const CLICK_TIMEOUT_MS = 20_000;
+
+export interface LatencyFigures {
+  /** Click → shown in the other tab, in ms, in click order. */
+  samplesMs: number[];
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** The reader's clock minus the writer's, in ms: how far apart the two tabs' stamps can be. */
+  clockSkewMs: number;
+  /** HTTP requests each tab made during the clicks (writes, refetches). */
+  writerRequests: number;
+  readerRequests: number;
+}
+
+/** What the tabs record, on their `window`. */
+interface Stamps {
+  /** Writer: when each click on the card reached the page. */
+  tallyBenchClicks?: number[];
+  /** Reader: when each value was first shown, by value. */
+  tallyBenchShown?: Record<string, number>;
+}
+
+/** Clicks + on `name` `clicks` times in one tab and times each one's arrival in another. */
+export async function measureLatency(
+  browser: Browser,
+  serverUrl: string,
+  name: string,
+  clicks: number,
+  gapMs: number,
+): Promise<LatencyFigures> {
+  const writer = await openCards(browser, serverUrl, [name]);
+  const reader = await openCards(browser, serverUrl, [name]);
+  const clockSkewMs = (await clockOffset(reader)) - (await clockOffset(writer));
+  const start = Number(await reader.evaluate(recordShownValues, name));
+  await writer.evaluate(recordClicks, name);
+  const writerRequests = countRequests(writer);
+  const readerRequests = countRequests(reader);
+
+  const button = incrementButton(writer, name);
+  for (let click = 1; click <= clicks; click++) {
+    await button.click();
+    await reader.waitForFunction(
+      (value) => (window as Stamps).tallyBenchShown?.[value] !== undefined,
+      String(start + click),
+      { timeout: CLICK_TIMEOUT_MS },
+    );
+    await writer.waitForTimeout(gapMs);
+  }
+
+  const sent = await writer.evaluate(() => (window as Stamps).tallyBenchClicks ?? []);
+  const shown = await reader.evaluate(() => (window as Stamps).tallyBenchShown ?? {});
+  if (sent.length !== clicks) throw new Error(`the writer saw ${sent.length} of ${clicks} clicks`);
+  const samplesMs = sent.map((at, index) => (shown[String(start + index + 1)] as number) - at);
+  const figures = {
+    samplesMs,
+    p50Ms: quantile(samplesMs, 0.5),
+    p99Ms: quantile(samplesMs, 0.99),
+    maxMs: Math.max(...samplesMs),
+    clockSkewMs,
+    writerRequests: writerRequests(),
+    readerRequests: readerRequests(),
+  };
+  await writer.context().close();
+  await reader.context().close();
+  return figures;
+}
+
+/** Counts the tab's HTTP requests from now; the function returned gives the count so far. */
+function countRequests(page: Page): () => number {
+  let count = 0;
+  page.on("request", (request) => {
+    if (request.resourceType() !== "websocket") count += 1;
+  });
+  return () => count;
+}
+
+/**
+ * In the reader: stamps each value the card of `name` shows, the first time it shows it, and
+ * returns the value shown now. The card's whole subtree is observed, so a value element React
+ * replaces is still seen.
+ */
+function recordShownValues(name: string): string {
+  const card = document.querySelector(`article[data-counter="${CSS.escape(name)}"]`);
+  if (card === null) throw new Error(`no card of ${name}`);
+  const shownValue = () =>
+    card.querySelector("[data-testid=counter-value]")?.getAttribute("data-value") ?? "";
+  const shown: Record<string, number> = {};
+  (window as Stamps).tallyBenchShown = shown;
+  new MutationObserver(() => {
+    const value = shownValue();
+    if (value !== "" && shown[value] === undefined) {
+      shown[value] = performance.timeOrigin + performance.now();
+    }
+  }).observe(card, {
+    subtree: true,
+    childList: true,
+    attributes: true,
+    attributeFilter: ["data-value"],
+  });
+  return shownValue();
+}
+
+/** In the writer: stamps each click on a button of the card of `name`. */
+function recordClicks(name: string): void {
+  const card = document.querySelector(`article[data-counter="${CSS.escape(name)}"]`);
+  const clicks: number[] = [];
+  (window as Stamps).tallyBenchClicks = clicks;
+  window.addEventListener(
+    "click",
+    (event) => {
+      const target = event.target instanceof Element ? event.target : null;
+      if (target?.closest("button") && card?.contains(target)) {
+        clicks.push(performance.timeOrigin + performance.now());
+      }
+    },
+    { capture: true },
+  );
+}
+
+/**
+ * The tab's `performance.timeOrigin + performance.now()` minus `Date.now()`, in ms, averaged
+ * over samples a millisecond or so apart (so `Date.now()`'s truncation to whole ms averages out
+ * the same way in every tab). Two tabs' offsets differ by how far apart their stamps are.
+ */
+function clockOffset(page: Page): Promise<number> {
+  return page.evaluate(async () => {
+    const samples = 200;
+    let sum = 0;
+    for (let i = 0; i < samples; i++) {
+      sum += performance.timeOrigin + performance.now() - Date.now();
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    return sum / samples;
+  });
+}
