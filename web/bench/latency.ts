@@ -2,7 +2,10 @@
 // `performance.timeOrigin + performance.now()`, which is on one clock for every tab of a browser
 // (checked: `clockSkewMs`): the writer when the click reaches the page (a capture listener, before
 // React's), the reader when its card's value element changes (a MutationObserver, right after
-// React commits the new value, so at most one frame before it is painted). Clicks are made one at
+// React commits the new value, so at most one frame before it is painted). The reader also stamps
+// each socket message when it arrives, which splits the time into the network's and the page's
+// (the server's, the browser's network service and the socket) and the page's (the client, React,
+// TanStack Query). Clicks are made one at
 // a time: the next one only after the reader shows the last, and `gapMs` later, like a person
 // clicking, rather than a burst that would measure queueing.
 import type { Browser, Page } from "playwright-core";
@@ -18,6 +21,9 @@ export interface LatencyFigures {
   p50Ms: number;
   p99Ms: number;
   maxMs: number;
+  /** Click → the update's socket message reaching the reader's page, in ms. */
+  arrivalP50Ms: number;
+  arrivalP99Ms: number;
   /** The reader's clock minus the writer's, in ms: how far apart the two tabs' stamps can be. */
   clockSkewMs: number;
   /** HTTP requests each tab made during the clicks (writes, refetches). */
@@ -31,6 +37,8 @@ interface Stamps {
   tallyBenchClicks?: number[];
   /** Reader: when each value was first shown, by value. */
   tallyBenchShown?: Record<string, number>;
+  /** Reader: when a socket message first carried each value, by value. */
+  tallyBenchArrived?: Record<string, number>;
 }
 
 /** Clicks + on `name` `clicks` times in one tab and times each one's arrival in another. */
@@ -42,7 +50,9 @@ export async function measureLatency(
   gapMs: number,
 ): Promise<LatencyFigures> {
   const writer = await openCards(browser, serverUrl, [name]);
-  const reader = await openCards(browser, serverUrl, [name]);
+  const reader = await openCards(browser, serverUrl, [name], (page) =>
+    page.addInitScript(recordSocketValues),
+  );
   const clockSkewMs = (await clockOffset(reader)) - (await clockOffset(writer));
   const start = Number(await reader.evaluate(recordShownValues, name));
   await writer.evaluate(recordClicks, name);
@@ -62,13 +72,23 @@ export async function measureLatency(
 
   const sent = await writer.evaluate(() => (window as Stamps).tallyBenchClicks ?? []);
   const shown = await reader.evaluate(() => (window as Stamps).tallyBenchShown ?? {});
+  const arrived = await reader.evaluate(() => (window as Stamps).tallyBenchArrived ?? {});
   if (sent.length !== clicks) throw new Error(`the writer saw ${sent.length} of ${clicks} clicks`);
-  const samplesMs = sent.map((at, index) => (shown[String(start + index + 1)] as number) - at);
+  // A value no message carried (a conflated push skips versions) counts as arriving when shown.
+  const after = (stamps: Record<string, number>) =>
+    sent.map((at, index) => {
+      const value = String(start + index + 1);
+      return (stamps[value] ?? (shown[value] as number)) - at;
+    });
+  const samplesMs = after(shown);
+  const arrivalsMs = after(arrived);
   const figures = {
     samplesMs,
     p50Ms: quantile(samplesMs, 0.5),
     p99Ms: quantile(samplesMs, 0.99),
     maxMs: Math.max(...samplesMs),
+    arrivalP50Ms: quantile(arrivalsMs, 0.5),
+    arrivalP99Ms: quantile(arrivalsMs, 0.99),
     clockSkewMs,
     writerRequests: writerRequests(),
     readerRequests: readerRequests(),
@@ -111,6 +131,31 @@ function recordShownValues(name: string): string {
     attributeFilter: ["data-value"],
   });
   return shownValue();
+}
+
+/**
+ * In the reader, before the page's scripts run: stamps each socket message carrying a counter
+ * value (`value` at the top level: snapshots and updates of both protocols), the first time a
+ * value arrives. The stamp is taken in a listener added when the socket is made, so before any
+ * of the client's own.
+ */
+function recordSocketValues(): void {
+  const arrived: Record<string, number> = {};
+  (window as Stamps).tallyBenchArrived = arrived;
+  const PageWebSocket = window.WebSocket;
+  window.WebSocket = class extends PageWebSocket {
+    constructor(url: string | URL, protocols?: string | string[]) {
+      super(url, protocols);
+      this.addEventListener("message", (event: MessageEvent) => {
+        const at = performance.timeOrigin + performance.now();
+        if (typeof event.data !== "string") return;
+        const value: unknown = (JSON.parse(event.data) as { value?: unknown }).value;
+        if (typeof value === "number" && arrived[String(value)] === undefined) {
+          arrived[String(value)] = at;
+        }
+      });
+    }
+  };
 }
 
 /** In the writer: stamps each click on a button of the card of `name`. */

@@ -1,8 +1,10 @@
 // Scenario 1: what one tab with many open cards costs. The tab opens the cards, waits until the
 // page is quiet, collects garbage, and reads Chromium's own counters (CDP Performance.getMetrics)
-// beside the WebSockets it opened and the server's gauges.
+// beside the WebSockets it opened, the browser's processes' memory (before the tab, and with it)
+// and the server's gauges.
 import type { Browser } from "playwright-core";
 import { openCards } from "./page.js";
+import { browserPssBytes } from "./processes.js";
 import { readGauges, type Gauge } from "./server-metrics.js";
 
 /** What the page is left to do after every card shows its value, before it is measured. */
@@ -18,6 +20,9 @@ export interface MemoryFigures {
   jsHeapTotalBytes: number;
   domNodes: number;
   jsEventListeners: number;
+  /** The browser's processes before the tab was opened, and with it open. */
+  browserPssBeforeBytes: number;
+  browserPssWithTabBytes: number;
   /** The server's gauges with the tab open. */
   server: Record<Gauge, number>;
 }
@@ -28,6 +33,7 @@ export async function measureMemory(
   serverUrl: string,
   names: readonly string[],
 ): Promise<MemoryFigures> {
+  const browserPssBeforeBytes = await browserPssBytes(browser);
   let socketsOpened = 0;
   let socketsClosed = 0;
   // Watched from before the first request: a socket opened while loading counts even if it is
@@ -47,6 +53,7 @@ export async function measureMemory(
   const { metrics } = await cdp.send("Performance.getMetrics");
   const metric = (name: string) => metrics.find((m) => m.name === name)?.value ?? Number.NaN;
   const server = await readGauges(serverUrl);
+  const browserPssWithTabBytes = await browserPssBytes(browser);
   await page.context().close();
   return {
     socketsOpened,
@@ -55,6 +62,8 @@ export async function measureMemory(
     jsHeapTotalBytes: metric("JSHeapTotalSize"),
     domNodes: metric("Nodes"),
     jsEventListeners: metric("JSEventListeners"),
+    browserPssBeforeBytes,
+    browserPssWithTabBytes,
     server,
   };
 }

@@ -50,6 +50,8 @@ const ROWS: Row<Run>[] = [
   row("tab: JS heap total, MiB", (r) => r.memory.jsHeapTotalBytes / MIB, 2),
   row("tab: DOM nodes", (r) => r.memory.domNodes),
   row("tab: JS event listeners", (r) => r.memory.jsEventListeners),
+  row("browser: PSS with the tab, MiB", (r) => r.memory.browserPssWithTabBytes / MIB, 1),
+  row("browser: PSS growth for the tab, MiB", (r) => pssGrowth(r.memory) / MIB, 1),
   row("server: connections_open", (r) => r.memory.server.connections_open),
   row("server: websockets_open", (r) => r.memory.server.websockets_open),
   row("server: sessions_open (v2)", (r) => r.memory.server.sessions_open),
@@ -58,12 +60,19 @@ const ROWS: Row<Run>[] = [
   row("click → other tab p50, ms", (r) => r.latency.p50Ms, 1),
   row("click → other tab p99, ms", (r) => r.latency.p99Ms, 1),
   row("click → other tab max, ms", (r) => r.latency.maxMs, 1),
+  row("click → other tab's socket p50, ms", (r) => r.latency.arrivalP50Ms, 1),
+  row("click → other tab's socket p99, ms", (r) => r.latency.arrivalP99Ms, 1),
   row("clicks: writer's HTTP requests", (r) => r.latency.writerRequests),
   row("clicks: reader's HTTP requests", (r) => r.latency.readerRequests),
   row("tabs' clock skew, ms", (r) => r.latency.clockSkewMs, 2),
   row("machine: load average at start", (r) => r.loadAverage, 2),
   row("machine: CPU steal %", (r) => r.stealPercent, 2),
 ];
+
+/** How much the browser's memory grew when the tab was opened. */
+function pssGrowth(memory: MemoryFigures): number {
+  return memory.browserPssWithTabBytes - memory.browserPssBeforeBytes;
+}
 
 function row(label: string, of: (run: Run) => number, decimals = 0): Row<Run> {
   return { label, of, decimals };

@@ -13,11 +13,11 @@ export async function openCards(
   browser: Browser,
   serverUrl: string,
   names: readonly string[],
-  beforeLoad: (page: Page) => void = () => {},
+  beforeLoad: (page: Page) => unknown = () => {},
 ): Promise<Page> {
   const context = await browser.newContext();
   const page = await context.newPage();
-  beforeLoad(page);
+  await beforeLoad(page);
   const problems: string[] = [];
   page.on("pageerror", (error) => problems.push(error.message));
   const query = names.map((name) => `counter=${encodeURIComponent(name)}`).join("&");
