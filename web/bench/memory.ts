@@ -4,11 +4,13 @@
 // and the server's gauges.
 import type { Browser } from "playwright-core";
 import { openCards } from "./page.js";
-import { browserPssBytes } from "./processes.js";
+import { browserMemory, type BrowserMemory } from "./processes.js";
 import { readGauges, type Gauge } from "./server-metrics.js";
 
 /** What the page is left to do after every card shows its value, before it is measured. */
 const SETTLE_MS = 2_000;
+/** What a new browser is left to start its helper processes (GPU, network) in. */
+const BROWSER_SETTLE_MS = 1_000;
 
 export interface MemoryFigures {
   /** WebSockets the tab opened while loading the cards. */
@@ -20,9 +22,9 @@ export interface MemoryFigures {
   jsHeapTotalBytes: number;
   domNodes: number;
   jsEventListeners: number;
-  /** The browser's processes before the tab was opened, and with it open. */
-  browserPssBeforeBytes: number;
-  browserPssWithTabBytes: number;
+  /** The browser's processes with only a blank tab, and with the cards' tab beside it. */
+  browserBefore: BrowserMemory;
+  browserWithTab: BrowserMemory;
   /** The server's gauges with the tab open. */
   server: Record<Gauge, number>;
 }
@@ -33,7 +35,7 @@ export async function measureMemory(
   serverUrl: string,
   names: readonly string[],
 ): Promise<MemoryFigures> {
-  const browserPssBeforeBytes = await browserPssBytes(browser);
+  const browserBefore = await blankTabMemory(browser);
   let socketsOpened = 0;
   let socketsClosed = 0;
   // Watched from before the first request: a socket opened while loading counts even if it is
@@ -53,7 +55,7 @@ export async function measureMemory(
   const { metrics } = await cdp.send("Performance.getMetrics");
   const metric = (name: string) => metrics.find((m) => m.name === name)?.value ?? Number.NaN;
   const server = await readGauges(serverUrl);
-  const browserPssWithTabBytes = await browserPssBytes(browser);
+  const browserWithTab = await browserMemory(browser);
   await page.context().close();
   return {
     socketsOpened,
@@ -62,8 +64,19 @@ export async function measureMemory(
     jsHeapTotalBytes: metric("JSHeapTotalSize"),
     domNodes: metric("Nodes"),
     jsEventListeners: metric("JSEventListeners"),
-    browserPssBeforeBytes,
-    browserPssWithTabBytes,
+    browserBefore,
+    browserWithTab,
     server,
   };
+}
+
+/**
+ * The browser's memory with one blank tab open (and left open), once its helper processes have
+ * started: the reference the cards' tab is measured against.
+ */
+async function blankTabMemory(browser: Browser): Promise<BrowserMemory> {
+  const context = await browser.newContext();
+  const blank = await context.newPage();
+  await blank.waitForTimeout(BROWSER_SETTLE_MS);
+  return browserMemory(browser);
 }

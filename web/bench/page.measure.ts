@@ -50,7 +50,7 @@ const ROWS: Row<Run>[] = [
   row("tab: JS heap total, MiB", (r) => r.memory.jsHeapTotalBytes / MIB, 2),
   row("tab: DOM nodes", (r) => r.memory.domNodes),
   row("tab: JS event listeners", (r) => r.memory.jsEventListeners),
-  row("browser: PSS with the tab, MiB", (r) => r.memory.browserPssWithTabBytes / MIB, 1),
+  row("browser: PSS with the tab, MiB", (r) => r.memory.browserWithTab.pssBytes / MIB, 1),
   row("browser: PSS growth for the tab, MiB", (r) => pssGrowth(r.memory) / MIB, 1),
   row("server: connections_open", (r) => r.memory.server.connections_open),
   row("server: websockets_open", (r) => r.memory.server.websockets_open),
@@ -71,7 +71,7 @@ const ROWS: Row<Run>[] = [
 
 /** How much the browser's memory grew when the tab was opened. */
 function pssGrowth(memory: MemoryFigures): number {
-  return memory.browserPssWithTabBytes - memory.browserPssBeforeBytes;
+  return memory.browserWithTab.pssBytes - memory.browserBefore.pssBytes;
 }
 
 function row(label: string, of: (run: Run) => number, decimals = 0): Row<Run> {

@@ -5,17 +5,31 @@
 import { readFileSync } from "node:fs";
 import type { Browser } from "playwright-core";
 
-/**
- * The browser's memory now: the PSS of all its processes, in bytes. Only the sum is meaningful:
- * a new process takes a share of the pages the others share, so they shrink as it appears.
- */
-export async function browserPssBytes(browser: Browser): Promise<number> {
+/** The browser's memory: the PSS of all its processes, and by kind of process, in bytes. */
+export interface BrowserMemory {
+  /**
+   * Only the total is meaningful for comparisons: a new process takes a share of the pages the
+   * others share, so they shrink as it appears.
+   */
+  pssBytes: number;
+  /** By Chromium's name for the kind (`browser`, `renderer`, `network.mojom.NetworkService`, …). */
+  pssBytesByKind: Record<string, number>;
+}
+
+/** The browser's memory now. */
+export async function browserMemory(browser: Browser): Promise<BrowserMemory> {
   const cdp = await browser.newBrowserCDPSession();
   const { processInfo } = (await cdp.send("SystemInfo.getProcessInfo")) as {
     processInfo: { type: string; id: number }[];
   };
   await cdp.detach();
-  return processInfo.reduce((sum, process) => sum + pssBytes(process.id), 0);
+  const memory: BrowserMemory = { pssBytes: 0, pssBytesByKind: {} };
+  for (const process of processInfo) {
+    const pss = pssBytes(process.id);
+    memory.pssBytes += pss;
+    memory.pssBytesByKind[process.type] = (memory.pssBytesByKind[process.type] ?? 0) + pss;
+  }
+  return memory;
 }
 
 /** A process's PSS; 0 for one that has exited since Chromium listed it. */
