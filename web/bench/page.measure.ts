@@ -25,6 +25,8 @@ const GAP_MS = setting("BENCH_GAP_MS", 100);
 /** Writes made to each card's counter before the tab opens, so that every card has a history. */
 const SEED_WRITES = 5;
 const MIB = 1024 * 1024;
+/** Chromium's name for its network process, where the sockets' buffers are. */
+const NETWORK = "network.mojom.NetworkService";
 
 interface Run {
   memory: MemoryFigures;
@@ -50,8 +52,10 @@ const ROWS: Row<Run>[] = [
   row("tab: JS heap total, MiB", (r) => r.memory.jsHeapTotalBytes / MIB, 2),
   row("tab: DOM nodes", (r) => r.memory.domNodes),
   row("tab: JS event listeners", (r) => r.memory.jsEventListeners),
-  row("browser: PSS with the tab, MiB", (r) => r.memory.browserWithTab.pssBytes / MIB, 1),
-  row("browser: PSS growth for the tab, MiB", (r) => pssGrowth(r.memory) / MIB, 1),
+  row("browser: allocated PSS, MiB", (r) => r.memory.browserWithTab.pssBytes / MIB, 1),
+  row("browser: allocated PSS for the tab, MiB", (r) => pssGrowth(r.memory) / MIB, 1),
+  row("  of which renderers, MiB", (r) => pssGrowth(r.memory, "renderer") / MIB, 1),
+  row("  of which network service, MiB", (r) => pssGrowth(r.memory, NETWORK) / MIB, 1),
   row("server: connections_open", (r) => r.memory.server.connections_open),
   row("server: websockets_open", (r) => r.memory.server.websockets_open),
   row("server: sessions_open (v2)", (r) => r.memory.server.sessions_open),
@@ -70,8 +74,10 @@ const ROWS: Row<Run>[] = [
 ];
 
 /** How much the browser's memory grew when the tab was opened. */
-function pssGrowth(memory: MemoryFigures): number {
-  return memory.browserWithTab.pssBytes - memory.browserBefore.pssBytes;
+function pssGrowth(memory: MemoryFigures, kind?: string): number {
+  const { browserBefore: before, browserWithTab: after } = memory;
+  if (kind === undefined) return after.pssBytes - before.pssBytes;
+  return (after.pssBytesByKind[kind] ?? 0) - (before.pssBytesByKind[kind] ?? 0);
 }
 
 function row(label: string, of: (run: Run) => number, decimals = 0): Row<Run> {

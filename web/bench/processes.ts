@@ -1,11 +1,17 @@
 // The memory of the whole browser, beyond a tab's JS heap: a WebSocket's buffers live in the
 // renderer's Blink and in the network service, not in JavaScript. Chromium lists its processes
 // (CDP SystemInfo.getProcessInfo); each one's proportional set size (PSS: its private pages, plus
-// its share of the pages it shares) comes from /proc, so the sum counts shared libraries once.
+// its share of the pages it shares) comes from /proc, so the sum counts shared memory once. Only
+// the memory the processes allocated counts (anonymous and shared memory, not the pages of
+// Chromium's 200 MB binary, which come and go with what code ran and what the kernel kept
+// cached: they made the total move by 50 MiB from one run to the next).
 import { readFileSync } from "node:fs";
 import type { Browser } from "playwright-core";
 
-/** The browser's memory: the PSS of all its processes, and by kind of process, in bytes. */
+/**
+ * The memory the browser allocated: the PSS of all its processes, and by kind of process, in
+ * bytes.
+ */
 export interface BrowserMemory {
   /**
    * Only the total is meaningful for comparisons: a new process takes a share of the pages the
@@ -32,7 +38,7 @@ export async function browserMemory(browser: Browser): Promise<BrowserMemory> {
   return memory;
 }
 
-/** A process's PSS; 0 for one that has exited since Chromium listed it. */
+/** A process's allocated PSS (anonymous + shared memory); 0 for one that has exited since. */
 function pssBytes(pid: number): number {
   let rollup: string;
   try {
@@ -40,6 +46,7 @@ function pssBytes(pid: number): number {
   } catch {
     return 0;
   }
-  const kib = /^Pss:\s+(\d+) kB$/m.exec(rollup)?.[1];
-  return kib === undefined ? 0 : Number(kib) * 1024;
+  const kib = (field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, "m").exec(rollup)?.[1] ?? 0);
+  return (kib("Pss_Anon") + kib("Pss_Shmem")) * 1024;
 }
