@@ -30,5 +30,7 @@ export function formatTable<Run>(rows: readonly Row<Run>[], runs: readonly Run[]
 }
 
 function format(value: number, decimals: number): string {
-  return Number.isNaN(value) ? "–" : value.toFixed(decimals);
+  if (Number.isNaN(value)) return "–";
+  // A value that rounds to zero prints as 0, not -0.00.
+  return (Math.abs(value) < 0.5 * 10 ** -decimals ? 0 : value).toFixed(decimals);
 }
