@@ -26,9 +26,9 @@ export interface LatencyFigures {
   arrivalP99Ms: number;
   /** The reader's clock minus the writer's, in ms: how far apart the two tabs' stamps can be. */
   clockSkewMs: number;
-  /** HTTP requests each tab made during the clicks (writes, refetches). */
-  writerRequests: number;
-  readerRequests: number;
+  /** HTTP requests each tab made during the clicks (writes, refetches), by path. */
+  writerRequests: Record<string, number>;
+  readerRequests: Record<string, number>;
 }
 
 /** What the tabs record, on their `window`. */
@@ -98,13 +98,18 @@ export async function measureLatency(
   return figures;
 }
 
-/** Counts the tab's HTTP requests from now; the function returned gives the count so far. */
-function countRequests(page: Page): () => number {
-  let count = 0;
+/**
+ * Counts the tab's HTTP requests from now, by path (`/rpc/counter.getHistory`, …); the function
+ * returned gives the counts so far.
+ */
+function countRequests(page: Page): () => Record<string, number> {
+  const counts: Record<string, number> = {};
   page.on("request", (request) => {
-    if (request.resourceType() !== "websocket") count += 1;
+    if (request.resourceType() === "websocket") return;
+    const path = new URL(request.url()).pathname;
+    counts[path] = (counts[path] ?? 0) + 1;
   });
-  return () => count;
+  return () => ({ ...counts });
 }
 
 /**
