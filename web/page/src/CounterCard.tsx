@@ -1,6 +1,7 @@
 /**
- * One open counter: its value, live status, controls (disabled, saying why, where the token may
- * not use them), a toast for each change made elsewhere, and its recent history.
+ * One open counter: its value, live status, who else watches it, the changes waiting to be sent,
+ * controls (disabled, saying why, where the token may not use them), a toast for each change made
+ * elsewhere, a chart of its value, and its recent history.
  */
 
 import { allows, MAX_VALUE, WRITE_ACTIONS, type Action, type Update } from "@tally/client";
@@ -15,6 +16,7 @@ import {
   type CounterWebSocket,
 } from "@tally/react";
 import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { ValueSeries } from "./chart-series";
 import {
   capitalize,
   describeChange,
@@ -25,8 +27,16 @@ import {
 } from "./format";
 import { reportAuthProblem } from "./session";
 import { useToast } from "./toasts";
+import { ValueChart } from "./ValueChart";
 
 const HISTORY_ROWS = 10;
+/** Points the chart keeps: the head history page it starts from is this long too. */
+const CHART_POINTS = 50;
+/**
+ * Updates a second the card is sent at most (the server conflates to the latest state): more
+ * than a person can read, and a hot counter costs a phone no more than this.
+ */
+const DISPLAY_RATE = 20;
 /** Versions of own writes remembered at most (their updates normally arrive within moments). */
 const MAX_OWN_VERSIONS = 1_000;
 
@@ -38,16 +48,31 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
   const fieldId = useId();
 
   const elsewhere = useChangesMadeElsewhere(name);
-  const socket = useCounterWebSocket(name, { enabled: live, onUpdate: elsewhere.onUpdate });
+  const [series] = useState(() => new ValueSeries(CHART_POINTS));
+  const socket = useCounterWebSocket(name, {
+    enabled: live,
+    presence: true,
+    maxRate: DISPLAY_RATE,
+    onUpdate: (update) => {
+      series.addUpdate(update);
+      elsewhere.onUpdate(update);
+    },
+  });
   const valueQuery = useCounterValue(name);
-  const history = useCounterHistory(name, { limit: HISTORY_ROWS });
+  const history = useCounterHistory(name, { limit: CHART_POINTS });
+  useEffect(() => {
+    if (history.data) series.addEntries(history.data.entries);
+  }, [series, history.data]);
 
   const writeOptions = {
     onMutate: () => {
       elsewhere.writeStarted();
       setActionError(null);
     },
-    onSuccess: (update: Update) => elsewhere.writeAnswered(update),
+    onSuccess: (update: Update) => {
+      series.addUpdate(update);
+      elsewhere.writeAnswered(update);
+    },
     onError: (error: Error) => {
       reportAuthProblem(error);
       setActionError(describeError(error, true));
@@ -120,6 +145,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
             Read-only
           </span>
         )}
+        <Presence presence={live ? socket.presence : null} />
+        <PendingWrites count={socket.pendingWrites} connected={socket.isConnected} />
         <label className="toggle">
           <input
             type="checkbox"
@@ -212,6 +239,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
         </p>
       )}
 
+      <ValueChart name={name} series={series} />
+
       <section className="history" aria-label={`Recent history of ${name}`}>
         <h3>Recent changes</h3>
         {history.error ? (
@@ -220,7 +249,7 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
           </p>
         ) : history.data && history.data.entries.length > 0 ? (
           <ol data-testid="history">
-            {history.data.entries.map((entry) => (
+            {history.data.entries.slice(0, HISTORY_ROWS).map((entry) => (
               <li key={entry.version} data-version={entry.version}>
                 <span className="history-version">#{entry.version}</span>
                 <span className="history-change">
@@ -321,6 +350,30 @@ function StepButton(props: {
     >
       {props.symbol}
     </button>
+  );
+}
+
+/** "3 watching": the subscriptions to the counter, this one included, while it is watched. */
+function Presence({ presence }: { presence: { watchers: number; users: number } | null }) {
+  if (presence === null) return null;
+  const people = presence.users === 1 ? "1 person" : `${formatNumber(presence.users)} people`;
+  return (
+    <span className="badge" data-testid="presence" title={`${people} watching this counter`}>
+      {formatNumber(presence.watchers)} watching
+    </span>
+  );
+}
+
+/**
+ * The card's writes not answered yet: "2 waiting to send" while there is no connection (they are
+ * queued and sent in order when it is back), "sending 2" while they are on their way.
+ */
+function PendingWrites({ count, connected }: { count: number; connected: boolean }) {
+  if (count === 0) return null;
+  return (
+    <span className="badge badge-pending" data-testid="pending-writes">
+      {connected ? `sending ${formatNumber(count)}` : `${formatNumber(count)} waiting to send`}
+    </span>
   );
 }
 
