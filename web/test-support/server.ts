@@ -115,6 +115,15 @@ export class TallyServer {
   }
 
   /**
+   * Kills the server with SIGKILL, as a crash would (no close frames, answers in flight lost), and
+   * waits for it to exit.
+   */
+  async kill(): Promise<void> {
+    if (this.#child.exitCode === null) this.#child.kill("SIGKILL");
+    await this.#exited;
+  }
+
+  /**
    * Starts a server that requires tokens: `--jwt-secret-file` with a fresh secret in `dir`, and
    * `--anonymous GRANT` for each of `anonymous` (none: anonymous may do nothing).
    */

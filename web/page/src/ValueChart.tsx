@@ -15,6 +15,13 @@ import type { ValueSeries } from "./chart-series";
 import { formatNumber } from "./format";
 
 const HEIGHT = 120;
+/** The shortest time the chart spans (seconds), so that a burst of changes is not drawn over milliseconds. */
+const MIN_SPAN = 60;
+const clock = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+});
 
 export function ValueChart({ name, series }: { name: string; series: ValueSeries }) {
   const holder = useRef<HTMLDivElement>(null);
@@ -84,8 +91,13 @@ function chartOptions(element: HTMLElement): uPlot.Options {
     height: HEIGHT,
     legend: { show: false },
     cursor: { show: false },
-    scales: { x: { time: true } },
-    axes: [axis, { ...axis, size: 56, values: (_, ticks) => ticks.map(formatNumber) }],
+    scales: {
+      x: { time: true, range: (_, min, max) => [Math.min(min, max - MIN_SPAN), max] },
+    },
+    axes: [
+      { ...axis, space: 90, values: (_, ticks) => ticks.map((t) => clock.format(t * 1000)) },
+      { ...axis, size: 56, values: (_, ticks) => ticks.map(formatNumber) },
+    ],
     series: [
       {},
       {
