@@ -2,8 +2,8 @@
 // refusals (nothing changes), one retry with a fresh token after token_expired, sockets that
 // authenticate in band and say what they may do, subscribes refused for who may not read and a
 // refused credential without a reconnect, an in-band refresh that keeps a socket open with no
-// missed update, a reconnect with a fresh token
-// after 4502, `by` for admins only, and the write rate's 429 with its delay.
+// missed update, a reconnect with a fresh token after 4502, `by` for admins only, and the write
+// rate's 429 with its delay.
 import { mkdirSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import WebSocket from "ws";
@@ -183,7 +183,11 @@ describe("subscriptions with tokens", () => {
     const client = clientWith(() => "not-a-token");
     const refused = new CounterSubscription(client, "public:a");
     const state = await until(refused, (s) => s.error !== null);
-    expect(state.error).toMatchObject({ closeCode: 4501, code: "unauthenticated", willRetry: false });
+    expect(state.error).toMatchObject({
+      closeCode: 4501,
+      code: "unauthenticated",
+      willRetry: false,
+    });
     expect(client.connection.getState().status).toBe("stopped");
     await new Promise((resolve) => setTimeout(resolve, 1000));
     expect(socketsOpened - before).toBe(1);
