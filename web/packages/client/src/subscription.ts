@@ -205,6 +205,10 @@ export class CounterSubscription {
       principal: shared.principal,
       pendingWrites: connection.pendingWritesFor(this.name),
     };
+    // What one principal may do says nothing of another's (a reset credential).
+    if (this.#state.principal !== null && shared.principal !== this.#state.principal) {
+      change.can = null;
+    }
     if (!this.#ended) {
       change.status =
         shared.status === "connected"
