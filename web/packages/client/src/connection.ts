@@ -144,6 +144,11 @@ interface Topic {
   presence: Presence | null;
   /** The last version passed on (what a start over resumes from). */
   since: number | undefined;
+  /**
+   * Why the server or the connection ended it, while it is over; kept so that a new credential
+   * or a new watch of the counter subscribes again.
+   */
+  ended: TallyWatchError | null;
 }
 
 /** What the event being fed carries for the actions it causes. */
@@ -262,7 +267,8 @@ export class TallyConnection {
   /**
    * Watches counter `name` while the returned function is not called (it is idempotent). Two
    * watches of one counter share the socket's one subscription to it, with the first one's
-   * options; a later one is given the state so far as a snapshot.
+   * options; a later one is given the state so far as a snapshot. A watch of a counter whose
+   * subscription ended (refused, ended by the server) subscribes again.
    */
   watch(name: string, options: WatchOptions, handlers: WatchHandlers): () => void {
     const problem = nameProblem(name) ?? optionsProblem(options);
@@ -280,18 +286,26 @@ export class TallyConnection {
         latest: null,
         presence: null,
         since: options.since,
+        ended: null,
       };
       this.#topics.set(name, topic);
       if (this.#state.status === "stopped") {
-        handlers.ended?.(this.#stoppedError());
+        topic.ended = this.#stoppedError();
+        handlers.ended?.(topic.ended);
       } else {
         this.#feed(subscribeEvent(topic));
       }
     } else {
       topic.watchers.add(handlers);
-      if (this.#state.status === "stopped") handlers.ended?.(this.#stoppedError());
-      if (topic.latest !== null) handlers.snapshot?.(topic.latest);
-      if (topic.presence !== null) handlers.presence?.(topic.presence);
+      if (this.#state.status === "stopped") {
+        handlers.ended?.(this.#stoppedError());
+      } else if (topic.ended !== null) {
+        topic.ended = null;
+        this.#feed(subscribeEvent(topic));
+      } else {
+        if (topic.latest !== null) handlers.snapshot?.(topic.latest);
+        if (topic.presence !== null) handlers.presence?.(topic.presence);
+      }
     }
     const watched = topic;
     let done = false;
@@ -441,7 +455,10 @@ export class TallyConnection {
     this.#reason = null;
     this.#setState({ error: null, retryAt: null, principal: null });
     this.#feed({ type: "start", credentials: this.client.credentials.enabled });
-    for (const topic of this.#topics.values()) this.#feed(subscribeEvent(topic));
+    for (const topic of this.#topics.values()) {
+      topic.ended = null;
+      this.#feed(subscribeEvent(topic));
+    }
   };
 
   #listenToBrowser(on: boolean): void {
@@ -556,16 +573,21 @@ export class TallyConnection {
       }
       case "end": {
         const topic = this.#topics.get(action.name);
-        if (topic === undefined) break;
-        this.#topics.delete(action.name);
-        const error = context.refusal ?? this.#stoppedError();
-        for (const watcher of [...topic.watchers]) callSafely(() => watcher.ended?.(error));
+        if (topic !== undefined) this.#end(topic, context.refusal ?? this.#stoppedError());
         break;
       }
       case "stop":
         this.#stop(action.stop);
         break;
     }
+  }
+
+  /** Tells `topic`'s watchers that it is over, keeping it for a later subscribe. */
+  #end(topic: Topic, error: TallyWatchError): void {
+    topic.ended = error;
+    topic.latest = null;
+    topic.presence = null;
+    for (const watcher of [...topic.watchers]) callSafely(() => watcher.ended?.(error));
   }
 
   #deliver(name: string, version: number, context: Context): void {
@@ -596,10 +618,7 @@ export class TallyConnection {
     this.#clearTimers();
     this.#setState({ status: "stopped", error, retryAt: null });
     // The topics stay, so that `resetToken` brings them back; their watchers hear it now.
-    for (const topic of this.#topics.values()) {
-      topic.latest = null;
-      for (const watcher of [...topic.watchers]) callSafely(() => watcher.ended?.(error));
-    }
+    for (const topic of this.#topics.values()) this.#end(topic, error);
     // HTTP answers what the server thinks of these writes now (the real refusal, or success).
     for (const call of this.#calls.drain()) {
       call.finish();
@@ -851,16 +870,15 @@ export class TallyConnection {
         }
         // The server ended this subscription (lost permission, say); the socket goes on.
         const topic = this.#topics.get(frame.name);
-        this.#topics.delete(frame.name);
         this.#clearLater(frame.name);
-        const error = new TallyWatchError(
-          frame.reason ?? `the server ended the subscription to ${frame.name}`,
-          null,
-          false,
-          frame.code === undefined ? {} : { code: frame.code },
-        );
-        for (const watcher of [...(topic?.watchers ?? [])]) {
-          callSafely(() => watcher.ended?.(error));
+        if (topic !== undefined) {
+          const error = new TallyWatchError(
+            frame.reason ?? `the server ended the subscription to ${frame.name}`,
+            null,
+            false,
+            frame.code === undefined ? {} : { code: frame.code },
+          );
+          this.#end(topic, error);
         }
         this.#feed({ type: "ended", name: frame.name });
         return;

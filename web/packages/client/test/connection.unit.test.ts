@@ -189,6 +189,14 @@ describe("watching", () => {
     expect(ended).toEqual(["forbidden: anonymous may not read counter secret"]);
     expect(socket.closedWith).toBeNull();
     expect(connection.getState().status).toBe("connected");
+
+    // A new watch of the counter (a remount, after signing in) asks again.
+    const snapshots: number[] = [];
+    connection.watch("secret", {}, { snapshot: (s) => snapshots.push(s.value) });
+    const again = lastSent(socket, "subscribe");
+    expect(again.id).not.toBe(subscribe.id);
+    socket.receive(snapshotReply(again.id, "secret", 5, 5));
+    expect(snapshots).toEqual([5]);
   });
 });
 
