@@ -1,7 +1,9 @@
 // The client's one socket against a real `tally serve`: many subscriptions share it (counted by
 // the server's `tally_sessions_open` gauge and by the WebSockets the client made), it closes once
 // the last one ends, writes made while the server is down are queued and applied exactly once and
-// in order after it comes back, and presence counts two clients.
+// in order after it comes back, a burst of writes cut off mid-way counts exactly once, and
+// presence counts two clients.
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
@@ -45,6 +47,67 @@ async function eventually(done: () => boolean | Promise<boolean>): Promise<void>
   while (!(await done())) {
     if (Date.now() > deadline) throw new Error("timed out");
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/**
+ * A TCP proxy in front of the server that can cut every connection at once (no close frame), and
+ * can do so when the server's answers reach a count: then the chunk holding that answer, and
+ * all after it, never reach the client (writes applied, their answers lost).
+ */
+class Proxy {
+  readonly #server: Server;
+  readonly #sockets = new Set<Socket>();
+  /** Cut once this many `result` frames came from the server (null: never). */
+  cutAtResults: number | null = null;
+  #results = 0;
+
+  private constructor(server: Server) {
+    this.#server = server;
+  }
+
+  static start(upstreamPort: number): Promise<Proxy> {
+    const proxy: Proxy = new Proxy(
+      createServer((client) => {
+        const upstream = connect(upstreamPort, "127.0.0.1");
+        for (const socket of [client, upstream]) {
+          proxy.#sockets.add(socket);
+          socket.on("close", () => proxy.#sockets.delete(socket));
+          socket.on("error", () => {});
+        }
+        client.pipe(upstream);
+        upstream.on("data", (chunk: Buffer) => {
+          if (proxy.cutAtResults !== null) {
+            proxy.#results += chunk.toString("latin1").split('"type":"result"').length - 1;
+            if (proxy.#results >= proxy.cutAtResults) {
+              proxy.cutAtResults = null;
+              proxy.cut();
+              return;
+            }
+          }
+          client.write(chunk);
+        });
+        client.on("close", () => upstream.destroy());
+        upstream.on("close", () => client.destroy());
+      }),
+    );
+    return new Promise((resolve) => proxy.#server.listen(0, "127.0.0.1", () => resolve(proxy)));
+  }
+
+  get url(): string {
+    const address = this.#server.address();
+    if (address === null || typeof address === "string") throw new Error("not listening");
+    return `http://127.0.0.1:${address.port}`;
+  }
+
+  /** Drops every connection through it, as a lost network does. */
+  cut(): void {
+    for (const socket of this.#sockets) socket.destroy();
+  }
+
+  close(): Promise<void> {
+    this.cut();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
   }
 }
 
@@ -118,6 +181,39 @@ describe("one socket per client", () => {
       "decrement 1",
     ]);
     watching.disable();
+  });
+
+  it("counts each write of a burst once when the socket is cut in the middle of it", async () => {
+    const proxy = await Proxy.start(server.port);
+    try {
+      const client = clientFor({ baseUrl: proxy.url });
+      const watching = new CounterSubscription(client, "burst");
+      await until(watching, (s) => s.status === "connected");
+      const before = socketsMade;
+      let answered = 0;
+      proxy.cutAtResults = 5;
+      const writes = Array.from({ length: 50 }, () =>
+        client.increment("burst").then((update) => {
+          answered += 1;
+          return update;
+        }),
+      );
+      await until(watching, (s) => s.status === "disconnected");
+      const answeredBeforeCut = answered;
+      const updates = await Promise.all(writes);
+      // The cut came with writes on their way: the client connected again and sent them again.
+      expect(answeredBeforeCut).toBeLessThan(5);
+      expect(socketsMade - before).toBe(1);
+      expect(answered).toBe(50);
+      expect(new Set(updates.map((u) => u.version)).size).toBe(50);
+      const page = await clientFor().getHistory("burst", { limit: 100 });
+      expect(page.entries).toHaveLength(50);
+      expect(await clientFor().getValue("burst")).toEqual({ value: 50, version: 50 });
+      await until(watching, (s) => s.version === 50 && s.pendingWrites === 0);
+      watching.disable();
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("goes over HTTP when nothing watches", async () => {
