@@ -16,8 +16,6 @@ import type { Procedure } from "./protocol.js";
 
 /** One call waiting for its answer. */
 export interface QueuedCall {
-  /** Its place in the order calls were made. */
-  readonly serial: number;
   readonly procedure: Procedure;
   /** The RPC body's fields. */
   readonly body: Readonly<Record<string, unknown>>;
@@ -39,8 +37,8 @@ export interface QueuedCall {
 export class CallQueue<Call extends QueuedCall = QueuedCall> {
   readonly #calls: Call[] = [];
 
+  /** Adds a new call, after every call made before it. */
   add(call: Call): void {
-    // Serials only grow, except for nothing: a new call always goes last.
     this.#calls.push(call);
   }
 

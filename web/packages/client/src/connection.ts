@@ -201,7 +201,6 @@ export class TallyConnection {
 
   readonly #topics = new Map<string, Topic>();
   readonly #calls = new CallQueue<SocketCall>();
-  #callSerial = 0;
   #callTimer: ReturnType<typeof setTimeout> | null = null;
   /** Writes on their way over HTTP, by counter. */
   readonly #httpWrites = new Map<string, number>();
@@ -373,7 +372,6 @@ export class TallyConnection {
         }
       };
       const call: SocketCall = {
-        serial: this.#callSerial++,
         procedure,
         body: request,
         key,
