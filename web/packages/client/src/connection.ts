@@ -272,7 +272,7 @@ export class TallyConnection {
   watch(name: string, options: WatchOptions, handlers: WatchHandlers): () => void {
     const problem = nameProblem(name) ?? optionsProblem(options);
     if (problem !== null) {
-      handlers.ended?.(new TallyWatchError(problem, null, false, { code: "invalid_field" }));
+      handlers.ended?.(new TallyWatchError(problem, null, false));
       return () => {};
     }
     const release = this.retain();

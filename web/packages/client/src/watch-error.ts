@@ -4,17 +4,18 @@
 
 import { CloseCode, type ErrorCode } from "./protocol.js";
 
-/** Why the last connection ended or could not be made. */
+/** Why the last connection, or one watch on it, ended or could not be made. */
 export class TallyWatchError extends Error {
   override readonly name = "TallyWatchError";
   /** The WebSocket close code, or null when the socket could not even be created. */
   readonly closeCode: number | null;
-  /** True when the subscription will try again by itself. */
+  /** True when the connection will try again by itself. */
   readonly willRetry: boolean;
   /**
-   * The refusal as an error code, for the access-control closes: `unauthenticated` (4501: a new
-   * credential is needed), `token_expired` (4502, when `getToken` had no fresh token), `forbidden`
-   * (4503); null otherwise.
+   * The refusal as an error code: for the access-control closes `unauthenticated` (4501: a new
+   * credential is needed), `token_expired` (4502, when `getToken` had no fresh token) and
+   * `forbidden` (4503); for a subscribe the server refused, or a subscription it ended, the
+   * server's code (`forbidden`, `unauthenticated`, `too_many_subscriptions`, …); null otherwise.
    */
   readonly code: ErrorCode | null;
 
