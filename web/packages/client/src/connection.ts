@@ -627,43 +627,20 @@ export class TallyConnection {
     this.#pendingChanged();
   }
 
+  /** The error a stop leaves, from why the last connection ended. */
   #stoppedErrorFor(kind: StopKind): TallyWatchError {
-    const reason = this.#reason;
-    const closeCode = reason?.closeCode ?? null;
-    switch (kind) {
-      case "unauthenticated":
-        return new TallyWatchError(
-          reason?.message ?? "the server needs a valid token",
-          closeCode,
-          false,
-          {
-            code: "unauthenticated",
-          },
-        );
-      case "forbidden":
-        return new TallyWatchError(
-          reason?.message ?? "this token may not watch",
-          closeCode,
-          false,
-          {
-            code: "forbidden",
-          },
-        );
-      case "tokenExpired":
-        return new TallyWatchError(
-          "the token expired and getToken returned no fresh one",
-          CloseCode.TOKEN_EXPIRED,
-          false,
-          { code: "token_expired" },
-        );
-      default:
-        return new TallyWatchError(
-          reason?.message ?? "the connection stopped",
-          closeCode,
-          false,
-          reason?.code ? { code: reason.code } : {},
-        );
+    if (kind === "tokenExpired") {
+      return new TallyWatchError(
+        "the token expired and getToken returned no fresh one",
+        CloseCode.TOKEN_EXPIRED,
+        false,
+        { code: "token_expired" },
+      );
     }
+    const reason = this.#reason;
+    const code = kind === "unauthenticated" || kind === "forbidden" ? kind : (reason?.code ?? null);
+    const message = reason?.message ?? "the connection stopped";
+    return new TallyWatchError(message, reason?.closeCode ?? null, false, { code });
   }
 
   #stoppedError(): TallyWatchError {
