@@ -280,6 +280,21 @@ describe("writes over the socket", () => {
     expect(names()).toHaveLength(6);
   });
 
+  it("keep the socket open while one waits, even after the last watch ended", async () => {
+    const client = clientWith();
+    const likes = new CounterSubscription(client, "likes");
+    const socket = connect();
+    const answer = client.increment("likes");
+    likes.disable();
+    // Well past the linger (and short of the ping check of a quiet socket).
+    vi.advanceTimersByTime(20_000);
+    expect(socket.closedWith).toBeNull();
+    socket.receive(resultReply(lastSent(socket, "call").id, "likes", 0, 1, 1));
+    expect((await answer).version).toBe(1);
+    vi.advanceTimersByTime(1000);
+    expect(socket.closedWith).toBe(1000);
+  });
+
   it("sends a temporarily refused write again with the same key after retryAfterMs", async () => {
     const client = clientWith();
     client.connection.retain();
