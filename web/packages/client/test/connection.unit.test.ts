@@ -284,6 +284,7 @@ describe("writes over the socket", () => {
     const client = clientWith();
     const likes = new CounterSubscription(client, "likes");
     const socket = connect();
+    socket.receive(snapshotReply(lastSent(socket, "subscribe").id, "likes", 0, 0));
     const answer = client.increment("likes");
     likes.disable();
     // Well past the linger (and short of the ping check of a quiet socket).
