@@ -12,7 +12,6 @@
  * `lingerMs` after the last release, so a React remount reuses it.
  */
 
-import { inspectToken } from "./auth.js";
 import { Backoff } from "./backoff.js";
 import { CallQueue, type QueuedCall } from "./call-queue.js";
 import { TallyConnectionError, TallyError } from "./errors.js";
@@ -20,7 +19,6 @@ import {
   CloseCode,
   ERROR_CODES,
   nameProblem,
-  type OperationType,
   type Procedure,
   type Procedures,
   type ResumedMessage,
@@ -40,11 +38,19 @@ import type { TallyClient, WriteOptions } from "./rpc.js";
 import {
   isUpdateFrame,
   parseSocketFrame,
-  type Presence,
   type SocketCommand,
   type SocketFrame,
 } from "./socket-frames.js";
+import {
+  Topic,
+  callSafely,
+  watchOptionsProblem,
+  type WatchHandlers,
+  type WatchOptions,
+} from "./topic.js";
 import { TallyWatchError, describeClose } from "./watch-error.js";
+
+export type { WatchHandlers, WatchOptions } from "./topic.js";
 import { WRITE_BACKOFF, idempotencyKeyProblem, isWrite, newIdempotencyKey } from "./write.js";
 
 /** Where the connection is. */
@@ -71,32 +77,6 @@ export interface ConnectionState {
   readonly principal: string | null;
   /** Writes made through the client and not settled yet (queued and in flight), all counters. */
   readonly pendingWrites: number;
-}
-
-/** How one watch asks for a counter (see `TallyConnection.watch`). */
-export interface WatchOptions {
-  /** Resume after this version instead of starting with a snapshot. */
-  since?: number;
-  /** Only updates of these types (versions then jump by design). */
-  types?: OperationType[];
-  /** At most this many updates a second, each the latest state (0 < R ≤ 1000). */
-  maxRate?: number;
-  /** Also get presence: how many watch the counter. */
-  presence?: boolean;
-}
-
-/** What a watch is told. Each is optional. */
-export interface WatchHandlers {
-  /** The counter's whole state: the subscribe's reply, a resync push, or the state so far for a later watch of a counter already watched. */
-  snapshot?(snapshot: SnapshotMessage): void;
-  /** A resume is served: the updates after `since` follow. */
-  resumed?(resumed: ResumedMessage): void;
-  /** One update newer than the last one passed on (`conflated` for a `maxRate` watch). */
-  update?(update: Update & { conflated?: boolean }): void;
-  /** How many watch the counter (a watch with `presence`). */
-  presence?(presence: Presence): void;
-  /** The watch is over: refused for good, ended by the server, or the connection stopped. */
-  ended?(error: TallyWatchError): void;
 }
 
 /** The numbers of a connection; the client's options give them (see `TallyClientOptions`). */
@@ -132,24 +112,6 @@ type Flight =
   | { kind: "unsubscribe" | "ping" }
   /** `first`: the credential of a new socket (a refusal means it is not valid). */
   | { kind: "auth"; first: boolean };
-
-/** One counter watched on this connection, and everyone watching it. */
-interface Topic {
-  readonly name: string;
-  /** The first watch's: the server holds one subscription per counter per socket. */
-  readonly options: WatchOptions;
-  readonly watchers: Set<WatchHandlers>;
-  /** The state so far, given to a watch that joins later. */
-  latest: SnapshotMessage | null;
-  presence: Presence | null;
-  /** The last version passed on (what a start over resumes from). */
-  since: number | undefined;
-  /**
-   * Why the server or the connection ended it, while it is over; kept so that a new credential
-   * or a new watch of the counter subscribes again.
-   */
-  ended: TallyWatchError | null;
-}
 
 /** What the event being fed carries for the actions it causes. */
 interface Context {
@@ -270,40 +232,27 @@ export class TallyConnection {
    * subscription ended (refused, ended by the server) subscribes again.
    */
   watch(name: string, options: WatchOptions, handlers: WatchHandlers): () => void {
-    const problem = nameProblem(name) ?? optionsProblem(options);
+    const problem = nameProblem(name) ?? watchOptionsProblem(options);
     if (problem !== null) {
       handlers.ended?.(new TallyWatchError(problem, null, false));
       return () => {};
     }
     const release = this.retain();
+    const stopped = this.#state.status === "stopped";
     let topic = this.#topics.get(name);
     if (topic === undefined) {
-      topic = {
-        name,
-        options: { ...options },
-        watchers: new Set([handlers]),
-        latest: null,
-        presence: null,
-        since: options.since,
-        ended: null,
-      };
+      topic = new Topic(name, options, handlers);
       this.#topics.set(name, topic);
-      if (this.#state.status === "stopped") {
-        topic.ended = this.#stoppedError();
-        handlers.ended?.(topic.ended);
-      } else {
-        this.#feed(subscribeEvent(topic));
-      }
+      if (stopped) topic.end(this.#stoppedError());
+      else this.#feed(topic.subscribeEvent());
     } else {
-      topic.watchers.add(handlers);
-      if (this.#state.status === "stopped") {
+      topic.join(handlers);
+      if (stopped) {
         handlers.ended?.(this.#stoppedError());
       } else if (topic.ended !== null) {
+        // Refused or ended before: a new watch asks again.
         topic.ended = null;
-        this.#feed(subscribeEvent(topic));
-      } else {
-        if (topic.latest !== null) handlers.snapshot?.(topic.latest);
-        if (topic.presence !== null) handlers.presence?.(topic.presence);
+        this.#feed(topic.subscribeEvent());
       }
     }
     const watched = topic;
@@ -311,12 +260,10 @@ export class TallyConnection {
     return () => {
       if (done) return;
       done = true;
-      if (this.#topics.get(name) === watched && watched.watchers.delete(handlers)) {
-        if (watched.watchers.size === 0) {
-          this.#topics.delete(name);
-          this.#clearLater(name);
-          this.#feed({ type: "unsubscribe", name });
-        }
+      if (this.#topics.get(name) === watched && watched.leave(handlers)) {
+        this.#topics.delete(name);
+        this.#clearLater(name);
+        this.#feed({ type: "unsubscribe", name });
       }
       release();
     };
@@ -455,7 +402,7 @@ export class TallyConnection {
     this.#feed({ type: "start", credentials: this.client.credentials.enabled });
     for (const topic of this.#topics.values()) {
       topic.ended = null;
-      this.#feed(subscribeEvent(topic));
+      this.#feed(topic.subscribeEvent());
     }
   };
 
@@ -523,15 +470,12 @@ export class TallyConnection {
       case "subscribe": {
         const topic = this.#topics.get(action.name);
         if (topic === undefined) break;
-        const { types, maxRate, presence } = topic.options;
         this.#send(
           {
             type: "subscribe",
             name: action.name,
             ...(action.since === undefined ? {} : { since: action.since }),
-            ...(types === undefined ? {} : { types }),
-            ...(maxRate === undefined ? {} : { maxRate }),
-            ...(presence ? { presence: true } : {}),
+            ...topic.subscribeFields(),
           },
           { kind: "subscribe", name: action.name },
         );
@@ -542,7 +486,7 @@ export class TallyConnection {
         this.#send({ type: "unsubscribe", name: action.name }, { kind: "unsubscribe" });
         break;
       case "deliver":
-        this.#deliver(action.name, action.version, context);
+        this.#deliver(action.name, context);
         break;
       case "ping":
         this.#send({ type: "ping" }, { kind: "ping" });
@@ -570,8 +514,7 @@ export class TallyConnection {
         break;
       }
       case "end": {
-        const topic = this.#topics.get(action.name);
-        if (topic !== undefined) this.#end(topic, context.refusal ?? this.#stoppedError());
+        this.#topics.get(action.name)?.end(context.refusal ?? this.#stoppedError());
         break;
       }
       case "stop":
@@ -580,34 +523,11 @@ export class TallyConnection {
     }
   }
 
-  /** Tells `topic`'s watchers that it is over, keeping it for a later subscribe. */
-  #end(topic: Topic, error: TallyWatchError): void {
-    topic.ended = error;
-    topic.latest = null;
-    topic.presence = null;
-    for (const watcher of [...topic.watchers]) callSafely(() => watcher.ended?.(error));
-  }
-
-  #deliver(name: string, version: number, context: Context): void {
+  /** Passes the snapshot or update being handled on to `name`'s watchers. */
+  #deliver(name: string, context: Context): void {
     const topic = this.#topics.get(name);
-    if (topic === undefined) return;
-    topic.since = version;
-    if (context.snapshot !== undefined) {
-      const snapshot = context.snapshot;
-      topic.latest = snapshot;
-      for (const watcher of [...topic.watchers]) callSafely(() => watcher.snapshot?.(snapshot));
-    } else if (context.update !== undefined) {
-      const update = context.update;
-      topic.latest = {
-        type: "snapshot",
-        value: update.value,
-        version: update.version,
-        metadata: update.metadata,
-        timestamp: update.timestamp,
-        ...(topic.latest?.can === undefined ? {} : { can: topic.latest.can }),
-      };
-      for (const watcher of [...topic.watchers]) callSafely(() => watcher.update?.(update));
-    }
+    if (context.snapshot !== undefined) topic?.snapshot(context.snapshot);
+    else if (context.update !== undefined) topic?.update(context.update);
   }
 
   #stop(kind: StopKind): void {
@@ -616,7 +536,7 @@ export class TallyConnection {
     this.#clearTimers();
     this.#setState({ status: "stopped", error, retryAt: null });
     // The topics stay, so that `resetToken` brings them back; their watchers hear it now.
-    for (const topic of this.#topics.values()) this.#end(topic, error);
+    for (const topic of this.#topics.values()) topic.end(error);
     // HTTP answers what the server thinks of these writes now (the real refusal, or success).
     for (const call of this.#calls.drain()) {
       call.finish();
@@ -816,10 +736,7 @@ export class TallyConnection {
           since: frame.since,
           version: frame.version,
         };
-        const topic = this.#topics.get(frame.name);
-        for (const watcher of [...(topic?.watchers ?? [])]) {
-          callSafely(() => watcher.resumed?.(resumed));
-        }
+        this.#topics.get(frame.name)?.resumed(resumed);
         this.#feed({
           type: "resumed",
           name: frame.name,
@@ -830,11 +747,7 @@ export class TallyConnection {
       }
       case "presence": {
         this.#feed({ type: "heard" });
-        const topic = this.#topics.get(frame.name);
-        if (topic === undefined) return;
-        const presence = { watchers: frame.watchers, users: frame.users };
-        topic.presence = presence;
-        for (const watcher of [...topic.watchers]) callSafely(() => watcher.presence?.(presence));
+        this.#topics.get(frame.name)?.presence({ watchers: frame.watchers, users: frame.users });
         return;
       }
       case "unsubscribed": {
@@ -853,7 +766,7 @@ export class TallyConnection {
             false,
             frame.code === undefined ? {} : { code: frame.code },
           );
-          this.#end(topic, error);
+          topic.end(error);
         }
         this.#feed({ type: "ended", name: frame.name });
         return;
@@ -1054,40 +967,5 @@ export class TallyConnection {
   #setState(change: Partial<ConnectionState>): void {
     this.#state = { ...this.#state, ...change };
     for (const listener of [...this.#listeners]) callSafely(listener);
-  }
-}
-
-/** The machine's `subscribe` event for `topic`, resuming after what it passed on. */
-function subscribeEvent(topic: Topic): ReconnectEvent {
-  const jumps = topic.options.types !== undefined || topic.options.maxRate !== undefined;
-  return topic.since === undefined
-    ? { type: "subscribe", name: topic.name, jumps }
-    : { type: "subscribe", name: topic.name, since: topic.since, jumps };
-}
-
-/** Why `options` cannot be sent, in words, or null (the server's rules, checked early). */
-function optionsProblem(options: WatchOptions): string | null {
-  const { maxRate, types, since } = options;
-  if (maxRate !== undefined && !(maxRate > 0 && maxRate <= 1000)) {
-    return `maxRate is ${maxRate}; it must be above 0 and at most 1000 updates per second`;
-  }
-  if (types !== undefined && types.length === 0) {
-    return "types must hold at least one update type (or be left out for all)";
-  }
-  if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
-    return `since is ${since}; it must be a whole number >= 0`;
-  }
-  return null;
-}
-
-/**
- * Calls a user's handler; an exception it throws is logged but does not stop the others or the
- * connection's own bookkeeping.
- */
-function callSafely(handler: () => void): void {
-  try {
-    handler();
-  } catch (error) {
-    console.error("a listener of a Tally connection threw:", error);
   }
 }
