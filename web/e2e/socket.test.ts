@@ -165,10 +165,12 @@ describe("the page on one socket", () => {
   });
 
   it("ran without console errors, uncaught exceptions or CSP violations", () => {
-    // Expected: sockets and requests that failed while offline or while the server was down.
+    // Expected: sockets and requests that failed while offline or while the server was down, and
+    // the requests the killed server had not answered.
     const expected = [
       /WebSocket connection to .* failed/,
       /ERR_CONNECTION_REFUSED/,
+      /ERR_CONNECTION_RESET/,
       /ERR_INTERNET_DISCONNECTED/,
     ];
     const unexpected = problems.filter((p) => !expected.some((pattern) => pattern.test(p)));
