@@ -70,9 +70,45 @@ function countSockets(page: Page): { opened: WebSocket[]; open: () => number } {
   return { opened, open: () => opened.filter((socket) => !socket.isClosed()).length };
 }
 
+/**
+ * Makes the page count, for each WebSocket it opens, the `call`s sent on it that were not
+ * answered on it (read with `unansweredCalls`).
+ */
+function countUnansweredCalls(page: Page): void {
+  void page.addInitScript(() => {
+    const unanswered: Set<number>[] = [];
+    (window as unknown as { unanswered: Set<number>[] }).unanswered = unanswered;
+    const Native = window.WebSocket;
+    window.WebSocket = class extends Native {
+      readonly #calls = new Set<number>();
+      constructor(url: string | URL, protocols?: string | string[]) {
+        super(url, protocols);
+        unanswered.push(this.#calls);
+        this.addEventListener("message", (message) => {
+          this.#calls.delete((JSON.parse(String(message.data)) as { id?: number }).id ?? -1);
+        });
+      }
+      override send(data: string) {
+        const command = JSON.parse(data) as { id: number; type: string };
+        if (command.type === "call") this.#calls.add(command.id);
+        super.send(data);
+      }
+    };
+  });
+}
+
+/** How many calls each WebSocket of the page has not had answered, in the order opened. */
+function unansweredCalls(page: Page): Promise<number[]> {
+  return page.evaluate(() =>
+    (window as unknown as { unanswered: Set<number>[] }).unanswered.map((calls) => calls.size),
+  );
+}
+
 describe("the page on one socket", () => {
   it("queues clicks made offline, shows them waiting, and counts each once when back online", async () => {
     const [phone, other] = [await open("offline"), await open("offline")];
+    // Chromium's offline emulation leaves an open WebSocket open (it only goes silent) and fires
+    // `offline`; the client takes that event as the socket lost.
     await phone.context().setOffline(true);
     await expect.poll(() => status(phone, "offline"), WAIT).not.toBe("Connected");
 
@@ -94,8 +130,8 @@ describe("the page on one socket", () => {
 
   it("counts each click of a burst exactly once when the server is killed in its middle", async () => {
     const clicks = 100;
-    const [clicker, watcher] = [await open("crash"), await open("crash")];
-    // Clicks every 5 ms from inside the page, so that writes are in flight when the server dies.
+    const [clicker, watcher] = [await open("crash", countUnansweredCalls), await open("crash")];
+    // Clicks every 5 ms from inside the page.
     const burst = clicker.evaluate(async (count) => {
       const button = document.querySelector<HTMLButtonElement>(
         'article[data-counter="crash"] button[aria-label="Increment"]',
@@ -110,6 +146,10 @@ describe("the page on one socket", () => {
     await expect
       .poll(async () => (await rpc().getValue("crash")).value, WAIT)
       .toBeGreaterThanOrEqual(30);
+    // Frozen first, so that the socket is sure to carry unanswered writes (some of them perhaps
+    // committed) when the server dies; the clicks go on meanwhile.
+    server.freeze();
+    await expect.poll(async () => (await unansweredCalls(clicker))[0], WAIT).toBeGreaterThan(0);
     await server.kill();
     await burst;
     const queued = await pending(clicker, "crash");

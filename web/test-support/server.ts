@@ -114,6 +114,11 @@ export class TallyServer {
     await this.#exited;
   }
 
+  /** Freezes the server with SIGSTOP: it reads, answers and commits nothing until killed. */
+  freeze(): void {
+    if (this.#child.exitCode === null) this.#child.kill("SIGSTOP");
+  }
+
   /**
    * Kills the server with SIGKILL, as a crash would (no close frames, answers in flight lost), and
    * waits for it to exit.
