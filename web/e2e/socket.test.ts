@@ -2,6 +2,8 @@
 // offline are queued and count exactly once when the network is back, also when the server is
 // killed in the middle of a burst (writes in flight, their fate unknown); presence; the chart
 // after a remote change; and ten cards on one socket, all live.
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import type { Browser, Page, WebSocket } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TallyClient, type Entry } from "../packages/client/src/index.js";
@@ -18,6 +20,7 @@ import {
   WAIT,
 } from "./browser.js";
 
+const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
 /** Long enough for the client's backoff after a server that was gone for a while. */
 const RECONNECT_WAIT = { ...WAIT, timeout: 70_000 };
 
@@ -114,6 +117,8 @@ describe("the page on one socket", () => {
 
     for (let i = 0; i < 50; i++) await press(phone, "offline", "Increment");
     await expect.poll(() => pending(phone, "offline"), WAIT).toBe("50 waiting to send");
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await card(phone, "offline").screenshot({ path: `${ARTIFACTS}card-offline.png` });
     // Nothing reached the server, so nobody else saw anything.
     expect(await rpc().getValue("offline")).toEqual({ value: 0, version: 0 });
     expect(await value(other, "offline")).toBe("0");

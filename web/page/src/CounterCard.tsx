@@ -137,16 +137,18 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       </header>
 
       <div className="status-row">
-        <span className={`status status-${socket.status}`} data-testid="connection-status">
-          {statusText}
-        </span>
-        {permissions.readOnly && (
-          <span className="badge" title={permissions.readOnlyText}>
-            Read-only
+        <div className="status-badges">
+          <span className={`status status-${socket.status}`} data-testid="connection-status">
+            {statusText}
           </span>
-        )}
-        <Presence presence={live ? socket.presence : null} />
-        <PendingWrites count={socket.pendingWrites} connected={socket.isConnected} />
+          {permissions.readOnly && (
+            <span className="badge" title={permissions.readOnlyText}>
+              Read-only
+            </span>
+          )}
+          <Presence presence={live && socket.isConnected ? socket.presence : null} />
+          <PendingWrites count={socket.pendingWrites} connected={socket.isConnected} />
+        </div>
         <label className="toggle">
           <input
             type="checkbox"
@@ -353,7 +355,10 @@ function StepButton(props: {
   );
 }
 
-/** "3 watching": the subscriptions to the counter, this one included, while it is watched. */
+/**
+ * "3 watching": the subscriptions to the counter, this one included, while it is watched (the
+ * last count heard is not shown while disconnected: it may no longer hold).
+ */
 function Presence({ presence }: { presence: { watchers: number; users: number } | null }) {
   if (presence === null) return null;
   const people = presence.users === 1 ? "1 person" : `${formatNumber(presence.users)} people`;

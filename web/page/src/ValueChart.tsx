@@ -15,8 +15,12 @@ import type { ValueSeries } from "./chart-series";
 import { formatNumber } from "./format";
 
 const HEIGHT = 120;
-/** The shortest time the chart spans (seconds), so that a burst of changes is not drawn over milliseconds. */
-const MIN_SPAN = 60;
+/** How often the chart moves on with the clock when nothing changes (ms). */
+const TICK = 1_000;
+/** Steps between time ticks (seconds): whole seconds and up, as the labels read. */
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400];
+/** Steps between value ticks: whole numbers (1, 2, 5, 10, 20, 50, …), as a counter holds. */
+const VALUE_STEPS = Array.from({ length: 16 }, (_, e) => [1, 2, 5].map((m) => m * 10 ** e)).flat();
 const clock = new Intl.DateTimeFormat(undefined, {
   hour: "2-digit",
   minute: "2-digit",
@@ -42,6 +46,8 @@ export function ValueChart({ name, series }: { name: string; series: ValueSeries
     };
     describeDrawn(element, series);
     const stopListening = series.subscribe(scheduleDraw);
+    // The last value holds until now, and now moves on.
+    const ticking = setInterval(scheduleDraw, TICK);
 
     // The card's width follows the layout (a phone, a resized window).
     const resize = new ResizeObserver(() => {
@@ -51,6 +57,7 @@ export function ValueChart({ name, series }: { name: string; series: ValueSeries
 
     return () => {
       stopListening();
+      clearInterval(ticking);
       resize.disconnect();
       if (frame !== null) cancelAnimationFrame(frame);
       plot.destroy();
@@ -76,6 +83,15 @@ function describeDrawn(element: HTMLElement, series: ValueSeries): void {
   element.dataset.lastVersion = last === undefined ? "" : String(last.version);
 }
 
+/**
+ * The values' range with a tenth of room above and below (at least 1, so that a flat line sits
+ * inside the chart); 0 need not be in it: a counter near a million moving by ones stays legible.
+ */
+function valueRange(_: uPlot, min: number, max: number): uPlot.Range.MinMax {
+  const room = Math.max(1, (max - min) / 10);
+  return [min - room, max + room];
+}
+
 /** uPlot's options, in the page's colours (its CSS variables, light or dark). */
 function chartOptions(element: HTMLElement): uPlot.Options {
   const style = getComputedStyle(element);
@@ -91,12 +107,15 @@ function chartOptions(element: HTMLElement): uPlot.Options {
     height: HEIGHT,
     legend: { show: false },
     cursor: { show: false },
-    scales: {
-      x: { time: true, range: (_, min, max) => [Math.min(min, max - MIN_SPAN), max] },
-    },
+    scales: { x: { time: true }, y: { range: valueRange } },
     axes: [
-      { ...axis, space: 90, values: (_, ticks) => ticks.map((t) => clock.format(t * 1000)) },
-      { ...axis, size: 56, values: (_, ticks) => ticks.map(formatNumber) },
+      {
+        ...axis,
+        space: 90,
+        incrs: TIME_STEPS,
+        values: (_, ticks) => ticks.map((t) => clock.format(t * 1000)),
+      },
+      { ...axis, size: 56, incrs: VALUE_STEPS, values: (_, ticks) => ticks.map(formatNumber) },
     ],
     series: [
       {},
@@ -105,6 +124,8 @@ function chartOptions(element: HTMLElement): uPlot.Options {
         stroke: color("--accent"),
         fill: color("--accent-soft"),
         width: 2,
+        // Filled down to the chart's bottom, wherever the range starts (not to 0).
+        fillTo: (self) => self.scales.y?.min ?? 0,
         paths: uPlot.paths.stepped?.({ align: 1 }),
         points: { show: false },
       },

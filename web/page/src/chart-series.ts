@@ -9,12 +9,16 @@
 
 import type { Entry, Update } from "@tally/client";
 
-/** One point: when the version was committed (seconds since the epoch, uPlot's time unit). */
+/** One change: when it was committed (seconds since the epoch, uPlot's time unit), from what to what. */
 export interface Point {
   version: number;
   time: number;
+  previousValue: number;
   value: number;
 }
+
+/** The shortest time the chart spans (seconds), so that a burst of changes is not drawn over milliseconds. */
+const MIN_SPAN = 10;
 
 /** What the chart is given to draw: uPlot's columns, times then values. */
 export type Columns = [times: number[], values: number[]];
@@ -46,18 +50,21 @@ export class ValueSeries {
   }
 
   /**
-   * The columns to draw at time `now` (seconds): the points, and the last value held until now,
-   * so that a single change, or the last one long ago, still draws a line up to the present.
+   * The columns to draw at time `now` (seconds), from a little before the oldest change to now:
+   * the value the oldest change started from, each change, and the last value held until now
+   * (so that a single change, or the last one long ago, still draws a line to the present).
    */
   columns(now: number): Columns {
-    const times = this.#points.map((p) => p.time);
-    const values = this.#points.map((p) => p.value);
+    const first = this.#points[0];
     const last = this.#points.at(-1);
-    if (last !== undefined) {
-      times.push(Math.max(now, last.time));
-      values.push(last.value);
-    }
-    return [times, values];
+    if (first === undefined || last === undefined) return [[], []];
+    const end = Math.max(now, last.time);
+    const lead = Math.max(1, (end - first.time) / 10);
+    const start = Math.min(first.time - lead, end - MIN_SPAN);
+    return [
+      [start, ...this.#points.map((p) => p.time), end],
+      [first.previousValue, ...this.#points.map((p) => p.value), last.value],
+    ];
   }
 
   /** Calls `listener` after each change of the points; returns the way to stop. */
@@ -83,6 +90,7 @@ function pointOf(change: Entry | Update): Point {
   return {
     version: change.version,
     time: Date.parse(change.timestamp) / 1000,
+    previousValue: change.previousValue,
     value: change.value,
   };
 }
