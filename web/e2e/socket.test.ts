@@ -117,6 +117,9 @@ describe("the page on one socket", () => {
 
     for (let i = 0; i < 50; i++) await press(phone, "offline", "Increment");
     await expect.poll(() => pending(phone, "offline"), WAIT).toBe("50 waiting to send");
+    expect(await card(phone, "offline").locator(".connection-note").textContent()).toMatch(
+      /^This device is offline; changes made meanwhile wait here until it is back\./,
+    );
     mkdirSync(ARTIFACTS, { recursive: true });
     await card(phone, "offline").screenshot({ path: `${ARTIFACTS}card-offline.png` });
     // Nothing reached the server, so nobody else saw anything.

@@ -15,7 +15,7 @@ import {
   useSetCounterValue,
   type CounterWebSocket,
 } from "@tally/react";
-import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { useEffect, useId, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
 import { ValueSeries } from "./chart-series";
 import {
   capitalize,
@@ -385,6 +385,7 @@ function PendingWrites({ count, connected }: { count: number; connected: boolean
 /** Why the counter is not live, and when it will try again, in words. */
 function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSocket }) {
   const now = useNow(socket.retryAt !== null);
+  const online = useOnline();
   if (!live) {
     return <p className="connection-note">Live updates are off; the value may be out of date.</p>;
   }
@@ -402,15 +403,34 @@ function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSoc
     socket.retryAt !== null
       ? ` Reconnecting in ${Math.max(0, Math.ceil((socket.retryAt - now) / 1000))} s.`
       : "";
+  const why = online
+    ? `${capitalize(socket.error.message)}.`
+    : "This device is offline; changes made meanwhile wait here until it is back.";
   return (
     <p className="connection-note" role="status">
-      {capitalize(socket.error.message)}.{retry}
+      {why}
+      {retry}
       {socket.retryAt !== null && (
         <button type="button" className="link" onClick={socket.reconnect}>
           Retry now
         </button>
       )}
     </p>
+  );
+}
+
+/** Whether the browser says it is online, kept current. */
+function useOnline(): boolean {
+  return useSyncExternalStore(
+    (changed) => {
+      window.addEventListener("online", changed);
+      window.addEventListener("offline", changed);
+      return () => {
+        window.removeEventListener("online", changed);
+        window.removeEventListener("offline", changed);
+      };
+    },
+    () => navigator.onLine,
   );
 }
 
