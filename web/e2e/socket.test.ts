@@ -1,7 +1,8 @@
 // The page on one version-2 socket, in real Chromium against a real server process: clicks made
 // offline are queued and count exactly once when the network is back, also when the server is
 // killed in the middle of a burst (writes in flight, their fate unknown); presence; the chart
-// after a remote change; and ten cards on one socket, all live.
+// after a remote change; a phone-sized page under 100 changes a second; and ten cards on one
+// socket, all live.
 import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Browser, Page, WebSocket } from "playwright-core";
@@ -195,6 +196,57 @@ describe("the page on one socket", () => {
     await expect.poll(() => chart.getAttribute("data-last-value"), WAIT).toBe("42");
     expect(await chart.getAttribute("data-last-version")).toBe("2");
     expect(await chart.getAttribute("data-points")).toBe("2");
+    await closeAll(page);
+  });
+
+  it("keeps a phone-sized page smooth at 100 changes a second: updates conflated to 20 a second, the chart on the latest", async () => {
+    const seconds = 4;
+    let conflated = 0;
+    const page = await openCounters(browser, server.url, "hot", problems, {
+      context: { viewport: { width: 390, height: 844 }, isMobile: true },
+      beforeLoad: (p) =>
+        p.on("websocket", (socket) =>
+          socket.on("framereceived", (frame) => {
+            if (String(frame.payload).includes('"conflated":true')) conflated += 1;
+          }),
+        ),
+    });
+    await page.evaluate(() => {
+      const gaps: number[] = [];
+      (window as unknown as { frameGaps: number[] }).frameGaps = gaps;
+      let last = performance.now();
+      const frame = (now: number) => {
+        gaps.push(now - last);
+        last = now;
+        requestAnimationFrame(frame);
+      };
+      requestAnimationFrame(frame);
+    });
+
+    // 100 increments a second from another client, each sent on its 10 ms mark.
+    const writer = rpc();
+    const writes: Promise<unknown>[] = [];
+    const start = Date.now();
+    for (let i = 0; i < seconds * 100; i++) {
+      const due = start + i * 10;
+      if (Date.now() < due) await new Promise((resolve) => setTimeout(resolve, due - Date.now()));
+      writes.push(writer.increment("hot"));
+    }
+    await Promise.all(writes);
+    const elapsed = (Date.now() - start) / 1000;
+
+    const total = String(seconds * 100);
+    const chart = card(page, "hot").getByTestId("chart");
+    await expect.poll(() => value(page, "hot"), WAIT).toBe(total);
+    await expect.poll(() => chart.getAttribute("data-last-version"), WAIT).toBe(total);
+    // 20 a second, and the one that catches up at the end.
+    expect(conflated).toBeLessThanOrEqual(Math.ceil(elapsed * 20) + 2);
+    expect(conflated).toBeGreaterThan(elapsed * 5);
+    // Generous for a shared 2-core machine: half of all frames within 50 ms (60 a second idle).
+    const gaps = await page.evaluate(() =>
+      (window as unknown as { frameGaps: number[] }).frameGaps.slice(5).sort((a, b) => a - b),
+    );
+    expect(gaps[Math.floor(gaps.length / 2)]).toBeLessThanOrEqual(50);
     await closeAll(page);
   });
 
