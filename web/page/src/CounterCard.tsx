@@ -450,6 +450,9 @@ function useNow(ticking: boolean): number {
  * Toasts the changes other clients made. The server announces a write to watchers before it
  * answers the writer, so an update that arrives while this card's own writes are in flight is
  * held until they are answered, and then toasted only if its version is not one of ours.
+ * A conflated update stands for every change since the last one sent, and is judged by its
+ * (latest) version: changes made elsewhere just before one of ours, in one display slot, are not
+ * toasted.
  */
 function useChangesMadeElsewhere(name: string) {
   const toast = useToast();

@@ -115,7 +115,13 @@ function chartOptions(element: HTMLElement): uPlot.Options {
         incrs: TIME_STEPS,
         values: (_, ticks) => ticks.map((t) => clock.format(t * 1000)),
       },
-      { ...axis, size: 56, incrs: VALUE_STEPS, values: (_, ticks) => ticks.map(formatNumber) },
+      {
+        ...axis,
+        // As wide as its longest label (a value may have up to 16 digits).
+        size: (_, labels) => 16 + 7 * Math.max(2, ...(labels ?? []).map((l) => l.length)),
+        incrs: VALUE_STEPS,
+        values: (_, ticks) => ticks.map(formatNumber),
+      },
     ],
     series: [
       {},
