@@ -7,10 +7,10 @@
  * server announces a write to watchers before it answers the writer, and answers to pipelined
  * writes may come in any order. So the writes pending on one counter form a group, drawn on its
  * `base`: the committed state known when the group's first write was made, which none of the
- * group's writes can be in (each was made after it arrived). Committed states that arrive while
- * the group is pending (live updates, answers, fetches) are only kept as `latest`; when the
- * group's last write settles, the entry becomes `latest`, which holds each answered write
- * exactly once. A write that is refused (or given up) leaves the group at once: its change is
+ * group's writes can be in (each was made after it arrived), with every write of the group on
+ * top, answered or not. Committed states that arrive while the group is pending (live updates,
+ * answers, fetches) are only kept as `latest`; when the group's last write settles, the entry
+ * becomes `latest`, which holds each answered write exactly once. A write that is refused (or given up) leaves the group at once: its change is
  * rolled back, and if it was applied after all, `latest` shows it.
  *
  * What remains: while a group is pending, changes made elsewhere do not show in the value (the
@@ -32,8 +32,13 @@ export type Operation =
 interface Group {
   base: ValueAnswer | undefined;
   latest: ValueAnswer | undefined;
-  /** In the order they were made: a setValue or reset hides the writes before it. */
+  /**
+   * What is drawn on `base`, in the order made (a setValue or reset hides the writes before
+   * it): the unsettled writes and the answered ones, which `base` does not hold either.
+   */
   writes: Set<Operation>;
+  /** How many of `writes` are not settled yet. */
+  unsettled: number;
 }
 
 const groupsByClient = new WeakMap<QueryClient, Map<string, Group>>();
@@ -112,31 +117,36 @@ export function commitValue(
 }
 
 /**
- * Shows `operation` on the `getValue` entry `key` until the returned `settle` is called (once
- * the write's answer was committed with `commitValue`, or the write failed); `settle` is
- * idempotent.
+ * Shows `operation` on the `getValue` entry `key` until its group drains. Call the returned
+ * `settle` once: with `answered` true after the write's answer was committed (`commitValue`), or
+ * false when it failed, which takes the operation off at once; later calls do nothing.
  */
 export function beginWrite(
   queryClient: QueryClient,
   key: QueryKey,
   operation: Operation,
-): () => void {
+): (answered: boolean) => void {
   const groups = groupsOf(queryClient);
   const id = hashKey(key);
   let group = groups.get(id);
   if (group === undefined) {
     const known = queryClient.getQueryData<ValueAnswer>(key);
-    group = { base: known, latest: known, writes: new Set() };
+    group = { base: known, latest: known, writes: new Set(), unsettled: 0 };
     groups.set(id, group);
   }
   const pending = group;
   // Its own object, so that two equal operations are two writes.
   const write = { ...operation };
   pending.writes.add(write);
+  pending.unsettled += 1;
   show(queryClient, key, pending);
-  return () => {
-    if (!pending.writes.delete(write)) return;
-    if (pending.writes.size > 0) {
+  let settled = false;
+  return (answered) => {
+    if (settled) return;
+    settled = true;
+    if (!answered) pending.writes.delete(write);
+    pending.unsettled -= 1;
+    if (pending.unsettled > 0) {
       show(queryClient, key, pending);
       return;
     }

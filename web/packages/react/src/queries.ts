@@ -158,15 +158,18 @@ function useWrite<V extends { name: string }>(
     mutationFn: async (variables) => {
       const keys = counterKeys(client);
       const settle = beginWrite(queryClient, keys.value(variables.name), operation(variables));
+      let update: Update;
       try {
-        const update = await write(client, variables);
-        // The principal the answer came for: the request got its token before it was sent.
-        applyUpdate(queryClient, counterKeys(client), update);
-        return update;
-      } finally {
-        // After a refusal this rolls the optimistic change back.
-        settle();
+        update = await write(client, variables);
+      } catch (error) {
+        // Refused, or given up: its optimistic change is rolled back.
+        settle(false);
+        throw error;
       }
+      // The principal the answer came for: the request got its token before it was sent.
+      applyUpdate(queryClient, counterKeys(client), update);
+      settle(true);
+      return update;
     },
   });
 }
