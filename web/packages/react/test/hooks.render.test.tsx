@@ -49,6 +49,8 @@ function newClient() {
     baseUrl: server.url,
     WebSocket: CountedWebSocket as unknown as typeof globalThis.WebSocket,
     fetch: countingFetch,
+    // Quick retries, so that a restart is noticed within a second.
+    reconnect: { backoffMinMs: 100, backoffMaxMs: 300 },
   });
 }
 
@@ -171,6 +173,36 @@ describe("mutations in a React tree", () => {
     expect(seen.history).toEqual(await setup.getHistory("burst", { limit: 5 }));
     expect(seen.errors).toEqual([]);
     expect((await setup.getValue("burst")).value).toBe(38);
+  });
+
+  it("show 50 writes made while the server is down at once, and count each once after", async () => {
+    await admin().setValue("offline", 100);
+    const client = newClient();
+    const seen = newSeen();
+    render(
+      <Providers client={client}>
+        <Probe name="offline" seen={seen} history />
+      </Providers>,
+    );
+    await waitFor(() => expect(seen.socket?.isConnected).toBe(true));
+    await waitFor(() => expect(seen.value?.value).toBe(100));
+
+    await server.stop();
+    await waitFor(() => expect(seen.socket?.isConnected).toBe(false));
+    act(() => {
+      for (let i = 0; i < 50; i += 1) seen.increment?.();
+    });
+    await waitFor(() => expect(seen.value?.value).toBe(150));
+    expect(seen.socket?.pendingWrites).toBe(50);
+
+    server = await server.restart();
+    await waitFor(() => expect(seen.socket?.pendingWrites).toBe(0), { timeout: 10_000 });
+    await waitFor(() => expect(seen.value).toEqual({ value: 150, version: 51 }));
+    expect(Math.max(...seen.shown)).toBe(150);
+    expect(seen.errors).toEqual([]);
+    const history = await admin().getHistory("offline", { limit: 5 });
+    await waitFor(() => expect(seen.history).toEqual(history));
+    expect((await admin().getValue("offline")).value).toBe(150);
   });
 
   it("roll a refused write back, and say why", async () => {
