@@ -128,9 +128,13 @@ export function useCounterHistory(
         if (newestVersion(page) >= (seen() ?? 0)) break;
         page = await fetchPage();
       }
-      // A cached page patched meanwhile is exact too, and may be newer.
+      // A cached page patched meanwhile is exact too, and may be newer; but not one newer than
+      // the version seen, which a resync (the server's data replaced) has made stale.
       const cached = queryClient.getQueryData<HistoryPage>(queryKey);
-      return cached !== undefined && newestVersion(cached) > newestVersion(page) ? cached : page;
+      const newest = cached === undefined ? 0 : newestVersion(cached);
+      return newest > newestVersion(page) && newest <= (seen() ?? 0)
+        ? (cached as HistoryPage)
+        : page;
     },
     enabled: enabledFor(principal, options),
   });

@@ -12,8 +12,8 @@ import {
   type Action,
   type ConnectionStatus,
   type Metadata,
+  type Presence,
   type SubscriptionOptions,
-  type SubscriptionState,
   type TallyWatchError,
   type Update,
 } from "@tally/client";
@@ -57,7 +57,7 @@ export interface CounterWebSocket {
    * How many watch the counter (`watchers`: subscriptions over every socket; `users`: distinct
    * principals among them), with the `presence` option; null until the server said.
    */
-  presence: SubscriptionState["presence"];
+  presence: Presence | null;
   /**
    * This counter's writes made through the client and not answered yet: queued while offline,
    * or on their way ("3 changes waiting").
