@@ -2,7 +2,7 @@
 // metadata move only forward by version (a late answer never moves them back), a resync snapshot
 // replaces them, the newest history page is patched where that is exact (the server's page rules)
 // and other pages are invalidated rather than refetched at once. Keys include the principal.
-import type { Entry, HistoryPage, Metadata, Update, ValueAnswer } from "@tally/client";
+import type { Metadata, ValueAnswer } from "@tally/client";
 import { TallyClient } from "@tally/client";
 import { QueryClient } from "@tanstack/react-query";
 import { describe, expect, it } from "vitest";
@@ -11,6 +11,7 @@ import { unsignedToken } from "../../../test-support/tokens.js";
 import { applySnapshot, applyUpdate } from "../src/cache.js";
 import { entryOf, headPageAfter } from "../src/history.js";
 import { counterKeys, type HistoryParams } from "../src/keys.js";
+import { entries, increment, pageOf } from "./history-fixtures.js";
 
 const keys = counterKeys(new TallyClient({ baseUrl: "http://tally.test", fetch: fetch }));
 
@@ -54,26 +55,6 @@ describe("applyUpdate", () => {
     expect(c.queryClient.getQueryData(other)).toEqual({ value: 3, version: 3 });
   });
 });
-
-/** The entries `newest` down to `oldest` of a counter incremented by 1 from 0 at version 1. */
-function entries(newest: number, oldest: number, by?: string): Entry[] {
-  const list: Entry[] = [];
-  for (let version = newest; version >= oldest; version -= 1) {
-    list.push(
-      entryOf({ ...update("likes", version - 1, version, version), ...(by ? { by } : {}) }),
-    );
-  }
-  return list;
-}
-
-function pageOf(newest: number, oldest: number, next?: number, by?: string): HistoryPage {
-  return { entries: entries(newest, oldest, by), ...(next === undefined ? {} : { next }) };
-}
-
-/** The increment that makes version `version` (value = version). */
-function increment(version: number, by?: string): Update {
-  return { ...update("likes", version - 1, version, version), ...(by ? { by } : {}) };
-}
 
 const head = (params: HistoryParams) => keys.history("likes", params);
 
