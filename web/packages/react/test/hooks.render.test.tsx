@@ -12,7 +12,7 @@ import {
 } from "@tally/client";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { act, cleanup, render, waitFor } from "@testing-library/react";
-import { StrictMode, type ReactNode } from "react";
+import { StrictMode, useState, type ReactNode } from "react";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
@@ -64,7 +64,9 @@ async function sessionsOpen(): Promise<number> {
 }
 
 function Providers({ client, children }: { client: TallyClient; children: ReactNode }) {
-  const queryClient = new QueryClient({ defaultOptions: { queries: { retry: false } } });
+  const [queryClient] = useState(
+    () => new QueryClient({ defaultOptions: { queries: { retry: false } } }),
+  );
   return (
     <StrictMode>
       <QueryClientProvider client={queryClient}>
