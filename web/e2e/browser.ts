@@ -28,8 +28,8 @@ export function launchChromium(): Promise<Browser> {
 export interface OpenOptions {
   /** The browser context's options (a viewport, say). */
   context?: BrowserContextOptions;
-  /** Called with the page before it loads, to listen from its very first request. */
-  beforeLoad?: (page: Page) => void;
+  /** Called (and awaited) with the page before it loads, to listen from its very first request. */
+  beforeLoad?: (page: Page) => unknown;
 }
 
 /**
@@ -51,7 +51,7 @@ export async function openCounters(
     if (message.type() === "error") problems.push(`console: ${message.text()}`);
   });
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  options.beforeLoad?.(page);
+  await options.beforeLoad?.(page);
   const query = counters.map((name) => `counter=${encodeURIComponent(name)}`).join("&");
   await page.goto(`${baseUrl}/${query ? `?${query}` : ""}`);
   for (const name of counters) await expect.poll(() => status(page, name), WAIT).toBe("Connected");

@@ -45,7 +45,7 @@ function rpc(): TallyClient {
   return new TallyClient({ baseUrl: server.url });
 }
 
-function open(names: string | string[], beforeLoad?: (page: Page) => void): Promise<Page> {
+function open(names: string | string[], beforeLoad?: (page: Page) => unknown): Promise<Page> {
   return openCounters(browser, server.url, names, problems, { beforeLoad });
 }
 
@@ -78,8 +78,8 @@ function countSockets(page: Page): { opened: WebSocket[]; open: () => number } {
  * Makes the page count, for each WebSocket it opens, the `call`s sent on it that were not
  * answered on it (read with `unansweredCalls`).
  */
-function countUnansweredCalls(page: Page): void {
-  void page.addInitScript(() => {
+async function countUnansweredCalls(page: Page): Promise<void> {
+  await page.addInitScript(() => {
     const unanswered: Set<number>[] = [];
     (window as unknown as { unanswered: Set<number>[] }).unanswered = unanswered;
     const Native = window.WebSocket;
@@ -158,8 +158,11 @@ describe("the page on one socket", () => {
     // Frozen first, so that the socket is sure to carry unanswered writes (some of them perhaps
     // committed) when the server dies; the clicks go on meanwhile.
     server.freeze();
-    await expect.poll(async () => (await unansweredCalls(clicker))[0], WAIT).toBeGreaterThan(0);
-    await server.kill();
+    try {
+      await expect.poll(async () => (await unansweredCalls(clicker))[0], WAIT).toBeGreaterThan(0);
+    } finally {
+      await server.kill();
+    }
     await burst;
     const queued = await pending(clicker, "crash");
     server = await server.restart();
