@@ -112,6 +112,8 @@ function chartOptions(element: HTMLElement): uPlot.Options {
       {
         ...axis,
         space: 90,
+        // One line of labels: uPlot's default leaves room for two.
+        size: 28,
         incrs: TIME_STEPS,
         values: (_, ticks) => ticks.map((t) => clock.format(t * 1000)),
       },
@@ -120,6 +122,8 @@ function chartOptions(element: HTMLElement): uPlot.Options {
         // As wide as its longest label (a value may have up to 16 digits).
         size: (_, labels) => 16 + 7 * Math.max(2, ...(labels ?? []).map((l) => l.length)),
         incrs: VALUE_STEPS,
+        // Ticks closer than uPlot's default, so that a short chart still labels a few values.
+        space: 20,
         values: (_, ticks) => ticks.map(formatNumber),
       },
     ],
