@@ -199,6 +199,13 @@ describe("the page on one socket", () => {
     await expect.poll(() => chart.getAttribute("data-last-value"), WAIT).toBe("42");
     expect(await chart.getAttribute("data-last-version")).toBe("2");
     expect(await chart.getAttribute("data-points")).toBe("2");
+
+    // Drawn again in the page's dark colours when the system switches.
+    await page.emulateMedia({ colorScheme: "dark" });
+    await expect.poll(() => chart.locator("canvas").count(), WAIT).toBe(1);
+    await expect.poll(() => chart.getAttribute("data-last-value"), WAIT).toBe("42");
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await card(page, "chart").screenshot({ path: `${ARTIFACTS}card-dark.png` });
     await closeAll(page);
   });
 

@@ -10,7 +10,7 @@
 
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
-import { useEffect, useRef } from "react";
+import { useEffect, useRef, useSyncExternalStore } from "react";
 import type { ValueSeries } from "./chart-series";
 import { formatNumber } from "./format";
 
@@ -29,6 +29,8 @@ const clock = new Intl.DateTimeFormat(undefined, {
 
 export function ValueChart({ name, series }: { name: string; series: ValueSeries }) {
   const holder = useRef<HTMLDivElement>(null);
+  // The colours are read when the chart is made: a switch to dark or light makes it again.
+  const dark = usePrefersDark();
 
   useEffect(() => {
     const element = holder.current;
@@ -62,7 +64,7 @@ export function ValueChart({ name, series }: { name: string; series: ValueSeries
       if (frame !== null) cancelAnimationFrame(frame);
       plot.destroy();
     };
-  }, [series]);
+  }, [series, dark]);
 
   return (
     <div
@@ -72,6 +74,20 @@ export function ValueChart({ name, series }: { name: string; series: ValueSeries
       role="img"
       aria-label={`Chart of the value of ${name} over its recent changes`}
     />
+  );
+}
+
+const DARK = "(prefers-color-scheme: dark)";
+
+/** Whether the reader's system prefers dark colours, kept current. */
+function usePrefersDark(): boolean {
+  return useSyncExternalStore(
+    (changed) => {
+      const query = matchMedia(DARK);
+      query.addEventListener("change", changed);
+      return () => query.removeEventListener("change", changed);
+    },
+    () => matchMedia(DARK).matches,
   );
 }
 
