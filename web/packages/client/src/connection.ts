@@ -13,7 +13,7 @@
  */
 
 import { Backoff } from "./backoff.js";
-import { CallQueue, type QueuedCall } from "./call-queue.js";
+import { CallQueue, inWriteOrder, type QueuedCall } from "./call-queue.js";
 import { TallyConnectionError, TallyError } from "./errors.js";
 import {
   CloseCode,
@@ -44,6 +44,7 @@ import {
 import {
   Topic,
   callSafely,
+  type Member,
   watchOptionsProblem,
   type WatchHandlers,
   type WatchOptions,
@@ -240,13 +241,15 @@ export class TallyConnection {
     const release = this.retain();
     const stopped = this.#state.status === "stopped";
     let topic = this.#topics.get(name);
+    let member: Member;
     if (topic === undefined) {
-      topic = new Topic(name, options, handlers);
+      topic = new Topic(name, options);
       this.#topics.set(name, topic);
+      member = topic.join(handlers);
       if (stopped) topic.end(this.#stoppedError());
       else this.#feed(topic.subscribeEvent());
     } else {
-      topic.join(handlers);
+      member = topic.join(handlers);
       if (stopped) {
         handlers.ended?.(this.#stoppedError());
       } else if (topic.ended !== null) {
@@ -260,7 +263,7 @@ export class TallyConnection {
     return () => {
       if (done) return;
       done = true;
-      if (this.#topics.get(name) === watched && watched.leave(handlers)) {
+      if (this.#topics.get(name) === watched && watched.leave(member)) {
         this.#topics.delete(name);
         this.#clearLater(name);
         this.#feed({ type: "unsubscribe", name });
@@ -302,21 +305,29 @@ export class TallyConnection {
       const answer = write ? this.track(request.name, overHttp()) : overHttp();
       return (await answer) as Procedures[P]["answer"];
     }
-    if (write && this.#calls.writes() >= this.#settings.maxQueuedWrites) {
-      const bound = this.#settings.maxQueuedWrites;
+    const bound = this.#settings.maxQueuedWrites;
+    if (write && this.#calls.writes() >= bound) {
       throw new TallyConnectionError(
         this.#url(),
         `the write queue is full: ${bound} writes are waiting to be sent (maxQueuedWrites is ${bound}); this write was not made`,
       );
     }
+    // Reads are bounded too, by every call waiting, so that no queue here grows without limit.
+    if (!write && this.#calls.size >= bound) {
+      throw new TallyConnectionError(
+        this.#url(),
+        `the call queue is full: ${bound} calls are waiting to be sent (maxQueuedWrites is ${bound}); this read was not sent`,
+      );
+    }
     return await new Promise<Procedures[P]["answer"]>((resolve, reject) => {
       const release = this.retain();
       const onAbort = () => {
-        if (this.#calls.remove(call)) {
-          call.finish();
-          this.#pendingChanged();
-          reject(signal?.reason);
-        }
+        if (!this.#calls.abandon(call)) return;
+        call.finish();
+        this.#pendingChanged();
+        reject(signal?.reason);
+        // What it held back may go now; a retry timer it needed is no longer needed.
+        this.#pump();
       };
       const call: SocketCall = {
         procedure,
@@ -327,6 +338,7 @@ export class TallyConnection {
         id: null,
         notBefore: 0,
         refusals: 0,
+        abandoned: false,
         resolve: resolve as (answer: unknown) => void,
         reject,
         overHttp,
@@ -380,6 +392,7 @@ export class TallyConnection {
     this.#listenToBrowser(false);
     this.#dropSocket();
     this.#clearTimers();
+    this.#clearCallTimer();
     this.#machine = new ReconnectMachine(this.#settings.rules);
     this.#reason = null;
     this.#setState({ status: "idle", error: null, retryAt: null });
@@ -537,13 +550,17 @@ export class TallyConnection {
     this.#setState({ status: "stopped", error, retryAt: null });
     // The topics stay, so that `resetToken` brings them back; their watchers hear it now.
     for (const topic of this.#topics.values()) topic.end(error);
-    // HTTP answers what the server thinks of these writes now (the real refusal, or success).
-    for (const call of this.#calls.drain()) {
-      call.finish();
-      const answer = call.overHttp();
+    // HTTP answers what the server thinks of these writes now (the real refusal, or success),
+    // in the order the socket would have kept.
+    this.#clearCallTimer();
+    const calls = this.#calls.drain();
+    for (const call of calls) call.finish();
+    const answers = inWriteOrder(calls, (call) => call.overHttp());
+    calls.forEach((call, at) => {
+      const answer = answers[at] as Promise<unknown>;
       const tracked = call.counter === null ? answer : this.track(call.counter, answer);
       tracked.then(call.resolve, call.reject);
-    }
+    });
     this.#pendingChanged();
   }
 
@@ -843,10 +860,7 @@ export class TallyConnection {
 
   /** Sends the calls that may go now (see CallQueue), and wakes up for those that wait. */
   #pump(): void {
-    if (this.#callTimer !== null) {
-      clearTimeout(this.#callTimer);
-      this.#callTimer = null;
-    }
+    this.#clearCallTimer();
     const now = Date.now();
     if (this.#callsOpen) {
       for (const call of this.#calls.ready(now, MAX_CALLS_IN_FLIGHT)) {
@@ -865,8 +879,13 @@ export class TallyConnection {
     if (next !== null) this.#callTimer = setTimeout(() => this.#pump(), next - now);
   }
 
+  #clearCallTimer(): void {
+    if (this.#callTimer !== null) clearTimeout(this.#callTimer);
+    this.#callTimer = null;
+  }
+
   #callRefused(call: SocketCall, frame: Extract<SocketFrame, { type: "error" }>): void {
-    if (RETRIED_CODES.has(frame.code)) {
+    if (RETRIED_CODES.has(frame.code) && !call.abandoned) {
       // Its fate is unknown or it may work later: the same call, with the same key, later.
       call.id = null;
       call.notBefore = Date.now() + (frame.retryAfterMs ?? this.#backoff.delay(call.refusals));
@@ -889,9 +908,12 @@ export class TallyConnection {
 
   #settle(call: SocketCall, outcome: () => void): void {
     if (!this.#calls.remove(call)) return;
-    call.finish();
-    this.#pendingChanged();
-    outcome();
+    // An abandoned call was settled by its abort; its answer only frees its place.
+    if (!call.abandoned) {
+      call.finish();
+      this.#pendingChanged();
+      outcome();
+    }
     this.#pump();
   }
 

@@ -1,0 +1,231 @@
+// Cases of the client's one socket that a review found broken, each kept as a test: an aborted
+// write on its way still holds back the set/reset behind it and frees it when answered, no timer
+// is left armed after a stop or an abort (a process exits once released), the writes a stop
+// hands to HTTP keep their set/reset order, a later watch of a resumed counter is live, one
+// handlers object watched twice counts twice, a socket whose token is no longer the one held
+// refreshes at once, and calls that are reads are bounded too.
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { unsignedToken } from "../../../test-support/tokens.js";
+import { TallyConnectionError } from "../src/errors.js";
+import { TallyClient, type TallyClientOptions } from "../src/rpc.js";
+import { CounterSubscription } from "../src/subscription.js";
+import type { WatchHandlers } from "../src/topic.js";
+import { FakeSocket } from "./fake-socket.js";
+import { lastSent, resultReply, sent, snapshotReply, updatePush } from "./v2-frames.js";
+
+function clientWith(options: Partial<TallyClientOptions> = {}) {
+  return new TallyClient({
+    baseUrl: "http://tally.test:8094",
+    fetch: () => Promise.reject(new Error("no RPC in unit tests")),
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+    random: () => 1,
+    ...options,
+  });
+}
+
+const settle = () => vi.advanceTimersByTimeAsync(0);
+
+/** Opens the newest socket and answers its first ping, so that it is connected. */
+function connect(): FakeSocket {
+  const socket = FakeSocket.last;
+  socket.open();
+  const first = sent(socket)[0];
+  if (first?.type === "ping") socket.receive({ type: "pong", id: first.id, timestamp: "" });
+  return socket;
+}
+
+const callNames = (socket: FakeSocket) =>
+  sent(socket, "call").map((c) => `${c.procedure} ${c.name}`);
+
+beforeEach(() => {
+  vi.useFakeTimers();
+  FakeSocket.reset();
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe("an aborted write that is on its way", () => {
+  it("rejects at once but holds the setValue behind it until its answer comes", async () => {
+    const client = clientWith();
+    client.connection.retain();
+    const socket = connect();
+    const controller = new AbortController();
+    const first = client.increment("x", 1, { signal: controller.signal });
+    const set = client.setValue("x", 5);
+    expect(callNames(socket)).toEqual(["counter.increment x"]);
+    const increment = lastSent(socket, "call");
+
+    const reason = new Error("gave up");
+    controller.abort(reason);
+    expect(await first.catch((e: unknown) => e)).toBe(reason);
+    // The server may still apply it: a setValue sent now could be overtaken by it.
+    expect(callNames(socket)).toEqual(["counter.increment x"]);
+    expect(client.connection.getState().pendingWrites).toBe(1);
+
+    socket.receive(resultReply(increment.id, "x", 0, 1, 1));
+    expect(callNames(socket)).toEqual(["counter.increment x", "counter.setValue x"]);
+    socket.receive(resultReply(lastSent(socket, "call").id, "x", 1, 5, 2));
+    expect((await set).version).toBe(2);
+  });
+
+  it("is not sent again after the socket drops", () => {
+    const client = clientWith();
+    client.connection.retain();
+    const socket = connect();
+    const controller = new AbortController();
+    client.increment("x", 1, { signal: controller.signal }).catch(() => {});
+    controller.abort();
+    socket.serverClose(1006);
+    vi.advanceTimersByTime(3000);
+    connect();
+    expect(sent(FakeSocket.last, "call")).toEqual([]);
+  });
+});
+
+describe("timers after release", () => {
+  it("leaves none armed after a stop with a write waiting out a refusal", async () => {
+    const fetch = vi.fn(async () => new Response(JSON.stringify({ value: 1 }), { status: 200 }));
+    const client = clientWith({ fetch });
+    const release = client.connection.retain();
+    const socket = connect();
+    const write = client.increment("x");
+    socket.receive({
+      type: "error",
+      id: lastSent(socket, "call").id,
+      code: "rate_limited",
+      message: "slow down",
+      temporary: true,
+      retryAfterMs: 60_000,
+    });
+    socket.serverClose(1008);
+    await write;
+    release();
+    vi.advanceTimersByTime(1000);
+    expect(client.connection.getState().status).toBe("idle");
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it("leaves none armed after aborting a write that waited out a refusal", async () => {
+    const client = clientWith();
+    const release = client.connection.retain();
+    const socket = connect();
+    const controller = new AbortController();
+    const write = client.increment("x", 1, { signal: controller.signal }).catch(() => {});
+    socket.receive({
+      type: "error",
+      id: lastSent(socket, "call").id,
+      code: "rate_limited",
+      message: "slow down",
+      temporary: true,
+      retryAfterMs: 60_000,
+    });
+    controller.abort();
+    await write;
+    release();
+    vi.advanceTimersByTime(1000);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+});
+
+describe("a stop hands the waiting writes to HTTP", () => {
+  it("in their set/reset order", async () => {
+    const answers: ((response: Response) => void)[] = [];
+    const bodies: string[] = [];
+    const fetch = vi.fn((url: string | URL | Request, init?: RequestInit) => {
+      bodies.push(`${String(url).split("counter.")[1]} ${String(init?.body)}`);
+      return new Promise<Response>((resolve) => answers.push(resolve));
+    });
+    const client = clientWith({ fetch });
+    client.connection.retain();
+    const socket = connect();
+    const writes = [client.increment("x"), client.setValue("x", 5), client.increment("x")];
+    socket.serverClose(1008);
+    await settle();
+    expect(bodies).toEqual(['increment {"name":"x"}']);
+    const ok = (version: number) =>
+      new Response(JSON.stringify({ version }), { status: 200 }) as Response;
+    answers[0]!(ok(1));
+    await settle();
+    expect(bodies.at(-1)).toBe('setValue {"name":"x","value":5}');
+    expect(bodies).toHaveLength(2);
+    answers[1]!(ok(2));
+    await settle();
+    expect(bodies.at(-1)).toBe('increment {"name":"x"}');
+    answers[2]!(ok(3));
+    expect(((await Promise.all(writes)) as { version: number }[]).map((u) => u.version)).toEqual([
+      1, 2, 3,
+    ]);
+  });
+});
+
+describe("watches", () => {
+  it("a later watch of a counter resumed with since is live at once", () => {
+    const client = clientWith();
+    const first = new CounterSubscription(client, "likes", { since: 5 });
+    const socket = connect();
+    const subscribe = lastSent(socket, "subscribe");
+    socket.receive({ type: "resumed", id: subscribe.id, name: "likes", since: 5, version: 5 });
+    expect(first.getState().status).toBe("connected");
+
+    const second = new CounterSubscription(client, "likes");
+    expect(second.getState()).toMatchObject({ status: "connected", version: 5 });
+    socket.receive(updatePush("likes", 5, 6, 6));
+    expect(second.getState()).toMatchObject({ value: 6, version: 6 });
+  });
+
+  it("one handlers object watched twice is two watches", () => {
+    const connection = clientWith().connection;
+    const seen: number[] = [];
+    const handlers: WatchHandlers = { update: (u) => seen.push(u.version) };
+    const unwatchFirst = connection.watch("likes", {}, handlers);
+    const unwatchSecond = connection.watch("likes", {}, handlers);
+    const socket = connect();
+    socket.receive(snapshotReply(lastSent(socket, "subscribe").id, "likes", 1, 1));
+    unwatchFirst();
+    expect(sent(socket, "unsubscribe")).toEqual([]);
+    socket.receive(updatePush("likes", 1, 2, 2));
+    expect(seen).toEqual([2]);
+    unwatchSecond();
+    expect(sent(socket, "unsubscribe")).toHaveLength(1);
+  });
+});
+
+describe("credentials", () => {
+  it("refreshes at once a socket opened with a token that is no longer the one held", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3600;
+    const tokens = [1, 2].map((n) => unsignedToken({ sub: "alice", exp, n }));
+    let calls = 0;
+    const client = clientWith({ getToken: () => tokens[calls++] ?? null });
+    client.connection.retain();
+    await settle();
+    // An HTTP answer said the token expired, and a fresh one was got before the socket opened.
+    client.credentials.expired(tokens[0]!);
+    expect(await client.credentials.token()).toBe(tokens[1]);
+    const socket = FakeSocket.last;
+    socket.open();
+    const firstAuth = lastSent(socket, "auth");
+    socket.receive({ type: "authenticated", id: firstAuth.id, principal: "alice" });
+    await settle();
+    expect(sent(socket, "auth").map((a) => a.token)).toEqual(tokens);
+  });
+});
+
+describe("bounds", () => {
+  it("refuses a read over the socket past maxQueuedWrites calls waiting", async () => {
+    const connection = clientWith({ maxQueuedWrites: 2 }).connection;
+    const reads = [
+      connection.call("getValue", { name: "a" }),
+      connection.call("getValue", { name: "b" }),
+    ];
+    const refused = await connection.call("getValue", { name: "c" }).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TallyConnectionError);
+    expect((refused as Error).message).toContain("2");
+    const socket = connect();
+    for (const call of sent(socket, "call")) {
+      socket.receive({ type: "result", id: call.id, result: { value: 0, version: 0 } });
+    }
+    await Promise.all(reads);
+  });
+});
