@@ -85,7 +85,9 @@ export interface TallyClientOptions {
   /**
    * The most writes that may wait on the socket (queued while it reconnects, or on their way);
    * a write made past it is refused at once with `TallyConnectionError` and changes nothing
-   * (1000).
+   * (1000). Reads made over the socket (`connection.call`) are bounded by it too: one is refused
+   * when that many calls wait. A write whose caller aborts it while it is on its way no longer
+   * counts, but a `setValue` or `reset` behind it still waits for its answer.
    */
   maxQueuedWrites?: number;
 }

@@ -30,6 +30,9 @@ import type { Topic } from "./topic.js";
 import { TallyWatchError, describeClose } from "./watch-error.js";
 import type { ConnectionSettings, ConnectionState } from "./connection.js";
 
+/** How soon a refused unsubscribe goes again when the server did not say (its window is 1 s). */
+const UNSUBSCRIBE_RETRY_MS = 1000;
+
 /** What the event being fed carries for the actions it causes. */
 interface Context {
   snapshot?: SnapshotMessage;
@@ -68,6 +71,8 @@ export class SocketDriver {
   #attemptSerial = 0;
   /** Why the current or last connection ended, for the `wait` or `stop` it causes. */
   #reason: TallyWatchError | null = null;
+  /** Unsubscribes refused for now (rate limited), by counter, waiting to be sent again. */
+  readonly #unsubscribeRetries = new Map<string, ReturnType<typeof setTimeout>>();
 
   constructor(host: DriverHost) {
     this.#host = host;
@@ -156,7 +161,7 @@ export class SocketDriver {
       }
       case "unsubscribe":
         this.#timers.clearLater(action.name);
-        this.#link.send({ type: "unsubscribe", name: action.name }, { kind: "unsubscribe" });
+        this.#unsubscribe(action.name);
         break;
       case "deliver": {
         const topic = host.topic(action.name);
@@ -191,6 +196,33 @@ export class SocketDriver {
         this.#stop(action.stop);
         break;
     }
+  }
+
+  #unsubscribe(name: string): void {
+    this.#clearUnsubscribeRetry(name);
+    this.#link.send({ type: "unsubscribe", name }, { kind: "unsubscribe", name });
+  }
+
+  /**
+   * An unsubscribe refused for now leaves the server's subscription in place: sent again after
+   * the delay, or a later subscribe of the counter (a gap's resubscribe, a remount) would be
+   * refused `already_subscribed`, which ends its watch for good.
+   */
+  #unsubscribeLater(name: string, ms: number): void {
+    this.#clearUnsubscribeRetry(name);
+    this.#unsubscribeRetries.set(
+      name,
+      setTimeout(() => {
+        this.#unsubscribeRetries.delete(name);
+        this.#unsubscribe(name);
+      }, ms),
+    );
+  }
+
+  #clearUnsubscribeRetry(name: string): void {
+    const handle = this.#unsubscribeRetries.get(name);
+    if (handle !== undefined) clearTimeout(handle);
+    this.#unsubscribeRetries.delete(name);
   }
 
   #stop(kind: StopKind): void {
@@ -317,6 +349,8 @@ export class SocketDriver {
     this.#attemptSerial += 1;
     this.#host.calls.close();
     this.#timers.clearSocket();
+    // The socket's subscriptions went with it.
+    for (const name of [...this.#unsubscribeRetries.keys()]) this.#clearUnsubscribeRetry(name);
     this.#link.drop();
   }
 
@@ -438,6 +472,9 @@ export class SocketDriver {
             : CloseCode.ABNORMAL;
       this.#dropSocket();
       this.#closed(code, frame.message);
+    } else if (flight?.kind === "unsubscribe" && frame.temporary === true) {
+      this.feed({ type: "heard" });
+      this.#unsubscribeLater(flight.name, frame.retryAfterMs ?? UNSUBSCRIBE_RETRY_MS);
     } else {
       // A call's refusal is the call's business. A refused fresh token leaves the socket on its
       // current principal until that one expires (then 4502); an unsubscribe of what is already

@@ -12,7 +12,8 @@ import type { SocketCommand } from "./socket-frames.js";
 /** A command other than a call on its way, by id. */
 export type Flight =
   | { kind: "subscribe"; name: string }
-  | { kind: "unsubscribe" | "ping" }
+  | { kind: "unsubscribe"; name: string }
+  | { kind: "ping" }
   /** `first`: the credential of a new socket (a refusal means it is not valid). */
   | { kind: "auth"; first: boolean };
 

@@ -3,7 +3,8 @@
 // is left armed after a stop or an abort (a process exits once released), the writes a stop
 // hands to HTTP keep their set/reset order, a later watch of a resumed counter is live, one
 // handlers object watched twice counts twice, a socket whose token is no longer the one held
-// refreshes at once, and calls that are reads are bounded too.
+// refreshes at once, calls that are reads are bounded too, and an unsubscribe refused for now is
+// sent again.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { unsignedToken } from "../../../test-support/tokens.js";
 import { TallyConnectionError } from "../src/errors.js";
@@ -107,6 +108,47 @@ describe("timers after release", () => {
     expect(vi.getTimerCount()).toBe(0);
   });
 
+  it("leaves none armed once everything is released and the linger is over", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3600;
+    const client = clientWith({ getToken: () => unsignedToken({ sub: "alice", exp }) });
+    const unwatchLikes = client.connection.watch("likes", {}, {});
+    const unwatchBusy = client.connection.watch("busy", {}, {});
+    await settle();
+    const socket = FakeSocket.last;
+    socket.open();
+    socket.receive({ type: "authenticated", id: lastSent(socket, "auth").id, principal: "alice" });
+    const [likes, busy] = sent(socket, "subscribe");
+    socket.receive(snapshotReply(likes!.id, "likes", 1, 1));
+    // A subscribe to wait for (a `later` timer), a write waiting out a refusal, and the
+    // connection's own timers (token, ping, minimum uptime) are all armed now.
+    socket.receive({
+      type: "error",
+      id: busy!.id,
+      code: "too_many_watchers",
+      message: "busy",
+      temporary: true,
+      retryAfterMs: 30_000,
+    });
+    const write = client.increment("likes");
+    socket.receive({
+      type: "error",
+      id: lastSent(socket, "call").id,
+      code: "unavailable",
+      message: "storage is down",
+      temporary: true,
+    });
+    expect(vi.getTimerCount()).toBeGreaterThan(3);
+    vi.advanceTimersByTime(5_000);
+    socket.receive(resultReply(lastSent(socket, "call").id, "likes", 1, 2, 2));
+    await write;
+    unwatchLikes();
+    unwatchBusy();
+    vi.advanceTimersByTime(1000);
+    expect(client.connection.getState().status).toBe("idle");
+    expect(socket.closedWith).toBe(1000);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
   it("leaves none armed after aborting a write that waited out a refusal", async () => {
     const client = clientWith();
     const release = client.connection.retain();
@@ -189,6 +231,51 @@ describe("watches", () => {
     expect(seen).toEqual([2]);
     unwatchSecond();
     expect(sent(socket, "unsubscribe")).toHaveLength(1);
+  });
+});
+
+describe("an unsubscribe refused for now", () => {
+  it("is sent again after retryAfterMs, so that a later subscribe is not already_subscribed", () => {
+    const connection = clientWith().connection;
+    connection.retain();
+    const unwatch = connection.watch("likes", {}, {});
+    const socket = connect();
+    socket.receive(snapshotReply(lastSent(socket, "subscribe").id, "likes", 1, 1));
+    unwatch();
+    socket.receive({
+      type: "error",
+      id: lastSent(socket, "unsubscribe").id,
+      code: "rate_limited",
+      message: "more than 1000 commands per second on this socket",
+      temporary: true,
+      retryAfterMs: 400,
+    });
+    vi.advanceTimersByTime(399);
+    expect(sent(socket, "unsubscribe")).toHaveLength(1);
+    vi.advanceTimersByTime(1);
+    expect(sent(socket, "unsubscribe").map((u) => u.name)).toEqual(["likes", "likes"]);
+  });
+
+  it("is not sent again on a new socket, which never had the subscription", () => {
+    const connection = clientWith().connection;
+    connection.retain();
+    const unwatch = connection.watch("likes", {}, {});
+    const socket = connect();
+    socket.receive(snapshotReply(lastSent(socket, "subscribe").id, "likes", 1, 1));
+    unwatch();
+    socket.receive({
+      type: "error",
+      id: lastSent(socket, "unsubscribe").id,
+      code: "rate_limited",
+      message: "slow down",
+      temporary: true,
+      retryAfterMs: 400,
+    });
+    socket.serverClose(1006);
+    vi.advanceTimersByTime(3000);
+    connect();
+    vi.advanceTimersByTime(1000);
+    expect(sent(FakeSocket.last, "unsubscribe")).toEqual([]);
   });
 });
 
