@@ -66,7 +66,10 @@ export interface ConnectionSettings {
   random: () => number;
   /** How long the socket stays open after the last release. */
   lingerMs: number;
-  /** The most writes (or calls of any kind) that may wait on the socket path; one more is refused at once. */
+  /**
+   * The most writes that may wait on the socket path (and the most calls of any kind); one more
+   * is refused at once.
+   */
   maxQueuedWrites: number;
 }
 
