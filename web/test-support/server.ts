@@ -4,11 +4,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mintToken, writeSecretFile, type TestClaims } from "./tokens.js";
 
-const REPO = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+// From a path, not a URL object: under jsdom (the render tests) `URL` is jsdom's.
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
 /** The `tally` binary under test. */
 export function tallyBinary(): string {
