@@ -37,6 +37,8 @@ export interface QueuedCall {
   refusals: number;
   /** The caller gave up while it was on its way: it only holds its place (see the file comment). */
   abandoned: boolean;
+  /** It was sent at least once: until its answer comes, whether it was applied is unknown. */
+  sent: boolean;
 }
 
 /** Calls in the order they were made. */
@@ -70,6 +72,13 @@ export class CallQueue<Call extends QueuedCall = QueuedCall> {
   /** How many calls are here, reads and writes, waiting or on their way. */
   get size(): number {
     return this.#calls.filter((call) => !call.abandoned).length;
+  }
+
+  /** Takes out the calls that `test` picks (in order) and returns them. */
+  takeOut(test: (call: Call) => boolean): Call[] {
+    const out = this.#calls.filter(test);
+    for (const call of out) this.remove(call);
+    return out;
   }
 
   /** The call sent with command `id` on the current socket. */

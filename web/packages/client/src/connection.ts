@@ -230,7 +230,9 @@ export class TallyConnection {
    * socket drops before its answer, is sent again with the same key on the next one, before the
    * calls made after it; temporary refusals are sent again after a backoff (or `retryAfterMs`).
    * It waits until answered, refused, or `signal` aborts. If the connection stops for good, it
-   * goes over HTTP instead, which answers the real refusal.
+   * goes over HTTP instead, which answers the real refusal. A write already sent when the
+   * credential is reset (`resetToken`) is rejected with TallyConnectionError naming its key
+   * rather than sent again as the new principal, for whom the key would be a new one.
    *
    * @throws TallyError for a refusal; TallyConnectionError when the write queue is full
    * (`maxQueuedWrites`); `signal.reason` on abort; TypeError for a bad key.
@@ -320,6 +322,7 @@ export class TallyConnection {
     if (credentials.generation === this.#credentialGeneration) return;
     this.#credentialGeneration = credentials.generation;
     this.#driver.reset();
+    this.#calls.credentialChanged();
     this.#setState({ error: null, retryAt: null, principal: null });
     this.#driver.feed({ type: "start", credentials: credentials.enabled });
     for (const topic of this.#topics.values()) {

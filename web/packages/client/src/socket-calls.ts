@@ -12,7 +12,7 @@ import { CallQueue, inWriteOrder, type QueuedCall } from "./call-queue.js";
 import { TallyConnectionError, TallyError } from "./errors.js";
 import { ERROR_CODES, type Procedure } from "./protocol.js";
 import type { SocketCommand, SocketFrame } from "./socket-frames.js";
-import { WRITE_BACKOFF } from "./write.js";
+import { WRITE_BACKOFF, undecidedNote } from "./write.js";
 
 /** At most this many calls are on their way over one socket (the server allows 256). */
 const MAX_CALLS_IN_FLIGHT = 64;
@@ -119,6 +119,7 @@ export class SocketCalls {
         notBefore: 0,
         refusals: 0,
         abandoned: false,
+        sent: false,
         resolve,
         reject,
         overHttp,
@@ -187,6 +188,30 @@ export class SocketCalls {
     this.#host.changed();
   }
 
+  /**
+   * The credential was reset (signed in or out), and the socket with it: a write that was sent
+   * has an unknown fate, and an idempotency key belongs to one principal, so sent again as the
+   * new one it could count twice. It is rejected instead, naming its key; a write never sent
+   * goes as whoever is signed in when it is sent, as it would over HTTP.
+   */
+  credentialChanged(): void {
+    const undecided = this.#queue.takeOut(
+      (call) => call.sent && call.key !== undefined && !call.abandoned,
+    );
+    for (const call of undecided) {
+      const key = call.key as string;
+      call.finish();
+      call.reject(
+        new TallyConnectionError(
+          this.#host.url(),
+          `the credential changed before this write was answered, so it is not sent again as the new principal; ${undecidedNote(key)} as the principal that made it`,
+          { idempotencyKey: key },
+        ),
+      );
+    }
+    if (undecided.length > 0) this.#host.changed();
+  }
+
   /** Disarms the retry wake-up (nothing is left to send). */
   stopTimer(): void {
     if (this.#timer !== null) clearTimeout(this.#timer);
@@ -207,6 +232,7 @@ export class SocketCalls {
         });
         if (id === null) break;
         call.id = id;
+        call.sent = true;
       }
     }
     const next = this.#queue.nextRetryAt(now);

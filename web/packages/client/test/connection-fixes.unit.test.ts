@@ -3,8 +3,9 @@
 // is left armed after a stop or an abort (a process exits once released), the writes a stop
 // hands to HTTP keep their set/reset order, a later watch of a resumed counter is live, one
 // handlers object watched twice counts twice, a socket whose token is no longer the one held
-// refreshes at once, calls that are reads are bounded too, and an unsubscribe refused for now is
-// sent again.
+// refreshes at once, calls that are reads are bounded too, an unsubscribe refused for now is sent
+// again, and a write of unknown fate is not sent again as another principal after a credential
+// reset.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { unsignedToken } from "../../../test-support/tokens.js";
 import { TallyConnectionError } from "../src/errors.js";
@@ -296,6 +297,41 @@ describe("credentials", () => {
     socket.receive({ type: "authenticated", id: firstAuth.id, principal: "alice" });
     await settle();
     expect(sent(socket, "auth").map((a) => a.token)).toEqual(tokens);
+  });
+});
+
+describe("a credential reset", () => {
+  it("does not send a write of unknown fate again as the new principal", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3600;
+    let user = "alice";
+    const client = clientWith({ getToken: () => unsignedToken({ sub: user, exp }) });
+    client.connection.retain();
+    await settle();
+    const first = FakeSocket.last;
+    first.open();
+    first.receive({ type: "authenticated", id: lastSent(first, "auth").id, principal: "alice" });
+    const inFlight = client.increment("likes", 1, { idempotencyKey: "alice-click" });
+    expect(lastSent(first, "call").idempotencyKey).toBe("alice-click");
+    first.serverClose(1006);
+    // Made while away, never sent: it goes as whoever is signed in when it is sent.
+    const queued = client.increment("likes", 1, { idempotencyKey: "later-click" });
+
+    user = "bob";
+    client.resetToken();
+    // For bob the key is a new one: sent again, the write could count twice.
+    const refused = await inFlight.catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TallyConnectionError);
+    expect(refused).toMatchObject({ idempotencyKey: "alice-click" });
+    expect((refused as Error).message).toContain("may or may not have been applied");
+    await settle();
+    const second = FakeSocket.last;
+    expect(second).not.toBe(first);
+    second.open();
+    second.receive({ type: "authenticated", id: lastSent(second, "auth").id, principal: "bob" });
+    expect(sent(second, "call").map((c) => c.idempotencyKey)).toEqual(["later-click"]);
+    second.receive(resultReply(lastSent(second, "call").id, "likes", 0, 1, 1));
+    expect((await queued).version).toBe(1);
+    expect(client.connection.getState().pendingWrites).toBe(0);
   });
 });
 
