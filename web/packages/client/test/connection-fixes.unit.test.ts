@@ -335,6 +335,26 @@ describe("a credential reset", () => {
   });
 });
 
+describe("a credential reset over HTTP", () => {
+  it("does not send a write of unknown fate again as the new principal", async () => {
+    const exp = Math.floor(Date.now() / 1000) + 3600;
+    let user = "alice";
+    const fetch = vi.fn(() => Promise.reject(new TypeError("fetch failed")));
+    const client = clientWith({ fetch, getToken: () => unsignedToken({ sub: user, exp }) });
+    const write = client.increment("likes", 1, { idempotencyKey: "alice-click" });
+    write.catch(() => {});
+    await settle();
+    expect(fetch).toHaveBeenCalledTimes(1);
+    user = "bob";
+    client.resetToken();
+    await vi.advanceTimersByTimeAsync(1000);
+    const refused = await write.catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(TallyConnectionError);
+    expect(refused).toMatchObject({ idempotencyKey: "alice-click" });
+    expect(fetch).toHaveBeenCalledTimes(1);
+  });
+});
+
 describe("bounds", () => {
   it("refuses a read over the socket past maxQueuedWrites calls waiting", async () => {
     const connection = clientWith({ maxQueuedWrites: 2 }).connection;
