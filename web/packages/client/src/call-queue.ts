@@ -10,6 +10,10 @@
  *
  * A call that was sent on a socket that dropped has an unknown fate: it is queued again in its
  * place (so it goes out before the calls made after it), to be sent again with the same key.
+ *
+ * A call whose caller gave up (an abort) while it was on its way keeps its place until its answer
+ * comes or its socket drops, since the server may still apply it: a `setValue` behind it must not
+ * overtake it. It is not sent again, and it no longer counts as waiting.
  */
 
 import type { Procedure } from "./protocol.js";
@@ -31,6 +35,10 @@ export interface QueuedCall {
   notBefore: number;
   /** Temporary refusals so far, for the backoff. */
   refusals: number;
+  /** The caller gave up while it was on its way: it only holds its place (see the file comment). */
+  abandoned: boolean;
+  /** It was sent at least once: until its answer comes, whether it was applied is unknown. */
+  sent: boolean;
 }
 
 /** Calls in the order they were made. */
@@ -48,6 +56,29 @@ export class CallQueue<Call extends QueuedCall = QueuedCall> {
     if (at < 0) return false;
     this.#calls.splice(at, 1);
     return true;
+  }
+
+  /**
+   * The caller gave up on `call`: one not on its way is forgotten, one on its way is abandoned.
+   * False if it was not here (answered already).
+   */
+  abandon(call: Call): boolean {
+    if (!this.#calls.includes(call)) return false;
+    if (call.id === null) this.remove(call);
+    else call.abandoned = true;
+    return true;
+  }
+
+  /** How many calls are here, reads and writes, waiting or on their way. */
+  get size(): number {
+    return this.#calls.filter((call) => !call.abandoned).length;
+  }
+
+  /** Takes out the calls that `test` picks (in order) and returns them. */
+  takeOut(test: (call: Call) => boolean): Call[] {
+    const out = this.#calls.filter(test);
+    for (const call of out) this.remove(call);
+    return out;
   }
 
   /** The call sent with command `id` on the current socket. */
@@ -93,20 +124,61 @@ export class CallQueue<Call extends QueuedCall = QueuedCall> {
     return next;
   }
 
-  /** The socket dropped: every call on its way has an unknown fate and is queued again in place. */
+  /**
+   * The socket dropped: every call on its way has an unknown fate and is queued again in place;
+   * an abandoned one is forgotten (nothing it could overtake any more is on that socket).
+   */
   unsend(): void {
+    this.#forgetAbandoned();
     for (const call of this.#calls) call.id = null;
   }
 
-  /** Takes every call out (the connection stopped). */
+  /** Takes every call out (the connection stopped), but the abandoned ones, which are forgotten. */
   drain(): Call[] {
+    this.#forgetAbandoned();
     return this.#calls.splice(0, this.#calls.length);
+  }
+
+  #forgetAbandoned(): void {
+    for (let at = this.#calls.length - 1; at >= 0; at--) {
+      if (this.#calls[at]?.abandoned) this.#calls.splice(at, 1);
+    }
   }
 
   /** How many writes wait (all counters, or `counter`'s). */
   writes(counter?: string): number {
     return this.#calls.filter(
-      (call) => call.counter !== null && (counter === undefined || call.counter === counter),
+      (call) =>
+        !call.abandoned &&
+        call.counter !== null &&
+        (counter === undefined || call.counter === counter),
     ).length;
   }
+}
+
+/**
+ * Starts `run` for each of `calls` (taken out of a queue, in the order they were made) under the
+ * queue's rule for writes, for when they go another way (over HTTP after a stop): a `setValue` or
+ * `reset` starts once every earlier write of its counter settled, and a later write of its
+ * counter once it settled. Returns each call's outcome, in the same order.
+ */
+export function inWriteOrder<Call extends QueuedCall, T>(
+  calls: readonly Call[],
+  run: (call: Call) => Promise<T>,
+): Promise<T>[] {
+  const counters = new Map<string, { earlier: Promise<void>[]; barrier: Promise<void> | null }>();
+  return calls.map((call) => {
+    if (call.counter === null) return run(call);
+    const seen = counters.get(call.counter) ?? { earlier: [], barrier: null };
+    counters.set(call.counter, seen);
+    const after = call.barrier ? Promise.all(seen.earlier) : (seen.barrier ?? Promise.resolve());
+    const outcome = after.then(() => run(call));
+    const settled = outcome.then(
+      () => {},
+      () => {},
+    );
+    seen.earlier.push(settled);
+    if (call.barrier) seen.barrier = settled;
+    return outcome;
+  });
 }

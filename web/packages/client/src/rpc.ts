@@ -85,7 +85,9 @@ export interface TallyClientOptions {
   /**
    * The most writes that may wait on the socket (queued while it reconnects, or on their way);
    * a write made past it is refused at once with `TallyConnectionError` and changes nothing
-   * (1000).
+   * (1000). Reads made over the socket (`connection.call`) are bounded by it too: one is refused
+   * when that many calls wait. A write whose caller aborts it while it is on its way no longer
+   * counts, but a `setValue` or `reset` behind it still waits for its answer.
    */
   maxQueuedWrites?: number;
 }
@@ -221,7 +223,9 @@ export class TallyClient {
    * a fresh random one) and is sent again with the same key while its fate is unknown: no answer
    * (a connection lost mid-request, a timeout, a server restarting) or a temporary server fault
    * (`503 unavailable`, `500 internal`), with backoff (250 ms doubling to 5 s, jittered), for up to
-   * `retryFor` or until `signal` aborts. So it is applied at most once. A write whose first attempt
+   * `retryFor` or until `signal` aborts. So it is applied at most once. A credential reset
+   * (`resetToken`) after it was sent ends that: its key would be another principal's new key, so
+   * it fails with the key named instead of being sent again as the new principal. A write whose first attempt
    * reached no server fails at once (Node.js only: a browser does not say why a `fetch` failed).
    *
    * @throws TallyError when the server refuses; TallyConnectionError when it cannot be reached
@@ -271,6 +275,10 @@ export class TallyClient {
     const key = options.idempotencyKey ?? newIdempotencyKey();
     const problem = idempotencyKeyProblem(key);
     if (problem !== null) throw new TypeError(problem);
+    // A key belongs to one principal: sent again after a credential reset, as another one, a
+    // write whose first attempt may have been applied could count twice.
+    const generation = this.credentials.generation;
+    let attempted = false;
     return retrying(
       key,
       {
@@ -278,7 +286,16 @@ export class TallyClient {
         signal,
         ...(this.#options.random ? { random: this.#options.random } : {}),
       },
-      () => this.#attempt<P>(procedure, body, key, signal),
+      () => {
+        if (attempted && this.credentials.generation !== generation) {
+          const url = `${this.baseUrl}/rpc/counter.${procedure}`;
+          const reason = `the credential changed before the write to ${url} was answered, so it is not sent again as the new principal`;
+          const error = new TallyConnectionError(url, reason, { idempotencyKey: key });
+          return Promise.reject(new AttemptFailure("final", undecided(error, key)));
+        }
+        attempted = true;
+        return this.#attempt<P>(procedure, body, key, signal);
+      },
       undecided,
     );
   }

@@ -53,13 +53,23 @@ export function watchOptionsProblem(options: WatchOptions): string | null {
   return null;
 }
 
+/**
+ * One watch of a topic: its own object, so that one handlers object watched twice is two
+ * watches, each ended by its own unwatch.
+ */
+export interface Member {
+  readonly handlers: WatchHandlers;
+}
+
 /** One watched counter. */
 export class Topic {
   readonly name: string;
   readonly #options: WatchOptions;
-  readonly #watchers = new Set<WatchHandlers>();
+  readonly #members = new Set<Member>();
   /** The state so far, given to a watch that joins later. */
   #latest: SnapshotMessage | null = null;
+  /** Whether the subscription was answered (snapshot or resume) and has not ended since. */
+  #answered = false;
   #presence: Presence | null = null;
   /** The last version passed on (what a start over resumes from). */
   #since: number | undefined;
@@ -69,24 +79,34 @@ export class Topic {
    */
   ended: TallyWatchError | null = null;
 
-  constructor(name: string, options: WatchOptions, first: WatchHandlers) {
+  /** A topic with the first watch's options; the first watch joins it like any other. */
+  constructor(name: string, options: WatchOptions) {
     this.name = name;
     this.#options = { ...options };
     this.#since = options.since;
-    this.#watchers.add(first);
   }
 
-  /** A later watch: it is given the state so far, if the subscription is live. */
-  join(handlers: WatchHandlers): void {
-    this.#watchers.add(handlers);
-    if (this.ended !== null) return;
-    if (this.#latest !== null) handlers.snapshot?.(this.#latest);
+  /**
+   * A watch joins: one that comes later is given the state so far, if the subscription is live:
+   * the latest state, or (resumed with `since` and nothing since) a resume from the last version,
+   * so that it knows it is live.
+   */
+  join(handlers: WatchHandlers): Member {
+    const member: Member = { handlers };
+    this.#members.add(member);
+    if (this.ended !== null) return member;
+    if (this.#latest !== null) {
+      handlers.snapshot?.(this.#latest);
+    } else if (this.#answered && this.#since !== undefined) {
+      handlers.resumed?.({ type: "resumed", since: this.#since, version: this.#since });
+    }
     if (this.#presence !== null) handlers.presence?.(this.#presence);
+    return member;
   }
 
   /** A watch ends; true when it was the last one. */
-  leave(handlers: WatchHandlers): boolean {
-    return this.#watchers.delete(handlers) && this.#watchers.size === 0;
+  leave(member: Member): boolean {
+    return this.#members.delete(member) && this.#members.size === 0;
   }
 
   /** The machine's `subscribe` event, resuming after what was passed on. */
@@ -110,10 +130,12 @@ export class Topic {
   snapshot(snapshot: SnapshotMessage): void {
     this.#since = snapshot.version;
     this.#latest = snapshot;
+    this.#answered = true;
     this.#tell((watcher) => watcher.snapshot?.(snapshot));
   }
 
   resumed(resumed: ResumedMessage): void {
+    this.#answered = true;
     this.#tell((watcher) => watcher.resumed?.(resumed));
   }
 
@@ -140,12 +162,13 @@ export class Topic {
   end(error: TallyWatchError): void {
     this.ended = error;
     this.#latest = null;
+    this.#answered = false;
     this.#presence = null;
     this.#tell((watcher) => watcher.ended?.(error));
   }
 
   #tell(what: (watcher: WatchHandlers) => void): void {
-    for (const watcher of [...this.#watchers]) callSafely(() => what(watcher));
+    for (const member of [...this.#members]) callSafely(() => what(member.handlers));
   }
 }
 
