@@ -1,7 +1,8 @@
-// Three kinds of tests, run by `npm test` (and by `cargo test --workspace` through
+// Four kinds of tests, run by `npm test` (and by `cargo test --workspace` through
 // crates/tally-cli/tests/web/main.rs):
 // - unit: the client's state machine and backoff, with fake timers and a scripted socket;
 // - server: the client's protocol handling against a real `tally serve` process;
+// - render: the React hooks in a real renderer (jsdom) against a real `tally serve` process;
 // - e2e: the embedded page in real Chromium, driven by playwright-core.
 import { defineConfig } from "vitest/config";
 
@@ -20,6 +21,15 @@ export default defineConfig({
           name: "server",
           include: ["packages/*/test/**/*.server.test.ts"],
           environment: "node",
+          testTimeout: 30_000,
+          hookTimeout: 30_000,
+        },
+      },
+      {
+        test: {
+          name: "render",
+          include: ["packages/*/test/**/*.render.test.tsx"],
+          environment: "jsdom",
           testTimeout: 30_000,
           hookTimeout: 30_000,
         },

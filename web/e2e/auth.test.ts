@@ -37,8 +37,14 @@ function admin(): TallyClient {
   return new TallyClient({ baseUrl: jwt.server.url, getToken: () => token });
 }
 
-/** A page in a fresh context (its own sessionStorage), opened at `path`, and its refusals. */
-async function open(path: string): Promise<{ page: Page; refused: string[] }> {
+/**
+ * A page in a fresh context (its own sessionStorage), opened at `path`, and its refusals;
+ * `beforeLoad` may listen to the page from its first request on.
+ */
+async function open(
+  path: string,
+  beforeLoad?: (page: Page) => void,
+): Promise<{ page: Page; refused: string[] }> {
   const context = await browser.newContext();
   const page = await context.newPage();
   const refused: string[] = [];
@@ -49,6 +55,7 @@ async function open(path: string): Promise<{ page: Page; refused: string[] }> {
     if (message.type() === "error") problems.push(`console: ${message.text()}`);
   });
   page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+  beforeLoad?.(page);
   await page.goto(`${jwt.server.url}${path}`);
   return { page, refused };
 }
@@ -118,7 +125,8 @@ describe("the page with tokens", () => {
     await rw.getByRole("button", { name: "Increment" }).click();
     await rw.getByRole("button", { name: "Decrement" }).click();
     await expect.poll(() => value(page, "rw:a"), WAIT).toBe("1");
-    expect(await admin().getValue("rw:a")).toEqual({ value: 1, version: 3 });
+    // The page shows its clicks at once, before the server answers them.
+    await expect.poll(() => admin().getValue("rw:a"), WAIT).toEqual({ value: 1, version: 3 });
     // What it may not do is disabled, and it is not read-only.
     expect(await rw.getByRole("button", { name: "Reset" }).isDisabled()).toBe(true);
     expect(await rw.getByTestId("read-only-note").count()).toBe(0);
@@ -144,7 +152,7 @@ describe("the page with tokens", () => {
     expect(await signIn.count()).toBe(0);
     await card(page, "ask:a").getByRole("button", { name: "Increment" }).click();
     await expect.poll(() => value(page, "ask:a"), WAIT).toBe("1");
-    expect(await admin().getValue("ask:a")).toEqual({ value: 1, version: 1 });
+    await expect.poll(() => admin().getValue("ask:a"), WAIT).toEqual({ value: 1, version: 1 });
     // The history of an admin says who made each change.
     await expect
       .poll(() => card(page, "ask:a").getByTestId("history-by").first().textContent(), WAIT)
@@ -168,6 +176,45 @@ describe("the page with tokens", () => {
     expect(await expired.count()).toBe(0);
     await card(page, "exp:a").getByRole("button", { name: "Increment" }).click();
     await expect.poll(() => value(page, "exp:a"), WAIT).toBe("1");
+    await page.context().close();
+  });
+
+  it("renews a short-lived token on the open socket: the card keeps its state and stays live", async () => {
+    const claims = { sub: "renewed", grants: ["renew:*=admin"], ttlSeconds: 4 };
+    const sockets: string[] = [];
+    const { page, refused } = await open(link("renew:a", claims), (p) =>
+      p.on("websocket", (socket) => sockets.push(socket.url())),
+    );
+    await expect.poll(() => status(page, "renew:a"), WAIT).toBe("Connected");
+    await card(page, "renew:a").getByRole("button", { name: "Increment" }).click();
+    await expect.poll(() => value(page, "renew:a"), WAIT).toBe("1");
+    await page.evaluate(() => {
+      (window as unknown as { notReloaded: boolean }).notReloaded = true;
+    });
+
+    // The page's getToken reads sessionStorage: a sign-in service would keep a fresh token
+    // there. Three lifetimes of the first token pass, each token replaced within its life.
+    const expired = page.getByRole("alert").filter({ hasText: "Session expired" });
+    for (let second = 0; second < 12; second++) {
+      const fresh = jwt.token(claims);
+      await page.evaluate((token) => sessionStorage.setItem("tally.token", token), fresh);
+      await new Promise((resolve) => setTimeout(resolve, 1_000));
+      expect(await status(page, "renew:a")).toBe("Connected");
+      expect(await expired.count()).toBe(0);
+    }
+
+    expect(await value(page, "renew:a")).toBe("1");
+    await admin().increment("renew:a", 10);
+    await expect.poll(() => value(page, "renew:a"), WAIT).toBe("11");
+    await card(page, "renew:a").getByRole("button", { name: "Increment" }).click();
+    await expect.poll(() => value(page, "renew:a"), WAIT).toBe("12");
+    await expect.poll(() => admin().getValue("renew:a"), WAIT).toEqual({ value: 12, version: 3 });
+    // Renewed in band: the same socket all along, and the same page.
+    expect(sockets.map((url) => new URL(url).pathname)).toEqual(["/ws"]);
+    expect(
+      await page.evaluate(() => (window as unknown as { notReloaded?: boolean }).notReloaded),
+    ).toBe(true);
+    expect(refused).toEqual([]);
     await page.context().close();
   });
 

@@ -5,12 +5,21 @@ import { mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Browser, BrowserContextOptions, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { TallyClient, type Entry } from "../packages/client/src/index.js";
+import { TallyClient } from "../packages/client/src/index.js";
 import { TallyServer, tempDir } from "../test-support/server.js";
-import { card, launchChromium, status, value } from "./browser.js";
+import {
+  card,
+  closeAll,
+  fullHistory,
+  launchChromium,
+  openCounters,
+  press,
+  status,
+  value,
+  WAIT,
+} from "./browser.js";
 
 const ARTIFACTS = fileURLToPath(new URL("../test-results/", import.meta.url));
-const WAIT = { timeout: 20_000, interval: 50 };
 
 const dir = tempDir();
 let server: TallyServer;
@@ -32,48 +41,14 @@ function rpc(): TallyClient {
   return new TallyClient({ baseUrl: server.url });
 }
 
-/**
- * A new page (its own browser context, like another person, with `options` such as a viewport)
- * showing `names`; its console errors and uncaught exceptions are collected in `problems`.
- */
-async function open(names: string | string[], options: BrowserContextOptions = {}): Promise<Page> {
-  const counters = typeof names === "string" ? [names] : names;
-  const context = await browser.newContext(options);
-  const page = await context.newPage();
-  page.on("console", (message) => {
-    if (message.type() === "error") problems.push(`console: ${message.text()}`);
-  });
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  const query = counters.map((name) => `counter=${encodeURIComponent(name)}`).join("&");
-  await page.goto(`${server.url}/${query ? `?${query}` : ""}`);
-  for (const name of counters) await expect.poll(() => status(page, name), WAIT).toBe("Connected");
-  return page;
+/** A new page showing `names` (see `openCounters`), in a context with `options`. */
+function open(names: string | string[], options: BrowserContextOptions = {}): Promise<Page> {
+  return openCounters(browser, server.url, names, problems, { context: options });
 }
 
 /** The version of the newest entry in the card's history list. */
 function newestVersion(page: Page, name: string): Promise<string | null> {
   return card(page, name).locator("[data-testid=history] li").first().getAttribute("data-version");
-}
-
-/** Clicks the card's − or + button. */
-function press(page: Page, name: string, button: "Increment" | "Decrement"): Promise<void> {
-  return card(page, name).getByRole("button", { name: button }).click();
-}
-
-async function closeAll(...pages: Page[]): Promise<void> {
-  for (const page of pages) await page.context().close();
-}
-
-/** Every history entry of `name`, newest first, read over RPC. */
-async function fullHistory(name: string): Promise<Entry[]> {
-  const entries: Entry[] = [];
-  let before: number | undefined;
-  do {
-    const page = await rpc().getHistory(name, { limit: 1000, before });
-    entries.push(...page.entries);
-    before = page.next;
-  } while (before !== undefined);
-  return entries;
 }
 
 describe("the counter page", () => {
@@ -99,7 +74,7 @@ describe("the counter page", () => {
       await expect.poll(() => value(page, "rapid"), WAIT).toBe("200");
       await expect.poll(() => newestVersion(page, "rapid"), WAIT).toBe("200");
     }
-    const history = await fullHistory("rapid");
+    const history = await fullHistory(server.url, "rapid");
     expect(history.map((e) => e.version)).toEqual(Array.from({ length: 200 }, (_, i) => 200 - i));
     expect(history.every((e) => e.type === "increment" && e.amount === 1)).toBe(true);
     expect(history.every((e) => e.value === e.previousValue + 1 && e.value === e.version)).toBe(
@@ -149,8 +124,9 @@ describe("the counter page", () => {
     await press(writer, "toggle", "Increment");
     await expect.poll(() => value(writer, "toggle"), WAIT).toBe("2");
     // A third page that is live sees the change; the toggled one, off, does not.
+    // (The writer shows its clicks at once, before the server answers: the witness is polled.)
     const witness = await open("toggle");
-    expect(await value(witness, "toggle")).toBe("2");
+    await expect.poll(() => value(witness, "toggle"), WAIT).toBe("2");
     expect(await value(toggled, "toggle")).toBe("0");
 
     await live.check();
@@ -170,7 +146,8 @@ describe("the counter page", () => {
     await expect.poll(() => value(both, "iso-b"), WAIT).toBe("-1");
     expect(await value(both, "iso-a")).toBe("2");
     expect(await value(onlyB, "iso-b")).toBe("-1");
-    expect(await rpc().getValue("iso-a")).toEqual({ value: 2, version: 2 });
+    // The page shows its clicks at once, before the server answers them.
+    await expect.poll(() => rpc().getValue("iso-a"), WAIT).toEqual({ value: 2, version: 2 });
     await closeAll(both, onlyB);
   });
 

@@ -4,11 +4,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { mintToken, writeSecretFile, type TestClaims } from "./tokens.js";
 
-const REPO = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+// From a path, not a URL object: under jsdom (the render tests) `URL` is jsdom's.
+const REPO = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
 /** The `tally` binary under test. */
 export function tallyBinary(): string {
@@ -111,6 +112,20 @@ export class TallyServer {
   /** Stops the server with SIGTERM (sockets get 1012) and waits for it to exit. */
   async stop(): Promise<void> {
     if (this.#child.exitCode === null) this.#child.kill("SIGTERM");
+    await this.#exited;
+  }
+
+  /** Freezes the server with SIGSTOP: it reads, answers and commits nothing until killed. */
+  freeze(): void {
+    if (this.#child.exitCode === null) this.#child.kill("SIGSTOP");
+  }
+
+  /**
+   * Kills the server with SIGKILL, as a crash would (no close frames, answers in flight lost), and
+   * waits for it to exit.
+   */
+  async kill(): Promise<void> {
+    if (this.#child.exitCode === null) this.#child.kill("SIGKILL");
     await this.#exited;
   }
 

@@ -1,6 +1,7 @@
 /**
- * One open counter: its value, live status, controls (disabled, saying why, where the token may
- * not use them), a toast for each change made elsewhere, and its recent history.
+ * One open counter: its value, live status, who else watches it, the changes waiting to be sent,
+ * controls (disabled, saying why, where the token may not use them), a toast for each change made
+ * elsewhere, a chart of its value, and its recent history.
  */
 
 import { allows, MAX_VALUE, WRITE_ACTIONS, type Action, type Update } from "@tally/client";
@@ -14,7 +15,8 @@ import {
   useSetCounterValue,
   type CounterWebSocket,
 } from "@tally/react";
-import { useEffect, useId, useRef, useState, type FormEvent } from "react";
+import { useEffect, useId, useRef, useState, useSyncExternalStore, type FormEvent } from "react";
+import { ValueSeries } from "./chart-series";
 import {
   capitalize,
   describeChange,
@@ -25,8 +27,16 @@ import {
 } from "./format";
 import { reportAuthProblem } from "./session";
 import { useToast } from "./toasts";
+import { ValueChart } from "./ValueChart";
 
 const HISTORY_ROWS = 10;
+/** Points the chart keeps: the head history page it starts from is this long too. */
+const CHART_POINTS = 50;
+/**
+ * Updates a second the card is sent at most (the server conflates to the latest state): more
+ * than a person can read, and a hot counter costs a phone no more than this.
+ */
+const DISPLAY_RATE = 20;
 /** Versions of own writes remembered at most (their updates normally arrive within moments). */
 const MAX_OWN_VERSIONS = 1_000;
 
@@ -38,16 +48,31 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
   const fieldId = useId();
 
   const elsewhere = useChangesMadeElsewhere(name);
-  const socket = useCounterWebSocket(name, { enabled: live, onUpdate: elsewhere.onUpdate });
+  const [series] = useState(() => new ValueSeries(CHART_POINTS));
+  const socket = useCounterWebSocket(name, {
+    enabled: live,
+    presence: true,
+    maxRate: DISPLAY_RATE,
+    onUpdate: (update) => {
+      series.addUpdate(update);
+      elsewhere.onUpdate(update);
+    },
+  });
   const valueQuery = useCounterValue(name);
-  const history = useCounterHistory(name, { limit: HISTORY_ROWS });
+  const history = useCounterHistory(name, { limit: CHART_POINTS });
+  useEffect(() => {
+    if (history.data) series.addEntries(history.data.entries);
+  }, [series, history.data]);
 
   const writeOptions = {
     onMutate: () => {
       elsewhere.writeStarted();
       setActionError(null);
     },
-    onSuccess: (update: Update) => elsewhere.writeAnswered(update),
+    onSuccess: (update: Update) => {
+      series.addUpdate(update);
+      elsewhere.writeAnswered(update);
+    },
     onError: (error: Error) => {
       reportAuthProblem(error);
       setActionError(describeError(error, true));
@@ -112,14 +137,18 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
       </header>
 
       <div className="status-row">
-        <span className={`status status-${socket.status}`} data-testid="connection-status">
-          {statusText}
-        </span>
-        {permissions.readOnly && (
-          <span className="badge" title={permissions.readOnlyText}>
-            Read-only
+        <div className="status-badges">
+          <span className={`status status-${socket.status}`} data-testid="connection-status">
+            {statusText}
           </span>
-        )}
+          {permissions.readOnly && (
+            <span className="badge" title={permissions.readOnlyText}>
+              Read-only
+            </span>
+          )}
+          <Presence presence={live && socket.isConnected ? socket.presence : null} />
+          <PendingWrites count={socket.pendingWrites} connected={socket.isConnected} />
+        </div>
         <label className="toggle">
           <input
             type="checkbox"
@@ -212,6 +241,8 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
         </p>
       )}
 
+      <ValueChart name={name} series={series} />
+
       <section className="history" aria-label={`Recent history of ${name}`}>
         <h3>Recent changes</h3>
         {history.error ? (
@@ -220,7 +251,7 @@ export function CounterCard({ name, onClose }: { name: string; onClose: () => vo
           </p>
         ) : history.data && history.data.entries.length > 0 ? (
           <ol data-testid="history">
-            {history.data.entries.map((entry) => (
+            {history.data.entries.slice(0, HISTORY_ROWS).map((entry) => (
               <li key={entry.version} data-version={entry.version}>
                 <span className="history-version">#{entry.version}</span>
                 <span className="history-change">
@@ -324,9 +355,37 @@ function StepButton(props: {
   );
 }
 
+/**
+ * "3 watching": the subscriptions to the counter, this one included, while it is watched (the
+ * last count heard is not shown while disconnected: it may no longer hold).
+ */
+function Presence({ presence }: { presence: { watchers: number; users: number } | null }) {
+  if (presence === null) return null;
+  const people = presence.users === 1 ? "1 person" : `${formatNumber(presence.users)} people`;
+  return (
+    <span className="badge" data-testid="presence" title={`${people} watching this counter`}>
+      {formatNumber(presence.watchers)} watching
+    </span>
+  );
+}
+
+/**
+ * The card's writes not answered yet: "2 waiting to send" while there is no connection (they are
+ * queued and sent in order when it is back), "sending 2" while they are on their way.
+ */
+function PendingWrites({ count, connected }: { count: number; connected: boolean }) {
+  if (count === 0) return null;
+  return (
+    <span className="badge badge-pending" data-testid="pending-writes">
+      {connected ? `sending ${formatNumber(count)}` : `${formatNumber(count)} waiting to send`}
+    </span>
+  );
+}
+
 /** Why the counter is not live, and when it will try again, in words. */
 function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSocket }) {
   const now = useNow(socket.retryAt !== null);
+  const online = useOnline();
   if (!live) {
     return <p className="connection-note">Live updates are off; the value may be out of date.</p>;
   }
@@ -344,15 +403,34 @@ function ConnectionNote({ live, socket }: { live: boolean; socket: CounterWebSoc
     socket.retryAt !== null
       ? ` Reconnecting in ${Math.max(0, Math.ceil((socket.retryAt - now) / 1000))} s.`
       : "";
+  const why = online
+    ? `${capitalize(socket.error.message)}.`
+    : "This device is offline; changes made meanwhile wait here until it is back.";
   return (
     <p className="connection-note" role="status">
-      {capitalize(socket.error.message)}.{retry}
+      {why}
+      {retry}
       {socket.retryAt !== null && (
         <button type="button" className="link" onClick={socket.reconnect}>
           Retry now
         </button>
       )}
     </p>
+  );
+}
+
+/** Whether the browser says it is online, kept current. */
+function useOnline(): boolean {
+  return useSyncExternalStore(
+    (changed) => {
+      window.addEventListener("online", changed);
+      window.addEventListener("offline", changed);
+      return () => {
+        window.removeEventListener("online", changed);
+        window.removeEventListener("offline", changed);
+      };
+    },
+    () => navigator.onLine,
   );
 }
 
@@ -372,6 +450,9 @@ function useNow(ticking: boolean): number {
  * Toasts the changes other clients made. The server announces a write to watchers before it
  * answers the writer, so an update that arrives while this card's own writes are in flight is
  * held until they are answered, and then toasted only if its version is not one of ours.
+ * A conflated update stands for every change since the last one sent, and is judged by its
+ * (latest) version: changes made elsewhere just before one of ours, in one display slot, are not
+ * toasted.
  */
 function useChangesMadeElsewhere(name: string) {
   const toast = useToast();

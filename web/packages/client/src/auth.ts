@@ -133,11 +133,16 @@ export class Credentials {
     return (await this.#fetch()).token;
   }
 
-  /** When (epoch ms) `token` will fetch a fresh credential instead of `token`, or null if never. */
+  /**
+   * When (epoch ms) `token` is to be replaced by a fresh credential, or null if never: now when
+   * another one is held already (one got after it, for an HTTP request say), so that a socket
+   * opened with it moves on before it expires.
+   */
   refreshAt(token: string | null): number | null {
     const held = this.#held;
-    if (held === null || held.token !== token || held.refreshAt === Infinity) return null;
-    return held.refreshAt;
+    if (held === null) return null;
+    if (held.token !== token) return Date.now();
+    return held.refreshAt === Infinity ? null : held.refreshAt;
   }
 
   /**

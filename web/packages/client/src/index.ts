@@ -1,7 +1,8 @@
 /**
  * Tally's TypeScript client: typed calls for the seven RPC procedures, writes that count once
- * (idempotency keys, sent again while their fate is unknown), and live subscriptions to
- * counters that keep themselves alive, reconnect with backoff and resume without gaps.
+ * (idempotency keys, sent again while their fate is unknown, queued while offline), and live
+ * subscriptions to counters, all on one socket per client (`client.connection`) that keeps
+ * itself alive, reconnects by the shared rules and resumes without gaps.
  * It has no runtime dependencies and runs in browsers and in Node.js (pass `ws` as `WebSocket`
  * on Node.js versions without a global one).
  *
@@ -37,6 +38,22 @@ export {
   idempotencyKeyProblem,
   newIdempotencyKey,
 } from "./write.js";
+export {
+  TallyConnection,
+  type ConnectionSettings,
+  type ConnectionState,
+  type SocketStatus,
+  type WatchHandlers,
+  type WatchOptions,
+} from "./connection.js";
+export type { Presence } from "./socket-frames.js";
+export {
+  DEFAULT_RECONNECT_RULES,
+  ReconnectMachine,
+  type ReconnectAction,
+  type ReconnectEvent,
+  type ReconnectRules,
+} from "./reconnect.js";
 export {
   CounterSubscription,
   TallyWatchError,

@@ -17,8 +17,8 @@
  * last delivered version (what a resume sends as `since`), and whether an update is passed on,
  * dropped, or shows a gap. What it does not: sockets, tokens, calls, payloads.
  *
- * Not yet used by `CounterSubscription` (which still speaks v1, one socket per counter); the
- * coming `TallyConnection` is to drive it.
+ * `TallyConnection` (connection.ts) drives it: the client's one socket, which every
+ * `CounterSubscription` is a view over.
  */
 
 import { Backoff } from "./backoff.js";

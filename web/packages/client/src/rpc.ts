@@ -5,9 +5,12 @@
  */
 
 import { Credentials, type GetToken } from "./auth.js";
+import { TallyConnection } from "./connection.js";
+import { TallyConnectionError, TallyError } from "./errors.js";
+
+export { TallyConnectionError, TallyError };
 import type {
   ErrorBody,
-  ErrorCode,
   HistoryPage,
   Metadata,
   Procedure,
@@ -15,6 +18,7 @@ import type {
   Update,
   ValueAnswer,
 } from "./protocol.js";
+import { DEFAULT_RECONNECT_RULES, type ReconnectRules } from "./reconnect.js";
 import {
   AttemptFailure,
   WRITE_RETRY_FOR,
@@ -24,66 +28,6 @@ import {
   retrying,
   undecidedNote,
 } from "./write.js";
-
-/** The server refused a request; `code` and `message` are the server's own. */
-export class TallyError extends Error {
-  override readonly name = "TallyError";
-  /** The HTTP status of the answer. */
-  readonly status: number;
-  /** The server's stable error code (PROTOCOL.md §6). */
-  readonly code: ErrorCode;
-  /** True when sending the same request again later, unchanged, may succeed. */
-  readonly temporary: boolean;
-  /**
-   * How long to wait before sending it again, when the server said (`rate_limited`: the body's
-   * `retryAfterMs`, or else the `Retry-After` header); null otherwise.
-   */
-  readonly retryAfterMs: number | null;
-  /**
-   * Set when a write was given up on while its fate was unknown (the last answer was this
-   * temporary error): the key to send it again with, so that it is applied at most once.
-   */
-  readonly idempotencyKey: string | null;
-
-  constructor(
-    status: number,
-    code: ErrorCode,
-    message: string,
-    temporary: boolean,
-    retryAfterMs: number | null = null,
-    idempotencyKey: string | null = null,
-  ) {
-    super(message);
-    this.status = status;
-    this.code = code;
-    this.temporary = temporary;
-    this.retryAfterMs = retryAfterMs;
-    this.idempotencyKey = idempotencyKey;
-  }
-}
-
-/**
- * The server could not be reached, did not answer in time, or answered something that is not
- * Tally's protocol. A write that fails this way after it may have reached the server was sent
- * again with its idempotency key for `retryFor`; then `idempotencyKey` is set and the message
- * says so: send it again with that key (or read the counter) to apply it at most once.
- */
-export class TallyConnectionError extends Error {
-  override readonly name = "TallyConnectionError";
-  readonly url: string;
-  /** The key of a write given up on while its fate was unknown; null otherwise. */
-  readonly idempotencyKey: string | null;
-
-  constructor(
-    url: string,
-    message: string,
-    options?: { cause?: unknown; idempotencyKey?: string | null },
-  ) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.url = url;
-    this.idempotencyKey = options?.idempotencyKey ?? null;
-  }
-}
 
 /** Options of one call. */
 export interface CallOptions {
@@ -127,8 +71,25 @@ export interface TallyClientOptions {
   tokenRefreshMargin?: number;
   /** How long one request may take before it counts as unanswered, in ms (30 s). */
   requestTimeout?: number;
-  /** How long a write whose fate is unknown is sent again with its key, in ms (30 s). */
+  /** How long a write over HTTP whose fate is unknown is sent again with its key, in ms (30 s). */
   retryFor?: number;
+  /**
+   * The reconnect rules of the client's socket (`connection`), in ms; the defaults are
+   * `DEFAULT_RECONNECT_RULES`, which every Tally client ships with.
+   */
+  reconnect?: Partial<ReconnectRules>;
+  /** Numbers in `0..1` for the jitter of reconnect and retry delays; `Math.random` by default (tests fix it). */
+  random?: () => number;
+  /** How long the socket stays open after its last user let go, in ms (1 s), so a remount reuses it. */
+  lingerMs?: number;
+  /**
+   * The most writes that may wait on the socket (queued while it reconnects, or on their way);
+   * a write made past it is refused at once with `TallyConnectionError` and changes nothing
+   * (1000). Reads made over the socket (`connection.call`) are bounded by it too: one is refused
+   * when that many calls wait. A write whose caller aborts it while it is on its way no longer
+   * counts, but a `setValue` or `reset` behind it still waits for its answer.
+   */
+  maxQueuedWrites?: number;
 }
 
 /** What a subscription needs of a WebSocket class: the standard browser API. */
@@ -159,8 +120,11 @@ export class TallyClient {
   readonly requestTimeout: number;
   readonly retryFor: number;
   readonly #fetch: typeof fetch;
+  readonly #options: TallyClientOptions;
+  #connection: TallyConnection | null = null;
 
   constructor(options: TallyClientOptions = {}) {
+    this.#options = options;
     this.baseUrl = (options.baseUrl ?? "").replace(/\/+$/, "");
     const fetchImpl = options.fetch ?? globalThis.fetch;
     if (typeof fetchImpl !== "function") {
@@ -175,6 +139,20 @@ export class TallyClient {
     );
     this.requestTimeout = options.requestTimeout ?? DEFAULT_REQUEST_TIMEOUT;
     this.retryFor = options.retryFor ?? WRITE_RETRY_FOR;
+  }
+
+  /**
+   * The client's one socket (protocol version 2), shared by every subscription: made on first
+   * use, the same object every time. It opens while something retains it (a watch, a call).
+   */
+  get connection(): TallyConnection {
+    this.#connection ??= new TallyConnection(this, {
+      rules: { ...DEFAULT_RECONNECT_RULES, ...this.#options.reconnect },
+      random: this.#options.random ?? Math.random,
+      lingerMs: this.#options.lingerMs ?? 1000,
+      maxQueuedWrites: this.#options.maxQueuedWrites ?? 1000,
+    });
+    return this.#connection;
   }
 
   /**
@@ -245,14 +223,42 @@ export class TallyClient {
    * a fresh random one) and is sent again with the same key while its fate is unknown: no answer
    * (a connection lost mid-request, a timeout, a server restarting) or a temporary server fault
    * (`503 unavailable`, `500 internal`), with backoff (250 ms doubling to 5 s, jittered), for up to
-   * `retryFor` or until `signal` aborts. So it is applied at most once. A write whose first attempt
+   * `retryFor` or until `signal` aborts. So it is applied at most once. A credential reset
+   * (`resetToken`) after it was sent ends that: its key would be another principal's new key, so
+   * it fails with the key named instead of being sent again as the new principal. A write whose first attempt
    * reached no server fails at once (Node.js only: a browser does not say why a `fetch` failed).
    *
    * @throws TallyError when the server refuses; TallyConnectionError when it cannot be reached
    * or does not answer Tally's protocol; TallyTokenError when `getToken` fails; `signal.reason`
    * when `signal` aborts; TypeError for an invalid `idempotencyKey`, or one given to a read.
+   *
+   * Where a write goes: while the client's `connection` is retained (a live subscription) and
+   * not stopped, over the socket (`TallyConnection.call`): sent at once when connected, else
+   * queued and sent in order when it connects, and sent again with the same key after a drop
+   * until answered (no `retryFor` limit there; `signal` stops it). Otherwise (a script with no
+   * subscription, or a connection stopped for good) over HTTP, as described above. Either way it
+   * counts in `connection.getState().pendingWrites` until it settles.
    */
   async call<P extends Procedure>(
+    procedure: P,
+    request: Procedures[P]["request"],
+    options: WriteOptions = {},
+  ): Promise<Procedures[P]["answer"]> {
+    if (!isWrite(procedure)) return await this.callOverHttp(procedure, request, options);
+    const connection = this.connection;
+    const status = connection.getState().status;
+    if (connection.retained && status !== "stopped") {
+      return await connection.call(procedure, request, options);
+    }
+    const name = (request as { name: string }).name;
+    return await connection.track(name, this.callOverHttp(procedure, request, options));
+  }
+
+  /**
+   * `call` over HTTP whatever the socket does: a write is sent again with its key while its
+   * fate is unknown, for up to `retryFor` (see `call`).
+   */
+  async callOverHttp<P extends Procedure>(
     procedure: P,
     request: Procedures[P]["request"],
     options: WriteOptions = {},
@@ -269,10 +275,27 @@ export class TallyClient {
     const key = options.idempotencyKey ?? newIdempotencyKey();
     const problem = idempotencyKeyProblem(key);
     if (problem !== null) throw new TypeError(problem);
+    // A key belongs to one principal: sent again after a credential reset, as another one, a
+    // write whose first attempt may have been applied could count twice.
+    const generation = this.credentials.generation;
+    let attempted = false;
     return retrying(
       key,
-      { retryFor: this.retryFor, signal },
-      () => this.#attempt<P>(procedure, body, key, signal),
+      {
+        retryFor: this.retryFor,
+        signal,
+        ...(this.#options.random ? { random: this.#options.random } : {}),
+      },
+      () => {
+        if (attempted && this.credentials.generation !== generation) {
+          const url = `${this.baseUrl}/rpc/counter.${procedure}`;
+          const reason = `the credential changed before the write to ${url} was answered, so it is not sent again as the new principal`;
+          const error = new TallyConnectionError(url, reason, { idempotencyKey: key });
+          return Promise.reject(new AttemptFailure("final", undecided(error, key)));
+        }
+        attempted = true;
+        return this.#attempt<P>(procedure, body, key, signal);
+      },
       undecided,
     );
   }
@@ -405,8 +428,8 @@ export class TallyClient {
     );
   }
 
-  /** The WebSocket URL that watches `name`, resuming after version `since` if given. */
-  watchUrl(name: string, since?: number): string {
+  /** The URL of the socket (`/ws`, protocol version 2), `ws:` or `wss:` as the base URL is. */
+  socketUrl(): string {
     let base = this.baseUrl;
     if (base === "") {
       const location = globalThis.location as Location | undefined;
@@ -416,8 +439,7 @@ export class TallyClient {
       base = location.origin;
     }
     const wsBase = base.replace(/^http(s?):\/\//i, (_match, secure: string) => `ws${secure}://`);
-    const query = since === undefined ? "" : `?since=${since}`;
-    return `${wsBase}/ws/counter/${encodeURIComponent(name)}${query}`;
+    return `${wsBase}/ws`;
   }
 }
 

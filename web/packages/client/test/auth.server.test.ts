@@ -1,8 +1,9 @@
 // The client's credentials against a real `tally serve --jwt-secret-file`: bearer RPCs and their
 // refusals (nothing changes), one retry with a fresh token after token_expired, sockets that
-// authenticate in band and say what they may do, close 4501 and 4503 without a reconnect, an
-// in-band refresh that keeps a socket open with no missed update, a reconnect with a fresh token
-// after 4502, `by` for admins only, and the write rate's 429 with its delay.
+// authenticate in band and say what they may do, subscribes refused for who may not read and a
+// refused credential without a reconnect, an in-band refresh that keeps a socket open with no
+// missed update, a reconnect with a fresh token after 4502, `by` for admins only, and the write
+// rate's 429 with its delay.
 import { mkdirSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import WebSocket from "ws";
@@ -159,24 +160,38 @@ describe("subscriptions with tokens", () => {
     asReader.disable();
   });
 
-  it("stop after 4501 (no credential came) and 4503 (may not read), without reconnecting", async () => {
+  it("end when the socket's principal may not read the counter, without reconnecting", async () => {
     const before = socketsOpened;
+    // On version 2 a socket without credentials acts as anonymous; the subscribe is refused.
     const nobody = new CounterSubscription(clientWith(), "private:a");
     const unauthenticated = await until(nobody, (s) => s.error !== null);
-    expect(unauthenticated.error).toMatchObject({
-      closeCode: 4501,
-      code: "unauthenticated",
-      willRetry: false,
-    });
+    expect(unauthenticated.error).toMatchObject({ code: "unauthenticated", willRetry: false });
+    expect(unauthenticated.status).toBe("disconnected");
 
     const other = new CounterSubscription(as({ sub: "o", grants: ["else:*=read"] }), "private:a");
     const forbidden = await until(other, (s) => s.error !== null);
-    expect(forbidden.error).toMatchObject({ closeCode: 4503, code: "forbidden", willRetry: false });
+    expect(forbidden.error).toMatchObject({ code: "forbidden", willRetry: false });
 
     await new Promise((resolve) => setTimeout(resolve, 1500));
     expect(socketsOpened - before).toBe(2);
     nobody.disable();
     other.disable();
+  });
+
+  it("stop as 4501 when the socket's credential is refused in band", async () => {
+    const before = socketsOpened;
+    const client = clientWith(() => "not-a-token");
+    const refused = new CounterSubscription(client, "public:a");
+    const state = await until(refused, (s) => s.error !== null);
+    expect(state.error).toMatchObject({
+      closeCode: 4501,
+      code: "unauthenticated",
+      willRetry: false,
+    });
+    expect(client.connection.getState().status).toBe("stopped");
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(socketsOpened - before).toBe(1);
+    refused.disable();
   });
 
   it("refresh a short-lived token in band: one socket, no missed update", async () => {

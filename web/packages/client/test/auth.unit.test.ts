@@ -1,15 +1,15 @@
 // Credentials with fake timers, a scripted socket and a scripted fetch: the token is got before
-// the first request, sent as `Authorization` on RPCs and as the first message on sockets,
+// the first request, sent as `Authorization` on RPCs and as the first command on the socket,
 // refreshed in band before it expires, got afresh after `token_expired` (RPC retried once) and
-// after close 4502 (resumed with `since`); no reconnect after 4501 or 4503; `can` from the
-// latest snapshot or `authenticated`; a token never in an error message.
+// after close 4502 (resumed with `since`); no reconnect after 4501 or 4503 or a credential
+// refused in band; `can` from the snapshot; a token never in an error message.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { snapshot, update } from "../../../test-support/fixtures.js";
 import { unsignedToken } from "../../../test-support/tokens.js";
 import { inspectToken, TallyTokenError, type GetToken } from "../src/auth.js";
 import { TallyClient, TallyError, type TallyClientOptions } from "../src/rpc.js";
 import { CounterSubscription, type SubscriptionOptions } from "../src/subscription.js";
 import { FakeSocket } from "./fake-socket.js";
+import { lastSent, sent, snapshotReply, updatePush } from "./v2-frames.js";
 
 /** A JWT for `sub` expiring `ttl` ms from now (fake time), with `n` to tell tokens apart. */
 function jwt(sub: string, ttl: number, n = 0): string {
@@ -27,12 +27,35 @@ function clientWith(getToken: GetToken, options: Partial<TallyClientOptions> = {
     fetch: () => Promise.reject(new Error("no RPC here")),
     WebSocket: FakeSocket as unknown as typeof WebSocket,
     getToken,
+    random: () => 1,
     ...options,
   });
 }
 
 function watch(client: TallyClient, options: SubscriptionOptions = {}) {
-  return new CounterSubscription(client, "likes", { random: () => 1, ...options });
+  return new CounterSubscription(client, "likes", options);
+}
+
+/** The commands sent on the newest socket but pings, without their ids. */
+function commands(): unknown[] {
+  return sent(FakeSocket.last)
+    .filter((c) => c.type !== "ping")
+    .map(({ id: _id, ...command }) => command);
+}
+
+/** Answers the newest socket's `auth` as accepted for `principal`. */
+function authenticated(principal: string): void {
+  const auth = lastSent(FakeSocket.last, "auth");
+  FakeSocket.last.receive({ type: "authenticated", id: auth.id, principal });
+}
+
+/** Answers the newest socket's subscribe with a snapshot. */
+function snapshotFor(value: number, version: number, can?: string[]): void {
+  const id = lastSent(FakeSocket.last, "subscribe").id;
+  FakeSocket.last.receive({
+    ...snapshotReply(id, "likes", value, version),
+    ...(can ? { can } : {}),
+  });
 }
 
 /** Tokens handed out in order; the last one again once they run out. */
@@ -206,7 +229,7 @@ describe("RPC credentials", () => {
 });
 
 describe("CounterSubscription credentials", () => {
-  it("gets the token before connecting and sends it as the first message", async () => {
+  it("gets the token before connecting and sends it as the first command", async () => {
     const token = jwt("alice", 3_600_000);
     const getToken = tokens(token);
     const likes = watch(clientWith(getToken));
@@ -216,18 +239,22 @@ describe("CounterSubscription credentials", () => {
     expect(getToken).toHaveBeenCalledTimes(1);
     const socket = FakeSocket.last;
     // Never in the URL: URLs end up in logs.
-    expect(socket.url).toBe("ws://tally.test:8094/ws/counter/likes");
+    expect(socket.url).toBe("ws://tally.test:8094/ws");
     socket.open();
-    expect(socket.messages).toEqual([{ type: "auth", token }]);
+    expect(commands()).toEqual([
+      { type: "auth", token },
+      { type: "subscribe", name: "likes" },
+    ]);
+    authenticated("alice");
     expect(likes.getState().principal).toBe("alice");
   });
 
-  it("sends nothing for an anonymous (null) token", async () => {
+  it("sends no auth for an anonymous (null) token", async () => {
     const likes = watch(clientWith(tokens(null)));
     await settle();
     FakeSocket.last.open();
-    expect(FakeSocket.last.sent).toEqual([]);
-    FakeSocket.last.receive({ ...snapshot("likes", 1, 1), can: ["read"] });
+    expect(commands()).toEqual([{ type: "subscribe", name: "likes" }]);
+    snapshotFor(1, 1, ["read"]);
     expect(likes.getState()).toMatchObject({
       status: "connected",
       can: ["read"],
@@ -235,41 +262,41 @@ describe("CounterSubscription credentials", () => {
     });
   });
 
+  it("sends writes only once the socket's credential is accepted", async () => {
+    const client = clientWith(tokens(jwt("alice", 3_600_000)));
+    watch(client);
+    void client.increment("likes");
+    await settle();
+    FakeSocket.last.open();
+    expect(sent(FakeSocket.last, "call")).toHaveLength(0);
+    authenticated("alice");
+    expect(sent(FakeSocket.last, "call")).toHaveLength(1);
+  });
+
   it("refreshes the token in band before it expires, on the same socket", async () => {
     const [first, second, third] = [1, 2, 3].map((n) => jwt("alice", 120_000 * n, n));
     const getToken = tokens(first as string, second as string, third as string);
-    const likes = watch(clientWith(getToken), { pingInterval: 3_600_000 });
+    const likes = watch(clientWith(getToken, { reconnect: { pingIntervalMs: 3_600_000 } }));
     await settle();
     const socket = FakeSocket.last;
     socket.open();
-    socket.receive(snapshot("likes", 5, 5));
+    authenticated("alice");
+    snapshotFor(5, 5);
 
     // First refresh 30 s before the first token's exp (120 s).
     await vi.advanceTimersByTimeAsync(89_999);
     expect(getToken).toHaveBeenCalledTimes(1);
     await vi.advanceTimersByTimeAsync(1);
     expect(getToken).toHaveBeenCalledTimes(2);
-    expect(socket.messages).toEqual([
-      { type: "auth", token: first },
-      { type: "auth", token: second },
-    ]);
-    socket.receive({
-      type: "authenticated",
-      principal: "alice",
-      expiresAt: "2026-06-01T12:04:00.000Z",
-      can: ["read", "increment"],
-    });
+    expect(sent(socket, "auth").map((c) => c.token)).toEqual([first, second]);
+    authenticated("alice");
     // And again before the second one's exp (240 s from the start).
     await vi.advanceTimersByTimeAsync(120_000);
-    expect(socket.messages).toHaveLength(3);
+    expect(sent(socket, "auth")).toHaveLength(3);
     expect(FakeSocket.instances).toHaveLength(1);
     expect(socket.closedWith).toBeNull();
-    socket.receive(update("likes", 5, 6, 6));
-    expect(likes.getState()).toMatchObject({
-      status: "connected",
-      value: 6,
-      can: ["read", "increment"],
-    });
+    socket.receive(updatePush("likes", 5, 6, 6));
+    expect(likes.getState()).toMatchObject({ status: "connected", value: 6 });
   });
 
   it("refreshes even when its timer fires a moment before the clock says it is due", async () => {
@@ -281,7 +308,7 @@ describe("CounterSubscription credentials", () => {
     vi.setSystemTime(Date.now() - 5);
     await vi.advanceTimersByTimeAsync(5_000);
     expect(getToken).toHaveBeenCalledTimes(2);
-    expect(FakeSocket.last.messages).toHaveLength(2);
+    expect(sent(FakeSocket.last, "auth")).toHaveLength(2);
   });
 
   it("refreshes a short-lived token halfway through its life", async () => {
@@ -293,16 +320,36 @@ describe("CounterSubscription credentials", () => {
     expect(getToken).toHaveBeenCalledTimes(1);
     await vi.advanceTimersByTimeAsync(1);
     expect(getToken).toHaveBeenCalledTimes(2);
-    expect(FakeSocket.last.messages).toHaveLength(2);
+    expect(sent(FakeSocket.last, "auth")).toHaveLength(2);
+  });
+
+  it("tries a failing token source again after 1 s while the socket's token still works", async () => {
+    let calls = 0;
+    const getToken = vi.fn(async () => {
+      calls += 1;
+      if (calls === 2) throw new Error("backend down");
+      return jwt("alice", 10_000, calls);
+    });
+    watch(clientWith(getToken));
+    await settle();
+    FakeSocket.last.open();
+    authenticated("alice");
+    await vi.advanceTimersByTimeAsync(5_000);
+    expect(getToken).toHaveBeenCalledTimes(2);
+    expect(sent(FakeSocket.last, "auth")).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(getToken).toHaveBeenCalledTimes(3);
+    expect(sent(FakeSocket.last, "auth")).toHaveLength(2);
   });
 
   it("does not refresh an API key", async () => {
     const getToken = tokens(API_KEY);
-    watch(clientWith(getToken), { pingInterval: 3_600_000 });
+    watch(clientWith(getToken));
     await settle();
     FakeSocket.last.open();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
-    await vi.advanceTimersByTimeAsync(86_400_000);
+    authenticated("key:abcdefghijkl");
+    snapshotFor(1, 1);
+    await vi.advanceTimersByTimeAsync(3_600_000);
     expect(getToken).toHaveBeenCalledTimes(1);
   });
 
@@ -312,7 +359,8 @@ describe("CounterSubscription credentials", () => {
     const likes = watch(clientWith(getToken, { tokenRefreshMargin: 0 }));
     await settle();
     FakeSocket.last.open();
-    FakeSocket.last.receive(snapshot("likes", 7, 7));
+    authenticated("alice");
+    snapshotFor(7, 7);
     FakeSocket.last.serverClose(4502, "the token expired");
     expect(likes.getState().error).toMatchObject({
       closeCode: 4502,
@@ -321,12 +369,17 @@ describe("CounterSubscription credentials", () => {
     });
 
     await settle();
+    await settle();
     expect(getToken).toHaveBeenCalledTimes(2);
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws/counter/likes?since=7");
     FakeSocket.last.open();
-    expect(FakeSocket.last.messages).toEqual([{ type: "auth", token: fresh }]);
-    FakeSocket.last.receive({ type: "resumed", since: 7, version: 7 });
+    expect(commands()).toEqual([
+      { type: "auth", token: fresh },
+      { type: "subscribe", name: "likes", since: 7 },
+    ]);
+    authenticated("alice");
+    const id = lastSent(FakeSocket.last, "subscribe").id;
+    FakeSocket.last.receive({ type: "resumed", id, name: "likes", since: 7, version: 7 });
     expect(likes.getState()).toMatchObject({ status: "connected", error: null, version: 7 });
   });
 
@@ -337,8 +390,10 @@ describe("CounterSubscription credentials", () => {
     const likes = watch(client);
     await settle();
     FakeSocket.last.open();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    authenticated("alice");
+    snapshotFor(1, 1);
     FakeSocket.last.serverClose(4502);
+    await settle();
     await settle();
     expect(likes.getState()).toMatchObject({ status: "disconnected", retryAt: null });
     expect(likes.getState().error).toMatchObject({ code: "token_expired", willRetry: false });
@@ -349,7 +404,8 @@ describe("CounterSubscription credentials", () => {
     client.resetToken();
     await settle();
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=1");
+    FakeSocket.last.open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ since: 1 });
   });
 
   it.each([
@@ -371,24 +427,44 @@ describe("CounterSubscription credentials", () => {
     expect(getToken).toHaveBeenCalledTimes(1);
   });
 
-  it("takes can from whichever of snapshot and authenticated came last", async () => {
+  it("stops as after 4501 when the server refuses the credential in band", async () => {
+    const likes = watch(clientWith(tokens("not-a-token")));
+    await settle();
+    FakeSocket.last.open();
+    const auth = lastSent(FakeSocket.last, "auth");
+    FakeSocket.last.receive({
+      type: "error",
+      id: auth.id,
+      code: "unauthenticated",
+      message: "the token is not valid",
+      temporary: false,
+    });
+    expect(FakeSocket.last.closedWith).toBe(1000);
+    expect(likes.getState().error).toMatchObject({
+      closeCode: 4501,
+      code: "unauthenticated",
+      willRetry: false,
+    });
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(FakeSocket.instances).toHaveLength(1);
+  });
+
+  it("takes can from the snapshot, and keeps it across a resume", async () => {
     const likes = watch(clientWith(tokens(jwt("alice", 3_600_000))));
     await settle();
     FakeSocket.last.open();
-    // Anonymous may read, so the snapshot comes before the answer to the token.
-    FakeSocket.last.receive({ ...snapshot("likes", 1, 1), can: ["read"] });
-    expect(likes.getState().can).toEqual(["read"]);
-    FakeSocket.last.receive({ type: "authenticated", principal: "alice", can: ["read", "reset"] });
+    authenticated("alice");
+    snapshotFor(1, 1, ["read", "reset"]);
     expect(likes.getState().can).toEqual(["read", "reset"]);
 
-    // A resume carries no can: the last one stands until the next answer.
-    FakeSocket.last.serverClose(1012);
+    // A resume carries no can: the last one stands.
+    FakeSocket.last.serverClose(1011);
     await vi.advanceTimersByTimeAsync(3_000);
     FakeSocket.last.open();
-    FakeSocket.last.receive({ type: "resumed", since: 1, version: 1 });
+    authenticated("alice");
+    const id = lastSent(FakeSocket.last, "subscribe").id;
+    FakeSocket.last.receive({ type: "resumed", id, name: "likes", since: 1, version: 1 });
     expect(likes.getState().can).toEqual(["read", "reset"]);
-    FakeSocket.last.receive({ type: "authenticated", principal: "alice", can: ["admin"] });
-    expect(likes.getState().can).toEqual(["admin"]);
   });
 
   it("reconnects with the new credential when the token is reset", async () => {
@@ -397,14 +473,17 @@ describe("CounterSubscription credentials", () => {
     const likes = watch(client);
     await settle();
     FakeSocket.last.open();
-    FakeSocket.last.receive({ ...snapshot("likes", 3, 3), can: ["admin"] });
+    authenticated("alice");
+    snapshotFor(3, 3, ["admin"]);
     client.resetToken();
     expect(FakeSocket.instances[0]?.closedWith).toBe(1000);
     // Nothing is known of what the new credential may do until the server says.
     expect(likes.getState().can).toBeNull();
     await settle();
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=3");
+    FakeSocket.last.open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ since: 3 });
+    authenticated("bob");
     expect(likes.getState().principal).toBe("bob");
     expect(client.principal).toBe("bob");
   });
@@ -427,10 +506,11 @@ describe("CounterSubscription credentials", () => {
     expect(FakeSocket.instances).toHaveLength(1);
   });
 
-  it("drops a token that arrives after the subscription was disabled", async () => {
+  it("opens no socket for a token that arrives after the connection lingered out", async () => {
     let resolve: (token: string) => void = () => {};
     const likes = watch(clientWith(() => new Promise<string>((r) => (resolve = r))));
     likes.disable();
+    await vi.advanceTimersByTimeAsync(1000);
     resolve(jwt("alice", 3_600_000));
     await settle();
     expect(FakeSocket.instances).toHaveLength(0);

@@ -1,5 +1,5 @@
-// A scripted stand-in for the browser's WebSocket, for the unit tests of the subscription's state
-// machine: the tests decide when it opens, what arrives and how it closes. Protocol handling
+// A scripted stand-in for the browser's WebSocket, for the unit tests of the connection and its
+// subscriptions: the tests decide when it opens, what arrives and how it closes. Protocol handling
 // against a real server is tested in *.server.test.ts.
 
 export class FakeSocket {

@@ -1,22 +1,42 @@
-// The subscription's state machine, with fake timers and a scripted socket: connection states,
-// applying and dropping updates, resume with `since`, keep-alive pings, backoff and its reset,
-// close codes, the connection toggle, and reconnecting when the browser comes back.
+// CounterSubscription, a view over the client's one socket, with fake timers and a scripted
+// socket speaking version 2: its states, applying and dropping updates, resume with `since`,
+// keep-alive pings, backoff and its reset, close codes, a gap, the connection toggle,
+// reconnecting when the browser comes back, presence and pending writes in its state.
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { snapshot, update } from "../../../test-support/fixtures.js";
 import { Backoff } from "../src/backoff.js";
+import type { ReconnectRules } from "../src/reconnect.js";
 import { TallyClient } from "../src/rpc.js";
 import { CounterSubscription, type SubscriptionOptions } from "../src/subscription.js";
 import { FakeSocket } from "./fake-socket.js";
+import { lastSent, sent, snapshotReply, updatePush } from "./v2-frames.js";
 
-const client = new TallyClient({
-  baseUrl: "http://tally.test:8094",
-  fetch: () => Promise.reject(new Error("no RPC in unit tests")),
-  WebSocket: FakeSocket as unknown as typeof WebSocket,
-});
+/** A fresh client (so a fresh connection) whose jitter always picks the ceiling. */
+function clientWith(reconnect: Partial<ReconnectRules> = {}) {
+  return new TallyClient({
+    baseUrl: "http://tally.test:8094",
+    fetch: () => Promise.reject(new Error("no RPC in unit tests")),
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+    random: () => 1,
+    reconnect,
+  });
+}
 
-/** A subscription whose jitter always picks the ceiling, so delays are predictable. */
-function watch(name = "likes", options: SubscriptionOptions = {}) {
-  return new CounterSubscription(client, name, { random: () => 1, ...options });
+/** A subscription on its own client; the socket is opened by `open`. */
+function watch(name = "likes", options: SubscriptionOptions = {}, client = clientWith()) {
+  return new CounterSubscription(client, name, options);
+}
+
+/** Opens the newest socket and returns the id of its last subscribe. */
+function open(): number {
+  FakeSocket.last.open();
+  return lastSent(FakeSocket.last, "subscribe").id;
+}
+
+/** Opens the newest socket and answers the subscribe of `name` with a snapshot. */
+function synced(name: string, value: number, version: number): FakeSocket {
+  const id = open();
+  FakeSocket.last.receive(snapshotReply(id, name, value, version));
+  return FakeSocket.last;
 }
 
 beforeEach(() => {
@@ -56,32 +76,41 @@ describe("Backoff", () => {
 });
 
 describe("CounterSubscription", () => {
-  it("connects, becomes connected on the snapshot and applies newer updates in order", () => {
+  it("connects, becomes connected on its snapshot and applies newer updates in order", () => {
     const likes = watch();
     expect(likes.getState().status).toBe("connecting");
-    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws/counter/likes");
+    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws");
+    const id = open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toEqual({
+      id,
+      type: "subscribe",
+      name: "likes",
+    });
+    expect(likes.getState().status).toBe("connecting");
 
-    FakeSocket.last.receive(snapshot("likes", 40, 9));
+    FakeSocket.last.receive(snapshotReply(id, "likes", 40, 9));
     expect(likes.getState()).toMatchObject({ status: "connected", value: 40, version: 9 });
 
     const applied: number[] = [];
     likes.on("update", (u) => applied.push(u.version));
-    FakeSocket.last.receive(update("likes", 40, 41, 10));
-    FakeSocket.last.receive(update("likes", 41, 42, 11));
+    FakeSocket.last.receive(updatePush("likes", 40, 41, 10));
+    FakeSocket.last.receive(updatePush("likes", 41, 42, 11));
     expect(likes.getState()).toMatchObject({ value: 42, version: 11 });
     expect(likes.getState().lastUpdate?.toISOString()).toBe("2026-01-01T00:00:11.000Z");
     expect(applied).toEqual([10, 11]);
+    // The Update as the RPC answers it: without the push's `name`.
+    expect(likes.getState().update).not.toHaveProperty("name");
   });
 
   it("drops updates whose version is not newer", () => {
     const likes = watch();
-    FakeSocket.last.receive(snapshot("likes", 5, 5));
+    const socket = synced("likes", 5, 5);
     const applied: number[] = [];
     likes.on("update", (u) => applied.push(u.version));
-    FakeSocket.last.receive(update("likes", 3, 4, 4));
-    FakeSocket.last.receive(update("likes", 4, 5, 5));
-    FakeSocket.last.receive(update("likes", 5, 6, 6));
-    FakeSocket.last.receive(update("likes", 5, 6, 6));
+    socket.receive(updatePush("likes", 3, 4, 4));
+    socket.receive(updatePush("likes", 4, 5, 5));
+    socket.receive(updatePush("likes", 5, 6, 6));
+    socket.receive(updatePush("likes", 5, 6, 6));
     expect(applied).toEqual([6]);
     expect(likes.getState()).toMatchObject({ value: 6, version: 6 });
   });
@@ -92,51 +121,90 @@ describe("CounterSubscription", () => {
     likes.subscribe(() => notified++);
     const before = likes.getState();
     expect(likes.getState()).toBe(before);
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    synced("likes", 1, 1);
     expect(likes.getState()).not.toBe(before);
     expect(notified).toBeGreaterThan(0);
   });
 
   it("resumes with since = the last version after a reconnectable close", () => {
     const likes = watch();
-    FakeSocket.last.receive(snapshot("likes", 40, 9));
-    FakeSocket.last.receive(update("likes", 40, 41, 10));
+    const socket = synced("likes", 40, 9);
+    socket.receive(updatePush("likes", 40, 41, 10));
 
-    FakeSocket.last.serverClose(1012, "server is restarting; reconnect with since");
+    socket.serverClose(1011, "history could not be read");
     const state = likes.getState();
     expect(state.status).toBe("disconnected");
-    expect(state.error?.closeCode).toBe(1012);
+    expect(state.error?.closeCode).toBe(1011);
     expect(state.error?.willRetry).toBe(true);
-    expect(state.error?.message).toContain("restarting");
+    expect(state.error?.message).toContain("could not serve");
     expect(state.value).toBe(41);
 
-    // The seed's 3 s, as the ceiling of the first delay (the jitter here picks the ceiling).
     vi.advanceTimersByTime(2999);
     expect(FakeSocket.instances).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws/counter/likes?since=10");
     expect(likes.getState().status).toBe("connecting");
+    const id = open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ name: "likes", since: 10 });
 
-    FakeSocket.last.receive({ type: "resumed", since: 10, version: 12 });
+    FakeSocket.last.receive({ type: "resumed", id, name: "likes", since: 10, version: 12 });
     expect(likes.getState()).toMatchObject({ status: "connected", error: null });
-    FakeSocket.last.receive(update("likes", 41, 42, 11));
-    FakeSocket.last.receive(update("likes", 42, 43, 12));
+    FakeSocket.last.receive(updatePush("likes", 41, 42, 11));
+    FakeSocket.last.receive(updatePush("likes", 42, 43, 12));
     expect(likes.getState()).toMatchObject({ value: 43, version: 12 });
   });
 
-  it("reconnects without since if no snapshot ever arrived, or with the since option", () => {
+  it("subscribes without since if no snapshot ever arrived, or with the since option", () => {
     watch("a");
     FakeSocket.last.serverClose(1006);
     vi.advanceTimersByTime(3000);
-    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws/counter/a");
+    open();
+    expect(lastSent(FakeSocket.last, "subscribe")).not.toHaveProperty("since");
 
     watch("b", { since: 7 });
-    expect(FakeSocket.last.url).toBe("ws://tally.test:8094/ws/counter/b?since=7");
+    open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ name: "b", since: 7 });
+  });
+
+  it("sends types, maxRate and presence, and keeps presence in its state", () => {
+    const likes = watch("likes", { types: ["reset"], maxRate: 2, presence: true });
+    const id = open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({
+      types: ["reset"],
+      maxRate: 2,
+      presence: true,
+    });
+    FakeSocket.last.receive(snapshotReply(id, "likes", 0, 0));
+    expect(likes.getState().presence).toBeNull();
+    FakeSocket.last.receive({ type: "presence", name: "likes", watchers: 3, users: 2 });
+    expect(likes.getState().presence).toEqual({ watchers: 3, users: 2 });
+    // A jump is not a gap with maxRate.
+    FakeSocket.last.receive({ ...updatePush("likes", 0, 9, 9), conflated: true });
+    expect(likes.getState()).toMatchObject({ value: 9, version: 9 });
+    expect(likes.getState().update).not.toHaveProperty("conflated");
+  });
+
+  it("counts its counter's pending writes", async () => {
+    const client = clientWith();
+    const likes = watch("likes", {}, client);
+    synced("likes", 0, 0);
+    void client.increment("likes");
+    void client.increment("likes");
+    void client.increment("other");
+    expect(likes.getState().pendingWrites).toBe(2);
+    const [first] = sent(FakeSocket.last, "call");
+    FakeSocket.last.receive({
+      type: "result",
+      id: first!.id,
+      result: updatePush("likes", 0, 1, 1),
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(likes.getState().pendingWrites).toBe(1);
   });
 
   it("backs off exponentially while connections fail, and starts over after a stable one", () => {
-    const likes = watch("likes", { backoff: { min: 1000, max: 5000 }, minUptime: 10_000 });
+    const client = clientWith({ backoffMinMs: 1000, backoffMaxMs: 5000, minUptimeMs: 10_000 });
+    const likes = watch("likes", {}, client);
     const delays: number[] = [];
     for (let i = 0; i < 5; i++) {
       FakeSocket.last.serverClose(1006);
@@ -147,15 +215,15 @@ describe("CounterSubscription", () => {
     }
     expect(delays).toEqual([1000, 2000, 4000, 5000, 5000]);
 
-    // A connection that stays up for less than minUptime does not reset the backoff...
-    FakeSocket.last.receive(snapshot("likes", 0, 0));
+    // A connection that stays up for less than the minimum uptime does not reset the backoff...
+    synced("likes", 0, 0);
     vi.advanceTimersByTime(9_000);
     FakeSocket.last.serverClose(1006);
     expect((likes.getState().retryAt ?? 0) - Date.now()).toBe(5000);
     vi.advanceTimersByTime(5000);
 
     // ...one that stays up longer does.
-    FakeSocket.last.receive(snapshot("likes", 0, 0));
+    synced("likes", 0, 0);
     vi.advanceTimersByTime(10_000);
     FakeSocket.last.serverClose(1006);
     expect((likes.getState().retryAt ?? 0) - Date.now()).toBe(1000);
@@ -168,7 +236,7 @@ describe("CounterSubscription", () => {
     [4500, "closed with code 4500"],
   ])("does not reconnect after close %i", (code, words) => {
     const likes = watch();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    synced("likes", 1, 1);
     FakeSocket.last.serverClose(code);
     const state = likes.getState();
     expect(state).toMatchObject({ status: "disconnected", retryAt: null });
@@ -180,70 +248,75 @@ describe("CounterSubscription", () => {
 
   it.each([1006, 1011, 1012, 4000, 4001])("reconnects after close %i", (code) => {
     watch();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    synced("likes", 1, 1);
     FakeSocket.last.serverClose(code);
     vi.advanceTimersByTime(3000);
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=1");
+    open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ since: 1 });
   });
 
-  it("pings every interval, and drops a connection whose ping got no answer", () => {
-    const likes = watch("likes", { pingInterval: 30_000 });
-    const socket = FakeSocket.last;
-    socket.receive(snapshot("likes", 1, 1));
+  it("pings a quiet connection, and drops one whose ping got no answer", () => {
+    const likes = watch("likes", {}, clientWith({ pingIntervalMs: 30_000 }));
+    const socket = synced("likes", 1, 1);
 
+    // Nothing heard since it was established: the first check pings.
     vi.advanceTimersByTime(29_999);
-    expect(socket.sent).toEqual([]);
+    expect(sent(socket, "ping")).toHaveLength(0);
     vi.advanceTimersByTime(1);
-    expect(socket.sent).toEqual(['{"type":"ping"}']);
-
-    socket.receive({ type: "pong", timestamp: "2026-01-01T00:00:30.000Z" });
+    expect(sent(socket, "ping")).toHaveLength(1);
+    socket.receive({ type: "pong", id: lastSent(socket, "ping").id, timestamp: "" });
+    // The pong was heard: the next check sends nothing; the one after pings again.
     vi.advanceTimersByTime(30_000);
-    expect(socket.sent).toHaveLength(2);
+    expect(sent(socket, "ping")).toHaveLength(1);
+    vi.advanceTimersByTime(30_000);
+    expect(sent(socket, "ping")).toHaveLength(2);
     expect(socket.closedWith).toBeNull();
 
-    // No answer to the second ping: at the next tick the socket is closed and resumed at once.
+    // No answer to the second ping: at the next check the socket is given up.
     vi.advanceTimersByTime(30_000);
     expect(socket.closedWith).toBe(1000);
     expect(likes.getState().error?.message).toContain("no answer to a ping");
-    // The connection had been up longer than minUptime, so the backoff starts over.
     vi.advanceTimersByTime(2999);
     expect(FakeSocket.instances).toHaveLength(1);
     vi.advanceTimersByTime(1);
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=1");
   });
 
-  it("resumes from what it has when a version is missing", () => {
+  it("starts over from what it has when a version is missing, on the same socket", () => {
     const likes = watch();
-    const first = FakeSocket.last;
-    first.receive(snapshot("likes", 1, 1));
-    first.receive(update("likes", 3, 4, 4));
+    const socket = synced("likes", 1, 1);
+    socket.receive(updatePush("likes", 3, 4, 4));
     expect(likes.getState().version).toBe(1);
-    expect(first.closedWith).toBe(1000);
-    vi.advanceTimersByTime(3000);
-    expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=1");
+    expect(socket.closedWith).toBeNull();
+    expect(sent(socket).slice(-2)).toMatchObject([
+      { type: "unsubscribe", name: "likes" },
+      { type: "subscribe", name: "likes", since: 1 },
+    ]);
   });
 
   it("replaces its state with a resync snapshot, even an older one", () => {
     const likes = watch("likes", { since: 500 });
-    FakeSocket.last.receive(snapshot("likes", 3, 3, true));
+    const id = open();
+    FakeSocket.last.receive({ ...snapshotReply(id, "likes", 3, 3), resync: true });
     expect(likes.getState()).toMatchObject({ status: "connected", value: 3, version: 3 });
   });
 
-  it("disable closes the socket and stops retrying; enable resumes", () => {
+  it("disable unsubscribes and the socket closes after the linger; enable resumes", () => {
     const likes = watch();
-    FakeSocket.last.receive(snapshot("likes", 7, 7));
+    const socket = synced("likes", 7, 7);
     likes.disable();
-    expect(FakeSocket.last.closedWith).toBe(1000);
+    expect(lastSent(socket, "unsubscribe")).toMatchObject({ name: "likes" });
     expect(likes.getState()).toMatchObject({ enabled: false, status: "disconnected", value: 7 });
+    vi.advanceTimersByTime(1000);
+    expect(socket.closedWith).toBe(1000);
     vi.advanceTimersByTime(10 * 60_000);
     expect(FakeSocket.instances).toHaveLength(1);
 
     likes.enable();
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=7");
+    open();
+    expect(lastSent(FakeSocket.last, "subscribe")).toMatchObject({ since: 7 });
   });
 
   it("starts disabled when asked, and opens nothing until enabled", () => {
@@ -270,15 +343,13 @@ describe("CounterSubscription", () => {
     vi.stubGlobal("window", window);
     vi.stubGlobal("document", document);
 
-    const likes = watch("likes", { backoff: { min: 60_000 } });
-    FakeSocket.last.receive(snapshot("likes", 2, 2));
+    const likes = watch("likes", {}, clientWith({ backoffMinMs: 60_000 }));
+    synced("likes", 2, 2);
     FakeSocket.last.serverClose(1006);
     expect(FakeSocket.instances).toHaveLength(1);
 
     window.dispatchEvent(new Event("online"));
     expect(FakeSocket.instances).toHaveLength(2);
-    expect(FakeSocket.last.url).toContain("since=2");
-
     FakeSocket.last.serverClose(1006);
     document.visibilityState = "hidden";
     document.dispatchEvent(new Event("visibilitychange"));
@@ -288,40 +359,29 @@ describe("CounterSubscription", () => {
     expect(FakeSocket.instances).toHaveLength(3);
 
     // While connected, coming back does not open a second socket; when disabled, nothing at all.
-    FakeSocket.last.receive({ type: "resumed", since: 2, version: 2 });
+    const id = open();
+    FakeSocket.last.receive({ type: "resumed", id, name: "likes", since: 2, version: 2 });
     window.dispatchEvent(new Event("online"));
     expect(FakeSocket.instances).toHaveLength(3);
     likes.disable();
+    vi.advanceTimersByTime(1000);
     window.dispatchEvent(new Event("online"));
     expect(FakeSocket.instances).toHaveLength(3);
   });
 
-  it("can be disabled while still connecting, and ignores events of a dropped socket", () => {
+  it("can be disabled and enabled while connecting, leaving one subscription", () => {
     const likes = watch();
-    const first = FakeSocket.last;
     likes.disable();
-    expect(first.closedWith).toBe(1000);
-
-    // A listener that toggles during the "connecting" notification leaves one live socket.
-    let toggled = false;
-    likes.subscribe(() => {
-      if (!toggled && likes.getState().status === "connecting") {
-        toggled = true;
-        likes.disable();
-        likes.enable();
-      }
-    });
     likes.enable();
-    const [stale, current] = FakeSocket.instances.slice(-2) as [FakeSocket, FakeSocket];
-    stale.serverClose(1006);
-    stale.receive(snapshot("likes", 99, 99));
-    current.receive(snapshot("likes", 1, 1));
+    const id = open();
+    expect(FakeSocket.instances).toHaveLength(1);
+    expect(sent(FakeSocket.last, "subscribe")).toHaveLength(1);
+    FakeSocket.last.receive(snapshotReply(id, "likes", 1, 1));
     expect(likes.getState()).toMatchObject({ status: "connected", value: 1, version: 1 });
-    expect(current.closedWith).toBeNull();
   });
 
-  it("retries a connection that never sends its first message", () => {
-    const likes = watch("likes", { connectTimeout: 5_000 });
+  it("retries a connection that never sends its first frame", () => {
+    const likes = watch("likes", {}, clientWith({ connectTimeoutMs: 5_000 }));
     vi.advanceTimersByTime(4_999);
     expect(FakeSocket.last.closedWith).toBeNull();
     vi.advanceTimersByTime(1);
@@ -333,20 +393,22 @@ describe("CounterSubscription", () => {
 
   it("takes the version from a resume started with the since option", () => {
     const likes = watch("likes", { since: 7 });
-    FakeSocket.last.receive({ type: "resumed", since: 7, version: 9 });
+    const id = open();
+    FakeSocket.last.receive({ type: "resumed", id, name: "likes", since: 7, version: 9 });
     expect(likes.getState()).toMatchObject({ status: "connected", version: 7, value: null });
-    FakeSocket.last.receive(update("likes", 7, 8, 8));
+    FakeSocket.last.receive(updatePush("likes", 7, 8, 8));
     expect(likes.getState()).toMatchObject({ version: 8, value: 8 });
   });
 
   it("forgets the last update when a snapshot replaces the state", () => {
     const likes = watch();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
-    FakeSocket.last.receive(update("likes", 1, 2, 2));
+    const socket = synced("likes", 1, 1);
+    socket.receive(updatePush("likes", 1, 2, 2));
     expect(likes.getState().update?.version).toBe(2);
-    FakeSocket.last.serverClose(1012);
+    socket.serverClose(1012);
     vi.advanceTimersByTime(3000);
-    FakeSocket.last.receive(snapshot("likes", 0, 0, true));
+    const id = open();
+    FakeSocket.last.receive({ ...snapshotReply(id, "likes", 0, 0), resync: true });
     expect(likes.getState()).toMatchObject({
       value: 0,
       version: 0,
@@ -361,7 +423,7 @@ describe("CounterSubscription", () => {
     vi.stubGlobal("window", window);
     vi.stubGlobal("document", document);
     watch();
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
+    synced("likes", 1, 1);
     FakeSocket.last.serverClose(1008);
     window.dispatchEvent(new Event("online"));
     document.dispatchEvent(new Event("visibilitychange"));
@@ -376,8 +438,8 @@ describe("CounterSubscription", () => {
     });
     const seen: number[] = [];
     likes.on("update", (u) => seen.push(u.version));
-    FakeSocket.last.receive(snapshot("likes", 1, 1));
-    FakeSocket.last.receive(update("likes", 1, 2, 2));
+    const socket = synced("likes", 1, 1);
+    socket.receive(updatePush("likes", 1, 2, 2));
     expect(seen).toEqual([2]);
     expect(likes.getState().version).toBe(2);
     expect(logged).toHaveBeenCalledTimes(1);

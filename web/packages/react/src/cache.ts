@@ -1,17 +1,33 @@
 /**
  * Writes what the server announces into the TanStack Query cache, so that queries show live values
  * without refetching: the value and metadata are set only when newer by version (an answer or an
- * update that arrives late never moves them back), and history pages, which cannot be patched
- * exactly, are invalidated when they may lack an entry.
+ * update that arrives late never moves them back; the value shows pending writes on top, see
+ * optimistic.ts), the newest history page is patched with each new entry where that is exact
+ * (see history.ts), and other pages are invalidated when they may lack an entry.
  */
 
-import type { Metadata, SnapshotMessage, Update, ValueAnswer } from "@tally/client";
+import type { HistoryPage, Metadata, SnapshotMessage, Update } from "@tally/client";
 import type { QueryClient } from "@tanstack/react-query";
+import { headPageAfter, isHeadPage, type HistoryQueryKey } from "./history.js";
 import type { CounterKeys } from "./keys.js";
+import { commitValue } from "./optimistic.js";
 
 /** Applies an Update (a mutation's answer or a live update) to the cache. */
 export function applyUpdate(queryClient: QueryClient, keys: CounterKeys, update: Update): void {
-  write(queryClient, keys, update, false);
+  const changed = write(queryClient, keys, update, false);
+  for (const { key, page, fetching } of historyPages(queryClient, keys, update.metadata.name)) {
+    if (!isHeadPage(key)) {
+      if (changed) invalidate(queryClient, key);
+    } else if (page === undefined) {
+      // A first fetch on its way is checked against the newest version when it lands (see
+      // useCounterHistory); one that is not is marked stale.
+      if (changed && !fetching) invalidate(queryClient, key);
+    } else {
+      const patched = headPageAfter(page, update, key);
+      if (patched === null) invalidate(queryClient, key);
+      else if (patched !== page) queryClient.setQueryData(key, patched);
+    }
+  }
 }
 
 /** Applies a snapshot; a `resync` snapshot replaces the cached state even if it is older. */
@@ -20,37 +36,58 @@ export function applySnapshot(
   keys: CounterKeys,
   snapshot: SnapshotMessage,
 ): void {
-  write(queryClient, keys, snapshot, snapshot.resync === true);
+  if (!write(queryClient, keys, snapshot, snapshot.resync === true)) return;
+  // A snapshot tells of no entry, so any page may now lack some.
+  for (const { key } of historyPages(queryClient, keys, snapshot.metadata.name)) {
+    invalidate(queryClient, key);
+  }
 }
 
 /**
  * Sets the value and metadata of `state` when newer by version (or always, with `replace`), and
- * invalidates the history pages when they may now lack an entry: after an Update that was written
- * (it is itself a new entry), or when a snapshot replaced a different cached state. A snapshot
- * into an empty cache tells nothing the pages do not show, so it leaves them alone.
+ * tells whether the history pages may now lack an entry: after an Update that was written (it
+ * is itself a new entry), or when a snapshot replaced a different known state. A snapshot into
+ * an empty cache tells nothing the pages do not show.
  */
 function write(
   queryClient: QueryClient,
   keys: CounterKeys,
   state: Update | SnapshotMessage,
   replace: boolean,
-): void {
+): boolean {
   const { value, metadata } = state;
   const name = metadata.name;
   const version = metadata.operationCount;
   const isUpdate = state.type !== "snapshot";
-  let changed = false;
-  queryClient.setQueryData<ValueAnswer>(keys.value(name), (old) => {
-    if (old !== undefined && !replace && old.version >= version) return old;
-    if (old === undefined ? isUpdate : old.version !== version || old.value !== value) {
-      changed = true;
-    }
-    return { value, version };
-  });
+  const { previous, committed } = commitValue(
+    queryClient,
+    keys.value(name),
+    { value, version },
+    replace,
+  );
+  let changed =
+    committed !== previous &&
+    (previous === undefined ? isUpdate : previous.version !== version || previous.value !== value);
   queryClient.setQueryData<Metadata>(keys.metadata(name), (old) => {
     if (old !== undefined && !replace && old.operationCount >= version) return old;
     if (old === undefined ? isUpdate : old.operationCount !== version) changed = true;
     return metadata;
   });
-  if (changed) void queryClient.invalidateQueries({ queryKey: keys.histories(name) });
+  return changed;
+}
+
+/** The cached history pages of counter `name`. */
+function historyPages(queryClient: QueryClient, keys: CounterKeys, name: string) {
+  return queryClient
+    .getQueryCache()
+    .findAll({ queryKey: keys.histories(name) })
+    .map((query) => ({
+      key: query.queryKey as HistoryQueryKey,
+      page: query.state.data as HistoryPage | undefined,
+      fetching: query.state.fetchStatus === "fetching",
+    }));
+}
+
+function invalidate(queryClient: QueryClient, key: HistoryQueryKey) {
+  void queryClient.invalidateQueries({ queryKey: key, exact: true });
 }

@@ -20,4 +20,5 @@ export {
   useIncrementCounter,
   useResetCounter,
   useSetCounterValue,
+  type CounterMutationOptions,
 } from "./queries.js";

@@ -1,7 +1,9 @@
 /**
- * Query and mutation hooks for the seven procedures, on one key factory. Mutations write their
- * answer into the cache the same way live updates do, so the writer's own view never waits for
- * its socket. Queries are keyed by the principal and wait until it is known.
+ * Query and mutation hooks for the seven procedures, on one key factory. Mutations go through
+ * the client (over the shared socket, or into its offline queue, or over HTTP), show at once on
+ * the counter's value (optimistic.ts), and write their answer into the cache the same way live
+ * updates do, so the writer's own view never waits for its socket. Queries are keyed by the
+ * principal and wait until it is known.
  */
 
 import type { HistoryPage, Metadata, TallyClient, Update, ValueAnswer } from "@tally/client";
@@ -14,7 +16,9 @@ import {
 } from "@tanstack/react-query";
 import { applyUpdate } from "./cache.js";
 import { useTallyClient, useTallyPrincipal } from "./context.js";
+import { newestVersion } from "./history.js";
 import { counterKeys, type HistoryParams } from "./keys.js";
+import { beginWrite, commitValue, type Operation } from "./optimistic.js";
 
 type QueryOptions<T> = Omit<
   UseQueryOptions<T, Error, T, readonly unknown[]>,
@@ -52,53 +56,54 @@ function enabledFor<T>(principal: string | null, options: QueryOptions<T>) {
   return principal === null ? false : (options.enabled ?? true);
 }
 
-/**
- * A query of state that live updates also write. An answer that left the server before a live
- * update may arrive after it, so the cached entry is kept when its version is newer.
- */
-function useLiveQuery<T>(
-  key: (keys: ReturnType<typeof counterKeys>) => readonly unknown[],
-  fetch: (client: TallyClient) => Promise<T>,
-  version: (data: T) => number,
-  options: QueryOptions<T>,
-) {
+/** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`, with this query
+ * client's pending writes shown on top (see optimistic.ts). */
+export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
   const client = useTallyClient();
   const principal = useTallyPrincipal();
   const queryClient = useQueryClient();
-  const queryKey = key(counterKeys(client, principal));
+  const queryKey = counterKeys(client, principal).value(name);
   return useQuery({
     ...options,
     queryKey,
     queryFn: async () => {
-      const answer = await asPrincipal(client, principal, () => fetch(client));
-      const cached = queryClient.getQueryData<T>(queryKey);
-      return cached !== undefined && version(cached) > version(answer) ? cached : answer;
+      const answer = await asPrincipal(client, principal, () => client.getValue(name));
+      // An answer that left the server before a live update may arrive after it.
+      return commitValue(queryClient, queryKey, answer).shown;
     },
     enabled: enabledFor(principal, options),
   });
 }
 
-/** `counter.getValue`: `{ value, version }`, kept live by `useCounterWebSocket`. */
-export function useCounterValue(name: string, options: QueryOptions<ValueAnswer> = {}) {
-  return useLiveQuery(
-    (keys) => keys.value(name),
-    (client) => client.getValue(name),
-    (data) => data.version,
-    options,
-  );
-}
-
 /** `counter.getMetadata`, kept live by `useCounterWebSocket`. */
 export function useCounterMetadata(name: string, options: QueryOptions<Metadata> = {}) {
-  return useLiveQuery(
-    (keys) => keys.metadata(name),
-    (client) => client.getMetadata(name),
-    (data) => data.operationCount,
-    options,
-  );
+  const client = useTallyClient();
+  const principal = useTallyPrincipal();
+  const queryClient = useQueryClient();
+  const queryKey = counterKeys(client, principal).metadata(name);
+  return useQuery({
+    ...options,
+    queryKey,
+    queryFn: async () => {
+      const answer = await asPrincipal(client, principal, () => client.getMetadata(name));
+      // An answer that left the server before a live update may arrive after it.
+      const cached = queryClient.getQueryData<Metadata>(queryKey);
+      return cached !== undefined && cached.operationCount > answer.operationCount
+        ? cached
+        : answer;
+    },
+    enabled: enabledFor(principal, options),
+  });
 }
 
-/** One page of `counter.getHistory`, newest first; refetched after each live update. */
+/** How many times a newest page is fetched at most to catch up with the newest version seen. */
+const CATCH_UP_FETCHES = 3;
+
+/**
+ * One page of `counter.getHistory`, newest first. Live updates patch the newest page (no
+ * `before`) where that is exact and mark it stale otherwise (see history.ts), and mark the
+ * older pages stale.
+ */
 export function useCounterHistory(
   name: string,
   params: HistoryParams = {},
@@ -106,49 +111,111 @@ export function useCounterHistory(
 ) {
   const client = useTallyClient();
   const principal = useTallyPrincipal();
+  const queryClient = useQueryClient();
+  const keys = counterKeys(client, principal);
+  const queryKey = keys.history(name, params);
   return useQuery({
     ...options,
-    queryKey: counterKeys(client, principal).history(name, params),
-    queryFn: () => asPrincipal(client, principal, () => client.getHistory(name, params)),
+    queryKey,
+    queryFn: async () => {
+      const fetchPage = () => asPrincipal(client, principal, () => client.getHistory(name, params));
+      let page = await fetchPage();
+      if (params.before !== undefined) return page;
+      // Updates that came while the page was on its way could not patch it: fetch it again
+      // while it is older than the newest version seen (a burst of writes at most a few times).
+      const seen = () => queryClient.getQueryData<Metadata>(keys.metadata(name))?.operationCount;
+      for (let fetches = 1; fetches < CATCH_UP_FETCHES; fetches += 1) {
+        if (newestVersion(page) >= (seen() ?? 0)) break;
+        page = await fetchPage();
+      }
+      // A cached page patched meanwhile is exact too, and may be newer; but not one newer than
+      // the version seen, which a resync (the server's data replaced) has made stale.
+      const cached = queryClient.getQueryData<HistoryPage>(queryKey);
+      const newest = cached === undefined ? 0 : newestVersion(cached);
+      return newest > newestVersion(page) && newest <= (seen() ?? 0)
+        ? (cached as HistoryPage)
+        : page;
+    },
     enabled: enabledFor(principal, options),
   });
 }
 
-type WriteOptions<V> = Omit<UseMutationOptions<Update, Error, V>, "mutationFn">;
+/**
+ * The options of a mutation hook: TanStack's, but for `mutationFn`. `onError` gets what the
+ * client threw: a `TallyError` when the server refused the write (its `code` and `message` say
+ * why), a `TallyConnectionError` when it could not be sent (the offline queue is full). Mutations
+ * run whatever TanStack thinks of the network (`networkMode: "always"`): the client's queue is
+ * what holds a write made offline, so it counts in `pendingWrites`.
+ */
+export type CounterMutationOptions<V> = Omit<UseMutationOptions<Update, Error, V>, "mutationFn">;
 
 function useWrite<V extends { name: string }>(
   write: (client: TallyClient, variables: V) => Promise<Update>,
-  options: WriteOptions<V>,
+  operation: (variables: V) => Operation,
+  options: CounterMutationOptions<V>,
 ) {
   const client = useTallyClient();
   const queryClient = useQueryClient();
   return useMutation<Update, Error, V>({
+    networkMode: "always",
     ...options,
-    mutationFn: (variables) => write(client, variables),
-    onSuccess: (update, variables, onMutateResult, context) => {
+    mutationFn: async (variables) => {
+      const keys = counterKeys(client);
+      const settle = beginWrite(queryClient, keys.value(variables.name), operation(variables));
+      let update: Update;
+      try {
+        update = await write(client, variables);
+      } catch (error) {
+        // Refused, or given up: its optimistic change is rolled back.
+        settle(false);
+        throw error;
+      }
       // The principal the answer came for: the request got its token before it was sent.
       applyUpdate(queryClient, counterKeys(client), update);
-      return options.onSuccess?.(update, variables, onMutateResult, context);
+      settle(true);
+      return update;
     },
   });
 }
 
 /** `counter.increment`: `mutate({ name, amount })`. */
-export function useIncrementCounter(options: WriteOptions<{ name: string; amount?: number }> = {}) {
-  return useWrite((client, { name, amount }) => client.increment(name, amount), options);
+export function useIncrementCounter(
+  options: CounterMutationOptions<{ name: string; amount?: number }> = {},
+) {
+  return useWrite(
+    (client, { name, amount }) => client.increment(name, amount),
+    ({ amount = 1 }) => ({ type: "increment", amount }),
+    options,
+  );
 }
 
 /** `counter.decrement`: `mutate({ name, amount })`. */
-export function useDecrementCounter(options: WriteOptions<{ name: string; amount?: number }> = {}) {
-  return useWrite((client, { name, amount }) => client.decrement(name, amount), options);
+export function useDecrementCounter(
+  options: CounterMutationOptions<{ name: string; amount?: number }> = {},
+) {
+  return useWrite(
+    (client, { name, amount }) => client.decrement(name, amount),
+    ({ amount = 1 }) => ({ type: "decrement", amount }),
+    options,
+  );
 }
 
 /** `counter.setValue`: `mutate({ name, value })`. */
-export function useSetCounterValue(options: WriteOptions<{ name: string; value: number }> = {}) {
-  return useWrite((client, { name, value }) => client.setValue(name, value), options);
+export function useSetCounterValue(
+  options: CounterMutationOptions<{ name: string; value: number }> = {},
+) {
+  return useWrite(
+    (client, { name, value }) => client.setValue(name, value),
+    ({ value }) => ({ type: "setValue", value }),
+    options,
+  );
 }
 
 /** `counter.reset`: `mutate({ name })`. */
-export function useResetCounter(options: WriteOptions<{ name: string }> = {}) {
-  return useWrite((client, { name }) => client.reset(name), options);
+export function useResetCounter(options: CounterMutationOptions<{ name: string }> = {}) {
+  return useWrite(
+    (client, { name }) => client.reset(name),
+    () => ({ type: "reset" }),
+    options,
+  );
 }

@@ -1,6 +1,8 @@
 /**
- * `useCounterWebSocket`: the seed's hook. It watches one counter live, exposes the connection's
- * state (and what its principal may do) through `useSyncExternalStore`, and keeps the TanStack
+ * `useCounterWebSocket`: the seed's hook. It watches one counter live over the client's one
+ * socket (`client.connection`, shared by every hook of that client: a remount or StrictMode's
+ * double mount reuses it), exposes the subscription's state (what its principal may do, who
+ * watches, which writes wait to be sent) through `useSyncExternalStore`, and keeps the TanStack
  * Query cache of that counter in sync (when a `QueryClientProvider` is above it), under the keys
  * of the principal the socket acts as.
  */
@@ -10,6 +12,7 @@ import {
   type Action,
   type ConnectionStatus,
   type Metadata,
+  type Presence,
   type SubscriptionOptions,
   type TallyWatchError,
   type Update,
@@ -21,10 +24,7 @@ import { useTallyClient } from "./context.js";
 import { counterKeys } from "./keys.js";
 
 /** Options of `useCounterWebSocket`. */
-export interface UseCounterWebSocketOptions extends Omit<
-  SubscriptionOptions,
-  "enabled" | "random"
-> {
+export interface UseCounterWebSocketOptions extends Omit<SubscriptionOptions, "enabled"> {
   /** Watch while true (the "Live updates" toggle); true by default. */
   enabled?: boolean;
   /** Called for each Update applied: live, or replayed after a reconnect. */
@@ -54,6 +54,16 @@ export interface CounterWebSocket {
   /** Whom the socket acts as (a JWT's `sub`, `key:ID`, `anonymous`), or null before it connects. */
   principal: string | null;
   /**
+   * How many watch the counter (`watchers`: subscriptions over every socket; `users`: distinct
+   * principals among them), with the `presence` option; null until the server said.
+   */
+  presence: Presence | null;
+  /**
+   * This counter's writes made through the client and not answered yet: queued while offline,
+   * or on their way ("3 changes waiting").
+   */
+  pendingWrites: number;
+  /**
    * `error` when it is an access-control refusal (`error.code` is `unauthenticated`,
    * `token_expired` or `forbidden`): a new credential is needed before watching again.
    */
@@ -65,14 +75,16 @@ export interface CounterWebSocket {
 }
 
 /**
- * Watches counter `name`. The other options (ping interval, backoff, …) are read when the
- * subscription is made, that is when `name` or the client changes.
+ * Watches counter `name`. A change of `types`, `maxRate` or `presence` makes a new subscription
+ * (the server's subscription is made with them); `since` is read when one is made. Two hooks of
+ * one counter share the server's subscription, with the first one's options.
  */
 export function useCounterWebSocket(
   name: string,
   options: UseCounterWebSocketOptions = {},
 ): CounterWebSocket {
   const { enabled = true, onUpdate, ...subscriptionOptions } = options;
+  const { presence, maxRate, types } = subscriptionOptions;
   const client = useTallyClient();
   const queryClient = useContext(QueryClientContext);
 
@@ -82,10 +94,11 @@ export function useCounterWebSocket(
   onUpdateRef.current = onUpdate;
 
   // Made during render but inert until the effect below enables it, so StrictMode's double
-  // render and an aborted render open no socket.
+  // render and an aborted render open no socket. `types` counts by its contents, not identity.
+  const typesKey = types?.join(",");
   const subscription = useMemo(
     () => new CounterSubscription(client, name, { ...optionsRef.current, enabled: false }),
-    [client, name],
+    [client, name, presence, maxRate, typesKey],
   );
 
   useEffect(() => {
@@ -129,6 +142,8 @@ export function useCounterWebSocket(
     retryAt: state.retryAt,
     can: state.can,
     principal: state.principal,
+    presence: state.presence,
+    pendingWrites: state.pendingWrites,
     authError: state.error?.code ? state.error : null,
     reconnect: () => subscription.reconnectNow(),
     subscription,
