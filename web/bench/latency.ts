@@ -24,6 +24,12 @@ export interface LatencyFigures {
   /** Click → the update's socket message reaching the reader's page, in ms. */
   arrivalP50Ms: number;
   arrivalP99Ms: number;
+  /**
+   * Clicks whose value no socket message carried: the server merged them into a later update
+   * (maxRate conflation). Clicks spaced as here should be 0; more means the timings include the
+   * conflation's wait.
+   */
+  valuesSkipped: number;
   /** The reader's clock minus the writer's, in ms: how far apart the two tabs' stamps can be. */
   clockSkewMs: number;
   /** HTTP requests each tab made during the clicks (writes, refetches), by path. */
@@ -82,6 +88,7 @@ export async function measureLatency(
     });
   const samplesMs = after(shown);
   const arrivalsMs = after(arrived);
+  const valuesSkipped = sent.filter((_, index) => !(String(start + index + 1) in arrived)).length;
   const figures = {
     samplesMs,
     p50Ms: quantile(samplesMs, 0.5),
@@ -89,6 +96,7 @@ export async function measureLatency(
     maxMs: Math.max(...samplesMs),
     arrivalP50Ms: quantile(arrivalsMs, 0.5),
     arrivalP99Ms: quantile(arrivalsMs, 0.99),
+    valuesSkipped,
     clockSkewMs,
     writerRequests: writerRequests(),
     readerRequests: readerRequests(),

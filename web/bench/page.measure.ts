@@ -74,6 +74,7 @@ const ROWS: Row<Run>[] = [
   row("click → other tab max, ms", (r) => r.latency.maxMs, 1),
   row("click → other tab's socket p50, ms", (r) => r.latency.arrivalP50Ms, 1),
   row("click → other tab's socket p99, ms", (r) => r.latency.arrivalP99Ms, 1),
+  row("clicks: values no socket message carried", (r) => r.latency.valuesSkipped),
   row("clicks: writer's HTTP requests", (r) => total(r.latency.writerRequests)),
   row("  of which writes", (r) => total(r.latency.writerRequests, WRITES)),
   row("clicks: reader's HTTP requests", (r) => total(r.latency.readerRequests)),
