@@ -11,6 +11,7 @@ import {
   useMutation,
   useQuery,
   useQueryClient,
+  type QueryClient,
   type UseMutationOptions,
   type UseQueryOptions,
 } from "@tanstack/react-query";
@@ -100,24 +101,21 @@ export function useCounterMetadata(name: string, options: QueryOptions<Metadata>
 const CATCH_UP_FETCHES = 3;
 
 /**
- * One page of `counter.getHistory`, newest first. Live updates patch the newest page (no
- * `before`) where that is exact and mark it stale otherwise (see history.ts), and mark the
- * older pages stale.
+ * The query of one history page (key and fetch) for `principal`, as `useCounterHistory` makes it:
+ * the newest page's answer is checked against what live updates wrote meanwhile.
  */
-export function useCounterHistory(
+export function historyQuery(
+  client: TallyClient,
+  principal: string | null,
+  queryClient: QueryClient,
   name: string,
   params: HistoryParams = {},
-  options: QueryOptions<HistoryPage> = {},
 ) {
-  const client = useTallyClient();
-  const principal = useTallyPrincipal();
-  const queryClient = useQueryClient();
   const keys = counterKeys(client, principal);
   const queryKey = keys.history(name, params);
-  return useQuery({
-    ...options,
+  return {
     queryKey,
-    queryFn: async () => {
+    queryFn: async (): Promise<HistoryPage> => {
       const fetchPage = () => asPrincipal(client, principal, () => client.getHistory(name, params));
       let page = await fetchPage();
       if (params.before !== undefined) return page;
@@ -136,6 +134,25 @@ export function useCounterHistory(
         ? (cached as HistoryPage)
         : page;
     },
+  };
+}
+
+/**
+ * One page of `counter.getHistory`, newest first. Live updates patch the newest page (no
+ * `before`) where that is exact and mark it stale otherwise (see history.ts), and mark the
+ * older pages stale.
+ */
+export function useCounterHistory(
+  name: string,
+  params: HistoryParams = {},
+  options: QueryOptions<HistoryPage> = {},
+) {
+  const client = useTallyClient();
+  const principal = useTallyPrincipal();
+  const queryClient = useQueryClient();
+  return useQuery({
+    ...options,
+    ...historyQuery(client, principal, queryClient, name, params),
     enabled: enabledFor(principal, options),
   });
 }
