@@ -97,12 +97,9 @@ export function useCounterMetadata(name: string, options: QueryOptions<Metadata>
   });
 }
 
-/** How many times a newest page is fetched at most to catch up with the newest version seen. */
-const CATCH_UP_FETCHES = 3;
-
 /**
  * The query of one history page (key and fetch) for `principal`, as `useCounterHistory` makes it:
- * the newest page's answer is checked against what live updates wrote meanwhile.
+ * the newest page's answer gives way to a newer page that live updates patched meanwhile.
  */
 export function historyQuery(
   client: TallyClient,
@@ -116,18 +113,13 @@ export function historyQuery(
   return {
     queryKey,
     queryFn: async (): Promise<HistoryPage> => {
-      const fetchPage = () => asPrincipal(client, principal, () => client.getHistory(name, params));
-      let page = await fetchPage();
+      const page = await asPrincipal(client, principal, () => client.getHistory(name, params));
       if (params.before !== undefined) return page;
-      // Updates that came while the page was on its way could not patch it: fetch it again
-      // while it is older than the newest version seen (a burst of writes at most a few times).
+      // Updates that came while the page was on its way could not patch it; they have it fetched
+      // once more (history-refresh.ts). A cached page patched meanwhile is exact too, and may be
+      // newer; but not one newer than the version seen, which a resync (the server's data
+      // replaced) has made stale.
       const seen = () => queryClient.getQueryData<Metadata>(keys.metadata(name))?.operationCount;
-      for (let fetches = 1; fetches < CATCH_UP_FETCHES; fetches += 1) {
-        if (newestVersion(page) >= (seen() ?? 0)) break;
-        page = await fetchPage();
-      }
-      // A cached page patched meanwhile is exact too, and may be newer; but not one newer than
-      // the version seen, which a resync (the server's data replaced) has made stale.
       const cached = queryClient.getQueryData<HistoryPage>(queryKey);
       const newest = cached === undefined ? 0 : newestVersion(cached);
       return newest > newestVersion(page) && newest <= (seen() ?? 0)
@@ -139,8 +131,8 @@ export function historyQuery(
 
 /**
  * One page of `counter.getHistory`, newest first. Live updates patch the newest page (no
- * `before`) where that is exact and mark it stale otherwise (see history.ts), and mark the
- * older pages stale.
+ * `before`) where that is exact (see history.ts); otherwise, and for older pages, they have the
+ * page fetched again, at most once at a time and a few times a second (history-refresh.ts).
  */
 export function useCounterHistory(
   name: string,
