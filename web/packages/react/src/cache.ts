@@ -3,28 +3,27 @@
  * without refetching: the value and metadata are set only when newer by version (an answer or an
  * update that arrives late never moves them back; the value shows pending writes on top, see
  * optimistic.ts), the newest history page is patched with each new entry where that is exact
- * (see history.ts), and other pages are invalidated when they may lack an entry.
+ * (see history.ts), and other pages are fetched again when they may lack an entry (at a bounded
+ * rate, see history-refresh.ts).
  */
 
 import type { HistoryPage, Metadata, SnapshotMessage, Update } from "@tally/client";
 import type { QueryClient } from "@tanstack/react-query";
 import { headPageAfter, isHeadPage, type HistoryQueryKey } from "./history.js";
+import { refreshHistoryPage } from "./history-refresh.js";
 import type { CounterKeys } from "./keys.js";
 import { commitValue } from "./optimistic.js";
 
 /** Applies an Update (a mutation's answer or a live update) to the cache. */
 export function applyUpdate(queryClient: QueryClient, keys: CounterKeys, update: Update): void {
   const changed = write(queryClient, keys, update, false);
-  for (const { key, page, fetching } of historyPages(queryClient, keys, update.metadata.name)) {
-    if (!isHeadPage(key)) {
-      if (changed) invalidate(queryClient, key);
-    } else if (page === undefined) {
-      // A first fetch on its way is checked against the newest version when it lands (see
-      // useCounterHistory); one that is not is marked stale.
-      if (changed && !fetching) invalidate(queryClient, key);
+  for (const { key, page } of historyPages(queryClient, keys, update.metadata.name)) {
+    // A page not fetched yet (its first fetch may be on its way) cannot be patched.
+    if (!isHeadPage(key) || page === undefined) {
+      if (changed) refreshHistoryPage(queryClient, key);
     } else {
       const patched = headPageAfter(page, update, key);
-      if (patched === null) invalidate(queryClient, key);
+      if (patched === null) refreshHistoryPage(queryClient, key);
       else if (patched !== page) queryClient.setQueryData(key, patched);
     }
   }
@@ -39,7 +38,7 @@ export function applySnapshot(
   if (!write(queryClient, keys, snapshot, snapshot.resync === true)) return;
   // A snapshot tells of no entry, so any page may now lack some.
   for (const { key } of historyPages(queryClient, keys, snapshot.metadata.name)) {
-    invalidate(queryClient, key);
+    refreshHistoryPage(queryClient, key);
   }
 }
 
@@ -84,10 +83,5 @@ function historyPages(queryClient: QueryClient, keys: CounterKeys, name: string)
     .map((query) => ({
       key: query.queryKey as HistoryQueryKey,
       page: query.state.data as HistoryPage | undefined,
-      fetching: query.state.fetchStatus === "fetching",
     }));
-}
-
-function invalidate(queryClient: QueryClient, key: HistoryQueryKey) {
-  void queryClient.invalidateQueries({ queryKey: key, exact: true });
 }

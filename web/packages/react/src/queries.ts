@@ -11,6 +11,7 @@ import {
   useMutation,
   useQuery,
   useQueryClient,
+  type QueryClient,
   type UseMutationOptions,
   type UseQueryOptions,
 } from "@tanstack/react-query";
@@ -96,13 +97,42 @@ export function useCounterMetadata(name: string, options: QueryOptions<Metadata>
   });
 }
 
-/** How many times a newest page is fetched at most to catch up with the newest version seen. */
-const CATCH_UP_FETCHES = 3;
+/**
+ * The query of one history page (key and fetch) for `principal`, as `useCounterHistory` makes it:
+ * the newest page's answer gives way to a newer page that live updates patched meanwhile.
+ */
+export function historyQuery(
+  client: TallyClient,
+  principal: string | null,
+  queryClient: QueryClient,
+  name: string,
+  params: HistoryParams = {},
+) {
+  const keys = counterKeys(client, principal);
+  const queryKey = keys.history(name, params);
+  return {
+    queryKey,
+    queryFn: async (): Promise<HistoryPage> => {
+      const page = await asPrincipal(client, principal, () => client.getHistory(name, params));
+      if (params.before !== undefined) return page;
+      // Updates that came while the page was on its way could not patch it; they have it fetched
+      // once more (history-refresh.ts). A cached page patched meanwhile is exact too, and may be
+      // newer; but not one newer than the version seen, which a resync (the server's data
+      // replaced) has made stale.
+      const seen = () => queryClient.getQueryData<Metadata>(keys.metadata(name))?.operationCount;
+      const cached = queryClient.getQueryData<HistoryPage>(queryKey);
+      const newest = cached === undefined ? 0 : newestVersion(cached);
+      return newest > newestVersion(page) && newest <= (seen() ?? 0)
+        ? (cached as HistoryPage)
+        : page;
+    },
+  };
+}
 
 /**
  * One page of `counter.getHistory`, newest first. Live updates patch the newest page (no
- * `before`) where that is exact and mark it stale otherwise (see history.ts), and mark the
- * older pages stale.
+ * `before`) where that is exact (see history.ts); otherwise, and for older pages, they have the
+ * page fetched again, at most once at a time and a few times a second (history-refresh.ts).
  */
 export function useCounterHistory(
   name: string,
@@ -112,30 +142,9 @@ export function useCounterHistory(
   const client = useTallyClient();
   const principal = useTallyPrincipal();
   const queryClient = useQueryClient();
-  const keys = counterKeys(client, principal);
-  const queryKey = keys.history(name, params);
   return useQuery({
     ...options,
-    queryKey,
-    queryFn: async () => {
-      const fetchPage = () => asPrincipal(client, principal, () => client.getHistory(name, params));
-      let page = await fetchPage();
-      if (params.before !== undefined) return page;
-      // Updates that came while the page was on its way could not patch it: fetch it again
-      // while it is older than the newest version seen (a burst of writes at most a few times).
-      const seen = () => queryClient.getQueryData<Metadata>(keys.metadata(name))?.operationCount;
-      for (let fetches = 1; fetches < CATCH_UP_FETCHES; fetches += 1) {
-        if (newestVersion(page) >= (seen() ?? 0)) break;
-        page = await fetchPage();
-      }
-      // A cached page patched meanwhile is exact too, and may be newer; but not one newer than
-      // the version seen, which a resync (the server's data replaced) has made stale.
-      const cached = queryClient.getQueryData<HistoryPage>(queryKey);
-      const newest = cached === undefined ? 0 : newestVersion(cached);
-      return newest > newestVersion(page) && newest <= (seen() ?? 0)
-        ? (cached as HistoryPage)
-        : page;
-    },
+    ...historyQuery(client, principal, queryClient, name, params),
     enabled: enabledFor(principal, options),
   });
 }

@@ -1,7 +1,7 @@
 // useCounterHistory's newest page in a React tree, with the server's answers scripted: a page
-// that was on its way while updates came (which could not patch it) is fetched again until it is
-// as new as the newest version seen, and after a resync a cached page newer than the server's
-// data gives way to the server's answer.
+// that was on its way while updates came (which could not patch it) is fetched once more after
+// it lands, and after a resync a cached page newer than the server's data gives way to the
+// server's answer.
 import { TallyClient, type HistoryPage } from "@tally/client";
 import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { act, cleanup, render, waitFor } from "@testing-library/react";
