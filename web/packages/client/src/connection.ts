@@ -29,7 +29,7 @@ import {
   type WatchOptions,
 } from "./topic.js";
 import { TallyWatchError } from "./watch-error.js";
-import { idempotencyKeyProblem, isWrite, newIdempotencyKey } from "./write.js";
+import { keyForCall } from "./write.js";
 
 export type { WatchHandlers, WatchOptions } from "./topic.js";
 
@@ -244,19 +244,13 @@ export class TallyConnection {
   ): Promise<Procedures[P]["answer"]> {
     const { signal } = options;
     signal?.throwIfAborted();
-    const write = isWrite(procedure);
-    if (!write && options.idempotencyKey !== undefined) {
-      throw new TypeError(`counter.${procedure} is a read; only writes take an idempotency key`);
-    }
-    const key = write ? (options.idempotencyKey ?? newIdempotencyKey()) : undefined;
-    const problem = key === undefined ? null : idempotencyKeyProblem(key);
-    if (problem !== null) throw new TypeError(problem);
+    const key = keyForCall(procedure, options.idempotencyKey);
     const httpOptions: WriteOptions =
       key === undefined ? { signal } : { signal, idempotencyKey: key };
     const overHttp = () =>
       this.client.callOverHttp(procedure, request, httpOptions) as Promise<unknown>;
     if (this.#state.status === "stopped") {
-      const answer = write ? this.track(request.name, overHttp()) : overHttp();
+      const answer = key !== undefined ? this.track(request.name, overHttp()) : overHttp();
       return (await answer) as Procedures[P]["answer"];
     }
     const answer = this.#calls.make(

@@ -117,62 +117,6 @@ export interface ResumedMessage {
   version: number;
 }
 
-/** The answer to a client ping. */
-export interface PongMessage {
-  type: "pong";
-  timestamp: string;
-}
-
-/** A client message was refused; the socket stays open. */
-export interface ErrorMessage {
-  type: "error";
-  code: ErrorCode;
-  message: string;
-  temporary?: boolean;
-  /** How long to wait before trying again, when the server knows (`rate_limited`). */
-  retryAfterMs?: number;
-}
-
-/**
- * The answer to an `auth` message: the socket now acts as `principal`, until `expiresAt` (absent
- * for API keys, which do not expire), and may do `can` to its counter.
- */
-export interface AuthenticatedMessage {
-  type: "authenticated";
-  principal: string;
-  expiresAt?: string;
-  can: Action[];
-}
-
-/** An Update as a WebSocket message. */
-export type UpdateMessage = Update;
-
-/** Everything the server sends on a WebSocket. */
-export type ServerMessage =
-  | SnapshotMessage
-  | ResumedMessage
-  | PongMessage
-  | ErrorMessage
-  | AuthenticatedMessage
-  | UpdateMessage;
-
-/** The keep-alive a client sends, answered with a `pong`. */
-export interface PingMessage {
-  type: "ping";
-}
-
-/**
- * A credential (a JWT or an API key) sent in band: a browser cannot set headers on a WebSocket.
- * The first message of a socket, and again with a fresh token before the current one expires.
- */
-export interface AuthMessage {
-  type: "auth";
-  token: string;
-}
-
-/** Everything a client sends on a WebSocket. */
-export type ClientMessage = PingMessage | AuthMessage;
-
 /** Error codes the server answers (PROTOCOL.md §6); newer servers may send others. */
 export type KnownErrorCode = keyof typeof ERROR_CODES;
 
@@ -254,50 +198,4 @@ export function nameProblem(name: string): string | null {
     return `the counter name is ${name.length} characters long; at most ${MAX_NAME_BYTES} are allowed`;
   }
   return null;
-}
-
-/**
- * Reads one WebSocket text message, or returns null when it is not a server message this client
- * understands (it is then ignored, so that newer servers may add message types).
- */
-export function parseServerMessage(text: string): ServerMessage | null {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof parsed !== "object" || parsed === null) return null;
-  const message = parsed as { type?: unknown; version?: unknown; value?: unknown };
-  switch (message.type) {
-    case "snapshot":
-    case "increment":
-    case "decrement":
-    case "setValue":
-    case "reset":
-      return typeof message.version === "number" && typeof message.value === "number"
-        ? (parsed as ServerMessage)
-        : null;
-    case "resumed":
-      return typeof message.version === "number" ? (parsed as ResumedMessage) : null;
-    case "authenticated":
-      return typeof (parsed as { principal?: unknown }).principal === "string"
-        ? (parsed as AuthenticatedMessage)
-        : null;
-    case "pong":
-    case "error":
-      return parsed as ServerMessage;
-    default:
-      return null;
-  }
-}
-
-/** True for the four Update message types. */
-export function isUpdate(message: ServerMessage): message is UpdateMessage {
-  return (
-    message.type === "increment" ||
-    message.type === "decrement" ||
-    message.type === "setValue" ||
-    message.type === "reset"
-  );
 }

@@ -22,9 +22,8 @@ import { DEFAULT_RECONNECT_RULES, type ReconnectRules } from "./reconnect.js";
 import {
   AttemptFailure,
   WRITE_RETRY_FOR,
-  idempotencyKeyProblem,
   isWrite,
-  newIdempotencyKey,
+  keyForCall,
   retrying,
   undecidedNote,
 } from "./write.js";
@@ -266,15 +265,8 @@ export class TallyClient {
     const { signal } = options;
     signal?.throwIfAborted();
     const body = JSON.stringify(request);
-    if (!isWrite(procedure)) {
-      if (options.idempotencyKey !== undefined) {
-        throw new TypeError(`counter.${procedure} is a read; only writes take an idempotency key`);
-      }
-      return this.#attempt<P>(procedure, body, null, signal).catch(settled);
-    }
-    const key = options.idempotencyKey ?? newIdempotencyKey();
-    const problem = idempotencyKeyProblem(key);
-    if (problem !== null) throw new TypeError(problem);
+    const key = keyForCall(procedure, options.idempotencyKey);
+    if (key === undefined) return this.#attempt<P>(procedure, body, null, signal).catch(settled);
     // A key belongs to one principal: sent again after a credential reset, as another one, a
     // write whose first attempt may have been applied could count twice.
     const generation = this.credentials.generation;

@@ -60,6 +60,25 @@ export function idempotencyKeyProblem(key: string): string | null {
 }
 
 /**
+ * The idempotency key a call of `procedure` is sent with: `given`, or a fresh one for a write;
+ * undefined for a read. The one rule of the socket and the HTTP paths.
+ *
+ * @throws TypeError for a key given to a read, or a key that breaks the server's rule.
+ */
+export function keyForCall(procedure: string, given: string | undefined): string | undefined {
+  if (!isWrite(procedure)) {
+    if (given !== undefined) {
+      throw new TypeError(`counter.${procedure} is a read; only writes take an idempotency key`);
+    }
+    return undefined;
+  }
+  const key = given ?? newIdempotencyKey();
+  const problem = idempotencyKeyProblem(key);
+  if (problem !== null) throw new TypeError(problem);
+  return key;
+}
+
+/**
  * How one attempt of a write failed: `final` (the answer settles it: a refusal, an abort),
  * `notSent` (no connection could be made: it was not applied), or `unknown` (no answer, or an
  * answer saying to try again: it may or may not have been applied).
