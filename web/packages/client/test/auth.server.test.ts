@@ -6,7 +6,7 @@
 // rate's 429 with its delay.
 import { mkdirSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import WebSocket from "ws";
+import { SocketCount } from "../../../test-support/sockets.js";
 import { TallyServer, tempDir, type JwtServer } from "../../../test-support/server.js";
 import type { TestClaims } from "../../../test-support/tokens.js";
 import { until } from "../../../test-support/until.js";
@@ -19,18 +19,12 @@ const dir = tempDir();
 let jwt: JwtServer;
 
 /** Sockets opened through the client, to tell a refresh in band from a reconnect. */
-let socketsOpened = 0;
-class CountedWebSocket extends WebSocket {
-  constructor(url: string) {
-    super(url);
-    socketsOpened += 1;
-  }
-}
+const sockets = new SocketCount();
 
 function clientWith(getToken?: GetToken, options: { tokenRefreshMargin?: number } = {}) {
   return new TallyClient({
     baseUrl: jwt.server.url,
-    WebSocket: CountedWebSocket as unknown as typeof globalThis.WebSocket,
+    WebSocket: sockets.WebSocket,
     getToken,
     ...options,
   });
@@ -161,7 +155,7 @@ describe("subscriptions with tokens", () => {
   });
 
   it("end when the socket's principal may not read the counter, without reconnecting", async () => {
-    const before = socketsOpened;
+    const before = sockets.made;
     // On version 2 a socket without credentials acts as anonymous; the subscribe is refused.
     const nobody = new CounterSubscription(clientWith(), "private:a");
     const unauthenticated = await until(nobody, (s) => s.error !== null);
@@ -173,13 +167,13 @@ describe("subscriptions with tokens", () => {
     expect(forbidden.error).toMatchObject({ code: "forbidden", willRetry: false });
 
     await new Promise((resolve) => setTimeout(resolve, 1500));
-    expect(socketsOpened - before).toBe(2);
+    expect(sockets.made - before).toBe(2);
     nobody.disable();
     other.disable();
   });
 
   it("stop as 4501 when the socket's credential is refused in band", async () => {
-    const before = socketsOpened;
+    const before = sockets.made;
     const client = clientWith(() => "not-a-token");
     const refused = new CounterSubscription(client, "public:a");
     const state = await until(refused, (s) => s.error !== null);
@@ -190,7 +184,7 @@ describe("subscriptions with tokens", () => {
     });
     expect(client.connection.getState().status).toBe("stopped");
     await new Promise((resolve) => setTimeout(resolve, 1000));
-    expect(socketsOpened - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
     refused.disable();
   });
 
@@ -198,7 +192,7 @@ describe("subscriptions with tokens", () => {
     const grants = ["refresh:*=read"];
     const getToken = vi.fn(() => jwt.token({ sub: "short", grants, ttlSeconds: 3 }));
     const client = clientWith(getToken);
-    const before = socketsOpened;
+    const before = sockets.made;
     const watching = new CounterSubscription(client, "refresh:a");
     const versions: number[] = [];
     watching.on("update", (u) => versions.push(u.version));
@@ -212,7 +206,7 @@ describe("subscriptions with tokens", () => {
     }
     await until(watching, (s) => s.version === 14);
     expect(versions).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
-    expect(socketsOpened - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
     expect(getToken.mock.calls.length).toBeGreaterThanOrEqual(3);
     expect(watching.getState()).toMatchObject({ status: "connected", error: null });
     watching.disable();

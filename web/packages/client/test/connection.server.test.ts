@@ -5,7 +5,7 @@
 // presence counts two clients.
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import WebSocket from "ws";
+import { SocketCount, readMetric } from "../../../test-support/sockets.js";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
 import { until } from "../../../test-support/until.js";
 import { TallyClient, type TallyClientOptions } from "../src/rpc.js";
@@ -15,18 +15,12 @@ const dir = tempDir();
 let server: TallyServer;
 
 /** WebSockets made by the clients of this file. */
-let socketsMade = 0;
-class CountedWebSocket extends WebSocket {
-  constructor(url: string) {
-    super(url);
-    socketsMade += 1;
-  }
-}
+const sockets = new SocketCount();
 
 function clientFor(options: Partial<TallyClientOptions> = {}) {
   return new TallyClient({
     baseUrl: server.url,
-    WebSocket: CountedWebSocket as unknown as typeof globalThis.WebSocket,
+    WebSocket: sockets.WebSocket,
     // Quick retries, so that a restart is noticed within a second.
     reconnect: { backoffMinMs: 200, backoffMaxMs: 500 },
     lingerMs: 100,
@@ -35,10 +29,8 @@ function clientFor(options: Partial<TallyClientOptions> = {}) {
 }
 
 /** The server's `tally_sessions_open` gauge: open version-2 sockets. */
-async function sessionsOpen(): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("tally_sessions_open "));
-  return Number(line?.split(" ")[1] ?? 0);
+function sessionsOpen(): Promise<number> {
+  return readMetric(server.url, "tally_sessions_open");
 }
 
 /** Resolves once `done()` holds, checking every 20 ms for up to 10 s. */
@@ -123,13 +115,13 @@ afterAll(async () => {
 describe("one socket per client", () => {
   it("carries ten subscriptions, each live, and closes after the last one ends", async () => {
     const client = clientFor();
-    const before = socketsMade;
+    const before = sockets.made;
     const names = Array.from({ length: 10 }, (_, i) => `shared:${i}`);
     const subscriptions = names.map((name) => new CounterSubscription(client, name));
     for (const subscription of subscriptions) {
       await until(subscription, (s) => s.status === "connected");
     }
-    expect(socketsMade - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
     expect(await sessionsOpen()).toBe(1);
 
     const writer = clientFor();
@@ -141,7 +133,7 @@ describe("one socket per client", () => {
     for (const subscription of subscriptions) subscription.disable();
     await eventually(async () => (await sessionsOpen()) === 0);
     expect(client.connection.getState().status).toBe("idle");
-    expect(socketsMade - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
   });
 
   it("queues writes made while the server is down and applies each once, in order, after it is back", async () => {
@@ -189,7 +181,7 @@ describe("one socket per client", () => {
       const client = clientFor({ baseUrl: proxy.url });
       const watching = new CounterSubscription(client, "burst");
       await until(watching, (s) => s.status === "connected");
-      const before = socketsMade;
+      const before = sockets.made;
       let answered = 0;
       proxy.cutAtResults = 5;
       const writes = Array.from({ length: 50 }, () =>
@@ -203,7 +195,7 @@ describe("one socket per client", () => {
       const updates = await Promise.all(writes);
       // The cut came with writes on their way: the client connected again and sent them again.
       expect(answeredBeforeCut).toBeLessThan(5);
-      expect(socketsMade - before).toBe(1);
+      expect(sockets.made - before).toBe(1);
       expect(answered).toBe(50);
       expect(new Set(updates.map((u) => u.version)).size).toBe(50);
       const page = await clientFor().getHistory("burst", { limit: 100 });
@@ -218,9 +210,9 @@ describe("one socket per client", () => {
 
   it("goes over HTTP when nothing watches", async () => {
     const client = clientFor();
-    const before = socketsMade;
+    const before = sockets.made;
     expect(await client.increment("script")).toMatchObject({ value: 1, version: 1 });
-    expect(socketsMade).toBe(before);
+    expect(sockets.made).toBe(before);
     expect(client.connection.getState()).toMatchObject({ status: "idle", pendingWrites: 0 });
   });
 });

@@ -5,7 +5,7 @@
 // lifetimes with no reconnect, its subscription and its writes going on.
 import { mkdirSync } from "node:fs";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import WebSocket from "ws";
+import { SocketCount } from "../../../test-support/sockets.js";
 import { TallyServer, tempDir, type JwtServer } from "../../../test-support/server.js";
 import { until } from "../../../test-support/until.js";
 import type { Update } from "../src/protocol.js";
@@ -17,18 +17,12 @@ let server: TallyServer;
 let jwt: JwtServer;
 
 /** WebSockets the clients of this file made, to tell a reconnect from none. */
-let socketsMade = 0;
-class CountedWebSocket extends WebSocket {
-  constructor(url: string) {
-    super(url);
-    socketsMade += 1;
-  }
-}
+const sockets = new SocketCount();
 
 function clientFor(baseUrl: string, options: Partial<TallyClientOptions> = {}) {
   return new TallyClient({
     baseUrl,
-    WebSocket: CountedWebSocket as unknown as typeof globalThis.WebSocket,
+    WebSocket: sockets.WebSocket,
     lingerMs: 100,
     ...options,
   });
@@ -54,7 +48,7 @@ describe("subscription options over the socket", () => {
     const seen: string[] = [];
     watching.on("update", (u) => seen.push(`${u.type} ${u.value} v${u.version}`));
     await until(watching, (s) => s.status === "connected");
-    const before = socketsMade;
+    const before = sockets.made;
 
     const writer = clientFor(server.url);
     await writer.increment("typed");
@@ -69,7 +63,7 @@ describe("subscription options over the socket", () => {
     expect(watching.getState()).toMatchObject({ value: 7, status: "connected", error: null });
     // A jump taken for a gap would have made the client resubscribe, not reconnect; neither
     // happened: the same socket, and no update twice.
-    expect(socketsMade).toBe(before);
+    expect(sockets.made).toBe(before);
     watching.disable();
   });
 
@@ -113,7 +107,7 @@ describe("in-band token refresh", () => {
     // Writes must go over the socket: an HTTP request fails the test.
     const fetch = vi.fn(() => Promise.reject(new Error("this write went over HTTP")));
     const client = clientFor(jwt.server.url, { getToken, fetch });
-    const before = socketsMade;
+    const before = sockets.made;
     const watching = new CounterSubscription(client, "inband:a");
     const statuses = new Set<string>();
     watching.subscribe(() => statuses.add(watching.getState().status));
@@ -131,7 +125,7 @@ describe("in-band token refresh", () => {
     }
     await until(watching, (s) => s.version === writes);
     expect(versions).toEqual(Array.from({ length: writes }, (_, i) => i + 1));
-    expect(socketsMade - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
     expect(getToken.mock.calls.length).toBeGreaterThanOrEqual(4);
     expect(fetch).not.toHaveBeenCalled();
     expect([...statuses]).toEqual(["connected"]);

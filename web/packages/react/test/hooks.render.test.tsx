@@ -14,7 +14,7 @@ import { QueryClient, QueryClientProvider } from "@tanstack/react-query";
 import { act, cleanup, render, waitFor } from "@testing-library/react";
 import { StrictMode, useState, type ReactNode } from "react";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import WebSocket from "ws";
+import { SocketCount, readMetric } from "../../../test-support/sockets.js";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
 import {
   TallyProvider,
@@ -28,14 +28,8 @@ import {
 const dir = tempDir();
 let server: TallyServer;
 
-let socketsMade = 0;
 /** `ws`, counting the sockets made. */
-class CountedWebSocket extends WebSocket {
-  constructor(url: string) {
-    super(url);
-    socketsMade += 1;
-  }
-}
+const sockets = new SocketCount();
 
 /** Calls to `counter.getHistory` over HTTP. */
 let historyFetches = 0;
@@ -47,7 +41,7 @@ const countingFetch: typeof fetch = (input, init) => {
 function newClient() {
   return new TallyClient({
     baseUrl: server.url,
-    WebSocket: CountedWebSocket as unknown as typeof globalThis.WebSocket,
+    WebSocket: sockets.WebSocket,
     fetch: countingFetch,
     // Quick retries, so that a restart is noticed within a second.
     reconnect: { backoffMinMs: 100, backoffMaxMs: 300 },
@@ -57,10 +51,8 @@ function newClient() {
 /** A client for setting counters up over HTTP, outside the tree. */
 const admin = () => new TallyClient({ baseUrl: server.url });
 
-async function sessionsOpen(): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("tally_sessions_open "));
-  return Number(line?.split(" ")[1] ?? 0);
+function sessionsOpen(): Promise<number> {
+  return readMetric(server.url, "tally_sessions_open");
 }
 
 function Providers({ client, children }: { client: TallyClient; children: ReactNode }) {
@@ -117,7 +109,7 @@ afterAll(async () => {
 describe("useCounterWebSocket in a React tree", () => {
   it("opens one socket under StrictMode's double mount, and a remount reuses it", async () => {
     const client = newClient();
-    const before = socketsMade;
+    const before = sockets.made;
     const seen = newSeen();
     const tree = render(
       <Providers client={client}>
@@ -126,7 +118,7 @@ describe("useCounterWebSocket in a React tree", () => {
       </Providers>,
     );
     await waitFor(() => expect(seen.socket?.isConnected).toBe(true));
-    expect(socketsMade - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
     expect(await sessionsOpen()).toBe(1);
     await waitFor(() => expect(seen.socket?.presence).toEqual({ watchers: 1, users: 1 }));
 
@@ -139,7 +131,7 @@ describe("useCounterWebSocket in a React tree", () => {
       </Providers>,
     );
     await waitFor(() => expect(again.socket?.isConnected).toBe(true));
-    expect(socketsMade - before).toBe(1);
+    expect(sockets.made - before).toBe(1);
 
     // Gone for longer: the socket closes.
     tree.unmount();
