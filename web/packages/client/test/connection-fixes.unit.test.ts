@@ -9,32 +9,11 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { unsignedToken } from "../../../test-support/tokens.js";
 import { TallyConnectionError } from "../src/errors.js";
-import { TallyClient, type TallyClientOptions } from "../src/rpc.js";
 import { CounterSubscription } from "../src/subscription.js";
 import type { WatchHandlers } from "../src/topic.js";
 import { FakeSocket } from "./fake-socket.js";
+import { clientWith, connect, settle } from "./scripted-client.js";
 import { lastSent, resultReply, sent, snapshotReply, updatePush } from "./v2-frames.js";
-
-function clientWith(options: Partial<TallyClientOptions> = {}) {
-  return new TallyClient({
-    baseUrl: "http://tally.test:8094",
-    fetch: () => Promise.reject(new Error("no RPC in unit tests")),
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-    random: () => 1,
-    ...options,
-  });
-}
-
-const settle = () => vi.advanceTimersByTimeAsync(0);
-
-/** Opens the newest socket and answers its first ping, so that it is connected. */
-function connect(): FakeSocket {
-  const socket = FakeSocket.last;
-  socket.open();
-  const first = sent(socket)[0];
-  if (first?.type === "ping") socket.receive({ type: "pong", id: first.id, timestamp: "" });
-  return socket;
-}
 
 const callNames = (socket: FakeSocket) =>
   sent(socket, "call").map((c) => `${c.procedure} ${c.name}`);

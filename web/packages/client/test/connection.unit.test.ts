@@ -5,33 +5,10 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { TallyConnectionError, TallyError } from "../src/errors.js";
 import type { Update } from "../src/protocol.js";
-import { TallyClient, type TallyClientOptions } from "../src/rpc.js";
 import { CounterSubscription } from "../src/subscription.js";
 import { FakeSocket } from "./fake-socket.js";
+import { clientWith, connect, settle } from "./scripted-client.js";
 import { lastSent, resultReply, sent, snapshotReply, updatePush } from "./v2-frames.js";
-
-/** A client whose jitter always picks the top of a range, so waits are predictable. */
-function clientWith(options: Partial<TallyClientOptions> = {}) {
-  return new TallyClient({
-    baseUrl: "http://tally.test:8094",
-    fetch: () => Promise.reject(new Error("no RPC in unit tests")),
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-    random: () => 1,
-    ...options,
-  });
-}
-
-/** Lets pending promises settle without moving the clock. */
-const settle = () => vi.advanceTimersByTimeAsync(0);
-
-/** Opens the newest socket and answers its first command, so that it is connected. */
-function connect(): FakeSocket {
-  const socket = FakeSocket.last;
-  socket.open();
-  const first = sent(socket)[0];
-  if (first?.type === "ping") socket.receive({ type: "pong", id: first.id, timestamp: "" });
-  return socket;
-}
 
 beforeEach(() => {
   vi.useFakeTimers();
