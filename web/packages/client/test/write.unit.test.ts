@@ -152,10 +152,12 @@ const refused = () =>
     cause: Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" }),
   });
 
+/** A client whose backoff jitter always picks the top of a range, so attempts are countable. */
 function clientWith(answers: (() => Response | Error)[], retryFor?: number) {
   const { fetch, requests } = scriptedFetch(answers);
   const options = retryFor === undefined ? {} : { retryFor };
-  return { client: new TallyClient({ baseUrl: "http://tally", fetch, ...options }), requests };
+  const client = new TallyClient({ baseUrl: "http://tally", fetch, random: () => 1, ...options });
+  return { client, requests };
 }
 
 describe("TallyClient writes", () => {
