@@ -17,10 +17,39 @@ use crate::load::LoadResult;
 use crate::socket::{self, CallTemplate, Glance};
 use crate::stats;
 
-/// Runs `clients` sockets, each with up to `window` increments of `name` in flight, for
-/// `duration`; with `keyed`, every call carries an idempotency key of its own.
+/// Who answers the calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replies {
+    /// Tally, at `/ws`: a `result` (or `error`) frame per call.
+    Tally,
+    /// The reference echo, at `/echo`: each call sent back as it is.
+    Echo,
+}
+
+impl Replies {
+    fn path(self) -> &'static str {
+        match self {
+            Replies::Tally => "/ws",
+            Replies::Echo => "/echo",
+        }
+    }
+
+    /// The call a frame answers, and whether it succeeded.
+    fn read(self, text: &str) -> Option<(u64, bool)> {
+        match self {
+            Replies::Tally => match socket::glance(text) {
+                Glance::Reply { id, ok } => Some((id, ok)),
+                _ => None,
+            },
+            Replies::Echo => socket::command_id(text).map(|id| (id, true)),
+        }
+    }
+}
+
+/// Runs `clients` sockets to `server`, each with up to `window` increments of `name` in flight,
+/// for `duration`; with `keyed`, every call carries an idempotency key of its own.
 pub(crate) async fn run(
-    server: SocketAddr,
+    (server, replies): (SocketAddr, Replies),
     name: &str,
     clients: usize,
     window: usize,
@@ -34,7 +63,8 @@ pub(crate) async fn run(
     // Every socket is open before the clock starts, as the HTTP clients' connections are.
     let mut sockets = Vec::with_capacity(clients);
     for _ in 0..clients {
-        sockets.push(socket::connect(server).await.context("opening a v2 socket")?);
+        let socket = crate::watchers::connect_to(server, replies.path()).await;
+        sockets.push(socket.context("opening a socket for calls")?);
     }
     let started = Instant::now();
     let deadline = started + duration;
@@ -42,7 +72,7 @@ pub(crate) async fn run(
     for (client, socket) in sockets.into_iter().enumerate() {
         let template = std::sync::Arc::clone(&template);
         tasks.push(tokio::spawn(async move {
-            pipeline(socket, &template, client, window, deadline).await
+            pipeline(socket, replies, &template, client, window, deadline).await
         }));
     }
     let ticker = {
@@ -87,6 +117,7 @@ struct Pipelined {
 /// leave in one write, as any pipelining client would do.
 async fn pipeline(
     socket: crate::watchers::Socket,
+    replies: Replies,
     template: &CallTemplate,
     client: usize,
     window: usize,
@@ -125,7 +156,7 @@ async fn pipeline(
                 anyhow::bail!("the socket closed with {} calls unanswered", in_flight.len())
             };
             if let Message::Text(text) = read.context("reading a reply")?
-                && let Glance::Reply { id, ok } = socket::glance(&text)
+                && let Some((id, ok)) = replies.read(&text)
                 && let Some(sent) = in_flight.remove(&id)
             {
                 if ok {

@@ -27,6 +27,19 @@ pub(crate) fn sync_latency(folder: &Path, rounds: usize) -> std::io::Result<Dura
     Ok(times[times.len() / 2])
 }
 
+/// The kernel's slab memory (`Slab:` of `/proc/meminfo`, reclaimable or not) in bytes: where its
+/// sockets, their inodes and their TCP state live.
+pub(crate) fn kernel_slab_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    slab_of(&meminfo)
+}
+
+fn slab_of(meminfo: &str) -> Option<u64> {
+    let rest = meminfo.lines().find_map(|line| line.strip_prefix("Slab:"))?;
+    let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The cumulative CPU time counters of all CPUs, from `/proc/stat` (in clock ticks).
 pub(crate) struct CpuTimes {
     total: u64,
@@ -78,5 +91,18 @@ mod tests {
         let later = CpuTimes { total: 2000, steal: 350 };
         assert_eq!(later.steal_percent_since(&earlier), 25.0);
         assert_eq!(earlier.steal_percent_since(&earlier), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod slab_tests {
+    use super::slab_of;
+
+    #[test]
+    fn reads_the_slab_line() {
+        let meminfo =
+            "MemTotal:       24000000 kB\nSlab:             123456 kB\nSReclaimable:      1 kB\n";
+        assert_eq!(slab_of(meminfo), Some(123_456 * 1024));
+        assert_eq!(slab_of("MemTotal: 1 kB\n"), None);
     }
 }

@@ -10,6 +10,7 @@ mod load;
 mod machine;
 mod memory;
 mod presence;
+mod reference;
 mod report;
 mod server;
 mod soak;
@@ -27,9 +28,12 @@ use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_client::Client;
 
+use crate::calls::Replies;
 use crate::load::Request;
+use crate::reference::{Design, ReferenceProcess};
 use crate::report::{Goal, Report};
 use crate::server::ServerProcess;
+use crate::watchers::Writer;
 
 /// Benchmarks a Tally server: hot counter (HTTP and socket calls), spread writes, fan-out, idle
 /// watchers, memory per subscription, conflation, presence, cold paths.
@@ -306,18 +310,7 @@ async fn scenarios(
             if !fits_open_files(watchers, "fanout", report) {
                 continue;
             }
-            let progress = bar(watchers as u64, &format!("fan-out: opening {watchers} watchers"));
-            let result = watchers::fanout(client, addr, watchers, updates, &progress).await?;
-            progress.finish_and_clear();
-            let case = format!("watchers={watchers}");
-            let (p50, p99, max) = stats::percentiles_ms(&result.latency);
-            report.add("fanout", &case, "write→watcher p50 ms", p50);
-            let goal = (watchers == 1_000).then_some(Goal::at_most(5.0));
-            report.add_with("fanout", &case, "write→watcher p99 ms", p99, goal);
-            report.add("fanout", &case, "write→watcher max ms", max);
-            let (last_p50, _, _) = stats::percentiles_ms(&result.last);
-            let goal = (watchers == 10_000).then_some(Goal::at_most(50.0));
-            report.add_with("fanout", &case, "write→last watcher p50 ms", last_p50, goal);
+            fanout(target, watchers, updates, report).await?;
         }
     }
     if wanted(Scenario::Idle) {
@@ -334,7 +327,7 @@ async fn scenarios(
                     let fresh_client = Client::new(&fresh.base)?;
                     let progress = bar(count as u64, &format!("idle: opening {count} watchers"));
                     let result = watchers::idle(
-                        &fresh_client,
+                        Writer::Tally(&fresh_client),
                         fresh_addr,
                         || fresh.memory(),
                         count,
@@ -358,6 +351,10 @@ async fn scenarios(
                         (count >= 100_000).then_some(Goal::at_most(4096.0)),
                     );
                     report.add("idle", &case, "server PSS bytes/watcher", result.pss_per_watcher);
+                    if let Some(kernel) = result.kernel_per_socket {
+                        report.add("idle", &case, "kernel slab bytes/TCP socket", kernel);
+                    }
+                    idle_reference(count, result.rss_per_watcher, report).await?;
                 }
             }
             None => eprintln!(
@@ -402,6 +399,124 @@ async fn scenarios(
     Ok(())
 }
 
+/// Fan-out to `watchers` watchers of one counter, `updates` writes one at a time: Tally, then
+/// each design of the reference broadcaster, each on a fresh process; Tally's figures as ratios
+/// to the faster design's.
+async fn fanout(
+    target: &Target<'_>,
+    watchers: usize,
+    updates: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let case = format!("watchers={watchers}");
+    let progress = bar(watchers as u64, &format!("fan-out: opening {watchers} watchers"));
+    let tally =
+        watchers::fanout(Writer::Tally(target.client), target.addr, watchers, updates, &progress)
+            .await?;
+    progress.finish_and_clear();
+    let tally = FanoutFigures::of(&tally);
+    report.add("fanout", &case, "write→watcher p50 ms", tally.p50);
+    let goal = (watchers == 1_000).then_some(Goal::at_most(5.0));
+    report.add_with("fanout", &case, "write→watcher p99 ms", tally.p99, goal);
+    report.add("fanout", &case, "write→watcher max ms", tally.max);
+    let goal = (watchers == 10_000).then_some(Goal::at_most(50.0));
+    report.add_with("fanout", &case, "write→last watcher p50 ms", tally.last, goal);
+    let binary = reference::sibling_reference()?;
+    let mut best: Option<FanoutFigures> = None;
+    for design in Design::BOTH {
+        let server = ReferenceProcess::start(&binary, design)?;
+        let progress = bar(
+            watchers as u64,
+            &format!("fan-out reference ({}): opening {watchers} watchers", design.flag()),
+        );
+        let measured =
+            watchers::fanout(Writer::Reference(&server), server.addr, watchers, updates, &progress)
+                .await?;
+        progress.finish_and_clear();
+        let measured = FanoutFigures::of(&measured);
+        let scenario = format!("reference {}", design.flag());
+        report.add(&scenario, &case, "write→watcher p50 ms", measured.p50);
+        report.add(&scenario, &case, "write→watcher p99 ms", measured.p99);
+        report.add(&scenario, &case, "write→last watcher p50 ms", measured.last);
+        best = Some(best.map_or(measured, |best| best.faster(&measured)));
+    }
+    let Some(best) = best else { return Ok(()) };
+    // The targets are set at 1 000 and 10 000 watchers.
+    let goal = (watchers >= 1_000).then_some(Goal::at_most(1.1));
+    report.add_with("fanout", &case, "p50 ÷ reference", tally.p50 / best.p50, goal);
+    report.add_with("fanout", &case, "p99 ÷ reference", tally.p99 / best.p99, goal);
+    report.add("fanout", &case, "last watcher ÷ reference", tally.last / best.last);
+    Ok(())
+}
+
+/// A fan-out's figures, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct FanoutFigures {
+    p50: f64,
+    p99: f64,
+    max: f64,
+    /// The last watcher's delay, median over the updates.
+    last: f64,
+}
+
+impl FanoutFigures {
+    fn of(fanout: &watchers::Fanout) -> Self {
+        let (p50, p99, max) = stats::percentiles_ms(&fanout.latency);
+        let (last, _, _) = stats::percentiles_ms(&fanout.last);
+        Self { p50, p99, max, last }
+    }
+
+    /// Each figure the lower of the two: the reference is the faster design, figure by figure.
+    fn faster(&self, other: &Self) -> Self {
+        Self {
+            p50: self.p50.min(other.p50),
+            p99: self.p99.min(other.p99),
+            max: self.max.min(other.max),
+            last: self.last.min(other.last),
+        }
+    }
+}
+
+/// The reference broadcaster's memory per idle watcher, each design on a fresh process, beside
+/// Tally's `tally_per_watcher` (RSS growth per watcher, bytes).
+async fn idle_reference(
+    count: usize,
+    tally_per_watcher: f64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let binary = reference::sibling_reference()?;
+    let case = format!("watchers={count}");
+    let mut least = f64::INFINITY;
+    for design in Design::BOTH {
+        let server = ReferenceProcess::start(&binary, design)?;
+        let progress = bar(
+            count as u64,
+            &format!("idle reference ({}): opening {count} watchers", design.flag()),
+        );
+        let result = watchers::idle(
+            Writer::Reference(&server),
+            server.addr,
+            || server.memory(),
+            count,
+            &progress,
+        )
+        .await?;
+        progress.finish_and_clear();
+        anyhow::ensure!(result.all_received, "a watcher of the reference missed its update");
+        let scenario = format!("reference {}", design.flag());
+        report.add(&scenario, &case, "server RSS bytes/watcher", result.rss_per_watcher);
+        least = least.min(result.rss_per_watcher);
+    }
+    report.add_with(
+        "idle",
+        &case,
+        "RSS ÷ reference",
+        tally_per_watcher / least,
+        Some(Goal::at_most(1.2)),
+    );
+    Ok(())
+}
+
 /// Says so and returns false when the server has no `/ws` (a build from before version 2).
 async fn speaks_v2(addr: SocketAddr, scenario: &str) -> bool {
     let supported = socket::supported(addr).await;
@@ -441,14 +556,41 @@ async fn calls(
         }
         let name = format!("calls{}", fastrand::u32(..));
         let progress = timed_bar(seconds, &format!("calls: {clients} sockets{with}"));
-        let over_socket =
-            calls::run(target.addr, &name, clients, window, keyed, seconds, &progress).await?;
+        let over_socket = calls::run(
+            (target.addr, Replies::Tally),
+            &name,
+            clients,
+            window,
+            keyed,
+            seconds,
+            &progress,
+        )
+        .await?;
         progress.finish_and_clear();
         checked(target.client, &name, over_socket.ok).await?;
         calls_rows(report, &case, &format!("socket call{with}"), &over_socket);
         let ratio = over_socket.per_second() / http.per_second();
         let goal = (!keyed).then_some(Goal::at_least(2.0));
         report.add_with("calls", &case, &format!("socket ÷ HTTP{with}"), ratio, goal);
+        if !keyed {
+            // The floor: the same calls, sent back as they are by the reference echo.
+            let echo = ReferenceProcess::start(&reference::sibling_reference()?, Design::Loop)?;
+            let progress = timed_bar(seconds, &format!("reference: {clients} sockets on an echo"));
+            let echoed = calls::run(
+                (echo.addr, Replies::Echo),
+                &name,
+                clients,
+                window,
+                false,
+                seconds,
+                &progress,
+            )
+            .await?;
+            progress.finish_and_clear();
+            report.add("reference", &case, "WebSocket echo messages/s", echoed.per_second());
+            let ratio = over_socket.per_second() / echoed.per_second();
+            report.add_with("calls", &case, "socket call ÷ echo", ratio, Some(Goal::at_least(0.5)));
+        }
     }
     let honoured = keys_honoured(target.base, target.client).await?;
     report.add("calls", &case, "keys honoured (a repeated key counts once)", f64::from(honoured));
@@ -839,7 +981,7 @@ async fn hot(
     report.add("hot", &case, "value checked = acknowledged", stored as f64);
     report.add("reference", &case, "/healthz requests/s", health.per_second());
     let ratio = result.per_second() / health.per_second();
-    report.add_with("hot", &case, "ratio to /healthz", ratio, goal(0.6));
+    report.add_with("hot", &case, "ratio to /healthz", ratio, goal(0.5));
     let requests = ((result.ok as f64).max(10_000.0) as u64).min(1_000_000);
     match load::redis_incr(clients, requests) {
         Ok(redis) => {
@@ -878,6 +1020,18 @@ async fn spread(
     report.add("spread", &case, "latency p50 ms", p50);
     report.add("spread", &case, "latency p99 ms", p99);
     report.add("spread", &case, "values checked = acknowledged", total as f64);
+    // Against the hot counter with as many clients, when this run measured it.
+    let hot = report.value("hot", &format!("clients={clients}"), "durable increments/s");
+    if let Some(hot) = hot {
+        let ratio = result.per_second() / hot;
+        report.add_with(
+            "spread",
+            &case,
+            "ratio to the hot counter",
+            ratio,
+            Some(Goal::at_least(0.9)),
+        );
+    }
     Ok(())
 }
 

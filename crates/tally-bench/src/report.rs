@@ -46,6 +46,16 @@ impl Goal {
 }
 
 impl Report {
+    /// The value of a figure this run has measured.
+    pub(crate) fn value(&self, scenario: &str, case: &str, metric: &str) -> Option<f64> {
+        self.figures
+            .iter()
+            .find(|figure| {
+                figure.scenario == scenario && figure.case == case && figure.metric == metric
+            })
+            .map(|figure| figure.value)
+    }
+
     /// Adds a figure without a goal.
     pub(crate) fn add(&mut self, scenario: &str, case: &str, metric: &str, value: f64) {
         self.add_with(scenario, case, metric, value, None);

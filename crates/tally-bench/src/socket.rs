@@ -220,6 +220,12 @@ pub(crate) fn glance(text: &str) -> Glance {
     }
 }
 
+/// The `id` of a command as the benchmark writes it (for the reference echo, which sends the
+/// command back): a call's body holds no `"id"` field of its own.
+pub(crate) fn command_id(text: &str) -> Option<u64> {
+    number_after(text, r#""id":"#)
+}
+
 fn number_after(text: &str, field: &str) -> Option<u64> {
     leading_number(&text[text.find(field)? + field.len()..])
 }
@@ -324,6 +330,12 @@ mod tests {
             };
             assert_eq!(command, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn an_echoed_call_gives_its_id() {
+        let template = CallTemplate::new(Procedure::Increment, increment("hot-1"), true);
+        assert_eq!(command_id(&template.render(77, "k-77")), Some(77));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::reference::ReferenceProcess;
 use crate::stats;
 
 /// Connections per loopback source address: under the server's default
@@ -133,9 +134,32 @@ pub(crate) struct Fanout {
     pub(crate) last: Histogram<u64>,
 }
 
+/// Who makes the updates that the watchers of a scenario wait for.
+#[derive(Clone, Copy)]
+pub(crate) enum Writer<'a> {
+    /// Tally: durable increments over HTTP, as its users write.
+    Tally(&'a Client),
+    /// The reference broadcaster: an update pushed at every socket, nothing stored.
+    Reference(&'a ReferenceProcess),
+}
+
+impl Writer<'_> {
+    /// Makes version `version` of counter `name` (whose version is one less now) and returns
+    /// once the server has answered.
+    async fn write(&self, name: &str, version: u64) -> anyhow::Result<()> {
+        match self {
+            Writer::Tally(client) => {
+                client.increment(name, 1).await.context("fan-out write")?;
+            }
+            Writer::Reference(reference) => reference.broadcast(version).await?,
+        }
+        Ok(())
+    }
+}
+
 /// `watchers` watchers of one counter; `updates` writes, one at a time, each waited for by all.
 pub(crate) async fn fanout(
-    client: &Client,
+    writer: Writer<'_>,
     server: SocketAddr,
     watchers: usize,
     updates: u64,
@@ -143,7 +167,8 @@ pub(crate) async fn fanout(
 ) -> anyhow::Result<Fanout> {
     let prefix = format!("fanout{}", fastrand::u32(..));
     let name = format!("{prefix}-0");
-    client.increment(&name, 1).await.context("creating the counter")?;
+    // The counter starts at version 1, as the reference's snapshot says.
+    writer.write(&name, 1).await.context("creating the counter")?;
     let sockets = open_many(server, &prefix, 1, watchers, progress).await?;
     let received: Arc<Vec<AtomicUsize>> =
         Arc::new((0..=updates).map(|_| AtomicUsize::new(0)).collect());
@@ -168,7 +193,7 @@ pub(crate) async fn fanout(
     let mut sent_at = Vec::with_capacity(updates as usize);
     for k in 1..=updates {
         sent_at.push(Instant::now());
-        client.increment(&name, 1).await.context("fan-out write")?;
+        writer.write(&name, k + 1).await?;
         let deadline = Instant::now() + DELIVERY_TIMEOUT;
         while received[k as usize].load(Ordering::Relaxed) < watchers {
             if Instant::now() > deadline {
@@ -207,13 +232,17 @@ pub(crate) struct Idle {
     pub(crate) held: usize,
     pub(crate) rss_per_watcher: f64,
     pub(crate) pss_per_watcher: f64,
+    /// The kernel's slab growth per TCP socket (both ends of each watcher's connection are on
+    /// this machine, so the growth is shared by two sockets per watcher); `None` when unreadable.
+    pub(crate) kernel_per_socket: Option<f64>,
     pub(crate) all_received: bool,
 }
 
 /// Opens `count` idle watchers over `count / 100` counters, measures the server's memory growth,
-/// then writes once to every counter and checks that every watcher gets it.
+/// then writes once to every counter (the reference: broadcasts once) and checks that every
+/// watcher gets it.
 pub(crate) async fn idle(
-    client: &Client,
+    writer: Writer<'_>,
     server: SocketAddr,
     memory: impl Fn() -> anyhow::Result<crate::server::Memory>,
     count: usize,
@@ -222,9 +251,11 @@ pub(crate) async fn idle(
     let counters = count.div_ceil(100);
     let prefix = format!("idle{}", fastrand::u32(..));
     let before = memory()?;
+    let slab_before = crate::machine::kernel_slab_bytes();
     let sockets = open_many(server, &prefix, counters, count, progress).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = memory()?;
+    let slab_after = crate::machine::kernel_slab_bytes();
     let got = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::with_capacity(count);
     for (_, mut socket) in sockets {
@@ -237,7 +268,16 @@ pub(crate) async fn idle(
             socket
         }));
     }
-    let received = write_each_and_wait(client, &prefix, counters, &got, count).await?;
+    let received = match writer {
+        Writer::Tally(client) => {
+            write_each_and_wait(client, &prefix, counters, &got, count).await?
+        }
+        Writer::Reference(reference) => {
+            // Its watchers all see one counter, at version 1.
+            reference.broadcast(2).await?;
+            wait_for(&got, count).await
+        }
+    };
     for task in tasks {
         task.abort();
     }
@@ -246,6 +286,9 @@ pub(crate) async fn idle(
         held: count,
         rss_per_watcher: grown(before.rss, after.rss),
         pss_per_watcher: grown(before.pss, after.pss),
+        kernel_per_socket: slab_before
+            .zip(slab_after)
+            .map(|(before, after)| grown(before, after) / 2.0),
         all_received: received == count,
     })
 }
@@ -290,11 +333,16 @@ pub(crate) async fn write_each_and_wait(
     for result in results {
         result.context("writing to a watched counter")?;
     }
+    Ok(wait_for(got, count).await)
+}
+
+/// Waits (up to 60 s) until `got` reaches `count`; answers where it got to.
+async fn wait_for(got: &AtomicUsize, count: usize) -> usize {
     let deadline = Instant::now() + DELIVERY_TIMEOUT;
     while got.load(Ordering::Relaxed) < count && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(got.load(Ordering::Relaxed))
+    got.load(Ordering::Relaxed)
 }
 
 #[cfg(test)]
