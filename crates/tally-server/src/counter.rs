@@ -594,6 +594,7 @@ impl CounterActor {
         }
         let batch = AppendBatch {
             name: CounterName::clone(&self.name),
+            id: self.state.id,
             expected_version: base_version,
             entries: entries.iter().map(|(entry, _)| entry.clone()).collect(),
             remember,

@@ -146,6 +146,10 @@ pub struct KeyRecord {
 pub struct AppendBatch {
     /// The counter.
     pub name: CounterName,
+    /// The counter's storage id, when the caller knows it (from a load or an earlier commit):
+    /// the store then finds the row by id instead of looking the name up. The version check
+    /// below holds all the same.
+    pub id: Option<i64>,
     /// The version the stored counter must have now (0 for a counter never written); a store
     /// refuses the batch if it differs, so a bug can never write a gap or a fork.
     pub expected_version: u64,
@@ -163,7 +167,7 @@ pub struct AppendBatch {
 impl AppendBatch {
     /// A batch of `entries` after `expected_version`, with no idempotency records.
     pub fn new(name: CounterName, expected_version: u64, entries: Vec<HistoryRecord>) -> Self {
-        Self { name, expected_version, entries, remember: Vec::new(), forget: Vec::new() }
+        Self { name, id: None, expected_version, entries, remember: Vec::new(), forget: Vec::new() }
     }
 }
 

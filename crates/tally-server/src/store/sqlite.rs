@@ -464,6 +464,23 @@ fn append_one(
     let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) else {
         return conflict(batch.expected_version);
     };
+    if let Some(id) = batch.id {
+        // The row is known: one UPDATE that also checks the version, and a lookup only when it
+        // refuses (the conflict's message names the version found).
+        let updated = conn
+            .prepare_cached(
+                "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1 AND version = ?5",
+            )?
+            .execute(params![id, last.value, last.version, last.at_ms, batch.expected_version])?;
+        if updated == 0 {
+            let found: Option<u64> = conn
+                .prepare_cached("SELECT version FROM counters WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?;
+            return conflict(found.unwrap_or(0));
+        }
+        return append_history(conn, id, batch, history_limit);
+    }
     let stored: Option<(i64, u64)> = conn
         .prepare_cached("SELECT id, version FROM counters WHERE name = ?1")?
         .query_row([batch.name.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -485,6 +502,18 @@ fn append_one(
         }
         other => return conflict(other.map_or(0, |(_, version)| version)),
     };
+    append_history(conn, id, batch, history_limit)
+}
+
+/// Writes the history rows and idempotency records of `batch`, whose counter row (`id`) is
+/// already updated.
+fn append_history(
+    conn: &Connection,
+    id: i64,
+    batch: &AppendBatch,
+    history_limit: u64,
+) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let Some(last) = batch.entries.last() else { return Ok(Ok(id)) };
     let mut insert = conn.prepare_cached(
         "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;

@@ -100,6 +100,33 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
     assert_eq!(versions, [5, 4, 3, 2, 1]);
 }
 
+/// A batch that names its counter's storage id (as an actor does once it knows it) is checked
+/// against the stored version just the same: refused whole when stale, stored when not.
+#[tokio::test]
+async fn a_batch_with_the_counters_id_is_checked_against_the_stored_version() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let store = SqliteStore::open(&folder.path().join("tally.db"), SqliteOptions::default())
+        .expect("store opens");
+    let id = store.append(increments("by-id", 0, 2, 1)).await.expect("queued").await;
+    let id = id.expect("the first batch is stored");
+
+    let mut stale = increments("by-id", 1, 1, 100);
+    stale.id = Some(id);
+    match store.append(stale).await.expect("queued").await {
+        Err(error) if matches!(*error, StoreError::Conflict { expected: 1, found: 2, .. }) => {}
+        other => panic!("expected a conflict at version 1 over 2, got {other:?}"),
+    }
+    let mut next = increments("by-id", 2, 2, 1);
+    next.id = Some(id);
+    assert_eq!(store.append(next).await.expect("queued").await.expect("stored"), id);
+
+    let loaded = store.load(&name("by-id"), EVERY_KEY).await.expect("load").expect("stored");
+    assert_eq!((loaded.record.value, loaded.record.version), (4, 4));
+    let history = store.history(&name("by-id"), None, 10).await.expect("history");
+    let kept: Vec<(u64, i64)> = history.iter().map(|e| (e.version, e.value)).collect();
+    assert_eq!(kept, [(4, 4), (3, 3), (2, 2), (1, 1)]);
+}
+
 fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     i64::try_from(since_epoch.expect("after 1970").as_millis()).expect("in range")
