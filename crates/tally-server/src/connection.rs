@@ -7,9 +7,11 @@
 //! to axum's `WebSocket` (centrifuge's transport split): the server hands it a real socket, and
 //! unit tests an in-memory pair of channels, so the socket logic is tested without a network.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
@@ -18,6 +20,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tally_proto::limits::MAX_CLIENT_MESSAGE_BYTES;
 use tally_proto::{ErrorCode, ProtocolError, close};
 use tokio::time::{Instant, Sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 use crate::access::Principal;
 use crate::metrics::Metrics;
@@ -143,6 +146,44 @@ pub(crate) async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The server's shutdown as one socket task waits for it, polled on every wake-up of the task
+/// but cheap to poll: a `cancelled()` future that is waiting locks the waiter list that every
+/// socket's future shares at each poll (tokio's `Notify`), so polling it with each update made
+/// each watcher take one process-wide lock per update. This polls it again only when the task's
+/// waker changed (so the registered waker is always the task's) or the token was cancelled;
+/// otherwise a poll is one atomic load.
+pub(crate) struct ShutdownSignal<'a, F> {
+    token: &'a CancellationToken,
+    /// The token's `cancelled()` future.
+    cancelled: Pin<&'a mut F>,
+    /// The waker the `cancelled()` future last registered.
+    registered: Option<Waker>,
+}
+
+impl<'a, F: Future<Output = ()>> ShutdownSignal<'a, F> {
+    /// Waits for `token`, whose `cancelled()` future is `cancelled`.
+    pub(crate) fn new(token: &'a CancellationToken, cancelled: Pin<&'a mut F>) -> Self {
+        Self { token, cancelled, registered: None }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for ShutdownSignal<'_, F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let same_waker = this.registered.as_ref().is_some_and(|waker| waker.will_wake(cx.waker()));
+        if same_waker && !this.token.is_cancelled() {
+            return Poll::Pending;
+        }
+        let poll = this.cancelled.as_mut().poll(cx);
+        if poll.is_pending() {
+            this.registered = Some(cx.waker().clone());
+        }
+        poll
     }
 }
 
@@ -340,6 +381,40 @@ mod tests {
         let cut = close_reason(long);
         assert!(cut.len() <= MAX_CLOSE_REASON_BYTES && cut.ends_with('…'));
         assert_eq!(close_reason("short".into()), "short");
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_signal_wakes_its_task_on_cancel() {
+        let token = CancellationToken::new();
+        {
+            let cancelled = std::pin::pin!(token.cancelled());
+            let mut signal = std::pin::pin!(ShutdownSignal::new(&token, cancelled));
+            let waker = futures_util::task::noop_waker();
+            let mut cx = Context::from_waker(&waker);
+            assert!(signal.as_mut().poll(&mut cx).is_pending());
+            assert!(signal.as_mut().poll(&mut cx).is_pending(), "polled again, same waker");
+        }
+        let waiting = tokio::spawn({
+            let token = token.clone();
+            async move {
+                let cancelled = std::pin::pin!(token.cancelled());
+                let mut signal = ShutdownSignal::new(&token, cancelled);
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                // Woken by other sources in between, as a socket task is by its updates.
+                loop {
+                    tokio::select! {
+                        () = &mut signal => return,
+                        _ = tick.tick() => {}
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting task saw the shutdown")
+            .expect("the waiting task did not panic");
     }
 
     #[tokio::test(start_paused = true)]
