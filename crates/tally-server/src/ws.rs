@@ -8,7 +8,10 @@
 //! socket, `session`, catches a lagging subscription up by itself instead.) What both kinds of
 //! socket share lives in `connection`.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
@@ -18,13 +21,13 @@ use tally_proto::{
     Action, Authenticated, ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed,
     ServerMessage, WatchQuery, WsError, close,
 };
-use tokio::time::{Instant, MissedTickBehavior, timeout};
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::access::Principal;
 use crate::clock;
 use crate::connection::{
-    self, End, Link, RateWindow, Transport, binary_refused, expiry_timer, reconnect_delay,
-    reconnect_phrase, refusal_close_code, until,
+    self, End, Link, RateWindow, ShutdownSignal, Transport, binary_refused, expiry_timer,
+    reconnect_delay, reconnect_phrase, refusal_close_code, until,
 };
 use crate::counter::{ApplyError, CounterState};
 use crate::replay::{self, Origin};
@@ -83,18 +86,23 @@ pub(crate) async fn upgrade(
 }
 
 /// One socket, from upgrade to close.
-async fn serve<T: Transport>(
+///
+/// Not an `async fn`: one keeps each argument twice in its future, as passed and as moved into
+/// the body, for the socket's whole life (the transport alone is 368 bytes). The session is
+/// built first, and the future holds only it.
+fn serve<T: Transport>(
     state: AppState,
     socket: T,
     name: CounterName,
     since: Option<u64>,
-    start: Box<Result<Arc<Principal>, ProtocolError>>,
-) {
-    state.metrics.websockets_open.inc();
-    // Boxed until here: an argument stays in the socket's future for its whole life.
+    // Boxed by the caller: the upgrade callback that holds it stays in axum's upgrade future for
+    // the socket's whole life, even once called.
+    #[allow(clippy::boxed_local)] start: Box<Result<Arc<Principal>, ProtocolError>>,
+) -> impl Future<Output = ()> + Send {
     let (principal, refused) = match *start {
         Ok(principal) => (principal, None),
-        Err(error) => (state.access.anonymous_watcher(), Some(error)),
+        // Boxed: a refusal is rare, and the future keeps this for the socket's whole life.
+        Err(error) => (state.access.anonymous_watcher(), Some(Box::new(error))),
     };
     let mut session = Session {
         link: Link::new(socket, state.config.send_timeout),
@@ -105,40 +113,28 @@ async fn serve<T: Transport>(
         access_generation: state.access.generation(),
         renewed: false,
         principal,
-        state: state.clone(),
+        state,
     };
-    let end = if state.shutdown.is_cancelled() {
-        shutting_down(&state, "server is shutting down")
-    } else if let Some(error) = refused {
-        End::Close(refusal_close_code(&error), error.message)
-    } else if let Err(end) = Box::pin(session.admit()).await {
-        end
-    } else {
-        let name = session.name.clone();
-        let user = User::of(&session.principal, next_socket_id());
-        match state.registry.watch(&name, user).await {
-            Ok((counter, updates)) => {
-                state.metrics.watchers.inc();
-                let end = session.watch(&name, counter, updates, since).await;
-                state.metrics.watchers.dec();
-                // The subscription is gone now; the counter's slot may be too.
-                state.registry.unwatch(&name);
-                end
+    async move {
+        session.state.metrics.websockets_open.inc();
+        let end = if session.state.shutdown.is_cancelled() {
+            shutting_down(&session.state, "server is shutting down")
+        } else if let Some(error) = refused {
+            End::Close(refusal_close_code(&error), error.message)
+        } else if let Err(end) = Box::pin(session.admit()).await {
+            end
+        } else {
+            session.watch_counter(since).await
+        };
+        match end {
+            End::Close(code, reason) => {
+                session.link.close(&session.state.metrics, code, reason).await;
             }
-            Err(ApplyError::ShuttingDown) => shutting_down(&state, "server is shutting down"),
-            Err(error) => {
-                let error = error.to_protocol();
-                let _ = session.send_error(&error).await;
-                End::Close(close::INTERNAL_ERROR, "cannot load the counter".into())
-            }
+            End::Stalled => session.state.metrics.websocket_closed(close::SLOW_CONSUMER),
+            End::Drop => {}
         }
-    };
-    match end {
-        End::Close(code, reason) => session.link.close(&state.metrics, code, reason).await,
-        End::Stalled => state.metrics.websocket_closed(close::SLOW_CONSUMER),
-        End::Drop => {}
+        session.state.metrics.websockets_open.dec();
     }
-    state.metrics.websockets_open.dec();
 }
 
 /// The close of a socket the server stops serving: 1012, with a reconnect delay chosen over
@@ -168,6 +164,30 @@ struct Session<T> {
 }
 
 impl<T: Transport> Session<T> {
+    /// Subscribes to the counter and watches it until the socket ends.
+    async fn watch_counter(&mut self, since: Option<u64>) -> End {
+        let name = self.name.clone();
+        let user = User::of(&self.principal, next_socket_id());
+        // Taken apart in the `let`, so that the answer is not kept beside the watch's future.
+        let (counter, updates) = match self.state.registry.watch(&name, user).await {
+            Ok(watched) => watched,
+            Err(ApplyError::ShuttingDown) => {
+                return shutting_down(&self.state, "server is shutting down");
+            }
+            Err(error) => {
+                let error = error.to_protocol();
+                let _ = self.send_error(&error).await;
+                return End::Close(close::INTERNAL_ERROR, "cannot load the counter".into());
+            }
+        };
+        self.state.metrics.watchers.inc();
+        let end = self.watch(&name, counter, updates, since).await;
+        self.state.metrics.watchers.dec();
+        // The subscription is gone now; the counter's slot may be too.
+        self.state.registry.unwatch(&name);
+        end
+    }
+
     async fn watch(
         &mut self,
         name: &CounterName,
@@ -187,7 +207,8 @@ impl<T: Transport> Session<T> {
         let shutdown = self.state.shutdown.clone();
         // Made once: each `cancelled()` future registers with (and leaves) a notifier that every
         // socket shares, which per update per watcher would contend on one lock.
-        let mut shutdown_signal = std::pin::pin!(shutdown.cancelled());
+        let cancelled = std::pin::pin!(shutdown.cancelled());
+        let mut shutdown_signal = ShutdownSignal::new(&shutdown, cancelled);
         let mut expiry = expiry_timer(&self.state, &self.principal);
         loop {
             let step = tokio::select! {
@@ -448,12 +469,35 @@ impl<T: Transport> Session<T> {
     /// message.
     async fn on_update(&mut self, updates: &Subscription) -> Result<(), End> {
         let send_timeout = self.state.config.send_timeout;
-        timeout(send_timeout, self.send_burst(updates)).await.unwrap_or(Err(End::Stalled))
+        let mut burst = std::pin::pin!(self.send_burst(updates));
+        // Nearly every burst is written at once (the kernel's socket buffer takes it): the
+        // deadline's timer is made only for one that has to wait, not once per update.
+        if let Poll::Ready(sent) = poll_once(burst.as_mut()).await {
+            return sent;
+        }
+        // Boxed: a `Timeout` here would widen every idle socket's future by its size.
+        let mut deadline = Box::pin(tokio::time::sleep(send_timeout));
+        std::future::poll_fn(|cx| match burst.as_mut().poll(cx) {
+            Poll::Ready(sent) => Poll::Ready(sent),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| Err(End::Stalled)),
+        })
+        .await
     }
 
     async fn send_burst(&mut self, updates: &Subscription) -> Result<(), End> {
         self.check_access()?;
         let socket = &mut self.link.transport;
+        // The usual wake-up brings exactly the next update: sent without a burst to collect.
+        if updates.topic().version() == self.last_version + 1
+            && let Some(published) = updates.topic().latest()
+            && published.version() == self.last_version + 1
+        {
+            self.last_version = published.version();
+            let text = Message::Text(published.json_for(self.admin));
+            drop(published);
+            socket.feed(text).await.map_err(|_| End::Drop)?;
+            return socket.flush().await.map_err(|_| End::Drop);
+        }
         let mut burst = Vec::new();
         loop {
             burst.clear();
@@ -501,6 +545,11 @@ impl<T: Transport> Session<T> {
         let message = ServerMessage::Error(WsError::from(error));
         self.link.send_text(Utf8Bytes::from(message.to_json())).await
     }
+}
+
+/// Polls `future` once: its output if it is ready now.
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut future).poll(cx))).await
 }
 
 /// When a principal's token expires, as sent in `authenticated`; `None` for keys and anonymous.

@@ -41,8 +41,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::access::Principal;
 use crate::connection::{
-    self, End, Link, RateWindow, Transport, expiry_timer, reconnect_delay, reconnect_phrase,
-    refusal_close_code, until,
+    self, End, Link, RateWindow, ShutdownSignal, Transport, expiry_timer, reconnect_delay,
+    reconnect_phrase, refusal_close_code, until,
 };
 use crate::framing::Published;
 use crate::replay::{self, Origin};
@@ -88,15 +88,18 @@ pub(crate) async fn upgrade(
 }
 
 /// One socket, from upgrade to close.
-pub(crate) async fn serve<T: Transport>(
+///
+/// Not an `async fn`: one keeps each argument twice in its future, as passed and as moved into
+/// the body, for the socket's whole life (the transport alone is 368 bytes). The session is
+/// built first, and the future holds only it.
+pub(crate) fn serve<T: Transport>(
     state: AppState,
     transport: T,
     peer: Option<IpAddr>,
-    start: Box<Result<Arc<Principal>, ProtocolError>>,
-) {
-    state.metrics.websockets_open.inc();
-    state.metrics.sessions_open.inc();
-    // Boxed until here: an argument stays in the socket's future for its whole life.
+    // Boxed by the caller: the upgrade callback that holds it stays in axum's upgrade future for
+    // the socket's whole life, even once called.
+    #[allow(clippy::boxed_local)] start: Box<Result<Arc<Principal>, ProtocolError>>,
+) -> impl Future<Output = ()> + Send {
     let (principal, refused) = match *start {
         Ok(principal) => (principal, None),
         Err(error) => (Arc::new(state.access.anonymous(peer)), Some(error)),
@@ -115,23 +118,28 @@ pub(crate) async fn serve<T: Transport>(
         schedule: Schedule::default(),
         rate_window: RateWindow::new(),
         renewed: false,
-        state: state.clone(),
+        state,
     };
-    let end = if state.shutdown.is_cancelled() {
-        session.reconnect("server is shutting down").await
-    } else if let Some(error) = refused {
-        End::Close(refusal_close_code(&error), error.message)
-    } else {
-        session.run().await
-    };
-    match end {
-        End::Close(code, reason) => session.link.close(&state.metrics, code, reason).await,
-        End::Stalled => state.metrics.websocket_closed(close::SLOW_CONSUMER),
-        End::Drop => {}
+    async move {
+        let metrics = Arc::clone(&session.state.metrics);
+        metrics.websockets_open.inc();
+        metrics.sessions_open.inc();
+        let end = if session.state.shutdown.is_cancelled() {
+            session.reconnect("server is shutting down").await
+        } else if let Some(error) = refused {
+            End::Close(refusal_close_code(&error), error.message)
+        } else {
+            session.run().await
+        };
+        match end {
+            End::Close(code, reason) => session.link.close(&metrics, code, reason).await,
+            End::Stalled => metrics.websocket_closed(close::SLOW_CONSUMER),
+            End::Drop => {}
+        }
+        session.leave_all();
+        metrics.sessions_open.dec();
+        metrics.websockets_open.dec();
     }
-    session.leave_all();
-    state.metrics.sessions_open.dec();
-    state.metrics.websockets_open.dec();
 }
 
 /// One version-2 socket's task state.
@@ -170,7 +178,8 @@ impl<T: Transport> Session<T> {
             tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
         ping_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
-        let mut shutdown_signal = pin!(shutdown.cancelled());
+        let cancelled = pin!(shutdown.cancelled());
+        let mut shutdown_signal = ShutdownSignal::new(&shutdown, cancelled);
         let mut expiry = expiry_timer(&self.state, &self.principal);
         loop {
             // Not biased (but for shutdown): under load every source is ready at once, and
