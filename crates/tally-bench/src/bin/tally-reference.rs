@@ -18,8 +18,9 @@
 //!   (Tally's own shape);
 //! - `loop`: no task per watcher: one loop per worker thread writes the frame to each of its
 //!   sockets with a non-blocking `try_write`, and only a socket whose kernel buffer is full gets
-//!   a task, to finish that one write.
+//!   a task, which finishes that write and the frames queued behind it, in order.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -33,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use tally_proto::{Action, Metadata, OpKind, ServerMessage, Snapshot, Update};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as HandshakeRequest, Response as HandshakeResponse,
 };
@@ -189,9 +190,23 @@ struct Hub {
     design: HubDesign,
 }
 
+/// One worker's share of the sockets.
+type Shard = Arc<Mutex<Vec<Arc<Watcher>>>>;
+
+/// A socket of the `loop` design.
+struct Watcher {
+    stream: TcpStream,
+    /// `Some` while a task finishes a write the socket's buffer could not take: later frames
+    /// queue here, in order, for that task.
+    backlog: Mutex<Option<VecDeque<Bytes>>>,
+}
+
 enum HubDesign {
     Tasks(broadcast::Sender<Bytes>),
-    Loop { shards: Vec<Arc<Mutex<Vec<Arc<TcpStream>>>>>, frames: watch::Sender<Bytes> },
+    /// Each worker's share of the sockets, and the channel of frames to its loop.
+    Loop {
+        shards: Vec<(Shard, mpsc::UnboundedSender<Bytes>)>,
+    },
 }
 
 impl Hub {
@@ -201,14 +216,17 @@ impl Hub {
             // The benchmark sends one update at a time; a few slots are plenty.
             Design::Tasks => HubDesign::Tasks(broadcast::channel(16).0),
             Design::Loop => {
-                let (frames, _) = watch::channel(Bytes::new());
                 // One share of the sockets per worker thread.
                 let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-                let shards: Vec<_> = (0..workers).map(|_| Arc::default()).collect();
-                for shard in &shards {
-                    tokio::spawn(write_loop(Arc::clone(shard), frames.subscribe()));
-                }
-                HubDesign::Loop { shards, frames }
+                let shards = (0..workers)
+                    .map(|_| {
+                        let shard = Shard::default();
+                        let (frames, receiver) = mpsc::unbounded_channel();
+                        tokio::spawn(write_loop(Arc::clone(&shard), receiver));
+                        (shard, frames)
+                    })
+                    .collect();
+                HubDesign::Loop { shards }
             }
         };
         Arc::new(Self { snapshot, design })
@@ -233,9 +251,10 @@ impl Hub {
                     }
                 });
             }
-            HubDesign::Loop { shards, .. } => {
-                let shard = &shards[fastrand::usize(..shards.len())];
-                shard.lock().unwrap_or_else(|poison| poison.into_inner()).push(Arc::new(stream));
+            HubDesign::Loop { shards } => {
+                let (shard, _) = &shards[fastrand::usize(..shards.len())];
+                let watcher = Arc::new(Watcher { stream, backlog: Mutex::new(None) });
+                lock(shard).push(watcher);
             }
         }
     }
@@ -243,47 +262,66 @@ impl Hub {
     fn broadcast(&self, frame: Bytes) {
         match &self.design {
             HubDesign::Tasks(sender) => drop(sender.send(frame)),
-            HubDesign::Loop { frames, .. } => drop(frames.send(frame)),
+            HubDesign::Loop { shards } => {
+                for (_, frames) in shards {
+                    let _ = frames.send(frame.clone());
+                }
+            }
         }
     }
 }
 
-/// One worker's share of the sockets: each new frame is written to every one of them.
-async fn write_loop(shard: Arc<Mutex<Vec<Arc<TcpStream>>>>, mut frames: watch::Receiver<Bytes>) {
-    while frames.changed().await.is_ok() {
-        let frame = frames.borrow_and_update().clone();
-        let mut streams = shard.lock().unwrap_or_else(|poison| poison.into_inner());
+/// One worker's share of the sockets: each frame, in order, is written to every one of them.
+async fn write_loop(shard: Shard, mut frames: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(frame) = frames.recv().await {
         // Sockets that fail are dropped; the rest keep their order.
-        streams.retain(|stream| match stream.try_write(&frame) {
-            Ok(written) if written == frame.len() => true,
-            Ok(written) => {
-                finish_later(Arc::clone(stream), frame.slice(written..));
-                true
+        lock(&shard).retain(|watcher| {
+            let mut backlog = lock(&watcher.backlog);
+            if let Some(queue) = backlog.as_mut() {
+                queue.push_back(frame.clone());
+                return true;
             }
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                finish_later(Arc::clone(stream), frame.clone());
-                true
-            }
-            Err(_) => false,
+            let rest = match watcher.stream.try_write(&frame) {
+                Ok(written) if written == frame.len() => return true,
+                Ok(written) => frame.slice(written..),
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => frame.clone(),
+                Err(_) => return false,
+            };
+            *backlog = Some(VecDeque::new());
+            tokio::spawn(finish(Arc::clone(watcher), rest));
+            true
         });
     }
 }
 
-/// Writes what a full socket buffer did not take, when it can. The benchmark waits for every
-/// watcher between updates, so such a write never overlaps the next frame.
-fn finish_later(stream: Arc<TcpStream>, mut rest: Bytes) {
-    tokio::spawn(async move {
+/// Writes what a full socket buffer did not take, then the frames queued behind it, when the
+/// socket can take them; the loop writes to the socket itself again once the queue is empty.
+async fn finish(watcher: Arc<Watcher>, mut rest: Bytes) {
+    loop {
         while !rest.is_empty() {
-            if stream.writable().await.is_err() {
+            if watcher.stream.writable().await.is_err() {
                 return;
             }
-            match stream.try_write(&rest) {
+            match watcher.stream.try_write(&rest) {
                 Ok(written) => drop(rest.split_to(written)),
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
         }
-    });
+        let mut backlog = lock(&watcher.backlog);
+        match backlog.as_mut().and_then(VecDeque::pop_front) {
+            Some(next) => rest = next,
+            None => {
+                *backlog = None;
+                return;
+            }
+        }
+    }
+}
+
+/// A lock that a panic elsewhere does not poison for good: the data is a list of sockets.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// One unmasked text frame, as a server sends it.
