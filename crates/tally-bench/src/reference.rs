@@ -2,16 +2,14 @@
 //! update, or to echo a message) started as a child process, a fresh one for each measurement,
 //! so that the sockets of one never weigh on the next.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::RecvTimeoutError;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::server::{Memory, memory_of};
+use crate::server::{Memory, memory_of, wait_for_start_line};
 
 /// The reference's fan-out designs (`tally-reference --design`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,27 +51,8 @@ impl ReferenceProcess {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("reference stderr")?;
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = lines_tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let (addr, control) = loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(addresses) = start_line(&line) {
-                        break addresses;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => bail!("the reference did not start in 10 s"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("the reference exited before it listened")
-                }
-            }
-        };
+        let (addr, control) =
+            wait_for_start_line(&mut child, Duration::from_secs(10), "the reference", start_line)?;
         Ok(Self { child, addr, control: format!("http://{control}"), http: reqwest::Client::new() })
     }
 

@@ -47,31 +47,11 @@ impl ServerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("server stderr")?;
-        // Lines come through a channel from a thread that also keeps draining the log after
-        // the start (so the server never blocks on a full pipe), so that waiting for the start
-        // line can time out even if the server writes nothing at all.
-        let (lines_tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // Once the start line is found nobody listens; the log is still drained.
-                let _ = lines_tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let base = loop {
-            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
-                        break rest.split(',').next().unwrap_or_default().to_owned();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => bail!("the server did not start in 20 s"),
-                Err(RecvTimeoutError::Disconnected) => {
-                    bail!("the server exited before it listened")
-                }
-            }
-        };
+        let base =
+            wait_for_start_line(&mut child, Duration::from_secs(20), "the server", |line| {
+                let rest = line.split("listening on ").nth(1)?;
+                Some(rest.split(',').next().unwrap_or_default().to_owned())
+            })?;
         Ok(Self { child, base, dir })
     }
 
@@ -83,6 +63,38 @@ impl ServerProcess {
     /// The CPU time the server has used so far, user and system, over all its threads.
     pub(crate) fn cpu_time(&self) -> anyhow::Result<Duration> {
         cpu_time_of(self.child.id())
+    }
+}
+
+/// Reads `child`'s stderr until a line that `parse` accepts, within `within`, and returns what
+/// it parsed. Lines come through a channel from a thread that also keeps draining the log after
+/// the start (so the child never blocks on a full pipe), so that waiting can time out even if
+/// the child writes nothing at all.
+pub(crate) fn wait_for_start_line<T>(
+    child: &mut Child,
+    within: Duration,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<T> {
+    let stderr = child.stderr.take().with_context(|| format!("{what}'s stderr"))?;
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Once the start line is found nobody listens; the log is still drained.
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + within;
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                if let Some(parsed) = parse(&line) {
+                    return Ok(parsed);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => bail!("{what} did not start in {within:?}"),
+            Err(RecvTimeoutError::Disconnected) => bail!("{what} exited before it listened"),
+        }
     }
 }
 
