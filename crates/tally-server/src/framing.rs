@@ -164,7 +164,7 @@ impl Published {
             let v1 = self.json();
             let mut text = String::with_capacity(v1.len() + self.name.as_str().len() + 10);
             text.push_str("{\"name\":");
-            text.push_str(&json_string(self.name.as_str()));
+            push_json_string(&mut text, self.name.as_str());
             text.push(',');
             text.push_str(&v1[1..]);
             Utf8Bytes::from(text)
@@ -174,22 +174,17 @@ impl Published {
     /// The v2 JSON for one subscription: with `by` for admins, and marked `conflated` for a
     /// `maxRate` subscription's jump to the latest state.
     pub fn v2_json_for(&self, admin: bool, conflated: bool) -> Utf8Bytes {
-        let by = self.entry.by.as_deref().filter(|_| admin);
-        if by.is_none() && !conflated {
-            return self.v2_json().clone();
-        }
-        if let (Some(by), false) = (by, conflated) {
-            let shared = || Utf8Bytes::from(append(self.v2_json(), "by", &json_string(by)));
-            return self.v2_by.get_or_init(shared).clone();
-        }
-        let mut text = self.v2_json().to_string();
-        if let Some(by) = by {
-            text = append(&text, "by", &json_string(by));
-        }
+        let shared = match self.entry.by.as_deref().filter(|_| admin) {
+            Some(by) => self
+                .v2_by
+                .get_or_init(|| Utf8Bytes::from(append(self.v2_json(), "by", &json_string(by)))),
+            None => self.v2_json(),
+        };
         if conflated {
-            text = append(&text, "conflated", "true");
+            Utf8Bytes::from(append(shared, "conflated", "true"))
+        } else {
+            shared.clone()
         }
-        Utf8Bytes::from(text)
     }
 
     /// The update as a value: what `v1_text` writes by hand (tests only).
