@@ -55,6 +55,14 @@ enum Command {
     /// Run the server: the web page at /, HTTP RPC at /rpc/counter.{procedure}, WebSockets at
     /// /ws (many counters) and /ws/counter/{name} (one), Prometheus metrics at /metrics.
     Serve(Box<serve::ServeArgs>),
+    /// Apply the PostgreSQL schema's migrations and exit (`serve` applies them too, at start;
+    /// this is for deploys that migrate first). Safe beside running nodes: migrations take a
+    /// lock, and each is applied once.
+    Migrate {
+        /// The PostgreSQL database (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE).
+        #[arg(long, env = "TALLY_DATABASE", value_name = "URL")]
+        database: String,
+    },
     /// Show a counter's value and metadata.
     Get {
         /// The counter.
@@ -137,6 +145,10 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Command::Migrate { database } => {
+            init_logging();
+            return serve::migrate(&database);
+        }
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error, and a closed
             // pipe (`| head`) must end quietly.
@@ -215,7 +227,10 @@ async fn run_client_command(
         Command::History(args) => commands::history(&client, &mut out, &args).await,
         Command::Watch(args) => commands::watch(&client, &mut out, &args).await,
         Command::Key(command) => keys::run(&client, &mut out, command).await,
-        Command::Serve(_) | Command::Completions { .. } | Command::Token(_) => {
+        Command::Serve(_)
+        | Command::Migrate { .. }
+        | Command::Completions { .. }
+        | Command::Token(_) => {
             unreachable!("handled in main")
         }
     }

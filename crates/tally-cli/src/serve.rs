@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::Args;
 use tally_proto::Grant;
 use tally_server::access::{AuthConfig, JwtConfig, jwt::MAX_LEEWAY};
-use tally_server::{Config, SqliteOptions, SqliteStore, StaticFile, Store, WebPage};
+use tally_server::{
+    Config, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, StaticFile, Store, WebPage,
+};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
@@ -17,9 +19,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "127.0.0.1:8094", value_name = "ADDR:PORT")]
     listen: String,
 
-    /// The SQLite database file, created if missing (a `.lock` file sits beside it).
-    #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
-    database: PathBuf,
+    /// Where counters are stored: a SQLite file, created if missing (a `.lock` file sits beside
+    /// it), or a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), which any
+    /// number of nodes may share (docs/CLUSTER.md). A URL's password is better given in
+    /// PGPASSWORD-free form through TALLY_DATABASE than as a flag, which `ps` shows.
+    #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH|URL")]
+    pub(crate) database: String,
+
+    /// PostgreSQL only: connections each node keeps for reads (loads, history, keys); the
+    /// writer has one more of its own, and the notifications one more.
+    #[arg(long, env = "TALLY_DATABASE_POOL", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), value_name = "N")]
+    database_pool: u32,
+
+    /// PostgreSQL only: the URL to LISTEN for other nodes' changes on, when --database goes
+    /// through a transaction-mode pooler (PgBouncer), which cannot hold a LISTEN: point this
+    /// straight at PostgreSQL. Defaults to --database.
+    #[arg(long, env = "TALLY_NOTIFY_DATABASE", value_name = "URL")]
+    notify_database: Option<String>,
 
     /// A counter nobody touched for this long leaves memory; its watchers stay connected.
     #[arg(long, env = "TALLY_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration, value_name = "DURATION")]
@@ -317,11 +333,7 @@ fn embedded_web_page() -> anyhow::Result<WebPage> {
 #[tokio::main]
 pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let auth = auth_config(args)?;
-    let options = SqliteOptions {
-        history_limit: args.history_limit,
-        idempotency_window: args.idempotency_window,
-    };
-    let store = SqliteStore::open(&args.database, options)?;
+    let (store, broker) = open_store(args).await?;
     let listener = TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -337,7 +349,7 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         "tally {} listening on {scheme}://{address}, storing counters in {}",
         env!("CARGO_PKG_VERSION"),
-        args.database.display()
+        store.describe()
     );
     if open && loopback {
         tracing::info!("access {access}, which is allowed because it listens on loopback only");
@@ -348,11 +360,77 @@ pub(crate) async fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     }
     let config = config_from(args, auth, Some(embedded_web_page()?));
     tracing::info!("web page at {scheme}://{address}/");
-    tally_server::run(listener, Arc::new(store), config, tally_server::shutdown_signal())
+    tally_server::run_node(listener, store, broker, config, tally_server::shutdown_signal())
         .await
         .context("serving")?;
     tracing::info!("tally stopped");
     Ok(())
+}
+
+/// Whether `--database` names PostgreSQL (a URL) rather than a SQLite file.
+pub(crate) fn is_postgres_url(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
+/// The store `--database` names, and the broker that goes with it: none for a SQLite file
+/// (one node), PostgreSQL's notifications for a shared database.
+async fn open_store(
+    args: &ServeArgs,
+) -> anyhow::Result<(Arc<dyn Store>, Box<dyn tally_server::Broker>)> {
+    if is_postgres_url(&args.database) {
+        let options = PostgresOptions {
+            history_limit: args.history_limit,
+            idempotency_window: args.idempotency_window,
+            pool_size: args.database_pool as usize,
+        };
+        let store = PostgresStore::open(&args.database, options).await?;
+        let notify = args.notify_database.as_deref().unwrap_or(&args.database);
+        let broker = tally_server::PostgresBroker::new(notify)?;
+        return Ok((Arc::new(store), Box::new(broker)));
+    }
+    if args.notify_database.is_some() {
+        return Err(UsageError(
+            "--notify-database is for a PostgreSQL --database (a postgres:// URL); a SQLite file has one node and nothing to listen to".into(),
+        )
+        .into());
+    }
+    let options = SqliteOptions {
+        history_limit: args.history_limit,
+        idempotency_window: args.idempotency_window,
+    };
+    let store = SqliteStore::open(std::path::Path::new(&args.database), options)?;
+    Ok((Arc::new(store), Box::new(tally_server::LocalBroker)))
+}
+
+/// `tally migrate`: brings a PostgreSQL database's schema up to date and says what it did.
+#[tokio::main]
+pub(crate) async fn migrate(database: &str) -> std::process::ExitCode {
+    if !is_postgres_url(database) {
+        eprintln!(
+            "error: --database must be a PostgreSQL URL (postgres://USER@HOST/DATABASE); a SQLite file is migrated by `tally serve` when it opens it"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    match tally_server::store::postgres::migrate(database).await {
+        Ok(0) => {
+            println!(
+                "{}: the schema is up to date",
+                tally_server::store::postgres::redact(database)
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(applied) => {
+            println!(
+                "{}: applied {applied} migration(s)",
+                tally_server::store::postgres::redact(database)
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// The server's settings from the flags.

@@ -204,6 +204,9 @@ enum Command {
     /// The committed state and a subscription to later updates, in one step, so that no update
     /// can fall between them.
     Watch(Box<(User, Reply<(CounterState, Subscription)>)>),
+    /// Another node committed this counter up to this version (or may have: `u64::MAX` after
+    /// missed notifications); storage is read again if it is ahead of this actor.
+    Changed(u64),
 }
 
 // Two words, as said above; a new unboxed variant would widen every counter's inbox again.
@@ -226,6 +229,7 @@ impl Command {
             Command::Apply(apply) => apply.respond_to.send(Err(error())).map_err(drop),
             Command::Read { respond_to } => respond_to.send(Err(error())).map_err(drop),
             Command::Watch(watch) => watch.1.send(Err(error())).map_err(drop),
+            Command::Changed(_) => Ok(()),
         };
     }
 }
@@ -266,6 +270,18 @@ impl CounterHandle {
         self.ask(|respond_to| Command::Read { respond_to }).await
     }
 
+    /// Tells the actor that another node committed its counter up to `version`. Never waits:
+    /// `false` when the inbox is full or closed (the caller then sends it with
+    /// [`CounterHandle::changed_later`]).
+    pub(crate) fn changed(&self, version: u64) -> bool {
+        self.inbox.try_send(Command::Changed(version)).is_ok()
+    }
+
+    /// [`CounterHandle::changed`], waiting for room in the inbox.
+    pub(crate) async fn changed_later(&self, version: u64) -> bool {
+        self.inbox.send(Command::Changed(version)).await.is_ok()
+    }
+
     /// The committed state and a subscription (counted as `user`) to every later update.
     pub(crate) async fn watch(
         &self,
@@ -283,7 +299,14 @@ struct PendingOp {
     key: Option<Arc<KeyId>>,
     received: Instant,
     respond_to: Reply<Arc<Published>>,
+    /// How many times another node's commit got in first (a shared store only).
+    conflicts: u32,
 }
+
+/// How many times an operation is sent again after other nodes' commits got ahead of it,
+/// before it is answered `unavailable` (a counter written that hard from several nodes needs
+/// its writers on fewer nodes).
+const MAX_CONFLICTS: u32 = 64;
 
 /// The batch being committed: each entry with the caller waiting for it.
 struct InFlight {
@@ -337,6 +360,14 @@ struct CounterActor {
     failure: Option<Arc<StoreError>>,
     /// The idempotency keys this counter remembers, committed and in flight.
     keys: Keys,
+    /// Whether other nodes write the same store (see [`Store::is_shared`]).
+    shared: bool,
+    /// Reads and watches waiting for the next reload (a shared store only): what this actor
+    /// last saw may be behind what other nodes committed.
+    deferred: Vec<Command>,
+    /// How many operations at the front of `pending` were sent back by conflicts, so the next
+    /// conflicted batch's go after them, in the order they first came.
+    requeued: usize,
 }
 
 /// Starts the actor of `name` on the context's task tracker and returns its handle.
@@ -359,6 +390,9 @@ pub(crate) fn spawn(
         reload: true,
         failure: None,
         keys: Keys::new(context.config.idempotency_keys, context.config.idempotency_window),
+        shared: context.store.is_shared(),
+        deferred: Vec::new(),
+        requeued: 0,
     };
     context.tracker.spawn(run(actor, inbox_rx));
     CounterHandle { inbox: inbox_tx }
@@ -388,12 +422,18 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 for pending in std::mem::take(&mut actor.pending) {
                     actor.answer(pending, Err(failed.clone()));
                 }
+                for command in std::mem::take(&mut actor.deferred) {
+                    command.refuse(|| failed.clone());
+                }
                 while let Some(command) = inbox.recv().await {
                     command.refuse(|| failed.clone());
                 }
                 break;
             }
             metrics.counter_loads.inc();
+            for command in std::mem::take(&mut actor.deferred) {
+                actor.answer_now(command);
+            }
         }
         // One batch takes every pending operation.
         if !actor.reload
@@ -403,7 +443,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         {
             in_flight.push_back(queued);
         }
-        let idle = in_flight.is_empty() && actor.pending.is_empty();
+        let idle = in_flight.is_empty() && actor.pending.is_empty() && actor.deferred.is_empty();
         if handles_gone && idle {
             break;
         }
@@ -462,6 +502,8 @@ impl CounterActor {
         self.tip = (self.state.value, self.state.version);
         self.reload = false;
         self.failure = None;
+        self.requeued = 0;
+        self.catch_up_topic().await?;
         // A commit reported failed may still have reached the disk; if storage shows a pending
         // operation's key as committed, that operation is answered from it, not applied again.
         let now_ms = clock::now_ms();
@@ -484,6 +526,47 @@ impl CounterActor {
         }
         tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
         Ok(())
+    }
+
+    /// Publishes what other nodes committed since the topic's latest update, read from
+    /// history, so that this node's watchers get every version in order. Versions that left the
+    /// history (`--history-limit`) cannot be sent: the topic then starts over after them, and a
+    /// watcher behind it is told it lagged, as for any update it missed (it catches up from
+    /// history, or gets a resync), never skipped silently.
+    async fn catch_up_topic(&mut self) -> Result<(), StoreError> {
+        let Some(topic) = self.topic.clone().filter(|topic| topic.watchers() > 0) else {
+            return Ok(());
+        };
+        let published = topic.version();
+        if published >= self.state.version {
+            return Ok(());
+        }
+        let entries = self.store.history_range(&self.name, published, self.state.version).await?;
+        let contiguous = entries.first().is_some_and(|entry| entry.version == published + 1);
+        if !contiguous {
+            topic.forget_before_next();
+        }
+        for entry in entries {
+            topic.publish(self.republish(entry));
+        }
+        Ok(())
+    }
+
+    /// Answers a read or watch with the committed state as it is now.
+    fn answer_now(&mut self, command: Command) {
+        match command {
+            Command::Read { respond_to } => {
+                let _ = respond_to.send(Ok(self.state));
+            }
+            Command::Watch(watch) => {
+                let (user, respond_to) = *watch;
+                let version = self.state.version;
+                let topic =
+                    self.topic.get_or_insert_with(|| self.context.home.topic(&self.name, version));
+                let _ = respond_to.send(Ok((self.state, topic.subscribe(user))));
+            }
+            other => self.handle(other),
+        }
     }
 
     /// Answers `pending`, and every duplicate waiting on its key, with `result`. A key whose
@@ -514,15 +597,17 @@ impl CounterActor {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Apply(apply) => self.take(*apply),
-            Command::Read { respond_to } => {
-                let _ = respond_to.send(Ok(self.state));
+            // Other nodes may have moved the counter: answered after the next reload, which
+            // every read waiting meanwhile shares.
+            command @ (Command::Read { .. } | Command::Watch(_)) if self.shared => {
+                self.deferred.push(command);
+                self.reload = true;
             }
-            Command::Watch(watch) => {
-                let (user, respond_to) = *watch;
-                let version = self.state.version;
-                let topic =
-                    self.topic.get_or_insert_with(|| self.context.home.topic(&self.name, version));
-                let _ = respond_to.send(Ok((self.state, topic.subscribe(user))));
+            command @ (Command::Read { .. } | Command::Watch(_)) => self.answer_now(command),
+            Command::Changed(version) => {
+                if version > self.state.version {
+                    self.reload = true;
+                }
             }
         }
     }
@@ -532,7 +617,14 @@ impl CounterActor {
     fn take(&mut self, apply: ApplyCommand) {
         let ApplyCommand { op, by, key, received, respond_to } = apply;
         match key {
-            None => self.pending.push(PendingOp { op, by, key: None, received, respond_to }),
+            None => self.pending.push(PendingOp {
+                op,
+                by,
+                key: None,
+                received,
+                respond_to,
+                conflicts: 0,
+            }),
             Some(key) => {
                 let id = KeyId { by: Arc::clone(&by), key };
                 match self.keys.arrive(id, op, clock::now_ms(), respond_to) {
@@ -543,6 +635,7 @@ impl CounterActor {
                             key: Some(id),
                             received,
                             respond_to,
+                            conflicts: 0,
                         });
                     }
                     Arrival::Replay(entry, respond_to) => {
@@ -615,11 +708,42 @@ impl CounterActor {
         }
     }
 
+    /// Another node committed first: the batch's operations go back to the front of the queue,
+    /// in their order, to be applied again on the counter as storage has it. Their keys stay
+    /// in flight, so the reload finds one already committed (by a retry that reached another
+    /// node) and answers it from there instead of applying it twice.
+    fn send_again(&mut self, batch: InFlight) {
+        let mut again = Vec::with_capacity(batch.entries.len());
+        for (_, mut pending) in batch.entries {
+            pending.conflicts += 1;
+            if pending.conflicts > MAX_CONFLICTS {
+                let error = ApplyError::Store(Arc::new(StoreError::Unavailable(
+                    format!("other nodes' writes to this counter got ahead of this one {MAX_CONFLICTS} times").into(),
+                )));
+                self.answer(pending, Err(error));
+            } else {
+                again.push(pending);
+            }
+        }
+        self.context.metrics.batch_conflicts.inc();
+        let at = self.requeued.min(self.pending.len());
+        self.requeued = at + again.len();
+        self.pending.splice(at..at, again);
+        self.reload = true;
+    }
+
     /// The batch is durable (or failed): broadcast and answer each operation in order.
     fn finish_batch(&mut self, batch: InFlight, result: CommitResult) {
         let id = match result {
             Ok(id) => id,
             Err(error) => {
+                if self.shared
+                    && self.failure.is_none()
+                    && matches!(*error, StoreError::Conflict { .. })
+                {
+                    self.send_again(batch);
+                    return;
+                }
                 let error = match (&self.failure, &*error) {
                     // Built on a batch that failed: the first failure is the answer.
                     (Some(first), StoreError::Conflict { .. }) => Arc::clone(first),

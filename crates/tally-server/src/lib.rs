@@ -29,6 +29,7 @@
 
 mod accept;
 pub mod access;
+pub mod broker;
 mod calls;
 mod clock;
 pub mod config;
@@ -54,12 +55,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+pub use broker::{Broker, Change, LocalBroker, PostgresBroker};
 pub use config::Config;
 pub use http::router;
 pub use shutdown::shutdown_signal;
 pub use state::AppState;
 pub use static_files::{CONTENT_SECURITY_POLICY, StaticFile, WebPage, WebPageError};
-pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
+pub use store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
 
 /// Serves Tally on `listener` until `shutdown` completes, then stops in order: stop accepting
 /// and finish in-flight requests; close every WebSocket with 1012; let every counter finish its
@@ -72,6 +74,21 @@ pub use store::{SqliteOptions, SqliteStore, Store, StoreError};
 pub async fn run(
     listener: TcpListener,
     store: Arc<dyn Store>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_node(listener, store, Box::new(LocalBroker), config, shutdown).await
+}
+
+/// [`run`] as one node of several sharing `store`: `broker` brings word of the other nodes'
+/// commits, so this node's watchers get them and its counters are read again.
+///
+/// # Errors
+/// As for [`run`].
+pub async fn run_node(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    broker: Box<dyn Broker>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -115,6 +132,7 @@ pub async fn run(
             }
         }
     });
+    spawn_broker(broker, &state, token.clone());
     let signal_token = token.clone();
     tokio::spawn(async move {
         shutdown.await;
@@ -132,4 +150,31 @@ pub async fn run(
     registry.shutdown().await;
     store.close().await;
     Ok(())
+}
+
+/// Runs `broker` and acts on what it says until `stop`: other nodes' commits reach the
+/// counters' actors, missed notifications make every counter in use be read again, and key
+/// changes are read from storage.
+fn spawn_broker(
+    broker: Box<dyn Broker>,
+    state: &AppState,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let (changes, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(broker.run(changes, stop));
+    let state = state.clone();
+    tokio::spawn(async move {
+        while let Some(change) = received.recv().await {
+            match change {
+                broker::Change::Counter { name, version } => state.registry.changed(&name, version),
+                broker::Change::Everything => state.registry.changed_all(),
+                broker::Change::Keys => match state.store.keys().await {
+                    Ok(records) => state.access.sync_keys(&records),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the API keys another node changed")
+                    }
+                },
+            }
+        }
+    });
 }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub(crate) watchers: Gauge,
     pub(crate) counters_in_memory: Gauge,
     pub(crate) counter_loads: Counter,
+    pub(crate) batch_conflicts: Counter,
+    pub(crate) remote_changes: Counter,
     pub(crate) counter_hibernations: Counter,
     pub(crate) operations: Family<OperationLabels, Counter>,
     pub(crate) operation_seconds: Family<OperationLabels, Histogram>,
@@ -110,6 +112,8 @@ impl Metrics {
             watchers: Gauge::default(),
             counters_in_memory: Gauge::default(),
             counter_loads: Counter::default(),
+            batch_conflicts: Counter::default(),
+            remote_changes: Counter::default(),
             counter_hibernations: Counter::default(),
             operations: Family::default(),
             operation_seconds: Family::new_with_constructor(latency_histogram),
@@ -154,6 +158,16 @@ impl Metrics {
             "counter_loads",
             "Counters loaded from storage into memory",
             metrics.counter_loads.clone(),
+        );
+        registry.register(
+            "batch_conflicts",
+            "Batches another node's commit got ahead of, sent again (a cluster only)",
+            metrics.batch_conflicts.clone(),
+        );
+        registry.register(
+            "remote_changes",
+            "Notifications of other nodes' commits taken by this node (a cluster only)",
+            metrics.remote_changes.clone(),
         );
         registry.register(
             "counter_hibernations",

@@ -235,6 +235,49 @@ impl Registry {
         });
     }
 
+    /// Another node committed `name` up to `version`: its actor (if it lives here) reads it
+    /// again, and so does a watched counter's, started for it if it hibernated, so this node's
+    /// watchers get the update. A counter this node neither holds nor watches costs nothing.
+    pub fn changed(&self, name: &CounterName, version: u64) {
+        let (handle, watched) = match self.shared.slots.slots.get(name) {
+            Some(slot) => {
+                (slot.actor.as_ref().map(|(_, handle)| handle.clone()), has_watchers(&slot))
+            }
+            None => return,
+        };
+        let handle = match handle {
+            Some(handle) => handle,
+            None if watched => match self.handle(name) {
+                Ok(handle) => handle,
+                Err(_) => return,
+            },
+            None => return,
+        };
+        self.shared.context.metrics.remote_changes.inc();
+        if !handle.changed(version) {
+            // A full inbox: wait for room rather than drop the word (a closed one means the
+            // actor hibernated, and the next actor reads storage anyway).
+            tokio::spawn(async move {
+                handle.changed_later(version).await;
+            });
+        }
+    }
+
+    /// Notifications may have been missed: every counter held or watched here is read again.
+    pub fn changed_all(&self) {
+        let names: Vec<CounterName> = self
+            .shared
+            .slots
+            .slots
+            .iter()
+            .filter(|slot| slot.actor.is_some() || has_watchers(slot.value()))
+            .map(|slot| slot.key().clone())
+            .collect();
+        for name in names {
+            self.changed(&name, u64::MAX);
+        }
+    }
+
     /// Forgets `name`'s slot if nothing needs it any more: no actor, and no watcher.
     pub fn unwatch(&self, name: &CounterName) {
         self.shared

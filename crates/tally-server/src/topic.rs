@@ -209,6 +209,13 @@ impl Topic {
         }
     }
 
+    /// Empties the ring before a publish that does not follow the latest version (a cluster
+    /// node whose history no longer holds what other nodes committed meanwhile): every reader
+    /// behind it is then told it lagged, instead of being handed the jump.
+    pub(crate) fn forget_before_next(&self) {
+        lock(&self.ring).clear();
+    }
+
     /// The latest published version.
     pub(crate) fn version(&self) -> u64 {
         self.version.load(Ordering::Acquire)

@@ -77,6 +77,11 @@ impl KeyRing {
         self.write().insert(record.id.clone(), entry);
     }
 
+    /// Whether a key with public id `id` is held (revoked or not).
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.read().contains_key(id)
+    }
+
     /// Whether the key with public id `id` is revoked (or unknown).
     pub(crate) fn is_revoked(&self, id: &str) -> bool {
         self.read().get(id).is_none_or(|entry| entry.revoked)

@@ -208,6 +208,22 @@ impl Access {
         self.announce_change();
     }
 
+    /// Takes in the keys as storage holds them now, after another node created or revoked
+    /// some (a cluster): new keys are added, revocations take effect at once, as they do on the
+    /// node that made them.
+    pub(crate) fn sync_keys(&self, records: &[KeyRecord]) {
+        for record in records {
+            if !self.keys.contains(&record.id) {
+                self.keys.insert(record);
+            } else if record.revoked_at_ms.is_some() && !self.keys.is_revoked(&record.id) {
+                self.revoke_key(&record.id);
+            }
+        }
+        if !records.is_empty() {
+            self.turn_auth_on();
+        }
+    }
+
     fn announce_change(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -24,6 +24,7 @@
 //! store [`Closed`](StoreError::Closed) (shutting down), or a [`Backend`](StoreError::Backend)
 //! failure. A failed group commit hands one `Arc<StoreError>` to every batch in it.
 
+pub mod postgres;
 mod sqlite;
 mod stats;
 
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_proto::{CounterName, IdempotencyKey, Op, OpKind};
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use stats::StoreMetrics;
 
@@ -346,4 +348,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds the store's own metrics (commits, their size and time) to `/metrics`.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
+    /// Whether other servers write the same storage (a cluster on one PostgreSQL database).
+    /// Then a [`StoreError::Conflict`] is another node getting ahead, not a bug: the actor
+    /// reads the counter again and sends its operations once more, and reads and watches
+    /// look at storage rather than trust what the actor last saw.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

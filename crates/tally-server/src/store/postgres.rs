@@ -1,0 +1,927 @@
+//! The cluster's store: one PostgreSQL database shared by every node.
+//!
+//! Writes go through one writer task per node, which takes every batch queued by every counter
+//! of the node and commits them in one transaction (group commit, as the SQLite store does).
+//! Each batch is one statement: an upsert of the counter row that only succeeds at the version
+//! the batch was built on, with its history rows, idempotency records and notification hanging
+//! off it in the same statement. A batch another node got ahead of is refused with
+//! [`StoreError::Conflict`] and changes nothing; its counter's actor reads the counter again and
+//! sends the operations once more (compare-and-set with retry: ARCHITECTURE.md says why this
+//! and not leases or a row lock per request). The statements of one group are pipelined on the
+//! connection, so a group costs two round trips however many counters it holds.
+//!
+//! Reads (loads, history, keys) use a small pool of other connections.
+//!
+//! Every connection sets `synchronous_commit = on`, whatever the server's default, so an
+//! answered write is on PostgreSQL's disk. Tables live in the schema `tally`, so Tally can share
+//! a database with other programs; migrations are embedded and applied at open, under an
+//! advisory lock, so nodes starting together apply each one once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tally_proto::{CounterName, IdempotencyKey, OpKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use super::{
+    AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
+    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
+};
+
+/// The channel every node listens on for committed changes: the payload is the counter's name,
+/// a space, and its version after the batch.
+pub const CHANGES_CHANNEL: &str = "tally_changes";
+/// The channel that says the API keys changed (created or revoked on some node).
+pub const KEYS_CHANNEL: &str = "tally_keys";
+/// The schema Tally's tables live in.
+const SCHEMA: &str = "tally";
+/// Taken (for its transaction) while migrations run: "tally" in ASCII.
+const MIGRATION_LOCK: i64 = 0x0074_616c_6c79;
+/// How many batches one transaction takes at most, so one commit's latency stays bounded.
+const MAX_APPENDS_PER_COMMIT: usize = 1024;
+/// How many appends may wait for the writer before callers are made to wait.
+const WRITER_QUEUE: usize = 8192;
+/// How often the writer deletes idempotency records past the window, at most, and how many
+/// each time (see the SQLite store).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+const SWEEP_ROWS: i64 = 1000;
+/// How long the writer waits before connecting again after losing its connection, at most.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+
+/// Each step takes the schema from the version before it to the next; step `i` makes version
+/// `i + 1`. Every step runs in one transaction with the row that records it.
+const MIGRATIONS: &[&str] = &[
+    // 1: the counters, their history, API keys, idempotency records and the epoch.
+    "
+CREATE TABLE counters (
+    id BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    value BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE history (
+    counter_id BIGINT NOT NULL REFERENCES counters (id),
+    version BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    amount BIGINT,
+    previous_value BIGINT NOT NULL,
+    value BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    by TEXT,
+    PRIMARY KEY (counter_id, version)
+);
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    secret_hash BYTEA NOT NULL,
+    grants TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    revoked_at_ms BIGINT
+);
+CREATE TABLE idempotency (
+    counter_id BIGINT NOT NULL REFERENCES counters (id),
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    amount BIGINT,
+    previous_value BIGINT NOT NULL,
+    value BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (counter_id, principal, key)
+);
+CREATE INDEX idempotency_expiry ON idempotency (at_ms);
+CREATE TABLE meta (
+    only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
+    epoch TEXT NOT NULL
+);
+INSERT INTO meta (epoch) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 16));
+",
+];
+
+/// Settings of the PostgreSQL store.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// How many of the most recent operations are kept per counter (at least 1).
+    pub history_limit: u64,
+    /// Idempotency records older than this are deleted by the writer.
+    pub idempotency_window: Duration,
+    /// Connections for reads, at most (the writer has one more of its own).
+    pub pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            history_limit: 10_000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            pool_size: 8,
+        }
+    }
+}
+
+/// A request to the writer task.
+enum WriterMessage {
+    Append {
+        batch: AppendBatch,
+        respond_to: oneshot::Sender<CommitResult>,
+    },
+    /// Commit what is queued, then stop.
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    /// For people: the URL without its password.
+    described: String,
+    pool: Pool,
+    writer: mpsc::Sender<WriterMessage>,
+    metrics: StoreMetrics,
+    epoch: String,
+}
+
+/// Parses a `postgres://` URL into a driver configuration that sets what Tally relies on:
+/// durable commits and its own schema first on the search path.
+///
+/// # Errors
+/// [`StoreError::Open`] when the URL is not one PostgreSQL's driver understands.
+pub fn connection_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
+        path: redact(url).into(),
+        reason: format!(
+            "not a PostgreSQL URL ({error}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ),
+    })?;
+    let mut options = config.get_options().map(str::to_owned).unwrap_or_default();
+    // Later `-c` settings win, so these hold whatever the URL's `options` say.
+    options.push_str(&format!(
+        " -c synchronous_commit=on -c search_path={SCHEMA} -c client_min_messages=warning"
+    ));
+    config.options(options.trim());
+    if config.get_application_name().is_none() {
+        config.application_name("tally");
+    }
+    Ok(config)
+}
+
+/// `url` without its password, for logs and messages.
+pub fn redact(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:***@host/db
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url`, applies the migrations it lacks and starts the
+    /// writer.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the database cannot be reached, its schema was written by a
+    /// newer Tally, or a migration fails.
+    pub async fn open(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let config = connection_config(url)?;
+        let described = redact(url);
+        let open_error =
+            |reason: String| StoreError::Open { path: described.clone().into(), reason };
+        let client = connect(&config).await.map_err(|error| open_error(describe_error(&error)))?;
+        migrate_with(&client).await.map_err(|error| open_error(error.to_string()))?;
+        let epoch: String = client
+            .query_one("SELECT epoch FROM meta", &[])
+            .await
+            .map_err(|error| open_error(describe_error(&error)))?
+            .get(0);
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .build()
+            .map_err(|error| open_error(format!("cannot build the connection pool: {error}")))?;
+
+        let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
+        let metrics = StoreMetrics::default();
+        let task = WriterTask {
+            config,
+            client: Some(client),
+            statements: None,
+            history_limit: options.history_limit.max(1),
+            idempotency_window: options.idempotency_window,
+            metrics: metrics.clone(),
+            last_sweep: None,
+        };
+        tokio::spawn(task.run(inbox));
+        Ok(Self { described, pool, writer, metrics, epoch })
+    }
+
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|error| StoreError::Unavailable(Box::new(error)))
+    }
+}
+
+/// Applies the migrations the database at `url` lacks, and returns how many it applied.
+///
+/// # Errors
+/// [`StoreError::Open`] as for [`PostgresStore::open`].
+pub async fn migrate(url: &str) -> Result<usize, StoreError> {
+    let config = connection_config(url)?;
+    let open_error = |reason: String| StoreError::Open { path: redact(url).into(), reason };
+    let client = connect(&config).await.map_err(|error| open_error(describe_error(&error)))?;
+    migrate_with(&client).await.map_err(|error| open_error(error.to_string()))
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+enum MigrationError {
+    #[error("{}", describe_error(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(
+        "the database's Tally schema is at version {found}, newer than this Tally knows ({known}); run a newer tally"
+    )]
+    Newer { found: i64, known: i64 },
+}
+
+/// Brings the schema up to date, one migration per transaction, under an advisory lock held for
+/// each transaction: a node that waited for the lock finds the migration applied.
+async fn migrate_with(client: &Client) -> Result<usize, MigrationError> {
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+             CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        ))
+        .await
+        .or_else(|error| {
+            // Two nodes creating the schema at once: one of them loses the race, harmlessly.
+            if error.code().is_some_and(|code| {
+                *code == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    || *code == tokio_postgres::error::SqlState::DUPLICATE_SCHEMA
+                    || *code == tokio_postgres::error::SqlState::DUPLICATE_TABLE
+            }) {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        })?;
+    let known = MIGRATIONS.len() as i64;
+    let mut applied = 0;
+    loop {
+        client.simple_query("BEGIN").await?;
+        let result = async {
+            client.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            let current: i64 = client
+                .query_one(
+                    &format!("SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations"),
+                    &[],
+                )
+                .await?
+                .get(0);
+            if current > known {
+                return Err(MigrationError::Newer { found: current, known });
+            }
+            if current == known {
+                return Ok(false);
+            }
+            let step = MIGRATIONS[current as usize];
+            client.batch_execute(&format!("SET LOCAL search_path = {SCHEMA}")).await?;
+            client.batch_execute(step).await?;
+            client
+                .execute(
+                    &format!("INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)"),
+                    &[&(current + 1)],
+                )
+                .await?;
+            Ok(true)
+        }
+        .await;
+        match result {
+            Ok(more) => {
+                client.simple_query("COMMIT").await?;
+                if !more {
+                    return Ok(applied);
+                }
+                applied += 1;
+                tracing::info!(version = applied, "PostgreSQL schema migrated");
+            }
+            Err(error) => {
+                let _ = client.simple_query("ROLLBACK").await;
+                return Err(error);
+            }
+        }
+    }
+}
+
+/// Opens one connection and drives it on a task of its own.
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// A driver error in words, with PostgreSQL's own message when it sent one.
+fn describe_error(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// Sorts PostgreSQL's errors into what the client is told: worth retrying later, or not.
+    fn from(error: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let temporary = match error.code() {
+            // No code: the connection failed or closed (the server is away).
+            None => true,
+            Some(code) => {
+                let class = &code.code()[..2];
+                // 08: connection exception; 53: insufficient resources; 57: operator
+                // intervention (shutdown, restart); 40: serialization failure or deadlock.
+                matches!(class, "08" | "53" | "57" | "40")
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            }
+        };
+        if temporary {
+            StoreError::Unavailable(Box::new(error))
+        } else {
+            StoreError::Backend(Box::new(error))
+        }
+    }
+}
+
+/// The writer's statements, prepared once per connection.
+struct Statements {
+    append: Statement,
+    version_of: Statement,
+    sweep: Statement,
+}
+
+/// One batch as one statement. `c` takes the counter row at the expected version (inserting it
+/// for a new counter); when it finds another version it returns nothing, and nothing after it
+/// writes. Forgotten keys exclude the keys the batch remembers again (the upsert replaces
+/// those), since one statement may not change a row twice.
+const APPEND: &str = "
+WITH c AS (
+    INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (name) DO UPDATE
+        SET value = excluded.value, version = excluded.version, updated_at_ms = excluded.updated_at_ms
+        WHERE t.version = $6
+    RETURNING t.id
+), inserted AS (
+    INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by)
+    SELECT c.id, e.version, e.kind, e.amount, e.previous_value, e.value, e.at_ms, e.by
+    FROM c, unnest($7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::text[])
+        AS e (version, kind, amount, previous_value, value, at_ms, by)
+    WHERE e.version > $14
+), trimmed AS (
+    DELETE FROM history h USING c WHERE h.counter_id = c.id AND h.version <= $14
+), forgotten AS (
+    DELETE FROM idempotency i USING c,
+        unnest($15::text[], $16::text[], $17::bigint[]) AS f (principal, key, version)
+    WHERE i.counter_id = c.id AND i.principal = f.principal AND i.key = f.key AND i.version = f.version
+), remembered AS (
+    INSERT INTO idempotency AS r (counter_id, principal, key, version, kind, amount, previous_value, value, at_ms)
+    SELECT c.id, k.principal, k.key, e.version, e.kind, e.amount, e.previous_value, e.value, e.at_ms
+    FROM c, unnest($18::text[], $19::text[], $20::bigint[]) AS k (principal, key, version)
+    JOIN unnest($7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[])
+        AS e (version, kind, amount, previous_value, value, at_ms) ON e.version = k.version
+    ON CONFLICT (counter_id, principal, key) DO UPDATE
+        SET version = excluded.version, kind = excluded.kind, amount = excluded.amount,
+            previous_value = excluded.previous_value, value = excluded.value, at_ms = excluded.at_ms
+)
+SELECT c.id, pg_notify($21, $1 || ' ' || $3::text)::text FROM c";
+
+/// The parameters of [`APPEND`] for one batch, owned so the statement's future can borrow them.
+struct AppendParams {
+    name: String,
+    value: i64,
+    version: i64,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    expected: i64,
+    versions: Vec<i64>,
+    kinds: Vec<&'static str>,
+    amounts: Vec<Option<i64>>,
+    previous_values: Vec<i64>,
+    values: Vec<i64>,
+    at_ms: Vec<i64>,
+    by: Vec<Option<String>>,
+    trim_up_to: i64,
+    forget_principals: Vec<String>,
+    forget_keys: Vec<String>,
+    forget_versions: Vec<i64>,
+    remember_principals: Vec<String>,
+    remember_keys: Vec<String>,
+    remember_versions: Vec<i64>,
+}
+
+/// Versions fit PostgreSQL's `BIGINT`: they count operations, far below 2^63.
+fn sql_version(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+impl AppendParams {
+    fn of(batch: &AppendBatch, history_limit: u64) -> Option<Self> {
+        let (first, last) = (batch.entries.first()?, batch.entries.last()?);
+        let remembered: std::collections::HashSet<(&str, &str)> =
+            batch.remember.iter().map(|key| (&*key.principal, key.key.as_str())).collect();
+        let forget: Vec<_> = batch
+            .forget
+            .iter()
+            .filter(|key| !remembered.contains(&(&*key.principal, key.key.as_str())))
+            .collect();
+        Some(Self {
+            name: batch.name.to_string(),
+            value: last.value,
+            version: sql_version(last.version),
+            created_at_ms: first.at_ms,
+            updated_at_ms: last.at_ms,
+            expected: sql_version(batch.expected_version),
+            versions: batch.entries.iter().map(|entry| sql_version(entry.version)).collect(),
+            kinds: batch.entries.iter().map(|entry| entry.kind.as_str()).collect(),
+            amounts: batch.entries.iter().map(|entry| entry.amount).collect(),
+            previous_values: batch.entries.iter().map(|entry| entry.previous_value).collect(),
+            values: batch.entries.iter().map(|entry| entry.value).collect(),
+            at_ms: batch.entries.iter().map(|entry| entry.at_ms).collect(),
+            by: batch.entries.iter().map(|entry| entry.by.as_deref().map(str::to_owned)).collect(),
+            trim_up_to: sql_version(last.version.saturating_sub(history_limit)),
+            forget_principals: forget.iter().map(|key| key.principal.to_string()).collect(),
+            forget_keys: forget.iter().map(|key| key.key.as_str().to_owned()).collect(),
+            forget_versions: forget.iter().map(|key| sql_version(key.version)).collect(),
+            remember_principals: batch
+                .remember
+                .iter()
+                .map(|key| key.principal.to_string())
+                .collect(),
+            remember_keys: batch.remember.iter().map(|key| key.key.as_str().to_owned()).collect(),
+            remember_versions: batch.remember.iter().map(|key| sql_version(key.version)).collect(),
+        })
+    }
+}
+
+/// The writer: one connection, one transaction per group of batches.
+struct WriterTask {
+    config: tokio_postgres::Config,
+    /// `None` after the connection was lost, until the next group connects again.
+    client: Option<Client>,
+    statements: Option<Statements>,
+    history_limit: u64,
+    idempotency_window: Duration,
+    metrics: StoreMetrics,
+    last_sweep: Option<Instant>,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut inbox: mpsc::Receiver<WriterMessage>) {
+        let mut appends = Vec::new();
+        let mut closing = None;
+        while closing.is_none() {
+            let Some(first) = inbox.recv().await else { break };
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    WriterMessage::Append { batch, respond_to } => {
+                        appends.push((batch, respond_to))
+                    }
+                    WriterMessage::Close { done } => closing = Some(done),
+                }
+                if appends.len() < MAX_APPENDS_PER_COMMIT && closing.is_none() {
+                    next = inbox.try_recv().ok();
+                }
+            }
+            if appends.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let results = self.commit(appends.iter().map(|(batch, _)| batch).collect()).await;
+            if results.iter().any(Result::is_ok) {
+                let operations: usize = appends.iter().map(|(batch, _)| batch.entries.len()).sum();
+                self.metrics.transactions.inc();
+                self.metrics.transaction_operations.observe(operations as f64);
+                self.metrics.transaction_seconds.observe(started.elapsed().as_secs_f64());
+            }
+            for ((_, respond_to), result) in appends.drain(..).zip(results) {
+                let _ = respond_to.send(result);
+            }
+        }
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    /// The writer's connection, connecting (and preparing) again if it was lost.
+    async fn ready(&mut self) -> Result<(&Client, &Statements), StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            self.statements = None;
+            let client = match connect(&self.config).await {
+                Ok(client) => client,
+                Err(error) => {
+                    // Spread the retries of a database that is away; callers are answered now.
+                    tokio::time::sleep(RECONNECT_BACKOFF).await;
+                    return Err(StoreError::from(error));
+                }
+            };
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_ref() else { return Err(StoreError::Closed) };
+        if self.statements.is_none() {
+            let statements = Statements {
+                append: client.prepare(APPEND).await?,
+                version_of: client.prepare("SELECT version FROM counters WHERE name = $1").await?,
+                sweep: client
+                    .prepare(
+                        "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+                    )
+                    .await?,
+            };
+            self.statements = Some(statements);
+        }
+        match (self.client.as_ref(), self.statements.as_ref()) {
+            (Some(client), Some(statements)) => Ok((client, statements)),
+            _ => Err(StoreError::Closed),
+        }
+    }
+
+    /// Commits `batches` in one transaction. A batch refused on its own (another node moved its
+    /// counter) is left out without harming the others; any other error fails the whole group,
+    /// since the transaction is then aborted.
+    async fn commit(&mut self, batches: Vec<&AppendBatch>) -> Vec<CommitResult> {
+        let count = batches.len();
+        let sweep = self.last_sweep.is_none_or(|last| last.elapsed() >= SWEEP_EVERY);
+        let history_limit = self.history_limit;
+        let cutoff = sweep.then(|| {
+            let window_ms = i64::try_from(self.idempotency_window.as_millis()).unwrap_or(i64::MAX);
+            crate::clock::now_ms().saturating_sub(window_ms)
+        });
+        let outcome = match self.ready().await {
+            Ok((client, statements)) => {
+                commit_group(client, statements, &batches, history_limit, cutoff).await
+            }
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(results) => {
+                if sweep {
+                    self.last_sweep = Some(Instant::now());
+                }
+                results
+            }
+            Err(error) => {
+                if matches!(error, StoreError::Unavailable(_)) {
+                    // The connection may be half broken; start afresh next time.
+                    self.client = None;
+                }
+                let error = Arc::new(error);
+                (0..count).map(|_| Err(Arc::clone(&error))).collect()
+            }
+        }
+    }
+}
+
+async fn commit_group(
+    client: &Client,
+    statements: &Statements,
+    batches: &[&AppendBatch],
+    history_limit: u64,
+    sweep_before: Option<i64>,
+) -> Result<Vec<CommitResult>, StoreError> {
+    // Every node locks the rows of a group in name order (a stable sort keeps one counter's
+    // batches in queue order), so two nodes' groups can never wait for each other in a cycle.
+    let mut order: Vec<usize> = (0..batches.len()).collect();
+    order.sort_by(|&a, &b| batches[a].name.as_str().cmp(batches[b].name.as_str()));
+    let params: Vec<Option<AppendParams>> =
+        order.iter().map(|&index| AppendParams::of(batches[index], history_limit)).collect();
+    // Pipelined: every statement is sent before the first answer is read.
+    let begin = client.simple_query("BEGIN");
+    let appends = params.iter().map(|params| async move {
+        let Some(p) = params else { return Ok(None) };
+        client
+            .query_opt(
+                &statements.append,
+                &[
+                    &p.name,
+                    &p.value,
+                    &p.version,
+                    &p.created_at_ms,
+                    &p.updated_at_ms,
+                    &p.expected,
+                    &p.versions,
+                    &p.kinds,
+                    &p.amounts,
+                    &p.previous_values,
+                    &p.values,
+                    &p.at_ms,
+                    &p.by,
+                    &p.trim_up_to,
+                    &p.forget_principals,
+                    &p.forget_keys,
+                    &p.forget_versions,
+                    &p.remember_principals,
+                    &p.remember_keys,
+                    &p.remember_versions,
+                    &CHANGES_CHANNEL,
+                ],
+            )
+            .await
+            .map(|row| row.map(|row| row.get::<_, i64>(0)))
+    });
+    let sweep = async {
+        match sweep_before {
+            Some(cutoff) => {
+                client.execute(&statements.sweep, &[&cutoff, &SWEEP_ROWS]).await.map(drop)
+            }
+            None => Ok(()),
+        }
+    };
+    let (begun, rows, swept) = tokio::join!(begin, futures_util::future::join_all(appends), sweep);
+    let outcome: Result<Vec<Option<i64>>, tokio_postgres::Error> =
+        begun.and(swept).and_then(|()| rows.into_iter().collect());
+    let ids = match outcome {
+        Ok(ids) => ids,
+        Err(error) => {
+            let _ = client.simple_query("ROLLBACK").await;
+            return Err(StoreError::from(error));
+        }
+    };
+    let mut results: Vec<Option<CommitResult>> = (0..batches.len()).map(|_| None).collect();
+    for (&index, id) in order.iter().zip(ids) {
+        let batch = batches[index];
+        results[index] = Some(match id {
+            Some(id) => Ok(id),
+            None => {
+                let found: Option<i64> =
+                    match client.query_opt(&statements.version_of, &[&batch.name.as_str()]).await {
+                        Ok(row) => row.map(|row| row.get(0)),
+                        Err(error) => {
+                            let _ = client.simple_query("ROLLBACK").await;
+                            return Err(StoreError::from(error));
+                        }
+                    };
+                Err(Arc::new(StoreError::Conflict {
+                    name: batch.name.to_string(),
+                    expected: batch.expected_version,
+                    found: found.and_then(|found| u64::try_from(found).ok()).unwrap_or(0),
+                }))
+            }
+        });
+    }
+    // A COMMIT that fails, or whose answer is lost with the connection, may or may not have
+    // committed: the batches are answered as failed, and an actor that reloads finds out which
+    // (idempotency keys make a resent write count once).
+    client.simple_query("COMMIT").await?;
+    Ok(results
+        .into_iter()
+        .map(|result| result.unwrap_or(Err(Arc::new(StoreError::Closed))))
+        .collect())
+}
+
+fn history_row(row: &Row) -> Result<HistoryRecord, StoreError> {
+    let kind: String = row.try_get(1)?;
+    Ok(HistoryRecord {
+        version: u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0),
+        kind: OpKind::from_name(&kind).ok_or_else(|| {
+            StoreError::Backend(format!("history row has an unknown operation {kind:?}").into())
+        })?,
+        amount: row.try_get(2)?,
+        previous_value: row.try_get(3)?,
+        value: row.try_get(4)?,
+        at_ms: row.try_get(5)?,
+        by: row.try_get::<_, Option<String>>(6)?.map(Arc::from),
+    })
+}
+
+fn key_row(row: &Row) -> Result<KeyRecord, StoreError> {
+    let hash: Vec<u8> = row.try_get(2)?;
+    let grants: String = row.try_get(3)?;
+    let bad =
+        |what: &str| StoreError::Backend(format!("api_keys row has a malformed {what}").into());
+    Ok(KeyRecord {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        secret_hash: hash.try_into().map_err(|_| bad("secret hash"))?,
+        grants: serde_json::from_str(&grants).map_err(|_| bad("grant list"))?,
+        created_at_ms: row.try_get(4)?,
+        revoked_at_ms: row.try_get(5)?,
+    })
+}
+
+const KEY_COLUMNS: &str = "id, name, secret_hash, grants, created_at_ms, revoked_at_ms";
+const HISTORY_COLUMNS: &str =
+    "h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms, h.by";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn load(
+        &self,
+        name: &CounterName,
+        retention: Retention,
+    ) -> Result<Option<LoadedCounter>, StoreError> {
+        let client = self.reader().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = $1",
+                    )
+                    .await?,
+                &[&name.as_str()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let record = CounterRecord {
+            id: row.try_get(0)?,
+            value: row.try_get(1)?,
+            version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+            created_at_ms: row.try_get(3)?,
+            updated_at_ms: row.try_get(4)?,
+        };
+        // Records up to the version read only, so they match the counter as loaded even when
+        // another node commits in between.
+        let limit = i64::try_from(retention.limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT version, kind, amount, previous_value, value, at_ms, principal, key
+                         FROM idempotency WHERE counter_id = $1 AND at_ms >= $2 AND version <= $3
+                         ORDER BY version DESC LIMIT $4",
+                    )
+                    .await?,
+                &[&record.id, &retention.since_ms, &sql_version(record.version), &limit],
+            )
+            .await?;
+        let mut idempotency = Vec::with_capacity(rows.len());
+        for row in rows.iter().rev() {
+            let mut entry = history_row(row)?;
+            let principal: String = row.try_get(6)?;
+            entry.by = Some(Arc::from(principal));
+            let key: String = row.try_get(7)?;
+            let key = IdempotencyKey::parse(&key)
+                .map_err(|error| StoreError::Backend(error.message.into()))?;
+            idempotency.push(IdempotencyRecord { key, entry });
+        }
+        Ok(Some(LoadedCounter { record, idempotency }))
+    }
+
+    async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError> {
+        let (respond_to, answer) = oneshot::channel();
+        self.writer
+            .send(WriterMessage::Append { batch, respond_to })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Committing::new(answer))
+    }
+
+    async fn history(
+        &self,
+        name: &CounterName,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let client = self.reader().await?;
+        let before = before.map_or(i64::MAX, sql_version);
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT {HISTORY_COLUMNS} FROM history h JOIN counters c ON c.id = h.counter_id
+                         WHERE c.name = $1 AND h.version < $2 ORDER BY h.version DESC LIMIT $3"
+                    ))
+                    .await?,
+                &[&name.as_str(), &before, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter().map(history_row).collect()
+    }
+
+    async fn history_range(
+        &self,
+        name: &CounterName,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        let client = self.reader().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT {HISTORY_COLUMNS} FROM history h JOIN counters c ON c.id = h.counter_id
+                         WHERE c.name = $1 AND h.version > $2 AND h.version <= $3 ORDER BY h.version ASC"
+                    ))
+                    .await?,
+                &[&name.as_str(), &sql_version(after), &sql_version(up_to)],
+            )
+            .await?;
+        rows.iter().map(history_row).collect()
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let client = self.reader().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at_ms, name"
+                    ))
+                    .await?,
+                &[],
+            )
+            .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn create_key(&self, key: KeyRecord) -> Result<(), StoreError> {
+        let client = self.reader().await?;
+        let grants = serde_json::to_string(&key.grants).unwrap_or_else(|_| "[]".into());
+        // One statement: the key and the notification that tells the other nodes, committed
+        // together.
+        let inserted = client
+            .query(
+                &client
+                    .prepare_cached(&format!(
+                        "WITH k AS (INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT DO NOTHING RETURNING id)
+                         SELECT pg_notify($7, id)::text FROM k"
+                    ))
+                    .await?,
+                &[
+                    &key.id,
+                    &key.name,
+                    &key.secret_hash.as_slice(),
+                    &grants,
+                    &key.created_at_ms,
+                    &key.revoked_at_ms,
+                    &KEYS_CHANNEL,
+                ],
+            )
+            .await?;
+        if inserted.is_empty() {
+            return Err(StoreError::KeyExists(key.name));
+        }
+        Ok(())
+    }
+
+    async fn revoke_key(&self, name: &str, at_ms: i64) -> Result<Option<KeyRecord>, StoreError> {
+        let client = self.reader().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(&format!(
+                        "WITH k AS (UPDATE api_keys SET revoked_at_ms = coalesce(revoked_at_ms, $2)
+                         WHERE name = $1 RETURNING {KEY_COLUMNS})
+                         SELECT k.*, pg_notify($3, k.id)::text FROM k"
+                    ))
+                    .await?,
+                &[&name, &at_ms, &KEYS_CHANNEL],
+            )
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn close(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.writer.send(WriterMessage::Close { done }).await.is_ok() {
+            let _ = finished.await;
+        }
+        self.pool.close();
+    }
+
+    fn describe(&self) -> String {
+        self.described.clone()
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+}
+
+impl PostgresStore {
+    /// The database's epoch, made when its schema was created.
+    pub fn database_epoch(&self) -> &str {
+        &self.epoch
+    }
+}
