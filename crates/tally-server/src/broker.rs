@@ -81,7 +81,11 @@ impl PostgresBroker {
     /// # Errors
     /// [`StoreError::Open`] when `url` is not a PostgreSQL URL.
     pub fn new(url: &str) -> Result<Self, StoreError> {
-        Ok(Self { config: connection_config(url)?, described: redact(url) })
+        let mut config = connection_config(url)?;
+        // Named apart from the store's connections, so an operator (or a test) can tell it in
+        // pg_stat_activity.
+        config.application_name("tally-listen");
+        Ok(Self { config, described: redact(url) })
     }
 
     /// Listens until the connection ends (returning why) or `stop` is cancelled (`Ok`). After
