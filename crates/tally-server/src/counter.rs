@@ -437,7 +437,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         }
         // One batch takes every pending operation.
         if !actor.reload
-            && in_flight.len() < MAX_IN_FLIGHT
+            && in_flight.len() < actor.max_in_flight()
             && !actor.pending.is_empty()
             && let Some(queued) = actor.start_batch().await
         {
@@ -489,6 +489,15 @@ fn deadline_after(after: std::time::Duration) -> tokio::time::Instant {
 }
 
 impl CounterActor {
+    /// How many batches may be queued at once. On a shared store, one: a batch built on another
+    /// still in flight could meet the version it expects by chance (another node committed as
+    /// many operations as the first batch held) and be stored on top of values it never saw.
+    /// A batch built on the committed state is safe: versions are never reused, so finding
+    /// the version it was built on means nothing was committed since.
+    fn max_in_flight(&self) -> usize {
+        if self.shared { 1 } else { MAX_IN_FLIGHT }
+    }
+
     /// Reads the counter and the idempotency keys to remember from storage, the truth.
     async fn reload(&mut self) -> Result<(), StoreError> {
         let retention =
@@ -604,8 +613,10 @@ impl CounterActor {
                 self.reload = true;
             }
             command @ (Command::Read { .. } | Command::Watch(_)) => self.answer_now(command),
+            // At or below the tip, it is this actor's own commit (its notification can come
+            // before the commit's answer) or one its batch in flight will conflict with.
             Command::Changed(version) => {
-                if version > self.state.version {
+                if version > self.tip.1 {
                     self.reload = true;
                 }
             }

@@ -368,13 +368,13 @@ impl From<tokio_postgres::Error> for StoreError {
 /// The writer's statements, prepared once per connection.
 struct Statements {
     append: Statement,
-    version_of: Statement,
     sweep: Statement,
 }
 
 /// One batch as one statement. `c` takes the counter row at the expected version (inserting it
-/// for a new counter); when it finds another version it returns nothing, and nothing after it
-/// writes. Forgotten keys exclude the keys the batch remembers again (the upsert replaces
+/// for a new counter); when it finds another version it returns nothing, nothing after it
+/// writes, and the statement answers the version it found instead of the id (as of the
+/// statement's start, so after the batches before it in the transaction). Forgotten keys exclude the keys the batch remembers again (the upsert replaces
 /// those), since one statement may not change a row twice.
 const APPEND: &str = "
 WITH c AS (
@@ -406,7 +406,9 @@ WITH c AS (
         SET version = excluded.version, kind = excluded.kind, amount = excluded.amount,
             previous_value = excluded.previous_value, value = excluded.value, at_ms = excluded.at_ms
 )
-SELECT c.id, pg_notify($21, $1 || ' ' || $3::text)::text FROM c";
+SELECT c.id, NULL::bigint AS found, pg_notify($21, $1 || ' ' || $3::text)::text FROM c
+UNION ALL
+SELECT NULL, t.version, NULL FROM counters t WHERE t.name = $1 AND NOT EXISTS (SELECT 1 FROM c)";
 
 /// The parameters of [`APPEND`] for one batch, owned so the statement's future can borrow them.
 struct AppendParams {
@@ -547,7 +549,6 @@ impl WriterTask {
         if self.statements.is_none() {
             let statements = Statements {
                 append: client.prepare(APPEND).await?,
-                version_of: client.prepare("SELECT version FROM counters WHERE name = $1").await?,
                 sweep: client
                     .prepare(
                         "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
@@ -643,7 +644,14 @@ async fn commit_group(
                 ],
             )
             .await
-            .map(|row| row.map(|row| row.get::<_, i64>(0)))
+            .map(|row| match row {
+                Some(row) => match row.get::<_, Option<i64>>(0) {
+                    Some(id) => Some(Ok(id)),
+                    None => Some(Err(row.get::<_, Option<i64>>(1).unwrap_or(0))),
+                },
+                // The name is not stored and was not inserted: only a race can do that.
+                None => Some(Err(0)),
+            })
     });
     let sweep = async {
         match sweep_before {
@@ -654,7 +662,8 @@ async fn commit_group(
         }
     };
     let (begun, rows, swept) = tokio::join!(begin, futures_util::future::join_all(appends), sweep);
-    let outcome: Result<Vec<Option<i64>>, tokio_postgres::Error> =
+    // Per batch: its counter's id, or the version found instead of the expected one.
+    let outcome: Result<Vec<Option<Result<i64, i64>>>, tokio_postgres::Error> =
         begun.and(swept).and_then(|()| rows.into_iter().collect());
     let ids = match outcome {
         Ok(ids) => ids,
@@ -667,22 +676,18 @@ async fn commit_group(
     for (&index, id) in order.iter().zip(ids) {
         let batch = batches[index];
         results[index] = Some(match id {
-            Some(id) => Ok(id),
-            None => {
-                let found: Option<i64> =
-                    match client.query_opt(&statements.version_of, &[&batch.name.as_str()]).await {
-                        Ok(row) => row.map(|row| row.get(0)),
-                        Err(error) => {
-                            let _ = client.simple_query("ROLLBACK").await;
-                            return Err(StoreError::from(error));
-                        }
-                    };
-                Err(Arc::new(StoreError::Conflict {
-                    name: batch.name.to_string(),
-                    expected: batch.expected_version,
-                    found: found.and_then(|found| u64::try_from(found).ok()).unwrap_or(0),
-                }))
-            }
+            Some(Ok(id)) => Ok(id),
+            Some(Err(found)) => Err(Arc::new(StoreError::Conflict {
+                name: batch.name.to_string(),
+                expected: batch.expected_version,
+                found: u64::try_from(found).unwrap_or(0),
+            })),
+            // An empty batch (never queued by an actor) stores nothing.
+            None => Err(Arc::new(StoreError::Conflict {
+                name: batch.name.to_string(),
+                expected: batch.expected_version,
+                found: batch.expected_version,
+            })),
         });
     }
     // A COMMIT that fails, or whose answer is lost with the connection, may or may not have

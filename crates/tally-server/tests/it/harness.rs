@@ -8,8 +8,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tally_proto::ServerMessage;
-use tally_server::{Config, SqliteOptions, SqliteStore};
+use tally_server::{
+    Config, PostgresBroker, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore,
+};
 use tempfile::TempDir;
+
+use crate::postgres::TestDatabase;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -21,9 +25,15 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for something that should happen at once before failing.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Whether this build of the suite stores in PostgreSQL (the `it_postgres` target, which runs
+/// every test of `it` again on a fresh PostgreSQL database per server) rather than SQLite.
+pub(crate) const POSTGRES: bool = matches!(env!("CARGO_CRATE_NAME").as_bytes(), b"it_postgres");
+
 pub(crate) struct TestServer {
     pub(crate) addr: SocketAddr,
     dir: TempDir,
+    /// The PostgreSQL database, shared by every node started on it.
+    database: Option<Arc<TestDatabase>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
     http: reqwest::Client,
@@ -40,6 +50,10 @@ impl TestServer {
     }
 
     pub(crate) async fn start_with(config: Config, options: SqliteOptions) -> Self {
+        if POSTGRES {
+            let database = Arc::new(TestDatabase::create().await);
+            return Self::start_node(config, options, database).await;
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SqliteStore::open(&dir.path().join("tally.db"), options).expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -48,7 +62,62 @@ impl TestServer {
         let task = tokio::spawn(tally_server::run(listener, Arc::new(store), config, async move {
             let _ = stopped.await;
         }));
-        Self { addr, dir, stop: Some(stop), task: Some(task), http: reqwest::Client::new() }
+        Self {
+            addr,
+            dir,
+            database: None,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A node on the PostgreSQL `database`, beside any other node started on it: the store and
+    /// broker `tally serve --database postgres://…` runs with.
+    pub(crate) async fn start_node(
+        config: Config,
+        options: SqliteOptions,
+        database: Arc<TestDatabase>,
+    ) -> Self {
+        let options = PostgresOptions {
+            history_limit: options.history_limit,
+            idempotency_window: options.idempotency_window,
+            pool_size: 4,
+        };
+        let store = PostgresStore::open(&database.url, options).await.expect("open store");
+        let broker = PostgresBroker::new(&database.url).expect("broker");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tally_server::run_node(
+            listener,
+            Arc::new(store),
+            Box::new(broker),
+            config,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            dir: tempfile::tempdir().expect("temp dir"),
+            database: Some(database),
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// How many rows the store's `table` holds, read beside the server as another program would.
+    pub(crate) async fn stored_rows(&self, table: &str) -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        match &self.database {
+            Some(database) => database.count(&sql).await,
+            None => {
+                let db = rusqlite::Connection::open(self.db_path()).expect("open db");
+                db.query_row(&sql, [], |row| row.get(0)).expect("count")
+            }
+        }
     }
 
     pub(crate) fn db_path(&self) -> PathBuf {

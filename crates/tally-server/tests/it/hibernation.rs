@@ -28,5 +28,12 @@ async fn an_idle_counter_hibernates_and_wakes_with_the_right_state() {
     assert_eq!(answer["metadata"]["operationCount"], 3);
     let ServerMessage::Update(update) = watcher.next().await else { panic!("expected an update") };
     assert_eq!((update.value, update.version), (8, 3));
-    assert_eq!(server.metric("tally_counter_loads_total").await, 2.0);
+    let loads = server.metric("tally_counter_loads_total").await;
+    if crate::harness::POSTGRES {
+        // A shared store is read again for the watch's snapshot too (another node may have
+        // written), and once more if the node's first LISTEN came after the first write.
+        assert!((3.0..=4.0).contains(&loads), "{loads} loads");
+    } else {
+        assert_eq!(loads, 2.0);
+    }
 }

@@ -125,10 +125,7 @@ async fn a_counter_never_written_reads_as_zero_and_stores_nothing() {
     let history = server.ok("getHistory", json!({"name": "ghost"})).await;
     assert_eq!(history, json!({"entries": []}));
 
-    let db = rusqlite::Connection::open(server.db_path()).expect("open db");
-    let rows: i64 =
-        db.query_row("SELECT count(*) FROM counters", [], |row| row.get(0)).expect("count");
-    assert_eq!(rows, 0);
+    assert_eq!(server.stored_rows("counters").await, 0);
 }
 
 #[tokio::test]

@@ -1,16 +1,89 @@
-//! The SQLite store on its own, on a real file: what a group commit does with a batch that is
-//! refused while the batches around it, in the same transaction, are not; idempotency records
-//! written, loaded, forgotten and swept; a file of the previous schema migrated.
+//! The store conformance suite: each store on its own (SQLite on a real file in the `it`
+//! target, PostgreSQL on a fresh database in `it_postgres`), held to one contract: what a group
+//! commit does with a batch that is refused while the batches around it, in the same
+//! transaction, are not; the version check of a batch that names its counter's id; idempotency
+//! records written, loaded, forgotten and swept.
 
 use prometheus_client::registry::Registry;
 use tally_proto::{CounterName, IdempotencyKey, OpKind};
 use tally_server::store::{AppendBatch, HistoryRecord, KeyRef, Retention};
-use tally_server::{SqliteOptions, SqliteStore, Store, StoreError};
+use tally_server::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
+use tempfile::TempDir;
+
+use crate::harness::POSTGRES;
+use crate::postgres::TestDatabase;
+
+/// The store under test, with what keeps its storage alive.
+pub(crate) struct TestStore {
+    store: Box<dyn Store>,
+    folder: TempDir,
+    database: Option<TestDatabase>,
+    options: SqliteOptions,
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.store
+    }
+}
+
+impl TestStore {
+    /// This target's store, empty, with `options` (PostgreSQL takes the same two settings).
+    pub(crate) async fn open(options: SqliteOptions) -> Self {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let database = if POSTGRES { Some(TestDatabase::create().await) } else { None };
+        let store = Self::open_on(&folder, database.as_ref(), options).await;
+        Self { store, folder, database, options }
+    }
+
+    async fn open_on(
+        folder: &TempDir,
+        database: Option<&TestDatabase>,
+        options: SqliteOptions,
+    ) -> Box<dyn Store> {
+        match database {
+            Some(database) => {
+                let options = PostgresOptions {
+                    history_limit: options.history_limit,
+                    idempotency_window: options.idempotency_window,
+                    pool_size: 2,
+                };
+                Box::new(PostgresStore::open(&database.url, options).await.expect("store opens"))
+            }
+            None => Box::new(
+                SqliteStore::open(&folder.path().join("tally.db"), options).expect("store opens"),
+            ),
+        }
+    }
+
+    /// Closes the store and opens its storage again, as a restarted server would.
+    async fn reopen(mut self) -> Self {
+        self.store.close().await;
+        self.store = Self::open_on(&self.folder, self.database.as_ref(), self.options).await;
+        self
+    }
+
+    /// How many idempotency records storage holds, read beside the store as another program
+    /// would.
+    async fn stored_records(&self) -> i64 {
+        const SQL: &str = "SELECT count(*) FROM idempotency";
+        match &self.database {
+            Some(database) => database.count(SQL).await,
+            None => {
+                let conn =
+                    rusqlite::Connection::open(self.folder.path().join("tally.db")).expect("open");
+                conn.query_row(SQL, [], |row| row.get(0)).expect("count")
+            }
+        }
+    }
+}
 
 /// A retention that keeps every idempotency record.
-const EVERY_KEY: Retention = Retention { since_ms: 0, limit: usize::MAX };
+pub(crate) const EVERY_KEY: Retention = Retention { since_ms: 0, limit: usize::MAX };
 
-fn name(text: &str) -> CounterName {
+pub(crate) fn name(text: &str) -> CounterName {
     CounterName::parse(text).expect("a valid name")
 }
 
@@ -44,9 +117,7 @@ fn transactions(metrics: &Registry) -> u64 {
 
 #[tokio::test]
 async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transaction_are_stored() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let path = folder.path().join("tally.db");
-    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("store opens");
+    let store = TestStore::open(SqliteOptions::default()).await;
     let mut metrics = Registry::default();
     store.register_metrics(&mut metrics);
 
@@ -87,9 +158,7 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
     assert!(grouped > 0, "the three batches never shared a transaction in 20 tries");
 
     // And all of it is on disk, as committed.
-    store.close().await;
-    drop(store);
-    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("store reopens");
+    let store = store.reopen().await;
     let versions: Vec<u64> = store
         .history(&name("kept-0"), None, 10)
         .await
@@ -104,9 +173,7 @@ async fn a_refused_batch_writes_nothing_and_the_batches_around_it_in_its_transac
 /// against the stored version just the same: refused whole when stale, stored when not.
 #[tokio::test]
 async fn a_batch_with_the_counters_id_is_checked_against_the_stored_version() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let store = SqliteStore::open(&folder.path().join("tally.db"), SqliteOptions::default())
-        .expect("store opens");
+    let store = TestStore::open(SqliteOptions::default()).await;
     let id = store.append(increments("by-id", 0, 2, 1)).await.expect("queued").await;
     let id = id.expect("the first batch is stored");
 
@@ -127,12 +194,12 @@ async fn a_batch_with_the_counters_id_is_checked_against_the_stored_version() {
     assert_eq!(kept, [(4, 4), (3, 3), (2, 2), (1, 1)]);
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     i64::try_from(since_epoch.expect("after 1970").as_millis()).expect("in range")
 }
 
-fn key_ref(key: &str, version: u64) -> KeyRef {
+pub(crate) fn key_ref(key: &str, version: u64) -> KeyRef {
     KeyRef {
         principal: "tester".into(),
         key: IdempotencyKey::parse(key).expect("a valid key"),
@@ -141,7 +208,12 @@ fn key_ref(key: &str, version: u64) -> KeyRef {
 }
 
 /// `count` increments by 1 after `expected_version`, made at `at_ms`.
-fn increments_at(counter: &str, expected_version: u64, count: u64, at_ms: i64) -> AppendBatch {
+pub(crate) fn increments_at(
+    counter: &str,
+    expected_version: u64,
+    count: u64,
+    at_ms: i64,
+) -> AppendBatch {
     let mut batch = increments(counter, expected_version, count, 1);
     for entry in &mut batch.entries {
         entry.at_ms = at_ms;
@@ -150,8 +222,8 @@ fn increments_at(counter: &str, expected_version: u64, count: u64, at_ms: i64) -
 }
 
 /// The keys and versions of `counter`'s idempotency records within `retention`.
-async fn remembered(
-    store: &SqliteStore,
+pub(crate) async fn remembered(
+    store: &dyn Store,
     counter: &str,
     retention: Retention,
 ) -> Vec<(String, u64)> {
@@ -159,19 +231,11 @@ async fn remembered(
     loaded.idempotency.iter().map(|r| (r.key.to_string(), r.entry.version)).collect()
 }
 
-/// How many idempotency records the file holds, read beside the store as another program would.
-fn stored_records(path: &std::path::Path) -> i64 {
-    let conn = rusqlite::Connection::open(path).expect("open");
-    conn.query_row("SELECT count(*) FROM idempotency", [], |row| row.get(0)).expect("count")
-}
-
 #[tokio::test]
 async fn idempotency_records_are_stored_with_their_batch_and_outlive_its_history() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let path = folder.path().join("tally.db");
     // History keeps one entry: the records must not depend on it.
     let options = SqliteOptions { history_limit: 1, ..SqliteOptions::default() };
-    let store = SqliteStore::open(&path, options).expect("store opens");
+    let store = TestStore::open(options).await;
     let at_ms = now_ms();
 
     let mut batch = increments_at("c", 0, 3, at_ms);
@@ -186,29 +250,27 @@ async fn idempotency_records_are_stored_with_their_batch_and_outlive_its_history
     let mut stale = increments_at("c", 1, 1, at_ms);
     stale.remember = vec![key_ref("k-stale", 2)];
     assert!(store.append(stale).await.expect("queued").await.is_err());
-    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k1".into(), 1), ("k3".into(), 3)]);
+    assert_eq!(remembered(&*store, "c", EVERY_KEY).await, [("k1".into(), 1), ("k3".into(), 3)]);
 
     // The newest first, and only as many as asked, and only from `since_ms` on.
     let newest = Retention { since_ms: 0, limit: 1 };
-    assert_eq!(remembered(&store, "c", newest).await, [("k3".into(), 3)]);
+    assert_eq!(remembered(&*store, "c", newest).await, [("k3".into(), 3)]);
     let later = Retention { since_ms: at_ms + 1, limit: 10 };
-    assert!(remembered(&store, "c", later).await.is_empty());
+    assert!(remembered(&*store, "c", later).await.is_empty());
 
     // Forgetting deletes a record only if it still names that version.
     let mut next = increments_at("c", 3, 1, at_ms);
     next.forget = vec![key_ref("k1", 1), key_ref("k3", 2)];
     store.append(next).await.expect("queued").await.expect("stored");
-    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k3".into(), 3)]);
-    assert_eq!(stored_records(&path), 1);
+    assert_eq!(remembered(&*store, "c", EVERY_KEY).await, [("k3".into(), 3)]);
+    assert_eq!(store.stored_records().await, 1);
 }
 
 #[tokio::test]
 async fn the_writer_deletes_records_past_the_window() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let path = folder.path().join("tally.db");
     let hour = std::time::Duration::from_secs(3600);
     let options = SqliteOptions { idempotency_window: hour, ..SqliteOptions::default() };
-    let store = SqliteStore::open(&path, options).expect("store opens");
+    let store = TestStore::open(options).await;
 
     // One counter written two hours ago (as if restored), one just now; nobody forgets the
     // old record but the writer's sweep.
@@ -221,39 +283,6 @@ async fn the_writer_deletes_records_past_the_window() {
     old.await.expect("stored");
     new.await.expect("stored");
     // The first commit sweeps; the old record went in the same transaction it came in.
-    assert_eq!(stored_records(&path), 1);
-    assert_eq!(remembered(&store, "new", EVERY_KEY).await, [("k".into(), 1)]);
-}
-
-#[tokio::test]
-async fn a_version_2_database_is_migrated_and_keeps_its_counters() {
-    let folder = tempfile::tempdir().expect("temporary folder");
-    let path = folder.path().join("tally.db");
-    {
-        // The schema as Tally 2 wrote it.
-        let conn = rusqlite::Connection::open(&path).expect("create");
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE counters (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, value INTEGER NOT NULL, version INTEGER NOT NULL, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
-             CREATE TABLE history (counter_id INTEGER NOT NULL REFERENCES counters (id), version INTEGER NOT NULL, kind TEXT NOT NULL, amount INTEGER, previous_value INTEGER NOT NULL, value INTEGER NOT NULL, at_ms INTEGER NOT NULL, by TEXT, PRIMARY KEY (counter_id, version)) WITHOUT ROWID;
-             CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, secret_hash BLOB NOT NULL, grants TEXT NOT NULL, created_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER);
-             INSERT INTO counters VALUES (1, 'c', 7, 1, 1700000000000, 1700000000000);
-             INSERT INTO history VALUES (1, 1, 'increment', 7, 0, 7, 1700000000000, 'tester');
-             PRAGMA application_id = 1413565529;
-             PRAGMA user_version = 2;",
-        )
-        .expect("a version 2 file");
-    }
-    let store = SqliteStore::open(&path, SqliteOptions::default()).expect("migrates");
-    let loaded = store.load(&name("c"), EVERY_KEY).await.expect("load").expect("kept");
-    assert_eq!((loaded.record.value, loaded.record.version), (7, 1));
-    let mut batch = increments_at("c", 1, 1, now_ms());
-    batch.entries[0].previous_value = 7;
-    batch.entries[0].value = 8;
-    batch.remember = vec![key_ref("k", 2)];
-    store.append(batch).await.expect("queued").await.expect("stored");
-    assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k".into(), 2)]);
-    let conn = rusqlite::Connection::open(&path).expect("open");
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("read");
-    assert_eq!(version, 3);
+    assert_eq!(store.stored_records().await, 1);
+    assert_eq!(remembered(&*store, "new", EVERY_KEY).await, [("k".into(), 1)]);
 }
