@@ -154,6 +154,12 @@ impl ApplyError {
                         "storage is unavailable ({cause}); nothing was stored: try again shortly"
                     ),
                 ),
+                StoreError::CommitUncertain(cause) => ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the connection to storage was lost while committing ({cause}), so the write may or may not be stored: send it again with the same Idempotency-Key (Tally's clients do), which counts it once"
+                    ),
+                ),
                 StoreError::Closed => ProtocolError::new(
                     ErrorCode::Unavailable,
                     "the server is shutting down; nothing was stored: try again shortly",

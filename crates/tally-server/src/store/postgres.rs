@@ -576,19 +576,24 @@ impl WriterTask {
         });
         let outcome = match self.ready().await {
             Ok((client, statements)) => {
-                commit_group(client, statements, &batches, history_limit, cutoff).await
+                let outcome = commit_group(client, statements, &batches, history_limit).await;
+                // Outside the group's transaction, so that two nodes sweeping the same rows
+                // can never deadlock a group of writes; a sweep that fails is tried again next
+                // time.
+                if let (Ok(_), Some(cutoff)) = (&outcome, cutoff) {
+                    match client.execute(&statements.sweep, &[&cutoff, &SWEEP_ROWS]).await {
+                        Ok(_) => self.last_sweep = Some(Instant::now()),
+                        Err(error) => tracing::debug!(%error, "idempotency sweep failed"),
+                    }
+                }
+                outcome
             }
             Err(error) => Err(error),
         };
         match outcome {
-            Ok(results) => {
-                if sweep {
-                    self.last_sweep = Some(Instant::now());
-                }
-                results
-            }
+            Ok(results) => results,
             Err(error) => {
-                if matches!(error, StoreError::Unavailable(_)) {
+                if matches!(error, StoreError::Unavailable(_) | StoreError::CommitUncertain(_)) {
                     // The connection may be half broken; start afresh next time.
                     self.client = None;
                 }
@@ -604,7 +609,6 @@ async fn commit_group(
     statements: &Statements,
     batches: &[&AppendBatch],
     history_limit: u64,
-    sweep_before: Option<i64>,
 ) -> Result<Vec<CommitResult>, StoreError> {
     // Every node locks the rows of a group in name order (a stable sort keeps one counter's
     // batches in queue order), so two nodes' groups can never wait for each other in a cycle.
@@ -653,18 +657,10 @@ async fn commit_group(
                 None => Some(Err(0)),
             })
     });
-    let sweep = async {
-        match sweep_before {
-            Some(cutoff) => {
-                client.execute(&statements.sweep, &[&cutoff, &SWEEP_ROWS]).await.map(drop)
-            }
-            None => Ok(()),
-        }
-    };
-    let (begun, rows, swept) = tokio::join!(begin, futures_util::future::join_all(appends), sweep);
+    let (begun, rows) = tokio::join!(begin, futures_util::future::join_all(appends));
     // Per batch: its counter's id, or the version found instead of the expected one.
     let outcome: Result<Vec<Option<Result<i64, i64>>>, tokio_postgres::Error> =
-        begun.and(swept).and_then(|()| rows.into_iter().collect());
+        begun.and_then(|_| rows.into_iter().collect());
     let ids = match outcome {
         Ok(ids) => ids,
         Err(error) => {
@@ -690,10 +686,16 @@ async fn commit_group(
             })),
         });
     }
-    // A COMMIT that fails, or whose answer is lost with the connection, may or may not have
-    // committed: the batches are answered as failed, and an actor that reloads finds out which
-    // (idempotency keys make a resent write count once).
-    client.simple_query("COMMIT").await?;
+    // A COMMIT whose answer is lost with the connection may or may not have committed: the
+    // batches are answered so, and an actor that reloads finds out which (idempotency keys
+    // make a resent write count once). An answer that is an error means it did not commit.
+    if let Err(error) = client.simple_query("COMMIT").await {
+        return Err(if error.as_db_error().is_some() {
+            StoreError::from(error)
+        } else {
+            StoreError::CommitUncertain(Box::new(error))
+        });
+    }
     Ok(results
         .into_iter()
         .map(|result| result.unwrap_or(Err(Arc::new(StoreError::Closed))))
