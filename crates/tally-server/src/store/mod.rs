@@ -242,7 +242,9 @@ pub enum StoreError {
     /// The connection to storage was lost while a commit was under way, so whether it was
     /// stored is unknown (a shared PostgreSQL store only: SQLite commits in this process). A
     /// retry with the same idempotency key counts once either way.
-    #[error("the connection to storage was lost while committing; the write may or may not be stored: {0}")]
+    #[error(
+        "the connection to storage was lost while committing; the write may or may not be stored: {0}"
+    )]
     CommitUncertain(#[source] BackendError),
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]

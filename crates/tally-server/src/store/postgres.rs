@@ -932,3 +932,38 @@ impl PostgresStore {
         &self.epoch
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_shown_without_its_password() {
+        assert_eq!(
+            redact("postgres://tally:s3cret@db:5432/tally"),
+            "postgres://tally:***@db:5432/tally"
+        );
+        assert_eq!(redact("postgres://tally@db/tally"), "postgres://tally@db/tally");
+        assert_eq!(redact("postgres://db/tally"), "postgres://db/tally");
+    }
+
+    #[test]
+    fn the_urls_own_options_are_kept_and_tallys_settings_come_last() {
+        let config =
+            connection_config("postgres://tally@db/tally?options=-c%20statement_timeout%3D5s")
+                .expect("a URL");
+        let options = config.get_options().expect("options");
+        assert!(options.starts_with("-c statement_timeout=5s"), "{options}");
+        assert!(options.ends_with("-c client_min_messages=warning"), "{options}");
+        assert!(options.contains("-c synchronous_commit=on"), "{options}");
+    }
+
+    #[test]
+    fn a_malformed_url_says_what_is_expected() {
+        let Err(StoreError::Open { reason, .. }) = connection_config("postgres://db:notaport/x")
+        else {
+            panic!("a bad port must be refused");
+        };
+        assert!(reason.contains("expected postgres://"), "{reason}");
+    }
+}

@@ -36,3 +36,25 @@ async fn a_schema_newer_than_this_tally_is_refused() {
         Ok(_) => panic!("a newer schema must be refused"),
     }
 }
+
+#[tokio::test]
+async fn every_connection_commits_synchronously_whatever_the_database_default() {
+    let database = TestDatabase::create().await;
+    // An operator (or a managed service) turned durability off for the database...
+    let (admin, connection) =
+        tokio_postgres::connect(&database.url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let name: String =
+        admin.query_one("SELECT current_database()", &[]).await.expect("name").get(0);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = off"))
+        .await
+        .expect("alter database");
+    // ...and the store's connections still commit durably: they are made from this config.
+    let config = tally_server::store::postgres::connection_config(&database.url).expect("config");
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let setting: String =
+        client.query_one("SHOW synchronous_commit", &[]).await.expect("show").get(0);
+    assert_eq!(setting, "on");
+}
