@@ -51,7 +51,13 @@ pub(crate) async fn counter_call(
         }
         Request::GetPresence { name } => {
             access.authorize(principal, &name, action, None)?;
-            json(&state.registry.presence(&name))
+            let presence = state.registry.read_presence(&name).await.map_err(|error| {
+                ProtocolError::new(
+                    tally_proto::ErrorCode::Unavailable,
+                    format!("{error}; try again shortly"),
+                )
+            })?;
+            json(&presence)
         }
         Request::GetHistory { name, limit, before } => {
             let permissions = access.authorize(principal, &name, action, None)?;

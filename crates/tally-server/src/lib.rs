@@ -21,6 +21,8 @@
 //! - `calls`: the counter procedures, answered alike for an RPC and a socket `call`.
 //! - [`registry`]: name → counter actor, started on first use; keeps each counter's topic.
 //! - [`topic`]: a counter's fan-out: a ring grown with use, wake-ups, presence counts.
+//! - [`presence`]: what presence is announced: the node's own counts, or summed over the
+//!   nodes sharing a PostgreSQL database.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
 //! - [`framing`]: an update's JSON, serialized once for every watcher and replay.
 //! - [`store`]: the storage interface and its SQLite implementation (the only SQL).
@@ -39,6 +41,7 @@ pub mod framing;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod presence;
 pub mod registry;
 mod replay;
 mod session;

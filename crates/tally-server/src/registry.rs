@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::counter::{self, ActorContext, ApplyError, CounterHandle, CounterState, Home};
 use crate::framing::Published;
 use crate::metrics::Metrics;
+use crate::presence::{LocalPresence, PresenceError, PresenceManager, WatchedTopic};
 use crate::store::Store;
 use crate::topic::{Subscription, Topic, User};
 
@@ -41,6 +42,8 @@ struct Shared {
     slots: Arc<Slots>,
     /// What every actor is started with.
     context: ActorContext,
+    /// What presence is announced: this node's counts, or the cluster's.
+    presence: Arc<dyn PresenceManager>,
     next_generation: AtomicU64,
     closed: AtomicBool,
 }
@@ -73,6 +76,7 @@ impl Home for Slots {
 impl Registry {
     /// A registry over `store`.
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, config: Arc<Config>) -> Self {
+        let presence = store.shared_presence().unwrap_or_else(|| Arc::new(LocalPresence));
         let slots = Arc::new(Slots { slots: DashMap::new(), watch_buffer: config.watch_buffer });
         let context = ActorContext {
             store,
@@ -85,6 +89,7 @@ impl Registry {
             shared: Arc::new(Shared {
                 slots,
                 context,
+                presence,
                 next_generation: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
             }),
@@ -198,19 +203,37 @@ impl Registry {
         self.shared.slots.slots.get(name).and_then(|slot| slot.topic.clone())
     }
 
-    /// Who watches `name` now (all zero when nobody does).
+    /// Who watches `name` now, as far as this node knows without asking: its own watchers,
+    /// plus in a cluster the other nodes' as of the last presence tick (all zero when nobody
+    /// watches it here).
     pub fn presence(&self, name: &CounterName) -> Presence {
+        self.topic_presence(name).unwrap_or_default()
+    }
+
+    fn topic_presence(&self, name: &CounterName) -> Option<Presence> {
         self.shared
             .slots
             .slots
             .get(name)
             .and_then(|slot| slot.topic.as_ref().map(|topic| topic.presence_now()))
-            .unwrap_or_default()
+    }
+
+    /// Who watches `name` now, on every node: [`Registry::presence`] for a counter watched
+    /// here, else what the other nodes count (asked of the shared presence, in a cluster).
+    ///
+    /// # Errors
+    /// When the other nodes' counts cannot be read.
+    pub async fn read_presence(&self, name: &CounterName) -> Result<Presence, PresenceError> {
+        match self.topic_presence(name) {
+            Some(presence) => Ok(presence),
+            None => self.shared.presence.others(name).await,
+        }
     }
 
     /// Pushes each watched counter's presence, if it changed, once a second until shutdown;
     /// this is what bounds presence pushes to one a second per counter however fast sockets
-    /// come and go.
+    /// come and go. In a cluster each tick is also the node's one exchange of counts with the
+    /// other nodes (`crate::presence`).
     pub fn spawn_presence_ticker(&self) {
         let slots = Arc::downgrade(&self.shared.slots);
         let shared = Arc::downgrade(&self.shared);
@@ -226,11 +249,18 @@ impl Registry {
                     break;
                 }
                 // Topics are cloned out first: no shard lock is held while pushing.
-                let topics: Vec<Arc<Topic>> =
-                    slots.slots.iter().filter_map(|slot| slot.topic.clone()).collect();
-                for topic in topics {
-                    topic.tick_presence();
-                }
+                let watched: Vec<WatchedTopic> = slots
+                    .slots
+                    .iter()
+                    .filter_map(|slot| {
+                        let topic = slot.topic.clone()?;
+                        Some(WatchedTopic::new(slot.key().clone(), topic))
+                    })
+                    .collect();
+                drop(slots);
+                let presence = Arc::clone(&shared.presence);
+                drop(shared);
+                presence.tick(watched).await;
             }
         });
     }
@@ -293,6 +323,9 @@ impl Registry {
         self.shared.slots.slots.clear();
         self.shared.context.tracker.close();
         self.shared.context.tracker.wait().await;
+        // After the actors, before the store closes: this node's share of presence goes now,
+        // rather than expire.
+        self.shared.presence.leave().await;
     }
 }
 

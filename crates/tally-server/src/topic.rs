@@ -143,11 +143,24 @@ pub struct Topic {
     /// Subscriptions per user.
     users: Mutex<HashMap<User, u32>>,
     watchers: AtomicU64,
-    /// The presence last announced, numbered; the presence ticker changes it at most once a
-    /// second.
-    presence: Mutex<Announced>,
+    /// The presence last announced, numbered, and the other nodes' counts it includes; the
+    /// presence ticker changes them at most once a second.
+    presence: Mutex<Shown>,
     /// Set when the counts changed since the last tick.
     presence_dirty: AtomicBool,
+    /// Set when this node's counts changed since the presence ticker last took them to share
+    /// with other nodes (`crate::presence`); unused on a node of its own.
+    share_dirty: AtomicBool,
+}
+
+/// What the presence ticker last made of a topic's counts.
+#[derive(Debug, Default)]
+struct Shown {
+    /// The last announcement.
+    announced: Announced,
+    /// The other nodes' counts (sums over every other live node), as of the ticker's last
+    /// exchange with them; zero on a node of its own.
+    others: Presence,
 }
 
 /// Presence as the ticker announced it. A subscription pushes an announcement numbered above
@@ -184,8 +197,9 @@ impl Topic {
             waiting: Mutex::new(Vec::new()),
             users: Mutex::new(HashMap::new()),
             watchers: AtomicU64::new(0),
-            presence: Mutex::new(Announced::default()),
+            presence: Mutex::new(Shown::default()),
             presence_dirty: AtomicBool::new(false),
+            share_dirty: AtomicBool::new(false),
         })
     }
 
@@ -249,7 +263,7 @@ impl Topic {
     pub(crate) fn subscribe(self: &Arc<Self>, user: User) -> Subscription {
         *lock(&self.users).entry(user.clone()).or_default() += 1;
         self.watchers.fetch_add(1, Ordering::Relaxed);
-        self.presence_dirty.store(true, Ordering::Release);
+        self.counts_changed();
         let listener = Listener::new(Wakes::new(), 0, false, true);
         Subscription { topic: Arc::clone(self), listener, user }
     }
@@ -276,31 +290,56 @@ impl Topic {
         self.watchers.load(Ordering::Relaxed)
     }
 
-    /// The counts now.
-    pub(crate) fn presence_now(&self) -> Presence {
+    /// This node's counts now: its own subscriptions only.
+    pub(crate) fn local_presence(&self) -> Presence {
         let users = lock(&self.users).len() as u64;
         Presence { watchers: self.watchers(), users }
     }
 
+    /// The counts now: this node's own, plus the other nodes' as of the presence ticker's
+    /// last exchange with them (none on a node of its own).
+    pub(crate) fn presence_now(&self) -> Presence {
+        let local = self.local_presence();
+        let others = lock(&self.presence).others;
+        Presence {
+            watchers: local.watchers.saturating_add(others.watchers),
+            users: local.users.saturating_add(others.users),
+        }
+    }
+
     /// The counts last announced by [`Topic::tick_presence`], with their number.
     pub(crate) fn presence_announced(&self) -> Announced {
-        *lock(&self.presence)
+        lock(&self.presence).announced
+    }
+
+    /// Whether this node's counts changed since the last call (the first call after a
+    /// subscription came or went says true).
+    pub(crate) fn take_share_changed(&self) -> bool {
+        self.share_dirty.swap(false, Ordering::AcqRel)
     }
 
     /// Announces the counts if they changed since the last call, waking the subscriptions that
     /// asked for presence; the presence ticker calls it once a second, which bounds presence
-    /// pushes to one a second per counter.
-    pub(crate) fn tick_presence(&self) {
+    /// pushes to one a second per counter. `others` is what the other nodes count now, when
+    /// the ticker heard from them (`None` on a node of its own: nothing to add).
+    pub(crate) fn tick_presence(&self, others: Option<Presence>) {
+        if let Some(others) = others {
+            let mut shown = lock(&self.presence);
+            if shown.others != others {
+                shown.others = others;
+                self.presence_dirty.store(true, Ordering::Release);
+            }
+        }
         if !self.presence_dirty.swap(false, Ordering::AcqRel) {
             return;
         }
         let now = self.presence_now();
         {
-            let mut announced = lock(&self.presence);
-            if announced.presence == now {
+            let mut shown = lock(&self.presence);
+            if shown.announced.presence == now {
                 return;
             }
-            *announced = Announced { number: announced.number + 1, presence: now };
+            shown.announced = Announced { number: shown.announced.number + 1, presence: now };
         }
         // Only those waiting need a wake-up: the others are due a look anyway, and look at
         // presence when they do.
@@ -326,7 +365,12 @@ impl Topic {
         }
         drop(users);
         self.watchers.fetch_sub(1, Ordering::Relaxed);
+        self.counts_changed();
+    }
+
+    fn counts_changed(&self) {
         self.presence_dirty.store(true, Ordering::Release);
+        self.share_dirty.store(true, Ordering::Release);
     }
 }
 
@@ -472,15 +516,15 @@ mod tests {
         assert_eq!(topic.presence_now(), Presence { watchers: 4, users: 3 });
         assert_eq!(take_now(&wakes), vec![7], "attaching wakes once");
         assert!(a.rearm());
-        topic.tick_presence();
+        topic.tick_presence(None);
         assert_eq!(topic.presence_announced().presence, Presence { watchers: 4, users: 3 });
         assert_eq!(take_now(&wakes), vec![7], "a change wakes who asked for presence");
-        topic.tick_presence();
+        topic.tick_presence(None);
         assert!(a.rearm());
-        topic.tick_presence();
+        topic.tick_presence(None);
         assert_eq!(take_now(&wakes), Vec::<u32>::new(), "no change, no wake-up");
         drop((b, d));
-        topic.tick_presence();
+        topic.tick_presence(None);
         assert_eq!(
             topic.presence_announced(),
             Announced { number: 2, presence: Presence { watchers: 2, users: 2 } }

@@ -363,4 +363,10 @@ pub trait Store: Send + Sync + 'static {
     fn is_shared(&self) -> bool {
         false
     }
+
+    /// Where the nodes sharing this store share their presence counts
+    /// ([`crate::presence`]); `None` for a store of one node, whose presence is its own counts.
+    fn shared_presence(&self) -> Option<Arc<dyn crate::presence::PresenceManager>> {
+        None
+    }
 }

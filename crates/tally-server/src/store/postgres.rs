@@ -102,6 +102,23 @@ CREATE TABLE meta (
 );
 INSERT INTO meta (epoch) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 16));
 ",
+    // 2: presence shared between nodes (crate::presence::postgres): each node's heartbeat, and
+    // its counts per counter it watches. Unlogged: rewritten every second and worthless after
+    // a crash, when the nodes fill them again.
+    "
+CREATE UNLOGGED TABLE presence_nodes (
+    node TEXT PRIMARY KEY,
+    heartbeat_at TIMESTAMPTZ NOT NULL
+);
+CREATE UNLOGGED TABLE presence (
+    name TEXT NOT NULL,
+    node TEXT NOT NULL,
+    watchers BIGINT NOT NULL,
+    users BIGINT NOT NULL,
+    PRIMARY KEY (name, node)
+);
+CREATE INDEX presence_by_node ON presence (node);
+",
 ];
 
 /// Settings of the PostgreSQL store.
@@ -923,6 +940,16 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn shared_presence(&self) -> Option<Arc<dyn crate::presence::PresenceManager>> {
+        match crate::presence::postgres::shared(self.pool.clone()) {
+            Ok(presence) => Some(presence),
+            Err(error) => {
+                tracing::error!(%error, "cannot share presence; this node announces only its own");
+                None
+            }
+        }
     }
 }
 
