@@ -24,6 +24,8 @@ mod page;
 mod postgres;
 #[path = "it/postgres_store.rs"]
 mod postgres_store;
+#[path = "it/presence.rs"]
+mod presence;
 #[path = "it/rpc.rs"]
 mod rpc;
 #[path = "it/socket.rs"]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tally_proto::ServerMessage;
+use tally_proto::socket::Frame;
 use tally_server::{
     Config, PostgresBroker, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore,
 };
@@ -251,6 +252,55 @@ impl TestServer {
     pub(crate) async fn watch_since(&self, name: &str, since: u64) -> Watcher {
         Watcher::connect(&format!("ws://{}/ws/counter/{name}?since={since}", self.addr)).await
     }
+
+    /// A version-2 socket (`/ws`): commands are sent with `send_text`, frames read with
+    /// `next_frame`.
+    #[allow(dead_code)] // Used by the cluster's tests (it_postgres) only.
+    pub(crate) async fn socket(&self) -> Watcher {
+        Watcher::connect(&format!("ws://{}/ws", self.addr)).await
+    }
+}
+
+/// A node as [`TestServer::start_node`] starts it, but run by a tokio runtime of its own:
+/// [`CrashableNode::crash`] drops that runtime, which ends every task of the node at once (its
+/// sockets, its connections to PostgreSQL) and runs none of its shutdown, as if its process had
+/// been killed. Used by the cluster's tests (it_postgres) only.
+#[allow(dead_code)]
+pub(crate) struct CrashableNode {
+    pub(crate) server: TestServer,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[allow(dead_code)]
+impl CrashableNode {
+    pub(crate) async fn start(config: Config, database: Arc<TestDatabase>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the node's runtime");
+        let server = runtime
+            .spawn(TestServer::start_node(config, SqliteOptions::default(), database))
+            .await
+            .expect("the node starts");
+        Self { server, runtime: Some(runtime) }
+    }
+
+    /// Kills the node: its tasks are dropped where they are.
+    pub(crate) fn crash(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for CrashableNode {
+    fn drop(&mut self) {
+        // A runtime may not be dropped (which blocks) inside the test's own.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl Drop for TestServer {
@@ -328,6 +378,13 @@ impl Watcher {
                 other => panic!("expected text, got {other:?}"),
             }
         }
+    }
+
+    /// The next version-2 frame.
+    #[allow(dead_code)] // Used by the cluster's tests (it_postgres) only.
+    pub(crate) async fn next_frame(&mut self) -> Frame {
+        let text = self.next_text().await;
+        Frame::from_json(&text).unwrap_or_else(|error| panic!("{error}: {text}"))
     }
 
     pub(crate) async fn next(&mut self) -> ServerMessage {
