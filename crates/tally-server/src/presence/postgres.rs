@@ -59,9 +59,10 @@ WITH beat AS (
 SELECT NULL::text, 0::bigint, 0::bigint, EXISTS (SELECT FROM joined)
 UNION ALL
 SELECT p.name, sum(p.watchers)::bigint, sum(p.users)::bigint, false
-FROM presence p JOIN presence_nodes n ON n.node = p.node
-WHERE p.name = ANY ($5::text[]) AND p.node <> $1
-    AND n.heartbeat_at >= now() - $6::bigint * interval '1 millisecond'
+FROM unnest($5::text[]) AS w (name)
+    JOIN presence p ON p.name = w.name
+    JOIN presence_nodes n ON n.node = p.node
+WHERE p.node <> $1 AND n.heartbeat_at >= now() - $6::bigint * interval '1 millisecond'
 GROUP BY p.name";
 
 /// The other live nodes' sums for one counter: `$1` the counter, `$2` this node, `$3` the
