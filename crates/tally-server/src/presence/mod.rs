@@ -228,7 +228,7 @@ impl<B: PresenceBackend> PresenceManager for SharedPresence<B> {
                 }
                 if exchanged.joined && state.heard_at.is_some() {
                     tracing::warn!(
-                        "this node's presence had expired in the database (it could not reach it for longer than {:?}); sharing it again",
+                        "this node's presence was gone from the database (it expired while the node could not reach it for over {:?}, or the database restarted); sharing all of it again",
                         self.expiry
                     );
                     state.send_all = true;
