@@ -105,8 +105,12 @@ impl PresenceManager for LocalPresence {
 /// What an exchange with the other nodes answered.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Exchanged {
-    /// For each watched counter that other live nodes count, their sums (absent: zero).
+    /// The other live nodes' sums: for every watched counter they count when `complete`
+    /// (absent: zero), else only for the counters whose sums may have changed since the last
+    /// exchange that succeeded (absent: unchanged).
     pub(crate) others: HashMap<CounterName, Presence>,
+    /// Whether `others` covers every watched counter.
+    pub(crate) complete: bool,
     /// This node had no heartbeat stored: it is new, or its share had expired and was removed
     /// (it could not reach the database for longer than the expiry). Its counts must all be
     /// sent again.
@@ -117,7 +121,8 @@ pub(crate) struct Exchanged {
 #[async_trait]
 pub(crate) trait PresenceBackend: Send + Sync + 'static {
     /// Stores this node's heartbeat and `shares` (a zero share removes the counter's), and
-    /// answers the other live nodes' sums for the counters in `watched`.
+    /// answers the other live nodes' sums for the counters in `watched` (or for those of them
+    /// whose sums may have changed since the last exchange that succeeded).
     async fn exchange(
         &self,
         shares: &[(CounterName, Presence)],
@@ -238,8 +243,12 @@ impl<B: PresenceBackend> PresenceManager for SharedPresence<B> {
                 }
                 state.heard_at = Some(now);
                 for watched in &watched {
-                    let others = exchanged.others.get(&watched.name).copied().unwrap_or_default();
-                    watched.topic.tick_presence(Some(others));
+                    let others = match exchanged.others.get(&watched.name) {
+                        Some(others) => Some(*others),
+                        None if exchanged.complete => Some(Presence::default()),
+                        None => None,
+                    };
+                    watched.topic.tick_presence(others);
                 }
             }
             Err(error) => {

@@ -10,6 +10,8 @@ use crate::topic::{Announced, Subscription, User};
 /// What the backend answers next; an exchange with nothing scripted answers no others.
 enum Answer {
     Others(Vec<(&'static str, Presence)>),
+    /// Only these counters' sums may have changed.
+    Changed(Vec<(&'static str, Presence)>),
     Joined,
     Fail,
     Hang,
@@ -36,15 +38,16 @@ impl PresenceBackend for Arc<Script> {
         self.sent.lock().unwrap().push(shares);
         let answer = self.answers.lock().unwrap().pop_front();
         match answer {
-            None => Ok(Exchanged::default()),
-            Some(Answer::Others(others)) => Ok(Exchanged {
-                others: others
-                    .into_iter()
-                    .map(|(name, presence)| (counter(name), presence))
-                    .collect(),
-                joined: false,
-            }),
-            Some(Answer::Joined) => Ok(Exchanged { others: HashMap::new(), joined: true }),
+            None => Ok(Exchanged { complete: true, ..Exchanged::default() }),
+            Some(Answer::Others(others)) => {
+                Ok(Exchanged { others: sums(others), complete: true, joined: false })
+            }
+            Some(Answer::Changed(others)) => {
+                Ok(Exchanged { others: sums(others), complete: false, joined: false })
+            }
+            Some(Answer::Joined) => {
+                Ok(Exchanged { others: HashMap::new(), complete: true, joined: true })
+            }
             Some(Answer::Fail) => Err(PresenceError::Unavailable("scripted".into())),
             Some(Answer::Hang) => std::future::pending().await,
         }
@@ -70,6 +73,10 @@ impl Script {
         let sent = self.sent.lock().unwrap();
         (sent.last().cloned().unwrap_or_default(), sent.len())
     }
+}
+
+fn sums(others: Vec<(&str, Presence)>) -> HashMap<CounterName, Presence> {
+    others.into_iter().map(|(name, presence)| (counter(name), presence)).collect()
 }
 
 fn counter(name: &str) -> CounterName {
@@ -167,6 +174,18 @@ async fn the_announced_counts_are_this_nodes_plus_the_others_and_change_only_whe
     node.script.answer(Answer::Others(vec![("b", counts(4, 4))]));
     node.tick_both().await;
     assert_eq!(node.b.presence_announced(), Announced { number: 1, presence: counts(4, 4) });
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_of_changed_sums_only_leaves_the_other_counters_as_they_were() {
+    let node = Node::new();
+    let _a1 = watch(&node.a, 1);
+    node.script.answer(Answer::Others(vec![("a", counts(2, 2)), ("b", counts(1, 1))]));
+    node.tick_both().await;
+    node.script.answer(Answer::Changed(vec![("b", counts(0, 0))]));
+    node.tick_both().await;
+    assert_eq!(node.a.presence_announced(), Announced { number: 1, presence: counts(3, 3) });
+    assert_eq!(node.b.presence_announced(), Announced { number: 2, presence: counts(0, 0) });
 }
 
 #[tokio::test(start_paused = true)]

@@ -102,22 +102,28 @@ CREATE TABLE meta (
 );
 INSERT INTO meta (epoch) VALUES (substr(md5(random()::text || clock_timestamp()::text), 1, 16));
 ",
-    // 2: presence shared between nodes (crate::presence::postgres): each node's heartbeat, and
-    // its counts per counter it watches. Unlogged: rewritten every second and worthless after
-    // a crash, when the nodes fill them again.
+    // 2: presence shared between nodes (crate::presence::postgres): each node's heartbeat and
+    // version (one more each exchange), and its counts per counter it watches, each row with
+    // the node's version when it was written (zero counts stay a while, so that other nodes
+    // see them change). Unlogged: rewritten every second and worthless after a crash, when the
+    // nodes fill them again.
     "
 CREATE UNLOGGED TABLE presence_nodes (
     node TEXT PRIMARY KEY,
-    heartbeat_at TIMESTAMPTZ NOT NULL
+    heartbeat_at TIMESTAMPTZ NOT NULL,
+    version BIGINT NOT NULL
 );
 CREATE UNLOGGED TABLE presence (
     name TEXT NOT NULL,
     node TEXT NOT NULL,
     watchers BIGINT NOT NULL,
     users BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (name, node)
 );
-CREATE INDEX presence_by_node ON presence (node);
+CREATE INDEX presence_changes ON presence (node, version);
+CREATE INDEX presence_zeros ON presence (node, changed_at) WHERE watchers = 0;
 ",
 ];
 

@@ -8,15 +8,19 @@ use std::time::Duration;
 use serde_json::json;
 use tally_proto::Presence;
 use tally_proto::socket::Frame;
-use tally_server::SqliteOptions;
 use tally_server::presence::EXPIRY;
+use tally_server::{Config, SqliteOptions};
 use tokio::time::Instant;
 
 use crate::harness::{CrashableNode, PATIENCE, TestServer, Watcher, test_config};
 use crate::postgres::TestDatabase;
 
 async fn node(database: &Arc<TestDatabase>) -> TestServer {
-    TestServer::start_node(test_config(), SqliteOptions::default(), Arc::clone(database)).await
+    node_with(test_config(), database).await
+}
+
+async fn node_with(config: Config, database: &Arc<TestDatabase>) -> TestServer {
+    TestServer::start_node(config, SqliteOptions::default(), Arc::clone(database)).await
 }
 
 /// A version-2 socket on `server` subscribed to `name` with presence; its first presence push.
@@ -64,7 +68,9 @@ fn counts(watchers: u64, users: u64) -> Presence {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_shows_the_watchers_of_all_and_a_stopped_nodes_share_goes_at_once() {
     let database = Arc::new(TestDatabase::create().await);
-    let (one, two) = (node(&database).await, node(&database).await);
+    // Node one's counters hibernate quickly, so that a topic there can go and come back.
+    let quick = Config { idle_timeout: Duration::from_millis(300), ..test_config() };
+    let (one, two) = (node_with(quick, &database).await, node(&database).await);
 
     let (mut on_one, first) = watch_presence(&one, "room").await;
     assert_eq!(first, counts(1, 1));
@@ -76,6 +82,30 @@ async fn every_node_shows_the_watchers_of_all_and_a_stopped_nodes_share_goes_at_
     }
     assert_eq!(presence_of(&one, "room").await, counts(2, 2));
     assert_eq!(presence_of(&two, "room").await, counts(2, 2));
+
+    // With the same nodes live, a node reads only the counters whose counts changed
+    // elsewhere: a second watcher on node two, then its leaving, reach node one.
+    let (more, _) = watch_presence(&two, "room").await;
+    let waited = until_watchers(&mut on_one, "room", 3).await;
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+    more.close().await;
+    let waited = until_watchers(&mut on_one, "room", 2).await;
+    assert!(waited < Duration::from_secs(3), "took {waited:?}");
+    // A topic that went and came back (nobody watched the counter here, and its actor
+    // hibernated) learns the other nodes' counts again, though theirs did not change.
+    on_one.close().await;
+    let started = Instant::now();
+    while presence_of(&two, "room").await != counts(1, 1) {
+        assert!(started.elapsed() < Duration::from_secs(3), "node two never saw one leave");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut again, first) = watch_presence(&one, "room").await;
+    if first.watchers != 2 {
+        let waited = until_watchers(&mut again, "room", 2).await;
+        assert!(waited < Duration::from_secs(3), "took {waited:?}");
+    }
+    let mut on_one = again;
 
     // A counter watched on one node only is read from the others by getPresence.
     let (_solo, _) = watch_presence(&one, "solo").await;
