@@ -11,8 +11,8 @@
 //! - [`SharedPresence`] over a backend (the PostgreSQL one is [`postgres::PostgresPresence`]),
 //!   for nodes sharing one database: each tick makes one exchange with the backend, which
 //!   stores this node's heartbeat and the counts that changed since the last exchange, and
-//!   answers, for every counter this node watches, the sums over the *other* nodes whose
-//!   heartbeat is younger than [`EXPIRY`]. A topic then announces its own counts plus those.
+//!   answers, for the counters this node watches (those whose sums may have changed), the
+//!   sums over the *other* nodes whose heartbeat is younger than [`EXPIRY`]. A topic then announces its own counts plus those.
 //!   So a total is at most about a second old (plus the exchange), and the share of a node that
 //!   died stops counting at most [`EXPIRY`] after its last heartbeat; a node that stops cleanly
 //!   removes its share at once ([`PresenceManager::leave`]).
@@ -120,7 +120,7 @@ pub(crate) struct Exchanged {
 /// Where nodes share their counts: one round trip per exchange.
 #[async_trait]
 pub(crate) trait PresenceBackend: Send + Sync + 'static {
-    /// Stores this node's heartbeat and `shares` (a zero share removes the counter's), and
+    /// Stores this node's heartbeat and `shares` (a zero share: this node no longer counts any watcher of it), and
     /// answers the other live nodes' sums for the counters in `watched` (or for those of them
     /// whose sums may have changed since the last exchange that succeeded).
     async fn exchange(
