@@ -12,8 +12,8 @@
 //!   for nodes sharing one database: each tick makes one exchange with the backend, which
 //!   stores this node's heartbeat and the counts that changed since the last exchange, and
 //!   answers, for the counters this node watches (those whose sums may have changed), the
-//!   sums over the *other* nodes whose heartbeat is younger than [`EXPIRY`]. A topic then announces its own counts plus those.
-//!   So a total is at most about a second old (plus the exchange), and the share of a node that
+//!   sums over the *other* nodes whose heartbeat is younger than [`EXPIRY`]. A topic then
+//!   announces its own counts plus those. So a total is at most about a second old (plus the exchange), and the share of a node that
 //!   died stops counting at most [`EXPIRY`] after its last heartbeat; a node that stops cleanly
 //!   removes its share at once ([`PresenceManager::leave`]).
 //!
