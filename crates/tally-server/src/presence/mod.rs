@@ -13,9 +13,10 @@
 //!   stores this node's heartbeat and the counts that changed since the last exchange, and
 //!   answers, for the counters this node watches (those whose sums may have changed), the
 //!   sums over the *other* nodes whose heartbeat is younger than [`EXPIRY`]. A topic then
-//!   announces its own counts plus those. So a total is at most about a second old (plus the exchange), and the share of a node that
-//!   died stops counting at most [`EXPIRY`] after its last heartbeat; a node that stops cleanly
-//!   removes its share at once ([`PresenceManager::leave`]).
+//!   announces its own counts plus those. So a total is at most about a second old (plus the
+//!   exchange), and the share of a node that died stops counting at most [`EXPIRY`] after its
+//!   last heartbeat; a node that stops cleanly removes its share at once
+//!   ([`PresenceManager::leave`]).
 //!
 //! `users` in a cluster is the sum of each node's distinct users: a principal watching one
 //! counter through two nodes counts on each. Exact distinct users would mean sharing every
