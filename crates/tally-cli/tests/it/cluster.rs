@@ -1,0 +1,182 @@
+//! Real `tally serve` processes sharing one PostgreSQL database: a node killed with SIGKILL
+//! under write load, and a node whose notification connection is cut. (A PostgreSQL restart is
+//! in its own test binary, `pg_restart`, since it would break every other test using the
+//! server at the same time.)
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use serde_json::json;
+
+use crate::fleet::{Cluster, Watcher, Writes, check_counter, wait_for_writes, write_keyed};
+
+const COUNTERS: [&str; 2] = ["hits", "misses"];
+const WRITERS: usize = 6;
+/// Answered writes before the kill, and after it, before the writers stop.
+const WRITES_BEFORE_KILL: usize = 300;
+const WRITES_AFTER_KILL: usize = 300;
+
+/// Three nodes; watchers of two counters on each; six writers sending keyed increments spread
+/// over the nodes. One node is killed with SIGKILL mid-stream. Its watchers must resume on the
+/// other nodes and, like every other watcher, see each version once, in order; every answered
+/// write must be stored (its answer's version, with no gap), the writes whose answers died with
+/// the node are retried with their keys on another node and count once, and every write the
+/// dead node answered, sent again to the survivors with its key, gets its first answer byte
+/// for byte and counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_kill_9_of_a_node_under_load_loses_no_write_and_its_watchers_resume_elsewhere() {
+    let started = Instant::now();
+    let mut cluster = Cluster::start(3).await;
+    let addrs = cluster.addrs();
+    let mut watchers = Vec::new();
+    for home in 0..addrs.len() {
+        for counter in COUNTERS {
+            watchers.push(Watcher::start(counter, addrs.clone(), home).await);
+        }
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(Writes::default());
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            tokio::spawn(write_keyed(
+                addrs.clone(),
+                writer % addrs.len(),
+                COUNTERS[writer % COUNTERS.len()].to_owned(),
+                format!("writer{writer}"),
+                Arc::clone(&stop),
+                Arc::clone(&writes),
+            ))
+        })
+        .collect();
+    wait_for_writes(&writes, WRITES_BEFORE_KILL).await;
+    let killed = addrs[0];
+    cluster.nodes[0].signal("KILL");
+    cluster.nodes[0].wait();
+    let at_kill = writes.count();
+    wait_for_writes(&writes, at_kill + WRITES_AFTER_KILL).await;
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let wrong = writes.wrong.lock().expect("lock").clone();
+    assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
+    let moved = writes.moved.load(Ordering::Relaxed);
+    assert!(moved > 0, "no write in flight at the kill was retried on another node");
+
+    // The watchers first, before any read could make a node look at storage for them.
+    let mut resumed_elsewhere = 0;
+    for watcher in watchers {
+        let home = watcher.home;
+        let name = watcher.name.clone();
+        let seen = watcher.finish(writes.count_of(&name)).await;
+        if home == killed {
+            assert!(
+                seen.subscriptions.iter().any(|(node, since)| *node != killed && since.is_some()),
+                "a watcher of {name} on the killed node never resumed elsewhere: {:?}",
+                seen.subscriptions
+            );
+            resumed_elsewhere += 1;
+        }
+    }
+    assert_eq!(resumed_elsewhere, COUNTERS.len());
+
+    // Every write the dead node answered, again, on a survivor (both in turn): its first
+    // answer, and no new version.
+    let from_killed: BTreeMap<String, (String, String)> = writes
+        .answered
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|(_, (_, node, _))| *node == killed)
+        .map(|(key, (counter, _, text))| (key.clone(), (counter.clone(), text.clone())))
+        .collect();
+    assert!(!from_killed.is_empty(), "the killed node answered nothing");
+    let http = reqwest::Client::new();
+    for (index, (key, (counter, first))) in from_killed.iter().enumerate() {
+        let survivor = addrs[1 + index % 2];
+        let response = http
+            .post(format!("http://{survivor}/rpc/counter.increment"))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(json!({"name": counter, "amount": 1}).to_string())
+            .send()
+            .await
+            .expect("retry");
+        assert_eq!(response.status(), 200, "retry of {key} on {survivor}");
+        let again = response.text().await.expect("answer");
+        assert_eq!(
+            &again, first,
+            "{key}, answered by the killed node, answered differently by {survivor}"
+        );
+    }
+
+    let mut lasts = BTreeMap::new();
+    for counter in COUNTERS {
+        let last = check_counter(&cluster.nodes[1], counter, &writes).await;
+        assert_eq!(check_counter(&cluster.nodes[2], counter, &writes).await, last);
+        lasts.insert(counter, last);
+    }
+    eprintln!(
+        "kill -9: {} keyed writes answered ({at_kill} before the kill), {} resent, {moved} answered by another node than first asked, {} of the killed node's answers replayed by survivors; versions {lasts:?} seen once each by every watcher; {:.1} s",
+        writes.count(),
+        writes.retried.load(Ordering::Relaxed),
+        from_killed.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Rounds of: both nodes' notification connections are terminated, and node A commits a burst
+/// of writes at once, before B can be listening again. B hears nothing of them; once it listens
+/// again it must read every watched counter, and its watchers must get every version once, in
+/// order. The last burst is followed by nothing, so nothing but that catch-up can deliver it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_node_that_missed_notifications_catches_up_from_history() {
+    const ROUNDS: usize = 12;
+    const BURST: usize = 5;
+    let started = Instant::now();
+    let cluster = Cluster::start(2).await;
+    let addrs = cluster.addrs();
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut watchers = Vec::new();
+    for home in [1, 1, 0] {
+        watchers.push(Watcher::start("c", addrs.clone(), home).await);
+    }
+    let mut deaf_bursts = 0;
+    let mut written = 0_u64;
+    for _ in 0..ROUNDS {
+        cluster.database.wait_for_listeners(2).await;
+        let cut = cluster.database.cut_listeners().await;
+        assert_eq!(cut, 2, "terminated {cut} of 2 listening connections");
+        for _ in 0..BURST {
+            let answer = a.ok("increment", json!({"name": "c"})).await;
+            written += 1;
+            assert_eq!(answer["version"].as_u64(), Some(written), "{answer}");
+        }
+        // Nobody listening at the burst's end: all of it was committed while both were deaf.
+        if cluster.database.listeners().await == 0 {
+            deaf_bursts += 1;
+        }
+    }
+    assert!(deaf_bursts > 0, "every burst ended after a node listened again: nothing was missed");
+    for watcher in watchers {
+        let home = watcher.home;
+        let seen = watcher.finish(written).await;
+        assert_eq!(seen.subscriptions.len(), 1, "watcher on {home} had to resubscribe");
+    }
+    for node in [a, b] {
+        let value = node.ok("getValue", json!({"name": "c"})).await;
+        assert_eq!(value["version"].as_u64(), Some(written), "{value}");
+    }
+    let log = b.drain_log();
+    assert!(
+        log.iter().any(|line| line.contains("lost the notification connection")),
+        "node B did not notice that its connection was cut: {log:?}"
+    );
+    eprintln!(
+        "missed notifications: {ROUNDS} cuts, {written} writes on A ({deaf_bursts} bursts committed while nobody listened); B's watchers saw 1..={written} once each; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
