@@ -63,11 +63,17 @@ async fn cluster_kill_9_of_a_node_under_load_loses_no_write_and_its_watchers_res
     }
     let wrong = writes.wrong.lock().expect("lock").clone();
     assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
+    let false_refusals = writes.false_refusals.lock().expect("lock").clone();
+    assert!(
+        false_refusals.is_empty(),
+        "{} writes were answered \"nothing was stored\" yet stored: {false_refusals:?}",
+        false_refusals.len()
+    );
     let moved = writes.moved.load(Ordering::Relaxed);
     assert!(moved > 0, "no write in flight at the kill was retried on another node");
 
     // The watchers first, before any read could make a node look at storage for them.
-    let mut resumed_elsewhere = 0;
+    let (mut resumed_elsewhere, mut replayed) = (0, 0);
     for watcher in watchers {
         let home = watcher.home;
         let name = watcher.name.clone();
@@ -79,6 +85,7 @@ async fn cluster_kill_9_of_a_node_under_load_loses_no_write_and_its_watchers_res
                 seen.subscriptions
             );
             resumed_elsewhere += 1;
+            replayed += seen.replayed;
         }
     }
     assert_eq!(resumed_elsewhere, COUNTERS.len());
@@ -120,7 +127,7 @@ async fn cluster_kill_9_of_a_node_under_load_loses_no_write_and_its_watchers_res
         lasts.insert(counter, last);
     }
     eprintln!(
-        "kill -9: {} keyed writes answered ({at_kill} before the kill), {} resent, {moved} answered by another node than first asked, {} of the killed node's answers replayed by survivors; versions {lasts:?} seen once each by every watcher; {:.1} s",
+        "kill -9: {} keyed writes answered ({at_kill} before the kill), {} resent, {moved} answered by another node than first asked, {} of the killed node's answers replayed by survivors; its watchers resumed elsewhere with {replayed} versions from history; versions {lasts:?} seen once each by every watcher; {:.1} s",
         writes.count(),
         writes.retried.load(Ordering::Relaxed),
         from_killed.len(),

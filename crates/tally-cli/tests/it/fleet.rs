@@ -73,6 +73,8 @@ pub(crate) struct Seen {
     pub(crate) subscriptions: Vec<(SocketAddr, Option<u64>)>,
     /// How many of them were answered (a snapshot or `resumed`).
     pub(crate) answered: usize,
+    /// Versions replayed from history after `resumed` replies, all told.
+    pub(crate) replayed: u64,
     /// Anything the protocol forbids here (a resync, a refusal, a frame that does not parse).
     pub(crate) faults: Vec<String>,
 }
@@ -233,7 +235,9 @@ async fn watch_on(
                 if frame["since"].as_u64() != since {
                     fault(format!("{addr}: resumed after {since:?}: {text}"));
                 }
-                seen.lock().expect("lock").answered += 1;
+                let mut seen = seen.lock().expect("lock");
+                seen.answered += 1;
+                seen.replayed += version.unwrap_or(0).saturating_sub(since.unwrap_or(0));
             }
             (Some(id), "error") if id == waiting_for && frame["temporary"] == json!(true) => {
                 // Storage was away (a PostgreSQL restart): subscribe again in a moment.
@@ -277,6 +281,9 @@ pub(crate) struct Writes {
     pub(crate) moved: AtomicUsize,
     /// Answers a write must never get.
     pub(crate) wrong: Mutex<Vec<String>>,
+    /// Writes refused with "nothing was stored" that were stored all the same (found from
+    /// the time their eventual answer is stamped with).
+    pub(crate) false_refusals: Mutex<Vec<String>>,
 }
 
 impl Writes {
@@ -310,8 +317,12 @@ pub(crate) async fn write_keyed(
         let key = format!("{writer}-{n}");
         let first_node = nodes[at];
         let deadline = Instant::now() + PATIENCE * 2;
+        // Attempts refused with "nothing was stored": (sent, answered) in ms since the epoch,
+        // and the answer.
+        let mut refusals: Vec<(i64, i64, String)> = Vec::new();
         loop {
             let target = nodes[at];
+            let sent_ms = now_ms();
             let sent = http
                 .post(format!("http://{target}/rpc/counter.increment"))
                 .header("content-type", "application/json")
@@ -328,6 +339,17 @@ pub(crate) async fn write_keyed(
             };
             match answer {
                 Ok((200, text)) => {
+                    // A write's operation is stamped when its batch starts, between the
+                    // request's arrival and its answer: an answer stamped within a refused
+                    // attempt's time was stored by that attempt, whatever it said.
+                    let stamped = stamped_ms(&text);
+                    for (from, to, refusal) in &refusals {
+                        if (*from..*to).contains(&stamped) {
+                            writes.false_refusals.lock().expect("lock").push(format!(
+                                "{key} at {target}: refused with {refusal}, yet stored then: {text}"
+                            ));
+                        }
+                    }
                     if target != first_node {
                         writes.moved.fetch_add(1, Ordering::Relaxed);
                     }
@@ -340,7 +362,12 @@ pub(crate) async fn write_keyed(
                 }
                 Ok((503, text))
                     if serde_json::from_str::<Value>(&text)
-                        .is_ok_and(|body| body["error"]["temporary"] == json!(true)) => {}
+                        .is_ok_and(|body| body["error"]["temporary"] == json!(true)) =>
+                {
+                    if text.contains("nothing was stored") {
+                        refusals.push((sent_ms, now_ms(), text));
+                    }
+                }
                 Ok((status, text)) => {
                     writes
                         .wrong
@@ -360,6 +387,17 @@ pub(crate) async fn write_keyed(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The time an update's operation was stamped with (its `timestamp`), in ms since the epoch.
+fn stamped_ms(answer: &str) -> i64 {
+    let answer: Value = serde_json::from_str(answer).expect("JSON answer");
+    let timestamp = answer["timestamp"].as_str().expect("timestamp");
+    chrono::DateTime::parse_from_rfc3339(timestamp).expect("RFC 3339 timestamp").timestamp_millis()
 }
 
 /// Waits until `writes` holds at least `count` answers (failing when the writers stall).

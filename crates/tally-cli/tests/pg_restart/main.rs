@@ -25,6 +25,31 @@ const WRITERS: usize = 6;
 const WRITES_BEFORE: usize = 200;
 const WRITES_AFTER: usize = 200;
 
+/// Fails when clients of other databases than `ours` are connected: a restart would cut them
+/// (another test run, a benchmark, a developer's server on the same machine), and a test must
+/// not break what it did not start. `TALLY_PG_RESTART_ANYWAY=1` restarts all the same.
+async fn refuse_if_others_use_postgresql(ours: &str) {
+    if std::env::var_os("TALLY_PG_RESTART_ANYWAY").is_some_and(|value| value == "1") {
+        return;
+    }
+    let client = postgres::connect("postgres").await.expect("connect to PostgreSQL");
+    let rows = client
+        .query(
+            "SELECT datname, count(*) FROM pg_stat_activity WHERE datname IS NOT NULL AND datname NOT IN ($1, 'postgres') AND pid <> pg_backend_pid() GROUP BY datname",
+            &[&ours],
+        )
+        .await
+        .expect("list other sessions");
+    let others: Vec<String> = rows
+        .iter()
+        .map(|row| format!("{} ({} sessions)", row.get::<_, String>(0), row.get::<_, i64>(1)))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "not restarting PostgreSQL under other clients: {others:?}; run this test alone, or set TALLY_PG_RESTART_ANYWAY=1"
+    );
+}
+
 /// Three nodes, watchers of two counters on each, six writers sending keyed increments spread
 /// over the nodes; PostgreSQL restarts mid-stream. Writers keep going (a temporary refusal, or
 /// no answer, is sent again with the same key). Afterwards: no false acknowledgement (every
@@ -34,6 +59,7 @@ const WRITES_AFTER: usize = 200;
 async fn restarting_postgresql_under_load_acknowledges_nothing_falsely_and_every_watcher_resumes() {
     let started = Instant::now();
     let cluster = Cluster::start(3).await;
+    refuse_if_others_use_postgresql(&cluster.database.name).await;
     let addrs = cluster.addrs();
     let mut watchers = Vec::new();
     for home in 0..addrs.len() {
@@ -72,6 +98,12 @@ async fn restarting_postgresql_under_load_acknowledges_nothing_falsely_and_every
     }
     let wrong = writes.wrong.lock().expect("lock").clone();
     assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
+    let false_refusals = writes.false_refusals.lock().expect("lock").clone();
+    assert!(
+        false_refusals.is_empty(),
+        "{} writes were answered \"nothing was stored\" yet stored: {false_refusals:?}",
+        false_refusals.len()
+    );
     let retried = writes.retried.load(Ordering::Relaxed);
     assert!(retried > 0, "no write was refused or lost in the restart: it proved nothing");
 
