@@ -187,3 +187,60 @@ async fn cluster_a_node_that_missed_notifications_catches_up_from_history() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A counter whose actor hibernates (`--idle-timeout` of a few milliseconds) between the writes
+/// of another node: its watchers stay subscribed, so each word of a commit must wake an actor
+/// to read it. One write at a time, each waited for on both watching nodes, so a lost word
+/// shows as a watcher stuck one version short (a later write would otherwise cover it up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_watchers_of_a_counter_that_hibernates_between_writes_miss_none() {
+    const WRITES: u64 = 400;
+    let started = Instant::now();
+    let cluster =
+        Cluster::start_with(&[&[], &["--idle-timeout", "1ms"], &["--idle-timeout", "3ms"]]).await;
+    let addrs = cluster.addrs();
+    let writer = &cluster.nodes[0];
+    let mut watchers = Vec::new();
+    for home in [1, 2] {
+        watchers.push(Watcher::start("sleepy", addrs.clone(), home).await);
+    }
+    for version in 1..=WRITES {
+        let answer = writer.ok("increment", json!({"name": "sleepy"})).await;
+        assert_eq!(answer["version"].as_u64(), Some(version), "{answer}");
+        let deadline = tokio::time::Instant::now() + crate::process::PATIENCE / 4;
+        for watcher in &watchers {
+            while watcher.latest() < version {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "watcher on {} stuck at version {} after write {version} on another node: the word of it was lost",
+                    watcher.home,
+                    watcher.latest()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
+    for watcher in watchers {
+        watcher.finish(WRITES).await;
+    }
+    // It proves something only if the counter really slept between the writes.
+    let hibernations = metric(&cluster.nodes[1], "tally_counter_hibernations_total").await;
+    assert!(hibernations >= WRITES / 2, "node B's counter hibernated only {hibernations} times");
+    eprintln!(
+        "hibernating counter: {WRITES} writes on A, each seen once in order on both other nodes (the counter hibernated {hibernations} times on B); {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The value of `node`'s metric `name` (a counter without labels).
+async fn metric(node: &crate::process::Tally, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{}/metrics", node.addr))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}

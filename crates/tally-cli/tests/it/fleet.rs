@@ -33,12 +33,18 @@ impl Cluster {
     /// Starts `count` nodes on a fresh database and waits until each listens for the others'
     /// commits.
     pub(crate) async fn start(count: usize) -> Self {
+        Self::start_with(&vec![&[][..]; count]).await
+    }
+
+    /// Starts a node for each entry of `flags`, with those flags besides the usual ones.
+    pub(crate) async fn start_with(flags: &[&[&str]]) -> Self {
         let database = fresh_database();
         let mut nodes = Vec::new();
-        for _ in 0..count {
-            nodes.push(Tally::start(Path::new(&database.url), &SERVE_FLAGS));
+        for extra in flags {
+            let all: Vec<&str> = SERVE_FLAGS.iter().chain(extra.iter()).copied().collect();
+            nodes.push(Tally::start(Path::new(&database.url), &all));
         }
-        database.wait_for_listeners(count as i64).await;
+        database.wait_for_listeners(flags.len() as i64).await;
         Self { nodes, database }
     }
 
@@ -100,6 +106,11 @@ impl Watcher {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Self { name: name.to_owned(), home: nodes[home], seen, task }
+    }
+
+    /// The last version it was sent (0 before any).
+    pub(crate) fn latest(&self) -> u64 {
+        self.seen.lock().expect("lock").versions.last().copied().unwrap_or(0)
     }
 
     /// Waits until the watcher was sent version `version` (or a fault), stops it, and checks
