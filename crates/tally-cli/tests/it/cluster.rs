@@ -244,3 +244,46 @@ async fn metric(node: &crate::process::Tally, name: &str) -> u64 {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
+
+/// The same keyed write sent to two nodes at once (a client that gave up on one node too early
+/// and asked another): both nodes race to commit it, and whichever loses must find the key
+/// committed by the other. Both get the same answer, byte for byte, and it counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_keyed_write_sent_to_two_nodes_at_once_counts_once() {
+    const WRITES: usize = 300;
+    let started = Instant::now();
+    let cluster = Cluster::start(2).await;
+    let addrs = cluster.addrs();
+    let http = reqwest::Client::new();
+    let send = |addr: std::net::SocketAddr, key: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("http://{addr}/rpc/counter.increment"))
+                .header("content-type", "application/json")
+                .header("idempotency-key", &key)
+                .body(json!({"name": "twice", "amount": 1}).to_string())
+                .send()
+                .await
+                .expect("request");
+            (response.status().as_u16(), response.text().await.expect("answer"))
+        }
+    };
+    let writes = Writes::default();
+    for write in 0..WRITES {
+        let key = format!("both-{write}");
+        let (first, second) =
+            tokio::join!(send(addrs[0], key.clone()), send(addrs[1], key.clone()));
+        assert_eq!(first.0, 200, "{key} on {}: {}", addrs[0], first.1);
+        assert_eq!(second.0, 200, "{key} on {}: {}", addrs[1], second.1);
+        assert_eq!(first.1, second.1, "{key} answered differently by the two nodes");
+        writes.answered.lock().expect("lock").insert(key, ("twice".into(), addrs[0], first.1));
+    }
+    for node in &cluster.nodes {
+        assert_eq!(check_counter(node, "twice", &writes).await, WRITES as u64);
+    }
+    eprintln!(
+        "{WRITES} keyed writes each sent to both nodes at once: each answered the same by both, counted once; {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
