@@ -135,28 +135,30 @@ async fn cluster_kill_9_of_a_node_under_load_loses_no_write_and_its_watchers_res
     );
 }
 
-/// Rounds of: both nodes' notification connections are terminated, and node A commits a burst
-/// of writes at once, before B can be listening again. B hears nothing of them; once it listens
-/// again it must read every watched counter, and its watchers must get every version once, in
-/// order. The last burst is followed by nothing, so nothing but that catch-up can deliver it.
+/// Rounds of: every node's notification connection is terminated, and node A commits a burst
+/// of writes at once, before the others can be listening again. B and C hear nothing of them;
+/// once they listen again they must read every watched counter, and their watchers must get
+/// every version once, in order. The last burst is followed by nothing, so nothing but that
+/// catch-up can deliver it. On C the counter hibernates between bursts (`--idle-timeout 1ms`),
+/// so the catch-up must wake it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_node_that_missed_notifications_catches_up_from_history() {
     const ROUNDS: usize = 12;
     const BURST: usize = 5;
     let started = Instant::now();
-    let cluster = Cluster::start(2).await;
+    let cluster = Cluster::start_with(&[&[], &[], &["--idle-timeout", "1ms"]]).await;
     let addrs = cluster.addrs();
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut watchers = Vec::new();
-    for home in [1, 1, 0] {
+    for home in [1, 1, 2, 0] {
         watchers.push(Watcher::start("c", addrs.clone(), home).await);
     }
     let mut deaf_bursts = 0;
     let mut written = 0_u64;
     for _ in 0..ROUNDS {
-        cluster.database.wait_for_listeners(2).await;
+        cluster.database.wait_for_listeners(3).await;
         let cut = cluster.database.cut_listeners().await;
-        assert_eq!(cut, 2, "terminated {cut} of 2 listening connections");
+        assert_eq!(cut, 3, "terminated {cut} of 3 listening connections");
         for _ in 0..BURST {
             let answer = a.ok("increment", json!({"name": "c"})).await;
             written += 1;
@@ -173,17 +175,19 @@ async fn cluster_a_node_that_missed_notifications_catches_up_from_history() {
         let seen = watcher.finish(written).await;
         assert_eq!(seen.subscriptions.len(), 1, "watcher on {home} had to resubscribe");
     }
-    for node in [a, b] {
+    for node in &cluster.nodes {
         let value = node.ok("getValue", json!({"name": "c"})).await;
         assert_eq!(value["version"].as_u64(), Some(written), "{value}");
     }
+    let slept = metric(&cluster.nodes[2], "tally_counter_hibernations_total").await;
+    assert!(slept >= ROUNDS as u64 / 2, "C's counter hibernated only {slept} times");
     let log = b.drain_log();
     assert!(
         log.iter().any(|line| line.contains("lost the notification connection")),
         "node B did not notice that its connection was cut: {log:?}"
     );
     eprintln!(
-        "missed notifications: {ROUNDS} cuts, {written} writes on A ({deaf_bursts} bursts committed while nobody listened); B's watchers saw 1..={written} once each; {:.1} s",
+        "missed notifications: {ROUNDS} cuts, {written} writes on A ({deaf_bursts} bursts committed while nobody listened); the watchers on B and C saw 1..={written} once each; {:.1} s",
         started.elapsed().as_secs_f64()
     );
 }
