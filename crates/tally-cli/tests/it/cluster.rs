@@ -1,5 +1,6 @@
-//! Real `tally serve` processes sharing one PostgreSQL database: a node killed with SIGKILL
-//! under write load, and a node whose notification connection is cut. (A PostgreSQL restart is
+//! Real `tally serve` processes sharing one PostgreSQL database: a node stopped (SIGKILL,
+//! SIGTERM) under write load, notification connections cut, a counter that hibernates between
+//! other nodes' writes, and one keyed write sent to two nodes at once. (A PostgreSQL restart is
 //! in its own test binary, `pg_restart`, since it would break every other test using the
 //! server at the same time.)
 
@@ -152,14 +153,16 @@ async fn stop_one_node_under_load(signal: &str) {
 /// of writes at once, before the others can be listening again. B and C hear nothing of them;
 /// once they listen again they must read every watched counter, and their watchers must get
 /// every version once, in order. The last burst is followed by nothing, so nothing but that
-/// catch-up can deliver it. On C the counter hibernates between bursts (`--idle-timeout 1ms`),
-/// so the catch-up must wake it.
+/// catch-up can deliver it. B keeps only 2 updates per counter (`--watch-buffer 2`), so a burst
+/// caught up at once overflows its ring and its watchers are caught up from history; on C the
+/// counter hibernates between bursts (`--idle-timeout 1ms`), so the catch-up must wake it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_a_node_that_missed_notifications_catches_up_from_history() {
     const ROUNDS: usize = 12;
     const BURST: usize = 5;
     let started = Instant::now();
-    let cluster = Cluster::start_with(&[&[], &[], &["--idle-timeout", "1ms"]]).await;
+    let cluster =
+        Cluster::start_with(&[&[], &["--watch-buffer", "2"], &["--idle-timeout", "1ms"]]).await;
     let addrs = cluster.addrs();
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
     let mut watchers = Vec::new();
