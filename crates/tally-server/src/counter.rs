@@ -325,6 +325,17 @@ struct InFlight {
 pub(crate) trait Home: Send + Sync + 'static {
     /// Unregisters actor `generation` of `name` as it stops.
     fn retire(&self, name: &CounterName, generation: u64);
+    /// Unregisters actor `generation` of `name`, idle at `version`, as it hibernates, unless
+    /// word came meanwhile (from the broker) that another node committed past `version` and
+    /// someone here watches the counter: then `false`, and the actor reads storage instead of
+    /// leaving. Checked and done in one step, so that word is never lost between an actor
+    /// deciding to leave and leaving: it either stops the actor leaving, or finds no actor and
+    /// starts one.
+    fn hibernate(&self, name: &CounterName, generation: u64, version: u64) -> bool {
+        let _ = version;
+        self.retire(name, generation);
+        true
+    }
     /// `name`'s fan-out to its watchers, created on first use at `version`.
     fn topic(&self, name: &CounterName, version: u64) -> Arc<Topic>;
 }
@@ -470,7 +481,12 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 }
             }
             () = sleep_until(idle_deadline), if idle && !handles_gone => {
-                actor.context.home.retire(&actor.name, actor.generation);
+                if !actor.context.home.hibernate(&actor.name, actor.generation, actor.state.version) {
+                    // Another node moved the counter and this node's watchers wait for it.
+                    actor.reload = true;
+                    idle_deadline = deadline_after(idle_timeout);
+                    continue;
+                }
                 actor.topic = None;
                 // Commands sent before the retirement are refused as `Retired` (not applied), so
                 // their callers go to the next actor; this one never writes again.

@@ -28,6 +28,10 @@ struct Slot {
     actor: Option<(u64, CounterHandle)>,
     /// The fan-out, created on the first watch and kept while anyone watches.
     topic: Option<Arc<Topic>>,
+    /// The highest version another node was heard to commit (`u64::MAX` after missed
+    /// notifications) since the actor last declined to hibernate: an actor behind it may not
+    /// hibernate while the counter is watched (see [`Home::hibernate`]).
+    heard: u64,
 }
 
 /// The slots, which actors reach through [`Home`].
@@ -64,6 +68,23 @@ impl Home for Slots {
             }
             slot.actor.is_none() && !has_watchers(slot)
         });
+    }
+
+    fn hibernate(&self, name: &CounterName, generation: u64, version: u64) -> bool {
+        let mut stays = false;
+        self.slots.remove_if_mut(name, |_, slot| {
+            if slot.actor.as_ref().is_some_and(|(current, _)| *current == generation) {
+                if slot.heard > version && has_watchers(slot) {
+                    // The actor reads storage now, which holds everything heard so far.
+                    slot.heard = 0;
+                    stays = true;
+                    return false;
+                }
+                slot.actor = None;
+            }
+            slot.actor.is_none() && !has_watchers(slot)
+        });
+        !stays
     }
 
     /// `name`'s topic, created on first use at `version`. Called by the counter's actor.
@@ -269,8 +290,11 @@ impl Registry {
     /// again, and so does a watched counter's, started for it if it hibernated, so this node's
     /// watchers get the update. A counter this node neither holds nor watches costs nothing.
     pub fn changed(&self, name: &CounterName, version: u64) {
-        let (handle, watched) = match self.shared.slots.slots.get(name) {
-            Some(slot) => {
+        // Noted under the slot's lock, which `hibernate` takes too: either the actor found
+        // here has not left yet and will not leave before reading storage, or it is gone.
+        let (handle, watched) = match self.shared.slots.slots.get_mut(name) {
+            Some(mut slot) => {
+                slot.heard = slot.heard.max(version);
                 (slot.actor.as_ref().map(|(_, handle)| handle.clone()), has_watchers(&slot))
             }
             None => return,
