@@ -245,21 +245,29 @@ pub(crate) async fn watch(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     // Until the first connection succeeds, an unreachable server is an error like for every
-    // other command; after that, the watch rides out restarts.
+    // other command (once every URL was tried, each attempt going to the next); after that,
+    // the watch rides out restarts and lost nodes.
     let mut connected_once = false;
+    let mut failed_attempts = 0;
     loop {
         let (name, event) = tokio::select! {
             event = connection_events.next() => {
                 match event {
                     Some(ConnectionEvent::Connected) => {
                         connected_once = true;
-                        eprintln!("connected to {}", client.base_url());
+                        eprintln!("connected to {}", connection.server_url());
                     }
-                    Some(ConnectionEvent::Disconnected { reason, .. }) if !connected_once => {
+                    Some(ConnectionEvent::Disconnected { reason, .. })
+                        if !connected_once && failed_attempts + 1 >= client.base_urls().len() =>
+                    {
                         return Err(CliError::Client(ClientError::Connect {
-                            url: client.base_url().to_owned(),
+                            url: client.base_urls().join(", "),
                             reason,
                         }));
+                    }
+                    // The next attempt goes to the next URL.
+                    Some(ConnectionEvent::Disconnected { .. }) if !connected_once => {
+                        failed_attempts += 1;
                     }
                     Some(ConnectionEvent::Disconnected { reason, retry_in }) => {
                         eprintln!("disconnected: {reason}; retrying in {:.1}s", retry_in.as_secs_f64());

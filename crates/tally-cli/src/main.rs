@@ -19,15 +19,19 @@ use crate::commands::{CliError, HistoryArgs, KeyArg, WatchArgs};
 #[derive(Debug, Parser)]
 #[command(name = "tally", version, about, long_about = None, after_help = EXIT_CODES)]
 struct Cli {
-    /// The Tally server to talk to.
+    /// The Tally server to talk to; for a cluster (several `tally serve` on one database),
+    /// its nodes, comma-separated (`--url http://a:8094,http://b:8094`, or the flag repeated).
+    /// Calls and watches start on the first and move on to the next when one cannot be
+    /// reached; a watch resumes there with no gap.
     #[arg(
         long,
         global = true,
         env = "TALLY_URL",
         default_value = "http://127.0.0.1:8094",
-        value_name = "URL"
+        value_name = "URL[,URL...]",
+        value_delimiter = ','
     )]
-    url: String,
+    url: Vec<String>,
 
     /// Print JSON for scripts (one object per line) instead of text for people.
     #[arg(long, global = true)]
@@ -158,7 +162,7 @@ fn main() -> ExitCode {
         }
         Command::Token(args) => token::run(&args, &mut output::Printer::new(cli.json)),
         command => {
-            let options = ClientOptions { url: cli.url, token: cli.token, ca_cert: cli.ca_cert };
+            let options = ClientOptions { urls: cli.url, token: cli.token, ca_cert: cli.ca_cert };
             run_client_command(&options, cli.json, command)
         }
     };
@@ -173,7 +177,8 @@ fn main() -> ExitCode {
 
 /// The global flags that say how to reach the server.
 struct ClientOptions {
-    url: String,
+    /// The servers, in order (at least one: `--url` has a default).
+    urls: Vec<String>,
     token: Option<String>,
     ca_cert: Option<PathBuf>,
 }
@@ -181,7 +186,8 @@ struct ClientOptions {
 impl ClientOptions {
     /// The client these flags describe.
     fn client(&self) -> Result<tally_client::Client, CliError> {
-        let mut builder = tally_client::Client::builder(&self.url);
+        let urls = self.urls.iter().map(|url| url.trim()).filter(|url| !url.is_empty());
+        let mut builder = tally_client::Client::builder_with_urls(urls);
         if let Some(token) = self.token.as_deref().map(str::trim).filter(|token| !token.is_empty())
         {
             builder = builder.token(token);

@@ -1,7 +1,16 @@
-//! The RPC calls: `POST /rpc/counter.<procedure>` with a JSON body.
+//! The RPC calls: `POST /rpc/counter.<procedure>` with a JSON body, to one server or to the
+//! nodes of a cluster in turn.
+//!
+//! With several base URLs, a call goes to the URL that answered last; a failure of the
+//! connection itself (refused, reset, no answer in time) moves every later call to the next URL,
+//! round robin. An answer never does, not even an error: a refusal is the cluster's answer,
+//! since every node reads the same storage. The one exception is a temporary server fault (`503
+//! unavailable`, a node that shuts down or lost its storage), which a write already treats as a
+//! fate unknown and sends again with its key: that retry goes to the next node.
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,12 +48,17 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 type HttpClient =
     hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A connection to one Tally server. Cheap to clone; clones share a connection pool and the
-/// credentials (one token fetch serves them all).
+/// A connection to one Tally server, or to the nodes of one cluster. Cheap to clone; clones
+/// share a connection pool, the credentials (one token fetch serves them all) and which URL is
+/// in use.
 #[derive(Clone)]
 pub struct Client {
-    /// The base URL without a trailing slash, e.g. `http://127.0.0.1:8094`.
-    base: String,
+    /// The base URLs without a trailing slash, e.g. `http://127.0.0.1:8094`, in the order given;
+    /// never empty.
+    bases: Arc<[String]>,
+    /// The index in `bases` of the URL calls go to: the one that worked last. Shared by the
+    /// clones, so that one call's refused connection spares the others the same wait.
+    current: Arc<AtomicUsize>,
     http: HttpClient,
     /// How long one call may take in all.
     request_timeout: Duration,
@@ -60,7 +74,7 @@ impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The credentials are never shown, only whether there are any.
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("credentials", &self.credentials.is_some())
             .finish_non_exhaustive()
     }
@@ -76,7 +90,8 @@ impl fmt::Debug for Client {
 /// assert_eq!(client.base_url(), "https://tally.example.com");
 /// ```
 pub struct ClientBuilder {
-    base_url: String,
+    /// The base URLs as given, checked at `build`.
+    base_urls: Vec<String>,
     source: Option<Box<dyn TokenSource>>,
     /// PEM texts of extra CA certificates, read at `build`.
     roots_pem: Vec<Vec<u8>>,
@@ -88,7 +103,7 @@ pub struct ClientBuilder {
 impl fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("base_url", &self.base_url)
+            .field("base_urls", &self.base_urls)
             .field("credentials", &self.source.is_some())
             .field("extra_roots", &self.roots_pem.len())
             .finish_non_exhaustive()
@@ -149,27 +164,17 @@ impl ClientBuilder {
     /// The client.
     ///
     /// # Errors
-    /// [`ClientError::InvalidUrl`] when the URL is not `http://host[:port]` or
-    /// `https://host[:port]`; [`ClientError::InvalidCertificate`] when an extra root cannot be
-    /// read or used.
+    /// [`ClientError::InvalidUrl`] when a URL is not `http://host[:port]` or
+    /// `https://host[:port]`, or there is none; [`ClientError::InvalidCertificate`] when an
+    /// extra root cannot be read or used.
     pub fn build(self) -> Result<Client, ClientError> {
-        let base_url = self.base_url.as_str();
-        let base = base_url.trim_end_matches('/').to_owned();
-        let invalid = |reason: &str| ClientError::InvalidUrl {
-            url: base_url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://"))
-        else {
-            return Err(invalid(
-                "it must start with http:// or https://, e.g. http://127.0.0.1:8094",
-            ));
-        };
-        if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
-            return Err(invalid(
-                "it must be http://host[:port] or https://host[:port] with no path, e.g. http://127.0.0.1:8094",
-            ));
+        if self.base_urls.is_empty() {
+            return Err(ClientError::InvalidUrl {
+                url: String::new(),
+                reason: "give at least one server URL, e.g. http://127.0.0.1:8094".into(),
+            });
         }
+        let bases = self.base_urls.iter().map(|url| checked_base(url)).collect::<Result<_, _>>()?;
         let mut roots = Vec::new();
         for pem in &self.roots_pem {
             roots.extend(tls::certificates_from_pem(pem)?);
@@ -188,7 +193,8 @@ impl ClientBuilder {
             hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         let credentials = self.source.map(|source| Arc::new(Credentials::new(source)));
         Ok(Client {
-            base,
+            bases,
+            current: Arc::new(AtomicUsize::new(0)),
             http,
             request_timeout: self.request_timeout,
             retry_for: self.retry_for,
@@ -215,10 +221,48 @@ impl Client {
         Self::builder(base_url).build()
     }
 
+    /// A client for the nodes of one cluster (several `tally serve` on one database), at
+    /// `base_urls`, without credentials; see [`Client::builder_with_urls`] for the settings.
+    ///
+    /// Calls and connections go to the first URL, and move on to the next one (round robin)
+    /// when they cannot reach the one in use: an RPC after a refused, reset or unanswered
+    /// connection (a write keeps its idempotency key, so it counts once on whichever node
+    /// applies it), a [`Connection`] on every reconnect, resuming its subscriptions there with
+    /// `since`. An answer of a server, a refusal included, is final, except a temporary `503`,
+    /// which a write sends again to the next node.
+    ///
+    /// ```
+    /// let client =
+    ///     tally_client::Client::with_urls(["http://10.0.0.1:8094", "http://10.0.0.2:8094"]).unwrap();
+    /// assert_eq!(client.base_urls(), ["http://10.0.0.1:8094", "http://10.0.0.2:8094"]);
+    /// assert!(tally_client::Client::with_urls(Vec::<String>::new()).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidUrl`] when a URL is not `http://host[:port]` or
+    /// `https://host[:port]`, or the list is empty.
+    pub fn with_urls<I>(base_urls: I) -> Result<Self, ClientError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        Self::builder_with_urls(base_urls).build()
+    }
+
     /// Settings for a client of the server at `base_url`.
     pub fn builder(base_url: &str) -> ClientBuilder {
+        Self::builder_with_urls([base_url])
+    }
+
+    /// Settings for a client of the nodes of one cluster at `base_urls` (see
+    /// [`Client::with_urls`]).
+    pub fn builder_with_urls<I>(base_urls: I) -> ClientBuilder
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
         ClientBuilder {
-            base_url: base_url.to_owned(),
+            base_urls: base_urls.into_iter().map(|url| url.as_ref().to_owned()).collect(),
             source: None,
             roots_pem: Vec::new(),
             connect_timeout: CONNECT_TIMEOUT,
@@ -227,9 +271,28 @@ impl Client {
         }
     }
 
-    /// The base URL, as given (without a trailing slash).
+    /// The base URL, as given (without a trailing slash); the first one when there are several.
     pub fn base_url(&self) -> &str {
-        &self.base
+        // `build` refuses an empty list.
+        self.bases.first().map_or("", String::as_str)
+    }
+
+    /// Every base URL, in the order given (without trailing slashes).
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
+    }
+
+    /// The index of the URL calls go to now, and that URL.
+    fn current(&self) -> (usize, &str) {
+        let index = self.current.load(Ordering::Relaxed) % self.bases.len().max(1);
+        (index, self.bases.get(index).map_or("", String::as_str))
+    }
+
+    /// Moves calls on from URL `index`, which could not be reached, to the next one. Only from
+    /// `index`: calls that failed on the same URL at once move them on once, not once each.
+    fn move_on_from(&self, index: usize) {
+        let next = (index + 1) % self.bases.len().max(1);
+        let _ = self.current.compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Adds `amount` (>= 1) to counter `name`; answers the committed update. Like every write,
@@ -320,7 +383,7 @@ impl Client {
     /// One socket for many subscriptions and calls; see [`Connection`].
     pub fn connect_with(&self, options: ConnectionOptions) -> Connection {
         Connection::start(
-            &self.base,
+            &self.bases,
             self.credentials.clone(),
             Arc::clone(&self.tls),
             options,
@@ -403,20 +466,52 @@ impl Client {
         self.call(Procedure::KeyRevoke, &KeyNameBody { name: name.to_owned() }).await
     }
 
-    /// Calls `procedure` with `body` once (reads and the key procedures; writes go through
-    /// [`Client::write`]).
+    /// Calls `procedure` with `body` (reads and the key procedures; writes go through
+    /// [`Client::write`]): once on each URL at most, moving on only when the call reached no
+    /// server, or (for a read, which changes nothing) when its fate is unknown.
     async fn call<T: DeserializeOwned>(
         &self,
         procedure: Procedure,
         body: &impl Serialize,
     ) -> Result<T, ClientError> {
-        let url = format!("{}/rpc/{}", self.base, procedure.path_name());
+        let path = format!("/rpc/{}", procedure.path_name());
         let body = Bytes::from(serde_json::to_vec(body).map_err(|error| {
-            ClientError::Protocol { url: url.clone(), reason: error.to_string() }
+            ClientError::Protocol { url: path.clone(), reason: error.to_string() }
         })?);
-        let bytes = self.attempt(&url, body, None).await.map_err(Failure::into_error)?;
-        serde_json::from_slice(&bytes)
-            .map_err(|error| ClientError::Protocol { url, reason: error.to_string() })
+        // A key created or revoked without an answer may have been applied: sending it to
+        // another node would answer `key_exists` or `unknown_key` for a call that worked.
+        let read = matches!(
+            procedure,
+            Procedure::GetValue
+                | Procedure::GetMetadata
+                | Procedure::GetHistory
+                | Procedure::GetPresence
+                | Procedure::KeyList
+        );
+        let mut tried = 0;
+        loop {
+            let (index, base) = self.current();
+            let error = match self.attempt(base, &path, body.clone(), None).await {
+                Ok(bytes) => {
+                    return serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+                        url: format!("{base}{path}"),
+                        reason: error.to_string(),
+                    });
+                }
+                Err(Failure::Final(error)) => return Err(error),
+                Err(Failure::NotSent(error)) => error,
+                Err(Failure::Unknown(error)) if read => error,
+                Err(Failure::Unknown(error)) => {
+                    self.move_on_from(index);
+                    return Err(error);
+                }
+            };
+            self.move_on_from(index);
+            tried += 1;
+            if tried >= self.bases.len() {
+                return Err(error);
+            }
+        }
     }
 
     /// Applies `write` over HTTP with its idempotency key (the `Idempotency-Key` header),
@@ -424,6 +519,11 @@ impl Client {
     /// connection lost mid-request, the server restarting) or `503 unavailable`. So a write
     /// through a dropping network counts exactly once. A write whose first attempt reaches no
     /// server fails at once; the retries stop after [`ClientBuilder::retry_for`].
+    ///
+    /// With several URLs ([`Client::with_urls`]), each failed attempt moves on to the next URL:
+    /// a write that reached no server yet is tried on each URL at once before it fails; a write
+    /// whose fate is unknown (a `503` included) is sent to the next one after the backoff, with
+    /// the same key, so it counts once on whichever node applies it.
     ///
     /// ```no_run
     /// # async fn example(client: tally_client::Client) -> Result<(), tally_client::ClientError> {
@@ -441,14 +541,27 @@ impl Client {
     /// the key was used for another write on this counter. When it gives up on a write whose
     /// fate is unknown, the error says so and names the key to send it again with.
     pub async fn write(&self, write: &Write) -> Result<Update, ClientError> {
-        let url = format!("{}/rpc/{}", self.base, write.procedure.path_name());
+        let path = format!("/rpc/{}", write.procedure.path_name());
         let body = Bytes::from(Value::Object(write.body.clone()).to_string());
-        let bytes = retrying(&write.key, self.retry_for, || {
-            self.attempt(&url, body.clone(), Some(&write.key))
+        let (bytes, base) = retrying(&write.key, self.retry_for, self.bases.len(), || {
+            let (index, base) = self.current();
+            let (path, body) = (&path, body.clone());
+            async move {
+                match self.attempt(base, path, body, Some(&write.key)).await {
+                    Ok(bytes) => Ok((bytes, base)),
+                    Err(failure @ Failure::Final(_)) => Err(failure),
+                    Err(failure) => {
+                        self.move_on_from(index);
+                        Err(failure)
+                    }
+                }
+            }
         })
         .await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|error| ClientError::Protocol { url, reason: error.to_string() })
+        serde_json::from_slice(&bytes).map_err(|error| ClientError::Protocol {
+            url: format!("{base}{path}"),
+            reason: error.to_string(),
+        })
     }
 
     /// One request with the current token; after a `401 token_expired` answer, once more with
@@ -456,7 +569,8 @@ impl Client {
     /// twice).
     async fn attempt(
         &self,
-        url: &str,
+        base: &str,
+        path: &str,
         body: Bytes,
         key: Option<&IdempotencyKey>,
     ) -> Result<Bytes, Failure> {
@@ -466,7 +580,7 @@ impl Client {
         };
         let mut renewed = false;
         loop {
-            let error = match self.send(url, body.clone(), token.as_ref(), key).await {
+            let error = match self.send(base, path, body.clone(), token.as_ref(), key).await {
                 Err(Failure::Final(error)) => error,
                 other => return other,
             };
@@ -485,15 +599,19 @@ impl Client {
         }
     }
 
-    /// One POST: the body of a success, or how it failed: not sent (no connection could be
-    /// made), unknown (no answer, or `503`/another temporary server fault), or refused.
+    /// One POST of `path` to the server at `base`: the body of a success, or how it failed: not
+    /// sent (no connection could be made), unknown (no answer, or `503`/another temporary server
+    /// fault), or refused.
     async fn send(
         &self,
-        url: &str,
+        base: &str,
+        path: &str,
         body: Bytes,
         token: Option<&Token>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Bytes, Failure> {
+        let url = format!("{base}{path}");
+        let url = url.as_str();
         let mut request = hyper::Request::post(url).header(CONTENT_TYPE, "application/json");
         if let Some(token) = token {
             let mut value = HeaderValue::from_str(&token.header_value()).map_err(|_| {
@@ -513,8 +631,7 @@ impl Client {
                 reason: error.to_string(),
             })
         })?;
-        let connect_error =
-            |reason: String| ClientError::Connect { url: self.base.clone(), reason };
+        let connect_error = |reason: String| ClientError::Connect { url: base.to_owned(), reason };
         let exchange = async {
             let response = self.http.request(request).await.map_err(|error| {
                 // A connection that could not be made carried nothing; any other failure may
@@ -557,6 +674,25 @@ impl Client {
             && matches!(&error, ClientError::Rejected { temporary: true, .. });
         Err(if server_fault { Failure::Unknown(error) } else { Failure::Final(error) })
     }
+}
+
+/// `base_url` without its trailing slashes, if it is `http://host[:port]` or
+/// `https://host[:port]`.
+fn checked_base(base_url: &str) -> Result<String, ClientError> {
+    let base = base_url.trim_end_matches('/').to_owned();
+    let invalid = |reason: &str| ClientError::InvalidUrl {
+        url: base_url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://")) else {
+        return Err(invalid("it must start with http:// or https://, e.g. http://127.0.0.1:8094"));
+    };
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
+        return Err(invalid(
+            "it must be http://host[:port] or https://host[:port] with no path, e.g. http://127.0.0.1:8094",
+        ));
+    }
+    Ok(base)
 }
 
 /// The error the server answered, or a protocol error if the body is not an error body.

@@ -7,13 +7,15 @@
 //! resuming each subscription after the last version it delivered, dropping what is not newer,
 //! starting one subscription over on a gap, and replacing the token in band before it expires.
 //! Calls that were on their way when a connection was lost are sent again on the next one, with
-//! the same idempotency key, so a write counts once.
+//! the same idempotency key, so a write counts once. A client of several servers (the nodes of
+//! one cluster) makes each reconnect to the next URL of its list, round robin, and resumes
+//! there.
 
 mod driver;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -214,8 +216,12 @@ pub struct Connection {
     /// A listener made before the task started, for the first call of [`Connection::events`],
     /// so that it misses nothing (not even a failure of the very first attempt).
     first_events: Arc<std::sync::Mutex<Option<broadcast::Receiver<ConnectionEvent>>>>,
-    /// The server's base URL, for errors.
+    /// The servers' base URLs, for errors (joined with `, ` when there are several).
     base: Arc<str>,
+    /// The servers' base URLs, in order.
+    bases: Arc<[String]>,
+    /// The index in `bases` of the current (or last) attempt, kept by the task.
+    current: Arc<AtomicUsize>,
     /// How long a call waits for its answer, across reconnects.
     retry_for: Duration,
     /// Tells a dropped subscription from a newer one of the same counter.
@@ -230,7 +236,7 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     pub(crate) fn start(
-        base: &str,
+        bases: &Arc<[String]>,
         credentials: Option<Arc<Credentials>>,
         tls: Arc<rustls::ClientConfig>,
         options: ConnectionOptions,
@@ -240,20 +246,41 @@ impl Connection {
         // Connection events are rare (a few per reconnect); a listener that falls this far
         // behind skips the oldest.
         let (events, first_events) = broadcast::channel(64);
-        let url = match base.strip_prefix("https://") {
-            Some(rest) => format!("wss://{rest}/ws"),
-            None => format!("ws://{}/ws", base.trim_start_matches("http://")),
-        };
-        let driver = Driver::new(url, credentials, tls, options.rules(), inbox, events.clone());
+        let urls = bases
+            .iter()
+            .map(|base| match base.strip_prefix("https://") {
+                Some(rest) => format!("wss://{rest}/ws"),
+                None => format!("ws://{}/ws", base.trim_start_matches("http://")),
+            })
+            .collect();
+        let current = Arc::new(AtomicUsize::new(0));
+        let driver = Driver::new(
+            urls,
+            Arc::clone(&current),
+            credentials,
+            tls,
+            options.rules(),
+            inbox,
+            events.clone(),
+        );
         tokio::spawn(driver.run());
         Self {
             requests,
             events,
             first_events: Arc::new(std::sync::Mutex::new(Some(first_events))),
-            base: Arc::from(base),
+            base: Arc::from(bases.join(", ")),
+            bases: Arc::clone(bases),
+            current,
             retry_for,
             serials: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The base URL of the server the socket is connected to, or of the current (or last)
+    /// attempt while it is not: with several URLs, the one the last reconnect went to.
+    pub fn server_url(&self) -> &str {
+        let index = self.current.load(Ordering::Relaxed);
+        self.bases.get(index).or_else(|| self.bases.first()).map_or("", String::as_str)
     }
 
     /// Follows counter `name`: a snapshot, then every update. See [`Self::subscribe_with`].

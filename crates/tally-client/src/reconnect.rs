@@ -8,9 +8,16 @@
 //! given as bounds (`[min, max]` ms); the driver picks a uniform random delay within them, so
 //! the scenarios stay deterministic while real clients get full jitter.
 //!
-//! What the machine owns: the phase of the connection, the backoff attempt, each subscription's
-//! last delivered version (what a resume sends as `since`), and whether an update is passed on,
-//! dropped, or shows a gap. What it does not: sockets, tokens, calls, payloads.
+//! What the machine owns: the phase of the connection, the backoff attempt, which of the
+//! server URLs the next attempt goes to, each subscription's last delivered version (what a
+//! resume sends as `since`), and whether an update is passed on, dropped, or shows a gap. What it
+//! does not: sockets, tokens, calls, payloads.
+//!
+//! With several server URLs (the nodes of one cluster), each attempt goes to one of them
+//! ([`Action::Connect`]'s `url`, an index into the list): the first attempt to the first URL,
+//! and every end of a connection or an attempt that calls for a reconnect moves on to the next
+//! one, round robin, before the wait. So a lost node's clients come back on another node, and
+//! resume there with `since` as they would on the same one.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,10 +94,13 @@ impl TimerKind {
 )]
 pub(crate) enum Event {
     /// The connection is wanted (its first use). `credentials`: whether there is a token
-    /// source to refresh from.
+    /// source to refresh from; `urls`: how many server URLs there are to rotate through (1 when
+    /// not given).
     Start {
         #[serde(default)]
         credentials: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        urls: Option<usize>,
     },
     /// The application subscribes to a counter. `jumps`: the subscription has `types` or
     /// `maxRate`, so its delivered versions may jump by design.
@@ -212,8 +222,12 @@ pub(crate) enum StopKind {
     deny_unknown_fields
 )]
 pub(crate) enum Action {
-    /// Open a socket (getting a token first when there are credentials).
-    Connect,
+    /// Open a socket (getting a token first when there are credentials) to server URL number
+    /// `url` (from 0); it is given only when there is more than one URL, and is 0 otherwise.
+    Connect {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<usize>,
+    },
     /// Drop the current socket or connection attempt.
     Close { why: CloseWhy },
     /// The connection is lost: tell the application, wait a uniform random delay within
@@ -305,6 +319,10 @@ pub(crate) struct Machine {
     phase: Phase,
     /// Whether a token source can give fresh tokens.
     credentials: bool,
+    /// How many server URLs there are (at least 1).
+    urls: usize,
+    /// The index of the URL the next (or current) attempt goes to.
+    url: usize,
     /// Failed attempts in a row: the backoff step of the next wait.
     attempt: u32,
     /// The delay the server advised (a `reconnect` push) for the coming reconnect.
@@ -330,6 +348,8 @@ impl Machine {
             rules,
             phase: Phase::Idle,
             credentials: false,
+            urls: 1,
+            url: 0,
             attempt: 0,
             advised: None,
             refresh_first: false,
@@ -351,9 +371,10 @@ impl Machine {
             return;
         }
         match event {
-            Event::Start { credentials } => {
+            Event::Start { credentials, urls } => {
                 self.credentials = credentials;
                 if self.phase == Phase::Idle {
+                    self.urls = urls.unwrap_or(1).max(1);
                     self.connect(out);
                 }
             }
@@ -567,7 +588,8 @@ impl Machine {
         self.phase = Phase::Connecting;
         self.advised = None;
         self.was_established = false;
-        out.push(Action::Connect);
+        let url = (self.urls > 1).then_some(self.url);
+        out.push(Action::Connect { url });
         out.push(Action::Timer {
             timer: TimerKind::ConnectTimeout,
             ms: millis(self.rules.connect_timeout),
@@ -664,9 +686,13 @@ impl Machine {
         }
     }
 
-    /// Bookkeeping when a connection (or attempt) ends.
+    /// Bookkeeping when a connection (or attempt) ends and a reconnect follows: the next
+    /// attempt goes to the next URL. A node that failed is as likely to fail again as not, and
+    /// the others serve the same counters, so there is no reason to stay on it; round robin
+    /// reaches every node in turn while the backoff grows as for one server.
     fn ended(&mut self) {
         self.phase = Phase::Waiting;
+        self.url = (self.url + 1) % self.urls;
         self.refreshing_in_band = false;
         for sub in self.subs.values_mut().filter(|sub| sub.state != SubState::Paused) {
             sub.state = SubState::Queued;

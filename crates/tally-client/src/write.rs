@@ -113,22 +113,16 @@ pub(crate) enum Failure {
     Unknown(ClientError),
 }
 
-impl Failure {
-    /// The error, whatever the write's fate.
-    pub(crate) fn into_error(self) -> ClientError {
-        match self {
-            Failure::Final(error) | Failure::NotSent(error) | Failure::Unknown(error) => error,
-        }
-    }
-}
-
-/// Makes `attempt` until it succeeds or fails for good. A write that never reached a server on
-/// its first attempt fails at once (nothing was applied and nothing is there to answer); once
-/// one may have been applied, it is sent again with backoff, under the same key, for up to
-/// `retry_for`. The error it then gives up with names the key.
+/// Makes `attempt` until it succeeds or fails for good. A write that reached no server on its
+/// first attempt is tried at once on each of the `servers` (the attempt picks which; one that
+/// fails moves the next attempt on), and fails once none could be reached: nothing was applied
+/// and nothing is there to answer. Once one may have been applied, it is sent again with
+/// backoff, under the same key, for up to `retry_for`. The error it then gives up with names
+/// the key.
 pub(crate) async fn retrying<T, F, Fut>(
     key: &IdempotencyKey,
     retry_for: Duration,
+    servers: usize,
     mut attempt: F,
 ) -> Result<T, ClientError>
 where
@@ -137,12 +131,21 @@ where
 {
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut sent = false;
+    // Attempts that reached no server, before any did.
+    let mut unreached = 0;
     let mut step = 0;
     loop {
         let error = match attempt().await {
             Ok(answer) => return Ok(answer),
             Err(Failure::Final(error)) => return Err(error),
-            Err(Failure::NotSent(error)) if !sent => return Err(error),
+            Err(Failure::NotSent(error)) if !sent => {
+                unreached += 1;
+                if unreached >= servers {
+                    return Err(error);
+                }
+                // Nothing was applied anywhere: the next server at once, with no backoff.
+                continue;
+            }
             Err(Failure::NotSent(error)) => error,
             Err(Failure::Unknown(error)) => {
                 sent = true;
@@ -195,7 +198,7 @@ mod tests {
     async fn a_first_attempt_that_reached_no_server_is_not_retried() {
         let key = new_key();
         let mut attempts = 0;
-        let result: Result<(), _> = retrying(&key, Duration::from_secs(30), || {
+        let result: Result<(), _> = retrying(&key, Duration::from_secs(30), 1, || {
             attempts += 1;
             async { Err(Failure::NotSent(connect_error())) }
         })
@@ -208,7 +211,7 @@ mod tests {
     async fn an_unknown_fate_is_retried_through_refused_connections_until_it_succeeds() {
         let key = new_key();
         let mut attempts = 0;
-        let result = retrying(&key, Duration::from_secs(30), || {
+        let result = retrying(&key, Duration::from_secs(30), 1, || {
             attempts += 1;
             let outcome = match attempts {
                 1 => Err(Failure::Unknown(connect_error())),
@@ -222,17 +225,42 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_write_no_server_received_is_tried_once_on_each_server_at_once() {
+        let key = new_key();
+        let started = tokio::time::Instant::now();
+        let mut attempts = 0;
+        let result: Result<(), _> = retrying(&key, Duration::from_secs(30), 3, || {
+            attempts += 1;
+            async { Err(Failure::NotSent(connect_error())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(attempts, 3);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no backoff between servers");
+
+        let mut attempts = 0;
+        let result = retrying(&key, Duration::from_secs(30), 3, || {
+            attempts += 1;
+            let outcome =
+                if attempts < 3 { Err(Failure::NotSent(connect_error())) } else { Ok(attempts) };
+            async move { outcome }
+        })
+        .await;
+        assert_eq!(result.expect("the third server answers"), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn giving_up_names_the_key() {
         let key = new_key();
         let started = tokio::time::Instant::now();
-        let result: Result<(), _> = retrying(&key, Duration::from_secs(10), || async {
+        let result: Result<(), _> = retrying(&key, Duration::from_secs(10), 1, || async {
             Err(Failure::Unknown(connect_error()))
         })
         .await;
         let error = result.expect_err("gives up");
         assert!(error.to_string().contains(key.as_str()), "{error}");
         assert!(started.elapsed() <= Duration::from_secs(10));
-        let refused: Result<(), _> = retrying(&key, Duration::from_secs(10), || async {
+        let refused: Result<(), _> = retrying(&key, Duration::from_secs(10), 1, || async {
             Err(Failure::Final(ClientError::Forbidden { message: "no".into() }))
         })
         .await;

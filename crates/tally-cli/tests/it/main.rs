@@ -13,5 +13,6 @@ mod page;
 mod postgres;
 mod process;
 mod serve;
+mod server_urls;
 mod tidy;
 mod tls;

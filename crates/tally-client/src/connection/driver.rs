@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -160,8 +161,11 @@ enum LinkEvent {
 }
 
 pub(crate) struct Driver {
-    /// `ws://host/ws` or `wss://host/ws`.
-    url: String,
+    /// The socket URLs (`ws://host/ws` or `wss://host/ws`), one per server; never empty.
+    urls: Vec<String>,
+    /// The index in `urls` of the current (or last) attempt, as the machine chose it; shared
+    /// with the connection's handles for [`Connection::server_url`](super::Connection::server_url).
+    current: Arc<AtomicUsize>,
     credentials: Option<Arc<Credentials>>,
     tls: Arc<rustls::ClientConfig>,
     machine: Machine,
@@ -203,7 +207,8 @@ pub(crate) struct Driver {
 
 impl Driver {
     pub(crate) fn new(
-        url: String,
+        urls: Vec<String>,
+        current: Arc<AtomicUsize>,
         credentials: Option<Arc<Credentials>>,
         tls: Arc<rustls::ClientConfig>,
         rules: Rules,
@@ -211,7 +216,8 @@ impl Driver {
         events: broadcast::Sender<ConnectionEvent>,
     ) -> Self {
         Self {
-            url,
+            urls,
+            current,
             credentials,
             tls,
             machine: Machine::new(rules),
@@ -241,7 +247,8 @@ impl Driver {
 
     /// Runs until every handle (connections and subscriptions) is gone.
     pub(crate) async fn run(mut self) {
-        self.feed(Event::Start { credentials: self.credentials.is_some() });
+        let urls = Some(self.urls.len());
+        self.feed(Event::Start { credentials: self.credentials.is_some(), urls });
         loop {
             self.pump();
             let deadline = self.next_deadline();
@@ -276,8 +283,11 @@ impl Driver {
 
     fn act(&mut self, action: Action) {
         match action {
-            Action::Connect => {
+            Action::Connect { url } => {
                 self.timers[slot(TimerKind::Retry)] = None;
+                // The machine counts within the list it was given; `min` only guards the index.
+                let index = url.unwrap_or(0).min(self.urls.len().saturating_sub(1));
+                self.current.store(index, Ordering::Relaxed);
                 self.link = Link::Connecting(self.connect());
             }
             Action::Close { why } => {
@@ -393,7 +403,7 @@ impl Driver {
             }
             LinkEvent::Connected(Err(ConnectFailure::Refused { status, body })) => {
                 self.drop_link();
-                let error = rejected(&self.url, status, &body, None);
+                let error = rejected(self.url(), status, &body, None);
                 let (code, temporary) = match serde_json::from_slice::<ErrorBody>(&body) {
                     Ok(ErrorBody { error }) => (error.code, error.temporary),
                     Err(_) => (String::new(), status >= 500),
@@ -717,7 +727,9 @@ impl Driver {
     fn stop_error(&self) -> ClientError {
         match &self.stopped {
             Some(error) => duplicate(error),
-            None => ClientError::Protocol { url: self.url.clone(), reason: self.reason.clone() },
+            None => {
+                ClientError::Protocol { url: self.url().to_owned(), reason: self.reason.clone() }
+            }
         }
     }
 
@@ -733,13 +745,18 @@ impl Driver {
                 ClientError::Unauthenticated { code: "token_expired".into(), message }
             }
             close::FORBIDDEN => ClientError::Forbidden { message },
-            _ => ClientError::Protocol { url: self.url.clone(), reason: said },
+            _ => ClientError::Protocol { url: self.url().to_owned(), reason: said },
         }
     }
 
-    /// Gets a token (if there are credentials) and opens the socket with it.
+    /// The socket URL of the current (or last) attempt.
+    fn url(&self) -> &str {
+        self.urls.get(self.current.load(Ordering::Relaxed)).map_or("", String::as_str)
+    }
+
+    /// Gets a token (if there are credentials) and opens the socket to the current URL with it.
     fn connect(&self) -> BoxFuture<Result<Box<Opened>, ConnectFailure>> {
-        let url = self.url.clone();
+        let url = self.url().to_owned();
         let credentials = self.credentials.clone();
         let tls = Arc::clone(&self.tls);
         Box::pin(async move {

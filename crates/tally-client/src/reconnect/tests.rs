@@ -128,6 +128,7 @@ fn the_scenarios_cover_every_rule_and_close_code_class() {
         "ended",
         "slow-reader",
         "wake",
+        "rotation",
     ] {
         assert!(rules.contains(rule), "no scenario checks the rule {rule:?}");
     }

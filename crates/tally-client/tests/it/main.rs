@@ -2,6 +2,7 @@
 
 mod auth;
 mod client;
+mod cluster;
 mod connection;
 mod support;
 mod tls;

@@ -292,7 +292,11 @@ export class TallyConnection {
       stopCredentials();
       stopBrowser();
     };
-    this.#driver.feed({ type: "start", credentials: credentials.enabled });
+    this.#driver.feed({
+      type: "start",
+      credentials: credentials.enabled,
+      urls: this.client.baseUrls.length,
+    });
   }
 
   /** The linger ended with nothing retaining: close everything and start afresh next time. */
@@ -318,7 +322,11 @@ export class TallyConnection {
     this.#driver.reset();
     this.#calls.credentialChanged();
     this.#setState({ error: null, retryAt: null, principal: null });
-    this.#driver.feed({ type: "start", credentials: credentials.enabled });
+    this.#driver.feed({
+      type: "start",
+      credentials: credentials.enabled,
+      urls: this.client.baseUrls.length,
+    });
     for (const topic of this.#topics.values()) {
       topic.ended = null;
       this.#driver.feed(topic.subscribeEvent());
@@ -327,7 +335,7 @@ export class TallyConnection {
 
   #url(): string {
     try {
-      return this.client.socketUrl();
+      return this.client.socketUrl(this.#driver.urlIndex);
     } catch {
       return "/ws";
     }

@@ -13,9 +13,16 @@
  * the driver picks a uniform random delay within them, so the scenarios stay deterministic while
  * real clients get full jitter.
  *
- * What the machine owns: the phase of the connection, the backoff attempt, each subscription's
- * last delivered version (what a resume sends as `since`), and whether an update is passed on,
- * dropped, or shows a gap. What it does not: sockets, tokens, calls, payloads.
+ * What the machine owns: the phase of the connection, the backoff attempt, which of the server
+ * URLs the next attempt goes to, each subscription's last delivered version (what a resume sends
+ * as `since`), and whether an update is passed on, dropped, or shows a gap. What it does not:
+ * sockets, tokens, calls, payloads.
+ *
+ * With several server URLs (the nodes of one cluster), each attempt goes to one of them (the
+ * `connect` action's `url`, an index into the list): the first attempt to the first URL, and every
+ * end of a connection or an attempt that calls for a reconnect moves on to the next one, round
+ * robin, before the wait. So a lost node's clients come back on another node and resume there with
+ * `since`, as they would on the same one.
  *
  * `TallyConnection` (connection.ts) drives it: the client's one socket, which every
  * `CounterSubscription` is a view over.
@@ -88,9 +95,9 @@ export const TIMER_KINDS: readonly TimerKind[] = [
 export type ReconnectEvent =
   /**
    * The connection is wanted (its first use). `credentials`: whether there is a token source to
-   * refresh from.
+   * refresh from; `urls`: how many server URLs there are to rotate through (1 when absent).
    */
-  | { type: "start"; credentials?: boolean }
+  | { type: "start"; credentials?: boolean; urls?: number }
   /**
    * The application subscribes to a counter, from `since` if given. `jumps`: the subscription has
    * `types` or `maxRate`, so its delivered versions may jump by design.
@@ -169,8 +176,11 @@ export type StopKind =
 
 /** What the driver must do, in the order given. */
 export type ReconnectAction =
-  /** Open a socket (getting a token first when there are credentials). */
-  | { type: "connect" }
+  /**
+   * Open a socket (getting a token first when there are credentials) to server URL number `url`
+   * (from 0); it is present only when there is more than one URL, and is 0 otherwise.
+   */
+  | { type: "connect"; url?: number }
   /** Drop the current socket or connection attempt. */
   | { type: "close"; why: CloseWhy }
   /**
@@ -314,6 +324,10 @@ export class ReconnectMachine {
   #phase: Phase = "idle";
   /** Whether a token source can give fresh tokens. */
   #credentials = false;
+  /** How many server URLs there are (at least 1). */
+  #urls = 1;
+  /** The index of the URL the next (or current) attempt goes to. */
+  #url = 0;
   /** Failed attempts in a row: the backoff step of the next wait. */
   #attempt = 0;
   /** The delay the server advised (a `reconnect` push) for the coming reconnect. */
@@ -355,7 +369,10 @@ export class ReconnectMachine {
     switch (event.type) {
       case "start":
         this.#credentials = event.credentials ?? false;
-        if (this.#phase === "idle") this.#connect(out);
+        if (this.#phase === "idle") {
+          this.#urls = Math.max(1, Math.floor(event.urls ?? 1));
+          this.#connect(out);
+        }
         break;
       case "subscribe": {
         const open = this.#isOpen();
@@ -524,7 +541,7 @@ export class ReconnectMachine {
     this.#phase = "connecting";
     this.#advised = undefined;
     this.#wasEstablished = false;
-    out.push({ type: "connect" });
+    out.push(this.#urls > 1 ? { type: "connect", url: this.#url } : { type: "connect" });
     out.push({ type: "timer", timer: "connectTimeout", ms: this.#rules.connectTimeoutMs });
   }
 
@@ -654,9 +671,14 @@ export class ReconnectMachine {
     }
   }
 
-  /** Bookkeeping when a connection (or attempt) ends. */
+  /**
+   * Bookkeeping when a connection (or attempt) ends and a reconnect follows: the next attempt goes
+   * to the next URL. The other nodes serve the same counters, so there is no reason to stay on one
+   * that failed; round robin reaches every node in turn while the backoff grows as for one server.
+   */
   #ended(): void {
     this.#phase = "waiting";
+    this.#url = (this.#url + 1) % this.#urls;
     this.#refreshingInBand = false;
     for (const sub of this.#subs.values()) {
       if (sub.state !== "paused") sub.state = "queued";

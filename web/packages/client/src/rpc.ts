@@ -2,6 +2,14 @@
  * Typed calls for the seven RPC procedures (PROTOCOL.md §3), over `fetch`, with the credential
  * of the client's `getToken` (PROTOCOL.md §9). Writes carry an idempotency key and are sent
  * again while their fate is unknown (write.ts).
+ *
+ * With several base URLs (the nodes of one cluster), a call goes to the URL that answered last; a
+ * failure of the connection itself (refused, reset, no answer in time) moves this and later calls
+ * on to the next URL, round robin, as the Rust client does (crates/tally-client/src/client.rs).
+ * An answer never does, not even an error: every node reads the same storage, so a refusal is the
+ * cluster's. The one exception is a temporary server fault (`503 unavailable`, `500 internal`: a
+ * node shutting down or without its storage), which a write already treats as a fate unknown and
+ * sends again with its key: that retry goes to the next node.
  */
 
 import { Credentials, type GetToken } from "./auth.js";
@@ -51,10 +59,16 @@ export interface WriteOptions extends CallOptions {
 /** How to reach a server. */
 export interface TallyClientOptions {
   /**
-   * The server's base URL, such as `http://127.0.0.1:8094`. Empty or absent means the page's own
-   * origin (the page `tally serve` embeds); outside a browser it is required.
+   * The server's base URL, such as `http://127.0.0.1:8094`, or the base URLs of the nodes of one
+   * cluster (several `tally serve` on one database). Empty or absent means the page's own origin
+   * (the page `tally serve` embeds); outside a browser it is required.
+   *
+   * With several, calls and the socket start on the first and move on to the next, round robin,
+   * when they cannot reach the one in use: an HTTP call after a refused, reset or unanswered
+   * connection (a write keeps its idempotency key, so it counts once on whichever node applies
+   * it), the socket on every reconnect, resuming each subscription there with `since`.
    */
-  baseUrl?: string;
+  baseUrl?: string | readonly string[];
   /** The `fetch` to use; the global one by default. */
   fetch?: typeof fetch;
   /** The `WebSocket` constructor for subscriptions; the global one by default. */
@@ -112,7 +126,10 @@ const NOT_CONNECTED_CODES = new Set([
 
 /** A Tally server: typed RPC calls, and the URLs a subscription connects to. */
 export class TallyClient {
+  /** The base URL (the first, when there are several), without a trailing slash. */
   readonly baseUrl: string;
+  /** Every base URL, in the order given, without trailing slashes; never empty. */
+  readonly baseUrls: readonly string[];
   readonly WebSocket: WebSocketConstructor | undefined;
   /** The credential this client sends, and whom it names (see `getToken`). */
   readonly credentials: Credentials;
@@ -121,10 +138,17 @@ export class TallyClient {
   readonly #fetch: typeof fetch;
   readonly #options: TallyClientOptions;
   #connection: TallyConnection | null = null;
+  /** The index in `baseUrls` that HTTP calls go to: the one that worked last. */
+  #current = 0;
 
   constructor(options: TallyClientOptions = {}) {
     this.#options = options;
-    this.baseUrl = (options.baseUrl ?? "").replace(/\/+$/, "");
+    const given = options.baseUrl ?? "";
+    const list = (typeof given === "string" ? [given] : [...given]).map((url) =>
+      url.replace(/\/+$/, ""),
+    );
+    this.baseUrls = Object.freeze(list.length > 0 ? list : [""]);
+    this.baseUrl = this.baseUrls[0] ?? "";
     const fetchImpl = options.fetch ?? globalThis.fetch;
     if (typeof fetchImpl !== "function") {
       throw new TypeError("no fetch is available here; pass one as options.fetch");
@@ -266,7 +290,7 @@ export class TallyClient {
     signal?.throwIfAborted();
     const body = JSON.stringify(request);
     const key = keyForCall(procedure, options.idempotencyKey);
-    if (key === undefined) return this.#attempt<P>(procedure, body, null, signal).catch(settled);
+    if (key === undefined) return this.#read<P>(procedure, body, signal);
     // A key belongs to one principal: sent again after a credential reset, as another one, a
     // write whose first attempt may have been applied could count twice.
     const generation = this.credentials.generation;
@@ -279,17 +303,54 @@ export class TallyClient {
         ...(this.#options.random ? { random: this.#options.random } : {}),
       },
       () => {
+        const index = this.#current;
+        const base = this.baseUrls[index] ?? this.baseUrl;
         if (attempted && this.credentials.generation !== generation) {
-          const url = `${this.baseUrl}/rpc/counter.${procedure}`;
+          const url = `${base}/rpc/counter.${procedure}`;
           const reason = `the credential changed before the write to ${url} was answered, so it is not sent again as the new principal`;
           const error = new TallyConnectionError(url, reason, { idempotencyKey: key });
           return Promise.reject(new AttemptFailure("final", undecided(error, key)));
         }
         attempted = true;
-        return this.#attempt<P>(procedure, body, key, signal);
+        return this.#attempt<P>(base, procedure, body, key, signal).catch((failure: unknown) => {
+          if (failure instanceof AttemptFailure && failure.fate !== "final")
+            this.#moveOnFrom(index);
+          throw failure;
+        });
       },
       undecided,
+      this.baseUrls.length,
     );
+  }
+
+  /**
+   * A read: once on each URL at most, moving on when it reached no server or its fate is unknown
+   * (a read changes nothing, so asking another node cannot do harm).
+   */
+  async #read<P extends Procedure>(
+    procedure: P,
+    body: string,
+    signal: AbortSignal | undefined,
+  ): Promise<Procedures[P]["answer"]> {
+    for (let tried = 1; ; tried++) {
+      const index = this.#current;
+      const base = this.baseUrls[index] ?? this.baseUrl;
+      try {
+        return await this.#attempt<P>(base, procedure, body, null, signal);
+      } catch (failure) {
+        if (!(failure instanceof AttemptFailure) || failure.fate === "final") settled(failure);
+        this.#moveOnFrom(index);
+        if (tried >= this.baseUrls.length) settled(failure);
+      }
+    }
+  }
+
+  /**
+   * Moves calls on from URL `index`, which could not be reached, to the next one. Only from
+   * `index`: calls that failed on the same URL at once move them on once, not once each.
+   */
+  #moveOnFrom(index: number): void {
+    if (this.#current === index) this.#current = (index + 1) % this.baseUrls.length;
   }
 
   /**
@@ -298,6 +359,7 @@ export class TallyClient {
    * Fails with an AttemptFailure.
    */
   async #attempt<P extends Procedure>(
+    base: string,
     procedure: P,
     body: string,
     key: string | null,
@@ -310,7 +372,7 @@ export class TallyClient {
       throw new AttemptFailure("final", error);
     }
     try {
-      return await this.#send<P>(procedure, body, token, key, signal);
+      return await this.#send<P>(base, procedure, body, token, key, signal);
     } catch (failure) {
       const error = failure instanceof AttemptFailure ? failure.error : failure;
       if (!(error instanceof TallyError && error.code === "token_expired")) throw failure;
@@ -323,22 +385,24 @@ export class TallyClient {
       }
       // Sending the same expired token again would be refused the same way.
       if (fresh === token) throw failure;
-      return this.#send<P>(procedure, body, fresh, key, signal);
+      return this.#send<P>(base, procedure, body, fresh, key, signal);
     }
   }
 
   /**
-   * One POST: the answer of a success, or an AttemptFailure saying how it failed: not sent (no
-   * connection could be made), unknown (no answer in time, or a temporary server fault), or final.
+   * One POST to the server at `base`: the answer of a success, or an AttemptFailure saying how it
+   * failed: not sent (no connection could be made), unknown (no answer in time, or a temporary
+   * server fault), or final.
    */
   async #send<P extends Procedure>(
+    base: string,
     procedure: P,
     body: string,
     token: string | null,
     key: string | null,
     signal: AbortSignal | undefined,
   ): Promise<Procedures[P]["answer"]> {
-    const url = `${this.baseUrl}/rpc/counter.${procedure}`;
+    const url = `${base}/rpc/counter.${procedure}`;
     const headers: Record<string, string> = { "Content-Type": "application/json" };
     if (token !== null) headers["Authorization"] = `Bearer ${token}`;
     if (key !== null) headers["Idempotency-Key"] = key;
@@ -420,9 +484,12 @@ export class TallyClient {
     );
   }
 
-  /** The URL of the socket (`/ws`, protocol version 2), `ws:` or `wss:` as the base URL is. */
-  socketUrl(): string {
-    let base = this.baseUrl;
+  /**
+   * The URL of the socket (`/ws`, protocol version 2) of base URL number `index` (the first by
+   * default), `ws:` or `wss:` as that base URL is.
+   */
+  socketUrl(index = 0): string {
+    let base = this.baseUrls[index] ?? this.baseUrl;
     if (base === "") {
       const location = globalThis.location as Location | undefined;
       if (!location) {

@@ -69,6 +69,8 @@ export class SocketDriver {
   #socketToken: string | null = null;
   /** Bumped when an attempt starts or a socket is dropped, so a late token is not used. */
   #attemptSerial = 0;
+  /** The index of the base URL of the current (or last) attempt, as the machine chose it. */
+  #urlIndex = 0;
   /** Why the current or last connection ended, for the `wait` or `stop` it causes. */
   #reason: TallyWatchError | null = null;
   /** Unsubscribes refused for now (rate limited), by counter, waiting to be sent again. */
@@ -90,6 +92,11 @@ export class SocketDriver {
     this.#timers.clearAll();
     this.#machine = new ReconnectMachine(this.#host.settings.rules);
     this.#reason = null;
+  }
+
+  /** The index in the client's `baseUrls` of the server of the current (or last) attempt. */
+  get urlIndex(): number {
+    return this.#urlIndex;
   }
 
   /** Sends a `call` command on the open socket: its id, or null when none is open. */
@@ -116,6 +123,8 @@ export class SocketDriver {
     switch (action.type) {
       case "connect":
         this.#timers.clear("retry");
+        // The machine counts within the list it was given; `min` only guards the index.
+        this.#urlIndex = Math.min(action.url ?? 0, host.client.baseUrls.length - 1);
         this.#connect();
         break;
       case "close":
@@ -267,7 +276,7 @@ export class SocketDriver {
           "no WebSocket is available here; pass one as the client's WebSocket option",
         );
       }
-      url = client.socketUrl();
+      url = client.socketUrl(this.#urlIndex);
     } catch (cause) {
       this.#cannotConnect(cause);
       return;

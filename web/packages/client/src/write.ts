@@ -101,9 +101,10 @@ export interface RetryOptions {
 }
 
 /**
- * Makes `attempt` until it succeeds or fails for good. A write that never reached a server on its
- * first attempt fails at once (nothing was applied and nothing is there to answer); once one may
- * have been applied, it is sent again with backoff for up to `retryFor`, and refused connections
+ * Makes `attempt` until it succeeds or fails for good. A write that reached no server on its first
+ * attempt is tried at once on each of the `servers` (1 by default; the attempt picks which, and one
+ * that fails moves the next attempt on), and fails once none could be reached: nothing was applied
+ * and nothing is there to answer. Once one may have been applied, it is sent again with backoff for up to `retryFor`, and refused connections
  * then count as "the server is restarting". When it gives up, `undecided` turns the last error into
  * one that names the key. An aborted `signal` rejects with its reason at once, also mid-attempt
  * (`attempt` gets the signal) or mid-delay.
@@ -113,12 +114,15 @@ export async function retrying<T>(
   options: RetryOptions,
   attempt: () => Promise<T>,
   undecided: (error: unknown, key: string) => unknown,
+  servers = 1,
 ): Promise<T> {
   const { signal } = options;
   const backoff = new Backoff(WRITE_BACKOFF, options.random);
   const deadline = Date.now() + options.retryFor;
   let sent = false;
-  for (let step = 0; ; step++) {
+  // Attempts that reached no server, before any did.
+  let unreached = 0;
+  for (let step = 0; ;) {
     signal?.throwIfAborted();
     let error: unknown;
     try {
@@ -126,12 +130,17 @@ export async function retrying<T>(
     } catch (failure) {
       if (!(failure instanceof AttemptFailure)) throw failure;
       if (failure.fate === "final") throw failure.error;
-      if (failure.fate === "notSent" && !sent) throw failure.error;
+      if (failure.fate === "notSent" && !sent) {
+        unreached += 1;
+        if (unreached >= servers) throw failure.error;
+        // Nothing was applied anywhere: the next server at once, with no backoff.
+        continue;
+      }
       if (failure.fate === "unknown") sent = true;
       error = failure.error;
     }
     signal?.throwIfAborted();
-    const delay = backoff.delay(step);
+    const delay = backoff.delay(step++);
     if (Date.now() + delay >= deadline) throw undecided(error, key);
     await sleep(delay, signal);
   }

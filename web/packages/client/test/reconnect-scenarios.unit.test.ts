@@ -45,7 +45,7 @@ type Shapes = Record<string, Record<string, `${FieldType}${"" | "?"}`>>;
 
 /** Every event type and its fields, as `ReconnectEvent` declares them. */
 const EVENT_SHAPES: Shapes = {
-  start: { credentials: "boolean?" },
+  start: { credentials: "boolean?", urls: "number?" },
   subscribe: { name: "string", since: "number?", jumps: "boolean?" },
   unsubscribe: { name: "string" },
   opened: { tokenRefreshMs: "number?" },
@@ -70,7 +70,7 @@ const EVENT_SHAPES: Shapes = {
 
 /** Every action type and its fields, as `ReconnectAction` declares them. */
 const ACTION_SHAPES: Shapes = {
-  connect: {},
+  connect: { url: "number?" },
   close: { why: "why" },
   wait: { minMs: "number", maxMs: "number" },
   timer: { timer: "timer", ms: "number" },
@@ -203,6 +203,7 @@ describe("the shared reconnect scenarios", () => {
       "ended",
       "slow-reader",
       "wake",
+      "rotation",
     ]) {
       expect(rules, `no scenario checks the rule ${rule}`).toContain(rule);
     }
