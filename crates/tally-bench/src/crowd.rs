@@ -27,7 +27,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::cluster::Database;
 use crate::report::{Goal, Report};
-use crate::server::ServerProcess;
+use crate::server::{self, ServerProcess};
 use crate::stats;
 use crate::watchers;
 
@@ -166,6 +166,16 @@ async fn crowd(
     let (mut last, mut last_writer, mut last_others) =
         (stats::histogram(), stats::histogram(), stats::histogram());
     let mut all_received = true;
+    let cpu = |children: &[Watchers]| {
+        let nodes: Duration = servers.iter().filter_map(|node| node.cpu_time().ok()).sum();
+        let watchers: Duration = children
+            .iter()
+            .filter_map(|child| child.child.id())
+            .filter_map(|pid| server::cpu_time_of(pid).ok())
+            .sum();
+        (nodes, watchers)
+    };
+    let (nodes_before, watchers_before) = cpu(&children);
     for update in 1..=sizes.updates {
         let version = update + 1;
         let sent = now_micros();
@@ -192,6 +202,7 @@ async fn crowd(
             stats::record(&mut last_others, max(&slowest[1..]));
         }
     }
+    let (nodes_after, watchers_after) = cpu(&children);
     for child in children {
         child.finish().await?;
     }
@@ -225,6 +236,21 @@ async fn crowd(
             stats::percentiles_ms(&last_others).0,
         );
     }
+    // Over the updates alone: what one delivery costs the nodes, and the watchers' processes.
+    let deliveries = (held as f64 * sizes.updates as f64).max(1.0);
+    let per_delivery = |spent: Duration| spent.as_secs_f64() * 1e6 / deliveries;
+    report.add(
+        "cluster crowd",
+        &case,
+        "nodes CPU µs/delivery",
+        per_delivery(nodes_after.saturating_sub(nodes_before)),
+    );
+    report.add(
+        "cluster crowd",
+        &case,
+        "watcher processes CPU µs/delivery",
+        per_delivery(watchers_after.saturating_sub(watchers_before)),
+    );
     let mut total_growth = 0;
     for (index, ((before, after), watchers)) in
         memory_before.iter().zip(&memory_after).zip(&per_node).enumerate()

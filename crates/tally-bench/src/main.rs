@@ -259,6 +259,10 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         (None, None) => Some(server::sibling_tally()?),
     };
     let mut report = Report::default();
+    // Other work on the machine at the start (its 1-minute load average), and then the steal.
+    if let Some(load) = machine::load_average() {
+        report.add("machine", "at the start", "load average (1 min)", load);
+    }
     // What was measured before a failure is still printed.
     let cpu_before = machine::CpuTimes::now();
     // `--cluster` alone runs only the cluster; `--quick` runs everything, a 2-node cluster too.
