@@ -53,7 +53,20 @@ pub(crate) async fn run(
     duration: Duration,
     progress: &ProgressBar,
 ) -> anyhow::Result<LoadResult> {
-    let addr = base.trim_start_matches("http://").to_owned();
+    run_over(&[base], request, clients, duration, progress).await
+}
+
+/// [`run`] against several servers (the nodes of a cluster): client `i` talks to
+/// `bases[i % bases.len()]`, so the clients are spread round-robin.
+pub(crate) async fn run_over(
+    bases: &[&str],
+    request: &Request,
+    clients: usize,
+    duration: Duration,
+    progress: &ProgressBar,
+) -> anyhow::Result<LoadResult> {
+    anyhow::ensure!(!bases.is_empty(), "a load needs at least one server");
+    let addrs: Vec<&str> = bases.iter().map(|base| base.trim_start_matches("http://")).collect();
     let started = Instant::now();
     let deadline = started + duration;
     // Every request body is built before the clock starts, so the clients' loop (which shares
@@ -74,7 +87,7 @@ pub(crate) async fn run(
         // One HTTP/1.1 connection per client, kept alive, one request at a time, as separate
         // users would. hyper's client connection directly: a full-featured client (pooling,
         // redirects, …) costs the shared CPUs more than the server's own work.
-        let connection = Connection::open(&addr).await?;
+        let connection = Connection::open(addrs[client % addrs.len()]).await?;
         let bodies = Arc::clone(&bodies);
         tasks.push(tokio::spawn(async move {
             let mut connection = connection;

@@ -40,6 +40,11 @@ fn slab_of(meminfo: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The 1-minute load average (`/proc/loadavg`): how many tasks wanted a CPU, on average.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// The cumulative CPU time counters of all CPUs, from `/proc/stat` (in clock ticks).
 pub(crate) struct CpuTimes {
     total: u64,

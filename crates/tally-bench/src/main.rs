@@ -5,7 +5,9 @@
 //! a fresh database, unless `--url` points at a running server.
 
 mod calls;
+mod cluster;
 mod conflation;
+mod crowd;
 mod load;
 mod machine;
 mod memory;
@@ -75,6 +77,37 @@ struct Args {
     /// Print the figures as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Compare N `tally serve` nodes on one PostgreSQL database with one node on PostgreSQL and
+    /// the single SQLite node (each on a fresh database): the hot counter and the spread
+    /// counters with the clients spread over the nodes, a write on one node to watchers on the
+    /// others, CPU per 1 000 operations by each node and by PostgreSQL. Other scenarios then run
+    /// only when named in --only. `--quick` runs this with 2 nodes, briefly.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    cluster: Option<u16>,
+    /// With --cluster: instead of the comparison, W watchers of one counter spread over the N
+    /// nodes, held by child processes of this program (the open-file limit caps each process),
+    /// and one write at a time on the first node: the time until the last watcher has it, and
+    /// each node's memory per watcher.
+    #[arg(long, value_name = "W", requires = "cluster")]
+    watchers: Option<usize>,
+    /// Watcher sockets each child process of --watchers holds at most.
+    #[arg(long, default_value_t = 17_000, value_name = "N")]
+    watchers_per_process: usize,
+    /// Writes the crowd of --watchers waits for, one at a time.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    watcher_updates: u64,
+    /// The PostgreSQL server for --cluster, as the URL of a database to connect to while the
+    /// benchmark creates (and afterwards drops) a fresh database for each run.
+    #[arg(
+        long,
+        env = "TALLY_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1/postgres",
+        value_name = "URL"
+    )]
+    postgres: String,
+    /// Internal: run as one of the child processes holding --watchers (a JSON spec).
+    #[arg(long, hide = true, value_name = "JSON")]
+    crowd_child: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,6 +160,8 @@ struct Plan {
     presence: (usize, Duration, usize),
     /// Sequential `getPresence` (and `getValue`) calls.
     presence_calls: usize,
+    /// The cluster comparison.
+    cluster: cluster::Sizes,
 }
 
 impl Plan {
@@ -135,6 +170,7 @@ impl Plan {
         if !args.clients.is_empty() {
             plan.hot_clients.clone_from(&args.clients);
             plan.call_clients.clone_from(&args.clients);
+            plan.cluster.clients = args.clients[0];
         }
         plan
     }
@@ -158,6 +194,13 @@ impl Plan {
                 max_rate: 10.0,
                 presence: (50, Duration::from_millis(300), 5),
                 presence_calls: 20,
+                cluster: cluster::Sizes {
+                    seconds: Duration::from_secs(args.seconds.unwrap_or(1)),
+                    clients: 4,
+                    spread_counters: 100,
+                    watchers: 4,
+                    updates: 3,
+                },
             }
         } else {
             Plan {
@@ -177,6 +220,13 @@ impl Plan {
                 max_rate: 10.0,
                 presence: (10_000, Duration::from_secs(3), 100),
                 presence_calls: 500,
+                cluster: cluster::Sizes {
+                    seconds: Duration::from_secs(args.seconds.unwrap_or(10)),
+                    clients: 32,
+                    spread_counters: 10_000,
+                    watchers: 100,
+                    updates: 50,
+                },
             }
         }
     }
@@ -198,6 +248,9 @@ fn main() -> std::process::ExitCode {
 
 #[tokio::main]
 async fn run(args: &Args) -> anyhow::Result<()> {
+    if let Some(spec) = &args.crowd_child {
+        return crowd::child(spec).await;
+    }
     raise_file_limit();
     let plan = Plan::new(args);
     let binary = match (&args.url, &args.tally) {
@@ -205,7 +258,88 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         (None, Some(path)) => Some(path.clone()),
         (None, None) => Some(server::sibling_tally()?),
     };
-    let process = match &binary {
+    let mut report = Report::default();
+    // Other work on the machine at the start (its 1-minute load average), and then the steal.
+    if let Some(load) = machine::load_average() {
+        report.add("machine", "at the start", "load average (1 min)", load);
+    }
+    // What was measured before a failure is still printed.
+    let cpu_before = machine::CpuTimes::now();
+    // `--cluster` alone runs only the cluster; `--quick` runs everything, a 2-node cluster too.
+    let cluster_only = args.cluster.is_some() && args.only.is_empty();
+    let mut outcome = if cluster_only {
+        Ok(())
+    } else {
+        single(args, &plan, binary.as_deref(), &mut report).await
+    };
+    if outcome.is_ok() {
+        outcome = cluster(args, &plan, binary.as_deref(), &mut report).await;
+    }
+    if let (Some(before), Some(after)) = (cpu_before, machine::CpuTimes::now()) {
+        // On a shared virtual machine the host may take CPU time away; a run with much steal
+        // is not comparable with one without.
+        report.add("machine", "whole run", "cpu steal %", after.steal_percent_since(&before));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.figures)?);
+    } else {
+        println!("{}", report.table());
+    }
+    outcome
+}
+
+/// The cluster scenarios, when asked for (`--cluster`, or briefly with `--quick`).
+async fn cluster(
+    args: &Args,
+    plan: &Plan,
+    binary: Option<&std::path::Path>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let Some(nodes) = args.cluster.or(args.quick.then_some(2)) else { return Ok(()) };
+    let nodes = usize::from(nodes);
+    let Some(binary) = binary else {
+        eprintln!("cluster: skipped (it starts its own nodes, so not with --url)");
+        return Ok(());
+    };
+    if let Err(error) = cluster::reachable(&args.postgres).await {
+        // CI's smoke run exercises the cluster where PostgreSQL is there, and says so where not.
+        if args.cluster.is_none() {
+            eprintln!("cluster: skipped: {error:#} (scripts/ensure-postgres.sh starts one)");
+            report.add("cluster", &format!("nodes={nodes}"), "skipped: no PostgreSQL", 0.0);
+            return Ok(());
+        }
+        return Err(error);
+    }
+    let crowd = |watchers: usize, per_process: usize, updates: u64| crowd::Sizes {
+        watchers,
+        per_process,
+        updates,
+    };
+    match (args.watchers, args.quick) {
+        (Some(watchers), _) => {
+            let sizes = crowd(watchers, args.watchers_per_process, args.watcher_updates);
+            crowd::run(binary, &args.postgres, nodes, &sizes, report).await
+        }
+        (None, quick) => {
+            cluster::compare(binary, &args.postgres, nodes, &plan.cluster, report).await?;
+            if quick {
+                // The crowd's child processes, two of them, a few watchers each.
+                let sizes = crowd(40, 20, 2);
+                crowd::run(binary, &args.postgres, nodes, &sizes, report).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The scenarios of one server (all but the cluster's).
+async fn single(
+    args: &Args,
+    plan: &Plan,
+    binary: Option<&std::path::Path>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let process = match binary {
         Some(binary) => {
             let mut flags = vec!["--idle-timeout", BENCH_IDLE_TIMEOUT];
             flags.extend(unlimited_socket_flags(binary));
@@ -223,7 +357,6 @@ async fn run(args: &Args) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("{base} must be http://IP:PORT"))?;
     let client = Client::new(&base)?;
-    let mut report = Report::default();
     eprintln!("benchmarking {base}");
     if let Some(process) = &process {
         // Beside the database, before the load: what one fsync costs on this disk today.
@@ -237,23 +370,9 @@ async fn run(args: &Args) -> anyhow::Result<()> {
             Err(error) => eprintln!("note: cannot time the disk's sync: {error}"),
         }
     }
-    // What was measured before a failure is still printed.
-    let cpu_before = machine::CpuTimes::now();
     let cpu = || process.as_ref().and_then(|process| process.cpu_time().ok());
-    let target =
-        Target { base: &base, addr, client: &client, binary: binary.as_deref(), cpu: &cpu };
-    let outcome = scenarios(args, &plan, &target, &mut report).await;
-    if let (Some(before), Some(after)) = (cpu_before, machine::CpuTimes::now()) {
-        // On a shared virtual machine the host may take CPU time away; a run with much steal
-        // is not comparable with one without.
-        report.add("machine", "whole run", "cpu steal %", after.steal_percent_since(&before));
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.figures)?);
-    } else {
-        println!("{}", report.table());
-    }
-    outcome
+    let target = Target { base: &base, addr, client: &client, binary, cpu: &cpu };
+    scenarios(args, plan, &target, report).await
 }
 
 /// The server under test.

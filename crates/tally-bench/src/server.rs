@@ -29,17 +29,32 @@ impl ServerProcess {
         &self.dir
     }
 
-    /// Starts `binary serve` with `extra` flags and waits for its start line.
+    /// Starts `binary serve` with `extra` flags on a fresh SQLite database and waits for its
+    /// start line.
     pub(crate) fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_on(binary, None, extra)
+    }
+
+    /// [`start`](Self::start) on `database` (a PostgreSQL URL that other nodes may share), or on
+    /// a fresh SQLite file when `None`.
+    pub(crate) fn start_on(
+        binary: &Path,
+        database: Option<&str>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "tally-bench-{}-{}",
             std::process::id(),
             fastrand::u32(..)
         ));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let database = match database {
+            Some(url) => std::ffi::OsString::from(url),
+            None => dir.join("bench.db").into_os_string(),
+        };
         let mut child = Command::new(binary)
             .args(["serve", "--listen", "127.0.0.1:0", "--database"])
-            .arg(dir.join("bench.db"))
+            .arg(database)
             .args(extra)
             .env("RUST_LOG", "warn,tally=info")
             .stdin(Stdio::null())
@@ -107,9 +122,18 @@ const USER_HZ: u64 = 100;
 pub(crate) fn cpu_time_of(pid: u32) -> anyhow::Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    cpu_ticks(&text)
-        .map(|ticks| Duration::from_millis(ticks * 1000 / USER_HZ))
-        .with_context(|| format!("unexpected {path}: {text:?}"))
+    cpu_ticks(&text).map(ticks_to_duration).with_context(|| format!("unexpected {path}: {text:?}"))
+}
+
+/// The command name (field 2) and utime + stime of a `/proc/PID/stat` line.
+pub(crate) fn comm_and_ticks(stat: &str) -> Option<(&str, u64)> {
+    let name = stat.get(stat.find('(')? + 1..stat.rfind(')')?)?;
+    Some((name, cpu_ticks(stat)?))
+}
+
+/// CPU ticks (`USER_HZ`) as a duration.
+pub(crate) fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_millis(ticks * 1000 / USER_HZ)
 }
 
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2) is
@@ -187,7 +211,7 @@ pub(crate) async fn metric(
 
 #[cfg(test)]
 mod tests {
-    use super::cpu_ticks;
+    use super::{comm_and_ticks, cpu_ticks};
 
     #[test]
     fn cpu_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
@@ -195,5 +219,6 @@ mod tests {
                     123 456 789";
         assert_eq!(cpu_ticks(stat), Some(1000));
         assert_eq!(cpu_ticks("4242 (tally) S 1"), None);
+        assert_eq!(comm_and_ticks(stat), Some(("tally serve", 1000)));
     }
 }

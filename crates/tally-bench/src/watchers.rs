@@ -31,6 +31,18 @@ pub(crate) type Socket = WebSocketStream<TcpStream>;
 /// address, so ports of earlier scenarios (still in TIME_WAIT) are never needed again.
 static OPENED: AtomicUsize = AtomicUsize::new(0);
 
+/// Makes the watcher connections of this process start at source address
+/// 127.0.0.(2 + `first_address`): the bench's child processes (a cluster's crowd of watchers)
+/// each take addresses of their own, so that none runs short of ephemeral ports.
+pub(crate) fn first_source_address(first_address: usize) {
+    OPENED.store(first_address * PER_SOURCE_ADDRESS, Ordering::Relaxed);
+}
+
+/// Source addresses needed for `connections` watcher connections.
+pub(crate) fn source_addresses_for(connections: usize) -> usize {
+    connections.div_ceil(PER_SOURCE_ADDRESS)
+}
+
 /// Opens a v1 watcher of counter `name` (see [`connect_to`]).
 pub(crate) async fn connect(server: SocketAddr, name: &str) -> anyhow::Result<Socket> {
     connect_to(server, &format!("/ws/counter/{name}")).await
@@ -106,12 +118,26 @@ pub(crate) async fn open_many(
     count: usize,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<(usize, Socket)>> {
+    open_many_over(&[server], prefix, counters, count, progress).await
+}
+
+/// [`open_many`] over several servers (the nodes of a cluster): watcher `i` goes to
+/// `servers[i % servers.len()]`.
+pub(crate) async fn open_many_over(
+    servers: &[SocketAddr],
+    prefix: &str,
+    counters: usize,
+    count: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<Vec<(usize, Socket)>> {
+    anyhow::ensure!(!servers.is_empty(), "watchers need at least one server");
     let parallel = 64;
     let mut sockets = Vec::with_capacity(count);
     let mut pending = futures_util::stream::iter(0..count)
         .map(|index| {
             let counter = index % counters;
             let name = format!("{prefix}-{counter}");
+            let server = servers[index % servers.len()];
             async move {
                 let mut socket = connect(server, &name).await?;
                 snapshot(&mut socket).await?;
@@ -165,11 +191,23 @@ pub(crate) async fn fanout(
     updates: u64,
     progress: &ProgressBar,
 ) -> anyhow::Result<Fanout> {
+    fanout_over(writer, &[server], watchers, updates, progress).await
+}
+
+/// [`fanout`] with the watchers spread over `servers`, which need not include the writer's: in
+/// a cluster, the time from a write on one node to the watchers on the others.
+pub(crate) async fn fanout_over(
+    writer: Writer<'_>,
+    servers: &[SocketAddr],
+    watchers: usize,
+    updates: u64,
+    progress: &ProgressBar,
+) -> anyhow::Result<Fanout> {
     let prefix = format!("fanout{}", fastrand::u32(..));
     let name = format!("{prefix}-0");
     // The counter starts at version 1, as the reference's snapshot says.
     writer.write(&name, 1).await.context("creating the counter")?;
-    let sockets = open_many(server, &prefix, 1, watchers, progress).await?;
+    let sockets = open_many_over(servers, &prefix, 1, watchers, progress).await?;
     let received: Arc<Vec<AtomicUsize>> =
         Arc::new((0..=updates).map(|_| AtomicUsize::new(0)).collect());
     let mut tasks = Vec::with_capacity(watchers);
