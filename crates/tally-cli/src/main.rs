@@ -63,7 +63,7 @@ enum Command {
     /// this is for deploys that migrate first). Safe beside running nodes: migrations take a
     /// lock, and each is applied once.
     Migrate {
-        /// The PostgreSQL database (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE).
+        /// The PostgreSQL database (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`).
         #[arg(long, env = "TALLY_DATABASE", value_name = "URL")]
         database: String,
     },

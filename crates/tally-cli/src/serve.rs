@@ -20,9 +20,9 @@ pub(crate) struct ServeArgs {
     listen: String,
 
     /// Where counters are stored: a SQLite file, created if missing (a `.lock` file sits beside
-    /// it), or a PostgreSQL URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE), which any
-    /// number of nodes may share (docs/CLUSTER.md). A URL's password is better given in
-    /// PGPASSWORD-free form through TALLY_DATABASE than as a flag, which `ps` shows.
+    /// it), or a PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`), which any
+    /// number of nodes may share (docs/CLUSTER.md). Give a URL with a password through
+    /// TALLY_DATABASE rather than as a flag, which `ps` shows.
     #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH|URL")]
     pub(crate) database: String,
 

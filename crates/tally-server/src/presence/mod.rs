@@ -8,7 +8,7 @@
 //!
 //! - [`LocalPresence`], for a node of its own (SQLite): the counts announced are the node's
 //!   own, exactly as the topics count them.
-//! - [`SharedPresence`] over a backend (the PostgreSQL one is [`postgres::PostgresPresence`]),
+//! - `SharedPresence` over a backend (the PostgreSQL one is [`postgres::PostgresPresence`]),
 //!   for nodes sharing one database: each tick makes one exchange with the backend, which
 //!   stores this node's heartbeat and the counts that changed since the last exchange, and
 //!   answers, for the counters this node watches (those whose sums may have changed), the
@@ -70,7 +70,7 @@ impl WatchedTopic {
 #[async_trait]
 pub trait PresenceManager: Send + Sync + 'static {
     /// Announces the presence of each watched counter that changed (see
-    /// [`Topic::tick_presence`]); the registry calls it once a second with every counter that
+    /// `Topic::tick_presence`); the registry calls it once a second with every counter that
     /// has a topic on this node.
     async fn tick(&self, watched: Vec<WatchedTopic>);
 
@@ -148,7 +148,7 @@ pub(crate) struct SharedPresence<B> {
     state: tokio::sync::Mutex<State>,
 }
 
-/// What a [`SharedPresence`] remembers from one tick to the next.
+/// What a `SharedPresence` remembers from one tick to the next.
 #[derive(Default)]
 struct State {
     /// What the backend holds of this node's counts, as far as this node knows, with the tick

@@ -15,8 +15,8 @@
 //! versions it saw then), the counters it started watching, and all of them when the live
 //! nodes are not those it saw (one came, left, expired or started over). A quiet cluster
 //! then costs each node a few index lookups a second, not one per watched counter. A count that
-//! drops to zero stays as a zero row for [`ZEROS_KEPT`], so that others see it change; a node
-//! that has not heard from the others for [`FULL_AFTER`] reads everything again.
+//! drops to zero stays as a zero row for `ZEROS_KEPT`, so that others see it change; a node
+//! that has not heard from the others for `FULL_AFTER` reads everything again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -37,11 +37,11 @@ use super::{
 /// How long a zero count is kept before its node deletes it.
 const ZEROS_KEPT: Duration = Duration::from_secs(60);
 /// A node that has not exchanged for this long reads every sum again: zero counts it never saw
-/// may have been deleted meanwhile. Well within [`ZEROS_KEPT`].
+/// may have been deleted meanwhile. Well within `ZEROS_KEPT`.
 const FULL_AFTER: Duration = Duration::from_secs(20);
 
 /// The exchange of one tick. `$1` the node; `$2..$4` its shares; `$5` the counters it watches;
-/// `$6` the expiry and `$7` [`ZEROS_KEPT`] in milliseconds; `$8, $9` the other live nodes and
+/// `$6` the expiry and `$7` `ZEROS_KEPT` in milliseconds; `$8, $9` the other live nodes and
 /// their versions as it saw them at its last exchange; `$10` whether to read every sum;
 /// `$11` the counters it started watching since. Rows: kind 0, one, says whether the node's
 /// heartbeat row had to be made (it is new, or its share expired and was swept) and whether
