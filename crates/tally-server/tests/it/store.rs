@@ -59,10 +59,13 @@ impl TestStore {
     }
 
     /// Closes the store and opens its storage again, as a restarted server would.
-    async fn reopen(mut self) -> Self {
-        self.store.close().await;
-        self.store = Self::open_on(&self.folder, self.database.as_ref(), self.options).await;
-        self
+    async fn reopen(self) -> Self {
+        let Self { store, folder, database, options } = self;
+        store.close().await;
+        // Dropped first: a SQLite store holds its file's lock until it is gone.
+        drop(store);
+        let store = Self::open_on(&folder, database.as_ref(), options).await;
+        Self { store, folder, database, options }
     }
 
     /// How many idempotency records storage holds, read beside the store as another program
