@@ -31,8 +31,10 @@ async fn an_idle_counter_hibernates_and_wakes_with_the_right_state() {
     let loads = server.metric("tally_counter_loads_total").await;
     if crate::harness::POSTGRES {
         // A shared store is read again for the watch's snapshot too (another node may have
-        // written), and once more if the node's first LISTEN came after the first write.
-        assert!((3.0..=4.0).contains(&loads), "{loads} loads");
+        // written), and again for each word from the broker that the counter may be behind
+        // (its first LISTEN, which can come after the first write), so at least the two of one
+        // node plus the snapshot's.
+        assert!(loads >= 3.0, "{loads} loads");
     } else {
         assert_eq!(loads, 2.0);
     }
