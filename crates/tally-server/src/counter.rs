@@ -522,14 +522,16 @@ impl CounterActor {
 
     /// Reads the counter and the idempotency keys to remember from storage, the truth.
     async fn reload(&mut self) -> Result<(), StoreError> {
-        let retention =
-            Retention { since_ms: self.keys.cutoff(clock::now_ms()), limit: self.keys.limit() };
-        let (state, records) = match self.store.load(&self.name, retention).await? {
-            Some(loaded) => (CounterState::from_record(loaded.record), loaded.idempotency),
-            None => (CounterState::default(), Vec::new()),
-        };
-        self.state = state;
-        self.keys.load(records);
+        if !self.unchanged_in_storage().await? {
+            let retention =
+                Retention { since_ms: self.keys.cutoff(clock::now_ms()), limit: self.keys.limit() };
+            let (state, records) = match self.store.load(&self.name, retention).await? {
+                Some(loaded) => (CounterState::from_record(loaded.record), loaded.idempotency),
+                None => (CounterState::default(), Vec::new()),
+            };
+            self.state = state;
+            self.keys.load(records);
+        }
         self.tip = (self.state.value, self.state.version);
         self.reload = false;
         self.failure = None;
@@ -557,6 +559,21 @@ impl CounterActor {
         }
         tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
         Ok(())
+    }
+
+    /// Whether storage still holds the counter at the version this actor knows (a shared store
+    /// only, where reads and watches reload the counter): then its idempotency records are the
+    /// ones in memory too, since only a commit changes them, and the read costs one row instead
+    /// of up to `--idempotency-keys` of them.
+    async fn unchanged_in_storage(&mut self) -> Result<bool, StoreError> {
+        let Some(id) = self.state.id.filter(|_| self.shared) else { return Ok(false) };
+        match self.store.load_record(&self.name).await? {
+            Some(record) if record.id == id && record.version == self.state.version => {
+                self.state = CounterState::from_record(record);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Publishes what other nodes committed since the topic's latest update, read from

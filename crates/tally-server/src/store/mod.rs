@@ -290,6 +290,16 @@ pub trait Store: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<Option<LoadedCounter>, StoreError>;
 
+    /// The stored counter named `name` without its idempotency records; `None` if it was never
+    /// written.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    async fn load_record(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError> {
+        let none = Retention { since_ms: i64::MAX, limit: 0 };
+        Ok(self.load(name, none).await?.map(|loaded| loaded.record))
+    }
+
     /// Queues `batch` to be committed durably (on disk, synced) after every batch queued before
     /// it, and returns as soon as it is queued. The returned [`Committing`] resolves to the
     /// counter's storage id once the batch is committed. A counter may have several batches

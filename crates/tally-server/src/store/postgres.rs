@@ -725,6 +725,28 @@ async fn commit_group(
         .collect())
 }
 
+/// The row of counter `name`, read on `client`.
+async fn counter_record(
+    client: &deadpool_postgres::ClientWrapper,
+    name: &CounterName,
+) -> Result<Option<CounterRecord>, StoreError> {
+    let statement = client
+        .prepare_cached(
+            "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = $1",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&statement, &[&name.as_str()]).await? else {
+        return Ok(None);
+    };
+    Ok(Some(CounterRecord {
+        id: row.try_get(0)?,
+        value: row.try_get(1)?,
+        version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+        created_at_ms: row.try_get(3)?,
+        updated_at_ms: row.try_get(4)?,
+    }))
+}
+
 fn history_row(row: &Row) -> Result<HistoryRecord, StoreError> {
     let kind: String = row.try_get(1)?;
     Ok(HistoryRecord {
@@ -761,30 +783,17 @@ const HISTORY_COLUMNS: &str =
 
 #[async_trait]
 impl Store for PostgresStore {
+    async fn load_record(&self, name: &CounterName) -> Result<Option<CounterRecord>, StoreError> {
+        counter_record(&*self.reader().await?, name).await
+    }
+
     async fn load(
         &self,
         name: &CounterName,
         retention: Retention,
     ) -> Result<Option<LoadedCounter>, StoreError> {
         let client = self.reader().await?;
-        let row = client
-            .query_opt(
-                &client
-                    .prepare_cached(
-                        "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = $1",
-                    )
-                    .await?,
-                &[&name.as_str()],
-            )
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let record = CounterRecord {
-            id: row.try_get(0)?,
-            value: row.try_get(1)?,
-            version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
-            created_at_ms: row.try_get(3)?,
-            updated_at_ms: row.try_get(4)?,
-        };
+        let Some(record) = counter_record(&client, name).await? else { return Ok(None) };
         // Records up to the version read only, so they match the counter as loaded even when
         // another node commits in between.
         let limit = i64::try_from(retention.limit).unwrap_or(i64::MAX);
