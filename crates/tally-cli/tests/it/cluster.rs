@@ -6,12 +6,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde_json::json;
 
-use crate::fleet::{Cluster, Watcher, Writes, check_counter, wait_for_writes, write_keyed};
+use crate::fleet::{Cluster, Load, Watcher, Writes, check_counter, wait_for_writes};
 
 const COUNTERS: [&str; 2] = ["hits", "misses"];
 const WRITERS: usize = 6;
@@ -44,45 +44,15 @@ async fn stop_one_node_under_load(signal: &str) {
     let started = Instant::now();
     let mut cluster = Cluster::start(3).await;
     let addrs = cluster.addrs();
-    let mut watchers = Vec::new();
-    for home in 0..addrs.len() {
-        for counter in COUNTERS {
-            watchers.push(Watcher::start(counter, addrs.clone(), home).await);
-        }
-    }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(Writes::default());
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_keyed(
-                addrs.clone(),
-                writer % addrs.len(),
-                COUNTERS[writer % COUNTERS.len()].to_owned(),
-                format!("writer{writer}"),
-                Arc::clone(&stop),
-                Arc::clone(&writes),
-            ))
-        })
-        .collect();
+    let load = Load::start(&addrs, &COUNTERS, WRITERS).await;
+    let writes = Arc::clone(&load.writes);
     wait_for_writes(&writes, WRITES_BEFORE_KILL).await;
     let killed = addrs[0];
     cluster.nodes[0].signal(signal);
     cluster.nodes[0].wait();
     let at_kill = writes.count();
     wait_for_writes(&writes, at_kill + WRITES_AFTER_KILL).await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    let wrong = writes.wrong.lock().expect("lock").clone();
-    assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
-    let false_refusals = writes.false_refusals.lock().expect("lock").clone();
-    assert!(
-        false_refusals.is_empty(),
-        "{} writes were answered \"nothing was stored\" yet stored: {false_refusals:?}",
-        false_refusals.len()
-    );
+    let (watchers, writes) = load.stop_writers().await;
     let moved = writes.moved.load(Ordering::Relaxed);
     assert!(moved > 0, "no write in flight at the kill was retried on another node");
 

@@ -309,6 +309,61 @@ impl Writes {
     }
 }
 
+/// The load the stop-something-under-it tests share: watchers of each counter on every node,
+/// and keyed writers spread over the nodes and the counters.
+pub(crate) struct Load {
+    pub(crate) watchers: Vec<Watcher>,
+    pub(crate) writes: Arc<Writes>,
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    /// Starts the watchers (each subscribed before any write), then `writers` writers.
+    pub(crate) async fn start(nodes: &[SocketAddr], counters: &[&str], writers: usize) -> Self {
+        let mut watchers = Vec::new();
+        for home in 0..nodes.len() {
+            for counter in counters {
+                watchers.push(Watcher::start(counter, nodes.to_vec(), home).await);
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(Writes::default());
+        let writers = (0..writers)
+            .map(|writer| {
+                tokio::spawn(write_keyed(
+                    nodes.to_vec(),
+                    writer % nodes.len(),
+                    counters[writer % counters.len()].to_owned(),
+                    format!("writer{writer}"),
+                    Arc::clone(&stop),
+                    Arc::clone(&writes),
+                ))
+            })
+            .collect();
+        Self { watchers, writes, writers, stop }
+    }
+
+    /// Stops the writers, waits for them, and checks that no write was answered wrongly or
+    /// refused as "nothing was stored" when it was stored; hands back the watchers to finish.
+    pub(crate) async fn stop_writers(self) -> (Vec<Watcher>, Arc<Writes>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for writer in self.writers {
+            writer.await.expect("writer");
+        }
+        let writes = self.writes;
+        let wrong = writes.wrong.lock().expect("lock").clone();
+        assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
+        let false_refusals = writes.false_refusals.lock().expect("lock").clone();
+        assert!(
+            false_refusals.is_empty(),
+            "{} writes were answered \"nothing was stored\" yet stored: {false_refusals:?}",
+            false_refusals.len()
+        );
+        (self.watchers, writes)
+    }
+}
+
 /// Sends keyed increments of `counter` to `nodes[at]`, one after another, until `stop`; each
 /// is sent again with its key until it is answered 200: to the same node after a temporary
 /// refusal, to the next node when there was no answer.

@@ -2,7 +2,8 @@
 //! `postgres`, 127.0.0.1:5432), with a fresh database for each test.
 //!
 //! A cluster test must never pass by not running: when PostgreSQL cannot be reached, the setup
-//! starts it with `pg_ctlcluster`, and if it still cannot be reached the test fails, saying why.
+//! starts it with `scripts/ensure-postgres.sh`, and if it still cannot be reached the test
+//! fails, saying why.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -50,45 +51,26 @@ impl Drop for TestDatabase {
 /// it; panics with what was tried when it still does not.
 pub(crate) fn ensure_running() {
     let Err(first) = admin("SELECT 1") else { return };
-    let started = pg_ctlcluster("start");
-    let deadline = Instant::now() + START_PATIENCE;
-    loop {
-        match admin("SELECT 1") {
-            Ok(()) => return,
-            Err(error) if Instant::now() >= deadline => panic!(
-                "PostgreSQL is unreachable at {SERVER} ({first}); `pg_ctlcluster {} main start` said {started}; still unreachable after {START_PATIENCE:?}: {error}. Cluster tests need it: install PostgreSQL or start it (scripts/ensure-postgres.sh).",
-                version()
-            ),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
-/// Runs `pg_ctlcluster VERSION main ACTION` (start, restart, …) and says how it went.
-pub(crate) fn pg_ctlcluster(action: &str) -> String {
-    let output = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version(), "main", action])
-        .output();
-    match output {
+    // The project's one way of starting this machine's PostgreSQL, as CI and the server's
+    // tests use it.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/ensure-postgres.sh");
+    let started = match Command::new("bash").arg(script).output() {
         Ok(output) => format!(
             "{} ({})",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim().replace('\n', "; ")
         ),
         Err(error) => format!("not run: {error}"),
-    }
-}
-
-/// The installed PostgreSQL's major version: the one directory in /etc/postgresql.
-fn version() -> String {
-    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
-        .map(|entries| {
-            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into()).collect()
-        })
-        .unwrap_or_default();
-    match versions.as_slice() {
-        [one] => one.clone(),
-        other => panic!("expected one PostgreSQL version in /etc/postgresql, found {other:?}"),
+    };
+    let deadline = Instant::now() + START_PATIENCE;
+    loop {
+        match admin("SELECT 1") {
+            Ok(()) => return,
+            Err(error) if Instant::now() >= deadline => panic!(
+                "PostgreSQL is unreachable at {SERVER} ({first}); scripts/ensure-postgres.sh said {started}; still unreachable after {START_PATIENCE:?}: {error}. Cluster tests need it: install PostgreSQL or start it."
+            ),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 

@@ -14,11 +14,12 @@ mod postgres;
 #[path = "../it/process.rs"]
 mod process;
 
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use fleet::{Cluster, Watcher, Writes, check_counter, wait_for_writes, write_keyed};
+use fleet::{Cluster, Load, check_counter, wait_for_writes};
 
 const COUNTERS: [&str; 2] = ["load", "spare"];
 const WRITERS: usize = 6;
@@ -61,49 +62,20 @@ async fn restarting_postgresql_under_load_acknowledges_nothing_falsely_and_every
     let cluster = Cluster::start(3).await;
     refuse_if_others_use_postgresql(&cluster.database.name).await;
     let addrs = cluster.addrs();
-    let mut watchers = Vec::new();
-    for home in 0..addrs.len() {
-        for counter in COUNTERS {
-            watchers.push(Watcher::start(counter, addrs.clone(), home).await);
-        }
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let writes = Arc::new(Writes::default());
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|writer| {
-            tokio::spawn(write_keyed(
-                addrs.clone(),
-                writer % addrs.len(),
-                COUNTERS[writer % COUNTERS.len()].to_owned(),
-                format!("writer{writer}"),
-                Arc::clone(&stop),
-                Arc::clone(&writes),
-            ))
-        })
-        .collect();
+    let load = Load::start(&addrs, &COUNTERS, WRITERS).await;
+    let writes = Arc::clone(&load.writes);
     wait_for_writes(&writes, WRITES_BEFORE).await;
     let before = writes.count();
     let restart_started = Instant::now();
     let restarted =
-        tokio::task::spawn_blocking(|| postgres::pg_ctlcluster("restart")).await.expect("restart");
+        tokio::task::spawn_blocking(|| pg_ctlcluster("restart")).await.expect("restart");
     assert!(restarted.starts_with("exit status: 0"), "pg_ctlcluster restart: {restarted}");
     let restart_took = restart_started.elapsed();
     let during = writes.count() - before;
     tokio::task::spawn_blocking(postgres::ensure_running).await.expect("PostgreSQL is back");
     let after_restart = writes.count();
     wait_for_writes(&writes, after_restart + WRITES_AFTER).await;
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        writer.await.expect("writer");
-    }
-    let wrong = writes.wrong.lock().expect("lock").clone();
-    assert!(wrong.is_empty(), "writes answered wrongly: {wrong:?}");
-    let false_refusals = writes.false_refusals.lock().expect("lock").clone();
-    assert!(
-        false_refusals.is_empty(),
-        "{} writes were answered \"nothing was stored\" yet stored: {false_refusals:?}",
-        false_refusals.len()
-    );
+    let (watchers, writes) = load.stop_writers().await;
     let retried = writes.retried.load(Ordering::Relaxed);
     assert!(retried > 0, "no write was refused or lost in the restart: it proved nothing");
 
@@ -128,4 +100,32 @@ async fn restarting_postgresql_under_load_acknowledges_nothing_falsely_and_every
         writes.count(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Runs `pg_ctlcluster VERSION main ACTION` (start, restart, …) and says how it went.
+pub(crate) fn pg_ctlcluster(action: &str) -> String {
+    let output = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version(), "main", action])
+        .output();
+    match output {
+        Ok(output) => format!(
+            "{} ({})",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim().replace('\n', "; ")
+        ),
+        Err(error) => format!("not run: {error}"),
+    }
+}
+
+/// The installed PostgreSQL's major version: the one directory in /etc/postgresql.
+fn version() -> String {
+    let versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
+        .map(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into()).collect()
+        })
+        .unwrap_or_default();
+    match versions.as_slice() {
+        [one] => one.clone(),
+        other => panic!("expected one PostgreSQL version in /etc/postgresql, found {other:?}"),
+    }
 }
