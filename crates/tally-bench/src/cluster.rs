@@ -223,6 +223,24 @@ pub(crate) async fn compare(
     Ok(())
 }
 
+/// Runs `request` from `clients` clients spread over `nodes` for the measurement's seconds,
+/// and what the nodes and PostgreSQL spent meanwhile.
+async fn run_load(
+    nodes: &[ServerProcess],
+    postgres: Option<&str>,
+    request: &Request,
+    clients: usize,
+    sizes: &Sizes,
+    progress: &indicatif::ProgressBar,
+) -> anyhow::Result<(load::LoadResult, Spent)> {
+    let bases: Vec<&str> = nodes.iter().map(|node| node.base.as_str()).collect();
+    let before = Sample::now(nodes, postgres).await;
+    let result = load::run_over(&bases, request, clients, sizes.seconds, progress).await?;
+    let after = Sample::now(nodes, postgres).await;
+    progress.finish_and_clear();
+    Ok((result, after.since(&before)))
+}
+
 /// Starts `setup`'s nodes (on `database` for PostgreSQL) and measures them.
 async fn measure(
     binary: &Path,
@@ -248,10 +266,7 @@ async fn measure(
         &format!("cluster: {label}, {clients} clients incrementing one counter"),
     );
     let request = Request::Increment(Arc::clone(&name));
-    let before = Sample::now(&nodes, postgres).await;
-    let result = load::run_over(&bases, &request, clients, sizes.seconds, &progress).await?;
-    let after = Sample::now(&nodes, postgres).await;
-    progress.finish_and_clear();
+    let (result, spent) = run_load(&nodes, postgres, &request, clients, sizes, &progress).await?;
     let stored = first.get_value(&name).await.context("reading the hot counter back")?.value;
     anyhow::ensure!(
         stored == result.ok as i64,
@@ -259,7 +274,7 @@ async fn measure(
         result.ok
     );
     let case = format!("{label} clients={clients}");
-    rows(report, "cluster hot", &case, &result, &after.since(&before));
+    rows(report, "cluster hot", &case, &result, &spent);
 
     let prefix: Arc<str> = Arc::from(format!("clusterspread{}", fastrand::u32(..)));
     let count = sizes.spread_counters;
@@ -268,10 +283,7 @@ async fn measure(
         &format!("cluster: {label}, {clients} clients over {count} counters"),
     );
     let request = Request::Spread { prefix: Arc::clone(&prefix), count };
-    let before = Sample::now(&nodes, postgres).await;
-    let result = load::run_over(&bases, &request, clients, sizes.seconds, &progress).await?;
-    let after = Sample::now(&nodes, postgres).await;
-    progress.finish_and_clear();
+    let (result, spent) = run_load(&nodes, postgres, &request, clients, sizes, &progress).await?;
     let names = (0..count).map(|index| format!("{prefix}-{index}")).collect();
     let total = load::total_of(&first, names).await?;
     anyhow::ensure!(
@@ -280,7 +292,7 @@ async fn measure(
         result.ok
     );
     let case = format!("{label} clients={clients}");
-    rows(report, "cluster spread", &case, &result, &after.since(&before));
+    rows(report, "cluster spread", &case, &result, &spent);
     report.add("cluster spread", &case, "counters", f64::from(count));
 
     // Writes on the first node; watchers on the others (on the only one, for one node).
