@@ -9,8 +9,16 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Where the server is, without a database name.
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+/// Where the server is, without a database name: `TALLY_TEST_POSTGRES` (as for the server's
+/// tests) without its database, or this machine's.
+fn server() -> String {
+    let admin = std::env::var("TALLY_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    match admin.rsplit_once('/') {
+        Some((server, _)) if server.contains("://") && !server.ends_with('/') => server.to_owned(),
+        _ => panic!("TALLY_TEST_POSTGRES must end with /DATABASE: {admin}"),
+    }
+}
 /// How long the setup waits for PostgreSQL to accept connections after starting it.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -34,7 +42,7 @@ pub(crate) fn fresh_database() -> TestDatabase {
     );
     admin(&format!("CREATE DATABASE {name}"))
         .unwrap_or_else(|error| panic!("cannot create test database {name}: {error}"));
-    TestDatabase { url: format!("{SERVER}/{name}"), name }
+    TestDatabase { url: format!("{}/{name}", server()), name }
 }
 
 impl Drop for TestDatabase {
@@ -67,7 +75,8 @@ pub(crate) fn ensure_running() {
         match admin("SELECT 1") {
             Ok(()) => return,
             Err(error) if Instant::now() >= deadline => panic!(
-                "PostgreSQL is unreachable at {SERVER} ({first}); scripts/ensure-postgres.sh said {started}; still unreachable after {START_PATIENCE:?}: {error}. Cluster tests need it: install PostgreSQL or start it."
+                "PostgreSQL is unreachable at {} ({first}); scripts/ensure-postgres.sh said {started}; still unreachable after {START_PATIENCE:?}: {error}. Cluster tests need it: install PostgreSQL or start it.",
+                server()
             ),
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
@@ -77,7 +86,7 @@ pub(crate) fn ensure_running() {
 /// Connects to database `name` (a task drives the connection until the client is dropped).
 pub(crate) async fn connect(name: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) =
-        tokio_postgres::connect(&format!("{SERVER}/{name}"), tokio_postgres::NoTls).await?;
+        tokio_postgres::connect(&format!("{}/{name}", server()), tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     Ok(client)
 }
