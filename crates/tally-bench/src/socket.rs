@@ -34,7 +34,7 @@ pub(crate) fn subscribe_command(
     presence: bool,
 ) -> anyhow::Result<String> {
     let name = CounterName::parse(name).map_err(|error| anyhow::anyhow!("{}", error.message))?;
-    let subscribe = Subscribe { name, since: None, types: None, max_rate, presence };
+    let subscribe = Subscribe { name, since: None, epoch: None, types: None, max_rate, presence };
     Ok(Command { id, kind: CommandKind::Subscribe(subscribe) }.to_json())
 }
 

@@ -8,7 +8,7 @@ use tally_client::{
     Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
     SubscriptionEvent, Write,
 };
-use tally_proto::Snapshot;
+use tally_proto::{Epoch, Snapshot};
 use tally_proto::limits::HISTORY_PAGE_MAX;
 use tally_proto::socket::Frame;
 
@@ -189,6 +189,11 @@ pub(crate) struct WatchArgs {
     /// Start after this version: replay the changes since then, then go live (one counter only).
     #[arg(long, value_name = "VERSION")]
     since: Option<u64>,
+    /// The database epoch VERSION belongs to (the `epoch` of the snapshot or `resumed` it came
+    /// with): if the server's database is another one, the watch starts over with a snapshot
+    /// instead of replaying another history's changes.
+    #[arg(long, value_name = "EPOCH", requires = "since", value_parser = parse_epoch)]
+    epoch: Option<Epoch>,
     /// Also print how many watch each counter (watchers and distinct users) when it changes,
     /// at most once a second.
     #[arg(long)]
@@ -200,6 +205,10 @@ pub(crate) struct WatchArgs {
     /// At most this many changes a second per counter, each the latest state (0 < N <= 1000).
     #[arg(long, value_name = "N")]
     max_rate: Option<f64>,
+}
+
+fn parse_epoch(text: &str) -> Result<Epoch, String> {
+    Epoch::parse(text).map_err(|error| error.message)
 }
 
 fn parse_type(text: &str) -> Result<OpKind, String> {
@@ -229,6 +238,7 @@ pub(crate) async fn watch(
     let mut connection_events = connection.events();
     let options = SubscribeOptions {
         since: args.since,
+        epoch: args.epoch.clone(),
         types: args.types.clone(),
         max_rate: args.max_rate,
         presence: args.presence,
@@ -285,12 +295,14 @@ pub(crate) async fn watch(
         };
         match event {
             SubscriptionEvent::Snapshot(snapshot) => print_snapshot(out, &name, snapshot)?,
-            SubscriptionEvent::Resumed { since, version } => {
+            SubscriptionEvent::Resumed { since, version, epoch } => {
                 if out.json {
                     // A reply, printed as a push: its command id means nothing to a reader.
                     let name = serde_json::Value::from(name);
+                    let epoch = epoch.map(|epoch| format!(r#","epoch":"{epoch}""#));
+                    let epoch = epoch.unwrap_or_default();
                     out.line(&format!(
-                        r#"{{"type":"resumed","name":{name},"since":{since},"version":{version}}}"#
+                        r#"{{"type":"resumed","name":{name},"since":{since},"version":{version}{epoch}}}"#
                     ))?;
                 } else if named {
                     eprintln!("{name}: resumed after version {since}");
@@ -340,7 +352,7 @@ fn print_snapshot(out: &mut Printer, name: &str, snapshot: Snapshot) -> Result<(
         return out.line(&frame.to_json());
     }
     let note = if snapshot.resync {
-        "  (resynced: changes in between were too old to replay)"
+        "  (resynced: the changes in between could not be replayed)"
     } else {
         ""
     };

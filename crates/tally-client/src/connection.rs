@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tally_proto::socket::SocketAuthenticated;
 use tally_proto::{
-    CounterName, ErrorCode, HistoryPage, IdempotencyKey, Metadata, OpKind, Presence, Procedure,
+    CounterName, Epoch, ErrorCode, HistoryPage, IdempotencyKey, Metadata, OpKind, Presence, Procedure,
     ProtocolError, Snapshot, Update, ValueAnswer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -82,6 +82,11 @@ impl ConnectionOptions {
 pub struct SubscribeOptions {
     /// Resume after this version instead of starting with a snapshot.
     pub since: Option<u64>,
+    /// The database epoch `since` belongs to (a snapshot's or `resumed`'s `epoch`, kept with
+    /// the version): if the server's database is another one (replaced, or restored from a
+    /// backup), the resume is answered with a resync snapshot instead of another history's
+    /// updates. Without it, `since` is taken on trust.
+    pub epoch: Option<Epoch>,
     /// Only updates of these types (all when `None`). Delivered versions then jump over the
     /// filtered ones, which is not taken as a gap.
     pub types: Option<Vec<OpKind>>,
@@ -106,6 +111,8 @@ pub enum SubscriptionEvent {
         since: u64,
         /// The counter's version when the resume started.
         version: u64,
+        /// The database's epoch, to keep with the versions.
+        epoch: Option<Epoch>,
     },
     /// One change, in version order, each exactly once across reconnects.
     Update(Update),

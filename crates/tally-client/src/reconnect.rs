@@ -108,6 +108,8 @@ pub(crate) enum Event {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         #[serde(default)]
         jumps: bool,
     },
@@ -122,14 +124,23 @@ pub(crate) enum Event {
     /// A frame arrived that is none of the ones below (a pong, a result, …): a sign of life.
     Heard,
     /// A snapshot of `name`: the reply to its subscribe, or (`push`) a resync the server sent.
+    /// `epoch`: the database's, which a later resume names beside `since`.
     Snapshot {
         name: String,
         version: u64,
         #[serde(default)]
         push: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// The reply to a resuming subscribe: the updates after `since` follow.
-    Resumed { name: String, since: u64, version: u64 },
+    Resumed {
+        name: String,
+        since: u64,
+        version: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+    },
     /// An update of `name`; `conflated` ones jump by design.
     Update {
         name: String,
@@ -237,11 +248,14 @@ pub(crate) enum Action {
     Timer { timer: TimerKind, ms: u64 },
     /// The connection is established (its first frame arrived): tell the application.
     Connected,
-    /// Send `subscribe{name, since?}` (with the subscription's own options).
+    /// Send `subscribe{name, since?, epoch?}` (with the subscription's own options). `epoch`
+    /// is the one `since` belongs to, when known; never sent without `since`.
     Subscribe {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
     },
     /// Send `unsubscribe{name}`.
     Unsubscribe { name: String },
@@ -305,11 +319,22 @@ enum SubState {
 struct Sub {
     /// The last version passed on (or given as the first `since`): what a resume sends.
     since: Option<u64>,
+    /// The epoch of the database `since` is a version of (from the last snapshot or
+    /// `resumed`), sent with it so that a resume against another database resyncs.
+    epoch: Option<String>,
     /// Versions may jump by design (`types`, `maxRate`).
     jumps: bool,
     state: SubState,
     /// Temporary refusals in a row, for this subscription's own backoff.
     attempt: u32,
+}
+
+impl Sub {
+    /// The `subscribe` that resumes this subscription from where it is: `since` and its epoch.
+    fn subscribe(&self, name: String) -> Action {
+        let epoch = self.since.and(self.epoch.clone());
+        Action::Subscribe { name, since: self.since, epoch }
+    }
 }
 
 /// The reconnect rules of one connection and its subscriptions.
@@ -378,13 +403,14 @@ impl Machine {
                     self.connect(out);
                 }
             }
-            Event::Subscribe { name, since, jumps } => {
+            Event::Subscribe { name, since, epoch, jumps } => {
                 let open = self.is_open();
                 let state = if open { SubState::Sent } else { SubState::Queued };
-                self.subs.insert(name.clone(), Sub { since, jumps, state, attempt: 0 });
+                let sub = Sub { since, epoch, jumps, state, attempt: 0 };
                 if open {
-                    out.push(Action::Subscribe { name, since });
+                    out.push(sub.subscribe(name.clone()));
                 }
+                self.subs.insert(name, sub);
             }
             Event::Unsubscribe { name } => {
                 if let Some(sub) = self.subs.remove(&name)
@@ -410,7 +436,7 @@ impl Machine {
                 for (name, sub) in &mut self.subs {
                     if sub.state != SubState::Paused {
                         sub.state = SubState::Sent;
-                        out.push(Action::Subscribe { name: name.clone(), since: sub.since });
+                        out.push(sub.subscribe(name.clone()));
                     }
                 }
                 if let Some(ms) = token_refresh_ms {
@@ -418,7 +444,7 @@ impl Machine {
                 }
             }
             Event::Heard => self.heard(out),
-            Event::Snapshot { name, version, push } => {
+            Event::Snapshot { name, version, push, epoch } => {
                 self.heard(out);
                 let Some(sub) = self.subs.get_mut(&name) else { return };
                 if (push && sub.state == SubState::Resubscribing) || sub.state == SubState::Paused {
@@ -426,16 +452,20 @@ impl Machine {
                     return;
                 }
                 sub.since = Some(version);
+                sub.epoch = epoch;
                 sub.state = SubState::Live;
                 sub.attempt = 0;
                 out.push(Action::Deliver { name, version });
             }
-            Event::Resumed { name, since, .. } => {
+            Event::Resumed { name, since, epoch, .. } => {
                 self.heard(out);
                 if let Some(sub) = self.subs.get_mut(&name)
                     && sub.state != SubState::Paused
                 {
                     sub.since = sub.since.or(Some(since));
+                    if epoch.is_some() {
+                        sub.epoch = epoch;
+                    }
                     sub.state = SubState::Live;
                     sub.attempt = 0;
                 }
@@ -487,7 +517,7 @@ impl Machine {
                 {
                     if open {
                         sub.state = SubState::Sent;
-                        out.push(Action::Subscribe { name, since: sub.since });
+                        out.push(sub.subscribe(name));
                     } else {
                         sub.state = SubState::Queued;
                     }
@@ -531,7 +561,7 @@ impl Machine {
                     && open
                 {
                     sub.state = SubState::Sent;
-                    out.push(Action::Subscribe { name, since: sub.since });
+                    out.push(sub.subscribe(name));
                 }
             }
             Event::TokenRefreshed { fresh, refresh_ms } => {
@@ -639,7 +669,7 @@ impl Machine {
                 // rather than pass on a state with a gap. The socket goes on.
                 sub.state = SubState::Resubscribing;
                 out.push(Action::Unsubscribe { name: name.clone() });
-                out.push(Action::Subscribe { name, since: Some(last) });
+                out.push(sub.subscribe(name));
             }
             _ => {
                 sub.since = Some(version);

@@ -150,7 +150,7 @@ impl Stream for Watch {
             };
             let event = match event {
                 SubscriptionEvent::Snapshot(snapshot) => WatchEvent::Snapshot(snapshot),
-                SubscriptionEvent::Resumed { since, version } => {
+                SubscriptionEvent::Resumed { since, version, .. } => {
                     WatchEvent::Resumed { since, version }
                 }
                 SubscriptionEvent::Update(update) | SubscriptionEvent::Conflated(update) => {

@@ -10,12 +10,14 @@
 //! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
 //! - [`rpc`]: the RPC procedures (eight counter, three key), their raw requests and validated forms.
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
-//! - [`watch`]: the query string of a watch (`?since=V`).
+//! - [`watch`]: the query string of a watch (`?since=V&epoch=E`).
+//! - [`epoch`]: a database's epoch, which tells one history from another on a resume.
 //! - [`grant`]: grants (`PATTERN=ACTION[<=CAP],...`): their syntax and what they allow.
 //! - [`keys`]: the API-key RPCs' bodies and answers.
 //! - [`idempotency`]: idempotency keys, which make a retried write count once.
 //! - [`socket`]: the socket protocol, version 2 (`GET /ws`): commands, replies and pushes.
 
+pub mod epoch;
 pub mod error;
 pub mod grant;
 pub mod idempotency;
@@ -29,6 +31,7 @@ pub mod socket;
 mod typescript;
 pub mod watch;
 
+pub use epoch::Epoch;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use grant::{Action, Grant, NamePattern, Permissions};
 pub use idempotency::IdempotencyKey;

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::epoch::Epoch;
 use crate::error::{ErrorCode, ProtocolError, duration_ms};
 use crate::grant::Action;
 
@@ -110,6 +111,11 @@ pub struct Snapshot {
     /// would be refused (for example `["read", "increment"]`).
     #[serde(default)]
     pub can: Vec<Action>,
+    /// The database's epoch: a resume names it beside `since`, so that a resume against
+    /// another database (replaced, or restored from a backup) is answered with a resync.
+    /// `None` only from a server older than epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
 }
 
 /// Sent first on a resumed watch (`?since=V`): the updates after `since` up to `version`
@@ -121,6 +127,9 @@ pub struct Resumed {
     pub since: u64,
     /// The counter's version when the replay was taken; updates `since + 1..=version` follow.
     pub version: u64,
+    /// The database's epoch (see [`Snapshot::epoch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
 }
 
 /// The answer to a client's `{"type": "ping"}`.
@@ -424,10 +433,12 @@ mod tests {
             timestamp: "t".into(),
             resync: false,
             can: vec![Action::Read],
+            epoch: Some(Epoch::parse("0123456789abcdef").unwrap()),
         };
         let text = ServerMessage::Snapshot(snapshot.clone()).to_json();
         assert!(text.starts_with(r#"{"type":"snapshot","#), "{text}");
         assert!(!text.contains("resync"), "{text}");
+        assert!(text.contains(r#""epoch":"0123456789abcdef""#), "{text}");
         assert_eq!(ServerMessage::from_json(&text).unwrap(), ServerMessage::Snapshot(snapshot));
     }
 

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::epoch::{EPOCH_LEN, Epoch};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::idempotency::IdempotencyKey;
 use crate::limits::MAX_SAFE_INTEGER;
@@ -38,7 +39,7 @@ pub enum CommandKind {
         /// A JWT or an API key.
         token: String,
     },
-    /// `subscribe {name, since?, types?, maxRate?, presence?}`: answered with a snapshot, or
+    /// `subscribe {name, since?, epoch?, types?, maxRate?, presence?}`: answered with a snapshot, or
     /// `resumed` followed by the replay.
     Subscribe(Subscribe),
     /// `unsubscribe {name}`: answered `unsubscribed`; nothing of that counter follows.
@@ -60,6 +61,9 @@ pub struct Subscribe {
     pub name: CounterName,
     /// Resume after this version: `resumed` and the missed updates instead of a snapshot.
     pub since: Option<u64>,
+    /// The epoch `since` belongs to (from the last snapshot or `resumed`): a resume against
+    /// another epoch is answered with a resync snapshot.
+    pub epoch: Option<Epoch>,
     /// Only updates of these types are delivered (all when `None`); the version still counts
     /// every operation, so delivered versions jump over the filtered ones.
     pub types: Option<Vec<OpKind>>,
@@ -157,6 +161,9 @@ impl Command {
                 fields.insert("name".into(), subscribe.name.as_str().into());
                 if let Some(since) = subscribe.since {
                     fields.insert("since".into(), since.into());
+                }
+                if let Some(epoch) = &subscribe.epoch {
+                    fields.insert("epoch".into(), epoch.as_str().into());
                 }
                 if let Some(types) = &subscribe.types {
                     let names = types.iter().map(|kind| Value::from(kind.as_str())).collect();
@@ -287,6 +294,15 @@ fn parse_subscribe(fields: &mut Map<String, Value>) -> Result<Subscribe, Protoco
             )));
         }
     };
+    let epoch = match fields.remove("epoch") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(Epoch::parse(&text)?),
+        Some(other) => {
+            return Err(invalid(format!(
+                "epoch is {other}; allowed: a string of {EPOCH_LEN} lowercase hexadecimal digits"
+            )));
+        }
+    };
     let types = match fields.remove("types") {
         None | Some(Value::Null) => None,
         Some(Value::Array(items)) if !items.is_empty() => {
@@ -327,7 +343,7 @@ fn parse_subscribe(fields: &mut Map<String, Value>) -> Result<Subscribe, Protoco
         Some(Value::Bool(presence)) => presence,
         Some(other) => return Err(invalid(format!("presence is {other}; allowed: true or false"))),
     };
-    Ok(Subscribe { name, since, types, max_rate, presence })
+    Ok(Subscribe { name, since, epoch, types, max_rate, presence })
 }
 
 /// The answer to an `auth` command.
@@ -616,6 +632,7 @@ mod tests {
             CommandKind::Subscribe(Subscribe {
                 name: CounterName::parse("likes").unwrap(),
                 since: Some(4),
+                epoch: Some(Epoch::parse("00000000deadbeef").unwrap()),
                 types: Some(vec![OpKind::Increment, OpKind::Reset]),
                 max_rate: Some(2.5),
                 presence: true,
@@ -653,6 +670,8 @@ mod tests {
         );
         for field in [
             r#""since":-1"#,
+            r#""epoch":"ABCDEF0123456789""#,
+            r#""epoch":12"#,
             r#""types":[]"#,
             r#""types":["jump"]"#,
             r#""maxRate":0"#,
@@ -712,12 +731,13 @@ mod tests {
                     timestamp: "t".into(),
                     resync: false,
                     can: vec![],
+                    epoch: Some(Epoch::parse("0123456789abcdef").unwrap()),
                 },
             },
             Frame::Resumed {
                 id: 2,
                 name: "likes".into(),
-                resumed: Resumed { since: 1, version: 3 },
+                resumed: Resumed { since: 1, version: 3, epoch: None },
             },
             Frame::Result { id: 3, result: serde_json::json!({"value": 1, "version": 2}) },
             Frame::Error {

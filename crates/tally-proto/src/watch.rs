@@ -1,21 +1,26 @@
-//! The query string of a watch, `GET /ws/counter/{name}?since=V`: `since` is a whole number
-//! >= 0 and every other parameter is ignored.
+//! The query string of a watch, `GET /ws/counter/{name}?since=V&epoch=E`: `since` is a whole
+//! number >= 0, `epoch` an [`Epoch`], and every other parameter is ignored.
 
 use serde::Deserialize;
 
+use crate::epoch::Epoch;
 use crate::error::{ErrorCode, ProtocolError};
 
 /// What the query string of a watch asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WatchQuery {
     /// Resume after this version; `None` starts with a snapshot.
     pub since: Option<u64>,
+    /// The epoch the client's `since` belongs to (from its last snapshot or `resumed`): a
+    /// resume against another epoch gets a resync snapshot. Optional; ignored without `since`.
+    pub epoch: Option<Epoch>,
 }
 
 /// The query string as written, before `since` is checked to be a number.
 #[derive(Deserialize)]
 struct RawWatchQuery {
     since: Option<String>,
+    epoch: Option<String>,
 }
 
 impl WatchQuery {
@@ -38,7 +43,8 @@ impl WatchQuery {
                 )
             })?),
         };
-        Ok(Self { since })
+        let epoch = raw.epoch.as_deref().map(Epoch::parse).transpose()?;
+        Ok(Self { since, epoch })
     }
 }
 
@@ -48,13 +54,30 @@ mod tests {
 
     #[test]
     fn since_is_optional_and_other_parameters_are_ignored() {
-        assert_eq!(WatchQuery::parse(None), Ok(WatchQuery { since: None }));
-        assert_eq!(WatchQuery::parse(Some("")), Ok(WatchQuery { since: None }));
-        assert_eq!(WatchQuery::parse(Some("since=0")), Ok(WatchQuery { since: Some(0) }));
+        assert_eq!(WatchQuery::parse(None), Ok(WatchQuery { since: None, epoch: None }));
+        assert_eq!(WatchQuery::parse(Some("")), Ok(WatchQuery { since: None, epoch: None }));
+        assert_eq!(
+            WatchQuery::parse(Some("since=0")),
+            Ok(WatchQuery { since: Some(0), epoch: None })
+        );
         assert_eq!(
             WatchQuery::parse(Some("x=1&since=%34%32&y")),
-            Ok(WatchQuery { since: Some(42) })
+            Ok(WatchQuery { since: Some(42), epoch: None })
         );
+    }
+
+    #[test]
+    fn an_epoch_is_read_beside_since_and_checked() {
+        assert_eq!(
+            WatchQuery::parse(Some("since=3&epoch=00ff00ff00ff00ff")),
+            Ok(WatchQuery {
+                since: Some(3),
+                epoch: Some(Epoch::parse("00ff00ff00ff00ff").unwrap())
+            })
+        );
+        let error = WatchQuery::parse(Some("since=3&epoch=nope")).expect_err("bad epoch");
+        assert_eq!(error.code, ErrorCode::InvalidField);
+        assert!(error.message.contains("16 lowercase hexadecimal digits"), "{}", error.message);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tally_proto::{
-    Action, CounterName, ErrorCode, IdempotencyKey, Metadata, Op, ProtocolError, Snapshot,
+    Action, CounterName, Epoch, ErrorCode, IdempotencyKey, Metadata, Op, ProtocolError, Snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
@@ -84,8 +84,15 @@ impl CounterState {
         }
     }
 
-    /// A snapshot of this state, taken now, for a principal who `can` do these actions.
-    pub fn snapshot(&self, name: &CounterName, resync: bool, can: Vec<Action>) -> Snapshot {
+    /// A snapshot of this state, taken now, for a principal who `can` do these actions, of a
+    /// database of `epoch`.
+    pub fn snapshot(
+        &self,
+        name: &CounterName,
+        resync: bool,
+        can: Vec<Action>,
+        epoch: &Epoch,
+    ) -> Snapshot {
         Snapshot {
             value: self.value,
             version: self.version,
@@ -93,6 +100,7 @@ impl CounterState {
             timestamp: clock::format_ms(clock::now_ms()),
             resync,
             can,
+            epoch: Some(epoch.clone()),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use tally_proto::{CounterName, ProtocolError};
+use tally_proto::{CounterName, Epoch, ProtocolError};
 
 use crate::clock;
 use crate::counter::{ApplyError, CounterState};
@@ -13,6 +13,32 @@ use crate::state::AppState;
 
 /// How many history entries a replay reads and sends at a time.
 pub(crate) const PAGE: u64 = 500;
+
+/// How a watch (a v1 socket, or a v2 subscription) asked to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// With a snapshot: no `since`.
+    Snapshot,
+    /// By resuming after this version, of this database's history.
+    After(u64),
+    /// The client resumes a history of another database (its `epoch` is not this one's: the
+    /// database was replaced or restored): whatever its version, only a resync snapshot is
+    /// right.
+    OtherEpoch,
+}
+
+impl Start {
+    /// What a client asking for `since` of `epoch` gets from a database of epoch `ours`. A
+    /// resume without an epoch (a client older than epochs) is taken on trust, as before;
+    /// an epoch without `since` means nothing.
+    pub(crate) fn asked(since: Option<u64>, epoch: Option<&Epoch>, ours: &Epoch) -> Self {
+        match (since, epoch) {
+            (None, _) => Start::Snapshot,
+            (Some(_), Some(epoch)) if epoch != ours => Start::OtherEpoch,
+            (Some(since), _) => Start::After(since),
+        }
+    }
+}
 
 /// What every update of one counter shares: its name, storage id and creation time.
 pub(crate) struct Origin {

@@ -30,7 +30,7 @@ use crate::connection::{
     reconnect_delay, reconnect_phrase, refusal_close_code, until,
 };
 use crate::counter::{ApplyError, CounterState};
-use crate::replay::{self, Origin};
+use crate::replay::{self, Origin, Start};
 use crate::state::AppState;
 use crate::topic::{Read, Subscription, User, next_socket_id};
 
@@ -65,8 +65,8 @@ pub(crate) async fn upgrade(
             ),
         ));
     }
-    let since = match WatchQuery::parse(query.as_deref()) {
-        Ok(query) => query.since,
+    let start_from = match WatchQuery::parse(query.as_deref()) {
+        Ok(query) => Start::asked(query.since, query.epoch.as_ref(), state.store.epoch()),
         Err(error) => return state.error_response(&error),
     };
     let upgrade = match upgrade {
@@ -80,7 +80,7 @@ pub(crate) async fn upgrade(
     connection::configure(upgrade)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(serve(state, socket, name, since, start))
+            sockets.track_future(serve(state, socket, name, start_from, start))
         })
         .into_response()
 }
@@ -94,7 +94,7 @@ fn serve<T: Transport>(
     state: AppState,
     socket: T,
     name: CounterName,
-    since: Option<u64>,
+    start_from: Start,
     // Boxed by the caller: the upgrade callback that holds it stays in axum's upgrade future for
     // the socket's whole life, even once called.
     #[allow(clippy::boxed_local)] start: Box<Result<Arc<Principal>, ProtocolError>>,
@@ -124,7 +124,7 @@ fn serve<T: Transport>(
         } else if let Err(end) = Box::pin(session.admit()).await {
             end
         } else {
-            session.watch_counter(since).await
+            session.watch_counter(start_from).await
         };
         match end {
             End::Close(code, reason) => {
@@ -165,7 +165,7 @@ struct Session<T> {
 
 impl<T: Transport> Session<T> {
     /// Subscribes to the counter and watches it until the socket ends.
-    async fn watch_counter(&mut self, since: Option<u64>) -> End {
+    async fn watch_counter(&mut self, start_from: Start) -> End {
         let name = self.name.clone();
         let user = User::of(&self.principal, next_socket_id());
         // Taken apart in the `let`, so that the answer is not kept beside the watch's future.
@@ -181,7 +181,7 @@ impl<T: Transport> Session<T> {
             }
         };
         self.state.metrics.watchers.inc();
-        let end = self.watch(&name, counter, updates, since).await;
+        let end = self.watch(&name, counter, updates, start_from).await;
         self.state.metrics.watchers.dec();
         // The subscription is gone now; the counter's slot may be too.
         self.state.registry.unwatch(&name);
@@ -193,11 +193,11 @@ impl<T: Transport> Session<T> {
         name: &CounterName,
         counter: CounterState,
         mut updates: Subscription,
-        since: Option<u64>,
+        start_from: Start,
     ) -> End {
         // The first messages, the client's rare messages and the ping tick are boxed while they
         // run: their futures would otherwise widen every idle socket's future for good.
-        if let Err(end) = Box::pin(self.start(name, counter, since)).await {
+        if let Err(end) = Box::pin(self.start(name, counter, start_from)).await {
             return end;
         }
         let ping_interval = self.state.config.ping_interval;
@@ -356,16 +356,18 @@ impl<T: Transport> Session<T> {
         &mut self,
         name: &CounterName,
         counter: CounterState,
-        since: Option<u64>,
+        start_from: Start,
     ) -> Result<(), End> {
-        let resync = match since {
-            None => false,
-            Some(since) if since > counter.version => true,
-            Some(since) => !self.replay(name, counter, since).await?,
+        let resync = match start_from {
+            Start::Snapshot => false,
+            Start::OtherEpoch => true,
+            Start::After(since) if since > counter.version => true,
+            Start::After(since) => !self.replay(name, counter, since).await?,
         };
-        if resync || since.is_none() {
+        if resync || start_from == Start::Snapshot {
             let can = self.principal.permissions(name).actions();
-            let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync, can));
+            let epoch = self.state.store.epoch();
+            let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync, can, epoch));
             self.link.feed(Utf8Bytes::from(snapshot.to_json())).await?;
         }
         self.last_version = counter.version;
@@ -405,7 +407,9 @@ impl<T: Transport> Session<T> {
                 }
             };
             if first_page {
-                let resumed = ServerMessage::Resumed(Resumed { since, version: counter.version });
+                let epoch = Some(self.state.store.epoch().clone());
+                let resumed =
+                    ServerMessage::Resumed(Resumed { since, version: counter.version, epoch });
                 self.link.feed(Utf8Bytes::from(resumed.to_json())).await?;
                 first_page = false;
             }

@@ -369,6 +369,7 @@ fn snapshot_message() -> String {
         timestamp: "2026-12-02T12:00:00.000Z".to_owned(),
         resync: false,
         can: vec![Action::Read],
+        epoch: tally_proto::Epoch::parse("0123456789abcdef").ok(),
     })
     .to_json()
 }

@@ -13,7 +13,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
 use tally_proto::socket::{Call, Command, CommandKind, Frame, Subscribe};
-use tally_proto::{CounterName, ErrorBody, IdempotencyKey, Procedure, WsError, close};
+use tally_proto::{CounterName, Epoch, ErrorBody, Resumed, IdempotencyKey, Procedure, WsError, close};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -112,7 +112,7 @@ struct Pending {
 
 /// A command to send when the socket and the in-flight limit allow.
 enum Outgoing {
-    Subscribe { name: String, since: Option<u64> },
+    Subscribe { name: String, since: Option<u64>, epoch: Option<String> },
     Unsubscribe { name: String },
     Call(u64),
     Ping,
@@ -314,8 +314,8 @@ impl Driver {
             Action::Connected => {
                 let _ = self.events.send(ConnectionEvent::Connected);
             }
-            Action::Subscribe { name, since } => {
-                self.queue.push_back(Outgoing::Subscribe { name, since });
+            Action::Subscribe { name, since, epoch } => {
+                self.queue.push_back(Outgoing::Subscribe { name, since, epoch });
             }
             Action::Unsubscribe { name } => {
                 self.later.remove(&name);
@@ -365,9 +365,10 @@ impl Driver {
                 }
                 let jumps = options.types.is_some() || options.max_rate.is_some();
                 let since = options.since;
+                let epoch = options.epoch.as_ref().map(|epoch| epoch.to_string());
                 let key = name.as_str().to_owned();
                 self.subs.insert(key.clone(), Sub { serial, name, options, events });
-                self.feed(Event::Subscribe { name: key, since, jumps });
+                self.feed(Event::Subscribe { name: key, since, epoch, jumps });
             }
             Request::Unsubscribe { name, serial } => {
                 if self.subs.get(&name).is_some_and(|sub| sub.serial == serial) {
@@ -479,8 +480,9 @@ impl Driver {
                     self.in_flight.remove(&id);
                 }
                 let version = snapshot.version;
+                let epoch = snapshot.epoch.as_ref().map(|epoch| epoch.to_string());
                 self.held = Some(SubscriptionEvent::Snapshot(snapshot));
-                self.feed(Event::Snapshot { name, version, push: id.is_none() });
+                self.feed(Event::Snapshot { name, version, push: id.is_none(), epoch });
             }
             Frame::Resumed { id, name, resumed } => {
                 self.in_flight.remove(&id);
@@ -488,9 +490,12 @@ impl Driver {
                     sub.send(SubscriptionEvent::Resumed {
                         since: resumed.since,
                         version: resumed.version,
+                        epoch: resumed.epoch.clone(),
                     });
                 }
-                self.feed(Event::Resumed { name, since: resumed.since, version: resumed.version });
+                let Resumed { since, version, epoch } = resumed;
+                let epoch = epoch.map(|epoch| epoch.to_string());
+                self.feed(Event::Resumed { name, since, version, epoch });
             }
             Frame::Result { id, result } => {
                 self.feed(Event::Heard);
@@ -635,11 +640,13 @@ impl Driver {
         while self.in_flight.len() < MAX_IN_FLIGHT {
             let Some(next) = self.queue.pop_front() else { break };
             let (kind, flight) = match next {
-                Outgoing::Subscribe { name, since } => {
+                Outgoing::Subscribe { name, since, epoch } => {
                     let Some(sub) = self.subs.get(&name) else { continue };
                     let subscribe = Subscribe {
                         name: sub.name.clone(),
                         since,
+                        // Each came from a server's `epoch`, which was checked on arrival.
+                        epoch: epoch.and_then(|epoch| Epoch::parse(&epoch).ok()),
                         types: sub.options.types.clone(),
                         max_rate: sub.options.max_rate,
                         presence: sub.options.presence,

@@ -127,6 +127,7 @@ fn the_scenarios_cover_every_rule_and_close_code_class() {
         "subscribe-refused",
         "ended",
         "slow-reader",
+        "epoch",
         "wake",
         "rotation",
     ] {

@@ -160,6 +160,7 @@ async fn a_silent_connection_is_replaced() {
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
                 resync: false,
                 can: Vec::new(),
+                epoch: None,
             };
             let reply = Frame::Snapshot {
                 id: Some(subscribe.0),

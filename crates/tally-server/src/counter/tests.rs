@@ -49,11 +49,14 @@ struct Faulty {
     fail_next: AtomicUsize,
     /// How many appends were made, and their sizes (operations per batch), in order.
     appended: watch::Sender<Vec<usize>>,
+    /// The file's epoch, which a restart keeps.
+    epoch: tally_proto::Epoch,
 }
 
 impl Faulty {
     fn new(inner: SqliteStore) -> Arc<Self> {
         Arc::new(Self {
+            epoch: inner.epoch().clone(),
             inner: Mutex::new(Some(Arc::new(inner))),
             held: tokio::sync::Mutex::new(None),
             fail_next: AtomicUsize::new(0),
@@ -183,6 +186,10 @@ impl Store for Faulty {
 
     fn describe(&self) -> String {
         self.inner().describe()
+    }
+
+    fn epoch(&self) -> &tally_proto::Epoch {
+        &self.epoch
     }
 }
 

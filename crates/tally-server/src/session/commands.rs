@@ -19,7 +19,7 @@ use crate::clock;
 use crate::connection::{End, Transport, binary_refused, reconnect_delay};
 use crate::counter::CounterState;
 use crate::framing::result_frame;
-use crate::replay::{self, Origin};
+use crate::replay::{self, Origin, Start};
 use crate::topic::User;
 
 impl<T: Transport> Session<T> {
@@ -165,7 +165,9 @@ impl<T: Transport> Session<T> {
             rate: subscribe.max_rate.map(Conflation::new),
         };
         let key = self.subscriptions.insert(watched);
-        self.start(id, key, counter, subscribe.since).await
+        let start_from =
+            Start::asked(subscribe.since, subscribe.epoch.as_ref(), self.state.store.epoch());
+        self.start(id, key, counter, start_from).await
     }
 
     /// Sends subscription `key`'s first messages: the snapshot, or for a resume `resumed` and
@@ -175,22 +177,23 @@ impl<T: Transport> Session<T> {
         id: u64,
         key: u32,
         counter: CounterState,
-        since: Option<u64>,
+        start_from: Start,
     ) -> Result<(), End> {
-        let resync = match since {
-            None => false,
-            Some(since) if since > counter.version => true,
-            Some(since) => match self.replay(id, key, counter, since).await? {
+        let resync = match start_from {
+            Start::Snapshot => false,
+            Start::OtherEpoch => true,
+            Start::After(since) if since > counter.version => true,
+            Start::After(since) => match self.replay(id, key, counter, since).await? {
                 Replayed::Sent => false,
                 Replayed::Gone => true,
                 Replayed::Failed => return Ok(()),
             },
         };
         let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(()) };
-        if resync || since.is_none() {
+        if resync || start_from == Start::Snapshot {
             let name = Arc::clone(&watched.name);
             let can = self.principal.permissions(&name).actions();
-            let snapshot = counter.snapshot(&name, resync, can);
+            let snapshot = counter.snapshot(&name, resync, can, self.state.store.epoch());
             let reply = Frame::Snapshot { id: Some(id), name: name.to_string(), snapshot };
             self.link.feed(Utf8Bytes::from(reply.to_json())).await?;
         }
@@ -250,7 +253,8 @@ impl<T: Transport> Session<T> {
                 return Ok(Replayed::Failed);
             };
             if first_page {
-                let resumed = Resumed { since, version: counter.version };
+                let epoch = Some(self.state.store.epoch().clone());
+                let resumed = Resumed { since, version: counter.version, epoch };
                 let reply = Frame::Resumed { id, name: name.to_string(), resumed };
                 self.link.feed(Utf8Bytes::from(reply.to_json())).await?;
                 watched.seen = cursor;

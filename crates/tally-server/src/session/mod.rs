@@ -368,7 +368,7 @@ impl<T: Transport> Session<T> {
         watched.seen = counter.version;
         watched.drop_pending();
         let can = self.principal.permissions(&name).actions();
-        let snapshot = counter.snapshot(&name, true, can);
+        let snapshot = counter.snapshot(&name, true, can, self.state.store.epoch());
         let push = Frame::Snapshot { id: None, name: name.to_string(), snapshot };
         self.link.feed(Utf8Bytes::from(push.to_json())).await
     }

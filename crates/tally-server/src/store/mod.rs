@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tally_proto::{CounterName, IdempotencyKey, Op, OpKind};
+use tally_proto::{CounterName, Epoch, IdempotencyKey, Op, OpKind};
 
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -362,6 +362,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Where the data lives, for people (a path or a URL without its password).
     fn describe(&self) -> String;
+
+    /// The database's epoch: random, made with its schema, and the same for every node of a
+    /// shared database. Snapshots and resumes carry it, so that a client resuming against
+    /// another database (replaced, or restored from a backup) is sent a resync instead of
+    /// another history's updates.
+    fn epoch(&self) -> &Epoch;
 
     /// Adds the store's own metrics (commits, their size and time) to `/metrics`.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

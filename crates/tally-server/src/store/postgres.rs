@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tally_proto::{CounterName, IdempotencyKey, OpKind};
+use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
@@ -167,7 +167,7 @@ pub struct PostgresStore {
     pool: Pool,
     writer: mpsc::Sender<WriterMessage>,
     metrics: StoreMetrics,
-    epoch: String,
+    epoch: Epoch,
 }
 
 /// Parses a `postgres://` URL into a driver configuration that sets what Tally relies on:
@@ -224,6 +224,9 @@ impl PostgresStore {
             .await
             .map_err(|error| open_error(describe_error(&error)))?
             .get(0);
+        let epoch = Epoch::parse(&epoch).map_err(|error| {
+            open_error(format!("the database's epoch is damaged: {}", error.message))
+        })?;
 
         let manager = Manager::from_config(
             config.clone(),
@@ -949,6 +952,10 @@ impl Store for PostgresStore {
         self.described.clone()
     }
 
+    fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
     }
@@ -965,13 +972,6 @@ impl Store for PostgresStore {
                 None
             }
         }
-    }
-}
-
-impl PostgresStore {
-    /// The database's epoch, made when its schema was created.
-    pub fn database_epoch(&self) -> &str {
-        &self.epoch
     }
 }
 

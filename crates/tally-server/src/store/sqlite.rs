@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tally_proto::{CounterName, IdempotencyKey, OpKind};
+use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -24,7 +24,7 @@ use super::{
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
 const APPLICATION_ID: i64 = 0x5441_4C59;
 /// The schema version this code writes and reads; older files are migrated at open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 /// How many appends one transaction takes at most, so one commit's latency stays bounded.
 const MAX_APPENDS_PER_COMMIT: usize = 4096;
 /// How many appends may wait for the writer before callers are made to wait.
@@ -89,6 +89,11 @@ CREATE TABLE idempotency (
 ) WITHOUT ROWID;
 CREATE INDEX idempotency_expiry ON idempotency (at_ms);
 ",
+    // The database's epoch (see `Store::epoch`): 64 random bits as 16 lowercase hex digits.
+    "
+CREATE TABLE meta (epoch TEXT NOT NULL);
+INSERT INTO meta (epoch) VALUES (lower(hex(randomblob(8))));
+",
 ];
 
 /// Settings of the SQLite store.
@@ -143,6 +148,8 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     /// Commit statistics, fed by the writer thread.
     metrics: StoreMetrics,
+    /// The database's epoch, read at open.
+    epoch: Epoch,
     /// Held for the store's life: an exclusive lock on `<database>.lock`, so that two servers
     /// never write one file (each would believe it alone orders the counters).
     _lock: File,
@@ -174,6 +181,7 @@ impl SqliteStore {
 
         let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
+        let epoch = read_epoch(&conn).map_err(open_error)?;
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
         let settings = WriterSettings {
@@ -192,6 +200,7 @@ impl SqliteStore {
             writer,
             metrics,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
+            epoch,
             _lock: lock,
         })
     }
@@ -297,6 +306,14 @@ fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(())
+}
+
+/// The epoch the schema was made with (migration 4).
+fn read_epoch(conn: &Connection) -> Result<Epoch, String> {
+    let text: String = conn
+        .query_row("SELECT epoch FROM meta", [], |row| row.get(0))
+        .map_err(|error| format!("cannot read the database's epoch: {error}"))?;
+    Epoch::parse(&text).map_err(|error| format!("the database's epoch is damaged: {}", error.message))
 }
 
 fn foreign(reason: &'static str) -> rusqlite::Error {
@@ -827,6 +844,10 @@ impl Store for SqliteStore {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn epoch(&self) -> &Epoch {
+        &self.epoch
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

@@ -202,6 +202,7 @@ describe("the shared reconnect scenarios", () => {
       "subscribe-refused",
       "ended",
       "slow-reader",
+      "epoch",
       "wake",
       "rotation",
     ]) {
