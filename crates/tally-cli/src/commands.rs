@@ -8,9 +8,9 @@ use tally_client::{
     Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
     SubscriptionEvent, Write,
 };
-use tally_proto::{Epoch, Snapshot};
 use tally_proto::limits::HISTORY_PAGE_MAX;
 use tally_proto::socket::Frame;
+use tally_proto::{Epoch, Snapshot};
 
 use crate::output::{self, Printer};
 

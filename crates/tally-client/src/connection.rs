@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tally_proto::socket::SocketAuthenticated;
 use tally_proto::{
-    CounterName, Epoch, ErrorCode, HistoryPage, IdempotencyKey, Metadata, OpKind, Presence, Procedure,
-    ProtocolError, Snapshot, Update, ValueAnswer,
+    CounterName, Epoch, ErrorCode, HistoryPage, IdempotencyKey, Metadata, OpKind, Presence,
+    Procedure, ProtocolError, Snapshot, Update, ValueAnswer,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 

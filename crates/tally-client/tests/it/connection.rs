@@ -208,6 +208,54 @@ async fn subscriptions_resume_after_a_server_restart_with_no_gap() {
     server.stop().await;
 }
 
+/// The server comes back on another database (replaced, or restored from an older backup)
+/// whose counter has other operations at the versions the client had: the subscription resumes
+/// with its `since` and the epoch it came with, and is sent a resync snapshot of the new
+/// database instead of updates that would continue another history.
+#[tokio::test]
+async fn a_resume_against_a_replaced_database_resyncs_instead_of_mixing_histories() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    for _ in 0..2 {
+        client.increment("replaced", 1).await.expect("write");
+    }
+    let connection = client.connect_with(fast());
+    let mut subscription = connection.subscribe("replaced");
+    let first = match next_event(&mut subscription).await {
+        SubscriptionEvent::Snapshot(snapshot) => snapshot,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    assert_eq!((first.value, first.version), (2, 2));
+    let old_epoch = first.epoch.expect("the server names its epoch");
+
+    server.stop().await;
+    for file in ["tally.db", "tally.db-wal", "tally.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(file));
+    }
+    let (server, _) = serve(dir.path(), addr).await;
+    for amount in [50, 1, 1, 1] {
+        client.increment("replaced", amount).await.expect("write to the new database");
+    }
+    let resync = loop {
+        match next_event(&mut subscription).await {
+            SubscriptionEvent::Disconnected { .. } => {}
+            SubscriptionEvent::Snapshot(snapshot) => break snapshot,
+            other => panic!("expected a resync snapshot, got {other:?}"),
+        }
+    };
+    assert!(resync.resync, "marked as a resync");
+    assert_eq!((resync.value, resync.version), (53, 4), "the new database's state");
+    assert_ne!(resync.epoch, Some(old_epoch), "the new database's epoch");
+    client.increment("replaced", 1).await.expect("a live write");
+    match next_event(&mut subscription).await {
+        SubscriptionEvent::Update(update) => assert_eq!((update.value, update.version), (54, 5)),
+        other => panic!("expected the live update, got {other:?}"),
+    }
+    drop(subscription);
+    server.stop().await;
+}
+
 /// A write reaches the server and is applied, but the network drops its answer: the client
 /// sends it again on a new connection with the same idempotency key, and it counts once. Over
 /// the socket, the call is sent again after the reconnect.

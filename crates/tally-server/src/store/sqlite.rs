@@ -313,7 +313,8 @@ fn read_epoch(conn: &Connection) -> Result<Epoch, String> {
     let text: String = conn
         .query_row("SELECT epoch FROM meta", [], |row| row.get(0))
         .map_err(|error| format!("cannot read the database's epoch: {error}"))?;
-    Epoch::parse(&text).map_err(|error| format!("the database's epoch is damaged: {}", error.message))
+    Epoch::parse(&text)
+        .map_err(|error| format!("the database's epoch is damaged: {}", error.message))
 }
 
 fn foreign(reason: &'static str) -> rusqlite::Error {

@@ -55,7 +55,11 @@ impl TestServer {
             let database = Arc::new(TestDatabase::create().await);
             return Self::start_node(config, options, database).await;
         }
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, options).await
+    }
+
+    /// A server on the SQLite database `tally.db` in `dir` (made if missing).
+    async fn start_in(dir: TempDir, config: Config, options: SqliteOptions) -> Self {
         let store = SqliteStore::open(&dir.path().join("tally.db"), options).expect("open store");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
@@ -107,6 +111,46 @@ impl TestServer {
             task: Some(task),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Stops this server (as SIGTERM would) and starts it again on the same database.
+    #[allow(dead_code)] // Not every test target restarts.
+    pub(crate) async fn restart(mut self) -> Self {
+        let (dir, database) = self.take_database();
+        self.stop().await;
+        match database {
+            Some(database) => {
+                Self::start_node(test_config(), SqliteOptions::default(), database).await
+            }
+            None => Self::start_in(dir, test_config(), SqliteOptions::default()).await,
+        }
+    }
+
+    /// Stops this server and starts it again on a new, empty database in place of its own: the
+    /// SQLite file deleted and made again at the same path, or, on PostgreSQL, a fresh database.
+    /// What an operator who replaced the database, or restored an old backup, does.
+    #[allow(dead_code)] // Not every test target restarts.
+    pub(crate) async fn restart_on_a_new_database(mut self) -> Self {
+        let (dir, database) = self.take_database();
+        self.stop().await;
+        if database.is_some() {
+            let fresh = Arc::new(TestDatabase::create().await);
+            return Self::start_node(test_config(), SqliteOptions::default(), fresh).await;
+        }
+        for file in ["tally.db", "tally.db-wal", "tally.db-shm"] {
+            match std::fs::remove_file(dir.path().join(file)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => panic!("cannot delete {file}: {error}"),
+            }
+        }
+        Self::start_in(dir, test_config(), SqliteOptions::default()).await
+    }
+
+    /// The database folder and PostgreSQL database, leaving an empty folder in their place.
+    fn take_database(&mut self) -> (TempDir, Option<Arc<TestDatabase>>) {
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        (dir, self.database.take())
     }
 
     /// How many rows the store's `table` holds, read beside the server as another program would.

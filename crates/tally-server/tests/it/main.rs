@@ -4,6 +4,7 @@
 
 mod access;
 mod bad_input;
+mod epoch;
 mod harness;
 mod hibernation;
 mod idempotency;

@@ -1,4 +1,4 @@
-//! The SQLite store's own file: a file of an earlier schema migrated.
+//! The SQLite store's own file: a file of an earlier schema migrated, and given an epoch.
 
 use tally_server::{SqliteOptions, SqliteStore, Store};
 
@@ -32,7 +32,17 @@ async fn a_version_2_database_is_migrated_and_keeps_its_counters() {
     batch.remember = vec![key_ref("k", 2)];
     store.append(batch).await.expect("queued").await.expect("stored");
     assert_eq!(remembered(&store, "c", EVERY_KEY).await, [("k".into(), 2)]);
+    // Migration 4 gave the database an epoch, kept from then on.
+    let epoch = store.epoch().clone();
+    store.close().await;
+    drop(store);
     let conn = rusqlite::Connection::open(&path).expect("open");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("read");
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
+    let stored: String =
+        conn.query_row("SELECT epoch FROM meta", [], |row| row.get(0)).expect("read");
+    assert_eq!(stored, epoch.as_str());
+    drop(conn);
+    let reopened = SqliteStore::open(&path, SqliteOptions::default()).expect("reopens");
+    assert_eq!(reopened.epoch(), &epoch);
 }

@@ -108,6 +108,12 @@ export interface SnapshotMessage {
    * control, which allow everything).
    */
   can?: Action[];
+  /**
+   * The database's epoch (16 lowercase hex digits; absent from servers older than epochs): a
+   * resume names it beside `since`, so that one against another database (replaced, or restored
+   * from a backup) is answered with a resync instead of another history's updates.
+   */
+  epoch?: string;
 }
 
 /** A resume is served: the updates `since + 1 ..= version` follow. */
@@ -115,6 +121,8 @@ export interface ResumedMessage {
   type: "resumed";
   since: number;
   version: number;
+  /** The database's epoch (see `SnapshotMessage.epoch`). */
+  epoch?: string;
 }
 
 /** Error codes the server answers (PROTOCOL.md §6); newer servers may send others. */

@@ -102,7 +102,7 @@ export type ReconnectEvent =
    * The application subscribes to a counter, from `since` if given. `jumps`: the subscription has
    * `types` or `maxRate`, so its delivered versions may jump by design.
    */
-  | { type: "subscribe"; name: string; since?: number; jumps?: boolean }
+  | { type: "subscribe"; name: string; since?: number; epoch?: string; jumps?: boolean }
   /** The application ends a subscription. */
   | { type: "unsubscribe"; name: string }
   /**
@@ -112,10 +112,13 @@ export type ReconnectEvent =
   | { type: "opened"; tokenRefreshMs?: number }
   /** A frame arrived that is none of the ones below (a pong, a result, …): a sign of life. */
   | { type: "heard" }
-  /** A snapshot of `name`: the reply to its subscribe, or (`push`) a resync the server sent. */
-  | { type: "snapshot"; name: string; version: number; push?: boolean }
+  /**
+   * A snapshot of `name`: the reply to its subscribe, or (`push`) a resync the server sent.
+   * `epoch`: the database's, which a later resume names beside `since`.
+   */
+  | { type: "snapshot"; name: string; version: number; push?: boolean; epoch?: string }
   /** The reply to a resuming subscribe: the updates after `since` follow. */
-  | { type: "resumed"; name: string; since: number; version: number }
+  | { type: "resumed"; name: string; since: number; version: number; epoch?: string }
   /** An update of `name`; `conflated` ones jump by design. */
   | { type: "update"; name: string; version: number; conflated?: boolean }
   /** The server refused a subscribe; `temporary` ones are tried again. */
@@ -193,10 +196,11 @@ export type ReconnectAction =
   /** The connection is established (its first frame arrived): tell the application. */
   | { type: "connected" }
   /**
-   * Send `subscribe{name, since?}` (with the subscription's own options). `since` is absent, not
+   * Send `subscribe{name, since?, epoch?}` (with the subscription's own options). `epoch` is the
+   * one `since` belongs to, when known, and never sent without `since`. Each is absent, not
    * `undefined`, when there is none.
    */
-  | { type: "subscribe"; name: string; since?: number }
+  | { type: "subscribe"; name: string; since?: number; epoch?: string }
   /** Send `unsubscribe{name}`. */
   | { type: "unsubscribe"; name: string }
   /** Pass the snapshot or update just reported to the application. */
@@ -252,6 +256,11 @@ type SubState =
 interface Sub {
   /** The last version passed on (or given as the first `since`): what a resume sends. */
   since: number | undefined;
+  /**
+   * The epoch of the database `since` is a version of (from the last snapshot or `resumed`), sent
+   * with it so that a resume against another database resyncs.
+   */
+  epoch: string | undefined;
   /** Versions may jump by design (`types`, `maxRate`). */
   jumps: boolean;
   state: SubState;
@@ -264,9 +273,16 @@ function isSubscribed(state: SubState): boolean {
   return state === "sent" || state === "live" || state === "resubscribing";
 }
 
-/** A `subscribe` action, without a `since` key when there is none (as the JSON spells it). */
-function subscribeAction(name: string, since: number | undefined): ReconnectAction {
-  return since === undefined ? { type: "subscribe", name } : { type: "subscribe", name, since };
+/**
+ * The `subscribe` action that resumes `sub` from where it is: without a `since` key when there is
+ * none, and without `epoch` when it is unknown or there is no `since` (as the JSON spells it).
+ */
+function subscribeAction(name: string, sub: Pick<Sub, "since" | "epoch">): ReconnectAction {
+  const { since, epoch } = sub;
+  if (since === undefined) return { type: "subscribe", name };
+  return epoch === undefined
+    ? { type: "subscribe", name, since }
+    : { type: "subscribe", name, since, epoch };
 }
 
 /**
@@ -376,13 +392,15 @@ export class ReconnectMachine {
         break;
       case "subscribe": {
         const open = this.#isOpen();
-        this.#subs.set(event.name, {
+        const sub: Sub = {
           since: event.since,
+          epoch: event.epoch,
           jumps: event.jumps ?? false,
           state: open ? "sent" : "queued",
           attempt: 0,
-        });
-        if (open) out.push(subscribeAction(event.name, event.since));
+        };
+        this.#subs.set(event.name, sub);
+        if (open) out.push(subscribeAction(event.name, sub));
         break;
       }
       case "unsubscribe": {
@@ -410,6 +428,7 @@ export class ReconnectMachine {
           break;
         }
         sub.since = event.version;
+        sub.epoch = event.epoch;
         sub.state = "live";
         sub.attempt = 0;
         out.push({ type: "deliver", name: event.name, version: event.version });
@@ -421,6 +440,7 @@ export class ReconnectMachine {
         if (sub && sub.state !== "paused") {
           // Nothing is delivered: the updates after `since` follow as updates.
           sub.since ??= event.since;
+          if (event.epoch !== undefined) sub.epoch = event.epoch;
           sub.state = "live";
           sub.attempt = 0;
         }
@@ -467,7 +487,7 @@ export class ReconnectMachine {
         if (!sub || sub.state !== "paused") break;
         if (this.#isOpen()) {
           sub.state = "sent";
-          out.push(subscribeAction(event.name, sub.since));
+          out.push(subscribeAction(event.name, sub));
         } else {
           sub.state = "queued";
         }
@@ -494,7 +514,7 @@ export class ReconnectMachine {
         // Without an open socket the subscription goes out with the others when one opens.
         if (sub && sub.state === "later" && this.#isOpen()) {
           sub.state = "sent";
-          out.push(subscribeAction(event.name, sub.since));
+          out.push(subscribeAction(event.name, sub));
         }
         break;
       }
@@ -567,7 +587,7 @@ export class ReconnectMachine {
       const sub = this.#subs.get(name);
       if (sub && sub.state !== "paused") {
         sub.state = "sent";
-        out.push(subscribeAction(name, sub.since));
+        out.push(subscribeAction(name, sub));
       }
     }
     if (tokenRefreshMs !== undefined) {
@@ -603,7 +623,7 @@ export class ReconnectMachine {
       // on a state with a gap. The socket goes on.
       sub.state = "resubscribing";
       out.push({ type: "unsubscribe", name });
-      out.push({ type: "subscribe", name, since: last });
+      out.push(subscribeAction(name, sub));
       return;
     }
     sub.since = version;

@@ -162,6 +162,7 @@ export class SocketDriver {
             type: "subscribe",
             name: action.name,
             ...(action.since === undefined ? {} : { since: action.since }),
+            ...(action.epoch === undefined ? {} : { epoch: action.epoch }),
             ...topic.subscribeFields(),
           },
           { kind: "subscribe", name: action.name },
@@ -386,17 +387,25 @@ export class SocketDriver {
         const { id, name, ...snapshot } = frame;
         this.#link.take(id);
         this.feed(
-          { type: "snapshot", name, version: snapshot.version, push: id === undefined },
+          {
+            type: "snapshot",
+            name,
+            version: snapshot.version,
+            push: id === undefined,
+            ...(snapshot.epoch === undefined ? {} : { epoch: snapshot.epoch }),
+          },
           { snapshot },
         );
         return;
       }
       case "resumed": {
         this.#link.take(frame.id);
+        const epoch = frame.epoch === undefined ? {} : { epoch: frame.epoch };
         const resumed: ResumedMessage = {
           type: "resumed",
           since: frame.since,
           version: frame.version,
+          ...epoch,
         };
         host.topic(frame.name)?.resumed(resumed);
         this.feed({
@@ -404,6 +413,7 @@ export class SocketDriver {
           name: frame.name,
           since: frame.since,
           version: frame.version,
+          ...epoch,
         });
         return;
       }

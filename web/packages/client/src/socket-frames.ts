@@ -26,7 +26,7 @@ export interface SubscribeFields {
 /** Everything a client sends on `/ws`, without its `id`. */
 export type SocketCommand =
   | { type: "auth"; token: string }
-  | ({ type: "subscribe"; name: string; since?: number } & SubscribeFields)
+  | ({ type: "subscribe"; name: string; since?: number; epoch?: string } & SubscribeFields)
   | { type: "unsubscribe"; name: string }
   | ({ type: "call"; procedure: `counter.${Procedure}`; idempotencyKey?: string } & Record<
       string,

@@ -66,6 +66,8 @@ export interface SubscriptionOptions {
    * (for a client that kept the state itself). `value` stays null until the first update.
    */
   since?: number;
+  /** The database epoch `since` belongs to (a snapshot's `epoch`, kept with the version). */
+  epoch?: string;
   /** Only updates of these types (versions then jump over the others by design). */
   types?: OperationType[];
   /** At most this many updates a second, each the counter's latest state (conflation). */
@@ -106,11 +108,14 @@ export class CounterSubscription {
   #synced = false;
   /** Whether the connection ended this watch (refused, ended by the server, stopped). */
   #ended = false;
+  /** The database epoch of `version` (from the last snapshot or resume), sent with it. */
+  #epoch: string | undefined;
 
   constructor(client: TallyClient, name: string, options: SubscriptionOptions = {}) {
     this.client = client;
     this.name = name;
     this.#options = { ...options };
+    this.#epoch = options.epoch;
     this.#state = {
       name,
       enabled: false,
@@ -155,11 +160,13 @@ export class CounterSubscription {
     this.#setState({ enabled: true, error: null });
     const stopListening = connection.subscribe(() => this.#follow(connection));
     const since = this.#state.version ?? this.#options.since;
+    const epoch = since === undefined ? undefined : this.#epoch;
     const { types, maxRate, presence } = this.#options;
     const unwatch = connection.watch(
       this.name,
       {
         ...(since === undefined ? {} : { since }),
+        ...(epoch === undefined ? {} : { epoch }),
         ...(types === undefined ? {} : { types }),
         ...(maxRate === undefined ? {} : { maxRate }),
         ...(presence === undefined ? {} : { presence }),
@@ -233,6 +240,7 @@ export class CounterSubscription {
     snapshot: (snapshot) => {
       this.#synced = true;
       this.#ended = false;
+      this.#epoch = snapshot.epoch;
       const updatedAt = snapshot.metadata.updatedAt;
       this.#setState({
         value: snapshot.value,
@@ -248,6 +256,7 @@ export class CounterSubscription {
     },
     resumed: (resumed: ResumedMessage) => {
       this.#synced = true;
+      if (resumed.epoch !== undefined) this.#epoch = resumed.epoch;
       // A first resume from the `since` option: the replay continues from that version.
       this.#setState({
         ...(this.#state.version === null ? { version: resumed.since } : {}),

@@ -13,6 +13,11 @@ import type { TallyWatchError } from "./watch-error.js";
 export interface WatchOptions {
   /** Resume after this version instead of starting with a snapshot. */
   since?: number;
+  /**
+   * The database epoch `since` belongs to (a snapshot's or resume's `epoch`, kept with the
+   * version): a resume against another database then gets a resync snapshot.
+   */
+  epoch?: string;
   /** Only updates of these types (versions then jump by design). */
   types?: OperationType[];
   /** At most this many updates a second, each the latest state (0 < R ≤ 1000). */
@@ -40,7 +45,7 @@ export interface WatchHandlers {
 
 /** Why `options` cannot be sent, in words, or null (the server's rules, checked early). */
 export function watchOptionsProblem(options: WatchOptions): string | null {
-  const { maxRate, types, since } = options;
+  const { maxRate, types, since, epoch } = options;
   if (maxRate !== undefined && !(maxRate > 0 && maxRate <= 1000)) {
     return `maxRate is ${maxRate}; it must be above 0 and at most 1000 updates per second`;
   }
@@ -49,6 +54,9 @@ export function watchOptionsProblem(options: WatchOptions): string | null {
   }
   if (since !== undefined && !(Number.isSafeInteger(since) && since >= 0)) {
     return `since is ${since}; it must be a whole number >= 0`;
+  }
+  if (epoch !== undefined && !/^[0-9a-f]{16}$/.test(epoch)) {
+    return `epoch is ${JSON.stringify(epoch)}; it must be 16 lowercase hexadecimal digits, as a snapshot gave it`;
   }
   return null;
 }
@@ -73,6 +81,8 @@ export class Topic {
   #presence: Presence | null = null;
   /** The last version passed on (what a start over resumes from). */
   #since: number | undefined;
+  /** The epoch `#since` belongs to, when known. */
+  #epoch: string | undefined;
   /**
    * Why the server or the connection ended it, while it is over; it is kept so that a new
    * credential or a new watch of the counter subscribes again.
@@ -84,6 +94,7 @@ export class Topic {
     this.name = name;
     this.#options = { ...options };
     this.#since = options.since;
+    this.#epoch = options.epoch;
   }
 
   /**
@@ -112,9 +123,9 @@ export class Topic {
   /** The machine's `subscribe` event, resuming after what was passed on. */
   subscribeEvent(): ReconnectEvent {
     const jumps = this.#options.types !== undefined || this.#options.maxRate !== undefined;
-    return this.#since === undefined
-      ? { type: "subscribe", name: this.name, jumps }
-      : { type: "subscribe", name: this.name, since: this.#since, jumps };
+    if (this.#since === undefined) return { type: "subscribe", name: this.name, jumps };
+    const epoch = this.#epoch === undefined ? {} : { epoch: this.#epoch };
+    return { type: "subscribe", name: this.name, since: this.#since, ...epoch, jumps };
   }
 
   /** The `subscribe` command's options. */
@@ -129,12 +140,14 @@ export class Topic {
 
   snapshot(snapshot: SnapshotMessage): void {
     this.#since = snapshot.version;
+    this.#epoch = snapshot.epoch;
     this.#latest = snapshot;
     this.#answered = true;
     this.#tell((watcher) => watcher.snapshot?.(snapshot));
   }
 
   resumed(resumed: ResumedMessage): void {
+    if (resumed.epoch !== undefined) this.#epoch = resumed.epoch;
     this.#answered = true;
     this.#tell((watcher) => watcher.resumed?.(resumed));
   }
@@ -149,6 +162,7 @@ export class Topic {
       metadata: update.metadata,
       timestamp: update.timestamp,
       ...(can === undefined ? {} : { can }),
+      ...(this.#epoch === undefined ? {} : { epoch: this.#epoch }),
     };
     this.#tell((watcher) => watcher.update?.(update));
   }
