@@ -233,10 +233,15 @@ async fn a_resume_against_a_replaced_database_resyncs_instead_of_mixing_historie
     for file in ["tally.db", "tally.db-wal", "tally.db-shm"] {
         let _ = std::fs::remove_file(dir.path().join(file));
     }
-    let (server, _) = serve(dir.path(), addr).await;
+    // The new database's history is written first, on another port, so that the client meets
+    // it at version 4 when it comes back: the versions it had exist there too.
+    let (elsewhere, other_addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let other = Client::new(&format!("http://{other_addr}")).expect("client");
     for amount in [50, 1, 1, 1] {
-        client.increment("replaced", amount).await.expect("write to the new database");
+        other.increment("replaced", amount).await.expect("write to the new database");
     }
+    elsewhere.stop().await;
+    let (server, _) = serve(dir.path(), addr).await;
     let resync = loop {
         match next_event(&mut subscription).await {
             SubscriptionEvent::Disconnected { .. } => {}
