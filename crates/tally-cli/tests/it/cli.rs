@@ -692,7 +692,10 @@ async fn watch_since_replays_the_missed_changes_then_goes_live() {
     let mut watcher =
         Watcher::start(&url_of(server.addr), &["likes", "--since", "2", "--json"], None);
     let deadline = Instant::now() + PATIENCE;
-    let resumed = watcher.json_line_by(deadline);
+    let mut resumed = watcher.json_line_by(deadline);
+    let epoch = resumed.as_object_mut().and_then(|fields| fields.remove("epoch"));
+    let epoch = epoch.and_then(|epoch| epoch.as_str().map(str::to_owned)).expect("an epoch");
+    assert!(epoch.len() == 16 && epoch.bytes().all(|b| b.is_ascii_hexdigit()), "{epoch}");
     assert_eq!(resumed, json!({"type": "resumed", "name": "likes", "since": 2, "version": 5}));
     for version in 3..=5 {
         let update = watcher.json_line_by(deadline);
@@ -708,6 +711,47 @@ async fn watch_since_replays_the_missed_changes_then_goes_live() {
     let (status, rest) = watcher.interrupt();
     assert_eq!(status.code(), Some(0));
     assert_eq!(rest, Vec::<String>::new());
+}
+
+/// `--epoch` names the database `--since` is a version of: the server's own epoch resumes,
+/// another starts over with a resync snapshot, and without `--since` it is refused.
+#[tokio::test]
+async fn watch_since_with_another_epoch_starts_over_from_a_snapshot() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    for _ in 0..3 {
+        server.ok("increment", json!({"name": "likes"})).await;
+    }
+    let url = url_of(server.addr);
+    let mut first = Watcher::start(&url, &["likes", "--json"], None);
+    let snapshot = first.json_line_by(Instant::now() + PATIENCE);
+    let epoch = snapshot["epoch"].as_str().expect("the snapshot names its epoch").to_owned();
+    let _ = first.interrupt();
+
+    let mut same =
+        Watcher::start(&url, &["likes", "--since", "1", "--epoch", &epoch, "--json"], None);
+    let resumed = same.json_line_by(Instant::now() + PATIENCE);
+    assert_eq!((resumed["type"].as_str(), resumed["since"].as_u64()), (Some("resumed"), Some(1)));
+    let _ = same.interrupt();
+
+    let other = if epoch == "0000000000000000" { "0000000000000001" } else { "0000000000000000" };
+    let mut resynced =
+        Watcher::start(&url, &["likes", "--since", "1", "--epoch", other, "--json"], None);
+    let snapshot = resynced.json_line_by(Instant::now() + PATIENCE);
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    assert_eq!(snapshot["resync"], true, "{snapshot}");
+    assert_eq!(
+        (snapshot["version"].as_u64(), snapshot["epoch"].as_str()),
+        (Some(3), Some(&*epoch))
+    );
+    let _ = resynced.interrupt();
+
+    let ran = run(&url, &["watch", "likes", "--epoch", &epoch]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("--since"), "{}", ran.stderr);
+    let ran = run(&url, &["watch", "likes", "--since", "1", "--epoch", "XYZ"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("16 lowercase hexadecimal digits"), "{}", ran.stderr);
 }
 
 #[tokio::test]

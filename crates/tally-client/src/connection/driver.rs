@@ -13,7 +13,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Map, Value};
 use tally_proto::socket::{Call, Command, CommandKind, Frame, Subscribe};
-use tally_proto::{CounterName, Epoch, ErrorBody, Resumed, IdempotencyKey, Procedure, WsError, close};
+use tally_proto::{
+    CounterName, Epoch, ErrorBody, IdempotencyKey, Procedure, Resumed, WsError, close,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
