@@ -67,6 +67,19 @@ enum Command {
         #[arg(long, env = "TALLY_DATABASE", value_name = "URL")]
         database: String,
     },
+    /// Copy a SQLite database to a new file while the server goes on writing: consistent (one
+    /// commit's state, holding every write answered before the backup started), checked with
+    /// SQLite's integrity check, synced, and under a new epoch, so that clients resuming
+    /// against it once restored start over from a snapshot. Restore by serving the copy.
+    /// (PostgreSQL is backed up with pg_dump; docs/CLUSTER.md.)
+    Backup {
+        /// The new file to write (never overwritten).
+        #[arg(value_name = "OUT")]
+        out: std::path::PathBuf,
+        /// The SQLite database, as for `serve`.
+        #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
+        database: String,
+    },
     /// Show a counter's value and metadata.
     Get {
         /// The counter.
@@ -153,6 +166,9 @@ fn main() -> ExitCode {
             init_logging();
             return serve::migrate(&database);
         }
+        Command::Backup { out, database } => {
+            return serve::backup(&database, &out, &mut output::Printer::new(cli.json));
+        }
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error, and a closed
             // pipe (`| head`) must end quietly.
@@ -235,6 +251,7 @@ async fn run_client_command(
         Command::Key(command) => keys::run(&client, &mut out, command).await,
         Command::Serve(_)
         | Command::Migrate { .. }
+        | Command::Backup { .. }
         | Command::Completions { .. }
         | Command::Token(_) => {
             unreachable!("handled in main")

@@ -433,6 +433,55 @@ pub(crate) async fn migrate(database: &str) -> std::process::ExitCode {
     }
 }
 
+/// `tally backup`: an online copy of a SQLite database (`tally_server::store::backup`).
+pub(crate) fn backup(
+    database: &str,
+    out: &std::path::Path,
+    printer: &mut crate::output::Printer,
+) -> std::process::ExitCode {
+    if is_postgres_url(database) {
+        eprintln!(
+            "error: --database is a PostgreSQL URL; back it up with pg_dump, and give a restored copy a new epoch before serving it (docs/CLUSTER.md)"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let summary = match tally_server::store::backup(std::path::Path::new(database), out) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shown = |epoch: &Option<tally_proto::Epoch>| {
+        epoch.as_ref().map_or_else(|| "none yet".to_owned(), ToString::to_string)
+    };
+    let line = if printer.json {
+        serde_json::json!({
+            "database": database,
+            "backup": out.display().to_string(),
+            "counters": summary.counters,
+            "bytes": summary.bytes,
+            "integrity": "ok",
+            "epoch": summary.epoch.as_ref().map(ToString::to_string),
+            "sourceEpoch": summary.source_epoch.as_ref().map(ToString::to_string),
+        })
+        .to_string()
+    } else {
+        format!(
+            "backed up {database} to {}: {} counters, {} bytes, integrity ok, epoch {} (the live database's is {})",
+            out.display(),
+            summary.counters,
+            summary.bytes,
+            shown(&summary.epoch),
+            shown(&summary.source_epoch),
+        )
+    };
+    match printer.line(&line) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::FAILURE,
+    }
+}
+
 /// The server's settings from the flags.
 fn config_from(args: &ServeArgs, auth: AuthConfig, web_page: Option<WebPage>) -> Config {
     Config {

@@ -3,6 +3,7 @@
 //! one PostgreSQL database (`cluster`).
 
 mod auth;
+mod backup;
 mod cli;
 mod cluster;
 mod crash;

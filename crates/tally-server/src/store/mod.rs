@@ -26,6 +26,7 @@
 
 pub mod postgres;
 mod sqlite;
+mod sqlite_backup;
 mod stats;
 
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use tally_proto::{CounterName, Epoch, IdempotencyKey, Op, OpKind};
 
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite_backup::{BackupError, BackupSummary, backup};
 pub use stats::StoreMetrics;
 
 /// A counter as stored.

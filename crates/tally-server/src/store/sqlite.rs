@@ -22,9 +22,11 @@ use super::{
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
-const APPLICATION_ID: i64 = 0x5441_4C59;
+pub(super) const APPLICATION_ID: i64 = 0x5441_4C59;
 /// The schema version this code writes and reads; older files are migrated at open.
-const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 4;
+/// The first schema version with an epoch (the `meta` table).
+pub(super) const EPOCH_SCHEMA_VERSION: i64 = 4;
 /// How many appends one transaction takes at most, so one commit's latency stays bounded.
 const MAX_APPENDS_PER_COMMIT: usize = 4096;
 /// How many appends may wait for the writer before callers are made to wait.
