@@ -217,3 +217,24 @@ fn access_line(server: &Tally) -> String {
     }
     panic!("no access line in {log:?}");
 }
+
+/// Issue 16: the database holds key hashes and who changed what, so its files (the database,
+/// its `-wal` and `-shm`, and the lock file) are created readable by their owner only, whatever
+/// the umask.
+#[tokio::test]
+async fn issue_16_database_files_are_created_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("fresh.db");
+    let server = Tally::start(&database, &[]);
+    // A write makes SQLite create the `-wal` and `-shm` files.
+    server.ok("increment", serde_json::json!({"name": "modes"})).await;
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let path = dir.path().join(format!("fresh.db{suffix}"));
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{} should exist: {error}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{} has mode {:o}", path.display(), mode & 0o777);
+    }
+}

@@ -157,10 +157,7 @@ impl SqliteStore {
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
         let lock_path = lock_path(path);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let lock = owner_only(File::options().create(true).truncate(false).write(true))
             .open(&lock_path)
             .map_err(|error| {
                 open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
@@ -172,6 +169,15 @@ impl SqliteStore {
             ))
         })?;
 
+        // The database holds API key hashes and who changed what: create it readable by its
+        // owner only. SQLite gives the `-wal` and `-shm` files it makes later the mode of the
+        // database file, so creating this one `0600` covers them too. Chosen over setting the
+        // umask around the open: the umask is the whole process's (other threads may create
+        // files meanwhile), and the `-wal` is created at the first write, after any such
+        // window. A file that exists keeps the mode its owner gave it.
+        owner_only(File::options().create(true).truncate(false).write(true))
+            .open(path)
+            .map_err(|error| open_error(format!("cannot create the file: {error}")))?;
         let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
 
@@ -230,6 +236,13 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// `options`, creating a missing file readable and writable by its owner only (`0600`).
+fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 fn lock_path(path: &Path) -> PathBuf {
