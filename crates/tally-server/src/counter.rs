@@ -160,6 +160,18 @@ impl ApplyError {
                         "the connection to storage was lost while committing ({cause}), so the write may or may not be stored: send it again with the same Idempotency-Key (Tally's clients do), which counts it once"
                     ),
                 ),
+                StoreError::Stopped { reason, uncertain: true } => ProtocolError::new(
+                    ErrorCode::StoreStopped,
+                    format!(
+                        "the store stopped taking writes after {reason}: this write may or may not be stored, and no later fsync could prove it; the server must be restarted, then send it again with the same Idempotency-Key (Tally's clients do), which counts it once"
+                    ),
+                ),
+                StoreError::Stopped { reason, uncertain: false } => ProtocolError::new(
+                    ErrorCode::StoreStopped,
+                    format!(
+                        "the store stopped taking writes after {reason}, since a later fsync could not prove the data before it reached the disk; nothing was stored: the server must be restarted before it takes writes again (reads still work)"
+                    ),
+                ),
                 StoreError::Closed => ProtocolError::new(
                     ErrorCode::Unavailable,
                     "the server is shutting down; nothing was stored: try again shortly",

@@ -12,7 +12,7 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, Readiness, Store};
 
 /// What every handler shares: one pointer, because axum clones the state for every request
 /// (cloning six shared fields meant six atomic increments and decrements per request, on cache
@@ -63,6 +63,32 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
         }))
+    }
+
+    /// Whether the server can store writes now (`GET /readyz`), also set in the metrics. A
+    /// server shutting down is not ready: a load balancer should stop sending it work.
+    pub(crate) async fn readiness(&self) -> tally_proto::Readiness {
+        let readiness = if self.shutdown.is_cancelled() {
+            Readiness::Unavailable("the server is shutting down".into())
+        } else {
+            self.store.readiness().await
+        };
+        self.metrics.store_readiness(&readiness);
+        match readiness {
+            Readiness::Ready => {
+                tally_proto::Readiness { ready: true, reason: None, restart_required: false }
+            }
+            Readiness::Unavailable(reason) => tally_proto::Readiness {
+                ready: false,
+                reason: Some(reason),
+                restart_required: false,
+            },
+            Readiness::Stopped(reason) => tally_proto::Readiness {
+                ready: false,
+                reason: Some(format!("the store stopped taking writes after {reason}")),
+                restart_required: true,
+            },
+        }
     }
 
     /// Answers `error`, counting it; server faults are logged, client faults are not (refusals

@@ -26,9 +26,10 @@ use tally_proto::{CounterName, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
+use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Readiness, Retention, Store, StoreError, StoreMetrics,
 };
 
 /// The channel every node listens on for committed changes: the payload is the counter's name,
@@ -167,6 +168,8 @@ pub struct PostgresStore {
     pool: Pool,
     writer: mpsc::Sender<WriterMessage>,
     metrics: StoreMetrics,
+    /// Write health, fed by the writer task, for `/readyz`.
+    health: Arc<WriteHealth>,
     epoch: String,
 }
 
@@ -237,7 +240,9 @@ impl PostgresStore {
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
         let metrics = StoreMetrics::default();
+        let health = Arc::new(WriteHealth::default());
         let task = WriterTask {
+            health: Arc::clone(&health),
             config,
             client: Some(client),
             statements: None,
@@ -247,7 +252,7 @@ impl PostgresStore {
             last_sweep: None,
         };
         tokio::spawn(task.run(inbox));
-        Ok(Self { described, pool, writer, metrics, epoch })
+        Ok(Self { described, pool, writer, metrics, health, epoch })
     }
 
     async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -510,6 +515,8 @@ struct WriterTask {
     history_limit: u64,
     idempotency_window: Duration,
     metrics: StoreMetrics,
+    /// Where each commit's outcome is recorded.
+    health: Arc<WriteHealth>,
     last_sweep: Option<Instant>,
 }
 
@@ -563,7 +570,9 @@ impl WriterTask {
                 Err(error) => {
                     // Spread the retries of a database that is away; callers are answered now.
                     tokio::time::sleep(RECONNECT_BACKOFF).await;
-                    return Err(StoreError::from(error));
+                    // Whatever the code (a database that refuses connections says 55000, a
+                    // dropped one 3D000): nothing was sent, and it may be back later.
+                    return Err(StoreError::Unavailable(Box::new(error)));
                 }
             };
             self.client = Some(client);
@@ -613,6 +622,10 @@ impl WriterTask {
             }
             Err(error) => Err(error),
         };
+        match &outcome {
+            Ok(_) => self.health.succeeded(),
+            Err(error) => self.health.failed(error),
+        }
         match outcome {
             Ok(results) => results,
             Err(error) => {
@@ -947,6 +960,31 @@ impl Store for PostgresStore {
 
     fn describe(&self) -> String {
         self.described.clone()
+    }
+
+    async fn readiness(&self) -> Readiness {
+        if self.writer.is_closed() {
+            return Readiness::Unavailable("the PostgreSQL writer task has stopped".into());
+        }
+        // The probe: a connection from the pool (a database that went away, refuses
+        // connections or is unreachable fails here) and whether it takes writes at all.
+        let probe = async {
+            let client = self.reader().await?;
+            let read_only: bool = client
+                .query_one(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if read_only {
+                return Err(StoreError::Unavailable(
+                    "PostgreSQL takes no writes here: it is a standby, or its transactions are read-only by default".into(),
+                ));
+            }
+            Ok(())
+        };
+        self.health.readiness(probe).await
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

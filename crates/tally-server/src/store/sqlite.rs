@@ -16,9 +16,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tally_proto::{CounterName, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Readiness, Retention, Store, StoreError, StoreMetrics,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
@@ -111,7 +112,16 @@ impl Default for SqliteOptions {
 struct WriterSettings {
     history_limit: u64,
     idempotency_window: Duration,
+    /// Where the writer records each commit's outcome, and stops the store.
+    health: Arc<WriteHealth>,
+    /// Makes chosen commits fail as a failed fsync would; `None` outside this file's unit
+    /// tests. A real failing fsync needs a faulty block device, which this machine cannot make
+    /// (docs/RELIABILITY.md), so the tests replace this one step and nothing else.
+    fault: Option<Fault>,
 }
+
+/// Called where a commit would run `COMMIT`; an error it returns is the commit's.
+type Fault = Box<dyn Fn() -> Option<rusqlite::Error> + Send>;
 
 /// A request to the writer thread.
 enum WriterMessage {
@@ -123,15 +133,16 @@ enum WriterMessage {
     Close {
         done: oneshot::Sender<()>,
     },
-    /// A rare write of its own (API keys), run between two group commits; it answers its
-    /// caller itself.
+    /// A rare write of its own (API keys, readiness probes), run between two group commits;
+    /// it answers its caller itself.
     Run {
         write: OwnWrite,
     },
 }
 
-/// A write that is not a batch of counter operations.
-type OwnWrite = Box<dyn FnOnce(&Connection) + Send>;
+/// A write that is not a batch of counter operations: given the connection, or why the store
+/// takes no writes any more.
+type OwnWrite = Box<dyn FnOnce(Result<&Connection, StoreError>) + Send>;
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -143,6 +154,8 @@ pub struct SqliteStore {
     readers: Arc<ReaderPool>,
     /// Commit statistics, fed by the writer thread.
     metrics: StoreMetrics,
+    /// Write health, fed by the writer thread, for `/readyz`.
+    health: Arc<WriteHealth>,
     /// Held for the store's life: an exclusive lock on `<database>.lock`, so that two servers
     /// never write one file (each would believe it alone orders the counters).
     _lock: File,
@@ -155,6 +168,15 @@ impl SqliteStore {
     /// [`StoreError::Open`] when the folder is missing or not writable, another Tally server
     /// holds the file, or the file is not a Tally database (corrupt, or another program's).
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_with(path, options, None)
+    }
+
+    /// [`SqliteStore::open`] with commits failing as `fault` says (unit tests only).
+    fn open_with(
+        path: &Path,
+        options: SqliteOptions,
+        fault: Option<Fault>,
+    ) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
         let lock_path = lock_path(path);
         let lock = owner_only(File::options().create(true).truncate(false).write(true))
@@ -182,9 +204,12 @@ impl SqliteStore {
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
+        let health = Arc::new(WriteHealth::default());
         let settings = WriterSettings {
             history_limit: options.history_limit.max(1),
             idempotency_window: options.idempotency_window,
+            health: Arc::clone(&health),
+            fault,
         };
         let metrics = StoreMetrics::default();
         let writer_metrics = metrics.clone();
@@ -197,6 +222,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer,
             metrics,
+            health,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             _lock: lock,
         })
@@ -210,13 +236,14 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (respond_to, answer) = oneshot::channel();
-        let run = Box::new(move |conn: &Connection| {
-            let result = (|| {
+        let health = Arc::clone(&self.health);
+        let run = Box::new(move |conn: Result<&Connection, StoreError>| {
+            let result = conn.and_then(|conn| {
                 let tx = conn.unchecked_transaction()?;
                 let value = write(&tx)?;
-                tx.commit()?;
+                tx.commit().map_err(|error| writer_error(error, &health))?;
                 Ok(value)
-            })();
+            });
             let _ = respond_to.send(result);
         });
         self.writer
@@ -350,7 +377,7 @@ fn run_writer(
             let sweep = last_sweep.is_none_or(|last| started - last >= SWEEP_EVERY);
             let expired_before = sweep.then(|| expiry_cutoff(settings.idempotency_window));
             let batches = appends.iter().map(|(batch, _)| batch);
-            let results = commit(&conn, batches, settings.history_limit, expired_before);
+            let results = commit(&conn, batches, settings, expired_before);
             if sweep {
                 last_sweep = Some(started);
             }
@@ -366,7 +393,10 @@ fn run_writer(
             }
         }
         for write in runs.drain(..) {
-            write(&conn);
+            match settings.health.stopped() {
+                None => write(Ok(&conn)),
+                Some(reason) => write(Err(StoreError::Stopped { reason, uncertain: false })),
+            }
         }
     }
     drop(conn);
@@ -380,21 +410,64 @@ fn run_writer(
 /// fails the whole group: SQLite may already have rolled the transaction back by itself (disk
 /// full, I/O error), and going on would commit later batches one by one outside it while
 /// reporting them as failed.
+///
+/// A commit that fails with an error meaning its data may not have reached the disk (a failed
+/// fsync or write, [`lost_write`]) stops the store: this and every later batch is refused with
+/// [`StoreError::Stopped`] without touching the file, until the server restarts.
 fn commit<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
     expired_before: Option<i64>,
 ) -> Vec<CommitResult> {
     let count = batches.len();
-    match commit_group(conn, batches, history_limit, expired_before) {
-        Ok(results) => results,
+    let health = &settings.health;
+    let outcome = match health.stopped() {
+        Some(reason) => Err(StoreError::Stopped { reason, uncertain: false }),
+        None => commit_group(conn, batches, settings, expired_before)
+            .map_err(|error| writer_error(error, health)),
+    };
+    match outcome {
+        Ok(results) => {
+            health.succeeded();
+            results
+        }
         // One failure, kept whole (its kind decides what clients are told), shared by every
         // batch of the group.
         Err(error) => {
-            let error = Arc::new(StoreError::from(error));
+            health.failed(&error);
+            let error = Arc::new(error);
             (0..count).map(|_| Err(Arc::clone(&error))).collect()
         }
+    }
+}
+
+/// What a failed write of the writer thread is: [`StoreError::Stopped`] (and the store stopped)
+/// when it may have lost data the disk was given, else what SQLite's error says.
+fn writer_error(error: rusqlite::Error, health: &WriteHealth) -> StoreError {
+    let Some(what) = lost_write(&error) else { return StoreError::from(error) };
+    let reason = format!("{what} ({error})");
+    tracing::error!(
+        %reason,
+        "a commit failed in a way that may have lost data the disk was given; the store takes no more writes until the server is restarted"
+    );
+    health.stop(reason.clone());
+    StoreError::Stopped { reason, uncertain: true }
+}
+
+/// Whether `error` means that data given to the disk may not be on it: SQLite's I/O error
+/// from an fsync (of the file or its folder) or a write. Then the kernel may have dropped the
+/// dirty pages and marked them clean, so a later fsync that succeeds proves nothing about them
+/// (PostgreSQL's "fsyncgate", 2018): the one safe answer is to stop. A full disk
+/// (`SQLITE_FULL`) is not one: nothing was handed over, and writes resume when space returns.
+fn lost_write(error: &rusqlite::Error) -> Option<&'static str> {
+    use rusqlite::ffi;
+    let rusqlite::Error::SqliteFailure(failure, _) = error else { return None };
+    match failure.extended_code {
+        ffi::SQLITE_IOERR_FSYNC => Some("a failed fsync"),
+        ffi::SQLITE_IOERR_DIR_FSYNC => Some("a failed fsync of the database's folder"),
+        ffi::SQLITE_IOERR_WRITE => Some("a failed write"),
+        _ => None,
     }
 }
 
@@ -411,9 +484,10 @@ fn expiry_cutoff(window: Duration) -> i64 {
 fn commit_group<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
     expired_before: Option<i64>,
 ) -> Result<Vec<CommitResult>, rusqlite::Error> {
+    let history_limit = settings.history_limit;
     if !conn.is_autocommit() {
         // Only if a rollback after an earlier failure failed too: try again, or every group
         // from now on would fail with "cannot start a transaction within a transaction".
@@ -431,6 +505,9 @@ fn commit_group<'a>(
                  (SELECT at_ms FROM idempotency ORDER BY at_ms LIMIT 1 OFFSET ?2), ?1)",
             )?
             .execute(params![cutoff, SWEEP_ROWS - 1])?;
+        }
+        if let Some(error) = settings.fault.as_ref().and_then(|fault| fault()) {
+            return Err(error);
         }
         conn.prepare_cached("COMMIT")?.execute([])?;
         Ok(results)
@@ -842,7 +919,146 @@ impl Store for SqliteStore {
         self.path.display().to_string()
     }
 
+    async fn readiness(&self) -> Readiness {
+        if self.writer.is_closed() {
+            return Readiness::Unavailable("the SQLite writer thread has stopped".into());
+        }
+        // The probe is a real write, synced like a commit: it rewrites the schema version with
+        // its own value, which changes nothing but appends a page to the WAL, so it fails as a
+        // commit would (disk full, I/O error). At most one per `FRESH`, only when asked, and
+        // only when no commit said it first.
+        let probe = self.write(|conn| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            conn.pragma_update(None, "user_version", version)?;
+            Ok(())
+        });
+        self.health.readiness(probe).await
+    }
+
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A failed fsync, which only a faulty device causes for real: the commit step is the one
+    //! part replaced (`Fault`); the file, SQLite and the writer thread are real.
+
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use rusqlite::ffi;
+
+    use super::*;
+    use crate::counter::ApplyError;
+
+    const NO_FAULT: u8 = 0;
+    const FSYNC: u8 = 1;
+    const FULL: u8 = 2;
+
+    fn increment(expected_version: u64) -> AppendBatch {
+        let name = CounterName::parse("c").expect("a valid name");
+        let value = i64::try_from(expected_version).expect("small");
+        let entry = HistoryRecord {
+            version: expected_version + 1,
+            kind: OpKind::Increment,
+            amount: Some(1),
+            previous_value: value,
+            value: value + 1,
+            at_ms: crate::clock::now_ms(),
+            by: None,
+        };
+        AppendBatch::new(name, expected_version, vec![entry])
+    }
+
+    fn key() -> KeyRecord {
+        KeyRecord {
+            id: "id".into(),
+            name: "k".into(),
+            secret_hash: [0; 32],
+            grants: vec![],
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        }
+    }
+
+    /// A store whose commits fail as `fault` says at the moment they would run.
+    fn store_with(folder: &tempfile::TempDir, fault: &Arc<AtomicU8>) -> SqliteStore {
+        let fault = Arc::clone(fault);
+        let inject: Fault = Box::new(move || {
+            let (code, message) = match fault.load(Ordering::SeqCst) {
+                FSYNC => (ffi::SQLITE_IOERR_FSYNC, "disk I/O error (injected fsync failure)"),
+                FULL => (ffi::SQLITE_FULL, "database or disk is full (injected)"),
+                _ => return None,
+            };
+            Some(rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.into())))
+        });
+        let path = folder.path().join("tally.db");
+        SqliteStore::open_with(&path, SqliteOptions::default(), Some(inject)).expect("open")
+    }
+
+    async fn commit(store: &SqliteStore, batch: AppendBatch) -> CommitResult {
+        store.append(batch).await.expect("queued").await
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_stops_every_later_write_until_restart() {
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(NO_FAULT));
+        let store = store_with(&folder, &fault);
+        commit(&store, increment(0)).await.expect("stored");
+        assert_eq!(store.readiness().await, Readiness::Ready);
+
+        fault.store(FSYNC, Ordering::SeqCst);
+        let error = commit(&store, increment(1)).await.expect_err("the fsync failed");
+        assert!(
+            matches!(&*error, StoreError::Stopped { uncertain: true, reason } if reason.contains("fsync")),
+            "{error:?}"
+        );
+        let answer = ApplyError::Store(Arc::clone(&error)).to_protocol();
+        assert_eq!(answer.code, tally_proto::ErrorCode::StoreStopped);
+        assert!(!answer.code.is_temporary());
+        assert!(answer.message.contains("may or may not be stored"), "{}", answer.message);
+        assert!(answer.message.contains("restarted"), "{}", answer.message);
+
+        // The disk seems fine again: it proves nothing, and the store still refuses, counter
+        // writes and its own writes alike, without touching the file.
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        let error = commit(&store, increment(1)).await.expect_err("stopped");
+        assert!(matches!(&*error, StoreError::Stopped { uncertain: false, .. }), "{error:?}");
+        let answer = ApplyError::Store(error).to_protocol();
+        assert!(answer.message.contains("nothing was stored"), "{}", answer.message);
+        let refused = store.create_key(key()).await.expect_err("stopped");
+        assert!(matches!(refused, StoreError::Stopped { .. }), "{refused:?}");
+        match store.readiness().await {
+            Readiness::Stopped(reason) => assert!(reason.contains("fsync"), "{reason}"),
+            other => panic!("not stopped: {other:?}"),
+        }
+        // Reads go on.
+        let name = CounterName::parse("c").expect("a valid name");
+        let stored = store.load_record(&name).await.expect("read").expect("stored");
+        assert_eq!((stored.value, stored.version), (1, 1));
+        store.close().await;
+        drop(store);
+
+        // A restart takes writes again.
+        let store = store_with(&folder, &fault);
+        assert_eq!(store.readiness().await, Readiness::Ready);
+        commit(&store, increment(1)).await.expect("stored after the restart");
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_a_failed_fsync_and_mends_by_itself() {
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(FULL));
+        let store = store_with(&folder, &fault);
+        let error = commit(&store, increment(0)).await.expect_err("full");
+        assert!(matches!(&*error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(
+            matches!(store.readiness().await, Readiness::Unavailable(reason) if reason.contains("full"))
+        );
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        commit(&store, increment(0)).await.expect("stored once there is room");
+        assert_eq!(store.readiness().await, Readiness::Ready);
     }
 }

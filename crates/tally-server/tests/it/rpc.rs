@@ -176,4 +176,8 @@ async fn metrics_and_health() {
     assert_eq!(server.metric("tally_store_transaction_operations_sum").await, 1.0);
     let (status, body) = server.raw(reqwest::Method::GET, "/healthz", None, Vec::new()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = server.raw(reqwest::Method::GET, "/readyz", None, Vec::new()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true,"restartRequired":false}"#));
+    assert_eq!(server.metric("tally_store_ready").await, 1.0);
+    assert_eq!(server.metric("tally_store_stopped").await, 0.0);
 }
