@@ -442,7 +442,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         // storage is read again only once they are all answered.
         if actor.reload && in_flight.is_empty() {
             if let Err(error) = actor.reload().await {
-                tracing::error!(counter = %actor.name, %error, "cannot load counter");
+                if let Some(suppressed) =
+                    crate::log_limit::storage().allow(("cannot load counter", ""))
+                {
+                    tracing::error!(counter = %actor.name, %error, suppressed, "cannot load counter");
+                }
                 // Nothing can be answered without the state: leave, so that the next request
                 // starts a fresh actor that tries again.
                 actor.context.home.retire(&actor.name, actor.generation);
@@ -810,14 +814,24 @@ impl CounterActor {
                     // Built on a batch that failed: the first failure is the answer.
                     (Some(first), StoreError::Conflict { .. }) => Arc::clone(first),
                     (None, StoreError::Conflict { .. }) => {
-                        tracing::error!(
-                            counter = %self.name, %error,
-                            "version conflict: storage does not hold what this actor committed (a bug, or another writer on the database); reloading the counter"
-                        );
+                        if let Some(suppressed) =
+                            crate::log_limit::storage().allow(("version conflict", ""))
+                        {
+                            tracing::error!(
+                                counter = %self.name, %error, suppressed,
+                                "version conflict: storage does not hold what this actor committed (a bug, or another writer on the database); reloading the counter"
+                            );
+                        }
                         error
                     }
                     _ => {
-                        tracing::error!(counter = %self.name, %error, "commit failed");
+                        // Every counter's batch of a failed group commit fails alike: one line
+                        // a second, with how many were left out.
+                        if let Some(suppressed) =
+                            crate::log_limit::storage().allow(("commit failed", ""))
+                        {
+                            tracing::error!(counter = %self.name, %error, suppressed, "commit failed");
+                        }
                         error
                     }
                 };

@@ -95,8 +95,13 @@ impl AppState {
     /// were logged where they were decided).
     pub(crate) fn error_response(&self, error: &ProtocolError) -> Response {
         self.metrics.error(error.code);
-        if !error.code.is_client_fault() {
-            tracing::warn!(code = %error.code, message = %error.message, "request failed");
+        // A failing store fails every request: one line a second per code, with how many
+        // were left out.
+        if !error.code.is_client_fault()
+            && let Some(suppressed) =
+                crate::log_limit::storage().allow(("request failed", error.code.as_str()))
+        {
+            tracing::warn!(code = %error.code, message = %error.message, suppressed, "request failed");
         }
         let status = StatusCode::from_u16(error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

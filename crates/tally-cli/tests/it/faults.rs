@@ -111,6 +111,7 @@ fn assert_unavailable(answer: &Value, says: &str) {
 async fn a_full_disk_is_answered_with_503_loses_nothing_and_recovers() {
     let Some(disk) = SmallDisk::mount("1m") else { return };
     let database = disk.path().join("tally.db");
+    let started = std::time::Instant::now();
     let mut server = Tally::start(&database, &[]);
     assert_eq!(server.readyz().await.0, 200);
 
@@ -121,6 +122,22 @@ async fn a_full_disk_is_answered_with_503_loses_nothing_and_recovers() {
     let (status, readiness) = server.readyz().await;
     assert_eq!(status, 503, "{readiness}");
     assert_not_ready(&readiness, "full");
+    // Every refused write failed a commit and a request, but the log has at most one line of
+    // each a second.
+    for _ in 0..200 {
+        let (status, answer) =
+            server.call("increment", json!({"name": "full"})).await.expect("answer");
+        assert_eq!(status, 503, "{answer}");
+    }
+    let log = server.drain_log();
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    for line_of in ["commit failed", "request failed"] {
+        let lines = log.iter().filter(|line| line.contains(line_of)).count();
+        assert!(
+            (1..=seconds).contains(&lines),
+            "{lines} lines of {line_of:?} in {seconds} s: {log:#?}"
+        );
+    }
     // Reads go on while writes cannot.
     assert_eq!(
         server.ok("getValue", json!({"name": "full"})).await["value"].as_i64(),
