@@ -113,6 +113,7 @@ impl Procedure {
                 ErrorCode::InvalidIdempotencyKey,
                 ErrorCode::IdempotencyKeyReused,
                 ErrorCode::StoreStopped,
+                ErrorCode::QuotaExceeded,
             ]);
         }
         match self {

@@ -172,6 +172,9 @@ impl ApplyError {
                         "the store stopped taking writes after {reason}, since a later fsync could not prove the data before it reached the disk; nothing was stored: the server must be restarted before it takes writes again (reads still work)"
                     ),
                 ),
+                StoreError::QuotaExceeded(message) => {
+                    ProtocolError::new(ErrorCode::QuotaExceeded, message.clone())
+                }
                 StoreError::Closed => ProtocolError::new(
                     ErrorCode::Unavailable,
                     "the server is shutting down; nothing was stored: try again shortly",

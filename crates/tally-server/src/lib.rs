@@ -66,7 +66,9 @@ pub use http::router;
 pub use shutdown::shutdown_signal;
 pub use state::AppState;
 pub use static_files::{CONTENT_SECURITY_POLICY, StaticFile, WebPage, WebPageError};
-pub use store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
+pub use store::{
+    PostgresOptions, PostgresStore, Quotas, SqliteOptions, SqliteStore, Store, StoreError,
+};
 
 /// Serves Tally on `listener` until `shutdown` completes, then stops in order: stop accepting
 /// and finish in-flight requests; close every WebSocket with 1012; let every counter finish its

@@ -43,7 +43,34 @@ use tally_proto::{CounterName, IdempotencyKey, Op, OpKind};
 pub use health::Readiness;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
+
+/// Why `name` was not created at a quota: `quota` (a flag) is `limit` and storage holds
+/// `found` (in `unit`).
+pub(crate) fn quota_exceeded(
+    name: &CounterName,
+    quota: &str,
+    limit: u64,
+    found: u64,
+    unit: &str,
+) -> StoreError {
+    StoreError::QuotaExceeded(format!(
+        "counter {:?} was not created: this server holds {found} {unit}, and its {quota} quota is {limit}; writes to existing counters still work, and nothing was stored",
+        name.as_str()
+    ))
+}
 pub use stats::StoreMetrics;
+
+/// Limits on what storage may hold (`--max-counters`, `--max-database-size`): at a quota, a
+/// batch that would create a counter is refused with [`StoreError::QuotaExceeded`]; batches on
+/// existing counters are not, so those keep working. Both off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// Counters stored at most.
+    pub max_counters: Option<u64>,
+    /// Bytes the database may reach before no new counter is created (SQLite: the database
+    /// file's pages; PostgreSQL: `pg_database_size`).
+    pub max_database_bytes: Option<u64>,
+}
 
 /// A counter as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,6 +293,10 @@ pub enum StoreError {
         /// Whether this batch was in the commit that failed (so may or may not be stored).
         uncertain: bool,
     },
+    /// The batch would create a counter while storage is at a [`Quotas`] limit; nothing of it
+    /// was stored. The message names the counter, the quota and its value.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,

@@ -29,7 +29,8 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Readiness, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
+    quota_exceeded,
 };
 
 /// The channel every node listens on for committed changes: the payload is the counter's name,
@@ -137,6 +138,9 @@ pub struct PostgresOptions {
     pub idempotency_window: Duration,
     /// Connections for reads, at most (the writer has one more of its own).
     pub pool_size: usize,
+    /// What the database may hold (`--max-counters`, `--max-database-size`), checked by each
+    /// node on its own commits: see [`quota_refusals`].
+    pub quotas: Quotas,
 }
 
 impl Default for PostgresOptions {
@@ -145,6 +149,7 @@ impl Default for PostgresOptions {
             history_limit: 10_000,
             idempotency_window: Duration::from_secs(24 * 3600),
             pool_size: 8,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -243,6 +248,7 @@ impl PostgresStore {
         let health = Arc::new(WriteHealth::default());
         let task = WriterTask {
             health: Arc::clone(&health),
+            quotas: options.quotas,
             config,
             client: Some(client),
             statements: None,
@@ -517,6 +523,7 @@ struct WriterTask {
     metrics: StoreMetrics,
     /// Where each commit's outcome is recorded.
     health: Arc<WriteHealth>,
+    quotas: Quotas,
     last_sweep: Option<Instant>,
 }
 
@@ -606,9 +613,23 @@ impl WriterTask {
             let window_ms = i64::try_from(self.idempotency_window.as_millis()).unwrap_or(i64::MAX);
             crate::clock::now_ms().saturating_sub(window_ms)
         });
+        let quotas = self.quotas;
         let outcome = match self.ready().await {
             Ok((client, statements)) => {
-                let outcome = commit_group(client, statements, &batches, history_limit).await;
+                let outcome = match quota_refusals(client, quotas, &batches).await {
+                    Ok(refusals) => {
+                        let admitted: Vec<&AppendBatch> = batches
+                            .iter()
+                            .zip(&refusals)
+                            .filter(|(_, refused)| refused.is_none())
+                            .map(|(batch, _)| *batch)
+                            .collect();
+                        commit_group(client, statements, &admitted, history_limit)
+                            .await
+                            .map(|results| merge_refusals(refusals, results))
+                    }
+                    Err(error) => Err(StoreError::from(error)),
+                };
                 // Outside the group's transaction, so that two nodes sweeping the same rows
                 // can never deadlock a group of writes; a sweep that fails is tried again next
                 // time.
@@ -638,6 +659,74 @@ impl WriterTask {
             }
         }
     }
+}
+
+/// Which of `batches` would create a counter while the database is at a quota: refused (before
+/// the group's transaction) with why, the others `None`. It costs a count of the counters and
+/// `pg_database_size`, only for groups that create counters and only with a quota set. Each
+/// node checks its own commits, so nodes creating counters at the same moment may together go
+/// past `--max-counters` by up to one group each.
+async fn quota_refusals(
+    client: &Client,
+    quotas: Quotas,
+    batches: &[&AppendBatch],
+) -> Result<Vec<Option<StoreError>>, tokio_postgres::Error> {
+    let creates = batches.iter().any(|batch| batch.expected_version == 0);
+    if !creates || quotas == Quotas::default() {
+        return Ok(batches.iter().map(|_| None).collect());
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM counters), pg_database_size(current_database())",
+            &[],
+        )
+        .await?;
+    let mut counters = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let bytes = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+    Ok(batches
+        .iter()
+        .map(|batch| {
+            if batch.expected_version != 0 {
+                return None;
+            }
+            if let Some(limit) = quotas.max_counters.filter(|&limit| counters >= limit) {
+                return Some(quota_exceeded(
+                    &batch.name,
+                    "--max-counters",
+                    limit,
+                    counters,
+                    "counters",
+                ));
+            }
+            if let Some(limit) = quotas.max_database_bytes.filter(|&limit| bytes >= limit) {
+                return Some(quota_exceeded(
+                    &batch.name,
+                    "--max-database-size",
+                    limit,
+                    bytes,
+                    "bytes of database",
+                ));
+            }
+            counters += 1;
+            None
+        })
+        .collect())
+}
+
+/// The answers of every batch: the refused ones' refusals, the others' `results` in order.
+fn merge_refusals(
+    refusals: Vec<Option<StoreError>>,
+    results: Vec<CommitResult>,
+) -> Vec<CommitResult> {
+    let mut results = results.into_iter();
+    refusals
+        .into_iter()
+        .map(|refused| match refused {
+            Some(error) => Err(Arc::new(error)),
+            // As many results as admitted batches; a missing one would be a bug, not stored.
+            None => results.next().unwrap_or_else(|| Err(Arc::new(StoreError::Closed))),
+        })
+        .collect()
 }
 
 async fn commit_group(

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Readiness, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
+    quota_exceeded,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
@@ -100,11 +101,17 @@ pub struct SqliteOptions {
     /// Idempotency records older than this are deleted by the writer (`--idempotency-window`;
     /// the server's `Config` has the same setting, for what the actors remember).
     pub idempotency_window: Duration,
+    /// What the file may hold (`--max-counters`, `--max-database-size`).
+    pub quotas: Quotas,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { history_limit: 10_000, idempotency_window: Duration::from_secs(24 * 3600) }
+        Self {
+            history_limit: 10_000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            quotas: Quotas::default(),
+        }
     }
 }
 
@@ -112,6 +119,10 @@ impl Default for SqliteOptions {
 struct WriterSettings {
     history_limit: u64,
     idempotency_window: Duration,
+    quotas: Quotas,
+    /// How many counters the file holds, as of the last commit: counted once at open, then
+    /// kept by the writer (the only one who inserts), so a quota check costs no count.
+    counters: std::cell::Cell<u64>,
     /// Where the writer records each commit's outcome, and stops the store.
     health: Arc<WriteHealth>,
     /// Makes chosen commits fail as a failed fsync would; `None` outside this file's unit
@@ -202,12 +213,17 @@ impl SqliteStore {
             .map_err(|error| open_error(format!("cannot create the file: {error}")))?;
         let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
+        let counters: u64 = conn
+            .query_row("SELECT count(*) FROM counters", [], |row| row.get(0))
+            .map_err(|error| open_error(describe_open_error(&error)))?;
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
         let health = Arc::new(WriteHealth::default());
         let settings = WriterSettings {
             history_limit: options.history_limit.max(1),
             idempotency_window: options.idempotency_window,
+            quotas: options.quotas,
+            counters: std::cell::Cell::new(counters),
             health: Arc::clone(&health),
             fault,
         };
@@ -487,14 +503,14 @@ fn commit_group<'a>(
     settings: &WriterSettings,
     expired_before: Option<i64>,
 ) -> Result<Vec<CommitResult>, rusqlite::Error> {
-    let history_limit = settings.history_limit;
     if !conn.is_autocommit() {
         // Only if a rollback after an earlier failure failed too: try again, or every group
         // from now on would fail with "cannot start a transaction within a transaction".
         conn.execute_batch("ROLLBACK")?;
     }
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let outcome = append_all(conn, batches, history_limit).and_then(|results| {
+    let mut created = 0;
+    let outcome = append_all(conn, batches, settings, &mut created).and_then(|results| {
         if let Some(cutoff) = expired_before {
             // Records of counters nobody writes any more are not forgotten by an actor: this
             // is what deletes them. One range of the index on `at_ms`: up to the cutoff, and
@@ -510,6 +526,7 @@ fn commit_group<'a>(
             return Err(error);
         }
         conn.prepare_cached("COMMIT")?.execute([])?;
+        settings.counters.set(settings.counters.get() + created);
         Ok(results)
     });
     if outcome.is_err() && !conn.is_autocommit() {
@@ -522,7 +539,8 @@ fn commit_group<'a>(
 fn append_all<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
+    created: &mut u64,
 ) -> Result<Vec<CommitResult>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -532,7 +550,7 @@ fn append_all<'a>(
                 Some("the transaction was rolled back by SQLite".into()),
             ));
         }
-        results.push(append_one(conn, batch, history_limit)?.map_err(Arc::new));
+        results.push(append_one(conn, batch, settings, created)?.map_err(Arc::new));
     }
     Ok(results)
 }
@@ -542,8 +560,10 @@ fn append_all<'a>(
 fn append_one(
     conn: &Connection,
     batch: &AppendBatch,
-    history_limit: u64,
+    settings: &WriterSettings,
+    created: &mut u64,
 ) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let history_limit = settings.history_limit;
     let conflict = |found: u64| {
         Ok(Err(StoreError::Conflict {
             name: batch.name.to_string(),
@@ -577,6 +597,10 @@ fn append_one(
         .optional()?;
     let id = match stored {
         None if batch.expected_version == 0 => {
+            if let Some(refused) = over_quota(conn, batch, settings, *created)? {
+                return Ok(Err(refused));
+            }
+            *created += 1;
             conn.prepare_cached(
                 "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -593,6 +617,45 @@ fn append_one(
         other => return conflict(other.map_or(0, |(_, version)| version)),
     };
     append_history(conn, id, batch, history_limit)
+}
+
+/// Why `batch`, which would create its counter, is refused at a quota (`None` when it is not):
+/// before it writes anything, so the rest of its group is unharmed.
+fn over_quota(
+    conn: &Connection,
+    batch: &AppendBatch,
+    settings: &WriterSettings,
+    created: u64,
+) -> Result<Option<StoreError>, rusqlite::Error> {
+    let quotas = settings.quotas;
+    if let Some(limit) = quotas.max_counters {
+        let counters = settings.counters.get() + created;
+        if counters >= limit {
+            return Ok(Some(quota_exceeded(
+                &batch.name,
+                "--max-counters",
+                limit,
+                counters,
+                "counters",
+            )));
+        }
+    }
+    if let Some(limit) = quotas.max_database_bytes {
+        // The file's pages as this transaction has them: two reads of the header, no I/O.
+        let pages: u64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        let page_size: u64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let bytes = pages * page_size;
+        if bytes >= limit {
+            return Ok(Some(quota_exceeded(
+                &batch.name,
+                "--max-database-size",
+                limit,
+                bytes,
+                "bytes of database",
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the history rows and idempotency records of `batch`, whose counter row (`id`) is
