@@ -1110,6 +1110,62 @@ mod tests {
         commit(&store, increment(1)).await.expect("stored after the restart");
     }
 
+    /// The same through the server's HTTP side: `/readyz`, the metrics and a refused write.
+    #[tokio::test]
+    async fn a_stopped_store_is_reported_by_readyz_the_metrics_and_every_write() {
+        use tower::ServiceExt;
+
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(NO_FAULT));
+        let store = Arc::new(store_with(&folder, &fault));
+        let state = crate::state::AppState::new(store, crate::config::Config::default(), &[]);
+        let router = crate::http::router(state);
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .header("host", "localhost")
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let increment = || {
+            axum::http::Request::post("/rpc/counter.increment")
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"name":"c"}"#))
+                .expect("request")
+        };
+        let answer = |response: axum::response::Response| async move {
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            (status, String::from_utf8(body.to_vec()).expect("utf-8"))
+        };
+
+        assert_eq!(answer(router.clone().oneshot(increment()).await.expect("answer")).await.0, 200);
+        fault.store(FSYNC, Ordering::SeqCst);
+        let (status, body) =
+            answer(router.clone().oneshot(increment()).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains(r#""code":"store_stopped""#) && body.contains(r#""temporary":false"#)
+        );
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        let (status, body) =
+            answer(router.clone().oneshot(increment()).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("store_stopped") && body.contains("nothing was stored"), "{body}");
+
+        let (status, body) =
+            answer(router.clone().oneshot(get("/readyz")).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        let readiness: tally_proto::Readiness = serde_json::from_str(&body).expect("readiness");
+        assert!(!readiness.ready && readiness.restart_required, "{body}");
+        assert!(readiness.reason.is_some_and(|reason| reason.contains("fsync")), "{body}");
+        let (status, metrics) =
+            answer(router.oneshot(get("/metrics")).await.expect("answer")).await;
+        assert_eq!(status, 200);
+        assert!(metrics.lines().any(|line| line == "tally_store_ready 0"), "{metrics}");
+        assert!(metrics.lines().any(|line| line == "tally_store_stopped 1"), "{metrics}");
+    }
+
     #[tokio::test]
     async fn a_full_disk_is_not_a_failed_fsync_and_mends_by_itself() {
         let folder = tempfile::tempdir().expect("folder");
