@@ -139,7 +139,7 @@ pub struct PostgresOptions {
     /// Connections for reads, at most (the writer has one more of its own).
     pub pool_size: usize,
     /// What the database may hold (`--max-counters`, `--max-database-size`), checked by each
-    /// node on its own commits: see [`quota_refusals`].
+    /// node on its own commits (a cluster may pass `--max-counters` by a few).
     pub quotas: Quotas,
 }
 
