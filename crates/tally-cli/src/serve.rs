@@ -110,6 +110,19 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000), value_name = "N")]
     idempotency_keys: u32,
 
+    /// Counters the database may hold at most: at it, a write that would create a counter is
+    /// refused 507 quota_exceeded, while writes to existing counters keep working. Off unless
+    /// given.
+    #[arg(long, env = "TALLY_MAX_COUNTERS", value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    max_counters: Option<u64>,
+
+    /// Bytes the database may reach (a whole number, e.g. 1073741824 for 1 GiB): from then on a
+    /// write that would create a counter is refused 507 quota_exceeded, while writes to
+    /// existing counters keep working (their history is trimmed by --history-limit). Off
+    /// unless given.
+    #[arg(long, env = "TALLY_MAX_DATABASE_SIZE", value_parser = clap::value_parser!(u64).range(1..), value_name = "BYTES")]
+    max_database_size: Option<u64>,
+
     /// Serve HTTPS and WSS with this PEM certificate chain (leaf first); needs --tls-key.
     #[arg(long, env = "TALLY_TLS_CERT", requires = "tls_key", value_name = "PEM")]
     tls_cert: Option<PathBuf>,
@@ -382,6 +395,7 @@ async fn open_store(
             history_limit: args.history_limit,
             idempotency_window: args.idempotency_window,
             pool_size: args.database_pool as usize,
+            quotas: quotas(args),
         };
         let store = PostgresStore::open(&args.database, options).await?;
         let notify = args.notify_database.as_deref().unwrap_or(&args.database);
@@ -397,9 +411,17 @@ async fn open_store(
     let options = SqliteOptions {
         history_limit: args.history_limit,
         idempotency_window: args.idempotency_window,
+        quotas: quotas(args),
     };
     let store = SqliteStore::open(std::path::Path::new(&args.database), options)?;
     Ok((Arc::new(store), Box::new(tally_server::LocalBroker)))
+}
+
+fn quotas(args: &ServeArgs) -> tally_server::Quotas {
+    tally_server::Quotas {
+        max_counters: args.max_counters,
+        max_database_bytes: args.max_database_size,
+    }
 }
 
 /// `tally migrate`: brings a PostgreSQL database's schema up to date and says what it did.
@@ -535,5 +557,6 @@ mod tests {
         assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
         assert_eq!(args.history_limit, SqliteOptions::default().history_limit);
         assert_eq!(args.idempotency_window, SqliteOptions::default().idempotency_window);
+        assert_eq!(quotas(&args), SqliteOptions::default().quotas, "quotas are off by default");
     }
 }

@@ -71,7 +71,10 @@ pub enum ClientError {
     Rejected {
         /// The HTTP status.
         status: u16,
-        /// The stable error code, e.g. `invalid_name` or `out_of_range`.
+        /// The stable error code, e.g. `invalid_name`, `out_of_range`, `quota_exceeded` (507: a
+        /// write that would create a counter at the server's quota) or `store_stopped` (503,
+        /// not temporary: the server must be restarted; a write may or may not be stored, so
+        /// send it again with its key afterwards).
         code: String,
         /// What was wrong and what is allowed.
         message: String,

@@ -105,6 +105,15 @@ error_codes! {
     TooManyInFlight = "too_many_in_flight", 429, true;
     /// The counter already has as many watchers as the server allows; try again later.
     TooManyWatchers = "too_many_watchers", 503, true;
+    /// A write that would create a counter while the server is at a quota (`--max-counters`,
+    /// `--max-database-size`; the message says which, and its value); nothing was stored.
+    /// Writes to existing counters still work.
+    QuotaExceeded = "quota_exceeded", 507, false;
+    /// The store stopped taking writes after a failed fsync, until the server is restarted
+    /// (docs/RELIABILITY.md, "A failed fsync"); reads still work. Not temporary: the same write
+    /// fails until someone restarts the server. The write that met the failed fsync may or may
+    /// not be stored: send it again with its idempotency key after the restart.
+    StoreStopped = "store_stopped", 503, false;
     /// The server cannot serve right now (storage fault, shutting down); try again later.
     Unavailable = "unavailable", 503, true;
     /// A fault inside the server; logged there.

@@ -36,8 +36,8 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use grant::{Action, Grant, NamePattern, Permissions};
 pub use idempotency::IdempotencyKey;
 pub use message::{
-    Authenticated, ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Presence, Resumed,
-    ServerMessage, Snapshot, Update, ValueAnswer, WsError,
+    Authenticated, ClientMessage, Entry, HistoryPage, Metadata, OpKind, Pong, Presence, Readiness,
+    Resumed, ServerMessage, Snapshot, Update, ValueAnswer, WsError,
 };
 pub use name::CounterName;
 pub use rpc::{Op, Procedure, Request};

@@ -353,6 +353,22 @@ pub struct ValueAnswer {
     pub version: u64,
 }
 
+/// The answer of `GET /readyz`: whether the server can store writes now (PROTOCOL.md §1.3).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Readiness {
+    /// True when the store takes writes (answered `200`); false otherwise (`503`).
+    pub ready: bool,
+    /// Why it does not, for people; absent when ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// True when the store stopped taking writes for good (after a failed fsync) and only a
+    /// restart of the server brings it back; false when it may mend by itself.
+    #[serde(default)]
+    pub restart_required: bool,
+}
+
 /// One entry of a counter's history.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -112,6 +112,8 @@ impl Procedure {
                 ErrorCode::RateLimited,
                 ErrorCode::InvalidIdempotencyKey,
                 ErrorCode::IdempotencyKeyReused,
+                ErrorCode::StoreStopped,
+                ErrorCode::QuotaExceeded,
             ]);
         }
         match self {
@@ -124,9 +126,13 @@ impl Procedure {
             | Procedure::GetValue
             | Procedure::GetMetadata
             | Procedure::GetPresence => {}
-            Procedure::KeyCreate => codes.extend([ErrorCode::InvalidGrant, ErrorCode::KeyExists]),
+            Procedure::KeyCreate => codes.extend([
+                ErrorCode::InvalidGrant,
+                ErrorCode::KeyExists,
+                ErrorCode::StoreStopped,
+            ]),
             Procedure::KeyList => {}
-            Procedure::KeyRevoke => codes.push(ErrorCode::UnknownKey),
+            Procedure::KeyRevoke => codes.extend([ErrorCode::UnknownKey, ErrorCode::StoreStopped]),
         }
         codes
     }

@@ -168,6 +168,21 @@ impl ApplyError {
                         "the connection to storage was lost while committing ({cause}), so the write may or may not be stored: send it again with the same Idempotency-Key (Tally's clients do), which counts it once"
                     ),
                 ),
+                StoreError::Stopped { reason, uncertain: true } => ProtocolError::new(
+                    ErrorCode::StoreStopped,
+                    format!(
+                        "the store stopped taking writes after {reason}: this write may or may not be stored, and no later fsync could prove it; the server must be restarted, then send it again with the same Idempotency-Key (Tally's clients do), which counts it once"
+                    ),
+                ),
+                StoreError::Stopped { reason, uncertain: false } => ProtocolError::new(
+                    ErrorCode::StoreStopped,
+                    format!(
+                        "the store stopped taking writes after {reason}, since a later fsync could not prove the data before it reached the disk; nothing was stored: the server must be restarted before it takes writes again (reads still work)"
+                    ),
+                ),
+                StoreError::QuotaExceeded(message) => {
+                    ProtocolError::new(ErrorCode::QuotaExceeded, message.clone())
+                }
                 StoreError::Closed => ProtocolError::new(
                     ErrorCode::Unavailable,
                     "the server is shutting down; nothing was stored: try again shortly",
@@ -438,7 +453,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         // storage is read again only once they are all answered.
         if actor.reload && in_flight.is_empty() {
             if let Err(error) = actor.reload().await {
-                tracing::error!(counter = %actor.name, %error, "cannot load counter");
+                if let Some(suppressed) =
+                    crate::log_limit::storage().allow(("cannot load counter", ""))
+                {
+                    tracing::error!(counter = %actor.name, %error, suppressed, "cannot load counter");
+                }
                 // Nothing can be answered without the state: leave, so that the next request
                 // starts a fresh actor that tries again.
                 actor.context.home.retire(&actor.name, actor.generation);
@@ -806,14 +825,24 @@ impl CounterActor {
                     // Built on a batch that failed: the first failure is the answer.
                     (Some(first), StoreError::Conflict { .. }) => Arc::clone(first),
                     (None, StoreError::Conflict { .. }) => {
-                        tracing::error!(
-                            counter = %self.name, %error,
-                            "version conflict: storage does not hold what this actor committed (a bug, or another writer on the database); reloading the counter"
-                        );
+                        if let Some(suppressed) =
+                            crate::log_limit::storage().allow(("version conflict", ""))
+                        {
+                            tracing::error!(
+                                counter = %self.name, %error, suppressed,
+                                "version conflict: storage does not hold what this actor committed (a bug, or another writer on the database); reloading the counter"
+                            );
+                        }
                         error
                     }
                     _ => {
-                        tracing::error!(counter = %self.name, %error, "commit failed");
+                        // Every counter's batch of a failed group commit fails alike: one line
+                        // a second, with how many were left out.
+                        if let Some(suppressed) =
+                            crate::log_limit::storage().allow(("commit failed", ""))
+                        {
+                            tracing::error!(counter = %self.name, %error, suppressed, "commit failed");
+                        }
                         error
                     }
                 };

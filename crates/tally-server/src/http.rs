@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(session::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi));
     // The page's paths are not routes: the fallback looks each request path up in its table
     // (when there is a page), so routes above always win and other paths get a plain 404.
@@ -287,6 +288,9 @@ async fn metrics(State(state): State<AppState>, request: axum::extract::Request)
     if let Err(error) = allowed {
         return state.error_response(&error);
     }
+    // Sets `tally_store_ready`: fresh at every scrape, at the cost of a probe when the store
+    // wrote nothing in the last half second.
+    state.readiness().await;
     (
         [(
             header::CONTENT_TYPE,
@@ -304,6 +308,19 @@ async fn openapi() -> Response {
         Bytes::from(serde_json::to_vec(&crate::openapi::document()).unwrap_or_default())
     });
     json_bytes(document.clone())
+}
+
+/// Whether this server can store writes now: `200 {"ready":true}`, or `503` with why (a full
+/// disk, the database away, a stopped store, shutting down). Anyone may ask, like `/healthz`:
+/// it tells no more than a refused write would, and load balancers ask without credentials.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let readiness = state.readiness().await;
+    let status = if readiness.ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, json_body(&readiness)).into_response()
 }
 
 async fn healthz() -> Response {

@@ -9,7 +9,7 @@
 //! - [`state`]: the shared parts every handler gets ([`AppState`]).
 //! - [`access`]: every request check (Host, origin, credentials, grants, write rate), called
 //!   by HTTP and WebSocket alike.
-//! - [`http`]: the router, RPC handlers, `/metrics` and `/healthz`.
+//! - [`http`]: the router, RPC handlers, `/metrics`, `/healthz` and `/readyz`.
 //! - `static_files`: the web page at `/` and its files, from a table the binary embeds.
 //! - `ws`: the version-1 socket (`/ws/counter/{name}`): one counter, snapshot or resume,
 //!   then live updates.
@@ -27,6 +27,7 @@
 //! - [`framing`]: an update's JSON, serialized once for every watcher and replay.
 //! - [`store`]: the storage interface and its SQLite implementation (the only SQL).
 //! - [`metrics`]: what is counted for `/metrics`.
+//! - `log_limit`: storage-failure log lines, at most one per kind per second.
 //! - [`config`], [`shutdown`], `clock`: settings, the stop signal, timestamps.
 
 mod accept;
@@ -39,6 +40,7 @@ mod connection;
 pub mod counter;
 pub mod framing;
 pub mod http;
+mod log_limit;
 pub mod metrics;
 pub mod openapi;
 pub mod presence;
@@ -64,7 +66,9 @@ pub use http::router;
 pub use shutdown::shutdown_signal;
 pub use state::AppState;
 pub use static_files::{CONTENT_SECURITY_POLICY, StaticFile, WebPage, WebPageError};
-pub use store::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store, StoreError};
+pub use store::{
+    PostgresOptions, PostgresStore, Quotas, SqliteOptions, SqliteStore, Store, StoreError,
+};
 
 /// Serves Tally on `listener` until `shutdown` completes, then stops in order: stop accepting
 /// and finish in-flight requests; close every WebSocket with 1012; let every counter finish its

@@ -83,6 +83,10 @@ pub struct Metrics {
     pub(crate) catch_ups: Counter,
     /// Subscriptions started over with a `resync` snapshot push.
     pub(crate) resyncs: Counter,
+    /// 1 while the store takes writes, 0 while it does not (as `/readyz` last found).
+    pub(crate) store_ready: Gauge,
+    /// 1 once the store stopped taking writes after a failed fsync, until a restart.
+    pub(crate) store_stopped: Gauge,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -127,6 +131,8 @@ impl Metrics {
             socket_calls: Family::default(),
             catch_ups: Counter::default(),
             resyncs: Counter::default(),
+            store_ready: Gauge::default(),
+            store_stopped: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -225,7 +231,23 @@ impl Metrics {
             "Version-2 subscriptions started over with a resync snapshot (history no longer reached)",
             metrics.resyncs.clone(),
         );
+        registry.register(
+            "store_ready",
+            "1 while the store takes writes, 0 while it does not (what GET /readyz answers)",
+            metrics.store_ready.clone(),
+        );
+        registry.register(
+            "store_stopped",
+            "1 once the store stopped taking writes after a failed fsync, until the server restarts",
+            metrics.store_stopped.clone(),
+        );
         Self { registry, ..metrics }
+    }
+
+    /// Records what the store's readiness was found to be.
+    pub(crate) fn store_readiness(&self, readiness: &crate::store::Readiness) {
+        self.store_ready.set(i64::from(readiness.is_ready()));
+        self.store_stopped.set(i64::from(matches!(readiness, crate::store::Readiness::Stopped(_))));
     }
 
     /// Counts a committed operation and how long it took.

@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
 use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
 use tally_proto::{
-    ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Update, ValueAnswer,
+    ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Readiness, Update,
+    ValueAnswer,
 };
 
 /// The whole OpenAPI document.
@@ -43,6 +44,24 @@ pub fn document() -> Value {
                     "additionalProperties": false
                 }}}
             }}
+        }}),
+    );
+    let readiness = generator.subschema_for::<Readiness>();
+    paths.insert(
+        "/readyz".into(),
+        json!({"get": {
+            "operationId": "readyz",
+            "summary": "Readiness: whether the server can store writes now",
+            "responses": {
+                "200": {
+                    "description": "The store takes writes: {\"ready\":true}.",
+                    "content": {"application/json": {"schema": readiness}}
+                },
+                "503": {
+                    "description": "The store does not take writes (a full disk, a read-only or failing file system, the database away, the writer stopped, a failed fsync, or the server shutting down): ready is false, reason says why, and restartRequired is true when only a restart of the server brings writes back (after a failed fsync).",
+                    "content": {"application/json": {"schema": readiness}}
+                }
+            }
         }}),
     );
     json!({

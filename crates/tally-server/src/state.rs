@@ -12,7 +12,7 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::store::{KeyRecord, Store};
+use crate::store::{KeyRecord, Readiness, Store};
 
 /// What every handler shares: one pointer, because axum clones the state for every request
 /// (cloning six shared fields meant six atomic increments and decrements per request, on cache
@@ -65,12 +65,43 @@ impl AppState {
         }))
     }
 
+    /// Whether the server can store writes now (`GET /readyz`), also set in the metrics. A
+    /// server shutting down is not ready: a load balancer should stop sending it work.
+    pub(crate) async fn readiness(&self) -> tally_proto::Readiness {
+        let readiness = if self.shutdown.is_cancelled() {
+            Readiness::Unavailable("the server is shutting down".into())
+        } else {
+            self.store.readiness().await
+        };
+        self.metrics.store_readiness(&readiness);
+        match readiness {
+            Readiness::Ready => {
+                tally_proto::Readiness { ready: true, reason: None, restart_required: false }
+            }
+            Readiness::Unavailable(reason) => tally_proto::Readiness {
+                ready: false,
+                reason: Some(reason),
+                restart_required: false,
+            },
+            Readiness::Stopped(reason) => tally_proto::Readiness {
+                ready: false,
+                reason: Some(format!("the store stopped taking writes after {reason}")),
+                restart_required: true,
+            },
+        }
+    }
+
     /// Answers `error`, counting it; server faults are logged, client faults are not (refusals
     /// were logged where they were decided).
     pub(crate) fn error_response(&self, error: &ProtocolError) -> Response {
         self.metrics.error(error.code);
-        if !error.code.is_client_fault() {
-            tracing::warn!(code = %error.code, message = %error.message, "request failed");
+        // A failing store fails every request: one line a second per code, with how many
+        // were left out.
+        if !error.code.is_client_fault()
+            && let Some(suppressed) =
+                crate::log_limit::storage().allow(("request failed", error.code.as_str()))
+        {
+            tracing::warn!(code = %error.code, message = %error.message, suppressed, "request failed");
         }
         let status = StatusCode::from_u16(error.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

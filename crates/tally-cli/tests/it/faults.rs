@@ -93,6 +93,13 @@ async fn write_until_accepted(server: &Tally, name: &str) -> i64 {
     }
 }
 
+fn assert_not_ready(readiness: &Value, says: &str) {
+    assert_eq!(readiness["ready"], false, "{readiness}");
+    assert_eq!(readiness["restartRequired"], false, "{readiness}");
+    let reason = readiness["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(says), "{readiness}");
+}
+
 fn assert_unavailable(answer: &Value, says: &str) {
     assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
     assert_eq!(answer["error"]["temporary"], true, "{answer}");
@@ -104,19 +111,43 @@ fn assert_unavailable(answer: &Value, says: &str) {
 async fn a_full_disk_is_answered_with_503_loses_nothing_and_recovers() {
     let Some(disk) = SmallDisk::mount("1m") else { return };
     let database = disk.path().join("tally.db");
+    let started = std::time::Instant::now();
     let mut server = Tally::start(&database, &[]);
+    assert_eq!(server.readyz().await.0, 200);
 
     let (mut acknowledged, refusal) = write_until_refused(&server, "full").await;
     assert!(acknowledged > 0, "nothing was written before the disk filled");
     assert_unavailable(&refusal, "full");
+    // Not ready, and it says why; a full disk mends without a restart.
+    let (status, readiness) = server.readyz().await;
+    assert_eq!(status, 503, "{readiness}");
+    assert_not_ready(&readiness, "full");
+    // Every refused write failed a commit and a request, but the log has at most one line of
+    // each a second.
+    for _ in 0..200 {
+        let (status, answer) =
+            server.call("increment", json!({"name": "full"})).await.expect("answer");
+        assert_eq!(status, 503, "{answer}");
+    }
+    let log = server.drain_log();
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    for line_of in ["commit failed", "request failed"] {
+        let lines = log.iter().filter(|line| line.contains(line_of)).count();
+        assert!(
+            (1..=seconds).contains(&lines),
+            "{lines} lines of {line_of:?} in {seconds} s: {log:#?}"
+        );
+    }
     // Reads go on while writes cannot.
     assert_eq!(
         server.ok("getValue", json!({"name": "full"})).await["value"].as_i64(),
         Some(acknowledged)
     );
 
-    // Room again: the server takes writes by itself, without a restart.
+    // Room again: ready again with no write to show it (a probe finds out), and the server
+    // takes writes by itself, without a restart.
     disk.remount("size=64m");
+    assert_eq!(server.await_readyz(200).await, json!({"ready": true, "restartRequired": false}));
     acknowledged += write_until_accepted(&server, "full").await;
     let value = server.ok("getValue", json!({"name": "full"})).await;
     assert_eq!(value["value"].as_i64(), Some(acknowledged), "a refused write was counted");
@@ -156,4 +187,93 @@ async fn a_read_only_disk_is_refused_at_start_with_a_clear_message() {
     disk.remount("rw");
     let server = Tally::start(&database, &[]);
     assert_eq!(server.ok("getValue", json!({"name": "ro"})).await["value"].as_i64(), Some(5));
+}
+
+/// Issue 16: a server nobody writes to still notices within a second that its disk filled (a
+/// probe writes when `/readyz` is asked and no commit said it first), and that it has room
+/// again; its writes follow what `/readyz` said.
+#[tokio::test]
+async fn an_idle_server_notices_its_disk_filling_up_and_emptying() {
+    let Some(disk) = SmallDisk::mount("1m") else { return };
+    let database = disk.path().join("tally.db");
+    let server = Tally::start(&database, &[]);
+    for _ in 0..3 {
+        server.ok("increment", json!({"name": "idle"})).await;
+    }
+    assert_eq!(server.readyz().await.0, 200);
+
+    // Another program fills the disk while the server writes nothing.
+    let filler = disk.path().join("filler");
+    fill(&filler);
+    let readiness = server.await_readyz(503).await;
+    assert_not_ready(&readiness, "full");
+    let (status, answer) = server.call("increment", json!({"name": "idle"})).await.expect("answer");
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        server.metrics().await.lines().find(|line| line.starts_with("tally_store_ready ")),
+        Some("tally_store_ready 0")
+    );
+
+    std::fs::remove_file(&filler).expect("free the space");
+    server.await_readyz(200).await;
+    let value = server.ok("increment", json!({"name": "idle"})).await;
+    assert_eq!(value["value"].as_i64(), Some(4), "the refused write was counted: {value}");
+}
+
+/// Writes `path` until the file system is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let block = vec![0xA5_u8; 4096];
+    loop {
+        match file.write_all(&block) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(error) => panic!("filling the disk: {error}"),
+        }
+    }
+    // What is buffered may not fit either; the disk is full all the same.
+    let _ = file.sync_all();
+}
+
+/// Issue 16: a node whose PostgreSQL database goes away (it refuses connections, and those it
+/// had are ended) is not ready within a second, with no write to show it, and ready again,
+/// taking writes, once the database is back.
+#[tokio::test]
+async fn a_node_whose_database_goes_away_is_not_ready_until_it_is_back() {
+    let database = crate::postgres::fresh_database();
+    let server = Tally::start(Path::new(&database.url), &[]);
+    server.ok("increment", json!({"name": "away"})).await;
+    assert_eq!(server.readyz().await.0, 200);
+
+    database.refuse_connections(true);
+    let readiness = server.await_readyz(503).await;
+    assert_eq!(readiness["restartRequired"], false, "{readiness}");
+    assert!(
+        readiness["reason"].as_str().unwrap_or_default().contains("storage is unavailable"),
+        "{readiness}"
+    );
+    let (status, answer) = server.call("increment", json!({"name": "away"})).await.expect("answer");
+    assert_eq!((status, &answer["error"]["code"]), (503, &json!("unavailable")), "{answer}");
+
+    database.refuse_connections(false);
+    server.await_readyz(200).await;
+    // The refused write was not stored: the next one makes version 2.
+    let update = write_until_accepted_update(&server, "away").await;
+    assert_eq!((update["value"].as_i64(), update["version"].as_i64()), (Some(2), Some(2)));
+}
+
+/// Increments `name` until the server accepts (a writer reconnecting may refuse the first);
+/// returns the update.
+async fn write_until_accepted_update(server: &Tally, name: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, answer) =
+            server.call("increment", json!({"name": name})).await.expect("server answers");
+        if status == 200 {
+            return answer;
+        }
+        assert!(status == 503 && tokio::time::Instant::now() < deadline, "{status}: {answer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

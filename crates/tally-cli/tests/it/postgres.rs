@@ -143,6 +143,21 @@ impl TestDatabase {
         }
     }
 
+    /// Makes PostgreSQL refuse new connections to this database and ends those it has (as
+    /// when the database is taken away), or (`false`) lets them in again.
+    pub(crate) fn refuse_connections(&self, refuse: bool) {
+        let allow = if refuse { "false" } else { "true" };
+        admin(&format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}", self.name))
+            .unwrap_or_else(|error| panic!("cannot change {}: {error}", self.name));
+        if refuse {
+            admin(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ))
+            .unwrap_or_else(|error| panic!("cannot end connections to {}: {error}", self.name));
+        }
+    }
+
     /// Ends every node's notification connection on this database; says how many it ended.
     pub(crate) async fn cut_listeners(&self) -> usize {
         let client = connect(&self.name).await.expect("connect to the test database");

@@ -116,6 +116,38 @@ impl Tally {
         Ok((status, answer))
     }
 
+    /// `GET /metrics`, as text.
+    pub(crate) async fn metrics(&self) -> String {
+        let response =
+            self.http.get(format!("http://{}/metrics", self.addr)).send().await.expect("metrics");
+        response.text().await.expect("metrics text")
+    }
+
+    /// `GET /readyz`: its status and body.
+    pub(crate) async fn readyz(&self) -> (u16, Value) {
+        let response =
+            self.http.get(format!("http://{}/readyz", self.addr)).send().await.expect("readyz");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("readyz body"))
+    }
+
+    /// Asks `/readyz` until it answers `status` (the store's state changed), and returns that
+    /// answer; panics if it does not within [`PATIENCE`].
+    pub(crate) async fn await_readyz(&self, status: u16) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (now, answer) = self.readyz().await;
+            if now == status {
+                return answer;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz still answers {now} ({answer}), not {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) async fn ok(&self, procedure: &str, body: Value) -> Value {
         let (status, answer) = self.call(procedure, body.clone()).await.expect("request");
         assert_eq!(status, 200, "{procedure} {body}: {answer}");

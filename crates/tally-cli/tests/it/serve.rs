@@ -46,6 +46,10 @@ fn help_documents_every_flag() {
         "--auth-timeout",
         "--tls-cert",
         "--tls-key",
+        "--max-counters",
+        "TALLY_MAX_COUNTERS",
+        "--max-database-size",
+        "TALLY_MAX_DATABASE_SIZE",
     ] {
         assert!(help.contains(flag), "serve --help does not mention {flag}:\n{help}");
     }
@@ -216,4 +220,44 @@ fn access_line(server: &Tally) -> String {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     panic!("no access line in {log:?}");
+}
+
+/// Issue 16: the database holds key hashes and who changed what, so its files (the database,
+/// its `-wal` and `-shm`, and the lock file) are created readable by their owner only, whatever
+/// the umask.
+#[tokio::test]
+async fn issue_16_database_files_are_created_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("fresh.db");
+    let server = Tally::start(&database, &[]);
+    // A write makes SQLite create the `-wal` and `-shm` files.
+    server.ok("increment", serde_json::json!({"name": "modes"})).await;
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let path = dir.path().join(format!("fresh.db{suffix}"));
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{} should exist: {error}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{} has mode {:o}", path.display(), mode & 0o777);
+    }
+}
+
+/// Issue 16: `--max-counters` from the command line, across a restart (the count is read from
+/// the file at start): the counters stored keep working, a new one is refused 507.
+#[tokio::test]
+async fn issue_16_max_counters_holds_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("quota.db");
+    let mut server = Tally::start(&database, &["--max-counters", "2"]);
+    server.ok("increment", serde_json::json!({"name": "a"})).await;
+    server.ok("increment", serde_json::json!({"name": "b"})).await;
+    server.signal("TERM");
+    assert_eq!(server.wait().code(), Some(0));
+
+    let server = Tally::start(&database, &["--max-counters", "2"]);
+    let (status, answer) =
+        server.call("increment", serde_json::json!({"name": "c"})).await.expect("answer");
+    assert_eq!((status, &answer["error"]["code"]), (507, &serde_json::json!("quota_exceeded")));
+    assert_eq!(server.ok("increment", serde_json::json!({"name": "a"})).await["value"], 2);
 }

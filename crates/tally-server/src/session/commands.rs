@@ -334,8 +334,11 @@ impl<T: Transport> Session<T> {
             }
             Err(error) => {
                 self.state.metrics.socket_call(error.code.as_str());
-                if !error.code.is_client_fault() {
-                    tracing::warn!(code = %error.code, message = %error.message, "socket call failed");
+                if !error.code.is_client_fault()
+                    && let Some(suppressed) = crate::log_limit::storage()
+                        .allow(("socket call failed", error.code.as_str()))
+                {
+                    tracing::warn!(code = %error.code, message = %error.message, suppressed, "socket call failed");
                 }
                 self.reply_error(Some(id), &error).await
             }

@@ -23,7 +23,13 @@
 //! (a server bug), storage [`Unavailable`](StoreError::Unavailable) (I/O, full disk, busy), the
 //! store [`Closed`](StoreError::Closed) (shutting down), or a [`Backend`](StoreError::Backend)
 //! failure. A failed group commit hands one `Arc<StoreError>` to every batch in it.
+//!
+//! # Readiness
+//! Each store keeps its write health ([`Store::readiness`], `health.rs`): the outcome of its
+//! latest commit, a probe when that is stale, and whether it [stopped](StoreError::Stopped)
+//! for good after a failed fsync. `GET /readyz` and `tally_store_ready` report it.
 
+mod health;
 pub mod postgres;
 mod sqlite;
 mod sqlite_backup;
@@ -35,10 +41,38 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_proto::{CounterName, Epoch, IdempotencyKey, Op, OpKind};
 
+pub use health::Readiness;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use sqlite_backup::{BackupError, BackupSummary, backup};
+
+/// Why `name` was not created at a quota: `quota` (a flag) is `limit` and storage holds
+/// `found` (in `unit`).
+pub(crate) fn quota_exceeded(
+    name: &CounterName,
+    quota: &str,
+    limit: u64,
+    found: u64,
+    unit: &str,
+) -> StoreError {
+    StoreError::QuotaExceeded(format!(
+        "counter {:?} was not created: this server holds {found} {unit}, and its {quota} quota is {limit}; writes to existing counters still work, and nothing was stored",
+        name.as_str()
+    ))
+}
 pub use stats::StoreMetrics;
+
+/// Limits on what storage may hold (`--max-counters`, `--max-database-size`): at a quota, a
+/// batch that would create a counter is refused with [`StoreError::QuotaExceeded`]; batches on
+/// existing counters are not, so those keep working. Both off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quotas {
+    /// Counters stored at most.
+    pub max_counters: Option<u64>,
+    /// Bytes the database may reach before no new counter is created (SQLite: the database
+    /// file's pages; PostgreSQL: `pg_database_size`).
+    pub max_database_bytes: Option<u64>,
+}
 
 /// A counter as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +282,23 @@ pub enum StoreError {
         "the connection to storage was lost while committing; the write may or may not be stored: {0}"
     )]
     CommitUncertain(#[source] BackendError),
+    /// The store stopped taking writes until the server is restarted, because a commit failed
+    /// in a way that means data may not have reached the disk (a failed fsync or write): the
+    /// kernel may have dropped the unwritten pages, so no later successful fsync could prove
+    /// anything (docs/RELIABILITY.md, "A failed fsync"). `uncertain` is true for the batches of
+    /// the commit that failed, whose frames may still be found at the next start; later
+    /// batches are refused before anything is written.
+    #[error("the store stopped taking writes after {reason}; the server must be restarted")]
+    Stopped {
+        /// What failed, in words.
+        reason: String,
+        /// Whether this batch was in the commit that failed (so may or may not be stored).
+        uncertain: bool,
+    },
+    /// The batch would create a counter while storage is at a [`Quotas`] limit; nothing of it
+    /// was stored. The message names the counter, the quota and its value.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The store was closed (the server is shutting down).
     #[error("the store is closed")]
     Closed,
@@ -370,6 +421,13 @@ pub trait Store: Send + Sync + 'static {
     /// another database (replaced, or restored from a backup) is sent a resync instead of
     /// another history's updates.
     fn epoch(&self) -> &Epoch;
+    /// Whether the store can write now, for `GET /readyz`: the outcome of its latest commit
+    /// when that is less than half a second old, else the outcome of a probe (so a store that
+    /// sees no writes still notices within a second that it cannot write, and that it can
+    /// again), or that it stopped for good after a failed fsync.
+    async fn readiness(&self) -> Readiness {
+        Readiness::Ready
+    }
 
     /// Adds the store's own metrics (commits, their size and time) to `/metrics`.
     fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}

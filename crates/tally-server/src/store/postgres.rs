@@ -26,9 +26,11 @@ use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
+use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
+    quota_exceeded,
 };
 
 /// The channel every node listens on for committed changes: the payload is the counter's name,
@@ -136,6 +138,9 @@ pub struct PostgresOptions {
     pub idempotency_window: Duration,
     /// Connections for reads, at most (the writer has one more of its own).
     pub pool_size: usize,
+    /// What the database may hold (`--max-counters`, `--max-database-size`), checked by each
+    /// node on its own commits (a cluster may pass `--max-counters` by a few).
+    pub quotas: Quotas,
 }
 
 impl Default for PostgresOptions {
@@ -144,6 +149,7 @@ impl Default for PostgresOptions {
             history_limit: 10_000,
             idempotency_window: Duration::from_secs(24 * 3600),
             pool_size: 8,
+            quotas: Quotas::default(),
         }
     }
 }
@@ -167,6 +173,8 @@ pub struct PostgresStore {
     pool: Pool,
     writer: mpsc::Sender<WriterMessage>,
     metrics: StoreMetrics,
+    /// Write health, fed by the writer task, for `/readyz`.
+    health: Arc<WriteHealth>,
     epoch: Epoch,
 }
 
@@ -240,7 +248,10 @@ impl PostgresStore {
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
         let metrics = StoreMetrics::default();
+        let health = Arc::new(WriteHealth::default());
         let task = WriterTask {
+            health: Arc::clone(&health),
+            quotas: options.quotas,
             config,
             client: Some(client),
             statements: None,
@@ -250,7 +261,7 @@ impl PostgresStore {
             last_sweep: None,
         };
         tokio::spawn(task.run(inbox));
-        Ok(Self { described, pool, writer, metrics, epoch })
+        Ok(Self { described, pool, writer, metrics, health, epoch })
     }
 
     async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -513,6 +524,9 @@ struct WriterTask {
     history_limit: u64,
     idempotency_window: Duration,
     metrics: StoreMetrics,
+    /// Where each commit's outcome is recorded.
+    health: Arc<WriteHealth>,
+    quotas: Quotas,
     last_sweep: Option<Instant>,
 }
 
@@ -566,7 +580,9 @@ impl WriterTask {
                 Err(error) => {
                     // Spread the retries of a database that is away; callers are answered now.
                     tokio::time::sleep(RECONNECT_BACKOFF).await;
-                    return Err(StoreError::from(error));
+                    // Whatever the code (a database that refuses connections says 55000, a
+                    // dropped one 3D000): nothing was sent, and it may be back later.
+                    return Err(StoreError::Unavailable(Box::new(error)));
                 }
             };
             self.client = Some(client);
@@ -600,9 +616,23 @@ impl WriterTask {
             let window_ms = i64::try_from(self.idempotency_window.as_millis()).unwrap_or(i64::MAX);
             crate::clock::now_ms().saturating_sub(window_ms)
         });
+        let quotas = self.quotas;
         let outcome = match self.ready().await {
             Ok((client, statements)) => {
-                let outcome = commit_group(client, statements, &batches, history_limit).await;
+                let outcome = match quota_refusals(client, quotas, &batches).await {
+                    Ok(refusals) => {
+                        let admitted: Vec<&AppendBatch> = batches
+                            .iter()
+                            .zip(&refusals)
+                            .filter(|(_, refused)| refused.is_none())
+                            .map(|(batch, _)| *batch)
+                            .collect();
+                        commit_group(client, statements, &admitted, history_limit)
+                            .await
+                            .map(|results| merge_refusals(refusals, results))
+                    }
+                    Err(error) => Err(StoreError::from(error)),
+                };
                 // Outside the group's transaction, so that two nodes sweeping the same rows
                 // can never deadlock a group of writes; a sweep that fails is tried again next
                 // time.
@@ -616,6 +646,10 @@ impl WriterTask {
             }
             Err(error) => Err(error),
         };
+        match &outcome {
+            Ok(_) => self.health.succeeded(),
+            Err(error) => self.health.failed(error),
+        }
         match outcome {
             Ok(results) => results,
             Err(error) => {
@@ -628,6 +662,74 @@ impl WriterTask {
             }
         }
     }
+}
+
+/// Which of `batches` would create a counter while the database is at a quota: refused (before
+/// the group's transaction) with why, the others `None`. It costs a count of the counters and
+/// `pg_database_size`, only for groups that create counters and only with a quota set. Each
+/// node checks its own commits, so nodes creating counters at the same moment may together go
+/// past `--max-counters` by up to one group each.
+async fn quota_refusals(
+    client: &Client,
+    quotas: Quotas,
+    batches: &[&AppendBatch],
+) -> Result<Vec<Option<StoreError>>, tokio_postgres::Error> {
+    let creates = batches.iter().any(|batch| batch.expected_version == 0);
+    if !creates || quotas == Quotas::default() {
+        return Ok(batches.iter().map(|_| None).collect());
+    }
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM counters), pg_database_size(current_database())",
+            &[],
+        )
+        .await?;
+    let mut counters = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let bytes = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+    Ok(batches
+        .iter()
+        .map(|batch| {
+            if batch.expected_version != 0 {
+                return None;
+            }
+            if let Some(limit) = quotas.max_counters.filter(|&limit| counters >= limit) {
+                return Some(quota_exceeded(
+                    &batch.name,
+                    "--max-counters",
+                    limit,
+                    counters,
+                    "counters",
+                ));
+            }
+            if let Some(limit) = quotas.max_database_bytes.filter(|&limit| bytes >= limit) {
+                return Some(quota_exceeded(
+                    &batch.name,
+                    "--max-database-size",
+                    limit,
+                    bytes,
+                    "bytes of database",
+                ));
+            }
+            counters += 1;
+            None
+        })
+        .collect())
+}
+
+/// The answers of every batch: the refused ones' refusals, the others' `results` in order.
+fn merge_refusals(
+    refusals: Vec<Option<StoreError>>,
+    results: Vec<CommitResult>,
+) -> Vec<CommitResult> {
+    let mut results = results.into_iter();
+    refusals
+        .into_iter()
+        .map(|refused| match refused {
+            Some(error) => Err(Arc::new(error)),
+            // As many results as admitted batches; a missing one would be a bug, not stored.
+            None => results.next().unwrap_or_else(|| Err(Arc::new(StoreError::Closed))),
+        })
+        .collect()
 }
 
 async fn commit_group(
@@ -954,6 +1056,31 @@ impl Store for PostgresStore {
 
     fn epoch(&self) -> &Epoch {
         &self.epoch
+    }
+
+    async fn readiness(&self) -> Readiness {
+        if self.writer.is_closed() {
+            return Readiness::Unavailable("the PostgreSQL writer task has stopped".into());
+        }
+        // The probe: a connection from the pool (a database that went away, refuses
+        // connections or is unreachable fails here) and whether it takes writes at all.
+        let probe = async {
+            let client = self.reader().await?;
+            let read_only: bool = client
+                .query_one(
+                    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'",
+                    &[],
+                )
+                .await?
+                .get(0);
+            if read_only {
+                return Err(StoreError::Unavailable(
+                    "PostgreSQL takes no writes here: it is a standby, or its transactions are read-only by default".into(),
+                ));
+            }
+            Ok(())
+        };
+        self.health.readiness(probe).await
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

@@ -16,9 +16,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Retention, Store, StoreError, StoreMetrics,
+    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
+    quota_exceeded,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
@@ -106,11 +108,17 @@ pub struct SqliteOptions {
     /// Idempotency records older than this are deleted by the writer (`--idempotency-window`;
     /// the server's `Config` has the same setting, for what the actors remember).
     pub idempotency_window: Duration,
+    /// What the file may hold (`--max-counters`, `--max-database-size`).
+    pub quotas: Quotas,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        Self { history_limit: 10_000, idempotency_window: Duration::from_secs(24 * 3600) }
+        Self {
+            history_limit: 10_000,
+            idempotency_window: Duration::from_secs(24 * 3600),
+            quotas: Quotas::default(),
+        }
     }
 }
 
@@ -118,7 +126,20 @@ impl Default for SqliteOptions {
 struct WriterSettings {
     history_limit: u64,
     idempotency_window: Duration,
+    quotas: Quotas,
+    /// How many counters the file holds, as of the last commit: counted once at open, then
+    /// kept by the writer (the only one who inserts), so a quota check costs no count.
+    counters: std::cell::Cell<u64>,
+    /// Where the writer records each commit's outcome, and stops the store.
+    health: Arc<WriteHealth>,
+    /// Makes chosen commits fail as a failed fsync would; `None` outside this file's unit
+    /// tests. A real failing fsync needs a faulty block device, which this machine cannot make
+    /// (docs/RELIABILITY.md), so the tests replace this one step and nothing else.
+    fault: Option<Fault>,
 }
+
+/// Called where a commit would run `COMMIT`; an error it returns is the commit's.
+type Fault = Box<dyn Fn() -> Option<rusqlite::Error> + Send>;
 
 /// A request to the writer thread.
 enum WriterMessage {
@@ -130,15 +151,16 @@ enum WriterMessage {
     Close {
         done: oneshot::Sender<()>,
     },
-    /// A rare write of its own (API keys), run between two group commits; it answers its
-    /// caller itself.
+    /// A rare write of its own (API keys, readiness probes), run between two group commits;
+    /// it answers its caller itself.
     Run {
         write: OwnWrite,
     },
 }
 
-/// A write that is not a batch of counter operations.
-type OwnWrite = Box<dyn FnOnce(&Connection) + Send>;
+/// A write that is not a batch of counter operations: given the connection, or why the store
+/// takes no writes any more.
+type OwnWrite = Box<dyn FnOnce(Result<&Connection, StoreError>) + Send>;
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -152,6 +174,8 @@ pub struct SqliteStore {
     metrics: StoreMetrics,
     /// The database's epoch, read at open.
     epoch: Epoch,
+    /// Write health, fed by the writer thread, for `/readyz`.
+    health: Arc<WriteHealth>,
     /// Held for the store's life: an exclusive lock on `<database>.lock`, so that two servers
     /// never write one file (each would believe it alone orders the counters).
     _lock: File,
@@ -164,12 +188,18 @@ impl SqliteStore {
     /// [`StoreError::Open`] when the folder is missing or not writable, another Tally server
     /// holds the file, or the file is not a Tally database (corrupt, or another program's).
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        Self::open_with(path, options, None)
+    }
+
+    /// [`SqliteStore::open`] with commits failing as `fault` says (unit tests only).
+    fn open_with(
+        path: &Path,
+        options: SqliteOptions,
+        fault: Option<Fault>,
+    ) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
         let lock_path = lock_path(path);
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let lock = owner_only(File::options().create(true).truncate(false).write(true))
             .open(&lock_path)
             .map_err(|error| {
                 open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
@@ -181,14 +211,31 @@ impl SqliteStore {
             ))
         })?;
 
+        // The database holds API key hashes and who changed what: create it readable by its
+        // owner only. SQLite gives the `-wal` and `-shm` files it makes later the mode of the
+        // database file, so creating this one `0600` covers them too. Chosen over setting the
+        // umask around the open: the umask is the whole process's (other threads may create
+        // files meanwhile), and the `-wal` is created at the first write, after any such
+        // window. A file that exists keeps the mode its owner gave it.
+        owner_only(File::options().create(true).truncate(false).write(true))
+            .open(path)
+            .map_err(|error| open_error(format!("cannot create the file: {error}")))?;
         let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
         prepare_writer(&conn).map_err(|error| open_error(describe_open_error(&error)))?;
         let epoch = read_epoch(&conn).map_err(open_error)?;
+        let counters: u64 = conn
+            .query_row("SELECT count(*) FROM counters", [], |row| row.get(0))
+            .map_err(|error| open_error(describe_open_error(&error)))?;
 
         let (writer, inbox) = mpsc::channel(WRITER_QUEUE);
+        let health = Arc::new(WriteHealth::default());
         let settings = WriterSettings {
             history_limit: options.history_limit.max(1),
             idempotency_window: options.idempotency_window,
+            quotas: options.quotas,
+            counters: std::cell::Cell::new(counters),
+            health: Arc::clone(&health),
+            fault,
         };
         let metrics = StoreMetrics::default();
         let writer_metrics = metrics.clone();
@@ -201,6 +248,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer,
             metrics,
+            health,
             readers: Arc::new(ReaderPool { path: path.to_owned(), idle: Mutex::new(Vec::new()) }),
             epoch,
             _lock: lock,
@@ -215,13 +263,14 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (respond_to, answer) = oneshot::channel();
-        let run = Box::new(move |conn: &Connection| {
-            let result = (|| {
+        let health = Arc::clone(&self.health);
+        let run = Box::new(move |conn: Result<&Connection, StoreError>| {
+            let result = conn.and_then(|conn| {
                 let tx = conn.unchecked_transaction()?;
                 let value = write(&tx)?;
-                tx.commit()?;
+                tx.commit().map_err(|error| writer_error(error, &health))?;
                 Ok(value)
-            })();
+            });
             let _ = respond_to.send(result);
         });
         self.writer
@@ -241,6 +290,13 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?
     }
+}
+
+/// `options`, creating a missing file readable and writable by its owner only (`0600`).
+fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
+    options
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -357,7 +413,7 @@ fn run_writer(
             let sweep = last_sweep.is_none_or(|last| started - last >= SWEEP_EVERY);
             let expired_before = sweep.then(|| expiry_cutoff(settings.idempotency_window));
             let batches = appends.iter().map(|(batch, _)| batch);
-            let results = commit(&conn, batches, settings.history_limit, expired_before);
+            let results = commit(&conn, batches, settings, expired_before);
             if sweep {
                 last_sweep = Some(started);
             }
@@ -373,7 +429,10 @@ fn run_writer(
             }
         }
         for write in runs.drain(..) {
-            write(&conn);
+            match settings.health.stopped() {
+                None => write(Ok(&conn)),
+                Some(reason) => write(Err(StoreError::Stopped { reason, uncertain: false })),
+            }
         }
     }
     drop(conn);
@@ -387,21 +446,64 @@ fn run_writer(
 /// fails the whole group: SQLite may already have rolled the transaction back by itself (disk
 /// full, I/O error), and going on would commit later batches one by one outside it while
 /// reporting them as failed.
+///
+/// A commit that fails with an error meaning its data may not have reached the disk (a failed
+/// fsync or write, [`lost_write`]) stops the store: this and every later batch is refused with
+/// [`StoreError::Stopped`] without touching the file, until the server restarts.
 fn commit<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
     expired_before: Option<i64>,
 ) -> Vec<CommitResult> {
     let count = batches.len();
-    match commit_group(conn, batches, history_limit, expired_before) {
-        Ok(results) => results,
+    let health = &settings.health;
+    let outcome = match health.stopped() {
+        Some(reason) => Err(StoreError::Stopped { reason, uncertain: false }),
+        None => commit_group(conn, batches, settings, expired_before)
+            .map_err(|error| writer_error(error, health)),
+    };
+    match outcome {
+        Ok(results) => {
+            health.succeeded();
+            results
+        }
         // One failure, kept whole (its kind decides what clients are told), shared by every
         // batch of the group.
         Err(error) => {
-            let error = Arc::new(StoreError::from(error));
+            health.failed(&error);
+            let error = Arc::new(error);
             (0..count).map(|_| Err(Arc::clone(&error))).collect()
         }
+    }
+}
+
+/// What a failed write of the writer thread is: [`StoreError::Stopped`] (and the store stopped)
+/// when it may have lost data the disk was given, else what SQLite's error says.
+fn writer_error(error: rusqlite::Error, health: &WriteHealth) -> StoreError {
+    let Some(what) = lost_write(&error) else { return StoreError::from(error) };
+    let reason = format!("{what} ({error})");
+    tracing::error!(
+        %reason,
+        "a commit failed in a way that may have lost data the disk was given; the store takes no more writes until the server is restarted"
+    );
+    health.stop(reason.clone());
+    StoreError::Stopped { reason, uncertain: true }
+}
+
+/// Whether `error` means that data given to the disk may not be on it: SQLite's I/O error
+/// from an fsync (of the file or its folder) or a write. Then the kernel may have dropped the
+/// dirty pages and marked them clean, so a later fsync that succeeds proves nothing about them
+/// (PostgreSQL's "fsyncgate", 2018): the one safe answer is to stop. A full disk
+/// (`SQLITE_FULL`) is not one: nothing was handed over, and writes resume when space returns.
+fn lost_write(error: &rusqlite::Error) -> Option<&'static str> {
+    use rusqlite::ffi;
+    let rusqlite::Error::SqliteFailure(failure, _) = error else { return None };
+    match failure.extended_code {
+        ffi::SQLITE_IOERR_FSYNC => Some("a failed fsync"),
+        ffi::SQLITE_IOERR_DIR_FSYNC => Some("a failed fsync of the database's folder"),
+        ffi::SQLITE_IOERR_WRITE => Some("a failed write"),
+        _ => None,
     }
 }
 
@@ -418,7 +520,7 @@ fn expiry_cutoff(window: Duration) -> i64 {
 fn commit_group<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
     expired_before: Option<i64>,
 ) -> Result<Vec<CommitResult>, rusqlite::Error> {
     if !conn.is_autocommit() {
@@ -427,7 +529,8 @@ fn commit_group<'a>(
         conn.execute_batch("ROLLBACK")?;
     }
     conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
-    let outcome = append_all(conn, batches, history_limit).and_then(|results| {
+    let mut created = 0;
+    let outcome = append_all(conn, batches, settings, &mut created).and_then(|results| {
         if let Some(cutoff) = expired_before {
             // Records of counters nobody writes any more are not forgotten by an actor: this
             // is what deletes them. One range of the index on `at_ms`: up to the cutoff, and
@@ -439,7 +542,11 @@ fn commit_group<'a>(
             )?
             .execute(params![cutoff, SWEEP_ROWS - 1])?;
         }
+        if let Some(error) = settings.fault.as_ref().and_then(|fault| fault()) {
+            return Err(error);
+        }
         conn.prepare_cached("COMMIT")?.execute([])?;
+        settings.counters.set(settings.counters.get() + created);
         Ok(results)
     });
     if outcome.is_err() && !conn.is_autocommit() {
@@ -452,7 +559,8 @@ fn commit_group<'a>(
 fn append_all<'a>(
     conn: &Connection,
     batches: impl ExactSizeIterator<Item = &'a AppendBatch>,
-    history_limit: u64,
+    settings: &WriterSettings,
+    created: &mut u64,
 ) -> Result<Vec<CommitResult>, rusqlite::Error> {
     let mut results = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -462,7 +570,7 @@ fn append_all<'a>(
                 Some("the transaction was rolled back by SQLite".into()),
             ));
         }
-        results.push(append_one(conn, batch, history_limit)?.map_err(Arc::new));
+        results.push(append_one(conn, batch, settings, created)?.map_err(Arc::new));
     }
     Ok(results)
 }
@@ -472,8 +580,10 @@ fn append_all<'a>(
 fn append_one(
     conn: &Connection,
     batch: &AppendBatch,
-    history_limit: u64,
+    settings: &WriterSettings,
+    created: &mut u64,
 ) -> Result<Result<i64, StoreError>, rusqlite::Error> {
+    let history_limit = settings.history_limit;
     let conflict = |found: u64| {
         Ok(Err(StoreError::Conflict {
             name: batch.name.to_string(),
@@ -507,6 +617,10 @@ fn append_one(
         .optional()?;
     let id = match stored {
         None if batch.expected_version == 0 => {
+            if let Some(refused) = over_quota(conn, batch, settings, *created)? {
+                return Ok(Err(refused));
+            }
+            *created += 1;
             conn.prepare_cached(
                 "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
@@ -523,6 +637,45 @@ fn append_one(
         other => return conflict(other.map_or(0, |(_, version)| version)),
     };
     append_history(conn, id, batch, history_limit)
+}
+
+/// Why `batch`, which would create its counter, is refused at a quota (`None` when it is not):
+/// before it writes anything, so the rest of its group is unharmed.
+fn over_quota(
+    conn: &Connection,
+    batch: &AppendBatch,
+    settings: &WriterSettings,
+    created: u64,
+) -> Result<Option<StoreError>, rusqlite::Error> {
+    let quotas = settings.quotas;
+    if let Some(limit) = quotas.max_counters {
+        let counters = settings.counters.get() + created;
+        if counters >= limit {
+            return Ok(Some(quota_exceeded(
+                &batch.name,
+                "--max-counters",
+                limit,
+                counters,
+                "counters",
+            )));
+        }
+    }
+    if let Some(limit) = quotas.max_database_bytes {
+        // The file's pages as this transaction has them: two reads of the header, no I/O.
+        let pages: u64 = conn.query_row("PRAGMA page_count", [], |row| row.get(0))?;
+        let page_size: u64 = conn.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let bytes = pages * page_size;
+        if bytes >= limit {
+            return Ok(Some(quota_exceeded(
+                &batch.name,
+                "--max-database-size",
+                limit,
+                bytes,
+                "bytes of database",
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the history rows and idempotency records of `batch`, whose counter row (`id`) is
@@ -853,7 +1006,202 @@ impl Store for SqliteStore {
         &self.epoch
     }
 
+    async fn readiness(&self) -> Readiness {
+        if self.writer.is_closed() {
+            return Readiness::Unavailable("the SQLite writer thread has stopped".into());
+        }
+        // The probe is a real write, synced like a commit: it rewrites the schema version with
+        // its own value, which changes nothing but appends a page to the WAL, so it fails as a
+        // commit would (disk full, I/O error). At most one per `FRESH`, only when asked, and
+        // only when no commit said it first.
+        let probe = self.write(|conn| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            conn.pragma_update(None, "user_version", version)?;
+            Ok(())
+        });
+        self.health.readiness(probe).await
+    }
+
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.metrics.register(registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A failed fsync, which only a faulty device causes for real: the commit step is the one
+    //! part replaced (`Fault`); the file, SQLite and the writer thread are real.
+
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    use rusqlite::ffi;
+
+    use super::*;
+    use crate::counter::ApplyError;
+
+    const NO_FAULT: u8 = 0;
+    const FSYNC: u8 = 1;
+    const FULL: u8 = 2;
+
+    fn increment(expected_version: u64) -> AppendBatch {
+        let name = CounterName::parse("c").expect("a valid name");
+        let value = i64::try_from(expected_version).expect("small");
+        let entry = HistoryRecord {
+            version: expected_version + 1,
+            kind: OpKind::Increment,
+            amount: Some(1),
+            previous_value: value,
+            value: value + 1,
+            at_ms: crate::clock::now_ms(),
+            by: None,
+        };
+        AppendBatch::new(name, expected_version, vec![entry])
+    }
+
+    fn key() -> KeyRecord {
+        KeyRecord {
+            id: "id".into(),
+            name: "k".into(),
+            secret_hash: [0; 32],
+            grants: vec![],
+            created_at_ms: 0,
+            revoked_at_ms: None,
+        }
+    }
+
+    /// A store whose commits fail as `fault` says at the moment they would run.
+    fn store_with(folder: &tempfile::TempDir, fault: &Arc<AtomicU8>) -> SqliteStore {
+        let fault = Arc::clone(fault);
+        let inject: Fault = Box::new(move || {
+            let (code, message) = match fault.load(Ordering::SeqCst) {
+                FSYNC => (ffi::SQLITE_IOERR_FSYNC, "disk I/O error (injected fsync failure)"),
+                FULL => (ffi::SQLITE_FULL, "database or disk is full (injected)"),
+                _ => return None,
+            };
+            Some(rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some(message.into())))
+        });
+        let path = folder.path().join("tally.db");
+        SqliteStore::open_with(&path, SqliteOptions::default(), Some(inject)).expect("open")
+    }
+
+    async fn commit(store: &SqliteStore, batch: AppendBatch) -> CommitResult {
+        store.append(batch).await.expect("queued").await
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_stops_every_later_write_until_restart() {
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(NO_FAULT));
+        let store = store_with(&folder, &fault);
+        commit(&store, increment(0)).await.expect("stored");
+        assert_eq!(store.readiness().await, Readiness::Ready);
+
+        fault.store(FSYNC, Ordering::SeqCst);
+        let error = commit(&store, increment(1)).await.expect_err("the fsync failed");
+        assert!(
+            matches!(&*error, StoreError::Stopped { uncertain: true, reason } if reason.contains("fsync")),
+            "{error:?}"
+        );
+        let answer = ApplyError::Store(Arc::clone(&error)).to_protocol();
+        assert_eq!(answer.code, tally_proto::ErrorCode::StoreStopped);
+        assert!(!answer.code.is_temporary());
+        assert!(answer.message.contains("may or may not be stored"), "{}", answer.message);
+        assert!(answer.message.contains("restarted"), "{}", answer.message);
+
+        // The disk seems fine again: it proves nothing, and the store still refuses, counter
+        // writes and its own writes alike, without touching the file.
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        let error = commit(&store, increment(1)).await.expect_err("stopped");
+        assert!(matches!(&*error, StoreError::Stopped { uncertain: false, .. }), "{error:?}");
+        let answer = ApplyError::Store(error).to_protocol();
+        assert!(answer.message.contains("nothing was stored"), "{}", answer.message);
+        let refused = store.create_key(key()).await.expect_err("stopped");
+        assert!(matches!(refused, StoreError::Stopped { .. }), "{refused:?}");
+        match store.readiness().await {
+            Readiness::Stopped(reason) => assert!(reason.contains("fsync"), "{reason}"),
+            other => panic!("not stopped: {other:?}"),
+        }
+        // Reads go on.
+        let name = CounterName::parse("c").expect("a valid name");
+        let stored = store.load_record(&name).await.expect("read").expect("stored");
+        assert_eq!((stored.value, stored.version), (1, 1));
+        store.close().await;
+        drop(store);
+
+        // A restart takes writes again.
+        let store = store_with(&folder, &fault);
+        assert_eq!(store.readiness().await, Readiness::Ready);
+        commit(&store, increment(1)).await.expect("stored after the restart");
+    }
+
+    /// The same through the server's HTTP side: `/readyz`, the metrics and a refused write.
+    #[tokio::test]
+    async fn a_stopped_store_is_reported_by_readyz_the_metrics_and_every_write() {
+        use tower::ServiceExt;
+
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(NO_FAULT));
+        let store = Arc::new(store_with(&folder, &fault));
+        let state = crate::state::AppState::new(store, crate::config::Config::default(), &[]);
+        let router = crate::http::router(state);
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .header("host", "localhost")
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        let increment = || {
+            axum::http::Request::post("/rpc/counter.increment")
+                .header("host", "localhost")
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(r#"{"name":"c"}"#))
+                .expect("request")
+        };
+        let answer = |response: axum::response::Response| async move {
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            (status, String::from_utf8(body.to_vec()).expect("utf-8"))
+        };
+
+        assert_eq!(answer(router.clone().oneshot(increment()).await.expect("answer")).await.0, 200);
+        fault.store(FSYNC, Ordering::SeqCst);
+        let (status, body) =
+            answer(router.clone().oneshot(increment()).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains(r#""code":"store_stopped""#) && body.contains(r#""temporary":false"#)
+        );
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        let (status, body) =
+            answer(router.clone().oneshot(increment()).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("store_stopped") && body.contains("nothing was stored"), "{body}");
+
+        let (status, body) =
+            answer(router.clone().oneshot(get("/readyz")).await.expect("answer")).await;
+        assert_eq!(status, 503, "{body}");
+        let readiness: tally_proto::Readiness = serde_json::from_str(&body).expect("readiness");
+        assert!(!readiness.ready && readiness.restart_required, "{body}");
+        assert!(readiness.reason.is_some_and(|reason| reason.contains("fsync")), "{body}");
+        let (status, metrics) =
+            answer(router.oneshot(get("/metrics")).await.expect("answer")).await;
+        assert_eq!(status, 200);
+        assert!(metrics.lines().any(|line| line == "tally_store_ready 0"), "{metrics}");
+        assert!(metrics.lines().any(|line| line == "tally_store_stopped 1"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_is_not_a_failed_fsync_and_mends_by_itself() {
+        let folder = tempfile::tempdir().expect("folder");
+        let fault = Arc::new(AtomicU8::new(FULL));
+        let store = store_with(&folder, &fault);
+        let error = commit(&store, increment(0)).await.expect_err("full");
+        assert!(matches!(&*error, StoreError::Unavailable(_)), "{error:?}");
+        assert!(
+            matches!(store.readiness().await, Readiness::Unavailable(reason) if reason.contains("full"))
+        );
+        fault.store(NO_FAULT, Ordering::SeqCst);
+        commit(&store, increment(0)).await.expect("stored once there is room");
+        assert_eq!(store.readiness().await, Readiness::Ready);
     }
 }

@@ -88,6 +88,7 @@ impl TestServer {
             history_limit: options.history_limit,
             idempotency_window: options.idempotency_window,
             pool_size: 4,
+            quotas: options.quotas,
         };
         let store = PostgresStore::open(&database.url, options).await.expect("open store");
         let broker = PostgresBroker::new(&database.url).expect("broker");

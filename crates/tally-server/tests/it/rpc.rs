@@ -1,7 +1,7 @@
 //! The seven RPC procedures against a real server.
 
 use serde_json::{Value, json};
-use tally_server::SqliteOptions;
+use tally_server::{Quotas, SqliteOptions};
 
 use crate::harness::{TestServer, test_config};
 
@@ -176,4 +176,53 @@ async fn metrics_and_health() {
     assert_eq!(server.metric("tally_store_transaction_operations_sum").await, 1.0);
     let (status, body) = server.raw(reqwest::Method::GET, "/healthz", None, Vec::new()).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = server.raw(reqwest::Method::GET, "/readyz", None, Vec::new()).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true,"restartRequired":false}"#));
+    assert_eq!(server.metric("tally_store_ready").await, 1.0);
+    assert_eq!(server.metric("tally_store_stopped").await, 0.0);
+}
+
+/// Issue 16: at `--max-counters`, a write that would create a counter is refused 507
+/// `quota_exceeded`, saying which quota and its value, and stores nothing; counters that exist
+/// keep working.
+#[tokio::test]
+async fn issue_16_at_max_counters_new_counters_are_refused_and_existing_ones_keep_working() {
+    let quotas = Quotas { max_counters: Some(2), max_database_bytes: None };
+    let options = SqliteOptions { quotas, ..SqliteOptions::default() };
+    let server = TestServer::start_with(test_config(), options).await;
+    server.increment("first", 1).await;
+    server.increment("second", 1).await;
+    for (procedure, body) in [
+        ("increment", json!({"name": "third"})),
+        ("setValue", json!({"name": "third", "value": 7})),
+        ("reset", json!({"name": "third"})),
+    ] {
+        let (status, answer) = server.call(procedure, body).await;
+        assert_eq!(status, 507, "{procedure}: {answer}");
+        assert_eq!(answer["error"]["code"], "quota_exceeded", "{answer}");
+        assert_eq!(answer["error"]["temporary"], false, "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        for says in ["\"third\"", "--max-counters quota is 2", "existing counters still work"] {
+            assert!(message.contains(says), "{message} does not say {says}");
+        }
+    }
+    assert_eq!(server.value("third").await, (0, 0), "nothing of a refused write was stored");
+    // The counters that exist take writes as before.
+    assert_eq!(server.increment("first", 4).await["value"], 5);
+    assert_eq!(server.ok("setValue", json!({"name": "second", "value": 9})).await["value"], 9);
+}
+
+/// Issue 16: at `--max-database-size` the same, naming that quota.
+#[tokio::test]
+async fn issue_16_at_max_database_size_new_counters_are_refused() {
+    // Any database is over one byte: no counter may be created.
+    let quotas = Quotas { max_counters: None, max_database_bytes: Some(1) };
+    let options = SqliteOptions { quotas, ..SqliteOptions::default() };
+    let server = TestServer::start_with(test_config(), options).await;
+    let (status, answer) = server.call("increment", json!({"name": "new"})).await;
+    assert_eq!((status, &answer["error"]["code"]), (507, &json!("quota_exceeded")), "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("--max-database-size quota is 1"), "{message}");
+    assert!(message.contains("bytes of database"), "{message}");
+    assert_eq!(server.value("new").await, (0, 0));
 }

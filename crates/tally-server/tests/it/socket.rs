@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tally_proto::socket::Frame;
 use tally_proto::{Grant, Presence, close};
 use tally_server::access::{AuthConfig, JwtConfig};
-use tally_server::{Config, SqliteOptions};
+use tally_server::{Config, Quotas, SqliteOptions};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -647,4 +647,28 @@ async fn losing_the_right_to_read_ends_that_subscription_and_the_socket_goes_on(
     assert!(reason.contains("revoked"), "{reason}");
     assert_eq!(updates, vec!["public:y"], "nothing more of private:x; public:y goes on");
     assert!(client.sync().await.is_empty(), "the socket goes on");
+}
+
+/// Issue 16: over the socket, a call that would create a counter at `--max-counters` gets the
+/// RPC's error, `quota_exceeded`; the socket stays and calls on existing counters work.
+#[tokio::test]
+async fn issue_16_a_call_at_max_counters_is_refused_quota_exceeded_and_the_socket_stays() {
+    let quotas = Quotas { max_counters: Some(1), max_database_bytes: None };
+    let options = SqliteOptions { quotas, ..SqliteOptions::default() };
+    let server = TestServer::start_with(test_config(), options).await;
+    let mut client = Client::connect(&server).await;
+    let create = |name: &str| json!({"procedure": "counter.increment", "name": name});
+    assert!(matches!(client.ask("call", create("only")).await, Frame::Result { .. }));
+    match client.ask("call", create("another")).await {
+        Frame::Error { error, .. } => {
+            assert_eq!(error.code, "quota_exceeded");
+            assert!(!error.temporary);
+            assert!(error.message.contains("--max-counters quota is 1"), "{}", error.message);
+        }
+        other => panic!("expected quota_exceeded, got {other:?}"),
+    }
+    match client.ask("call", create("only")).await {
+        Frame::Result { result, .. } => assert_eq!(result["value"], 2),
+        other => panic!("the existing counter refused a write: {other:?}"),
+    }
 }

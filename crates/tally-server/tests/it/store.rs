@@ -49,6 +49,7 @@ impl TestStore {
                     history_limit: options.history_limit,
                     idempotency_window: options.idempotency_window,
                     pool_size: 2,
+                    quotas: options.quotas,
                 };
                 Box::new(PostgresStore::open(&database.url, options).await.expect("store opens"))
             }

@@ -17,7 +17,10 @@ import { WRITE_BACKOFF, undecidedNote } from "./write.js";
 /** At most this many calls are on their way over one socket (the server allows 256). */
 const MAX_CALLS_IN_FLIGHT = 64;
 
-/** Refusals after which a call is sent again with the same key: its fate is unknown or it may work later. */
+/**
+ * Refusals after which a call is sent again with the same key: its fate is unknown or it may work later.
+ * Not `quota_exceeded` nor `store_stopped`: sending again changes nothing until an operator acts.
+ */
 const RETRIED_CODES = new Set(["unavailable", "internal", "too_many_in_flight", "rate_limited"]);
 
 type ErrorFrame = Extract<SocketFrame, { type: "error" }>;

@@ -31,6 +31,8 @@ export const ERROR_CODES = {
   "too_many_subscriptions": { status: 429, temporary: false },
   "too_many_in_flight": { status: 429, temporary: true },
   "too_many_watchers": { status: 503, temporary: true },
+  "quota_exceeded": { status: 507, temporary: false },
+  "store_stopped": { status: 503, temporary: false },
   "unavailable": { status: 503, temporary: true },
   "internal": { status: 500, temporary: true },
 } as const;
