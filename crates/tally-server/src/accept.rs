@@ -152,7 +152,9 @@ impl Lingering {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let _ = self.stream.shutdown().await;
         let deadline = tokio::time::Instant::now() + LINGER_TIME;
-        let mut buffer = [0_u8; 4096];
+        // Small: many connections may linger at once (a restart closes every socket), and
+        // what is read is thrown away.
+        let mut buffer = [0_u8; 1024];
         let mut drained = 0;
         while drained < LINGER_BYTES {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {

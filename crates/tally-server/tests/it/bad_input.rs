@@ -279,6 +279,13 @@ fn violations() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
             "fragmented one",
         ),
         ("a close of one byte", frame(fin | close, &[3], true), PROTOCOL_ERROR, "1-byte"),
+        // tungstenite answers this one itself, as RFC 6455 asks, before the server sees it.
+        (
+            "a close with a code no endpoint may send",
+            frame(fin | close, &[0x03, 0xe7], true),
+            PROTOCOL_ERROR,
+            "Protocol violation",
+        ),
         (
             "text that is not UTF-8",
             frame(fin | text, &[b'"', 0xff, 0xfe, b'"'], true),
@@ -332,8 +339,11 @@ async fn issue_16_protocol_violations_get_their_close_code_and_a_clean_end() {
             assert!(clean, "{path}, {what}: the connection was reset after the close frame");
         }
     }
+    // Each endpoint's nine 1002 closes of its own (the tenth is tungstenite's answer).
     let closes = server.metric("tally_websocket_closes_total{code=\"1002\"}").await;
     assert_eq!(closes, 2.0 * 9.0, "1002 closes counted");
+    let closes = server.metric("tally_websocket_closes_total{code=\"1007\"}").await;
+    assert_eq!(closes, 2.0 * 3.0, "1007 closes counted");
     // The counter the v1 sockets watched is untouched.
     assert_eq!(server.value("violations").await, (0, 0));
 }
