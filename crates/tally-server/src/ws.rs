@@ -52,8 +52,8 @@ pub(crate) async fn upgrade(
     if let Err(error) = state.access.check_origin(&headers) {
         return state.error_response(&error);
     }
-    // The only way to fail decoding one catch-all segment is percent-encoding that does not
-    // decode to UTF-8 (`%FF`); axum's own answer to that is plain text.
+    // The rest of the path fails to decode only when its percent-encoding does not make UTF-8
+    // (`%FF`); axum's own answer to that is plain text.
     let Ok(Path(name)) = name else {
         return state.error_response(&ProtocolError::new(
             ErrorCode::InvalidName,
