@@ -220,7 +220,7 @@ pub(crate) enum StopKind {
     TokenExpired,
     /// The upgrade was refused for good (an HTTP error that is not temporary).
     Refused,
-    /// A close code that says not to reconnect (1000, 1002, 1008, 1009, 4500–4999).
+    /// A close code that says not to reconnect (1000, 1002, 1007, 1008, 1009, 4500–4999).
     Closed,
 }
 

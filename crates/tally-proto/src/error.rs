@@ -224,8 +224,12 @@ pub mod close {
     close_codes! {
         /// The server closed a socket it no longer needs, or the client asked to close.
         NORMAL = 1000;
-        /// A protocol violation by the client (for example a binary frame where text was expected).
+        /// A protocol violation by the client at the WebSocket level (RFC 6455): an unmasked
+        /// frame, reserved bits set, an unknown opcode, a fragmented or oversized control frame,
+        /// a continuation with nothing to continue.
         PROTOCOL_ERROR = 1002;
+        /// A text message (or a close frame's reason) that is not valid UTF-8.
+        INVALID_PAYLOAD = 1007;
         /// The client sent more messages per second than the server allows.
         POLICY_VIOLATION = 1008;
         /// The client sent a message over 4 KiB.
@@ -253,7 +257,8 @@ pub mod close {
     }
 
     /// The standard codes after which a client does not reconnect as it is.
-    pub const NO_RECONNECT: &[u16] = &[NORMAL, PROTOCOL_ERROR, POLICY_VIOLATION, MESSAGE_TOO_BIG];
+    pub const NO_RECONNECT: &[u16] =
+        &[NORMAL, PROTOCOL_ERROR, INVALID_PAYLOAD, POLICY_VIOLATION, MESSAGE_TOO_BIG];
 
     /// The application codes after which a client does not reconnect without changing something.
     pub const NO_RECONNECT_RANGE: RangeInclusive<u16> = 4500..=4999;
@@ -283,6 +288,8 @@ mod tests {
         assert!(close::should_reconnect(close::SLOW_CONSUMER));
         assert!(close::should_reconnect(close::SERVICE_RESTART));
         assert!(!close::should_reconnect(close::MESSAGE_TOO_BIG));
+        assert!(!close::should_reconnect(close::PROTOCOL_ERROR));
+        assert!(!close::should_reconnect(close::INVALID_PAYLOAD));
         assert!(!close::should_reconnect(4500));
     }
 }

@@ -90,10 +90,80 @@ impl Drop for Admitted {
     }
 }
 
-/// A socket that holds its connection's place in the limits for as long as it lives.
-struct Counted {
+/// The longest a closed connection lingers, draining what its client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// The most bytes a lingering connection reads and drops before it closes anyway.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// A socket that holds its connection's place in the limits for as long as it lives, and that
+/// closes by lingering (see [`Lingering::linger`]).
+struct Counted(
+    /// `None` only once dropped, when the lingering close took it.
+    Option<Lingering>,
+);
+
+/// What a connection's close needs: its socket, and its place in the limits, held until the
+/// socket is closed.
+struct Lingering {
     stream: TcpStream,
     _admitted: Admitted,
+}
+
+impl Counted {
+    fn new(stream: TcpStream, admitted: Admitted) -> Self {
+        Self(Some(Lingering { stream, _admitted: admitted }))
+    }
+
+    fn stream(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
+        match &mut self.get_mut().0 {
+            Some(lingering) => Ok(Pin::new(&mut lingering.stream)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Some(lingering) = self.0.take() else { return };
+        // The usual end of a connection: the client closed first and everything it sent was
+        // read. Closed at once, with no task.
+        if let Ok(0) = lingering.stream.try_read(&mut [0_u8; 1]) {
+            return;
+        }
+        // Outside a runtime (it is going away) the socket just closes.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(lingering.linger());
+        }
+    }
+}
+
+impl Lingering {
+    /// Closes the connection without a reset: sends FIN after what was written (a close
+    /// frame, say), then reads and drops what the client still sends until it closes too, for
+    /// at most `LINGER_TIME` and `LINGER_BYTES` (Apache's and nginx's "lingering close").
+    ///
+    /// A socket closed with unread data, or that receives data once closed, is reset by the
+    /// kernel, and a reset can destroy what the client had not read yet: a client sending an
+    /// oversized message (whose rest the WebSocket layer never reads) or random frames saw a
+    /// reset (1006, "reconnect") instead of the 1009 or 1002 it was sent ("do not"). The
+    /// connection keeps its place in the limits while it lingers, so lingering is bounded by
+    /// `--max-connections` and `--max-connections-per-ip` like any connection.
+    async fn linger(mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = self.stream.shutdown().await;
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        // Small: many connections may linger at once (a restart closes every socket), and
+        // what is read is thrown away.
+        let mut buffer = [0_u8; 1024];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut buffer)).await {
+                Ok(Ok(read)) if read > 0 => drained += read,
+                // The client closed (or reset) its side, or took too long.
+                _ => break,
+            }
+        }
+    }
 }
 
 impl AsyncRead for Counted {
@@ -102,7 +172,7 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        self.stream()?.poll_read(cx, buf)
     }
 }
 
@@ -112,15 +182,15 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.stream()?.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.stream()?.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.stream()?.poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -128,11 +198,11 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.stream()?.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.0.as_ref().is_some_and(|lingering| lingering.stream.is_write_vectored())
     }
 }
 
@@ -180,7 +250,7 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let io = Counted { stream, _admitted: admitted };
+        let io = Counted::new(stream, admitted);
         let service = tower::ServiceBuilder::new()
             .map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(ClientAddr(peer));

@@ -301,16 +301,7 @@ impl<T: Transport> Link<T> {
         let message = match incoming {
             None => return Err(End::Drop),
             Some(Ok(message)) => message,
-            Some(Err(error)) => {
-                return Err(if is_message_too_big(&error) {
-                    End::Close(
-                        close::MESSAGE_TOO_BIG,
-                        format!("message over {MAX_CLIENT_MESSAGE_BYTES} bytes"),
-                    )
-                } else {
-                    End::Drop
-                });
-            }
+            Some(Err(error)) => return Err(violation(&error).unwrap_or(End::Drop)),
         };
         self.heard = true;
         self.ping_outstanding = false;
@@ -403,16 +394,72 @@ fn stalled_or_failed(
     }
 }
 
-fn is_message_too_big(error: &axum::Error) -> bool {
+/// The close a read error calls for (RFC 6455 section 7.4.1): 1009 for a message or frame over
+/// the limit, 1007 for text that is not UTF-8, 1002 for any other breach of the protocol; `None`
+/// when the peer is gone (an I/O error, a connection ended without a close frame), which leaves
+/// nobody to tell.
+///
+/// tungstenite reports the breach and leaves its connection usable for writing (only the read
+/// side of the stream ends), so the close frame still goes out; the rest of an oversized frame
+/// is still unread, which the accept loop's lingering close drains (`accept`), so the close is
+/// not turned into a reset.
+fn violation(error: &axum::Error) -> Option<End> {
+    use tungstenite::error::ProtocolError as Breach;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = current.downcast_ref::<tungstenite::Error>()
-        {
-            return true;
+    let error = loop {
+        let current = source?;
+        if let Some(error) = current.downcast_ref::<tungstenite::Error>() {
+            break error;
         }
         source = current.source();
-    }
-    false
+    };
+    let (code, reason) = match error {
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+            size,
+            ..
+        }) => (
+            close::MESSAGE_TOO_BIG,
+            format!(
+                "message of {size} bytes is over the limit; a client message may have at most {MAX_CLIENT_MESSAGE_BYTES} bytes"
+            ),
+        ),
+        tungstenite::Error::Capacity(_) => (
+            close::MESSAGE_TOO_BIG,
+            format!("a client message may have at most {MAX_CLIENT_MESSAGE_BYTES} bytes"),
+        ),
+        tungstenite::Error::Utf8(_) => (
+            close::INVALID_PAYLOAD,
+            "a text message is not valid UTF-8; text messages must be UTF-8 JSON".to_owned(),
+        ),
+        // The peer left without a close frame: nobody to send one to.
+        tungstenite::Error::Protocol(Breach::ResetWithoutClosingHandshake) => return None,
+        tungstenite::Error::Protocol(breach) => {
+            let what = match breach {
+                Breach::UnmaskedFrameFromClient => "a client frame is not masked".to_owned(),
+                Breach::NonZeroReservedBits => {
+                    "reserved bits are set (no extension was negotiated)".to_owned()
+                }
+                Breach::FragmentedControlFrame => "a control frame is fragmented".to_owned(),
+                Breach::ControlFrameTooBig => {
+                    "a control frame has over 125 bytes of payload".to_owned()
+                }
+                Breach::UnknownControlFrameType(opcode)
+                | Breach::UnknownDataFrameType(opcode)
+                | Breach::InvalidOpcode(opcode) => format!("opcode {opcode} is reserved"),
+                Breach::UnexpectedContinueFrame => {
+                    "a continuation frame with no message to continue".to_owned()
+                }
+                Breach::ExpectedFragment(_) => {
+                    "a new message before the fragmented one was finished".to_owned()
+                }
+                Breach::InvalidCloseSequence => "a close frame with a 1-byte payload".to_owned(),
+                other => other.to_string(),
+            };
+            (close::PROTOCOL_ERROR, format!("protocol violation: {what}; see RFC 6455"))
+        }
+        _ => return None,
+    };
+    Some(End::Close(code, reason))
 }
 
 #[cfg(test)]

@@ -29,7 +29,11 @@ pub fn router(state: AppState) -> Router {
     let cors = cors_layer(&state.config.allowed_origins);
     let router = Router::new()
         .route("/rpc/{procedure}", post(rpc).fallback(rpc_wrong_method))
-        .route("/ws/counter/{name}", get(ws::upgrade))
+        // A catch-all, so that a path with more segments reaches the handler and is refused
+        // with the error body too (PROTOCOL.md §5.1), not the fallback's plain 404.
+        .route("/ws/counter/{*name}", get(ws::upgrade))
+        .route("/ws/counter", get(ws::no_name))
+        .route("/ws/counter/", get(ws::no_name))
         .route("/ws", get(session::upgrade))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

@@ -13,10 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
+use tally_proto::name::NAME_RULE;
 use tally_proto::{
     Action, Authenticated, ClientMessage, CounterName, ErrorCode, Pong, ProtocolError, Resumed,
     ServerMessage, WatchQuery, WsError, close,
@@ -42,7 +44,7 @@ pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     extensions: axum::http::Extensions,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
@@ -50,6 +52,16 @@ pub(crate) async fn upgrade(
     if let Err(error) = state.access.check_origin(&headers) {
         return state.error_response(&error);
     }
+    // The rest of the path fails to decode only when its percent-encoding does not make UTF-8
+    // (`%FF`); axum's own answer to that is plain text.
+    let Ok(Path(name)) = name else {
+        return state.error_response(&ProtocolError::new(
+            ErrorCode::InvalidName,
+            format!(
+                "the counter name in the path is not percent-encoded UTF-8; allowed: {NAME_RULE}"
+            ),
+        ));
+    };
     let name = match CounterName::parse(&name) {
         Ok(name) => name,
         Err(error) => return state.error_response(&error),
@@ -83,6 +95,21 @@ pub(crate) async fn upgrade(
             sockets.track_future(serve(state, socket, name, start_from, start))
         })
         .into_response()
+}
+
+/// `/ws/counter` and `/ws/counter/`: a watch path without a counter name, refused with the
+/// error body as any bad name is (after the origin check, as for a name).
+pub(crate) async fn no_name(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Err(error) = state.access.check_origin(&headers) {
+        return state.error_response(&error);
+    }
+    state.error_response(&ProtocolError::new(
+        ErrorCode::InvalidName,
+        format!("the watch path is /ws/counter/{{name}} and has no name; allowed: {NAME_RULE}"),
+    ))
 }
 
 /// One socket, from upgrade to close.

@@ -492,3 +492,40 @@ async fn a_subscription_not_read_is_paused_without_stalling_the_others_and_skips
     drop((slow, live, connection));
     server.stop().await;
 }
+
+/// A server close that says the client itself sent something wrong (here 1009, a message over
+/// 4 KiB) stops the connection for good: no reconnect sends it again (issue 16; the shared
+/// scenarios hold the same rule for 1002 and 1007). The call that did it gets the close's
+/// error, and so does the next one.
+#[tokio::test]
+async fn a_message_over_the_limit_stops_the_connection_without_a_reconnect() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    let connection = client.connect_with(fast());
+    let mut events = connection.events();
+    assert_eq!(connection.get_value("fine").await.expect("value").value, 0);
+
+    let big = serde_json::json!({"name": "fine", "pad": "x".repeat(5000)});
+    let refused = connection.call(Procedure::GetValue, big).await.expect_err("closed with 1009");
+    assert!(refused.to_string().contains("1009"), "{refused}");
+    let refused = connection.get_value("fine").await.expect_err("stopped");
+    assert!(refused.to_string().contains("1009"), "{refused}");
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("an event in time")
+            .expect("events until the stop");
+        match event {
+            tally_client::ConnectionEvent::Stopped { reason } => {
+                assert!(reason.contains("1009"), "{reason}");
+                break;
+            }
+            other => seen.push(format!("{other:?}")),
+        }
+    }
+    assert_eq!(seen, ["Connected"], "one connection, never lost and retried");
+    drop(connection);
+    server.stop().await;
+}

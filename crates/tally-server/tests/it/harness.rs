@@ -536,6 +536,36 @@ impl SilentPeer {
         self.stream.write_all(&frame).await.expect("send");
     }
 
+    /// Sends `bytes` as they are: frames made by hand, broken on purpose.
+    pub(crate) async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Reads frames until the server's close frame, then on to the end of the connection:
+    /// the close's code and reason, and whether the connection then ended cleanly (a FIN) rather
+    /// than with a reset. `None` when no close frame came before the end.
+    pub(crate) async fn close_then_end(&mut self) -> Option<(u16, String, bool)> {
+        let mut close = None;
+        loop {
+            while let Some((opcode, payload, used)) = parse_frame(&self.buffered) {
+                self.buffered.drain(..used);
+                if opcode == 0x8 && close.is_none() {
+                    let code = u16::from_be_bytes([*payload.first()?, *payload.get(1)?]);
+                    close = Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+                }
+            }
+            let mut chunk = vec![0_u8; 64 * 1024];
+            let read = tokio::time::timeout(PATIENCE, self.stream.read(&mut chunk))
+                .await
+                .expect("the server ends the connection in time");
+            match read {
+                Ok(0) => return close.map(|(code, reason)| (code, reason, true)),
+                Err(_) => return close.map(|(code, reason)| (code, reason, false)),
+                Ok(read) => self.buffered.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+
     /// Reads frames until a close frame (its code) or the end of the connection (`None`).
     pub(crate) async fn wait_for_close_code(&mut self) -> Option<u16> {
         loop {

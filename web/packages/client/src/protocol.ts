@@ -171,7 +171,7 @@ export const CloseCode = {
 
 /**
  * Whether a client should reconnect after the server closed with `code` (PROTOCOL.md §7), as it
- * is: not after 1000, 1002, 1008, 1009 or 4500–4999, which need a change on the client's side
+ * is: not after 1000, 1002, 1007, 1008, 1009 or 4500–4999, which need a change on the client's side
  * first. After 4502 (token expired) a subscription reconnects once it has a fresh token.
  */
 export function shouldReconnect(code: number): boolean {

@@ -174,7 +174,7 @@ export type StopKind =
   | "tokenExpired"
   /** The upgrade was refused for good (an HTTP error that is not temporary). */
   | "refused"
-  /** A close code that says not to reconnect (1000, 1002, 1008, 1009, 4500–4999). */
+  /** A close code that says not to reconnect (1000, 1002, 1007, 1008, 1009, 4500–4999). */
   | "closed";
 
 /** What the driver must do, in the order given. */

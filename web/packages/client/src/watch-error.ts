@@ -62,6 +62,10 @@ export function describeClose(code: number, reason: string): string {
       return `the server closed the connection: too many messages${why}`;
     case CloseCode.MESSAGE_TOO_BIG:
       return `the server closed the connection: message too big${why}`;
+    case CloseCode.PROTOCOL_ERROR:
+      return `the server closed the connection: this client broke the WebSocket protocol${why}`;
+    case CloseCode.INVALID_PAYLOAD:
+      return `the server closed the connection: a text message was not valid UTF-8${why}`;
     case CloseCode.INTERNAL_ERROR:
       return `the server could not serve this counter${why}`;
     case CloseCode.UNAUTHENTICATED:

@@ -213,7 +213,9 @@ describe("the shared reconnect scenarios", () => {
         .flatMap((scenario) => scenario.steps)
         .flatMap((step) => (step.event.type === "closed" ? [step.event.code] : [])),
     );
-    for (const code of [1000, 1002, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4501, 4502, 4503]) {
+    for (const code of [
+      1000, 1002, 1007, 1008, 1009, 1011, 1012, 1013, 4000, 4001, 4501, 4502, 4503,
+    ]) {
       expect(codes, `no scenario closes with ${code}`).toContain(code);
     }
     expect(codes, "no scenario closes with 4599").toContain(4599);

@@ -41,6 +41,7 @@ export const ERROR_CODES = {
 export const CLOSE_CODES = {
   NORMAL: 1000,
   PROTOCOL_ERROR: 1002,
+  INVALID_PAYLOAD: 1007,
   POLICY_VIOLATION: 1008,
   MESSAGE_TOO_BIG: 1009,
   INTERNAL_ERROR: 1011,
@@ -54,7 +55,7 @@ export const CLOSE_CODES = {
 } as const;
 
 /** Standard close codes after which a client does not reconnect as it is. */
-export const NO_RECONNECT_CLOSE_CODES: readonly number[] = [1000, 1002, 1008, 1009];
+export const NO_RECONNECT_CLOSE_CODES: readonly number[] = [1000, 1002, 1007, 1008, 1009];
 
 /** Close codes (inclusive) after which a client does not reconnect without changing something. */
 export const NO_RECONNECT_CLOSE_RANGE = { min: 4500, max: 4999 } as const;
