@@ -81,6 +81,10 @@ error_codes! {
     KeyExists = "key_exists", 409, false;
     /// A value or result outside ±(2^53 − 1); nothing was stored.
     OutOfRange = "out_of_range", 422, false;
+    /// A write with `expectedVersion` found the counter at another version (someone else
+    /// wrote first); nothing was stored. The error's `currentVersion` says where it is: read
+    /// it again, decide, and send the write with that version.
+    VersionConflict = "version_conflict", 409, false;
     /// An idempotency key that breaks the key rule (1 to 128 printable ASCII characters).
     InvalidIdempotencyKey = "invalid_idempotency_key", 400, false;
     /// The idempotency key was already used by this principal on this counter for a different
@@ -144,12 +148,14 @@ pub struct ProtocolError {
     pub message: String,
     /// How long to wait before trying again, when the server knows (`rate_limited`).
     pub retry_after: Option<std::time::Duration>,
+    /// The counter's version, for `version_conflict`.
+    pub current_version: Option<u64>,
 }
 
 impl ProtocolError {
     /// A refusal with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None, current_version: None }
     }
 
     /// The same refusal, telling the client to wait `delay` before trying again.
@@ -183,6 +189,10 @@ pub struct ErrorDetail {
     /// (`rate_limited`; RPC answers also carry it as `Retry-After` in whole seconds).
     #[serde(default, rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The counter's version when a write's `expectedVersion` did not match it
+    /// (`version_conflict`).
+    #[serde(default, rename = "currentVersion", skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
 }
 
 impl From<&ProtocolError> for ErrorBody {
@@ -193,6 +203,7 @@ impl From<&ProtocolError> for ErrorBody {
                 message: error.message.clone(),
                 temporary: error.code.is_temporary(),
                 retry_after_ms: error.retry_after.map(duration_ms),
+                current_version: error.current_version,
             },
         }
     }

@@ -153,6 +153,9 @@ pub struct WsError {
     /// How many milliseconds to wait before trying again, when the server knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The counter's version, for `version_conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
 }
 
 impl From<&ProtocolError> for WsError {
@@ -162,6 +165,7 @@ impl From<&ProtocolError> for WsError {
             message: error.message.clone(),
             temporary: error.code.is_temporary(),
             retry_after_ms: error.retry_after.map(duration_ms),
+            current_version: error.current_version,
         }
     }
 }

@@ -118,9 +118,15 @@ impl Procedure {
         }
         match self {
             Procedure::Increment | Procedure::Decrement => {
-                codes.extend([ErrorCode::InvalidAmount, ErrorCode::OutOfRange]);
+                codes.extend([
+                    ErrorCode::InvalidAmount,
+                    ErrorCode::OutOfRange,
+                    ErrorCode::VersionConflict,
+                ]);
             }
-            Procedure::SetValue => codes.push(ErrorCode::OutOfRange),
+            Procedure::SetValue => {
+                codes.extend([ErrorCode::OutOfRange, ErrorCode::VersionConflict]);
+            }
             Procedure::GetHistory => codes.push(ErrorCode::InvalidLimit),
             Procedure::Reset
             | Procedure::GetValue
@@ -181,6 +187,14 @@ pub struct AmountBody {
         schemars(with = "Option<i64>", range(min = 1, max = MAX_SAFE_INTEGER))
     )]
     pub amount: Option<Number>,
+    /// Apply only if the counter is at this version (0: never written); otherwise
+    /// `version_conflict` and nothing is stored.
+    #[serde(default, rename = "expectedVersion", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<u64>", range(min = 0, max = MAX_SAFE_INTEGER))
+    )]
+    pub expected_version: Option<Number>,
 }
 
 /// Body of `setValue`.
@@ -197,6 +211,14 @@ pub struct SetValueBody {
         schemars(with = "i64", range(min = -MAX_SAFE_INTEGER, max = MAX_SAFE_INTEGER))
     )]
     pub value: Number,
+    /// Set only if the counter is at this version (0: never written); otherwise
+    /// `version_conflict` and nothing is stored: compare-and-set.
+    #[serde(default, rename = "expectedVersion", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<u64>", range(min = 0, max = MAX_SAFE_INTEGER))
+    )]
+    pub expected_version: Option<Number>,
 }
 
 /// Body of `reset`, `getValue` and `getMetadata`.
@@ -292,6 +314,9 @@ pub enum Request {
         name: CounterName,
         /// What to do to it.
         op: Op,
+        /// Only if the counter is at this version (`expectedVersion`; increment, decrement
+        /// and setValue).
+        expected_version: Option<u64>,
     },
     /// getValue.
     GetValue {
@@ -366,17 +391,20 @@ impl Request {
                 } else {
                     Op::Decrement(amount)
                 };
-                Request::Apply { name, op }
+                let expected_version = raw.expected_version.as_ref().map(version).transpose()?;
+                Request::Apply { name, op, expected_version }
             }
             Procedure::SetValue => {
                 let raw: SetValueBody = from_json(body)?;
                 let name = CounterName::parse(&raw.name)?;
                 let value = integer("value", &raw.value, ErrorCode::InvalidField)?;
-                Request::Apply { name, op: Op::SetValue(value) }
+                let expected_version = raw.expected_version.as_ref().map(version).transpose()?;
+                Request::Apply { name, op: Op::SetValue(value), expected_version }
             }
             Procedure::Reset => {
                 let raw: NameBody = from_json(body)?;
-                Request::Apply { name: CounterName::parse(&raw.name)?, op: Op::Reset }
+                let name = CounterName::parse(&raw.name)?;
+                Request::Apply { name, op: Op::Reset, expected_version: None }
             }
             Procedure::GetValue => {
                 let raw: NameBody = from_json(body)?;
@@ -507,6 +535,21 @@ fn history_limit(number: &Number) -> Result<u32, ProtocolError> {
         .ok_or_else(invalid)
 }
 
+/// An `expectedVersion`: a whole number from 0 to 2^53 - 1.
+fn version(number: &Number) -> Result<u64, ProtocolError> {
+    let invalid = || {
+        ProtocolError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "expectedVersion is {number}; allowed: a version, a whole number >= 0 (0: a counter never written)"
+            ),
+        )
+    };
+    let whole =
+        integer("expectedVersion", number, ErrorCode::InvalidField).map_err(|_| invalid())?;
+    u64::try_from(whole).map_err(|_| invalid())
+}
+
 fn before(number: &Number) -> Result<u64, ProtocolError> {
     let invalid = || {
         ProtocolError::new(
@@ -541,24 +584,52 @@ mod tests {
         check(
             "counter.increment",
             r#"{"name":"a"}"#,
-            &Ok(Request::Apply { name: a(), op: Op::Increment(1) }),
+            &Ok(Request::Apply { name: a(), op: Op::Increment(1), expected_version: None }),
         );
         check(
             "counter.increment",
             r#"{"name":"a","amount":5.0}"#,
-            &Ok(Request::Apply { name: a(), op: Op::Increment(5) }),
+            &Ok(Request::Apply { name: a(), op: Op::Increment(5), expected_version: None }),
         );
         check(
             "counter.decrement",
             r#"{"name":"a","amount":null}"#,
-            &Ok(Request::Apply { name: a(), op: Op::Decrement(1) }),
+            &Ok(Request::Apply { name: a(), op: Op::Decrement(1), expected_version: None }),
         );
         check(
             "counter.setValue",
             r#"{"name":"a","value":-9007199254740991}"#,
-            &Ok(Request::Apply { name: a(), op: Op::SetValue(-MAX_SAFE_INTEGER) }),
+            &Ok(Request::Apply {
+                name: a(),
+                op: Op::SetValue(-MAX_SAFE_INTEGER),
+                expected_version: None,
+            }),
         );
-        check("counter.reset", r#"{"name":"a"}"#, &Ok(Request::Apply { name: a(), op: Op::Reset }));
+        check(
+            "counter.reset",
+            r#"{"name":"a"}"#,
+            &Ok(Request::Apply { name: a(), op: Op::Reset, expected_version: None }),
+        );
+        check(
+            "counter.setValue",
+            r#"{"name":"a","value":5,"expectedVersion":3}"#,
+            &Ok(Request::Apply { name: a(), op: Op::SetValue(5), expected_version: Some(3) }),
+        );
+        check(
+            "counter.increment",
+            r#"{"name":"a","expectedVersion":0}"#,
+            &Ok(Request::Apply { name: a(), op: Op::Increment(1), expected_version: Some(0) }),
+        );
+        for bad in ["-1", "1.5", "\"3\"", "9007199254740992"] {
+            let body = format!(r#"{{"name":"a","value":5,"expectedVersion":{bad}}}"#);
+            check("counter.setValue", &body, &Err(ErrorCode::InvalidField));
+        }
+        // reset takes no expectedVersion (its body is the name alone).
+        check(
+            "counter.reset",
+            r#"{"name":"a","expectedVersion":1}"#,
+            &Err(ErrorCode::InvalidField),
+        );
         check(
             "counter.getHistory",
             r#"{"name":"a"}"#,

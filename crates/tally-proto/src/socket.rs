@@ -747,6 +747,7 @@ mod tests {
                     message: "m".into(),
                     temporary: false,
                     retry_after_ms: None,
+                    current_version: None,
                 },
             },
             Frame::Authenticated {

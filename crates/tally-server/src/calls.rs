@@ -32,11 +32,14 @@ pub(crate) async fn counter_call(
     let access = &state.access;
     let to_protocol = |error: ApplyError| error.to_protocol();
     Ok(match request {
-        Request::Apply { name, op } => {
+        Request::Apply { name, op, expected_version } => {
             let permissions = access.authorize(principal, &name, action, Some(op))?;
             access.check_write_rate(principal)?;
-            let published =
-                state.registry.apply(&name, op, &principal.id, key).await.map_err(to_protocol)?;
+            let registry = &state.registry;
+            let published = registry
+                .apply(&name, op, expected_version, &principal.id, key)
+                .await
+                .map_err(to_protocol)?;
             Bytes::from(published.json_for(permissions.allows(Action::Admin)))
         }
         Request::GetValue { name } => {

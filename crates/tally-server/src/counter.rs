@@ -244,6 +244,8 @@ const _: () = assert!(std::mem::size_of::<Command>() <= 16);
 /// An operation to apply on behalf of `by`.
 struct ApplyCommand {
     op: Op,
+    /// Apply only at this version (`expectedVersion`).
+    expected_version: Option<u64>,
     by: Arc<str>,
     key: Option<IdempotencyKey>,
     received: Instant,
@@ -284,12 +286,14 @@ impl CounterHandle {
     pub(crate) async fn apply(
         &self,
         op: Op,
+        expected_version: Option<u64>,
         by: Arc<str>,
         key: Option<IdempotencyKey>,
     ) -> Result<Arc<Published>, ApplyError> {
         let received = Instant::now();
         self.ask(|respond_to| {
-            Command::Apply(Box::new(ApplyCommand { op, by, key, received, respond_to }))
+            let apply = ApplyCommand { op, expected_version, by, key, received, respond_to };
+            Command::Apply(Box::new(apply))
         })
         .await
     }
@@ -323,6 +327,8 @@ impl CounterHandle {
 /// An operation waiting for its batch.
 struct PendingOp {
     op: Op,
+    /// Apply only if the counter is at this version when the operation's turn comes.
+    expected_version: Option<u64>,
     by: Arc<str>,
     /// Its idempotency key, in flight in `CounterActor::keys` until the operation is answered.
     key: Option<Arc<KeyId>>,
@@ -692,10 +698,11 @@ impl CounterActor {
     /// Takes an operation: into the next batch, or, for a key it already knows, answered from
     /// what that key did.
     fn take(&mut self, apply: ApplyCommand) {
-        let ApplyCommand { op, by, key, received, respond_to } = apply;
+        let ApplyCommand { op, expected_version, by, key, received, respond_to } = apply;
         match key {
             None => self.pending.push(PendingOp {
                 op,
+                expected_version,
                 by,
                 key: None,
                 received,
@@ -708,6 +715,7 @@ impl CounterActor {
                     Arrival::New(id, respond_to) => {
                         self.pending.push(PendingOp {
                             op,
+                            expected_version,
                             by,
                             key: Some(id),
                             received,
@@ -738,6 +746,13 @@ impl CounterActor {
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut remember = Vec::new();
         for pending in std::mem::take(&mut self.pending) {
+            if let Some(expected) = pending.expected_version
+                && expected != version
+            {
+                let refusal = version_conflict(&self.name, expected, version);
+                self.answer(pending, Err(ApplyError::Rejected(refusal)));
+                continue;
+            }
             match pending.op.apply(value) {
                 Ok(next) => {
                     version += 1;
@@ -892,4 +907,16 @@ impl CounterActor {
             let _ = pending.respond_to.send(Ok(published));
         }
     }
+}
+
+/// The refusal of an operation whose `expectedVersion` is not the counter's version.
+fn version_conflict(name: &CounterName, expected: u64, current: u64) -> ProtocolError {
+    let mut refusal = ProtocolError::new(
+        ErrorCode::VersionConflict,
+        format!(
+            "counter {name} is at version {current}, not the expected {expected}: someone else wrote first, and nothing was changed; read it again and send the write with expectedVersion {current} if it still applies"
+        ),
+    );
+    refusal.current_version = Some(current);
+    refusal
 }

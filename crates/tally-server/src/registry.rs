@@ -165,19 +165,20 @@ impl Registry {
     /// applied, and one still in flight is waited for.
     ///
     /// # Errors
-    /// `Rejected` for a result out of range; `KeyReused` when `key` was used for another
+    /// `Rejected` for a result out of range or a version other than `expected_version`; `KeyReused` when `key` was used for another
     /// operation; `Store` when storage failed; `ShuttingDown`.
     pub async fn apply(
         &self,
         name: &CounterName,
         op: Op,
+        expected_version: Option<u64>,
         by: &Arc<str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Arc<Published>, ApplyError> {
         self.with_actor(name, |handle| {
             let by = Arc::clone(by);
             let key = key.cloned();
-            async move { handle.apply(op, by, key).await }
+            async move { handle.apply(op, expected_version, by, key).await }
         })
         .await
     }

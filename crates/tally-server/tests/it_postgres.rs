@@ -8,6 +8,8 @@ mod access;
 mod bad_input;
 #[path = "it/cluster.rs"]
 mod cluster;
+#[path = "it/compare_and_set.rs"]
+mod compare_and_set;
 #[path = "it/epoch.rs"]
 mod epoch;
 #[path = "it/harness.rs"]

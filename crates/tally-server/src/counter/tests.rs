@@ -262,7 +262,7 @@ async fn send(
     key: Option<IdempotencyKey>,
 ) -> JoinHandle<Result<Arc<Published>, ApplyError>> {
     let handle = handle.clone();
-    let task = tokio::spawn(async move { handle.apply(op, by("alice"), key).await });
+    let task = tokio::spawn(async move { handle.apply(op, None, by("alice"), key).await });
     tokio::task::yield_now().await;
     task
 }
@@ -378,7 +378,7 @@ async fn a_retry_of_a_committed_write_gets_the_first_answer_and_stores_nothing()
     assert_eq!(world.store.sizes(), [1], "the retry reached no store");
 
     // The key is alice's: bob's same key is another write.
-    let bob = handle.apply(Op::Increment(2), by("bob"), key("k1")).await.expect("applied");
+    let bob = handle.apply(Op::Increment(2), None, by("bob"), key("k1")).await.expect("applied");
     assert_eq!((bob.version(), bob.value()), (2, 4));
     assert_eq!(world.history().await, [(1, 2), (2, 4)]);
 }

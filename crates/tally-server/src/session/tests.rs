@@ -139,12 +139,16 @@ impl Harness {
     async fn increment(&self, counter: &str, amount: i64) -> Arc<Published> {
         let by: Arc<str> = Arc::from("tester");
         let op = Op::Increment(amount);
-        self.state.registry.apply(&name(counter), op, &by, None).await.expect("committed")
+        self.state.registry.apply(&name(counter), op, None, &by, None).await.expect("committed")
     }
 
     async fn reset(&self, counter: &str) -> Arc<Published> {
         let by: Arc<str> = Arc::from("tester");
-        self.state.registry.apply(&name(counter), Op::Reset, &by, None).await.expect("committed")
+        self.state
+            .registry
+            .apply(&name(counter), Op::Reset, None, &by, None)
+            .await
+            .expect("committed")
     }
 }
 
