@@ -97,6 +97,26 @@ impl KeyArg {
     }
 }
 
+/// `--expect-version`, on the writes that take one.
+#[derive(Debug, clap::Args)]
+pub(crate) struct VersionArg {
+    /// Apply the write only if the counter is at this version (0: never written), as read with
+    /// `tally get`; otherwise it is refused (exit 1, version_conflict, saying the current
+    /// version) and nothing changes: compare-and-set.
+    #[arg(long, value_name = "VERSION")]
+    expect_version: Option<u64>,
+}
+
+impl VersionArg {
+    /// `write` expecting the given version, if one was given.
+    pub(crate) fn apply(self, write: Write) -> Write {
+        match self.expect_version {
+            Some(version) => write.expecting_version(version),
+            None => write,
+        }
+    }
+}
+
 fn parse_key(text: &str) -> Result<IdempotencyKey, String> {
     IdempotencyKey::parse(text).map_err(|error| error.message)
 }

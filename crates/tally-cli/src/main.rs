@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use tally_client::Write;
 
-use crate::commands::{CliError, HistoryArgs, KeyArg, WatchArgs};
+use crate::commands::{CliError, HistoryArgs, KeyArg, VersionArg, WatchArgs};
 
 /// Tally: live counters. Change a named counter over HTTP; everyone watching it sees the change
 /// live, in order, with nothing lost.
@@ -97,6 +97,8 @@ enum Command {
         amount: i64,
         #[command(flatten)]
         key: KeyArg,
+        #[command(flatten)]
+        version: VersionArg,
     },
     /// Subtract from a counter.
     Decr {
@@ -107,6 +109,8 @@ enum Command {
         amount: i64,
         #[command(flatten)]
         key: KeyArg,
+        #[command(flatten)]
+        version: VersionArg,
     },
     /// Set a counter to a value.
     Set {
@@ -117,6 +121,8 @@ enum Command {
         value: i64,
         #[command(flatten)]
         key: KeyArg,
+        #[command(flatten)]
+        version: VersionArg,
     },
     /// Set a counter to 0.
     Reset {
@@ -234,14 +240,17 @@ async fn run_client_command(
     let mut out = output::Printer::new(json);
     match command {
         Command::Get { name } => commands::get(&client, &mut out, &name).await,
-        Command::Incr { name, amount, key } => {
-            commands::write(&client, &mut out, key.apply(Write::increment(&name, amount))).await
+        Command::Incr { name, amount, key, version } => {
+            let write = version.apply(key.apply(Write::increment(&name, amount)));
+            commands::write(&client, &mut out, write).await
         }
-        Command::Decr { name, amount, key } => {
-            commands::write(&client, &mut out, key.apply(Write::decrement(&name, amount))).await
+        Command::Decr { name, amount, key, version } => {
+            let write = version.apply(key.apply(Write::decrement(&name, amount)));
+            commands::write(&client, &mut out, write).await
         }
-        Command::Set { name, value, key } => {
-            commands::write(&client, &mut out, key.apply(Write::set_value(&name, value))).await
+        Command::Set { name, value, key, version } => {
+            let write = version.apply(key.apply(Write::set_value(&name, value)));
+            commands::write(&client, &mut out, write).await
         }
         Command::Reset { name, key } => {
             commands::write(&client, &mut out, key.apply(Write::reset(&name))).await

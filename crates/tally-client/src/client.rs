@@ -717,6 +717,11 @@ pub(crate) fn rejected(
 
 /// A refusal as a typed error. `retry_after` is used when the refusal does not say it in ms.
 fn refusal(status: u16, error: ErrorDetail, retry_after: Option<Duration>) -> ClientError {
+    if let ("version_conflict", Some(current_version)) =
+        (error.code.as_str(), error.current_version)
+    {
+        return ClientError::VersionConflict { current_version, message: error.message };
+    }
     match error.code.as_str() {
         "unauthenticated" | "token_expired" => {
             ClientError::Unauthenticated { code: error.code, message: error.message }
@@ -747,6 +752,7 @@ pub(crate) fn socket_refusal(error: WsError) -> ClientError {
         message: error.message,
         temporary: error.temporary,
         retry_after_ms: error.retry_after_ms,
+        current_version: error.current_version,
     };
     refusal(status, detail, None)
 }

@@ -66,6 +66,17 @@ pub enum ClientError {
         /// How long the server asks to wait, when it said.
         retry_after: Option<Duration>,
     },
+    /// A write's expected version was not the counter's (`version_conflict`, 409): someone
+    /// else wrote first, and nothing was changed. Read it again, decide, and send the write
+    /// with [`Write::expecting_version`](crate::Write::expecting_version)`(current_version)`
+    /// if it still applies.
+    #[error("{message} (version_conflict)")]
+    VersionConflict {
+        /// The counter's version when the write arrived.
+        current_version: u64,
+        /// The server's words.
+        message: String,
+    },
     /// The server answered with another error: the request was refused and changed nothing.
     #[error("{message} ({code})")]
     Rejected {
@@ -105,6 +116,7 @@ impl ClientError {
                 Some(code)
             }
             ClientError::Forbidden { .. } => Some("forbidden"),
+            ClientError::VersionConflict { .. } => Some("version_conflict"),
             ClientError::RateLimited { .. } => Some("rate_limited"),
             ClientError::Invalid(error) => Some(error.code.as_str()),
             _ => None,
@@ -141,6 +153,10 @@ pub(crate) fn duplicate(error: &ClientError) -> ClientError {
             ClientError::Unauthenticated { code: code.clone(), message: message.clone() }
         }
         ClientError::Forbidden { message } => ClientError::Forbidden { message: message.clone() },
+        ClientError::VersionConflict { current_version, message } => ClientError::VersionConflict {
+            current_version: *current_version,
+            message: message.clone(),
+        },
         ClientError::RateLimited { message, retry_after } => {
             ClientError::RateLimited { message: message.clone(), retry_after: *retry_after }
         }

@@ -69,6 +69,26 @@ impl Write {
         Self::new(Procedure::Reset, name, None)
     }
 
+    /// The same write, applied only if the counter is at `version` when it arrives (0: a
+    /// counter never written), else refused with [`ClientError::VersionConflict`] carrying the
+    /// counter's version, and nothing is changed: compare-and-set, for a value decided from
+    /// what was read (stock left, seats taken). Not for `reset`, which ignores it.
+    ///
+    /// ```
+    /// use tally_client::Write;
+    ///
+    /// // Take one seat only if nobody else has written since version 41 was read.
+    /// let write = Write::decrement("seats", 1).expecting_version(41);
+    /// assert_eq!(write.procedure().path_name(), "counter.decrement");
+    /// ```
+    #[must_use]
+    pub fn expecting_version(mut self, version: u64) -> Self {
+        if self.procedure != Procedure::Reset {
+            self.body.insert("expectedVersion".into(), Number::from(version).into());
+        }
+        self
+    }
+
     /// The same write under `key` instead of its random one: for a write that must count once
     /// even if the program making it is run again (a retried script, a job queue).
     #[must_use]

@@ -568,6 +568,28 @@ async fn refusals_exit_1_and_say_what_is_allowed() {
     );
 }
 
+/// `--expect-version`: the write applies at that version only; at another it exits 1 saying
+/// where the counter is, and changes nothing.
+#[tokio::test]
+async fn a_write_expecting_another_version_exits_1_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    run_ok(&url, &["set", "stock", "5", "--expect-version", "0"]);
+    let error = run_err(&url, &["decr", "stock", "--expect-version", "0"], 1);
+    assert!(
+        error.contains("version 1, not the expected 0") && error.contains("version_conflict"),
+        "{error}"
+    );
+    run_ok(&url, &["decr", "stock", "2", "--expect-version", "1"]);
+    let error = run_err(&url, &["incr", "stock", "--expect-version", "1"], 1);
+    assert!(error.contains("at version 2"), "{error}");
+    assert_eq!(
+        server.ok("getValue", json!({"name": "stock"})).await,
+        json!({"value": 3, "version": 2})
+    );
+}
+
 #[test]
 fn bad_command_lines_and_urls_exit_2() {
     for url in ["ftp://127.0.0.1:8094", "http://127.0.0.1:8094/api", "127.0.0.1:8094"] {

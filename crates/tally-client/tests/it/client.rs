@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tally_client::{Backoff, Client, ClientError, OpKind, WatchEvent, WatchOptions};
+use tally_client::{Backoff, Client, ClientError, OpKind, WatchEvent, WatchOptions, Write};
 
 use crate::support::{next, serve};
 
@@ -57,6 +57,34 @@ fn only_http_and_https_base_urls_are_accepted() {
 
 /// The watch reconnects by itself after a restart and resumes with `since`: the changes made
 /// while it was away arrive once each, in order, then live ones.
+/// Compare-and-set over the RPC and the socket: a write at the expected version applies, a
+/// stale one is the typed `VersionConflict` with the counter's version, and changes nothing.
+#[tokio::test]
+async fn a_write_expecting_a_version_applies_or_says_where_the_counter_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}/")).expect("client");
+    let stocked = client.write(&Write::set_value("stock", 5).expecting_version(0)).await;
+    assert_eq!(stocked.expect("created at version 0").version, 1);
+    match client.write(&Write::decrement("stock", 1).expecting_version(0)).await {
+        Err(ClientError::VersionConflict { current_version, message }) => {
+            assert_eq!(current_version, 1);
+            assert!(message.contains("not the expected 0"), "{message}");
+        }
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+    let connection = client.connect();
+    let taken = connection.write(&Write::decrement("stock", 1).expecting_version(1)).await;
+    assert_eq!(taken.expect("taken at version 1").value, 4);
+    match connection.write(&Write::decrement("stock", 1).expecting_version(1)).await {
+        Err(ClientError::VersionConflict { current_version: 2, .. }) => {}
+        other => panic!("expected a version conflict at 2, got {other:?}"),
+    }
+    assert_eq!(client.get_value("stock").await.expect("value").value, 4);
+    drop(connection);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_watch_survives_a_server_restart_with_no_gap_or_duplicate() {
     let dir = tempfile::tempdir().expect("dir");
