@@ -40,6 +40,7 @@ RESULTS="$WORK/results.tsv"
 listener_pid=""
 feeder_pid=""
 poll_pid=""
+created=0
 
 stop_listener() {
     if [ -n "$feeder_pid" ]; then
@@ -66,7 +67,10 @@ cleanup() {
         wait "$poll_pid" 2>/dev/null || true
     fi
     stop_listener
-    dropdb --if-exists "$DB" 2>/dev/null || echo "run.sh: could not drop database $DB; drop it by hand" >&2
+    # Only a database this run made: one that was there before may be another run's.
+    if [ "$created" = 1 ]; then
+        dropdb --if-exists "$DB" || echo "run.sh: could not drop database $DB; drop it by hand" >&2
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -154,7 +158,12 @@ run() {
         "${poll_lat:+  poll $poll_lat ms (behind schedule $poll_lag ms)}" >&2
 }
 
+if [ -n "$(psql -X -At -d postgres -c "SELECT 1 FROM pg_database WHERE datname = '$DB'")" ]; then
+    echo "run.sh: database $DB exists: another run.sh is running (use flock /tmp/bench.lock), or an earlier one was killed (then: dropdb $DB)" >&2
+    exit 1
+fi
 createdb "$DB"
+created=1
 psql -X -q -d "$DB" -v ON_ERROR_STOP=1 -f "$HERE/schema.sql"
 echo "pgbench against $(psql -X -At -d "$DB" -c 'SHOW server_version') on $PGHOST:$PGPORT," \
     "synchronous_commit=$(psql -X -At -d "$DB" -c 'SHOW synchronous_commit')," \
