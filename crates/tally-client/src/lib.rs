@@ -76,7 +76,7 @@
 //!   [`Connection::server_url`] says which node it is on.
 //! - An ending that stops is not tried on the next node, since every node would answer the
 //!   same: an upgrade refused for good (`unauthenticated`, `forbidden`, `not_found`, …) and the
-//!   closes that stop (1000, 1002, 1008, 1009, 4501, 4503, …).
+//!   closes that stop (1000, 1002, 1007, 1008, 1009, 4501, 4503, …).
 //! - RPCs go to the URL that worked last, and move on only when they could not reach it, never
 //!   because of an answer (see [`Client::with_urls`]).
 //!
