@@ -222,14 +222,25 @@ impl Client {
     }
 
     /// A client for the nodes of one cluster (several `tally serve` on one database), at
-    /// `base_urls`, without credentials; see [`Client::builder_with_urls`] for the settings.
+    /// `base_urls`, without credentials; see [`Client::builder_with_urls`] for the settings, and
+    /// the crate docs ("Several servers") for the whole story with an example.
     ///
-    /// Calls and connections go to the first URL, and move on to the next one (round robin)
-    /// when they cannot reach the one in use: an RPC after a refused, reset or unanswered
-    /// connection (a write keeps its idempotency key, so it counts once on whichever node
-    /// applies it), a [`Connection`] on every reconnect, resuming its subscriptions there with
-    /// `since`. An answer of a server, a refusal included, is final, except a temporary `503`,
-    /// which a write sends again to the next node.
+    /// Everything starts on the first URL and moves on to the next one, round robin, only when
+    /// it could not reach the one in use, never because of an answer (a refusal would be the
+    /// same on every node):
+    ///
+    /// - An RPC moves on when its connection is refused, reset or not answered, and calls after
+    ///   it stay on the URL that worked. A read (which changes nothing) is tried once on each
+    ///   URL at most, and on the next one after a temporary `503` too. A write that reached no
+    ///   server yet is tried on each URL at once before it fails; a write whose fate is unknown
+    ///   (no answer, or a temporary `503`) is sent to the next URL after the backoff with the
+    ///   same idempotency key, so it counts once on whichever node applies it (see
+    ///   [`Client::write`]).
+    /// - A [`Connection`] (and a [`Watch`]) moves on at every reconnect, after the wait one
+    ///   server would get (the advised delay, else the backoff), and resumes its subscriptions
+    ///   there with `since`; [`Connection::server_url`] tells which node it is on. A connection
+    ///   that stops (an upgrade refused for good, a close such as 4501 or 4503) stops: it does
+    ///   not try the other nodes.
     ///
     /// ```
     /// let client =

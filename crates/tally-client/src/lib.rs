@@ -56,6 +56,64 @@
 //! # }
 //! ```
 //!
+//! # Several servers
+//! Give [`Client::with_urls`] (or [`Client::builder_with_urls`], for credentials and
+//! certificates) the nodes of one cluster: several `tally serve` on one PostgreSQL database
+//! (docs/CLUSTER.md), with no load balancer needed in front of them. They must share the
+//! database: a subscription moves from one to the next with `since`, which means the same thing
+//! only where the history is the same (a server with another database has another epoch, and a
+//! resume there gets a resync snapshot). What the client does with them (docs/PROTOCOL.md §11,
+//! rule 18, checked against `protocol/reconnect-scenarios.json` as the TypeScript client is):
+//!
+//! - A [`Connection`] (and so a [`Watch`]) makes its first attempt to the first URL. Every end
+//!   of a connection or of an attempt that is followed by a reconnect (a lost socket, a close
+//!   that advises reconnecting such as 1006 or 1012, a temporary refusal of the upgrade such as
+//!   `503`, a connect timeout, a ping with no answer, a 4502 once a fresh token came) sends the
+//!   next attempt to the next URL, round robin. The wait before it is what one server would get:
+//!   the server's advised delay, else the backoff, which goes on growing across URLs until a
+//!   connection stays up 10 s. Every subscription resumes there with `since`, with no gap and
+//!   no duplicate, and writes on their way are sent again there with their idempotency keys.
+//!   [`Connection::server_url`] says which node it is on.
+//! - An ending that stops is not tried on the next node, since every node would answer the
+//!   same: an upgrade refused for good (`unauthenticated`, `forbidden`, `not_found`, …) and the
+//!   closes that stop (1000, 1002, 1007, 1008, 1009, 4501, 4503, …).
+//! - RPCs go to the URL that worked last, and move on only when they could not reach it, never
+//!   because of an answer (see [`Client::with_urls`]).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), tally_client::ClientError> {
+//! use futures_util::StreamExt;
+//! use tally_client::{Client, SubscriptionEvent};
+//!
+//! let client = Client::with_urls([
+//!     "http://10.0.0.11:8094",
+//!     "http://10.0.0.12:8094",
+//!     "http://10.0.0.13:8094",
+//! ])?;
+//! // Goes to the first node, or to the next one when the first cannot be reached; counts once.
+//! client.increment("likes", 1).await?;
+//!
+//! let connection = client.connect();
+//! let mut likes = connection.subscribe("likes");
+//! while let Some(event) = likes.next().await {
+//!     match event {
+//!         SubscriptionEvent::Snapshot(snapshot) => {
+//!             println!("likes = {} (from {})", snapshot.value, connection.server_url());
+//!         }
+//!         SubscriptionEvent::Disconnected { reason, retry_in } => {
+//!             eprintln!("{reason}; trying the next node in {retry_in:?}");
+//!         }
+//!         SubscriptionEvent::Resumed { since, .. } => {
+//!             println!("resumed after version {since} on {}", connection.server_url());
+//!         }
+//!         SubscriptionEvent::Update(update) => println!("likes = {}", update.value),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`Client`], [`ClientBuilder`] (`client.rs`): the RPC calls and the client's settings.
 //! - [`Write`] (`write.rs`): writes with idempotency keys, and when a write is sent again.
