@@ -148,7 +148,7 @@ pub(crate) async fn run_over(
 
 /// The JSON body of an increment of `name` by 1, as tally-proto writes it.
 fn increment_body(name: &str) -> Bytes {
-    let body = AmountBody { name: name.to_owned(), amount: None };
+    let body = AmountBody { name: name.to_owned(), amount: None, expected_version: None };
     // A struct of a string and an absent number always serializes.
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
