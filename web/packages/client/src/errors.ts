@@ -24,6 +24,11 @@ export class TallyError extends Error {
    * temporary error): the key to send it again with, so that it is applied at most once.
    */
   readonly idempotencyKey: string | null;
+  /**
+   * The counter's version, when a write's `expectedVersion` was not it (`version_conflict`):
+   * read the counter again, decide, and send the write with this version if it still applies.
+   */
+  readonly currentVersion: number | null;
 
   constructor(
     status: number,
@@ -32,6 +37,7 @@ export class TallyError extends Error {
     temporary: boolean,
     retryAfterMs: number | null = null,
     idempotencyKey: string | null = null,
+    currentVersion: number | null = null,
   ) {
     super(message);
     this.status = status;
@@ -39,6 +45,7 @@ export class TallyError extends Error {
     this.temporary = temporary;
     this.retryAfterMs = retryAfterMs;
     this.idempotencyKey = idempotencyKey;
+    this.currentVersion = currentVersion;
   }
 }
 

@@ -30,6 +30,7 @@ export {
   type CallOptions,
   type TallyClientOptions,
   type WebSocketConstructor,
+  type CompareOptions,
   type WriteOptions,
 } from "./rpc.js";
 export {

@@ -139,14 +139,22 @@ export interface ErrorBody {
     temporary: boolean;
     /** How long to wait before trying again (`rate_limited`; also the `Retry-After` header). */
     retryAfterMs?: number;
+    /** The counter's version, when a write's `expectedVersion` was not it (`version_conflict`). */
+    currentVersion?: number;
   };
 }
 
 /** The seven RPC procedures, with their request bodies and answers. */
 export interface Procedures {
-  increment: { request: { name: string; amount?: number }; answer: Update };
-  decrement: { request: { name: string; amount?: number }; answer: Update };
-  setValue: { request: { name: string; value: number }; answer: Update };
+  increment: {
+    request: { name: string; amount?: number; expectedVersion?: number };
+    answer: Update;
+  };
+  decrement: {
+    request: { name: string; amount?: number; expectedVersion?: number };
+    answer: Update;
+  };
+  setValue: { request: { name: string; value: number; expectedVersion?: number }; answer: Update };
   reset: { request: { name: string }; answer: Update };
   getValue: { request: { name: string }; answer: ValueAnswer };
   getMetadata: { request: { name: string }; answer: Metadata };

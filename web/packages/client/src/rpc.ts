@@ -56,6 +56,25 @@ export interface WriteOptions extends CallOptions {
   idempotencyKey?: string;
 }
 
+/** Options of a write that may depend on what was read (increment, decrement, setValue). */
+export interface CompareOptions extends WriteOptions {
+  /**
+   * Apply the write only if the counter is at this version (0: never written), else it is
+   * refused with a TallyError `version_conflict` whose `currentVersion` says where the counter
+   * is, and nothing changes: compare-and-set, for stock left or seats taken.
+   */
+  expectedVersion?: number;
+}
+
+/** `body` with `expectedVersion` when the options give one. */
+function compared<B extends object>(
+  body: B,
+  options?: CompareOptions,
+): B & { expectedVersion?: number } {
+  const expectedVersion = options?.expectedVersion;
+  return expectedVersion === undefined ? body : { ...body, expectedVersion };
+}
+
 /** How to reach a server. */
 export interface TallyClientOptions {
   /**
@@ -199,18 +218,20 @@ export class TallyClient {
    * Adds `amount` (a whole number ≥ 1, default 1). Like every write, it carries an idempotency
    * key and is sent again with it while its fate is unknown (see `call`).
    */
-  increment(name: string, amount?: number, options?: WriteOptions): Promise<Update> {
-    return this.call("increment", amount === undefined ? { name } : { name, amount }, options);
+  increment(name: string, amount?: number, options?: CompareOptions): Promise<Update> {
+    const body = amount === undefined ? { name } : { name, amount };
+    return this.call("increment", compared(body, options), options);
   }
 
   /** Subtracts `amount` (a whole number ≥ 1, default 1). */
-  decrement(name: string, amount?: number, options?: WriteOptions): Promise<Update> {
-    return this.call("decrement", amount === undefined ? { name } : { name, amount }, options);
+  decrement(name: string, amount?: number, options?: CompareOptions): Promise<Update> {
+    const body = amount === undefined ? { name } : { name, amount };
+    return this.call("decrement", compared(body, options), options);
   }
 
-  /** Sets the value. */
-  setValue(name: string, value: number, options?: WriteOptions): Promise<Update> {
-    return this.call("setValue", { name, value }, options);
+  /** Sets the value; with `expectedVersion`, only if nobody wrote since that version. */
+  setValue(name: string, value: number, options?: CompareOptions): Promise<Update> {
+    return this.call("setValue", compared({ name, value }, options), options);
   }
 
   /** Sets the value to 0. */
@@ -469,6 +490,8 @@ export class TallyClient {
         error.message,
         error.temporary === true,
         retryAfter(error.retryAfterMs, response.headers.get("Retry-After")),
+        null,
+        typeof error.currentVersion === "number" ? error.currentVersion : null,
       );
       // A temporary server fault (503 unavailable while storage is down or the server shuts
       // down) says nothing of whether a write that raced it was applied.
@@ -538,6 +561,7 @@ function undecided(error: unknown, key: string): unknown {
       error.temporary,
       error.retryAfterMs,
       key,
+      error.currentVersion,
     );
   }
   return error;

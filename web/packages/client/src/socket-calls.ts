@@ -263,5 +263,7 @@ function refusalError(frame: ErrorFrame): TallyError {
     frame.message,
     frame.temporary ?? known?.temporary ?? false,
     frame.retryAfterMs ?? null,
+    null,
+    frame.currentVersion ?? null,
   );
 }

@@ -56,6 +56,7 @@ export type SocketFrame =
       message: string;
       temporary?: boolean;
       retryAfterMs?: number;
+      currentVersion?: number;
     }
   | { type: "authenticated"; id: number; principal: string; expiresAt?: string }
   | { type: "pong"; id: number; timestamp: string };

@@ -1,9 +1,11 @@
 // Writes with idempotency keys against a real `tally serve`: the same key counts once and gets the
 // first answer, a write whose answer is lost (a proxy cuts the connection after the server read
 // the request) is sent again and counts once, an abort stops the retries, and a key reused for
-// another operation is refused without a retry.
+// another operation is refused without a retry; a write with expectedVersion applies only at that
+// version, over HTTP and the socket.
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { SocketCount } from "../../../test-support/sockets.js";
 import { TallyServer, tempDir } from "../../../test-support/server.js";
 import { TallyClient, TallyError } from "../src/rpc.js";
 
@@ -173,3 +175,34 @@ async function until(done: () => boolean): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+describe("writes with expectedVersion (compare-and-set)", () => {
+  it("apply at the expected version and are refused at another, with the counter's version", async () => {
+    const client = new TallyClient({
+      baseUrl: server.url,
+      WebSocket: new SocketCount().WebSocket,
+      lingerMs: 100,
+    });
+    const created = await client.setValue("cas-stock", 5, { expectedVersion: 0 });
+    expect([created.value, created.version]).toEqual([5, 1]);
+    const stale = await client.decrement("cas-stock", 1, { expectedVersion: 0 }).catch((e) => e);
+    expect(stale).toBeInstanceOf(TallyError);
+    expect([stale.status, stale.code, stale.currentVersion, stale.temporary]).toEqual([
+      409,
+      "version_conflict",
+      1,
+      false,
+    ]);
+    // The same over the socket's call command.
+    const taken = await client.connection.call("decrement", {
+      name: "cas-stock",
+      expectedVersion: 1,
+    });
+    expect(taken.value).toBe(4);
+    const late = await client.connection
+      .call("decrement", { name: "cas-stock", expectedVersion: 1 })
+      .catch((e) => e);
+    expect([late.code, late.currentVersion]).toEqual(["version_conflict", 2]);
+    expect(await client.getValue("cas-stock")).toEqual({ value: 4, version: 2 });
+  });
+});
