@@ -64,6 +64,10 @@ pub struct Metadata {
     pub updated_at: Option<String>,
     /// How many operations were applied; equal to the counter's version.
     pub operation_count: u64,
+    /// How many operations were committed in the last minute (all nodes' together; at most
+    /// 10 000 are counted): only in `getMetadata`'s answer, never in updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops_last_minute: Option<u64>,
 }
 
 /// One applied operation, answered to its writer and broadcast to every watcher, byte for byte
@@ -420,6 +424,7 @@ mod tests {
             created_at: Some("2025-01-15T12:00:00.000Z".into()),
             updated_at: Some("2025-01-15T12:00:01.000Z".into()),
             operation_count: 10,
+            ops_last_minute: None,
         }
     }
 

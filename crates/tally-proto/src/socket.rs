@@ -709,6 +709,7 @@ mod tests {
             created_at: None,
             updated_at: None,
             operation_count: 3,
+            ops_last_minute: None,
         };
         let update = Update {
             kind: OpKind::Increment,

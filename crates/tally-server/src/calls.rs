@@ -15,6 +15,9 @@ use crate::counter::ApplyError;
 use crate::state::AppState;
 use crate::store::HistoryRecord;
 
+/// The rate meter's window: `opsLastMinute` counts the operations of the last minute.
+const RATE_WINDOW_MS: i64 = 60_000;
+
 /// Answers a counter procedure's validated `request` for `principal`: checks its grants (and
 /// for a write the write rate), then applies or reads, and answers the JSON the RPC answers.
 /// A write is answered only once committed; with `key`, a retry gets the first answer.
@@ -50,7 +53,14 @@ pub(crate) async fn counter_call(
         Request::GetMetadata { name } => {
             access.authorize(principal, &name, action, None)?;
             let counter = state.registry.read(&name).await.map_err(to_protocol)?;
-            json(&counter.metadata(&name))
+            let mut metadata = counter.metadata(&name);
+            // The rate meter, from history rather than from the actor: it counts every node's
+            // writes and survives the actor's hibernation, and an idle counter keeps no meter.
+            let since_ms = clock::now_ms() - RATE_WINDOW_MS;
+            let recent = state.store.recent_operations(&name, since_ms).await;
+            let recent = recent.map_err(|error| ApplyError::from(error).to_protocol())?;
+            metadata.ops_last_minute = Some(recent);
+            json(&metadata)
         }
         Request::GetPresence { name } => {
             access.authorize(principal, &name, action, None)?;

@@ -81,6 +81,7 @@ impl CounterState {
             created_at: self.created_at_ms.map(clock::format_ms),
             updated_at: self.updated_at_ms.map(clock::format_ms),
             operation_count: self.version,
+            ops_last_minute: None,
         }
     }
 

@@ -204,6 +204,7 @@ impl Published {
                 created_at: Some(self.created_at.to_string()),
                 updated_at: Some(timestamp.clone()),
                 operation_count: entry.version,
+                ops_last_minute: None,
             },
             timestamp,
             by: None,

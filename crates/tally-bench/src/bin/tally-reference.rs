@@ -342,6 +342,7 @@ fn metadata(version: u64) -> Metadata {
         created_at: Some(at.clone()),
         updated_at: Some(at),
         operation_count: version,
+        ops_last_minute: None,
     }
 }
 

@@ -184,6 +184,7 @@ async fn a_silent_connection_is_replaced() {
                     created_at: None,
                     updated_at: None,
                     operation_count: 0,
+                    ops_last_minute: None,
                 },
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
                 resync: false,

@@ -168,6 +168,14 @@ impl Store for Faulty {
         self.inner().history_range(name, after, up_to).await
     }
 
+    async fn recent_operations(
+        &self,
+        name: &CounterName,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.inner().recent_operations(name, since_ms).await
+    }
+
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner().keys().await
     }

@@ -327,6 +327,10 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The most operations [`Store::recent_operations`] looks at: a rate meter reads "at least
+/// this many" beyond it (10 000 a minute is a counter written 166 times a second).
+pub const RECENT_SCAN: i64 = 10_000;
+
 /// Durable storage of counters and their history.
 ///
 /// Implementations are shared by every counter actor, so every method takes `&self`.
@@ -389,6 +393,17 @@ pub trait Store: Send + Sync + 'static {
         after: u64,
         up_to: u64,
     ) -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// How many of the newest [`RECENT_SCAN`] operations of `name` were committed at or after
+    /// `since_ms` (milliseconds since the Unix epoch): the counter's rate meter
+    /// (`getMetadata`'s `opsLastMinute`). Read from history, so it counts every node's writes
+    /// and survives hibernation; bounded, so a hot counter costs one index range of at most
+    /// [`RECENT_SCAN`] rows.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    async fn recent_operations(&self, name: &CounterName, since_ms: i64)
+    -> Result<u64, StoreError>;
 
     /// Every API key, revoked ones too, oldest first.
     ///

@@ -979,6 +979,31 @@ impl Store for PostgresStore {
         rows.iter().map(history_row).collect()
     }
 
+    async fn recent_operations(
+        &self,
+        name: &CounterName,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let client = self.reader().await?;
+        // The newest rows by the primary key, backwards from the last version.
+        let row = client
+            .query_one(
+                &client
+                    .prepare_cached(
+                        "SELECT count(*) FROM (
+                             SELECT h.at_ms FROM history h
+                             WHERE h.counter_id = (SELECT id FROM counters WHERE name = $1)
+                             ORDER BY h.version DESC LIMIT $3
+                         ) recent WHERE at_ms >= $2",
+                    )
+                    .await?,
+                &[&name.as_str(), &since_ms, &super::RECENT_SCAN],
+            )
+            .await?;
+        let count: i64 = row.get(0);
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         let client = self.reader().await?;
         let rows = client

@@ -950,6 +950,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn recent_operations(
+        &self,
+        name: &CounterName,
+        since_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let name = name.clone();
+        self.read(move |conn| {
+            // The newest rows by the primary key, backwards from the last version.
+            conn.prepare_cached(
+                "SELECT count(*) FROM (
+                     SELECT h.at_ms FROM history h
+                     WHERE h.counter_id = (SELECT id FROM counters WHERE name = ?1)
+                     ORDER BY h.version DESC LIMIT ?3
+                 ) WHERE at_ms >= ?2",
+            )?
+            .query_row(params![name.as_str(), since_ms, super::RECENT_SCAN], |row| row.get(0))
+        })
+        .await
+    }
+
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.read(|conn| {
             conn.prepare_cached(&format!(

@@ -226,3 +226,21 @@ async fn issue_16_at_max_database_size_new_counters_are_refused() {
     assert!(message.contains("bytes of database"), "{message}");
     assert_eq!(server.value("new").await, (0, 0));
 }
+
+/// The rate meter: `getMetadata` says how many operations the last minute saw, read from
+/// history (so also after the counter's actor hibernated); updates never carry it.
+#[tokio::test]
+async fn get_metadata_counts_the_operations_of_the_last_minute() {
+    let server = TestServer::start().await;
+    let never = server.ok("getMetadata", serde_json::json!({"name": "rate-none"})).await;
+    assert_eq!(never["opsLastMinute"], 0, "{never}");
+    for _ in 0..3 {
+        let update = server.increment("rate", 1).await;
+        assert!(update["metadata"].get("opsLastMinute").is_none(), "{update}");
+    }
+    let metadata = server.ok("getMetadata", serde_json::json!({"name": "rate"})).await;
+    assert_eq!(
+        (metadata["opsLastMinute"].as_u64(), metadata["operationCount"].as_u64()),
+        (Some(3), Some(3))
+    );
+}

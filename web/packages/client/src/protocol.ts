@@ -51,6 +51,11 @@ export interface Metadata {
   updatedAt: string | null;
   /** The number of applied operations; always equal to the counter's version. */
   operationCount: number;
+  /**
+   * Operations committed in the last minute, all nodes together (at most 10 000 counted): only
+   * in `getMetadata`'s answer, never in an update's metadata.
+   */
+  opsLastMinute?: number;
 }
 
 /** The answer to every write, and the WebSocket message that announces it. */
