@@ -287,6 +287,8 @@ async fn metrics(State(state): State<AppState>, request: axum::extract::Request)
     if let Err(error) = allowed {
         return state.error_response(&error);
     }
+    // Counted now rather than on every change: the registry's map knows its size.
+    state.metrics.counters_held.set(i64::try_from(state.registry.held()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub(crate) websockets_open: Gauge,
     pub(crate) watchers: Gauge,
     pub(crate) counters_in_memory: Gauge,
+    /// Counters the registry holds (a live actor, or watchers), set when metrics are read.
+    pub(crate) counters_held: Gauge,
     pub(crate) counter_loads: Counter,
     pub(crate) batch_conflicts: Counter,
     pub(crate) remote_changes: Counter,
@@ -111,6 +113,7 @@ impl Metrics {
             websockets_open: Gauge::default(),
             watchers: Gauge::default(),
             counters_in_memory: Gauge::default(),
+            counters_held: Gauge::default(),
             counter_loads: Counter::default(),
             batch_conflicts: Counter::default(),
             remote_changes: Counter::default(),
@@ -153,6 +156,11 @@ impl Metrics {
             "counters_in_memory",
             "Counters with a live actor (not hibernated)",
             metrics.counters_in_memory.clone(),
+        );
+        registry.register(
+            "counters_held",
+            "Counters the server holds in memory: with a live actor, or watched (a read of a counter with neither holds nothing)",
+            metrics.counters_held.clone(),
         );
         registry.register(
             "counter_loads",
