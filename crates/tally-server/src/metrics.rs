@@ -85,6 +85,14 @@ pub struct Metrics {
     pub(crate) catch_ups: Counter,
     /// Subscriptions started over with a `resync` snapshot push.
     pub(crate) resyncs: Counter,
+    /// Replays from history running now (resumes and catch-ups).
+    pub(crate) replays_running: Gauge,
+    /// Replays not started because a bound was reached, by bound.
+    pub(crate) replays_refused: Family<LimitLabels, Counter>,
+    /// Bytes of updates sent by replays.
+    pub(crate) replay_bytes: Counter,
+    /// Times a replay waited for `--replay-bytes-per-second`.
+    pub(crate) replay_waits: Counter,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -130,6 +138,10 @@ impl Metrics {
             socket_calls: Family::default(),
             catch_ups: Counter::default(),
             resyncs: Counter::default(),
+            replays_running: Gauge::default(),
+            replays_refused: Family::default(),
+            replay_bytes: Counter::default(),
+            replay_waits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -233,7 +245,32 @@ impl Metrics {
             "Version-2 subscriptions started over with a resync snapshot (history no longer reached)",
             metrics.resyncs.clone(),
         );
+        registry.register(
+            "replays_running",
+            "Replays from history running now (resumes with since, and version-2 catch-ups)",
+            metrics.replays_running.clone(),
+        );
+        registry.register(
+            "replays_refused",
+            "Replays answered a resync snapshot instead because a bound was reached, by bound (total, per_address)",
+            metrics.replays_refused.clone(),
+        );
+        registry.register(
+            "replay_bytes",
+            "Bytes of updates sent by replays from history",
+            metrics.replay_bytes.clone(),
+        );
+        registry.register(
+            "replay_waits",
+            "Times a replay waited to stay within --replay-bytes-per-second",
+            metrics.replay_waits.clone(),
+        );
         Self { registry, ..metrics }
+    }
+
+    /// Counts a replay refused by `limit`.
+    pub(crate) fn replay_refused(&self, limit: &'static str) {
+        self.replays_refused.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Counts a committed operation and how long it took.

@@ -1,15 +1,182 @@
 //! Updates rebuilt from history, for a socket that resumes with `since` or has to catch one of
 //! its subscriptions up: read a page at a time, and built through the same framing as live
 //! updates, so a replayed update is byte for byte the one first broadcast.
+//!
+//! Replays are bounded ([`ReplayLimits`]): a request of a few hundred bytes can ask for
+//! megabytes of history (a `since=0` resume of a counter with 10 000 updates is about 2.5 MB),
+//! and a client that asks and never reads leaves them in the kernel's socket buffers. So at
+//! most `--max-replays` replays run at once, at most `--max-replays-per-address` of them for
+//! one client address, and together they send at most `--replay-bytes-per-second`. A resume
+//! past a bound is answered a `resync` snapshot at once instead (the protocol's answer when
+//! history cannot fill the gap, which every client handles), rather than made to wait: a
+//! waiting resume would hold its socket and its place in line, and the snapshot is one
+//! message. A replay that cannot send (its client stopped reading) stalls, and is dropped
+//! after `--send-timeout` like any stalled send, which ends its place too.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota};
 use tally_proto::{CounterName, ProtocolError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use axum::extract::ws::Utf8Bytes;
+
+use crate::access::RateKey;
 use crate::clock;
+use crate::connection::{End, Link, Transport};
 use crate::counter::{ApplyError, CounterState};
 use crate::framing::Published;
+use crate::metrics::Metrics;
 use crate::state::AppState;
+
+/// The bounds on replays, shared by every socket.
+pub(crate) struct ReplayLimits {
+    /// One permit per replay that may run at once (`--max-replays`).
+    total: Arc<Semaphore>,
+    /// Replays running per client address (IPv6 by /64, as the write rate keys them); an
+    /// address leaves the map with its last replay.
+    per_address: DashMap<IpAddr, usize>,
+    max_per_address: usize,
+    /// Bytes all replays together may send per second; `None` for no bound.
+    rate: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a replay was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `--max-replays` replays run already.
+    Total,
+    /// `--max-replays-per-address` replays run already for this client's address.
+    PerAddress,
+}
+
+/// One running replay's place in the bounds, given back when dropped.
+pub(crate) struct ReplayPermit {
+    limits: Arc<ReplayLimits>,
+    address: Option<IpAddr>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ReplayLimits {
+    /// At most `total` replays at once, `per_address` for one client address, and
+    /// `bytes_per_second` sent by all of them (0 for no bound on bytes).
+    pub(crate) fn new(
+        total: usize,
+        per_address: usize,
+        bytes_per_second: u32,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let rate = NonZeroU32::new(bytes_per_second).map(|rate| {
+            // A second's worth at most at once: a pause of the server does not turn into a
+            // burst above the rate.
+            (DefaultDirectRateLimiter::direct(Quota::per_second(rate)), rate)
+        });
+        Arc::new(Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_address: DashMap::new(),
+            max_per_address: per_address,
+            rate,
+            metrics,
+        })
+    }
+
+    /// A place for a replay to the client at `peer` (`None`: not known, as for a router served
+    /// without the accept loop, counted only in the total), or which bound refused it.
+    pub(crate) fn start(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<ReplayPermit, Refused> {
+        let refused = |refused: Refused| {
+            self.metrics.replay_refused(match refused {
+                Refused::Total => "total",
+                Refused::PerAddress => "per_address",
+            });
+            refused
+        };
+        let permit =
+            Arc::clone(&self.total).try_acquire_owned().map_err(|_| refused(Refused::Total))?;
+        let address = peer.map(|ip| match RateKey::address(ip) {
+            RateKey::Address(address) => address,
+            RateKey::Principal(_) => ip,
+        });
+        if let Some(address) = address {
+            let mut running = self.per_address.entry(address).or_insert(0);
+            if *running >= self.max_per_address {
+                drop(running);
+                // Inserted as 0 by the look: leave the map as it was.
+                self.per_address.remove_if(&address, |_, running| *running == 0);
+                return Err(refused(Refused::PerAddress));
+            }
+            *running += 1;
+        }
+        self.metrics.replays_running.inc();
+        Ok(ReplayPermit { limits: Arc::clone(self), address, _permit: permit })
+    }
+}
+
+impl ReplayPermit {
+    /// How much of the rate `bytes` take: at most a second's worth (the burst), so that an
+    /// update larger than that still goes; `None` when there is no bound.
+    fn cells(&self, bytes: usize) -> Option<(&DefaultDirectRateLimiter, NonZeroU32)> {
+        let (limiter, rate) = self.limits.rate.as_ref()?;
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX).min(rate.get());
+        NonZeroU32::new(bytes).map(|cells| (limiter, cells))
+    }
+
+    /// Takes `bytes` of `--replay-bytes-per-second` if they are there now.
+    fn try_take(&self, bytes: usize) -> bool {
+        let taken = self
+            .cells(bytes)
+            .is_none_or(|(limiter, cells)| limiter.check_n(cells).is_ok_and(|fits| fits.is_ok()));
+        if taken {
+            self.limits.metrics.replay_bytes.inc_by(bytes as u64);
+        }
+        taken
+    }
+
+    /// Waits until `bytes` of `--replay-bytes-per-second` are there, and takes them.
+    async fn take(&self, bytes: usize) {
+        if let Some((limiter, cells)) = self.cells(bytes) {
+            self.limits.metrics.replay_waits.inc();
+            // `cells` is at most the burst, so it always fits in time: the error is impossible.
+            let _ = limiter.until_n_ready(cells).await;
+        }
+        self.limits.metrics.replay_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// Queues `text` on `link`; within a replay (`permit`), once `--replay-bytes-per-second`
+/// allows it. A replay that must wait first sends what it queued, so the client has it
+/// meanwhile.
+///
+/// # Errors
+/// When the send fails or stalls.
+pub(crate) async fn paced_feed<T: Transport>(
+    link: &mut Link<T>,
+    permit: Option<&ReplayPermit>,
+    text: Utf8Bytes,
+) -> Result<(), End> {
+    if let Some(permit) = permit
+        && !permit.try_take(text.len())
+    {
+        link.flush().await?;
+        permit.take(text.len()).await;
+    }
+    link.feed(text).await
+}
+
+impl Drop for ReplayPermit {
+    fn drop(&mut self) {
+        if let Some(address) = self.address {
+            self.limits.per_address.remove_if_mut(&address, |_, running| {
+                *running -= 1;
+                *running == 0
+            });
+        }
+        self.limits.metrics.replays_running.dec();
+    }
+}
 
 /// How many history entries a replay reads and sends at a time.
 pub(crate) const PAGE: u64 = 500;
