@@ -7,20 +7,24 @@
 //! and a client that asks and never reads leaves them in the kernel's socket buffers. So at
 //! most `--max-replays` replays run at once, at most `--max-replays-per-address` of them for
 //! one client address, and together they send at most `--replay-bytes-per-second`. A resume
-//! past a bound is answered a `resync` snapshot at once instead (the protocol's answer when
-//! history cannot fill the gap, which every client handles), rather than made to wait: a
-//! waiting resume would hold its socket and its place in line, and the snapshot is one
-//! message. A replay that cannot send (its client stopped reading) stalls, and is dropped
-//! after `--send-timeout` like any stalled send, which ends its place too.
+//! past a bound waits for a place, in arrival order, up to `--send-timeout` (so that a
+//! reconnect storm, or many clients behind one proxy, still get their replays, one after the
+//! other), and past that is answered a `resync` snapshot instead (the protocol's answer when
+//! history cannot fill the gap, which every client handles). A version-2 catch-up does not
+//! wait, since its socket's other subscriptions would wait with it: it resyncs at once. A
+//! replay that cannot send (its client stopped reading) stalls, and is dropped after
+//! `--send-timeout` like any stalled send, which gives its place back.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota};
 use tally_proto::{CounterName, ProtocolError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -36,9 +40,10 @@ use crate::state::AppState;
 pub(crate) struct ReplayLimits {
     /// One permit per replay that may run at once (`--max-replays`).
     total: Arc<Semaphore>,
-    /// Replays running per client address (IPv6 by /64, as the write rate keys them); an
-    /// address leaves the map with its last replay.
-    per_address: DashMap<IpAddr, usize>,
+    /// One semaphore per client address with replays running or waiting (IPv6 by /64, as the
+    /// write rate keys them), of `--max-replays-per-address` permits; an address leaves the
+    /// map with its last replay.
+    per_address: DashMap<IpAddr, Arc<Semaphore>>,
     max_per_address: usize,
     /// Bytes all replays together may send per second; `None` for no bound.
     rate: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
@@ -57,8 +62,9 @@ pub(crate) enum Refused {
 /// One running replay's place in the bounds, given back when dropped.
 pub(crate) struct ReplayPermit {
     limits: Arc<ReplayLimits>,
-    address: Option<IpAddr>,
-    _permit: OwnedSemaphorePermit,
+    /// The place for its address, with the address.
+    address: Option<(IpAddr, OwnedSemaphorePermit)>,
+    _total: OwnedSemaphorePermit,
 }
 
 impl ReplayLimits {
@@ -85,34 +91,75 @@ impl ReplayLimits {
     }
 
     /// A place for a replay to the client at `peer` (`None`: not known, as for a router served
-    /// without the accept loop, counted only in the total), or which bound refused it.
-    pub(crate) fn start(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<ReplayPermit, Refused> {
-        let refused = |refused: Refused| {
-            self.metrics.replay_refused(match refused {
-                Refused::Total => "total",
-                Refused::PerAddress => "per_address",
-            });
-            refused
-        };
-        let permit =
-            Arc::clone(&self.total).try_acquire_owned().map_err(|_| refused(Refused::Total))?;
+    /// without the accept loop, counted only in the total), waiting up to `wait` for one (in
+    /// arrival order), or which bound refused it.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        wait: Duration,
+    ) -> Result<ReplayPermit, Refused> {
+        let deadline = Instant::now() + wait;
         let address = peer.map(|ip| match RateKey::address(ip) {
             RateKey::Address(address) => address,
             RateKey::Principal(_) => ip,
         });
-        if let Some(address) = address {
-            let mut running = self.per_address.entry(address).or_insert(0);
-            if *running >= self.max_per_address {
-                drop(running);
-                // Inserted as 0 by the look: leave the map as it was.
-                self.per_address.remove_if(&address, |_, running| *running == 0);
-                return Err(refused(Refused::PerAddress));
+        // The address's place first: a client over its bound waits behind its own replays
+        // without holding one of everybody's places meanwhile.
+        let address = match address {
+            None => None,
+            Some(address) => {
+                let semaphore = Arc::clone(
+                    &self
+                        .per_address
+                        .entry(address)
+                        .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_address))),
+                );
+                let place = acquire(semaphore, deadline).await;
+                match place {
+                    Some(place) => Some((address, place)),
+                    None => {
+                        self.forget_address(address);
+                        return Err(self.refused(Refused::PerAddress));
+                    }
+                }
             }
-            *running += 1;
-        }
+        };
+        let Some(total) = acquire(Arc::clone(&self.total), deadline).await else {
+            if let Some((address, place)) = address {
+                drop(place);
+                self.forget_address(address);
+            }
+            return Err(self.refused(Refused::Total));
+        };
         self.metrics.replays_running.inc();
-        Ok(ReplayPermit { limits: Arc::clone(self), address, _permit: permit })
+        Ok(ReplayPermit { limits: Arc::clone(self), address, _total: total })
     }
+
+    fn refused(&self, refused: Refused) -> Refused {
+        self.metrics.replay_refused(match refused {
+            Refused::Total => "total",
+            Refused::PerAddress => "per_address",
+        });
+        refused
+    }
+
+    /// Drops `address`'s semaphore when nobody holds or waits for it any more: the map's is
+    /// then its only reference (everyone else clones it under the same shard lock).
+    fn forget_address(&self, address: IpAddr) {
+        self.per_address.remove_if(&address, |_, semaphore| Arc::strong_count(semaphore) == 1);
+    }
+}
+
+/// A permit of `semaphore`, waiting until `deadline` at most (not at all if it passed).
+async fn acquire(semaphore: Arc<Semaphore>, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() {
+        return Some(permit);
+    }
+    if Instant::now() >= deadline {
+        return None;
+    }
+    // The semaphores are never closed, so an error cannot come.
+    tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await.ok()?.ok()
 }
 
 impl ReplayPermit {
@@ -168,11 +215,9 @@ pub(crate) async fn paced_feed<T: Transport>(
 
 impl Drop for ReplayPermit {
     fn drop(&mut self) {
-        if let Some(address) = self.address {
-            self.limits.per_address.remove_if_mut(&address, |_, running| {
-                *running -= 1;
-                *running == 0
-            });
+        if let Some((address, place)) = self.address.take() {
+            drop(place);
+            self.limits.forget_address(address);
         }
         self.limits.metrics.replays_running.dec();
     }

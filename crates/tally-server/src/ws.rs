@@ -383,8 +383,9 @@ impl<T: Transport> Session<T> {
 
     /// Sends `resumed` and the updates after `since` up to the counter's version, reading
     /// history a page at a time; `false` (nothing sent) if history no longer reaches back, or
-    /// if a bound on replays (`replay::ReplayLimits`) is reached: either way the client gets a
-    /// `resync` snapshot. Nothing to replay needs no place in the bounds.
+    /// if no place in the bounds on replays (`replay::ReplayLimits`) came within
+    /// `--send-timeout`: either way the client gets a `resync` snapshot. Nothing to replay
+    /// needs no place.
     async fn replay(
         &mut self,
         name: &CounterName,
@@ -393,7 +394,7 @@ impl<T: Transport> Session<T> {
     ) -> Result<bool, End> {
         let Resume { since, peer } = resume;
         let permit = if since < counter.version {
-            match self.state.replays.start(peer) {
+            match self.state.replays.start(peer, self.state.config.send_timeout).await {
                 Ok(permit) => Some(permit),
                 Err(_) => return Ok(false),
             }

@@ -215,10 +215,11 @@ impl<T: Transport> Session<T> {
         counter: CounterState,
         since: u64,
     ) -> Result<Replayed, End> {
-        // Bounded (`replay::ReplayLimits`): past a bound the subscription gets a `resync`
-        // snapshot, as when history no longer reaches back. Nothing to replay takes no place.
+        // Bounded (`replay::ReplayLimits`): waits for a place up to `--send-timeout`, then gets
+        // a `resync` snapshot, as when history no longer reaches back. Nothing to replay takes
+        // no place.
         let permit = if since < counter.version {
-            match self.state.replays.start(self.peer) {
+            match self.state.replays.start(self.peer, self.state.config.send_timeout).await {
                 Ok(permit) => Some(permit),
                 Err(_) => return Ok(Replayed::Gone),
             }

@@ -334,8 +334,10 @@ impl<T: Transport> Session<T> {
         else {
             return Ok(());
         };
-        // Bounded like a resume's replay; past a bound, the subscription starts over instead.
-        let Ok(permit) = self.state.replays.start(self.peer) else {
+        // Bounded like a resume's replay, but without waiting (the socket's other subscriptions
+        // would wait too): past a bound, the subscription starts over instead.
+        let Ok(permit) = self.state.replays.start(self.peer, std::time::Duration::ZERO).await
+        else {
             return self.resync(key).await;
         };
         self.state.metrics.catch_ups.inc();

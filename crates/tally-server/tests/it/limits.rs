@@ -264,16 +264,17 @@ async fn resume_from(server: &TestServer, last: u8, name: &str) -> Watcher {
 }
 
 /// Issue 16: a `since=0` resume is a request of a few hundred bytes answered with the whole
-/// history; replays are bounded per client address, and past the bound a resume gets a
-/// `resync` snapshot at once, while other addresses still get their replay. The byte rate is
-/// made small here so that the first replay is still running when the others come.
+/// history; replays are bounded per client address: past the bound a resume waits for a place
+/// up to `--send-timeout`, then gets a `resync` snapshot, while other addresses still get their
+/// replay. The byte rate is made small here so that the first replay (about 10 KB at 4 KiB a
+/// second) is still running when the others come and after the short send timeout.
 #[tokio::test]
 async fn issue_16_replays_are_bounded_per_address_and_past_it_resync() {
     const UPDATES: u64 = 40;
     let config = Config {
         max_replays_per_address: 1,
-        // About 15 updates a second: the first replay lasts a few seconds.
         replay_bytes_per_second: 4096,
+        send_timeout: Duration::from_millis(300),
         ..test_config()
     };
     let server = TestServer::start_with(config, SqliteOptions::default()).await;
@@ -320,27 +321,60 @@ async fn issue_16_replays_are_bounded_per_address_and_past_it_resync() {
     assert!(matches!(again.next().await, tally_proto::ServerMessage::Resumed(_)));
 }
 
-/// Issue 16: replays are bounded in total too, whatever the address; a version-2 subscription
-/// past the bound is answered a resync snapshot, and the socket goes on.
+/// Issue 16: replays are bounded in total too, whatever the address. A version-2 resume past
+/// the bound waits for the running replay to end, then gets its own replay; one that finds no
+/// place within `--send-timeout` gets a resync snapshot, and the socket goes on.
 #[tokio::test]
-async fn issue_16_replays_are_bounded_in_total_on_both_socket_versions() {
+async fn issue_16_replays_are_bounded_in_total_and_a_resume_waits_its_turn() {
     let config = Config { max_replays: 1, replay_bytes_per_second: 4096, ..test_config() };
     let server = TestServer::start_with(config, SqliteOptions::default()).await;
-    written(&server, "total", 40).await;
+    let answers = written(&server, "total", 40).await;
     let mut first = resume_from(&server, 1, "total").await;
+    assert!(matches!(first.next().await, tally_proto::ServerMessage::Resumed(_)));
+    assert_eq!(first.next_update().await.0, 1);
+
+    // From another address, while the only place is taken: it waits, and is replayed after.
+    let stream = connect_from(server.addr, 3).await;
+    let mut socket = Watcher::over(stream, &format!("ws://{}/ws", server.addr)).await;
+    socket.send_text(r#"{"id":1,"type":"subscribe","name":"total","since":0}"#).await;
+    for version in 2..=40 {
+        assert_eq!(first.next_update().await.0, version);
+    }
+    let reply = socket.next_text().await;
+    assert!(reply.contains(r#""type":"resumed""#), "expected resumed, got {reply}");
+    for answer in &answers {
+        let update = socket.next_text().await;
+        // Version 2 names the counter first; the rest is the update as first answered.
+        assert!(update.ends_with(&answer[1..]), "{update} is not {answer}");
+    }
+    assert_eq!(server.metric("tally_replays_refused_total{limit=\"total\"}").await, 0.0);
+}
+
+/// Issue 16: a resume that finds no place within `--send-timeout` gets a resync snapshot, on a
+/// version-2 socket too, which goes on.
+#[tokio::test]
+async fn issue_16_a_version_2_resume_past_the_bound_resyncs_and_the_socket_goes_on() {
+    let config = Config {
+        max_replays: 1,
+        replay_bytes_per_second: 4096,
+        send_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    written(&server, "busy", 40).await;
+    let mut first = resume_from(&server, 1, "busy").await;
     assert!(matches!(first.next().await, tally_proto::ServerMessage::Resumed(_)));
     assert_eq!(first.next_update().await.0, 1);
 
     let stream = connect_from(server.addr, 3).await;
     let mut socket = Watcher::over(stream, &format!("ws://{}/ws", server.addr)).await;
-    socket.send_text(r#"{"id":1,"type":"subscribe","name":"total","since":0}"#).await;
+    socket.send_text(r#"{"id":1,"type":"subscribe","name":"busy","since":0}"#).await;
     let reply = socket.next_text().await;
     assert!(
         reply.contains(r#""type":"snapshot""#) && reply.contains(r#""resync":true"#),
         "expected a resync snapshot, got {reply}"
     );
     assert_eq!(server.metric("tally_replays_refused_total{limit=\"total\"}").await, 1.0);
-    // The socket still answers.
     socket.send_text(r#"{"id":2,"type":"ping"}"#).await;
     assert!(socket.next_text().await.contains(r#""type":"pong""#));
 }
