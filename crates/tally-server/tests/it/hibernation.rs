@@ -80,7 +80,7 @@ async fn issue_16_a_watch_of_a_name_never_written_holds_only_its_topic() {
     second.send_text(r#"{"id":1,"type":"subscribe","name":"later"}"#).await;
     let reply = second.next_text().await;
     assert!(reply.contains(r#""type":"snapshot""#) && reply.contains(r#""version":0"#), "{reply}");
-    assert_eq!(server.metric("tally_counters_in_memory").await, 0.0);
+    no_actor_but_for_the_broker(&server).await;
     assert_eq!(server.metric("tally_counters_held").await, 1.0);
     assert_eq!(server.metric("tally_watchers").await, 1.0);
 
@@ -102,7 +102,19 @@ async fn issue_16_a_watch_of_a_name_never_written_holds_only_its_topic() {
     let mut watcher = server.watch("never").await;
     assert!(matches!(watcher.next().await, ServerMessage::Snapshot(s) if s.version == 0));
     assert_eq!(server.metric("tally_counters_held").await, 1.0);
+    no_actor_but_for_the_broker(&server).await;
     watcher.close().await;
     server.wait_for_metric("tally_counters_held", 0.0).await;
     assert_eq!(server.metric("tally_counters_in_memory").await, 0.0);
+}
+
+/// No actor is live. On PostgreSQL the broker's first word after it connects (that anything
+/// may have changed) starts the actor of each watched counter to read it, which then
+/// hibernates; that is the broker's doing, not the watch's, so it is waited out there.
+async fn no_actor_but_for_the_broker(server: &TestServer) {
+    if crate::harness::POSTGRES {
+        server.wait_for_metric("tally_counters_in_memory", 0.0).await;
+    } else {
+        assert_eq!(server.metric("tally_counters_in_memory").await, 0.0);
+    }
 }
