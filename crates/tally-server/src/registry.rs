@@ -273,6 +273,11 @@ impl Registry {
         user: &User,
     ) -> Result<Result<(CounterState, Subscription), CounterHandle>, ApplyError> {
         let started = self.shared.next_generation.load(Ordering::Acquire);
+        // Looked at after `started`: an actor started before it is found here, one after it
+        // changes the generation.
+        if let Some(handle) = self.resident(name)? {
+            return Ok(Err(handle));
+        }
         let state = self.read_stored(name).await?;
         let (subscription, topic) = {
             let mut slot = self.shared.slots.slots.entry(name.clone()).or_default();
