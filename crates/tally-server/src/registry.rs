@@ -27,6 +27,13 @@ use crate::topic::{Subscription, Topic, User};
 /// always enough.
 const MAX_RETRIES: usize = 8;
 
+/// How many reads of storage for counters with no actor (`Registry::read_stored`) run at once;
+/// the others wait their turn here. Each runs on a tokio blocking thread: 10 000 watches of one
+/// counter opened at once started about a hundred of them (each with its malloc arena and a
+/// read connection), and the server kept about 2 KB per watcher more (docs/BENCHMARKS.md).
+/// A row read takes tens of microseconds, so a few at a time keep up with any storm.
+const MAX_STORED_READS: usize = 8;
+
 /// What the registry keeps per counter name.
 #[derive(Default)]
 struct Slot {
@@ -56,6 +63,8 @@ struct Shared {
     presence: Arc<dyn PresenceManager>,
     next_generation: AtomicU64,
     closed: AtomicBool,
+    /// Bounds the reads of storage for counters with no actor (`MAX_STORED_READS`).
+    stored_reads: tokio::sync::Semaphore,
 }
 
 /// The counters of one server. Cheap to clone.
@@ -119,6 +128,7 @@ impl Registry {
                 presence,
                 next_generation: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
+                stored_reads: tokio::sync::Semaphore::new(MAX_STORED_READS),
             }),
         }
     }
@@ -139,6 +149,9 @@ impl Registry {
     /// The committed state of `name` as storage holds it (its zero state if it was never
     /// written). Every answered write is committed, so without an actor this is the truth.
     async fn read_stored(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
+        // The semaphore is never closed, so the error cannot come.
+        let _turn =
+            self.shared.stored_reads.acquire().await.map_err(|_| ApplyError::ShuttingDown)?;
         let record = self.shared.context.store.load_record(name).await?;
         Ok(record.map(CounterState::from_record).unwrap_or_default())
     }
