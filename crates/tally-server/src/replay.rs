@@ -292,3 +292,55 @@ pub(crate) async fn page(
             .collect(),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> Arc<ReplayLimits> {
+        ReplayLimits::new(total, per_address, 0, Arc::new(Metrics::new()))
+    }
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_past_a_bound_waits_its_turn_then_is_refused() {
+        let limits = limits(2, 1);
+        let first = limits.start(A, Duration::ZERO).await.expect("a place");
+        assert_eq!(limits.start(A, Duration::ZERO).await.err(), Some(Refused::PerAddress));
+        let other = limits.start(B, Duration::ZERO).await.expect("another address has its own");
+        assert_eq!(limits.start(None, Duration::ZERO).await.err(), Some(Refused::Total));
+
+        // A waiting replay gets the place given back within its wait.
+        let waiting = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.start(A, Duration::from_secs(5)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        assert!(waiting.await.expect("no panic"));
+
+        // One that waits longer than its wait is refused, and leaves nothing behind.
+        assert_eq!(limits.start(B, Duration::from_secs(2)).await.err(), Some(Refused::PerAddress));
+        drop(other);
+        assert!(limits.per_address.is_empty(), "every address left with its last replay");
+        assert_eq!(limits.total.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_over_its_bound_holds_no_place_of_everybody_meanwhile() {
+        let limits = limits(2, 1);
+        let _first = limits.start(A, Duration::ZERO).await.expect("a place");
+        let waiting = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.start(A, Duration::from_secs(5)).await.err() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A waits for its own place, not for one of the total: B still gets one.
+        let _other = limits.start(B, Duration::ZERO).await.expect("a place for B");
+        assert_eq!(waiting.await.expect("no panic"), Some(Refused::PerAddress));
+    }
+}
