@@ -96,6 +96,20 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALLY_MAX_WATCHERS_PER_COUNTER", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_watchers_per_counter: u32,
 
+    /// Replays from history running at once at most: resumes with since (and version-2 catch-ups);
+    /// a resume past it gets a resync snapshot instead.
+    #[arg(long, env = "TALLY_MAX_REPLAYS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_replays: u32,
+
+    /// Replays running at once for one client address at most (IPv6 by /64); a resume past it
+    /// gets a resync snapshot instead.
+    #[arg(long, env = "TALLY_MAX_REPLAYS_PER_ADDRESS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    max_replays_per_address: u32,
+
+    /// Bytes of updates all replays together send per second at most (0: no bound).
+    #[arg(long, env = "TALLY_REPLAY_BYTES_PER_SECOND", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
+    replay_bytes_per_second: u32,
+
     /// Messages a WebSocket client may send per second (past it: close 1008).
     #[arg(long, env = "TALLY_MAX_MESSAGES_PER_SECOND", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_messages_per_second: u32,
@@ -518,6 +532,9 @@ fn config_from(args: &ServeArgs, auth: AuthConfig, web_page: Option<WebPage>) ->
         header_timeout: args.header_timeout,
         request_timeout: args.request_timeout,
         max_watchers_per_counter: args.max_watchers_per_counter as usize,
+        max_replays: args.max_replays as usize,
+        max_replays_per_address: args.max_replays_per_address as usize,
+        replay_bytes_per_second: args.replay_bytes_per_second,
         max_messages_per_second: args.max_messages_per_second,
         web_page,
         tls: args

@@ -30,6 +30,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
+/// The most bytes the kernel holds not yet sent on one connection (`TCP_NOTSENT_LOWAT`, set
+/// on Linux).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const UNSENT_LIMIT_BYTES: u32 = 128 * 1024;
+
 /// The client's address, in every request's extensions (anonymous principals are keyed by it).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);
@@ -249,6 +254,19 @@ pub(crate) async fn serve(
         // Updates are small and latency matters more than packet count: no Nagle delay.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        // A client that stops reading must stall the server's sends, not fill the kernel's
+        // send buffer (autotuned up to `tcp_wmem`'s maximum, 4 MB by default): without this, a
+        // replay of 2.5 MB to a client that never reads was taken whole by the kernel, and
+        // 1 000 of them held 2.1 GiB of its memory. Past `UNSENT_LIMIT_BYTES` not yet sent,
+        // a write waits, so the send stalls, and `--send-timeout` drops the connection. Only
+        // bytes not yet sent count: what is in flight (the congestion window) is not limited,
+        // so a reading client is as fast as before.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Err(error) =
+            socket2::SockRef::from(&stream).set_tcp_notsent_lowat(UNSENT_LIMIT_BYTES)
+        {
+            tracing::debug!(%error, "cannot set TCP_NOTSENT_LOWAT");
         }
         let io = Counted::new(stream, admitted);
         let service = tower::ServiceBuilder::new()

@@ -36,6 +36,14 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Watchers one counter may have at most; more are answered 503 `too_many_watchers`.
     pub max_watchers_per_counter: usize,
+    /// Replays from history (resumes with `since`, version-2 catch-ups) running at once at
+    /// most; a resume past it gets a `resync` snapshot instead.
+    pub max_replays: usize,
+    /// Replays running at once for one client address at most (IPv6 by /64); a resume past it
+    /// gets a `resync` snapshot instead.
+    pub max_replays_per_address: usize,
+    /// Bytes of updates all replays together send per second at most (0: no bound).
+    pub replay_bytes_per_second: u32,
     /// Messages a WebSocket client may send per second; past it the socket is closed with 1008.
     pub max_messages_per_second: u32,
     /// The web page served at `/` with its files, or `None` for an API-only server (unknown
@@ -89,6 +97,9 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_watchers_per_counter: 100_000,
+            max_replays: 64,
+            max_replays_per_address: 4,
+            replay_bytes_per_second: 32 * 1024 * 1024,
             max_messages_per_second: 50,
             web_page: None,
             tls: None,

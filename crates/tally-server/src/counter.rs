@@ -62,7 +62,8 @@ pub struct CounterState {
 }
 
 impl CounterState {
-    fn from_record(record: CounterRecord) -> Self {
+    /// The state a stored record holds.
+    pub(crate) fn from_record(record: CounterRecord) -> Self {
         Self {
             id: Some(record.id),
             value: record.value,

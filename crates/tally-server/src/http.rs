@@ -295,6 +295,8 @@ async fn metrics(State(state): State<AppState>, request: axum::extract::Request)
     // Sets `tally_store_ready`: fresh at every scrape, at the cost of a probe when the store
     // wrote nothing in the last half second.
     state.readiness().await;
+    // Counted now rather than on every change: the registry's map knows its size.
+    state.metrics.counters_held.set(i64::try_from(state.registry.held()).unwrap_or(i64::MAX));
     (
         [(
             header::CONTENT_TYPE,

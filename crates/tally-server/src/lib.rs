@@ -17,7 +17,7 @@
 //!   generic over its transport so that it is unit-tested over channels.
 //! - `connection`: what both sockets share: the transport, buffers, credentials at the
 //!   upgrade, keep-alive, rate window, bounded sends, closes and the advised reconnect delay.
-//! - `replay`: updates rebuilt from history for a resume or a catch-up.
+//! - `replay`: updates rebuilt from history for a resume or a catch-up, and the bounds on replays.
 //! - `calls`: the counter procedures, answered alike for an RPC and a socket `call`.
 //! - [`registry`]: name → counter actor, started on first use; keeps each counter's topic.
 //! - [`topic`]: a counter's fan-out: a ring grown with use, wake-ups, presence counts.

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub(crate) websockets_open: Gauge,
     pub(crate) watchers: Gauge,
     pub(crate) counters_in_memory: Gauge,
+    /// Counters the registry holds (a live actor, or watchers), set when metrics are read.
+    pub(crate) counters_held: Gauge,
     pub(crate) counter_loads: Counter,
     pub(crate) batch_conflicts: Counter,
     pub(crate) remote_changes: Counter,
@@ -87,6 +89,14 @@ pub struct Metrics {
     pub(crate) store_ready: Gauge,
     /// 1 once the store stopped taking writes after a failed fsync, until a restart.
     pub(crate) store_stopped: Gauge,
+    /// Replays from history running now (resumes and catch-ups).
+    pub(crate) replays_running: Gauge,
+    /// Replays not started because a bound was reached, by bound.
+    pub(crate) replays_refused: Family<LimitLabels, Counter>,
+    /// Bytes of updates sent by replays.
+    pub(crate) replay_bytes: Counter,
+    /// Times a replay waited for `--replay-bytes-per-second`.
+    pub(crate) replay_waits: Counter,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -115,6 +125,7 @@ impl Metrics {
             websockets_open: Gauge::default(),
             watchers: Gauge::default(),
             counters_in_memory: Gauge::default(),
+            counters_held: Gauge::default(),
             counter_loads: Counter::default(),
             batch_conflicts: Counter::default(),
             remote_changes: Counter::default(),
@@ -133,6 +144,10 @@ impl Metrics {
             resyncs: Counter::default(),
             store_ready: Gauge::default(),
             store_stopped: Gauge::default(),
+            replays_running: Gauge::default(),
+            replays_refused: Family::default(),
+            replay_bytes: Counter::default(),
+            replay_waits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -159,6 +174,11 @@ impl Metrics {
             "counters_in_memory",
             "Counters with a live actor (not hibernated)",
             metrics.counters_in_memory.clone(),
+        );
+        registry.register(
+            "counters_held",
+            "Counters the server holds in memory: with a live actor, or watched (a read of a counter with neither holds nothing)",
+            metrics.counters_held.clone(),
         );
         registry.register(
             "counter_loads",
@@ -241,6 +261,26 @@ impl Metrics {
             "1 once the store stopped taking writes after a failed fsync, until the server restarts",
             metrics.store_stopped.clone(),
         );
+        registry.register(
+            "replays_running",
+            "Replays from history running now (resumes with since, and version-2 catch-ups)",
+            metrics.replays_running.clone(),
+        );
+        registry.register(
+            "replays_refused",
+            "Replays answered a resync snapshot instead because a bound was reached, by bound (total, per_address)",
+            metrics.replays_refused.clone(),
+        );
+        registry.register(
+            "replay_bytes",
+            "Bytes of updates sent by replays from history",
+            metrics.replay_bytes.clone(),
+        );
+        registry.register(
+            "replay_waits",
+            "Times a replay waited to stay within --replay-bytes-per-second",
+            metrics.replay_waits.clone(),
+        );
         Self { registry, ..metrics }
     }
 
@@ -248,6 +288,11 @@ impl Metrics {
     pub(crate) fn store_readiness(&self, readiness: &crate::store::Readiness) {
         self.store_ready.set(i64::from(readiness.is_ready()));
         self.store_stopped.set(i64::from(matches!(readiness, crate::store::Readiness::Stopped(_))));
+    }
+
+    /// Counts a replay refused by `limit`.
+    pub(crate) fn replay_refused(&self, limit: &'static str) {
+        self.replays_refused.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Counts a committed operation and how long it took.

@@ -1,5 +1,11 @@
-//! Finds the actor of a counter by name, starting one on first use, and keeps each counter's
+//! Finds the actor of a counter by name, starting one on first write, and keeps each counter's
 //! fan-out ([`Topic`]) for as long as someone watches it, even while the counter hibernates.
+//!
+//! Reads and watches of a counter with no actor here do not start one: a read answers from
+//! storage (one row, or none for a counter never written), and a watch takes a topic in the
+//! counter's slot, which the counter's next actor publishes on. So names that are only read or
+//! watched cost one row read each, and a watched one a topic while it is watched: 60 000 reads
+//! of names never written used to start 60 000 actors, each alive for `--idle-timeout`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +26,13 @@ use crate::topic::{Subscription, Topic, User};
 /// hibernated under it. Hibernation takes `--idle-timeout` of silence, so one retry is almost
 /// always enough.
 const MAX_RETRIES: usize = 8;
+
+/// How many reads of storage for counters with no actor (`Registry::read_stored`) run at once;
+/// the others wait their turn here. Each runs on a tokio blocking thread: 10 000 watches of one
+/// counter opened at once started about a hundred of them (each with its malloc arena and a
+/// read connection), and the server kept about 2 KB per watcher more (docs/BENCHMARKS.md).
+/// A row read takes tens of microseconds, so a few at a time keep up with any storm.
+const MAX_STORED_READS: usize = 8;
 
 /// What the registry keeps per counter name.
 #[derive(Default)]
@@ -50,6 +63,8 @@ struct Shared {
     presence: Arc<dyn PresenceManager>,
     next_generation: AtomicU64,
     closed: AtomicBool,
+    /// Bounds the reads of storage for counters with no actor (`MAX_STORED_READS`).
+    stored_reads: tokio::sync::Semaphore,
 }
 
 /// The counters of one server. Cheap to clone.
@@ -113,8 +128,32 @@ impl Registry {
                 presence,
                 next_generation: AtomicU64::new(1),
                 closed: AtomicBool::new(false),
+                stored_reads: tokio::sync::Semaphore::new(MAX_STORED_READS),
             }),
         }
+    }
+
+    /// The handle of `name`'s actor if it has one now; `None` if the counter is not in memory.
+    fn resident(&self, name: &CounterName) -> Result<Option<CounterHandle>, ApplyError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(ApplyError::ShuttingDown);
+        }
+        Ok(self
+            .shared
+            .slots
+            .slots
+            .get(name)
+            .and_then(|slot| slot.actor.as_ref().map(|(_, handle)| handle.clone())))
+    }
+
+    /// The committed state of `name` as storage holds it (its zero state if it was never
+    /// written). Every answered write is committed, so without an actor this is the truth.
+    async fn read_stored(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
+        // The semaphore is never closed, so the error cannot come.
+        let _turn =
+            self.shared.stored_reads.acquire().await.map_err(|_| ApplyError::ShuttingDown)?;
+        let record = self.shared.context.store.load_record(name).await?;
+        Ok(record.map(CounterState::from_record).unwrap_or_default())
     }
 
     /// The handle of `name`'s actor, starting the actor if the counter is not in memory.
@@ -188,7 +227,18 @@ impl Registry {
     /// # Errors
     /// `Store` when the counter could not be loaded; `ShuttingDown`.
     pub async fn read(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
-        self.with_actor(name, |handle| async move { handle.read().await }).await
+        for _ in 0..MAX_RETRIES {
+            // Without an actor, storage holds every answered write: no actor is started for a
+            // read (a name never written would otherwise hold one for `--idle-timeout`).
+            let Some(handle) = self.resident(name)? else {
+                return self.read_stored(name).await;
+            };
+            match handle.read().await {
+                Err(ApplyError::Retired) => continue,
+                other => return other,
+            }
+        }
+        Err(ApplyError::Retired)
     }
 
     /// The committed state of counter `name` and a subscription to its later updates,
@@ -202,11 +252,80 @@ impl Registry {
         name: &CounterName,
         user: User,
     ) -> Result<(CounterState, Subscription), ApplyError> {
-        self.with_actor(name, |handle| {
-            let user = user.clone();
-            async move { handle.watch(user).await }
-        })
-        .await
+        for _ in 0..MAX_RETRIES {
+            let handle = match self.resident(name)? {
+                Some(handle) => handle,
+                None => match self.watch_stored(name, &user).await? {
+                    Ok(watched) => return Ok(watched),
+                    // An actor started meanwhile: it answers, so that no update of its falls
+                    // between the state and the subscription.
+                    Err(handle) => handle,
+                },
+            };
+            match handle.watch(user.clone()).await {
+                Err(ApplyError::Retired) => continue,
+                other => return other,
+            }
+        }
+        Err(ApplyError::Retired)
+    }
+
+    /// Watches `name`, which had no actor, without starting one: reads its state from storage,
+    /// then subscribes to the topic in its slot, where the counter's next actor will find it
+    /// (and publish on it, catching up from history first on what the topic lacks). Answers
+    /// the handle of an actor found in the slot by then instead.
+    ///
+    /// A write between the read and the subscription would be missed by both, so the state is
+    /// read again when one may have happened: always on a shared store (other nodes write, and
+    /// word of their commit finds no slot to note it in before the subscription), and here
+    /// when any actor started meanwhile (a write needs an actor). If storage is then ahead of
+    /// the topic, the counter's actor is started to publish what it lacks, as for word from the
+    /// broker. The watcher's seam (`last_version`) drops what it already has.
+    async fn watch_stored(
+        &self,
+        name: &CounterName,
+        user: &User,
+    ) -> Result<Result<(CounterState, Subscription), CounterHandle>, ApplyError> {
+        let started = self.shared.next_generation.load(Ordering::Acquire);
+        // Looked at after `started`: an actor started before it is found here, one after it
+        // changes the generation.
+        if let Some(handle) = self.resident(name)? {
+            return Ok(Err(handle));
+        }
+        let state = self.read_stored(name).await?;
+        let (subscription, topic) = {
+            let mut slot = self.shared.slots.slots.entry(name.clone()).or_default();
+            if let Some((_, handle)) = &slot.actor {
+                return Ok(Err(handle.clone()));
+            }
+            // Checked under the slot's lock, as in `handle`: nothing is added after `shutdown`
+            // cleared the map.
+            if self.shared.closed.load(Ordering::Acquire) {
+                return Err(ApplyError::ShuttingDown);
+            }
+            let buffer = self.shared.slots.watch_buffer;
+            let topic =
+                Arc::clone(slot.topic.get_or_insert_with(|| Topic::new(buffer, state.version)));
+            (topic.subscribe(user.clone()), topic)
+        };
+        let maybe_written = self.shared.context.store.is_shared()
+            || self.shared.next_generation.load(Ordering::Acquire) != started;
+        let latest = if maybe_written {
+            match self.read_stored(name).await {
+                Ok(latest) => latest.version,
+                Err(error) => {
+                    drop(subscription);
+                    self.unwatch(name);
+                    return Err(error);
+                }
+            }
+        } else {
+            state.version
+        };
+        if latest > topic.version() {
+            self.note_change(name, latest);
+        }
+        Ok(Ok((state, subscription)))
     }
 
     /// How many subscriptions `name` has now.
@@ -291,6 +410,14 @@ impl Registry {
     /// again, and so does a watched counter's, started for it if it hibernated, so this node's
     /// watchers get the update. A counter this node neither holds nor watches costs nothing.
     pub fn changed(&self, name: &CounterName, version: u64) {
+        if self.note_change(name, version) {
+            self.shared.context.metrics.remote_changes.inc();
+        }
+    }
+
+    /// [`Registry::changed`]: tells `name`'s actor (started if the counter is watched here and
+    /// hibernated) that storage holds it up to `version`. Whether an actor was told.
+    fn note_change(&self, name: &CounterName, version: u64) -> bool {
         // Noted under the slot's lock, which `hibernate` takes too: either the actor found
         // here has not left yet and will not leave before reading storage, or it is gone.
         let (handle, watched) = match self.shared.slots.slots.get_mut(name) {
@@ -298,17 +425,16 @@ impl Registry {
                 slot.heard = slot.heard.max(version);
                 (slot.actor.as_ref().map(|(_, handle)| handle.clone()), has_watchers(&slot))
             }
-            None => return,
+            None => return false,
         };
         let handle = match handle {
             Some(handle) => handle,
             None if watched => match self.handle(name) {
                 Ok(handle) => handle,
-                Err(_) => return,
+                Err(_) => return false,
             },
-            None => return,
+            None => return false,
         };
-        self.shared.context.metrics.remote_changes.inc();
         if !handle.changed(version) {
             // A full inbox: wait for room rather than drop the word (a closed one means the
             // actor hibernated, and the next actor reads storage anyway).
@@ -316,6 +442,12 @@ impl Registry {
                 handle.changed_later(version).await;
             });
         }
+        true
+    }
+
+    /// How many counters the registry holds now: with a live actor, or watched.
+    pub fn held(&self) -> usize {
+        self.shared.slots.slots.len()
     }
 
     /// Notifications may have been missed: every counter held or watched here is read again.

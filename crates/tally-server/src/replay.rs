@@ -1,15 +1,227 @@
 //! Updates rebuilt from history, for a socket that resumes with `since` or has to catch one of
 //! its subscriptions up: read a page at a time, and built through the same framing as live
 //! updates, so a replayed update is byte for byte the one first broadcast.
+//!
+//! Replays are bounded ([`ReplayLimits`]): a request of a few hundred bytes can ask for
+//! megabytes of history (a `since=0` resume of a counter with 10 000 updates is about 2.5 MB),
+//! and a client that asks and never reads leaves them in the kernel's socket buffers. So at
+//! most `--max-replays` replays run at once, at most `--max-replays-per-address` of them for
+//! one client address, and together they send at most `--replay-bytes-per-second`. A resume
+//! past a bound waits for a place, in arrival order, up to `--send-timeout` (so that a
+//! reconnect storm, or many clients behind one proxy, still get their replays, one after the
+//! other), and past that is answered a `resync` snapshot instead (the protocol's answer when
+//! history cannot fill the gap, which every client handles). A version-2 catch-up does not
+//! wait, since its socket's other subscriptions would wait with it: it resyncs at once. A
+//! replay that cannot send (its client stopped reading) stalls, and is dropped after
+//! `--send-timeout` like any stalled send, which gives its place back.
 
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota};
 use tally_proto::{CounterName, Epoch, ProtocolError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
+use axum::extract::ws::Utf8Bytes;
+
+use crate::access::RateKey;
 use crate::clock;
+use crate::connection::{End, Link, Transport};
 use crate::counter::{ApplyError, CounterState};
 use crate::framing::Published;
+use crate::metrics::Metrics;
 use crate::state::AppState;
+
+/// The bounds on replays, shared by every socket.
+pub(crate) struct ReplayLimits {
+    /// One permit per replay that may run at once (`--max-replays`).
+    total: Arc<Semaphore>,
+    /// One semaphore per client address with replays running or waiting (IPv6 by /64, as the
+    /// write rate keys them), of `--max-replays-per-address` permits; an address leaves the
+    /// map with its last replay.
+    per_address: DashMap<IpAddr, Arc<Semaphore>>,
+    max_per_address: usize,
+    /// Bytes all replays together may send per second; `None` for no bound.
+    rate: Option<(DefaultDirectRateLimiter, NonZeroU32)>,
+    metrics: Arc<Metrics>,
+}
+
+/// Why a replay was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `--max-replays` replays run already.
+    Total,
+    /// `--max-replays-per-address` replays run already for this client's address.
+    PerAddress,
+}
+
+/// One running replay's place in the bounds, given back when dropped.
+pub(crate) struct ReplayPermit {
+    limits: Arc<ReplayLimits>,
+    /// The place for its address, with the address.
+    address: Option<(IpAddr, OwnedSemaphorePermit)>,
+    _total: OwnedSemaphorePermit,
+}
+
+impl ReplayLimits {
+    /// At most `total` replays at once, `per_address` for one client address, and
+    /// `bytes_per_second` sent by all of them (0 for no bound on bytes).
+    pub(crate) fn new(
+        total: usize,
+        per_address: usize,
+        bytes_per_second: u32,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let rate = NonZeroU32::new(bytes_per_second).map(|rate| {
+            // A second's worth at most at once: a pause of the server does not turn into a
+            // burst above the rate.
+            (DefaultDirectRateLimiter::direct(Quota::per_second(rate)), rate)
+        });
+        Arc::new(Self {
+            total: Arc::new(Semaphore::new(total)),
+            per_address: DashMap::new(),
+            max_per_address: per_address,
+            rate,
+            metrics,
+        })
+    }
+
+    /// A place for a replay to the client at `peer` (`None`: not known, as for a router served
+    /// without the accept loop, counted only in the total), waiting up to `wait` for one (in
+    /// arrival order), or which bound refused it.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        peer: Option<IpAddr>,
+        wait: Duration,
+    ) -> Result<ReplayPermit, Refused> {
+        let deadline = Instant::now() + wait;
+        let address = peer.map(|ip| match RateKey::address(ip) {
+            RateKey::Address(address) => address,
+            RateKey::Principal(_) => ip,
+        });
+        // The address's place first: a client over its bound waits behind its own replays
+        // without holding one of everybody's places meanwhile.
+        let address = match address {
+            None => None,
+            Some(address) => {
+                let semaphore = Arc::clone(
+                    &self
+                        .per_address
+                        .entry(address)
+                        .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_address))),
+                );
+                let place = acquire(semaphore, deadline).await;
+                match place {
+                    Some(place) => Some((address, place)),
+                    None => {
+                        self.forget_address(address);
+                        return Err(self.refused(Refused::PerAddress));
+                    }
+                }
+            }
+        };
+        let Some(total) = acquire(Arc::clone(&self.total), deadline).await else {
+            if let Some((address, place)) = address {
+                drop(place);
+                self.forget_address(address);
+            }
+            return Err(self.refused(Refused::Total));
+        };
+        self.metrics.replays_running.inc();
+        Ok(ReplayPermit { limits: Arc::clone(self), address, _total: total })
+    }
+
+    fn refused(&self, refused: Refused) -> Refused {
+        self.metrics.replay_refused(match refused {
+            Refused::Total => "total",
+            Refused::PerAddress => "per_address",
+        });
+        refused
+    }
+
+    /// Drops `address`'s semaphore when nobody holds or waits for it any more: the map's is
+    /// then its only reference (everyone else clones it under the same shard lock).
+    fn forget_address(&self, address: IpAddr) {
+        self.per_address.remove_if(&address, |_, semaphore| Arc::strong_count(semaphore) == 1);
+    }
+}
+
+/// A permit of `semaphore`, waiting until `deadline` at most (not at all if it passed).
+async fn acquire(semaphore: Arc<Semaphore>, deadline: Instant) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() {
+        return Some(permit);
+    }
+    if Instant::now() >= deadline {
+        return None;
+    }
+    // The semaphores are never closed, so an error cannot come.
+    tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await.ok()?.ok()
+}
+
+impl ReplayPermit {
+    /// How much of the rate `bytes` take: at most a second's worth (the burst), so that an
+    /// update larger than that still goes; `None` when there is no bound.
+    fn cells(&self, bytes: usize) -> Option<(&DefaultDirectRateLimiter, NonZeroU32)> {
+        let (limiter, rate) = self.limits.rate.as_ref()?;
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX).min(rate.get());
+        NonZeroU32::new(bytes).map(|cells| (limiter, cells))
+    }
+
+    /// Takes `bytes` of `--replay-bytes-per-second` if they are there now.
+    fn try_take(&self, bytes: usize) -> bool {
+        let taken = self
+            .cells(bytes)
+            .is_none_or(|(limiter, cells)| limiter.check_n(cells).is_ok_and(|fits| fits.is_ok()));
+        if taken {
+            self.limits.metrics.replay_bytes.inc_by(bytes as u64);
+        }
+        taken
+    }
+
+    /// Waits until `bytes` of `--replay-bytes-per-second` are there, and takes them.
+    async fn take(&self, bytes: usize) {
+        if let Some((limiter, cells)) = self.cells(bytes) {
+            self.limits.metrics.replay_waits.inc();
+            // `cells` is at most the burst, so it always fits in time: the error is impossible.
+            let _ = limiter.until_n_ready(cells).await;
+        }
+        self.limits.metrics.replay_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// Queues `text` on `link`; within a replay (`permit`), once `--replay-bytes-per-second`
+/// allows it. A replay that must wait first sends what it queued, so the client has it
+/// meanwhile.
+///
+/// # Errors
+/// When the send fails or stalls.
+pub(crate) async fn paced_feed<T: Transport>(
+    link: &mut Link<T>,
+    permit: Option<&ReplayPermit>,
+    text: Utf8Bytes,
+) -> Result<(), End> {
+    if let Some(permit) = permit
+        && !permit.try_take(text.len())
+    {
+        link.flush().await?;
+        permit.take(text.len()).await;
+    }
+    link.feed(text).await
+}
+
+impl Drop for ReplayPermit {
+    fn drop(&mut self) {
+        if let Some((address, place)) = self.address.take() {
+            drop(place);
+            self.limits.forget_address(address);
+        }
+        self.limits.metrics.replays_running.dec();
+    }
+}
 
 /// How many history entries a replay reads and sends at a time.
 pub(crate) const PAGE: u64 = 500;
@@ -105,4 +317,56 @@ pub(crate) async fn page(
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> Arc<ReplayLimits> {
+        ReplayLimits::new(total, per_address, 0, Arc::new(Metrics::new()))
+    }
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replay_past_a_bound_waits_its_turn_then_is_refused() {
+        let limits = limits(2, 1);
+        let first = limits.start(A, Duration::ZERO).await.expect("a place");
+        assert_eq!(limits.start(A, Duration::ZERO).await.err(), Some(Refused::PerAddress));
+        let other = limits.start(B, Duration::ZERO).await.expect("another address has its own");
+        assert_eq!(limits.start(None, Duration::ZERO).await.err(), Some(Refused::Total));
+
+        // A waiting replay gets the place given back within its wait.
+        let waiting = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.start(A, Duration::from_secs(5)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        drop(first);
+        assert!(waiting.await.expect("no panic"));
+
+        // One that waits longer than its wait is refused, and leaves nothing behind.
+        assert_eq!(limits.start(B, Duration::from_secs(2)).await.err(), Some(Refused::PerAddress));
+        drop(other);
+        assert!(limits.per_address.is_empty(), "every address left with its last replay");
+        assert_eq!(limits.total.available_permits(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_over_its_bound_holds_no_place_of_everybody_meanwhile() {
+        let limits = limits(2, 1);
+        let _first = limits.start(A, Duration::ZERO).await.expect("a place");
+        let waiting = tokio::spawn({
+            let limits = Arc::clone(&limits);
+            async move { limits.start(A, Duration::from_secs(5)).await.err() }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // A waits for its own place, not for one of the total: B still gets one.
+        let _other = limits.start(B, Duration::ZERO).await.expect("a place for B");
+        assert_eq!(waiting.await.expect("no panic"), Some(Refused::PerAddress));
+    }
 }

@@ -12,6 +12,7 @@ use crate::access::Access;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replay::ReplayLimits;
 use crate::store::{KeyRecord, Readiness, Store};
 
 /// What every handler shares: one pointer, because axum clones the state for every request
@@ -44,6 +45,8 @@ pub struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Every WebSocket task, so shutdown can wait for them (they outlive their HTTP connection).
     pub(crate) sockets: TaskTracker,
+    /// The bounds on replays from history, which every socket's resumes share.
+    pub(crate) replays: Arc<ReplayLimits>,
 }
 
 impl AppState {
@@ -54,6 +57,12 @@ impl AppState {
         let config = Arc::new(config);
         let registry = Registry::new(Arc::clone(&store), Arc::clone(&metrics), Arc::clone(&config));
         let access = Access::new(&config.auth, &config.allowed_origins, keys);
+        let replays = ReplayLimits::new(
+            config.max_replays,
+            config.max_replays_per_address,
+            config.replay_bytes_per_second,
+            Arc::clone(&metrics),
+        );
         Self(Arc::new(Shared {
             registry,
             store,
@@ -62,6 +71,7 @@ impl AppState {
             config,
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            replays,
         }))
     }
 

@@ -85,6 +85,13 @@ pub(crate) async fn upgrade(
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
+    // The address bounds the socket's replay (`replay`); kept only by a resuming socket.
+    let peer = crate::accept::client_ip(&extensions);
+    let resume = match start_from {
+        Start::Snapshot => None,
+        Start::OtherEpoch => Some(Resume { since: 0, peer, other_epoch: true }),
+        Start::After(since) => Some(Resume { since, peer, other_epoch: false }),
+    };
     // A v1 socket never writes, so its anonymous principal needs no address of its own.
     let start = connection::upgrade_principal(&state, &headers, &extensions, |_| {
         state.access.anonymous_watcher()
@@ -92,7 +99,7 @@ pub(crate) async fn upgrade(
     connection::configure(upgrade)
         .on_upgrade(move |socket| {
             let sockets = state.sockets.clone();
-            sockets.track_future(serve(state, socket, name, start_from, start))
+            sockets.track_future(serve(state, socket, name, resume, start))
         })
         .into_response()
 }
@@ -121,7 +128,7 @@ fn serve<T: Transport>(
     state: AppState,
     socket: T,
     name: CounterName,
-    start_from: Start,
+    resume: Option<Resume>,
     // Boxed by the caller: the upgrade callback that holds it stays in axum's upgrade future for
     // the socket's whole life, even once called.
     #[allow(clippy::boxed_local)] start: Box<Result<Arc<Principal>, ProtocolError>>,
@@ -151,7 +158,7 @@ fn serve<T: Transport>(
         } else if let Err(end) = Box::pin(session.admit()).await {
             end
         } else {
-            session.watch_counter(start_from).await
+            session.watch_counter(resume).await
         };
         match end {
             End::Close(code, reason) => {
@@ -169,6 +176,16 @@ fn serve<T: Transport>(
 fn shutting_down(state: &AppState, why: &str) -> End {
     let after_ms = reconnect_delay(state.config.reconnect_spread);
     End::Close(close::SERVICE_RESTART, format!("{why}; {}", reconnect_phrase(after_ms)))
+}
+
+/// A resume: the version the client has, and its address, which bounds its replay.
+#[derive(Debug, Clone, Copy)]
+struct Resume {
+    since: u64,
+    peer: Option<std::net::IpAddr>,
+    /// The client's version is of another database's history (its `epoch` is not this
+    /// one's): only a resync snapshot will do, whatever `since` is.
+    other_epoch: bool,
 }
 
 struct Session<T> {
@@ -192,7 +209,7 @@ struct Session<T> {
 
 impl<T: Transport> Session<T> {
     /// Subscribes to the counter and watches it until the socket ends.
-    async fn watch_counter(&mut self, start_from: Start) -> End {
+    async fn watch_counter(&mut self, resume: Option<Resume>) -> End {
         let name = self.name.clone();
         let user = User::of(&self.principal, next_socket_id());
         // Taken apart in the `let`, so that the answer is not kept beside the watch's future.
@@ -208,7 +225,7 @@ impl<T: Transport> Session<T> {
             }
         };
         self.state.metrics.watchers.inc();
-        let end = self.watch(&name, counter, updates, start_from).await;
+        let end = self.watch(&name, counter, updates, resume).await;
         self.state.metrics.watchers.dec();
         // The subscription is gone now; the counter's slot may be too.
         self.state.registry.unwatch(&name);
@@ -220,11 +237,11 @@ impl<T: Transport> Session<T> {
         name: &CounterName,
         counter: CounterState,
         mut updates: Subscription,
-        start_from: Start,
+        resume: Option<Resume>,
     ) -> End {
         // The first messages, the client's rare messages and the ping tick are boxed while they
         // run: their futures would otherwise widen every idle socket's future for good.
-        if let Err(end) = Box::pin(self.start(name, counter, start_from)).await {
+        if let Err(end) = Box::pin(self.start(name, counter, resume)).await {
             return end;
         }
         let ping_interval = self.state.config.ping_interval;
@@ -383,15 +400,14 @@ impl<T: Transport> Session<T> {
         &mut self,
         name: &CounterName,
         counter: CounterState,
-        start_from: Start,
+        resume: Option<Resume>,
     ) -> Result<(), End> {
-        let resync = match start_from {
-            Start::Snapshot => false,
-            Start::OtherEpoch => true,
-            Start::After(since) if since > counter.version => true,
-            Start::After(since) => !self.replay(name, counter, since).await?,
+        let resync = match resume {
+            None => false,
+            Some(resume) if resume.other_epoch || resume.since > counter.version => true,
+            Some(resume) => !self.replay(name, counter, resume).await?,
         };
-        if resync || start_from == Start::Snapshot {
+        if resync || resume.is_none() {
             let can = self.principal.permissions(name).actions();
             let epoch = self.state.store.epoch();
             let snapshot = ServerMessage::Snapshot(counter.snapshot(name, resync, can, epoch));
@@ -402,13 +418,25 @@ impl<T: Transport> Session<T> {
     }
 
     /// Sends `resumed` and the updates after `since` up to the counter's version, reading
-    /// history a page at a time; `false` (nothing sent) if history no longer reaches back.
+    /// history a page at a time; `false` (nothing sent) if history no longer reaches back, or
+    /// if no place in the bounds on replays (`replay::ReplayLimits`) came within
+    /// `--send-timeout`: either way the client gets a `resync` snapshot. Nothing to replay
+    /// needs no place.
     async fn replay(
         &mut self,
         name: &CounterName,
         counter: CounterState,
-        since: u64,
+        resume: Resume,
     ) -> Result<bool, End> {
+        let Resume { since, peer, .. } = resume;
+        let permit = if since < counter.version {
+            match self.state.replays.start(peer, self.state.config.send_timeout).await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Ok(false),
+            }
+        } else {
+            None
+        };
         let origin = Origin::of_state(name, &counter);
         let mut cursor = since;
         let mut first_page = true;
@@ -441,7 +469,8 @@ impl<T: Transport> Session<T> {
                 first_page = false;
             }
             for published in updates {
-                self.link.feed(published.json_for(self.admin)).await?;
+                let json = published.json_for(self.admin);
+                replay::paced_feed(&mut self.link, permit.as_ref(), json).await?;
             }
             cursor = up_to;
             if cursor >= counter.version {

@@ -20,7 +20,8 @@ use tally_proto::{Action, CounterName, ErrorCode, Grant, Op, Permissions, Protoc
 pub use jwt::{JwtConfig, JwtKeyError, MIN_SECRET_BYTES};
 pub(crate) use keys::KeyRing;
 pub use keys::new_key;
-use rate::{RateKey, WriteLimiter};
+pub(crate) use rate::RateKey;
+use rate::WriteLimiter;
 
 use crate::store::KeyRecord;
 

@@ -218,6 +218,17 @@ impl<T: Transport> Session<T> {
         counter: CounterState,
         since: u64,
     ) -> Result<Replayed, End> {
+        // Bounded (`replay::ReplayLimits`): waits for a place up to `--send-timeout`, then gets
+        // a `resync` snapshot, as when history no longer reaches back. Nothing to replay takes
+        // no place.
+        let permit = if since < counter.version {
+            match self.state.replays.start(self.peer, self.state.config.send_timeout).await {
+                Ok(permit) => Some(permit),
+                Err(_) => return Ok(Replayed::Gone),
+            }
+        } else {
+            None
+        };
         let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(Replayed::Failed) };
         let name = Arc::clone(&watched.name);
         let origin = Origin::of_state(&name, &counter);
@@ -262,7 +273,9 @@ impl<T: Transport> Session<T> {
             }
             let now = Instant::now();
             for update in updates {
-                deliver(&mut self.link, &mut self.schedule, key, watched, Arc::new(update), now)
+                let update = Arc::new(update);
+                let permit = permit.as_ref();
+                deliver(&mut self.link, &mut self.schedule, key, watched, update, now, permit)
                     .await?;
             }
             cursor = up_to;

@@ -45,7 +45,7 @@ use crate::connection::{
     reconnect_phrase, refusal_close_code, until,
 };
 use crate::framing::Published;
-use crate::replay::{self, Origin};
+use crate::replay::{self, Origin, ReplayPermit};
 use crate::state::AppState;
 use crate::topic::{Read, Wakes, next_socket_id};
 
@@ -289,7 +289,8 @@ impl<T: Transport> Session<T> {
                     missing = Some(update.version());
                     break;
                 }
-                sent = deliver(&mut self.link, &mut self.schedule, key, watched, update, now).await;
+                sent = deliver(&mut self.link, &mut self.schedule, key, watched, update, now, None)
+                    .await;
                 if sent.is_err() {
                     break;
                 }
@@ -333,7 +334,14 @@ impl<T: Transport> Session<T> {
         else {
             return Ok(());
         };
+        // Bounded like a resume's replay, but without waiting (the socket's other subscriptions
+        // would wait too): past a bound, the subscription starts over instead.
+        let Ok(permit) = self.state.replays.start(self.peer, std::time::Duration::ZERO).await
+        else {
+            return self.resync(key).await;
+        };
         self.state.metrics.catch_ups.inc();
+        let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(()) };
         let mut cursor = watched.seen;
         while cursor + 1 < oldest {
             let up_to = (oldest - 1).min(cursor + replay::PAGE);
@@ -343,8 +351,17 @@ impl<T: Transport> Session<T> {
                     let now = Instant::now();
                     for update in updates {
                         let update = Arc::new(update);
-                        deliver(&mut self.link, &mut self.schedule, key, watched, update, now)
-                            .await?;
+                        let permit = Some(&permit);
+                        deliver(
+                            &mut self.link,
+                            &mut self.schedule,
+                            key,
+                            watched,
+                            update,
+                            now,
+                            permit,
+                        )
+                        .await?;
                     }
                 }
                 Ok(None) => return self.resync(key).await,
@@ -492,7 +509,8 @@ impl<T: Transport> Session<T> {
     }
 }
 
-/// Offers `update` to subscription `key`, and sends (or schedules) what it asks.
+/// Offers `update` to subscription `key`, and sends (or schedules) what it asks; in a replay
+/// from history (`replay`), what it sends first waits for the replays' bytes per second.
 async fn deliver<T: Transport>(
     link: &mut Link<T>,
     schedule: &mut Schedule,
@@ -500,10 +518,11 @@ async fn deliver<T: Transport>(
     watched: &mut Watched,
     update: Arc<Published>,
     now: Instant,
+    replay: Option<&ReplayPermit>,
 ) -> Result<(), End> {
     match watched.offer(update, now) {
         Offer::Nothing => Ok(()),
-        Offer::Send(text) => link.feed(text).await,
+        Offer::Send(text) => replay::paced_feed(link, replay, text).await,
         Offer::Schedule(at) => {
             schedule.add(at, key);
             Ok(())

@@ -78,7 +78,7 @@ async fn every_bad_request_is_refused_with_its_code_and_changes_nothing() {
             r#"{"name":"c","amout":1}"#,
             400,
             "invalid_field",
-            "expected `name` or `amount`",
+            "expected one of `name`, `amount`, `expectedVersion`",
         ),
         case(
             Method::POST,

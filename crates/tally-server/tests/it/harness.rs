@@ -409,6 +409,15 @@ impl Watcher {
         Self { socket }
     }
 
+    /// A WebSocket client at `url` over `stream`, already connected (from a chosen source
+    /// address, say).
+    pub(crate) async fn over(stream: TcpStream, url: &str) -> Self {
+        let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap_or_else(|error| panic!("connect {url}: {error}"));
+        Self { socket }
+    }
+
     /// The next text message, as sent.
     pub(crate) async fn next_text(&mut self) -> String {
         loop {

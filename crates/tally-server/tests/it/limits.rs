@@ -247,3 +247,134 @@ async fn a_client_that_keeps_sending_still_gets_the_1008_close_frame() {
         assert!(next.is_ok(), "the connection was reset after the close frame: {next:?}");
     }
 }
+
+/// A counter `name` with `count` updates (increments by 1).
+async fn written(server: &TestServer, name: &str, count: u64) -> Vec<String> {
+    let mut answers = Vec::new();
+    for _ in 0..count {
+        answers.push(server.call_text("increment", serde_json::json!({"name": name})).await);
+    }
+    answers
+}
+
+/// A version-1 watcher of `name` resuming with `since=0`, from source address 127.0.0.`last`.
+async fn resume_from(server: &TestServer, last: u8, name: &str) -> Watcher {
+    let stream = connect_from(server.addr, last).await;
+    Watcher::over(stream, &format!("ws://{}/ws/counter/{name}?since=0", server.addr)).await
+}
+
+/// Issue 16: a `since=0` resume is a request of a few hundred bytes answered with the whole
+/// history; replays are bounded per client address: past the bound a resume waits for a place
+/// up to `--send-timeout`, then gets a `resync` snapshot, while other addresses still get their
+/// replay. The byte rate is made small here so that the first replay (about 10 KB at 4 KiB a
+/// second) is still running when the others come and after the short send timeout.
+#[tokio::test]
+async fn issue_16_replays_are_bounded_per_address_and_past_it_resync() {
+    const UPDATES: u64 = 40;
+    let config = Config {
+        max_replays_per_address: 1,
+        replay_bytes_per_second: 4096,
+        send_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let answers = written(&server, "long", UPDATES).await;
+
+    let mut first = resume_from(&server, 1, "long").await;
+    assert!(
+        matches!(first.next().await, tally_proto::ServerMessage::Resumed(r) if r.version == UPDATES)
+    );
+    assert_eq!(first.next_update().await, (1, answers[0].clone()));
+    assert_eq!(server.metric("tally_replays_running").await, 1.0);
+
+    // The same address again, while the first replay runs: a resync snapshot, nothing replayed.
+    let mut second = resume_from(&server, 1, "long").await;
+    match second.next().await {
+        tally_proto::ServerMessage::Snapshot(snapshot) => {
+            assert_eq!((snapshot.resync, snapshot.version, snapshot.value), (true, UPDATES, 40));
+        }
+        other => panic!("expected a resync snapshot, got {other:?}"),
+    }
+    assert_eq!(server.metric("tally_replays_refused_total{limit=\"per_address\"}").await, 1.0);
+    // It is live from there.
+    let live = server.call_text("increment", serde_json::json!({"name": "long"})).await;
+    assert_eq!(second.next_update().await, (UPDATES + 1, live.clone()));
+
+    // Another address is not refused for it.
+    let mut other = resume_from(&server, 2, "long").await;
+    assert!(
+        matches!(other.next().await, tally_proto::ServerMessage::Resumed(r) if r.version == UPDATES + 1)
+    );
+
+    // The first replay goes on to the end, every update as first sent, then live.
+    for (version, answer) in (2..).zip(&answers[1..]) {
+        assert_eq!(first.next_update().await, (version, answer.clone()));
+    }
+    assert_eq!(first.next_update().await, (UPDATES + 1, live));
+    for (version, answer) in (1..).zip(&answers) {
+        assert_eq!(other.next_update().await, (version, answer.clone()));
+    }
+    // The byte rate made them wait; each place was given back at the end.
+    assert!(server.metric("tally_replay_waits_total").await >= 1.0);
+    server.wait_for_metric("tally_replays_running", 0.0).await;
+    let mut again = resume_from(&server, 1, "long").await;
+    assert!(matches!(again.next().await, tally_proto::ServerMessage::Resumed(_)));
+}
+
+/// Issue 16: replays are bounded in total too, whatever the address. A version-2 resume past
+/// the bound waits for the running replay to end, then gets its own replay; one that finds no
+/// place within `--send-timeout` gets a resync snapshot, and the socket goes on.
+#[tokio::test]
+async fn issue_16_replays_are_bounded_in_total_and_a_resume_waits_its_turn() {
+    let config = Config { max_replays: 1, replay_bytes_per_second: 4096, ..test_config() };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    let answers = written(&server, "total", 40).await;
+    let mut first = resume_from(&server, 1, "total").await;
+    assert!(matches!(first.next().await, tally_proto::ServerMessage::Resumed(_)));
+    assert_eq!(first.next_update().await.0, 1);
+
+    // From another address, while the only place is taken: it waits, and is replayed after.
+    let stream = connect_from(server.addr, 3).await;
+    let mut socket = Watcher::over(stream, &format!("ws://{}/ws", server.addr)).await;
+    socket.send_text(r#"{"id":1,"type":"subscribe","name":"total","since":0}"#).await;
+    for version in 2..=40 {
+        assert_eq!(first.next_update().await.0, version);
+    }
+    let reply = socket.next_text().await;
+    assert!(reply.contains(r#""type":"resumed""#), "expected resumed, got {reply}");
+    for answer in &answers {
+        let update = socket.next_text().await;
+        // Version 2 names the counter first; the rest is the update as first answered.
+        assert!(update.ends_with(&answer[1..]), "{update} is not {answer}");
+    }
+    assert_eq!(server.metric("tally_replays_refused_total{limit=\"total\"}").await, 0.0);
+}
+
+/// Issue 16: a resume that finds no place within `--send-timeout` gets a resync snapshot, on a
+/// version-2 socket too, which goes on.
+#[tokio::test]
+async fn issue_16_a_version_2_resume_past_the_bound_resyncs_and_the_socket_goes_on() {
+    let config = Config {
+        max_replays: 1,
+        replay_bytes_per_second: 4096,
+        send_timeout: Duration::from_millis(300),
+        ..test_config()
+    };
+    let server = TestServer::start_with(config, SqliteOptions::default()).await;
+    written(&server, "busy", 40).await;
+    let mut first = resume_from(&server, 1, "busy").await;
+    assert!(matches!(first.next().await, tally_proto::ServerMessage::Resumed(_)));
+    assert_eq!(first.next_update().await.0, 1);
+
+    let stream = connect_from(server.addr, 3).await;
+    let mut socket = Watcher::over(stream, &format!("ws://{}/ws", server.addr)).await;
+    socket.send_text(r#"{"id":1,"type":"subscribe","name":"busy","since":0}"#).await;
+    let reply = socket.next_text().await;
+    assert!(
+        reply.contains(r#""type":"snapshot""#) && reply.contains(r#""resync":true"#),
+        "expected a resync snapshot, got {reply}"
+    );
+    assert_eq!(server.metric("tally_replays_refused_total{limit=\"total\"}").await, 1.0);
+    socket.send_text(r#"{"id":2,"type":"ping"}"#).await;
+    assert!(socket.next_text().await.contains(r#""type":"pong""#));
+}
