@@ -1,5 +1,5 @@
-//! The query string of a watch (`?since=V`): any text. An accepted `since` must be what the
-//! query says, and a refusal must say what was wrong.
+//! The query string of a watch (`?since=V&epoch=E`): any text. An accepted `since` and `epoch`
+//! must be what the query says, and a refusal must say what was wrong.
 
 #![no_main]
 
@@ -8,12 +8,18 @@ use tally_proto::WatchQuery;
 
 fuzz_target!(|query: &str| {
     match WatchQuery::parse(Some(query)) {
-        Ok(WatchQuery { since: Some(since) }) => {
-            // Whatever was accepted, the same query with only that parameter gives it back.
-            let again = WatchQuery::parse(Some(&format!("since={since}")));
-            assert_eq!(again, Ok(WatchQuery { since: Some(since) }));
+        Ok(accepted) => {
+            // Whatever was accepted, the same query with only those parameters gives it back.
+            let mut alone = Vec::new();
+            if let Some(since) = accepted.since {
+                alone.push(format!("since={since}"));
+            }
+            if let Some(epoch) = &accepted.epoch {
+                alone.push(format!("epoch={epoch}"));
+            }
+            let again = WatchQuery::parse(Some(&alone.join("&")));
+            assert_eq!(again, Ok(accepted));
         }
-        Ok(WatchQuery { since: None }) => {}
         Err(error) => assert!(!error.message.is_empty(), "a refusal without words"),
     }
 });
