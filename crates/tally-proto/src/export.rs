@@ -265,14 +265,23 @@ mod tests {
     fn a_broken_history_is_refused_saying_where() {
         let cases = [
             (
-                vec![entry(1, OpKind::Increment, Some(1), 0, 1), entry(3, OpKind::Reset, None, 1, 0)],
+                vec![
+                    entry(1, OpKind::Increment, Some(1), 0, 1),
+                    entry(3, OpKind::Reset, None, 1, 0),
+                ],
                 "history jumps from version 1 to 3",
             ),
             (
-                vec![entry(1, OpKind::Increment, Some(1), 0, 1), entry(2, OpKind::Reset, None, 7, 0)],
+                vec![
+                    entry(1, OpKind::Increment, Some(1), 0, 1),
+                    entry(2, OpKind::Reset, None, 7, 0),
+                ],
                 "version 2 starts from 7 but version 1 left 1",
             ),
-            (vec![entry(1, OpKind::Increment, Some(1), 0, 2)], "version 1: increment 1 from 0 cannot leave 2"),
+            (
+                vec![entry(1, OpKind::Increment, Some(1), 0, 2)],
+                "version 1: increment 1 from 0 cannot leave 2",
+            ),
             (vec![entry(1, OpKind::Increment, None, 0, 0)], "version 1: increment has amount None"),
             (vec![entry(1, OpKind::SetValue, None, 3, 3)], "version 1 starts from 3"),
         ];
