@@ -282,31 +282,16 @@ async fn issue_16_bad_input_and_a_non_empty_target_are_refused_and_import_nothin
 
     // A database a node is serving is not imported into, even when empty.
     let node = Tally::start(Path::new(&postgres.url), &[]);
-    let deadline = tokio::time::Instant::now() + crate::process::PATIENCE;
-    let error = loop {
-        let output = run(&["import", &good.to_string_lossy(), "--database", &postgres.url]);
-        let error = refused(&output);
-        // The node's listening connection may still be on its way.
-        if error.contains("serving it") || tokio::time::Instant::now() >= deadline {
-            break error;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(error.contains("tally serve node(s) are serving it; stop them"), "{error}");
+    postgres.wait_for_listeners(1).await;
+    let error = refused(&run(&["import", &good.to_string_lossy(), "--database", &postgres.url]));
+    assert!(error.contains("1 tally serve node(s) are serving it; stop them"), "{error}");
     node.ok("increment", json!({"name": "there"})).await;
     drop(node);
+    // The killed node's connections close a moment after it exits.
+    postgres.wait_for_listeners(0).await;
 
     // A database with counters is not imported into: what it holds stays as it was.
-    let deadline = tokio::time::Instant::now() + crate::process::PATIENCE;
-    let error = loop {
-        let error =
-            refused(&run(&["import", &good.to_string_lossy(), "--database", &postgres.url]));
-        // The stopped node's connections close a moment after it exits.
-        if !error.contains("serving it") || tokio::time::Instant::now() >= deadline {
-            break error;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let error = refused(&run(&["import", &good.to_string_lossy(), "--database", &postgres.url]));
     assert!(
         error.contains("already holds 1 counter(s); import only into an empty database"),
         "{error}"
@@ -314,7 +299,18 @@ async fn issue_16_bad_input_and_a_non_empty_target_are_refused_and_import_nothin
     let names = postgres_rows(&postgres.name, "SELECT name FROM tally.counters").await;
     assert_eq!(names, ["there"]);
 
-    // The good file goes into an empty SQLite file, and not twice.
+    // The good file goes into an empty SQLite database that a server made and served (a
+    // server on it now is refused), under a new epoch, and not twice.
+    let server = Tally::start(&target, &[]);
+    let served_epoch = sqlite_epoch(&target);
+    let error = refused(&run(&[
+        "import",
+        &good.to_string_lossy(),
+        "--database",
+        &target.to_string_lossy(),
+    ]));
+    assert!(error.contains("a Tally server is using it"), "{error}");
+    drop(server);
     let imported = succeeded(&run(&[
         "import",
         &good.to_string_lossy(),
@@ -322,6 +318,8 @@ async fn issue_16_bad_input_and_a_non_empty_target_are_refused_and_import_nothin
         &target.to_string_lossy(),
     ]));
     assert_eq!((imported["counters"].as_u64(), imported["entries"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(imported["epoch"], sqlite_epoch(&target).as_str(), "{imported}");
+    assert_ne!(sqlite_epoch(&target), served_epoch, "the imported database is another history");
     let error = refused(&run(&[
         "import",
         &good.to_string_lossy(),
