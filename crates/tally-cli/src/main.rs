@@ -1,6 +1,7 @@
 //! The `tally` command: parses flags, then runs the server or talks to one.
 
 mod commands;
+mod export;
 mod keys;
 mod output;
 mod serve;
@@ -80,6 +81,17 @@ enum Command {
         #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
         database: String,
     },
+    /// Write every counter with the history the store kept (--history-limit) as JSON Lines:
+    /// a header line with the format version and the database's epoch, then one line per
+    /// counter (docs/EXPORT.md). Read online from one snapshot, beside a running server, so it
+    /// holds every write answered before it began. With `tally import`, this moves data from
+    /// SQLite to PostgreSQL and back. Idempotency records and API keys are not exported.
+    Export(export::ExportArgs),
+    /// Read what `tally export` wrote into an empty database, in one transaction: every line
+    /// is checked (name, values in range, versions consecutive and values chained), and any
+    /// fault names its line and imports nothing. The database gets a new epoch, so clients
+    /// resuming against it start over from a snapshot.
+    Import(export::ImportArgs),
     /// Show a counter's value and metadata.
     Get {
         /// The counter.
@@ -175,6 +187,12 @@ fn main() -> ExitCode {
         Command::Backup { out, database } => {
             return serve::backup(&database, &out, &mut output::Printer::new(cli.json));
         }
+        Command::Export(args) => {
+            return export::export(&args, &mut output::Printer::new(cli.json));
+        }
+        Command::Import(args) => {
+            return export::import(&args, &mut output::Printer::new(cli.json));
+        }
         Command::Completions { shell } => {
             // Generated into memory first: clap_complete panics on a write error, and a closed
             // pipe (`| head`) must end quietly.
@@ -261,6 +279,8 @@ async fn run_client_command(
         Command::Serve(_)
         | Command::Migrate { .. }
         | Command::Backup { .. }
+        | Command::Export(_)
+        | Command::Import(_)
         | Command::Completions { .. }
         | Command::Token(_) => {
             unreachable!("handled in main")

@@ -15,10 +15,12 @@
 //! - [`grant`]: grants (`PATTERN=ACTION[<=CAP],...`): their syntax and what they allow.
 //! - [`keys`]: the API-key RPCs' bodies and answers.
 //! - [`idempotency`]: idempotency keys, which make a retried write count once.
+//! - [`export`]: the JSON Lines file of `tally export` and `tally import`.
 //! - [`socket`]: the socket protocol, version 2 (`GET /ws`): commands, replies and pushes.
 
 pub mod epoch;
 pub mod error;
+pub mod export;
 pub mod grant;
 pub mod idempotency;
 pub mod keys;

@@ -8,6 +8,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod durability;
+mod export;
 mod faults;
 mod fleet;
 mod page;

@@ -29,6 +29,7 @@
 //! latest commit, a probe when that is stale, and whether it [stopped](StoreError::Stopped)
 //! for good after a failed fsync. `GET /readyz` and `tally_store_ready` report it.
 
+mod export;
 mod health;
 pub mod postgres;
 mod sqlite;
@@ -41,6 +42,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tally_proto::{CounterName, Epoch, IdempotencyKey, Op, OpKind};
 
+pub use export::{
+    ExportError, ExportSummary, ImportError, ImportSummary, MAX_LINE_BYTES, export_postgres,
+    export_sqlite, import_postgres, import_sqlite,
+};
 pub use health::Readiness;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -361,7 +361,9 @@ async fn migrate_with(client: &Client) -> Result<usize, MigrationError> {
 }
 
 /// Opens one connection and drives it on a task of its own.
-async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgres::Error> {
+pub(super) async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
@@ -372,7 +374,7 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, tokio_postgr
 }
 
 /// A driver error in words, with PostgreSQL's own message when it sent one.
-fn describe_error(error: &tokio_postgres::Error) -> String {
+pub(super) fn describe_error(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),

@@ -293,19 +293,19 @@ impl SqliteStore {
 }
 
 /// `options`, creating a missing file readable and writable by its owner only (`0600`).
-fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
+pub(super) fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
     options
 }
 
-fn lock_path(path: &Path) -> PathBuf {
+pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
     path.with_file_name(name)
 }
 
-fn describe_open_error(error: &rusqlite::Error) -> String {
+pub(super) fn describe_open_error(error: &rusqlite::Error) -> String {
     match error.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => {
             "the file is not a SQLite database (corrupt, or another program's file); move it away or choose another --database".into()
@@ -321,7 +321,7 @@ fn describe_open_error(error: &rusqlite::Error) -> String {
 }
 
 /// Checks the file is Tally's (or empty), creates the schema, and sets durable WAL mode.
-fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
+pub(super) fn prepare_writer(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let application_id: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
     let objects: i64 =

@@ -86,7 +86,7 @@ pub fn backup(database: &Path, out: &Path) -> Result<BackupSummary, BackupError>
 }
 
 /// Checks the file is Tally's, of a schema this build knows; answers its epoch.
-fn check_source(database: &Path) -> Result<Option<Epoch>, BackupError> {
+pub(super) fn check_source(database: &Path) -> Result<Option<Epoch>, BackupError> {
     let foreign = |reason: &str| BackupError::Foreign {
         path: database.to_owned(),
         reason: reason.to_owned(),
