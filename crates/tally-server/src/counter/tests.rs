@@ -168,6 +168,15 @@ impl Store for Faulty {
         self.inner().history_range(name, after, up_to).await
     }
 
+    async fn list(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::NamedRecord>, StoreError> {
+        self.inner().list(start, end, limit).await
+    }
+
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner().keys().await
     }
