@@ -460,20 +460,7 @@ impl Request {
                 Request::GetHistory { name, limit, before }
             }
             Procedure::List => {
-                // A `Value` first: serde would take an array for a struct of optional fields.
-                let raw: serde_json::Value = from_json(body)?;
-                if !raw.is_object() {
-                    return Err(ProtocolError::new(
-                        ErrorCode::InvalidField,
-                        "counter.list takes a JSON object with the optional fields prefix, after and limit",
-                    ));
-                }
-                let raw: ListBody = serde_json::from_value(raw).map_err(|error| {
-                    ProtocolError::new(
-                        ErrorCode::InvalidField,
-                        format!("invalid request body: {error}"),
-                    )
-                })?;
+                let raw = list_body(from_json(body)?)?;
                 let prefix = list_prefix(raw.prefix.unwrap_or_default())?;
                 let after = match &raw.after {
                     None => None,
@@ -589,6 +576,42 @@ fn page_limit(number: &Number, max: u32) -> Result<u32, ProtocolError> {
     };
     let whole = integer("limit", number, ErrorCode::InvalidLimit).map_err(|_| invalid())?;
     u32::try_from(whole).ok().filter(|limit| (1..=max).contains(limit)).ok_or_else(invalid)
+}
+
+/// `counter.list`'s body, read field by field so that each wrong field is named with what it
+/// allows (and an array is not taken for an object, as serde would for a struct of options).
+fn list_body(value: serde_json::Value) -> Result<ListBody, ProtocolError> {
+    use serde_json::Value;
+    let invalid = |message: String| ProtocolError::new(ErrorCode::InvalidField, message);
+    let Value::Object(fields) = value else {
+        return Err(invalid(
+            "counter.list takes a JSON object with the optional fields prefix, after and limit"
+                .into(),
+        ));
+    };
+    let mut body = ListBody::default();
+    for (field, value) in fields {
+        match (field.as_str(), value) {
+            (_, Value::Null) if matches!(field.as_str(), "prefix" | "after" | "limit") => {}
+            ("prefix", Value::String(text)) => body.prefix = Some(text),
+            ("after", Value::String(text)) => body.after = Some(text),
+            ("limit", Value::Number(number)) => body.limit = Some(number),
+            ("prefix" | "after", other) => {
+                return Err(invalid(format!("{field} is {other}; allowed: a string")));
+            }
+            ("limit", other) => {
+                return Err(invalid(format!(
+                    "limit is {other}; allowed: a whole number from 1 to {LIST_PAGE_MAX}"
+                )));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown field {field:?}; counter.list takes prefix, after and limit"
+                )));
+            }
+        }
+    }
+    Ok(body)
 }
 
 /// A list's name prefix: what may begin a counter name, or nothing.
