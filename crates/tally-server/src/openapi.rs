@@ -187,6 +187,15 @@ mod tests {
         assert_eq!(amount["maximum"], tally_proto::limits::MAX_SAFE_INTEGER, "{amount}");
         assert_eq!(schemas["AmountBody"]["additionalProperties"], false);
         assert_eq!(schemas["NameBody"]["properties"]["name"]["maxLength"], 128);
+        let list = &schemas["ListBody"]["properties"];
+        assert_eq!(
+            (&list["limit"]["minimum"], &list["limit"]["maximum"]),
+            (&json!(1), &json!(1000))
+        );
+        assert_eq!(list["prefix"]["maxLength"], 128);
+        assert_eq!(schemas["ListBody"]["additionalProperties"], false);
+        let listed = &schemas["ListedCounter"]["required"];
+        assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!("watchers"))));
         let increment = &doc["paths"]["/rpc/counter.increment"]["post"]["responses"];
         assert!(
             increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))
