@@ -133,6 +133,82 @@ mod tests {
         NameRange { start: start.into(), end: end.map(str::to_owned) }
     }
 
+    /// A principal from a real HS256 token for `sub` with `grants`, as a request would bring.
+    fn principal(grants: &[&str]) -> (Access, Principal) {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let secret = b"a secret of at least thirty-two bytes, for tests";
+        let mut config = super::super::AuthConfig::default();
+        config.jwt.add_secret(secret).unwrap();
+        let access = Access::new(&config, &[], &[]);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"sub": "alice", "iat": now, "exp": now + 600,
+                                        "tally": {"grants": grants}});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret).unwrap(),
+        )
+        .unwrap();
+        let principal = access.authenticate_token(&token).unwrap();
+        (access, principal)
+    }
+
+    #[test]
+    fn ranges_are_the_names_read_grants_cover_with_the_subject_put_in() {
+        let (access, alice) = principal(&[
+            "user:{sub}:*=read",
+            "likes=read",
+            "votes:*=increment",
+            "pub:*=admin",
+            "pub:a:*=read",
+        ]);
+        assert_eq!(
+            access.list_ranges(&alice, "").unwrap(),
+            vec![
+                range("likes", Some("likes-")),
+                range("pub:", Some("pub;")),
+                range("user:alice:", Some("user:alice;")),
+            ],
+            "votes:* allows no read; pub:a:* is inside pub:*"
+        );
+        assert_eq!(
+            access.list_ranges(&alice, "user:").unwrap(),
+            vec![range("user:alice:", Some("user:alice;"))]
+        );
+        assert_eq!(
+            access.list_ranges(&alice, "user:alice:x").unwrap(),
+            vec![range("user:alice:x", Some("user:alice:y"))]
+        );
+        assert_eq!(access.list_ranges(&alice, "user:bob:").unwrap(), vec![]);
+        assert_eq!(
+            access.list_ranges(&alice, "lik").unwrap(),
+            vec![range("likes", Some("likes-"))]
+        );
+        // Every name in a range is one the per-row check allows, and names outside are not.
+        for (name, shown) in [
+            ("likes", true),
+            ("likes2", false),
+            ("user:alice:x", true),
+            ("user:bob:x", false),
+            ("votes:1", false),
+            ("pub:z", true),
+        ] {
+            assert_eq!(
+                access.may_list(&alice, &CounterName::parse(name).unwrap()),
+                shown,
+                "{name}"
+            );
+        }
+        // A credentialed principal that may read nothing gets an empty list, not a refusal.
+        let (access, writer) = principal(&["votes:*=increment"]);
+        assert_eq!(access.list_ranges(&writer, "").unwrap(), vec![]);
+        let anonymous = access.anonymous(None);
+        assert_eq!(
+            access.list_ranges(&anonymous, "").unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+    }
+
     #[test]
     fn a_prefix_ends_where_its_last_character_is_raised() {
         assert_eq!(prefix_end(""), None);
