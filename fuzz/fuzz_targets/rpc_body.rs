@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_proto::limits::{HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
+use tally_proto::limits::{HISTORY_PAGE_MAX, LIST_PAGE_MAX, MAX_SAFE_INTEGER, NAME_MAX_BYTES};
 use tally_proto::{Op, Procedure, Request};
 
 fuzz_target!(|input: &[u8]| {
@@ -24,6 +24,12 @@ fuzz_target!(|input: &[u8]| {
         Ok(Request::GetHistory { limit, before, .. }) => {
             assert!((1..=HISTORY_PAGE_MAX).contains(&limit), "accepted limit {limit}");
             assert!(before.is_none_or(|before| before >= 1), "accepted before {before:?}");
+        }
+        Ok(Request::List { prefix, limit, .. }) => {
+            assert!((1..=LIST_PAGE_MAX).contains(&limit), "accepted limit {limit}");
+            assert!(prefix.len() <= NAME_MAX_BYTES, "accepted prefix {prefix:?}");
+            let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
+            assert!(prefix.chars().all(allowed), "accepted prefix {prefix:?}");
         }
         Ok(
             Request::GetValue { .. }

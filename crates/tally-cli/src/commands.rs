@@ -8,7 +8,7 @@ use tally_client::{
     Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
     SubscriptionEvent, Write,
 };
-use tally_proto::limits::HISTORY_PAGE_MAX;
+use tally_proto::limits::{HISTORY_PAGE_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
 use tally_proto::socket::Frame;
 use tally_proto::{Epoch, Snapshot};
 
@@ -197,6 +197,69 @@ fn print_history(
 fn print_older_hint(name: &str, next: Option<u64>) {
     if let Some(next) = next {
         eprintln!("(older entries: tally history {name} --before {next})");
+    }
+}
+
+/// Flags of `tally list`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ListArgs {
+    /// Only counters whose name starts with this (every counter when absent).
+    prefix: Option<String>,
+    /// How many counters per page (1 to 1000).
+    #[arg(long, default_value_t = LIST_PAGE_DEFAULT, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIST_PAGE_MAX)))]
+    limit: u32,
+    /// Start after this counter name (the `next` of the previous page).
+    #[arg(long, value_name = "NAME")]
+    after: Option<String>,
+    /// Every counter, page after page, instead of one page.
+    #[arg(long)]
+    all: bool,
+}
+
+/// `tally list`: the counters the credential may read, in name order.
+pub(crate) async fn list(
+    client: &Client,
+    out: &mut Printer,
+    args: &ListArgs,
+) -> Result<(), CliError> {
+    let prefix = args.prefix.as_deref().unwrap_or_default();
+    let mut after = args.after.clone();
+    let mut counters = Vec::new();
+    loop {
+        let page = client.list(prefix, after.as_deref(), Some(args.limit)).await?;
+        if out.json {
+            for counter in &page.counters {
+                out.json_line(counter)?;
+            }
+        } else {
+            counters.extend(page.counters);
+        }
+        match page.next {
+            Some(next) if args.all => after = Some(next),
+            next => {
+                if !out.json {
+                    if counters.is_empty() && next.is_none() {
+                        let which = if prefix.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" named {prefix}…")
+                        };
+                        out.line(&format!("no counters{which}"))?;
+                    } else {
+                        for line in output::list_table(&counters) {
+                            out.line(&line)?;
+                        }
+                    }
+                }
+                if let Some(next) = next {
+                    // On stderr, so scripts reading stdout are not disturbed.
+                    let prefix =
+                        if prefix.is_empty() { String::new() } else { format!("{prefix} ") };
+                    eprintln!("(more: tally list {prefix}--after {next}, or --all)");
+                }
+                return Ok(());
+            }
+        }
     }
 }
 

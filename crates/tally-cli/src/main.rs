@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use tally_client::Write;
 
-use crate::commands::{CliError, HistoryArgs, KeyArg, VersionArg, WatchArgs};
+use crate::commands::{CliError, HistoryArgs, KeyArg, ListArgs, VersionArg, WatchArgs};
 
 /// Tally: live counters. Change a named counter over HTTP; everyone watching it sees the change
 /// live, in order, with nothing lost.
@@ -143,6 +143,9 @@ enum Command {
         #[command(flatten)]
         key: KeyArg,
     },
+    /// List the counters you may read, in name order, with value, version, watchers (on the
+    /// server answering) and last change: one page (`--limit`, 100 by default), or `--all`.
+    List(ListArgs),
     /// Show a counter's recent operations, newest first.
     History(HistoryArgs),
     /// Print each change of one or more counters live, one line each, until Ctrl-C. All of
@@ -273,6 +276,7 @@ async fn run_client_command(
         Command::Reset { name, key } => {
             commands::write(&client, &mut out, key.apply(Write::reset(&name))).await
         }
+        Command::List(args) => commands::list(&client, &mut out, &args).await,
         Command::History(args) => commands::history(&client, &mut out, &args).await,
         Command::Watch(args) => commands::watch(&client, &mut out, &args).await,
         Command::Key(command) => keys::run(&client, &mut out, command).await,

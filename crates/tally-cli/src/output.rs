@@ -121,6 +121,22 @@ pub(crate) fn history_table(entries: &[Entry]) -> Vec<String> {
     aligned(["VERSION", "TIME", "CHANGE", "VALUE"], &rows, true)
 }
 
+/// Listed counters as an aligned table, in name order.
+pub(crate) fn list_table(counters: &[tally_client::ListedCounter]) -> Vec<String> {
+    let rows: Vec<[String; 4]> = counters
+        .iter()
+        .map(|counter| {
+            [
+                counter.name.clone(),
+                format!("{} (v{})", counter.value, counter.version),
+                counter.watchers.to_string(),
+                local_time(&counter.updated_at),
+            ]
+        })
+        .collect();
+    aligned(["NAME", "VALUE", "WATCHERS", "UPDATED"], &rows, false)
+}
+
 /// `header` and `rows` as lines of columns two spaces apart, each as wide as its widest cell;
 /// the first column right-aligned (numbers) when `numeric_first`, the last one unpadded.
 pub(crate) fn aligned(header: [&str; 4], rows: &[[String; 4]], numeric_first: bool) -> Vec<String> {

@@ -22,10 +22,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
-use tally_proto::rpc::{HistoryBody, NameBody};
+use tally_proto::limits::LIST_PAGE_MAX;
+use tally_proto::rpc::{HistoryBody, ListBody, NameBody};
 use tally_proto::{
-    ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey, Metadata, Presence,
-    Procedure, Update, ValueAnswer, WsError,
+    CounterList, ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey,
+    ListedCounter, Metadata, Presence, Procedure, Update, ValueAnswer, WsError,
 };
 
 use crate::connection::{Connection, ConnectionOptions};
@@ -385,6 +386,63 @@ impl Client {
         self.call(Procedure::GetPresence, &NameBody { name: name.to_owned() }).await
     }
 
+    /// One page of the counters this client may read whose names start with `prefix` (every
+    /// counter for `""`), in name order: up to `limit` (1..=1000, default 100) counters named
+    /// after `after`. Pass the page's `next` as `after` for the next page; a page may hold
+    /// fewer than `limit` counters and still have a `next`. `watchers` counts the answering
+    /// node's watchers only.
+    ///
+    /// ```no_run
+    /// # async fn example(client: tally_client::Client) -> Result<(), tally_client::ClientError> {
+    /// let page = client.list("likes:", None, Some(50)).await?;
+    /// for counter in &page.counters {
+    ///     println!("{} = {}", counter.name, counter.value);
+    /// }
+    /// if let Some(next) = &page.next {
+    ///     let _more = client.list("likes:", Some(next), Some(50)).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::increment`]; `invalid_limit` for a limit outside 1..=1000, `invalid_field`
+    /// for a prefix with a character no counter name may hold, `invalid_name` for an `after`
+    /// that is not a counter name.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<CounterList, ClientError> {
+        let body = ListBody {
+            prefix: (!prefix.is_empty()).then(|| prefix.to_owned()),
+            after: after.map(str::to_owned),
+            limit: limit.map(Number::from),
+        };
+        self.call(Procedure::List, &body).await
+    }
+
+    /// Every counter this client may read whose name starts with `prefix`, in name order,
+    /// following [`Client::list`]'s pages of the largest size to the end. Counters written or
+    /// deleted meanwhile may or may not be in it; none is in it twice.
+    ///
+    /// # Errors
+    /// As [`Client::list`].
+    pub async fn list_all(&self, prefix: &str) -> Result<Vec<ListedCounter>, ClientError> {
+        let mut counters = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list(prefix, after.as_deref(), Some(LIST_PAGE_MAX)).await?;
+            counters.extend(page.counters);
+            match page.next {
+                // The server's cursor only moves forward, so this ends.
+                Some(next) => after = Some(next),
+                None => return Ok(counters),
+            }
+        }
+    }
+
     /// One socket (`/ws`, protocol version 2) for many subscriptions and calls, with the
     /// default options; see [`Connection`].
     pub fn connect(&self) -> Connection {
@@ -497,6 +555,7 @@ impl Client {
                 | Procedure::GetMetadata
                 | Procedure::GetHistory
                 | Procedure::GetPresence
+                | Procedure::List
                 | Procedure::KeyList
         );
         let mut tried = 0;

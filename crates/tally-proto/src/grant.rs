@@ -184,6 +184,27 @@ impl NamePattern {
         self.prefix || rest.is_empty()
     }
 
+    /// The names this pattern covers for `subject`, as one literal: `Some((text, true))` for
+    /// every name starting with `text`, `Some((text, false))` for the name `text` alone, and
+    /// `None` for none (a `{sub}` pattern without a usable subject). The same names as
+    /// [`NamePattern::matches`], which lets a listing read only the names a grant covers.
+    pub fn covers(&self, subject: Option<&str>) -> Option<(String, bool)> {
+        let subject = subject.filter(|subject| {
+            !subject.is_empty()
+                && subject
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        });
+        let mut text = String::new();
+        for (index, part) in self.parts.iter().enumerate() {
+            if index > 0 {
+                text.push_str(subject?);
+            }
+            text.push_str(part);
+        }
+        Some((text, self.prefix))
+    }
+
     /// Whether this pattern covers every counter (`*`).
     pub fn is_everything(&self) -> bool {
         self.prefix && self.parts.len() == 1 && self.parts[0].is_empty()
@@ -365,6 +386,18 @@ mod tests {
         let all = NamePattern::parse("*").unwrap();
         assert!(all.is_everything() && all.matches("anything", None));
         assert!(!prefix.is_everything());
+    }
+
+    #[test]
+    fn covers_names_the_same_names_as_matches() {
+        let cover = |text: &str, subject| NamePattern::parse(text).unwrap().covers(subject);
+        assert_eq!(cover("likes", None), Some(("likes".into(), false)));
+        assert_eq!(cover("likes:*", None), Some(("likes:".into(), true)));
+        assert_eq!(cover("*", None), Some((String::new(), true)));
+        assert_eq!(cover("user:{sub}:*", Some("alice")), Some(("user:alice:".into(), true)));
+        assert_eq!(cover("user:{sub}", Some("alice")), Some(("user:alice".into(), false)));
+        assert_eq!(cover("user:{sub}:*", None), None);
+        assert_eq!(cover("user:{sub}:*", Some("a:b")), None);
     }
 
     #[test]

@@ -19,3 +19,9 @@ pub const HISTORY_PAGE_MAX: u32 = 1000;
 
 /// `getHistory`'s `limit` when the request has none.
 pub const HISTORY_PAGE_DEFAULT: u32 = 50;
+
+/// The range `counter.list`'s `limit` must fall in.
+pub const LIST_PAGE_MAX: u32 = 1000;
+
+/// `counter.list`'s `limit` when the request has none.
+pub const LIST_PAGE_DEFAULT: u32 = 100;

@@ -412,6 +412,35 @@ pub struct HistoryPage {
     pub next: Option<u64>,
 }
 
+/// One counter in the answer to `counter.list`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedCounter {
+    /// The counter's name.
+    pub name: String,
+    /// The committed value.
+    pub value: i64,
+    /// The committed version.
+    pub version: u64,
+    /// When the latest write was committed (RFC 3339 UTC with milliseconds).
+    pub updated_at: String,
+    /// Subscriptions to the counter on the node that answered (in a cluster, each node counts
+    /// its own; `getPresence` counts every node's).
+    pub watchers: u64,
+}
+
+/// The answer to `counter.list`: counters in name order.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterList {
+    /// The counters, in name order (byte order).
+    pub counters: Vec<ListedCounter>,
+    /// Present while more counters may follow: pass it as `after` to get the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,11 +8,14 @@ use serde_json::Number;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grant::{Action, Grant};
 use crate::keys::{KeyCreateBody, KeyNameBody, check_key_name};
-use crate::limits::{HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_SAFE_INTEGER};
+use crate::limits::{
+    HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX, MAX_SAFE_INTEGER,
+    NAME_MAX_BYTES,
+};
 use crate::message::OpKind;
-use crate::name::CounterName;
+use crate::name::{CounterName, NAME_RULE};
 
-/// The eight counter procedures and the three key procedures.
+/// The nine counter procedures and the three key procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Procedure {
     /// `counter.increment`
@@ -31,6 +34,8 @@ pub enum Procedure {
     GetHistory,
     /// `counter.getPresence`
     GetPresence,
+    /// `counter.list`: the counters the principal may read, by name prefix, in pages.
+    List,
     /// `key.create` (admin on every counter)
     KeyCreate,
     /// `key.list` (admin on every counter)
@@ -41,7 +46,7 @@ pub enum Procedure {
 
 impl Procedure {
     /// Every procedure, in documentation order.
-    pub const ALL: [Procedure; 11] = [
+    pub const ALL: [Procedure; 12] = [
         Procedure::Increment,
         Procedure::Decrement,
         Procedure::SetValue,
@@ -50,6 +55,7 @@ impl Procedure {
         Procedure::GetMetadata,
         Procedure::GetHistory,
         Procedure::GetPresence,
+        Procedure::List,
         Procedure::KeyCreate,
         Procedure::KeyList,
         Procedure::KeyRevoke,
@@ -66,7 +72,8 @@ impl Procedure {
             Procedure::GetValue
             | Procedure::GetMetadata
             | Procedure::GetHistory
-            | Procedure::GetPresence => Action::Read,
+            | Procedure::GetPresence
+            | Procedure::List => Action::Read,
             Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke => Action::Admin,
         }
     }
@@ -82,6 +89,7 @@ impl Procedure {
             Procedure::GetMetadata => "counter.getMetadata",
             Procedure::GetHistory => "counter.getHistory",
             Procedure::GetPresence => "counter.getPresence",
+            Procedure::List => "counter.list",
             Procedure::KeyCreate => "key.create",
             Procedure::KeyList => "key.list",
             Procedure::KeyRevoke => "key.revoke",
@@ -127,7 +135,7 @@ impl Procedure {
             Procedure::SetValue => {
                 codes.extend([ErrorCode::OutOfRange, ErrorCode::VersionConflict]);
             }
-            Procedure::GetHistory => codes.push(ErrorCode::InvalidLimit),
+            Procedure::GetHistory | Procedure::List => codes.push(ErrorCode::InvalidLimit),
             Procedure::Reset
             | Procedure::GetValue
             | Procedure::GetMetadata
@@ -249,6 +257,42 @@ pub struct HistoryBody {
     pub before: Option<Number>,
 }
 
+/// Body of `counter.list`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ListBody {
+    /// Only counters whose name starts with this (0 to 128 counter-name characters); every
+    /// counter when absent or empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "prefix_schema"))]
+    pub prefix: Option<String>,
+    /// Only counters whose name sorts after this one: the `next` of the previous page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "optional_name_schema"))]
+    pub after: Option<String>,
+    /// How many counters at most, 1..=1000; 100 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(with = "Option<u32>", range(min = 1, max = LIST_PAGE_MAX)))]
+    pub limit: Option<Number>,
+}
+
+#[cfg(feature = "schema")]
+fn prefix_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["string", "null"],
+        "maxLength": NAME_MAX_BYTES,
+        "pattern": "^[A-Za-z0-9_.:-]*$",
+    })
+}
+
+#[cfg(feature = "schema")]
+fn optional_name_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = crate::name::name_schema(generator);
+    schema.insert("type".into(), serde_json::json!(["string", "null"]));
+    schema
+}
+
 /// A validated change to a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -342,6 +386,15 @@ pub enum Request {
         /// Only versions below this one.
         before: Option<u64>,
     },
+    /// counter.list.
+    List {
+        /// Only names starting with this (empty: every name); checked against the name rule.
+        prefix: String,
+        /// Only names after this one.
+        after: Option<CounterName>,
+        /// How many counters at most (1..=1000).
+        limit: u32,
+    },
     /// key.create.
     KeyCreate {
         /// The key's name (checked against the key-name rule).
@@ -367,7 +420,10 @@ impl Request {
             | Request::GetMetadata { name }
             | Request::GetPresence { name }
             | Request::GetHistory { name, .. } => Some(name),
-            Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => None,
+            Request::List { .. }
+            | Request::KeyCreate { .. }
+            | Request::KeyList
+            | Request::KeyRevoke { .. } => None,
         }
     }
 
@@ -423,13 +479,31 @@ impl Request {
                 let name = CounterName::parse(&raw.name)?;
                 let limit = match &raw.limit {
                     None => HISTORY_PAGE_DEFAULT,
-                    Some(number) => history_limit(number)?,
+                    Some(number) => page_limit(number, HISTORY_PAGE_MAX)?,
                 };
                 let before = match &raw.before {
                     None => None,
                     Some(number) => Some(before(number)?),
                 };
                 Request::GetHistory { name, limit, before }
+            }
+            Procedure::List => {
+                let raw = list_body(from_json(body)?)?;
+                let prefix = list_prefix(raw.prefix.unwrap_or_default())?;
+                let after = match &raw.after {
+                    None => None,
+                    Some(after) => Some(CounterName::parse(after).map_err(|error| {
+                        ProtocolError::new(
+                            error.code,
+                            format!("after must be a counter name (the `next` of the previous page): {}", error.message),
+                        )
+                    })?),
+                };
+                let limit = match &raw.limit {
+                    None => LIST_PAGE_DEFAULT,
+                    Some(number) => page_limit(number, LIST_PAGE_MAX)?,
+                };
+                Request::List { prefix, after, limit }
             }
             Procedure::KeyCreate => {
                 let raw: KeyCreateBody = from_json(body)?;
@@ -521,18 +595,68 @@ fn amount(number: &Number) -> Result<i64, ProtocolError> {
     }
 }
 
-fn history_limit(number: &Number) -> Result<u32, ProtocolError> {
+fn page_limit(number: &Number, max: u32) -> Result<u32, ProtocolError> {
     let invalid = || {
         ProtocolError::new(
             ErrorCode::InvalidLimit,
-            format!("limit is {number}; allowed: a whole number from 1 to {HISTORY_PAGE_MAX}"),
+            format!("limit is {number}; allowed: a whole number from 1 to {max}"),
         )
     };
     let whole = integer("limit", number, ErrorCode::InvalidLimit).map_err(|_| invalid())?;
-    u32::try_from(whole)
-        .ok()
-        .filter(|limit| (1..=HISTORY_PAGE_MAX).contains(limit))
-        .ok_or_else(invalid)
+    u32::try_from(whole).ok().filter(|limit| (1..=max).contains(limit)).ok_or_else(invalid)
+}
+
+/// `counter.list`'s body, read field by field so that each wrong field is named with what it
+/// allows (and an array is not taken for an object, as serde would for a struct of options).
+fn list_body(value: serde_json::Value) -> Result<ListBody, ProtocolError> {
+    use serde_json::Value;
+    let invalid = |message: String| ProtocolError::new(ErrorCode::InvalidField, message);
+    let Value::Object(fields) = value else {
+        return Err(invalid(
+            "counter.list takes a JSON object with the optional fields prefix, after and limit"
+                .into(),
+        ));
+    };
+    let mut body = ListBody::default();
+    for (field, value) in fields {
+        match (field.as_str(), value) {
+            (_, Value::Null) if matches!(field.as_str(), "prefix" | "after" | "limit") => {}
+            ("prefix", Value::String(text)) => body.prefix = Some(text),
+            ("after", Value::String(text)) => body.after = Some(text),
+            ("limit", Value::Number(number)) => body.limit = Some(number),
+            ("prefix" | "after", other) => {
+                return Err(invalid(format!("{field} is {other}; allowed: a string")));
+            }
+            ("limit", other) => {
+                return Err(invalid(format!(
+                    "limit is {other}; allowed: a whole number from 1 to {LIST_PAGE_MAX}"
+                )));
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown field {field:?}; counter.list takes prefix, after and limit"
+                )));
+            }
+        }
+    }
+    Ok(body)
+}
+
+/// A list's name prefix: what may begin a counter name, or nothing.
+fn list_prefix(prefix: String) -> Result<String, ProtocolError> {
+    let invalid = |what: String| {
+        ProtocolError::new(
+            ErrorCode::InvalidField,
+            format!("prefix {what}; allowed: empty (every counter) or {NAME_RULE}"),
+        )
+    };
+    if prefix.len() > NAME_MAX_BYTES {
+        return Err(invalid(format!("is {} bytes long", prefix.len())));
+    }
+    if let Some(bad) = prefix.chars().find(|c| !crate::name::is_name_char(*c)) {
+        return Err(invalid(format!("{prefix:?} contains {bad:?}")));
+    }
+    Ok(prefix)
 }
 
 /// An `expectedVersion`: a whole number from 0 to 2^53 - 1.
@@ -640,6 +764,25 @@ mod tests {
             r#"{"name":"a","limit":1000,"before":7}"#,
             &Ok(Request::GetHistory { name: a(), limit: 1000, before: Some(7) }),
         );
+        check(
+            "counter.list",
+            r#"{}"#,
+            &Ok(Request::List { prefix: String::new(), after: None, limit: 100 }),
+        );
+        check(
+            "counter.list",
+            r#"{"prefix":"likes:","after":"likes:9","limit":1000}"#,
+            &Ok(Request::List {
+                prefix: "likes:".into(),
+                after: Some(name("likes:9")),
+                limit: 1000,
+            }),
+        );
+        check(
+            "counter.list",
+            r#"{"prefix":null,"after":null,"limit":null}"#,
+            &Ok(Request::List { prefix: String::new(), after: None, limit: 100 }),
+        );
     }
 
     #[test]
@@ -667,6 +810,20 @@ mod tests {
         check("counter.getHistory", r#"{"name":"a","limit":0}"#, &Err(InvalidLimit));
         check("counter.getHistory", r#"{"name":"a","limit":1001}"#, &Err(InvalidLimit));
         check("counter.getHistory", r#"{"name":"a","before":0}"#, &Err(InvalidField));
+        check("counter.list", r#"{"limit":0}"#, &Err(InvalidLimit));
+        check("counter.list", r#"{"limit":1001}"#, &Err(InvalidLimit));
+        check("counter.list", r#"{"limit":"5"}"#, &Err(InvalidField));
+        check("counter.list", r#"{"prefix":5}"#, &Err(InvalidField));
+        check("counter.list", r#"{"prefix":"a b"}"#, &Err(InvalidField));
+        check(
+            "counter.list",
+            &format!(r#"{{"prefix":"{}"}}"#, "x".repeat(129)),
+            &Err(InvalidField),
+        );
+        check("counter.list", r#"{"after":""}"#, &Err(InvalidName));
+        check("counter.list", r#"{"after":"a/b"}"#, &Err(InvalidName));
+        check("counter.list", r#"{"perfix":"a"}"#, &Err(InvalidField));
+        check("counter.list", r#"[]"#, &Err(InvalidField));
     }
 
     #[test]

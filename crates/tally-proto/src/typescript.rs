@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use crate::error::{ErrorCode, close};
 use crate::idempotency::{IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_KEY_RULE, IdempotencyKey};
 use crate::limits::{
-    HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, MAX_CLIENT_MESSAGE_BYTES, MAX_REQUEST_BODY_BYTES,
-    MAX_SAFE_INTEGER, NAME_MAX_BYTES,
+    HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX,
+    MAX_CLIENT_MESSAGE_BYTES, MAX_REQUEST_BODY_BYTES, MAX_SAFE_INTEGER, NAME_MAX_BYTES,
 };
 use crate::name::{NAME_PATTERN, NAME_RULE};
 use crate::socket::MAX_RATE_LIMIT;
@@ -102,7 +102,7 @@ fn render() -> String {
     .unwrap();
     writeln!(o).unwrap();
 
-    let numbers: [(&str, &str, String); 7] = [
+    let numbers: [(&str, &str, String); 9] = [
         (
             "MAX_SAFE_INTEGER",
             "Every value, amount and result stays within ±MAX_SAFE_INTEGER (2^53 − 1).",
@@ -124,6 +124,12 @@ fn render() -> String {
             "HISTORY_PAGE_DEFAULT",
             "`getHistory`'s `limit` when the request has none.",
             HISTORY_PAGE_DEFAULT.to_string(),
+        ),
+        ("LIST_PAGE_MAX", "The largest `limit` of `counter.list`.", LIST_PAGE_MAX.to_string()),
+        (
+            "LIST_PAGE_DEFAULT",
+            "`counter.list`'s `limit` when the request has none.",
+            LIST_PAGE_DEFAULT.to_string(),
         ),
         (
             "IDEMPOTENCY_KEY_MAX_BYTES",

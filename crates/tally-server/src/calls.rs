@@ -4,16 +4,17 @@
 
 use axum::body::Bytes;
 use serde::Serialize;
-use tally_proto::limits::HISTORY_PAGE_MAX;
+use tally_proto::limits::{HISTORY_PAGE_MAX, LIST_PAGE_MAX};
 use tally_proto::{
-    Action, CounterName, Entry, HistoryPage, IdempotencyKey, ProtocolError, Request, ValueAnswer,
+    Action, CounterList, CounterName, Entry, HistoryPage, IdempotencyKey, ListedCounter,
+    ProtocolError, Request, ValueAnswer,
 };
 
-use crate::access::Principal;
+use crate::access::{Principal, name_after};
 use crate::clock;
 use crate::counter::ApplyError;
 use crate::state::AppState;
-use crate::store::HistoryRecord;
+use crate::store::{HistoryRecord, NamedRecord};
 
 /// The rate meter's window: `opsLastMinute` counts the operations of the last minute.
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -77,6 +78,9 @@ pub(crate) async fn counter_call(
             let admin = permissions.allows(Action::Admin);
             json(&history_page(state, &name, limit, before, admin).await?)
         }
+        Request::List { prefix, after, limit } => {
+            json(&list_page(state, principal, &prefix, after.as_ref(), limit).await?)
+        }
         Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
             return Err(ProtocolError::new(
                 tally_proto::ErrorCode::UnknownProcedure,
@@ -112,6 +116,87 @@ async fn history_page(
     records.truncate(limit as usize);
     let next = if more { records.last().map(|record| record.version) } else { None };
     Ok(HistoryPage { entries: records.iter().map(|record| entry(record, admin)).collect(), next })
+}
+
+/// How many rows one listing reads at most, as a multiple of the rows it answers: rows it may
+/// not show are not read at all (the ranges come from the grants), so this only bounds a
+/// listing if that ever failed to hold; past it, the page ends early with a `next`.
+const LIST_SCAN_FACTOR: usize = 4;
+
+/// One page of `counter.list`: the counters named `prefix…` after `after` that `principal` may
+/// read, in name order, read from storage (only committed state is there, and every answered
+/// write is committed, so values are current without asking any actor) with this node's
+/// watcher counts.
+async fn list_page(
+    state: &AppState,
+    principal: &Principal,
+    prefix: &str,
+    after: Option<&CounterName>,
+    limit: u32,
+) -> Result<CounterList, ProtocolError> {
+    debug_assert!((1..=LIST_PAGE_MAX).contains(&limit));
+    let to_protocol = |error| ApplyError::from(error).to_protocol();
+    let ranges = state.access.list_ranges(principal, prefix)?;
+    let start_after = after.map(name_after);
+    // One more than asked tells whether more remain.
+    let want = limit as usize + 1;
+    let scan_budget = want * LIST_SCAN_FACTOR;
+    let (mut listed, mut scanned) = (Vec::with_capacity(want), 0usize);
+    // The last row read, shown or not: where the next page starts when this one ends early.
+    let mut last_read: Option<CounterName> = None;
+    'ranges: for range in ranges {
+        let mut start = match &start_after {
+            Some(first) if *first > range.start => first.clone(),
+            _ => range.start,
+        };
+        if range.end.as_ref().is_some_and(|end| *end <= start) {
+            continue;
+        }
+        loop {
+            let asked = want - listed.len();
+            // At most `LIST_PAGE_MAX + 1`, so the cast cannot truncate.
+            let rows = state
+                .store
+                .list(&start, range.end.as_deref(), asked as u32)
+                .await
+                .map_err(to_protocol)?;
+            let full = rows.len() == asked;
+            scanned += rows.len();
+            for row in rows {
+                last_read = Some(row.name.clone());
+                if state.access.may_list(principal, &row.name) {
+                    listed.push(row);
+                }
+            }
+            if listed.len() >= want {
+                break 'ranges;
+            }
+            if scanned >= scan_budget {
+                let next = last_read.map(|name| name.to_string());
+                return Ok(CounterList { counters: listed_counters(state, listed), next });
+            }
+            match (&last_read, full) {
+                (Some(last), true) => start = name_after(last),
+                _ => break,
+            }
+        }
+    }
+    let more = listed.len() > limit as usize;
+    listed.truncate(limit as usize);
+    let next = if more { listed.last().map(|row| row.name.to_string()) } else { None };
+    Ok(CounterList { counters: listed_counters(state, listed), next })
+}
+
+fn listed_counters(state: &AppState, rows: Vec<NamedRecord>) -> Vec<ListedCounter> {
+    rows.into_iter()
+        .map(|row| ListedCounter {
+            watchers: state.registry.watchers(&row.name) as u64,
+            name: row.name.to_string(),
+            value: row.record.value,
+            version: row.record.version,
+            updated_at: clock::format_ms(row.record.updated_at_ms),
+        })
+        .collect()
 }
 
 /// A history entry as answered: with `by` only for principals with `admin` on the counter.

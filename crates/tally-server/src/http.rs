@@ -120,7 +120,8 @@ async fn answer_rpc(
         | Request::GetValue { .. }
         | Request::GetMetadata { .. }
         | Request::GetPresence { .. }
-        | Request::GetHistory { .. }) => {
+        | Request::GetHistory { .. }
+        | Request::List { .. }) => {
             json_bytes(calls::counter_call(state, &principal, action, request, key.as_ref()).await?)
         }
         Request::KeyCreate { name, grants } => {

@@ -12,10 +12,10 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
-use tally_proto::rpc::{AmountBody, HistoryBody, NameBody, SetValueBody};
+use tally_proto::rpc::{AmountBody, HistoryBody, ListBody, NameBody, SetValueBody};
 use tally_proto::{
-    ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Readiness, Update,
-    ValueAnswer,
+    CounterList, ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Readiness,
+    Update, ValueAnswer,
 };
 
 /// The whole OpenAPI document.
@@ -97,6 +97,7 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetMetadata => pair::<NameBody, Metadata>(generator),
         Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
         Procedure::GetPresence => pair::<NameBody, Presence>(generator),
+        Procedure::List => pair::<ListBody, CounterList>(generator),
         Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
         Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
         Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
@@ -160,6 +161,9 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetMetadata => "The counter's metadata",
         Procedure::GetHistory => "One page of history, newest first",
         Procedure::GetPresence => "How many watch the counter now (watchers and distinct users)",
+        Procedure::List => {
+            "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after); watchers are this node's"
+        }
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",
         Procedure::KeyRevoke => "Revoke an API key at once (admin on every counter)",
@@ -183,6 +187,15 @@ mod tests {
         assert_eq!(amount["maximum"], tally_proto::limits::MAX_SAFE_INTEGER, "{amount}");
         assert_eq!(schemas["AmountBody"]["additionalProperties"], false);
         assert_eq!(schemas["NameBody"]["properties"]["name"]["maxLength"], 128);
+        let list = &schemas["ListBody"]["properties"];
+        assert_eq!(
+            (&list["limit"]["minimum"], &list["limit"]["maximum"]),
+            (&json!(1), &json!(1000))
+        );
+        assert_eq!(list["prefix"]["maxLength"], 128);
+        assert_eq!(schemas["ListBody"]["additionalProperties"], false);
+        let listed = &schemas["ListedCounter"]["required"];
+        assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!("watchers"))));
         let increment = &doc["paths"]["/rpc/counter.increment"]["post"]["responses"];
         assert!(
             increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))

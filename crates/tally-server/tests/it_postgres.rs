@@ -20,6 +20,8 @@ mod hibernation;
 mod idempotency;
 #[path = "it/limits.rs"]
 mod limits;
+#[path = "it/list.rs"]
+mod list;
 #[path = "it/origins.rs"]
 mod origins;
 #[path = "it/page.rs"]

@@ -502,6 +502,46 @@ async fn history_all_pages_through_every_entry() {
     assert_eq!(lines.iter().filter(|line| line.starts_with("VERSION")).count(), 1);
 }
 
+#[tokio::test]
+async fn list_prints_a_table_by_prefix_and_pages_with_all() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    for index in 0..12 {
+        server
+            .ok("increment", json!({"name": format!("likes:{index:02}"), "amount": index + 1}))
+            .await;
+    }
+    server.ok("increment", json!({"name": "votes:a"})).await;
+
+    let table = run_ok(&url, &["list", "likes:", "--all", "--limit", "5"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 13, "one header and 12 rows:\n{table}");
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("WATCHERS"), "{table}");
+    assert!(lines[1].starts_with("likes:00") && lines[1].contains("1 (v1)"), "{table}");
+    assert!(lines[12].starts_with("likes:11") && lines[12].contains("12 (v1)"), "{table}");
+
+    // One page: the counters on stdout, how to get the next page on stderr.
+    let ran = run(&url, &["--json", "list", "--limit", "10"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let listed = json_lines(&ran.stdout);
+    let names: Vec<&str> =
+        listed.iter().map(|counter| counter["name"].as_str().expect("name")).collect();
+    assert_eq!(names, (0..10).map(|index| format!("likes:{index:02}")).collect::<Vec<_>>());
+    assert_eq!(listed[3]["value"], 4);
+    assert_eq!(ran.stderr, "(more: tally list --after likes:09, or --all)\n");
+    let rest = json_lines(&run_ok(&url, &["--json", "list", "--after", "likes:09"]));
+    assert_eq!(rest.len(), 3);
+    assert_eq!(rest[2]["name"], "votes:a");
+
+    assert_eq!(run_ok(&url, &["list", "nothing:"]), "no counters named nothing:…\n");
+    let error = run_err(&url, &["list", "bad prefix"], 1);
+    assert!(error.contains("prefix") && error.contains("allowed"), "{error}");
+    let ran = run(&url, &["list", "--limit", "0"]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("1..=1000"), "{ran:?}");
+}
+
 #[test]
 fn watch_of_an_unreachable_server_exits_3_instead_of_waiting() {
     let addr = {

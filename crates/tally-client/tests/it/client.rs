@@ -86,6 +86,41 @@ async fn a_write_expecting_a_version_applies_or_says_where_the_counter_is() {
 }
 
 #[tokio::test]
+async fn list_pages_through_counters_by_prefix_and_list_all_follows_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}/")).expect("client");
+    for index in 0..5 {
+        client.increment(&format!("likes:{index}"), index + 1).await.expect("increment");
+    }
+    client.increment("votes:1", 1).await.expect("increment");
+
+    let first = client.list("likes:", None, Some(2)).await.expect("list");
+    let names: Vec<&str> = first.counters.iter().map(|counter| counter.name.as_str()).collect();
+    assert_eq!(names, ["likes:0", "likes:1"]);
+    assert_eq!((first.counters[1].value, first.counters[1].version), (2, 1));
+    assert_eq!(first.next.as_deref(), Some("likes:1"));
+    let second = client.list("likes:", first.next.as_deref(), Some(2)).await.expect("list");
+    assert_eq!(second.counters[0].name, "likes:2");
+
+    let all = client.list_all("").await.expect("list all");
+    let names: Vec<&str> = all.iter().map(|counter| counter.name.as_str()).collect();
+    assert_eq!(names, ["likes:0", "likes:1", "likes:2", "likes:3", "likes:4", "votes:1"]);
+    assert_eq!(client.list_all("votes:").await.expect("list all").len(), 1);
+
+    match client.list("", None, Some(0)).await {
+        Err(ClientError::Rejected { status, code, message, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "invalid_limit"));
+            assert!(message.contains("1 to 1000"), "{message}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let error = client.list("bad prefix", None, None).await.expect_err("bad prefix");
+    assert_eq!(error.code(), Some("invalid_field"));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_watch_survives_a_server_restart_with_no_gap_or_duplicate() {
     let dir = tempfile::tempdir().expect("dir");
     let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;

@@ -7,6 +7,7 @@
 
 pub mod jwt;
 mod keys;
+mod list;
 mod rate;
 
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use tally_proto::{Action, CounterName, ErrorCode, Grant, Op, Permissions, Protoc
 pub use jwt::{JwtConfig, JwtKeyError, MIN_SECRET_BYTES};
 pub(crate) use keys::KeyRing;
 pub use keys::new_key;
+pub(crate) use list::after as name_after;
 pub(crate) use rate::RateKey;
 use rate::WriteLimiter;
 

@@ -176,6 +176,15 @@ impl Store for Faulty {
         self.inner().recent_operations(name, since_ms).await
     }
 
+    async fn list(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::store::NamedRecord>, StoreError> {
+        self.inner().list(start, end, limit).await
+    }
+
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner().keys().await
     }

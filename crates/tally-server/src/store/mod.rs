@@ -94,6 +94,19 @@ pub struct CounterRecord {
     pub updated_at_ms: i64,
 }
 
+/// A stored counter with its name: one row of [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedRecord {
+    /// The counter's name.
+    pub name: CounterName,
+    /// What is stored of it.
+    pub record: CounterRecord,
+}
+
+/// Greater than every counter name, whose characters are all ASCII below `{`: the end of a
+/// [`Store::list`] range that has no end of its own.
+pub(crate) const NAMES_END: &str = "{";
+
 /// One operation in a counter's history.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRecord {
@@ -409,6 +422,19 @@ pub trait Store: Send + Sync + 'static {
     /// When storage cannot be read.
     async fn recent_operations(&self, name: &CounterName, since_ms: i64)
     -> Result<u64, StoreError>;
+
+    /// Up to `limit` stored counters whose names fall in `start..end` (byte order; no end
+    /// when `None`), in name order, with their committed state. An index range, so a page
+    /// costs what it returns however many counters there are.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    async fn list(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NamedRecord>, StoreError>;
 
     /// Every API key, revoked ones too, oldest first.
     ///

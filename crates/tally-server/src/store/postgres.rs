@@ -29,8 +29,8 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
-    quota_exceeded,
+    KeyRecord, LoadedCounter, NAMES_END, NamedRecord, Quotas, Readiness, Retention, Store,
+    StoreError, StoreMetrics, quota_exceeded,
 };
 
 /// The channel every node listens on for committed changes: the payload is the counter's name,
@@ -126,6 +126,11 @@ CREATE UNLOGGED TABLE presence (
 );
 CREATE INDEX presence_changes ON presence (node, version);
 CREATE INDEX presence_zeros ON presence (node, changed_at) WHERE watchers = 0;
+",
+    // 3: counters in byte order, for `counter.list`'s prefix ranges: the UNIQUE index on
+    // `name` sorts by the database's collation, which may be a locale's.
+    "
+CREATE INDEX counters_name_bytes ON counters (name COLLATE \"C\");
 ",
 ];
 
@@ -1004,6 +1009,46 @@ impl Store for PostgresStore {
             .await?;
         let count: i64 = row.get(0);
         Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    async fn list(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NamedRecord>, StoreError> {
+        let client = self.reader().await?;
+        // `COLLATE "C"` compares bytes, as SQLite does, whatever the database's collation (a
+        // locale's would sort `:` and `-` by other rules and break the prefix range); the
+        // index `counters_name_bytes` (migration 3) serves exactly this expression.
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT name, id, value, version, created_at_ms, updated_at_ms FROM counters
+                         WHERE name COLLATE \"C\" >= $1 AND name COLLATE \"C\" < $2
+                         ORDER BY name COLLATE \"C\" LIMIT $3",
+                    )
+                    .await?,
+                &[&start, &end.unwrap_or(NAMES_END), &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.try_get(0)?;
+                let name = CounterName::parse(&name).map_err(|error| {
+                    StoreError::Backend(format!("stored counter name {name:?}: {error}").into())
+                })?;
+                let record = CounterRecord {
+                    id: row.try_get(1)?,
+                    value: row.try_get(2)?,
+                    version: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
+                    created_at_ms: row.try_get(4)?,
+                    updated_at_ms: row.try_get(5)?,
+                };
+                Ok(NamedRecord { name, record })
+            })
+            .collect()
     }
 
     async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, Quotas, Readiness, Retention, Store, StoreError, StoreMetrics,
-    quota_exceeded,
+    KeyRecord, LoadedCounter, NAMES_END, NamedRecord, Quotas, Readiness, Retention, Store,
+    StoreError, StoreMetrics, quota_exceeded,
 };
 
 /// Marks a SQLite file as Tally's ("TALY"), so that a foreign database is never written to.
@@ -966,6 +966,43 @@ impl Store for SqliteStore {
                  ) WHERE at_ms >= ?2",
             )?
             .query_row(params![name.as_str(), since_ms, super::RECENT_SCAN], |row| row.get(0))
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        start: &str,
+        end: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<NamedRecord>, StoreError> {
+        let (start, end) = (start.to_owned(), end.unwrap_or(NAMES_END).to_owned());
+        self.read(move |conn| {
+            // `name` is UNIQUE, so its index (BINARY collation: byte order) serves the range
+            // and the order; both bounds are parameters, never text spliced into a pattern.
+            conn.prepare_cached(
+                "SELECT name, id, value, version, created_at_ms, updated_at_ms FROM counters
+                 WHERE name >= ?1 AND name < ?2 ORDER BY name LIMIT ?3",
+            )?
+            .query_map(params![start, end, limit], |row| {
+                let name: String = row.get(0)?;
+                let name = CounterName::parse(&name).map_err(|error| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(error),
+                    )
+                })?;
+                let record = CounterRecord {
+                    id: row.get(1)?,
+                    value: row.get(2)?,
+                    version: row.get(3)?,
+                    created_at_ms: row.get(4)?,
+                    updated_at_ms: row.get(5)?,
+                };
+                Ok(NamedRecord { name, record })
+            })?
+            .collect()
         })
         .await
     }

@@ -10,6 +10,7 @@ mod harness;
 mod hibernation;
 mod idempotency;
 mod limits;
+mod list;
 mod origins;
 mod page;
 mod postgres;

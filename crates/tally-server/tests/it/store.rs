@@ -290,3 +290,52 @@ async fn the_writer_deletes_records_past_the_window() {
     assert_eq!(store.stored_records().await, 1);
     assert_eq!(remembered(&*store, "new", EVERY_KEY).await, [("k".into(), 1)]);
 }
+
+/// `list` reads a name range in byte order with each counter's committed state: the range's
+/// start is in it, its end is not, and names that only look alike under a locale's rules
+/// (`:`, `-`, `.`, upper and lower case) stay where bytes put them.
+#[tokio::test]
+async fn list_reads_a_name_range_in_byte_order_with_committed_state() {
+    let store = TestStore::open(SqliteOptions::default()).await;
+    let names =
+        ["likes", "likes-x", "likes.x", "likes:", "likes:a", "likes:b", "likes_", "LIKES:a", "z"];
+    let mut pending = Vec::new();
+    for (index, counter) in names.iter().enumerate() {
+        // Counter i holds i+1 increments by 1.
+        pending
+            .push(store.append(increments(counter, 0, index as u64 + 1, 1)).await.expect("queued"));
+    }
+    for committing in pending {
+        committing.await.expect("stored");
+    }
+    let listed = |start: &'static str, end: Option<&'static str>, limit| {
+        let store = &store;
+        async move {
+            let rows = store.list(start, end, limit).await.expect("list");
+            rows.iter()
+                .map(|row| (row.name.to_string(), row.record.value, row.record.version))
+                .collect::<Vec<_>>()
+        }
+    };
+    let everything: Vec<String> =
+        listed("", None, 100).await.into_iter().map(|row| row.0).collect();
+    let mut sorted: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    sorted.sort();
+    assert_eq!(everything, sorted, "byte order, every counter");
+    assert_eq!(sorted[0], "LIKES:a", "upper case sorts before lower case in bytes");
+
+    // The prefix `likes:` is the range `likes:`..`likes;`.
+    assert_eq!(
+        listed("likes:", Some("likes;"), 100).await,
+        [("likes:".into(), 4, 4), ("likes:a".into(), 5, 5), ("likes:b".into(), 6, 6)]
+    );
+    // A limit, and a start after a name (`likes:a` followed by `-`, the smallest character).
+    assert_eq!(listed("likes:", Some("likes;"), 1).await, [("likes:".into(), 4, 4)]);
+    assert_eq!(listed("likes:a-", Some("likes;"), 100).await, [("likes:b".into(), 6, 6)]);
+    // One name alone is the range up to it followed by `-`.
+    assert_eq!(listed("likes", Some("likes-"), 100).await, [("likes".into(), 1, 1)]);
+    assert!(listed("nothing:", Some("nothing;"), 100).await.is_empty());
+    // The value is the committed one after later writes.
+    store.append(increments("z", 9, 1, 1)).await.expect("queued").await.expect("stored");
+    assert_eq!(listed("z", None, 100).await, [("z".into(), 10, 10)]);
+}

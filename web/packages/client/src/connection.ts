@@ -250,7 +250,9 @@ export class TallyConnection {
     const overHttp = () =>
       this.client.callOverHttp(procedure, request, httpOptions) as Promise<unknown>;
     if (this.#state.status === "stopped") {
-      const answer = key !== undefined ? this.track(request.name, overHttp()) : overHttp();
+      // Only writes have a key, and every write names its counter.
+      const name = (request as { name?: string }).name ?? "";
+      const answer = key !== undefined ? this.track(name, overHttp()) : overHttp();
       return (await answer) as Procedures[P]["answer"];
     }
     const answer = this.#calls.make(

@@ -98,6 +98,27 @@ export interface HistoryPage {
   next?: number;
 }
 
+/** One counter in the answer to `counter.list`. */
+export interface ListedCounter {
+  name: string;
+  /** The committed value and version. */
+  value: number;
+  version: number;
+  /** When the latest write was committed. */
+  updatedAt: string;
+  /** Subscriptions on the server that answered (in a cluster, each node counts its own). */
+  watchers: number;
+}
+
+/**
+ * The answer to `counter.list`: the counters the principal may read, in name order; `next` is
+ * present while more may follow (pass it as `after`). A page may hold fewer than `limit`.
+ */
+export interface CounterList {
+  counters: ListedCounter[];
+  next?: string;
+}
+
 /** The first message of a watch without `since`, or of a resume that could not be served (`resync`). */
 export interface SnapshotMessage {
   type: "snapshot";
@@ -149,7 +170,7 @@ export interface ErrorBody {
   };
 }
 
-/** The seven RPC procedures, with their request bodies and answers. */
+/** The RPC counter procedures this client calls, with their request bodies and answers. */
 export interface Procedures {
   increment: {
     request: { name: string; amount?: number; expectedVersion?: number };
@@ -166,6 +187,10 @@ export interface Procedures {
   getHistory: {
     request: { name: string; limit?: number; before?: number };
     answer: HistoryPage;
+  };
+  list: {
+    request: { prefix?: string; after?: string; limit?: number };
+    answer: CounterList;
   };
 }
 

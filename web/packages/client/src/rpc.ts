@@ -18,6 +18,7 @@ import { TallyConnectionError, TallyError } from "./errors.js";
 
 export { TallyConnectionError, TallyError };
 import type {
+  CounterList,
   ErrorBody,
   HistoryPage,
   Metadata,
@@ -256,6 +257,19 @@ export class TallyClient {
     options?: CallOptions,
   ): Promise<HistoryPage> {
     return this.call("getHistory", { name, ...page }, options);
+  }
+
+  /**
+   * One page of the counters this client may read, in name order: those whose name starts with
+   * `prefix` (all when absent), after `after` (the `next` of the previous page), at most `limit`
+   * (1 to 1000, default 100). A page may hold fewer than `limit` and still have a `next`.
+   * `watchers` counts the answering server's subscriptions only.
+   */
+  list(
+    page: { prefix?: string; after?: string; limit?: number } = {},
+    options?: CallOptions,
+  ): Promise<CounterList> {
+    return this.call("list", page, options);
   }
 
   /**

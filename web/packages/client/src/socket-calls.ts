@@ -38,8 +38,8 @@ interface SocketCall extends QueuedCall {
 /** One call to make. */
 export interface CallRequest {
   procedure: Procedure;
-  /** The RPC body: `name` and the procedure's fields. */
-  body: Readonly<Record<string, unknown>> & { name: string };
+  /** The RPC body: `name` (every procedure but `list`) and the procedure's fields. */
+  body: Readonly<Record<string, unknown>> & { name?: string };
   /** A write's idempotency key; undefined for a read. */
   key: string | undefined;
   signal: AbortSignal | undefined;
@@ -116,7 +116,7 @@ export class SocketCalls {
         procedure,
         body,
         key,
-        counter: write ? body.name : null,
+        counter: write ? (body.name ?? null) : null,
         barrier: procedure === "setValue" || procedure === "reset",
         id: null,
         notBefore: 0,

@@ -79,6 +79,12 @@ export const HISTORY_PAGE_MAX = 1000;
 /** `getHistory`'s `limit` when the request has none. */
 export const HISTORY_PAGE_DEFAULT = 50;
 
+/** The largest `limit` of `counter.list`. */
+export const LIST_PAGE_MAX = 1000;
+
+/** `counter.list`'s `limit` when the request has none. */
+export const LIST_PAGE_DEFAULT = 100;
+
 /** The longest idempotency key, in bytes. */
 export const IDEMPOTENCY_KEY_MAX_BYTES = 128;
 
