@@ -95,10 +95,14 @@ pub(crate) fn metadata_lines(metadata: &Metadata) -> Vec<String> {
         (Some(created), Some(updated)) => vec![
             format!("{}: {}", metadata.name, metadata.value),
             format!(
-                "  version {}, created {}, updated {}",
+                "  version {}, created {}, updated {}{}",
                 metadata.operation_count,
                 local_time(created),
-                local_time(updated)
+                local_time(updated),
+                metadata
+                    .ops_last_minute
+                    .map(|count| format!(", {count} in the last minute"))
+                    .unwrap_or_default(),
             ),
         ],
         _ => vec![format!("{}: {}  (never written)", metadata.name, metadata.value)],

@@ -327,6 +327,7 @@ fn each_change_prints_old_and_new_value_with_the_version() {
     assert_eq!(lines[0], "likes: -8");
     assert!(lines[1].starts_with("  version 8, created 20"), "{get}");
     assert!(lines[1].contains(", updated 20"), "{get}");
+    assert!(lines[1].ends_with(", 8 in the last minute"), "{get}");
     assert_eq!(run_ok(&url, &["get", "nothing"]), "nothing: 0  (never written)\n");
 
     // TALLY_URL stands in for --url.
