@@ -25,7 +25,8 @@
 //!   nodes sharing a PostgreSQL database.
 //! - [`counter`]: the actor that alone changes a counter: batches, commits, broadcasts, answers.
 //! - [`framing`]: an update's JSON, serialized once for every watcher and replay.
-//! - [`store`]: the storage interface and its SQLite implementation (the only SQL).
+//! - [`store`]: the storage interface, its SQLite and PostgreSQL implementations, write
+//!   health for `/readyz`, `tally backup`, `tally export`/`import` (the only SQL).
 //! - [`metrics`]: what is counted for `/metrics`.
 //! - `log_limit`: storage-failure log lines, at most one per kind per second.
 //! - [`config`], [`shutdown`], `clock`: settings, the stop signal, timestamps.
