@@ -145,10 +145,18 @@ async fn a_resume_on_another_node_replays_what_was_missed() {
     for _ in 0..5 {
         nodes[0].increment("moved", 1).await;
     }
-    // A watcher of node 0 saw version 2, then lost its node; it resumes on node 1.
-    let mut watcher = nodes[1].watch_since("moved", 2).await;
+    // A watcher of node 0 saw version 2 (with node 0's epoch, the database's), then lost its
+    // node; it resumes on node 1 naming that epoch, which every node of the database shares.
+    let mut first = nodes[0].watch("moved").await;
+    let epoch = match first.next().await {
+        ServerMessage::Snapshot(snapshot) => snapshot.epoch.expect("an epoch"),
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    first.close().await;
+    let url = format!("ws://{}/ws/counter/moved?since=2&epoch={epoch}", nodes[1].addr);
+    let mut watcher = Watcher::connect(&url).await;
     match watcher.next().await {
-        ServerMessage::Resumed(_) => {}
+        ServerMessage::Resumed(resumed) => assert_eq!(resumed.epoch, Some(epoch)),
         other => panic!("expected a resumed marker, got {other:?}"),
     }
     assert_eq!(versions_until(&mut watcher, 5).await, [3, 4, 5]);
