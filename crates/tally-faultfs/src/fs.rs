@@ -49,6 +49,12 @@ pub(crate) struct Node {
     pub(crate) unsynced: Option<Unsynced>,
 }
 
+impl Node {
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+}
+
 impl State {
     pub(crate) fn new(backing: PathBuf) -> Self {
         let mut state = Self {

@@ -37,13 +37,17 @@ pub enum MountError {
     Mount { mount_point: PathBuf, source: std::io::Error },
 }
 
-/// What a power cut dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a power cut dropped: each file that had unsynced data (its path in the backing
+/// folder, or `None` if it was unlinked), with the bytes lost, in whole 4 KiB blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CutReport {
-    /// Files that had unsynced data or size changes.
-    pub files: usize,
-    /// Unsynced data lost, in whole 4 KiB blocks.
-    pub bytes: u64,
+    pub dropped: Vec<(Option<PathBuf>, u64)>,
+}
+
+impl CutReport {
+    pub fn bytes(&self) -> u64 {
+        self.dropped.iter().map(|(_, bytes)| bytes).sum()
+    }
 }
 
 /// A mounted lazy file system. Dropping it cuts the power too.
@@ -96,17 +100,21 @@ impl LazyFs {
     }
 
     fn cut(&mut self) -> CutReport {
-        let mut report = CutReport { files: 0, bytes: 0 };
+        let mut report = CutReport::default();
         {
             let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             state.cut = true;
             for node in state.nodes.values_mut() {
-                if let Some(unsynced) = node.unsynced.take() {
-                    report.files += usize::from(unsynced.held_bytes() > 0);
-                    report.bytes += unsynced.held_bytes();
+                if let Some(unsynced) = node.unsynced.take()
+                    && unsynced.held_bytes() > 0
+                {
+                    report
+                        .dropped
+                        .push((node.path().map(Path::to_path_buf), unsynced.held_bytes()));
                 }
             }
         }
+        report.dropped.sort();
         if let Some(session) = self.session.take()
             && session.umount_and_join().is_err()
         {
@@ -165,7 +173,8 @@ mod tests {
         assert!(lazy.unsynced_bytes() > 0);
 
         let report = lazy.power_cut();
-        assert_eq!(report.files, 2, "{report:?}");
+        let names: Vec<_> = report.dropped.iter().map(|(path, _)| path.clone()).collect();
+        assert_eq!(names, [Some("never".into()), Some("synced".into())], "{report:?}");
         let backing = dir.path().join("backing");
         assert_eq!(std::fs::read(backing.join("synced")).expect("read"), vec![1; 10_000]);
         // Its entry was made at once (metadata is not volatile), its data never reached it.
