@@ -213,6 +213,20 @@ impl LazyFsImpl {
         if state.cut { Err(Errno::EIO) } else { Ok(state) }
     }
 
+    /// unlink or rmdir (`remove`) at once on the backing folder; an open file's inode lives on.
+    fn remove(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(PathBuf) -> io::Result<()>,
+    ) -> Result<(), Errno> {
+        let mut state = self.live()?;
+        let path = state.child(parent, name)?;
+        remove(state.backing.join(&path)).map_err(errno)?;
+        state.detach(&path);
+        Ok(())
+    }
+
     fn entry(
         &self,
         path_of: impl FnOnce(&State) -> Result<PathBuf, Errno>,
@@ -325,23 +339,11 @@ impl Filesystem for LazyFsImpl {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.live().and_then(|mut state| {
-            let path = state.child(parent, name)?;
-            fs::remove_file(state.backing.join(&path)).map_err(errno)?;
-            state.detach(&path);
-            Ok(())
-        });
-        reply_empty(reply, result);
+        reply_empty(reply, self.remove(parent, name, fs::remove_file));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let result = self.live().and_then(|mut state| {
-            let path = state.child(parent, name)?;
-            fs::remove_dir(state.backing.join(&path)).map_err(errno)?;
-            state.detach(&path);
-            Ok(())
-        });
-        reply_empty(reply, result);
+        reply_empty(reply, self.remove(parent, name, fs::remove_dir));
     }
 
     fn rename(
