@@ -2,9 +2,12 @@
 //! [`Unsynced`] until the file is fsynced.
 //!
 //! Metadata (create, unlink, rename, mkdir, mode, times) goes to the backing folder at once:
-//! only file data and sizes are volatile. That is a disk whose journal keeps directory entries,
-//! which every journaling file system gives SQLite in practice; SQLite syncs the folder after
-//! creating a file anyway, so this leaves out a fault SQLite already guards against.
+//! only file data and sizes are volatile. That leaves out lost directory entries, which SQLite
+//! guards against itself: it syncs the folder at the first sync of a WAL or journal it created.
+//!
+//! One mutex holds the whole state, and an fsync keeps it through the real sync of the backing
+//! file, so a power cut comes either before an fsync (which then fails) or after it (whose data
+//! is then kept): never in the middle of one that is answered success.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
