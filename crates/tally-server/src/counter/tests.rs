@@ -31,6 +31,8 @@ impl Home for TestHome {
     fn topic(&self, _name: &CounterName, version: u64) -> Arc<Topic> {
         Topic::new(16, version)
     }
+
+    fn deleted(&self, _name: &CounterName, _epoch: Option<u64>) {}
 }
 
 /// A commit held back in `Faulty`, with whether it is to fail.
@@ -148,6 +150,10 @@ impl Store for Faulty {
             None => self.forward(batch, respond_to, fail).await,
         }
         Ok(Committing::new(answer))
+    }
+
+    async fn delete(&self, name: &CounterName) -> Result<crate::store::DeleteOutcome, StoreError> {
+        self.inner().delete(name).await
     }
 
     async fn history(

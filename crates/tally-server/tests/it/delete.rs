@@ -1,0 +1,240 @@
+//! `counter.delete` against a real server (both stores): the counter's value, history and
+//! idempotency records go, its watchers are told (a v2 `unsubscribed` push, a v1 close with
+//! 4004), a later write starts it at version 1 under a new epoch, so a resume of the old
+//! history gets a `resync`; only `admin` may delete, and refusals change nothing.
+
+use serde_json::{Value, json};
+use tally_proto::socket::Frame;
+use tally_proto::{Epoch, ServerMessage, close};
+
+use crate::harness::{Ended, TestServer, Watcher};
+
+/// An increment of `name` by 1 with `key` as its Idempotency-Key; the answer's version.
+async fn keyed_increment(server: &TestServer, name: &str, key: &str) -> u64 {
+    let response = reqwest::Client::new()
+        .post(server.url("/rpc/counter.increment"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(json!({"name": name}).to_string())
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().await.expect("JSON");
+    answer["version"].as_u64().expect("version")
+}
+
+/// POSTs `counter.delete` for `name` with an optional bearer `credential`.
+async fn delete(server: &TestServer, body: Value, credential: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(server.url("/rpc/counter.delete"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(credential) = credential {
+        request = request.bearer_auth(credential);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON answer: {text}")))
+}
+
+/// A v1 watch of `name` and the epoch its snapshot names, with its version.
+async fn watch_with_epoch(server: &TestServer, name: &str) -> (Watcher, Epoch, u64) {
+    let mut watcher = server.watch(name).await;
+    match watcher.next().await {
+        ServerMessage::Snapshot(snapshot) => {
+            let epoch = snapshot.epoch.expect("a snapshot names its epoch");
+            (watcher, epoch, snapshot.version)
+        }
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+/// A v2 socket subscribed to `name` (its snapshot read).
+async fn subscribed(server: &TestServer, name: &str) -> Watcher {
+    let mut socket = server.socket().await;
+    socket.send_text(&json!({"id": 1, "type": "subscribe", "name": name}).to_string()).await;
+    match socket.next_frame().await {
+        Frame::Snapshot { id: Some(1), .. } => socket,
+        other => panic!("expected the snapshot, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_counter_is_gone_its_watchers_are_told_and_it_starts_again_at_version_1() {
+    let server = TestServer::start().await;
+    for _ in 0..4 {
+        server.increment("doomed", 1).await;
+    }
+    assert_eq!(keyed_increment(&server, "doomed", "key-1").await, 5);
+    server.increment("kept", 3).await;
+    let (mut v1, old_epoch, version) = watch_with_epoch(&server, "doomed").await;
+    assert_eq!(version, 5);
+    let mut v2 = subscribed(&server, "doomed").await;
+
+    let (status, answer) = delete(&server, json!({"name": "doomed"}), None).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"name": "doomed", "deleted": true, "version": 5}));
+
+    match v2.next_frame().await {
+        Frame::Unsubscribed { id: None, name, code, reason } => {
+            assert_eq!((name.as_str(), code.as_deref()), ("doomed", Some("counter_deleted")));
+            assert!(reason.is_some_and(|reason| reason.contains("doomed")));
+        }
+        other => panic!("expected the unsubscribed push, got {other:?}"),
+    }
+    assert_eq!(v1.ended().await, Ended::Closed(close::COUNTER_DELETED));
+
+    // Nothing of it is left, and nothing of the other counter went.
+    assert_eq!(server.value("doomed").await, (0, 0));
+    let history = server.ok("getHistory", json!({"name": "doomed"})).await;
+    assert_eq!(history["entries"], json!([]));
+    assert_eq!(server.stored_rows("history").await, 1, "only kept's");
+    assert_eq!(server.stored_rows("idempotency").await, 0);
+    assert_eq!(server.stored_rows("counters").await, 1);
+    assert_eq!(server.value("kept").await, (3, 1));
+    let presence = server.ok("getPresence", json!({"name": "doomed"})).await;
+    assert_eq!(presence["watchers"], 0, "its watchers were unsubscribed: {presence}");
+
+    // The key used before counts again, and versions start at 1.
+    assert_eq!(keyed_increment(&server, "doomed", "key-1").await, 1);
+    assert_eq!(server.increment("doomed", 1).await["version"], 2);
+    assert_eq!(server.value("doomed").await, (2, 2));
+
+    // A resume of the old history (version 5 of the old epoch) gets a resync snapshot, on
+    // both socket versions; a fresh watch names the new epoch.
+    let url = format!("ws://{}/ws/counter/doomed?since=5&epoch={old_epoch}", server.addr);
+    let mut resumed = Watcher::connect(&url).await;
+    let new_epoch = match resumed.next().await {
+        ServerMessage::Snapshot(snapshot) => {
+            assert!(snapshot.resync, "a resync, not a replay");
+            assert_eq!(snapshot.version, 2);
+            snapshot.epoch.expect("epoch")
+        }
+        other => panic!("expected a resync snapshot, got {other:?}"),
+    };
+    assert_ne!(new_epoch, old_epoch, "the deleted counter starts under a new epoch");
+    // Even at a version the new history has (1 < 2), the old epoch's since is not replayed.
+    v2.send_text(
+        &json!({"id": 2, "type": "subscribe", "name": "doomed", "since": 1, "epoch": old_epoch})
+            .to_string(),
+    )
+    .await;
+    match v2.next_frame().await {
+        Frame::Snapshot { id: Some(2), snapshot, .. } => {
+            assert!(snapshot.resync);
+            assert_eq!((snapshot.version, snapshot.epoch), (2, Some(new_epoch.clone())));
+        }
+        other => panic!("expected a resync snapshot, got {other:?}"),
+    }
+    // The new epoch resumes as any epoch does, and survives a restart.
+    let server = server.restart().await;
+    let url = format!("ws://{}/ws/counter/doomed?since=1&epoch={new_epoch}", server.addr);
+    let mut resumed = Watcher::connect(&url).await;
+    match resumed.next().await {
+        ServerMessage::Resumed(resumed) => {
+            assert_eq!((resumed.since, resumed.version), (1, 2));
+            assert_eq!(resumed.epoch, Some(new_epoch));
+        }
+        other => panic!("expected resumed, got {other:?}"),
+    }
+    assert_eq!(resumed.next_update().await.0, 2);
+    // The other counter kept the database's epoch.
+    let (_, kept_epoch, _) = watch_with_epoch(&server, "kept").await;
+    assert_eq!(kept_epoch, old_epoch);
+}
+
+#[tokio::test]
+async fn watchers_of_a_deleted_counter_that_watch_again_see_it_start_over() {
+    let server = TestServer::start().await;
+    server.increment("again", 7).await;
+    let mut v2 = subscribed(&server, "again").await;
+    assert_eq!(delete(&server, json!({"name": "again"}), None).await.0, 200);
+    assert!(matches!(v2.next_frame().await, Frame::Unsubscribed { id: None, .. }));
+    // Subscribing again: version 0, then the new history's updates from version 1.
+    v2.send_text(&json!({"id": 3, "type": "subscribe", "name": "again"}).to_string()).await;
+    match v2.next_frame().await {
+        Frame::Snapshot { id: Some(3), snapshot, .. } => assert_eq!(snapshot.version, 0),
+        other => panic!("expected the snapshot, got {other:?}"),
+    }
+    let mut v1 = server.watch("again").await;
+    assert!(matches!(v1.next().await, ServerMessage::Snapshot(snapshot) if snapshot.version == 0));
+    server.increment("again", 2).await;
+    match v2.next_frame().await {
+        Frame::Update { update, .. } => assert_eq!((update.version, update.value), (1, 2)),
+        other => panic!("expected an update, got {other:?}"),
+    }
+    assert_eq!(v1.next_update().await.0, 1);
+}
+
+#[tokio::test]
+async fn deleting_needs_admin_and_bad_or_refused_deletes_change_nothing() {
+    let server = TestServer::start().await;
+    server.increment("guarded", 4).await;
+    let admin = crate::list::create_key(&server, "root", &["*=admin"], None).await;
+    let writer = crate::list::create_key(
+        &server,
+        "writer",
+        &["*=read", "*=increment", "*=set", "*=reset"],
+        Some(&admin),
+    )
+    .await;
+
+    let (status, answer) = delete(&server, json!({"name": "guarded"}), Some(&writer)).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("forbidden")), "{answer}");
+    let (status, answer) = delete(&server, json!({"name": "guarded"}), None).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    for (body, code) in [
+        (json!({"name": "no spaces"}), "invalid_name"),
+        (json!({"name": ""}), "invalid_name"),
+        (json!({}), "invalid_field"),
+        (json!({"name": "guarded", "force": true}), "invalid_field"),
+    ] {
+        let (status, answer) = delete(&server, body.clone(), Some(&admin)).await;
+        assert_eq!((status, answer["error"]["code"].as_str()), (400, Some(code)), "{body}");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(!message.is_empty());
+    }
+    let read = |server: &TestServer| {
+        let request = reqwest::Client::new()
+            .post(server.url("/rpc/counter.getValue"))
+            .header("content-type", "application/json")
+            .bearer_auth(&admin)
+            .body(json!({"name": "guarded"}).to_string());
+        async move { request.send().await.expect("request").json::<Value>().await.expect("JSON") }
+    };
+    assert_eq!(read(&server).await, json!({"value": 4, "version": 1}), "nothing was deleted");
+
+    // Deleting a counter that is not stored is no error: a retry of a delete is safe.
+    let (status, answer) = delete(&server, json!({"name": "guarded"}), Some(&admin)).await;
+    assert_eq!((status, answer), (200, json!({"name": "guarded", "deleted": true, "version": 1})));
+    let (status, answer) = delete(&server, json!({"name": "guarded"}), Some(&admin)).await;
+    assert_eq!((status, answer), (200, json!({"name": "guarded", "deleted": false, "version": 0})));
+    let (status, answer) = delete(&server, json!({"name": "never"}), Some(&admin)).await;
+    assert_eq!((status, answer), (200, json!({"name": "never", "deleted": false, "version": 0})));
+}
+
+#[tokio::test]
+async fn a_socket_call_deletes_as_the_rpc_does() {
+    let server = TestServer::start().await;
+    server.increment("called", 2).await;
+    server.increment("called", 2).await;
+    let mut socket = server.socket().await;
+    let call = json!({"id": 9, "type": "call", "procedure": "counter.delete", "name": "called"});
+    socket.send_text(&call.to_string()).await;
+    match socket.next_frame().await {
+        Frame::Result { id: 9, result } => {
+            assert_eq!(result, json!({"name": "called", "deleted": true, "version": 2}))
+        }
+        other => panic!("expected the call's result, got {other:?}"),
+    }
+    let bad = json!({"id": 10, "type": "call", "procedure": "counter.delete", "name": "a b"});
+    socket.send_text(&bad.to_string()).await;
+    match socket.next_frame().await {
+        Frame::Error { id: Some(10), error } => assert_eq!(error.code, "invalid_name"),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    assert_eq!(server.value("called").await, (0, 0));
+    assert_eq!(server.metric("tally_counter_deletes_total").await, 1.0);
+}
