@@ -24,19 +24,10 @@ async fn keyed_increment(server: &TestServer, name: &str, key: &str) -> u64 {
     answer["version"].as_u64().expect("version")
 }
 
-/// POSTs `counter.delete` for `name` with an optional bearer `credential`.
+/// POSTs `counter.delete` with `body` and an optional bearer `credential`.
 async fn delete(server: &TestServer, body: Value, credential: Option<&str>) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .post(server.url("/rpc/counter.delete"))
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    if let Some(credential) = credential {
-        request = request.bearer_auth(credential);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON answer: {text}")))
+    let (status, answer, _) = crate::access::call(server, "delete", &body, credential).await;
+    (status, answer)
 }
 
 /// A v1 watch of `name` and the epoch its snapshot names, with its version.
@@ -196,15 +187,9 @@ async fn deleting_needs_admin_and_bad_or_refused_deletes_change_nothing() {
         let message = answer["error"]["message"].as_str().expect("message");
         assert!(!message.is_empty());
     }
-    let read = |server: &TestServer| {
-        let request = reqwest::Client::new()
-            .post(server.url("/rpc/counter.getValue"))
-            .header("content-type", "application/json")
-            .bearer_auth(&admin)
-            .body(json!({"name": "guarded"}).to_string());
-        async move { request.send().await.expect("request").json::<Value>().await.expect("JSON") }
-    };
-    assert_eq!(read(&server).await, json!({"value": 4, "version": 1}), "nothing was deleted");
+    let (_, value, _) =
+        crate::access::call(&server, "getValue", &json!({"name": "guarded"}), Some(&admin)).await;
+    assert_eq!(value, json!({"value": 4, "version": 1}), "nothing was deleted");
 
     // Deleting a counter that is not stored is no error: a retry of a delete is safe.
     let (status, answer) = delete(&server, json!({"name": "guarded"}), Some(&admin)).await;
@@ -237,4 +222,66 @@ async fn a_socket_call_deletes_as_the_rpc_does() {
     }
     assert_eq!(server.value("called").await, (0, 0));
     assert_eq!(server.metric("tally_counter_deletes_total").await, 1.0);
+}
+
+/// A deleted counter no longer counts toward `--max-counters`: at the quota, deleting one
+/// makes room for a new one (the SQLite writer keeps the count; PostgreSQL counts the rows).
+#[tokio::test]
+async fn a_delete_makes_room_under_max_counters() {
+    use tally_server::{Quotas, SqliteOptions};
+    let quotas = Quotas { max_counters: Some(2), max_database_bytes: None };
+    let options = SqliteOptions { quotas, ..SqliteOptions::default() };
+    let server = TestServer::start_with(crate::harness::test_config(), options).await;
+    server.increment("one", 1).await;
+    server.increment("two", 1).await;
+    let (status, answer) = server.call("increment", json!({"name": "three"})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (507, Some("quota_exceeded")));
+    assert_eq!(delete(&server, json!({"name": "one"}), None).await.0, 200);
+    assert_eq!(server.increment("three", 1).await["version"], 1);
+    let (status, _) = server.call("increment", json!({"name": "four"})).await;
+    assert_eq!(status, 507, "the quota holds again");
+    // Deleting a counter not stored frees nothing.
+    assert_eq!(delete(&server, json!({"name": "one"}), None).await.1["deleted"], false);
+    let (status, _) = server.call("increment", json!({"name": "four"})).await;
+    assert_eq!(status, 507);
+}
+
+/// A delete among writes in flight takes one place in the counter's order: the writes before it
+/// are the versions it removed (1..=D), the writes after it the new history's (1..=F), each
+/// version once in each, and every write is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_among_concurrent_writes_splits_them_into_two_whole_histories() {
+    const WRITERS: usize = 4;
+    const WRITES: usize = 30;
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let server = std::sync::Arc::clone(&server);
+        writers.push(tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for _ in 0..WRITES {
+                versions.push(server.increment("busy", 1).await["version"].as_u64().expect("v"));
+            }
+            versions
+        }));
+    }
+    while server.value("busy").await.1 < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let (status, deleted) = delete(&server, json!({"name": "busy"}), None).await;
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
+    let removed = deleted["version"].as_u64().expect("version");
+    let mut answered = Vec::new();
+    for writer in writers {
+        answered.extend(writer.await.expect("writer"));
+    }
+    let (value, last) = server.value("busy").await;
+    assert_eq!(value, last as i64, "every write after the delete counted once, from 0");
+    assert_eq!(removed + last, (WRITERS * WRITES) as u64, "every write is in one history");
+    let mut expected: Vec<u64> = (1..=removed).chain(1..=last).collect();
+    expected.sort_unstable();
+    answered.sort_unstable();
+    assert_eq!(answered, expected, "each version once in each history");
+    let history = server.ok("getHistory", json!({"name": "busy", "limit": 1000})).await;
+    assert_eq!(history["entries"].as_array().expect("entries").len() as u64, last);
 }
