@@ -304,10 +304,24 @@ impl Topic {
     /// topic has no publish to clear them, and subscriptions may come and go on it forever.
     fn wait(&self, listener: Arc<Listener>) {
         let mut waiting = lock(&self.waiting);
+        // Looked at under the list's lock, which `end_deleted` takes after setting it: a
+        // subscription that joins an ended topic (a conflated one back from its slot, say)
+        // would wait for a publish that never comes, so it is due a look at once instead, and
+        // that look reads `Read::Deleted`.
+        if self.deleted.load(Ordering::Acquire) {
+            drop(waiting);
+            listener.notify();
+            return;
+        }
         if waiting.len() >= 2 * self.watchers() as usize + 16 {
             waiting.retain(|listener| !listener.is_abandoned());
         }
         waiting.push(listener);
+    }
+
+    /// Whether the counter was deleted ([`Topic::end_deleted`]): nothing more is published here.
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// How many subscriptions the topic has now.
@@ -531,6 +545,9 @@ mod tests {
         let empty = Topic::new(4, 0);
         empty.end_deleted();
         assert_eq!(versions(&empty, 0, 10), Err(0));
+        // A subscription that looks again after the end is due at once, not left waiting.
+        assert!(subscription.rearm(), "it was woken by the end");
+        assert_eq!(take_now(&wakes), vec![7], "joining an ended topic wakes it again");
     }
 
     fn take_now(wakes: &Wakes) -> Vec<u32> {

@@ -285,3 +285,57 @@ async fn a_delete_among_concurrent_writes_splits_them_into_two_whole_histories()
     let history = server.ok("getHistory", json!({"name": "busy", "limit": 1000})).await;
     assert_eq!(history["entries"].as_array().expect("entries").len() as u64, last);
 }
+
+/// A conflated subscription (`maxRate`) waiting for its next slot, off its topic's waiting
+/// list, is told of the delete too: when its slot comes it finds the topic ended.
+#[tokio::test]
+async fn a_conflated_subscription_waiting_for_its_slot_is_told_of_the_delete() {
+    let server = TestServer::start().await;
+    server.increment("rated", 1).await;
+    let mut socket = server.socket().await;
+    let subscribe = json!({"id": 1, "type": "subscribe", "name": "rated", "maxRate": 1});
+    socket.send_text(&subscribe.to_string()).await;
+    assert!(matches!(socket.next_frame().await, Frame::Snapshot { id: Some(1), .. }));
+    // The first update goes at once and the next waits for the subscription's next slot.
+    server.increment("rated", 1).await;
+    server.increment("rated", 1).await;
+    assert_eq!(delete(&server, json!({"name": "rated"}), None).await.0, 200);
+    loop {
+        match socket.next_frame().await {
+            Frame::Update { .. } => continue,
+            Frame::Unsubscribed { id: None, code, .. } => {
+                assert_eq!(code.as_deref(), Some("counter_deleted"));
+                break;
+            }
+            other => panic!("expected updates, then the end, got {other:?}"),
+        }
+    }
+    let presence = server.ok("getPresence", json!({"name": "rated"})).await;
+    assert_eq!(presence["watchers"], 0, "{presence}");
+}
+
+/// A counter that hibernated while watched is deleted all the same: its watchers, who hold its
+/// topic in the registry's slot without an actor, are told, and later watchers start afresh.
+#[tokio::test]
+async fn a_hibernated_watched_counter_is_deleted_and_its_watchers_are_told() {
+    use std::time::Duration;
+    let config = tally_server::Config {
+        idle_timeout: Duration::from_millis(100),
+        ..crate::harness::test_config()
+    };
+    let server = TestServer::start_with(config, tally_server::SqliteOptions::default()).await;
+    server.increment("sleepy", 3).await;
+    let mut v2 = subscribed(&server, "sleepy").await;
+    let mut v1 = server.watch("sleepy").await;
+    assert!(matches!(v1.next().await, ServerMessage::Snapshot(_)));
+    server.wait_for_metric("tally_counter_hibernations_total", 1.0).await;
+    assert_eq!(delete(&server, json!({"name": "sleepy"}), None).await.1["version"], 1);
+    assert!(matches!(v2.next_frame().await, Frame::Unsubscribed { id: None, .. }));
+    assert_eq!(v1.ended().await, Ended::Closed(close::COUNTER_DELETED));
+    let mut fresh = server.watch("sleepy").await;
+    assert!(
+        matches!(fresh.next().await, ServerMessage::Snapshot(snapshot) if snapshot.version == 0)
+    );
+    server.increment("sleepy", 1).await;
+    assert_eq!(fresh.next_update().await.0, 1);
+}
