@@ -118,6 +118,7 @@ pub(crate) fn serve<T: Transport>(
         schedule: Schedule::default(),
         rate_window: RateWindow::new(),
         renewed: false,
+        replay_wait_left: state.config.send_timeout,
         state,
     };
     async move {
@@ -168,6 +169,9 @@ pub(crate) struct Session<T> {
     access_generation: u64,
     /// Set when a fresh token replaced the principal, so the expiry timer is set again.
     renewed: bool,
+    /// How much longer this socket's resumes may wait, all together, for a place among the
+    /// bounded replays; spent, a resume gets a `resync` snapshot at once.
+    replay_wait_left: std::time::Duration,
     state: AppState,
 }
 
