@@ -178,6 +178,12 @@ enum WriterMessage {
     Close {
         done: oneshot::Sender<()>,
     },
+    /// Remove a counter (`Store::delete`), after the group of the same round: through the
+    /// writer, so that its count for the quotas stays right.
+    Delete {
+        name: CounterName,
+        respond_to: oneshot::Sender<Result<DeleteOutcome, StoreError>>,
+    },
 }
 
 /// The PostgreSQL store.
@@ -557,6 +563,7 @@ struct WriterTask {
 impl WriterTask {
     async fn run(mut self, mut inbox: mpsc::Receiver<WriterMessage>) {
         let mut appends = Vec::new();
+        let mut deletes = Vec::new();
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = inbox.recv().await else { break };
@@ -567,12 +574,14 @@ impl WriterTask {
                         appends.push((batch, respond_to))
                     }
                     WriterMessage::Close { done } => closing = Some(done),
+                    WriterMessage::Delete { name, respond_to } => deletes.push((name, respond_to)),
                 }
                 if appends.len() < MAX_APPENDS_PER_COMMIT && closing.is_none() {
                     next = inbox.try_recv().ok();
                 }
             }
             if appends.is_empty() {
+                self.delete_all(&mut deletes).await;
                 continue;
             }
             let started = Instant::now();
@@ -586,10 +595,54 @@ impl WriterTask {
             for ((_, respond_to), result) in appends.drain(..).zip(results) {
                 let _ = respond_to.send(result);
             }
+            self.delete_all(&mut deletes).await;
         }
         if let Some(done) = closing {
             let _ = done.send(());
         }
+    }
+
+    /// Runs the deletes taken this round, each in a statement (a transaction) of its own, and
+    /// answers them.
+    async fn delete_all(
+        &mut self,
+        deletes: &mut Vec<(CounterName, oneshot::Sender<Result<DeleteOutcome, StoreError>>)>,
+    ) {
+        for (name, respond_to) in deletes.drain(..) {
+            let outcome = self.delete(&name).await;
+            match &outcome {
+                Ok(DeleteOutcome { deleted: true, .. }) => {
+                    // Counted back between readings, as creations are counted forward.
+                    if let Some(reading) = self.quota_reading.as_mut() {
+                        reading.counters = reading.counters.saturating_sub(1);
+                    }
+                }
+                // The connection may be half broken; start afresh next time. The delete may or
+                // may not have happened: sent again, it answers `deleted: false` if it had.
+                Err(StoreError::Unavailable(_) | StoreError::CommitUncertain(_)) => {
+                    self.client = None;
+                }
+                _ => {}
+            }
+            let _ = respond_to.send(outcome);
+        }
+    }
+
+    /// Removes counter `name` on the writer's connection ([`DELETE`]).
+    async fn delete(&mut self, name: &CounterName) -> Result<DeleteOutcome, StoreError> {
+        let (client, _) = self.ready().await?;
+        let row = client.query_opt(DELETE, &[&name.as_str(), &CHANGES_CHANNEL]).await?;
+        if let Some(row) = row {
+            let version = u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0);
+            let epoch = epoch_bits(row.try_get::<_, &str>(1)?)?;
+            return Ok(DeleteOutcome { deleted: true, version, epoch: Some(epoch) });
+        }
+        let epoch = client
+            .query_opt("SELECT epoch FROM counter_epochs WHERE name = $1", &[&name.as_str()])
+            .await?;
+        let epoch = epoch.map(|row| row.try_get::<_, String>(0)).transpose()?;
+        let epoch = epoch.as_deref().map(epoch_bits).transpose()?;
+        Ok(DeleteOutcome { deleted: false, version: 0, epoch })
     }
 
     /// The writer's connection, connecting (and preparing) again if it was lost.
@@ -1022,22 +1075,13 @@ impl Store for PostgresStore {
     }
 
     async fn delete(&self, name: &CounterName) -> Result<DeleteOutcome, StoreError> {
-        // On a pooled connection, as the key RPCs write: one statement is one transaction, and
-        // the counter's actor, the only caller, has no batch of it queued meanwhile.
-        let client = self.reader().await?;
-        let statement = client.prepare_cached(DELETE).await?;
-        let row = client.query_opt(&statement, &[&name.as_str(), &CHANGES_CHANNEL]).await?;
-        if let Some(row) = row {
-            let version = u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0);
-            let epoch = epoch_bits(row.try_get::<_, &str>(1)?)?;
-            return Ok(DeleteOutcome { deleted: true, version, epoch: Some(epoch) });
-        }
-        let statement =
-            client.prepare_cached("SELECT epoch FROM counter_epochs WHERE name = $1").await?;
-        let epoch = client.query_opt(&statement, &[&name.as_str()]).await?;
-        let epoch = epoch.map(|row| row.try_get::<_, String>(0)).transpose()?;
-        let epoch = epoch.as_deref().map(epoch_bits).transpose()?;
-        Ok(DeleteOutcome { deleted: false, version: 0, epoch })
+        let (respond_to, answer) = oneshot::channel();
+        let name = name.clone();
+        self.writer
+            .send(WriterMessage::Delete { name, respond_to })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError> {
