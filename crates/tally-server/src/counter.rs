@@ -517,6 +517,9 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 for command in std::mem::take(&mut actor.deferred) {
                     command.refuse(|| failed.clone());
                 }
+                if let Some(respond_to) = actor.deleting.take() {
+                    let _ = respond_to.send(Err(failed.clone()));
+                }
                 while let Some(command) = inbox.recv().await {
                     command.refuse(|| failed.clone());
                 }
