@@ -634,9 +634,9 @@ impl CounterActor {
         }
     }
 
-    /// Drops everything this actor knew of its counter, which storage no longer holds (deleted
-    /// here or on another node): state, keys and topic (its watchers are unsubscribed; the
-    /// registry's slot is told by the caller).
+    /// Drops everything this actor knew of its counter, which storage no longer holds: state,
+    /// keys and topic (its watchers are unsubscribed; the registry's slot is told by the
+    /// caller). Only with nothing in flight, so no key is in flight either.
     fn forget_counter(&mut self) {
         self.state = CounterState::default();
         self.tip = (0, 0);
@@ -790,9 +790,12 @@ impl CounterActor {
             Command::Delete { respond_to } => self.deleting = Some(respond_to),
             Command::DeletedElsewhere => {
                 // Batches in flight were built on the deleted version and fail their version
-                // check; the reload (once they are answered) reads what storage holds now.
-                // The keys go with the state: no key of the deleted counter is remembered.
-                self.forget_counter();
+                // check; the reload (once they are answered) reads what storage holds now, and
+                // replaces the committed keys with storage's, where the delete left none. The
+                // keys in flight stay, with the duplicates waiting on them.
+                if let Some(topic) = self.topic.take() {
+                    topic.end_deleted();
+                }
                 self.reload = true;
             }
         }
