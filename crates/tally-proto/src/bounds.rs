@@ -18,8 +18,10 @@ pub struct Bounds {
     /// The highest value writes may leave the counter at; `null`: no upper bound.
     #[serde(default)]
     pub max: Option<i64>,
-    /// Whether a write that would cross a bound stops at it (and says `"clamped": true`)
-    /// instead of being refused with `out_of_bounds`.
+    /// Whether an increment or decrement that would cross a bound stops at it (and says
+    /// `"clamped": true`) instead of being refused with `out_of_bounds`. A setValue or reset
+    /// outside the bounds is refused either way: it names the value it wants, and storing
+    /// another would make its history entry claim a value nobody asked for.
     #[serde(default)]
     pub clamp: bool,
 }
@@ -75,7 +77,7 @@ impl Bounds {
             (_, Some(max)) if to > max => ("max", max),
             _ => return Ok(Bounded::Within(to)),
         };
-        if self.clamp {
+        if self.clamp && matches!(kind, OpKind::Increment | OpKind::Decrement) {
             return Ok(Bounded::Clamped(crossed.1));
         }
         let (which, bound) = crossed;
@@ -102,6 +104,19 @@ impl Bounds {
     }
 }
 
+/// Whether a stored operation was clamped: an increment or decrement of `amount` from
+/// `previous_value` that left another value than it asks for (the bound it stopped at). Only
+/// those two clamp: a setValue or reset outside the bounds is refused, since it names the value
+/// it wants (see [`Bounds::clamp`]).
+pub fn is_clamped(kind: OpKind, amount: Option<i64>, previous_value: i64, value: i64) -> bool {
+    let asked = match (kind, amount) {
+        (OpKind::Increment, Some(amount)) => previous_value.checked_add(amount),
+        (OpKind::Decrement, Some(amount)) => previous_value.checked_sub(amount),
+        _ => return false,
+    };
+    asked != Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +138,12 @@ mod tests {
         let clamps = Bounds { clamp: true, ..bounds };
         assert_eq!(clamps.check(&name(), OpKind::Increment, 8, 13), Ok(Bounded::Clamped(10)));
         assert_eq!(clamps.check(&name(), OpKind::Decrement, 0, -1), Ok(Bounded::Clamped(0)));
+        let refused = clamps.check(&name(), OpKind::SetValue, 3, 11).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::OutOfBounds);
+        assert!(is_clamped(OpKind::Increment, Some(5), 8, 10));
+        assert!(is_clamped(OpKind::Decrement, Some(1), 0, 0));
+        assert!(!is_clamped(OpKind::Increment, Some(2), 8, 10));
+        assert!(!is_clamped(OpKind::SetValue, None, 8, 10));
         assert_eq!(Bounds::NONE.check(&name(), OpKind::SetValue, 0, -5), Ok(Bounded::Within(-5)));
         assert!(!Bounds::NONE.is_set());
         assert!(Bounds { min: None, max: Some(3), clamp: false }.contains(-100));

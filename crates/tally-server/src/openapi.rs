@@ -12,7 +12,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
-use tally_proto::rpc::{AmountBody, HistoryBody, ListBody, NameBody, SetValueBody};
+use tally_proto::rpc::{AmountBody, ConfigureBody, HistoryBody, ListBody, NameBody, SetValueBody};
 use tally_proto::{
     CounterList, ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Readiness,
     Update, ValueAnswer,
@@ -98,6 +98,7 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
         Procedure::GetPresence => pair::<NameBody, Presence>(generator),
         Procedure::List => pair::<ListBody, CounterList>(generator),
+        Procedure::Configure => pair::<ConfigureBody, Metadata>(generator),
         Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
         Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
         Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
@@ -164,6 +165,9 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::List => {
             "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after); watchers are this node's"
         }
+        Procedure::Configure => {
+            "Replace the counter's bounds (min, max, clamp; admin on the counter): writes that would leave them are refused 409 out_of_bounds, or stopped at the bound in clamp mode"
+        }
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",
         Procedure::KeyRevoke => "Revoke an API key at once (admin on every counter)",
@@ -204,5 +208,13 @@ mod tests {
         let header = &doc["paths"]["/rpc/counter.increment"]["post"]["parameters"][0];
         assert_eq!((&header["name"], &header["in"]), (&json!("Idempotency-Key"), &json!("header")));
         assert!(doc["paths"]["/rpc/counter.getValue"]["post"]["parameters"].is_null());
+        let configure = &schemas["ConfigureBody"]["properties"];
+        assert_eq!(configure["max"]["maximum"], tally_proto::limits::MAX_SAFE_INTEGER);
+        assert_eq!(schemas["ConfigureBody"]["additionalProperties"], false);
+        let answers = &doc["paths"]["/rpc/counter.configure"]["post"]["responses"];
+        assert!(
+            answers["409"]["description"].as_str().is_some_and(|d| d.contains("out_of_bounds"))
+        );
+        assert!(doc["paths"]["/rpc/counter.configure"]["post"]["parameters"].is_null());
     }
 }

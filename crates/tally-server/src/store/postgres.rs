@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
+use tally_proto::{Bounds, CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
@@ -131,6 +131,16 @@ CREATE INDEX presence_zeros ON presence (node, changed_at) WHERE watchers = 0;
     // `name` sorts by the database's collation, which may be a locale's.
     "
 CREATE INDEX counters_name_bytes ON counters (name COLLATE \"C\");
+",
+    // 4: a counter's bounds (`counter.configure`; NULL: no such bound), its clamp mode, and
+    // how many times they were configured: every batch's upsert checks it beside the version,
+    // so a node never stores writes checked against bounds another node replaced.
+    "
+ALTER TABLE counters
+    ADD COLUMN min_value BIGINT,
+    ADD COLUMN max_value BIGINT,
+    ADD COLUMN clamp BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN rules_version BIGINT NOT NULL DEFAULT 0;
 ",
 ];
 
@@ -415,18 +425,24 @@ struct Statements {
     sweep: Statement,
 }
 
-/// One batch as one statement. `c` takes the counter row at the expected version (inserting it
-/// for a new counter); when it finds another version it returns nothing, nothing after it
+/// One batch as one statement. `c` takes the counter row at the expected version and rules
+/// version (inserting it for a new counter); a batch without entries (one that only configures
+/// the counter) keeps the row's value, version and update time. When it finds another version
+/// it returns nothing, nothing after it
 /// writes, and the statement answers the version it found instead of the id (as of the
 /// statement's start, so after the batches before it in the transaction). Forgotten keys exclude the keys the batch remembers again (the upsert replaces
 /// those), since one statement may not change a row twice.
 const APPEND: &str = "
 WITH c AS (
-    INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms)
-    VALUES ($1, $2, $3, $4, $5)
+    INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version)
+    VALUES ($1, $2, $3, $4, $5, $22, $23, $24, $25)
     ON CONFLICT (name) DO UPDATE
-        SET value = excluded.value, version = excluded.version, updated_at_ms = excluded.updated_at_ms
-        WHERE t.version = $6
+        SET value = CASE WHEN excluded.version = t.version THEN t.value ELSE excluded.value END,
+            version = excluded.version,
+            updated_at_ms = CASE WHEN excluded.version = t.version THEN t.updated_at_ms ELSE excluded.updated_at_ms END,
+            min_value = excluded.min_value, max_value = excluded.max_value, clamp = excluded.clamp,
+            rules_version = excluded.rules_version
+        WHERE t.version = $6 AND t.rules_version = $26
     RETURNING t.id
 ), inserted AS (
     INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by)
@@ -476,6 +492,11 @@ struct AppendParams {
     remember_principals: Vec<String>,
     remember_keys: Vec<String>,
     remember_versions: Vec<i64>,
+    min: Option<i64>,
+    max: Option<i64>,
+    clamp: bool,
+    rules_version: i64,
+    expected_rules_version: i64,
 }
 
 /// Versions fit PostgreSQL's `BIGINT`: they count operations, far below 2^63.
@@ -485,7 +506,15 @@ fn sql_version(version: u64) -> i64 {
 
 impl AppendParams {
     fn of(batch: &AppendBatch, history_limit: u64) -> Option<Self> {
-        let (first, last) = (batch.entries.first()?, batch.entries.last()?);
+        let rules = &batch.rules;
+        // A batch that only configures the counter: value 0 and version 0 if it creates the
+        // row, and the statement keeps an existing row's value, version and update time.
+        let (value, version, created_at_ms, updated_at_ms) =
+            match (batch.entries.first(), batch.entries.last()) {
+                (Some(first), Some(last)) => (last.value, last.version, first.at_ms, last.at_ms),
+                _ if rules.configure => (0, batch.expected_version, rules.at_ms, rules.at_ms),
+                _ => return None,
+            };
         let remembered: std::collections::HashSet<(&str, &str)> =
             batch.remember.iter().map(|key| (&*key.principal, key.key.as_str())).collect();
         let forget: Vec<_> = batch
@@ -495,10 +524,10 @@ impl AppendParams {
             .collect();
         Some(Self {
             name: batch.name.to_string(),
-            value: last.value,
-            version: sql_version(last.version),
-            created_at_ms: first.at_ms,
-            updated_at_ms: last.at_ms,
+            value,
+            version: sql_version(version),
+            created_at_ms,
+            updated_at_ms,
             expected: sql_version(batch.expected_version),
             versions: batch.entries.iter().map(|entry| sql_version(entry.version)).collect(),
             kinds: batch.entries.iter().map(|entry| entry.kind.as_str()).collect(),
@@ -507,7 +536,7 @@ impl AppendParams {
             values: batch.entries.iter().map(|entry| entry.value).collect(),
             at_ms: batch.entries.iter().map(|entry| entry.at_ms).collect(),
             by: batch.entries.iter().map(|entry| entry.by.as_deref().map(str::to_owned)).collect(),
-            trim_up_to: sql_version(last.version.saturating_sub(history_limit)),
+            trim_up_to: sql_version(version.saturating_sub(history_limit)),
             forget_principals: forget.iter().map(|key| key.principal.to_string()).collect(),
             forget_keys: forget.iter().map(|key| key.key.as_str().to_owned()).collect(),
             forget_versions: forget.iter().map(|key| sql_version(key.version)).collect(),
@@ -518,6 +547,11 @@ impl AppendParams {
                 .collect(),
             remember_keys: batch.remember.iter().map(|key| key.key.as_str().to_owned()).collect(),
             remember_versions: batch.remember.iter().map(|key| sql_version(key.version)).collect(),
+            min: rules.bounds.min,
+            max: rules.bounds.max,
+            clamp: rules.bounds.clamp,
+            rules_version: sql_version(rules.version_after()),
+            expected_rules_version: sql_version(rules.expected_version),
         })
     }
 }
@@ -681,7 +715,10 @@ async fn quota_refusals(
     quotas: Quotas,
     batches: &[&AppendBatch],
 ) -> Result<Vec<Option<StoreError>>, tokio_postgres::Error> {
-    let creates = batches.iter().any(|batch| batch.expected_version == 0);
+    // A counter configured but never written has a row already (and a rules version).
+    let creates_counter =
+        |batch: &AppendBatch| batch.expected_version == 0 && batch.rules.expected_version == 0;
+    let creates = batches.iter().any(|batch| creates_counter(batch));
     if !creates || quotas == Quotas::default() {
         return Ok(batches.iter().map(|_| None).collect());
     }
@@ -696,7 +733,7 @@ async fn quota_refusals(
     Ok(batches
         .iter()
         .map(|batch| {
-            if batch.expected_version != 0 {
+            if !creates_counter(batch) {
                 return None;
             }
             if let Some(limit) = quotas.max_counters.filter(|&limit| counters >= limit) {
@@ -780,6 +817,11 @@ async fn commit_group(
                     &p.remember_keys,
                     &p.remember_versions,
                     &CHANGES_CHANNEL,
+                    &p.min,
+                    &p.max,
+                    &p.clamp,
+                    &p.rules_version,
+                    &p.expected_rules_version,
                 ],
             )
             .await
@@ -844,19 +886,31 @@ async fn counter_record(
 ) -> Result<Option<CounterRecord>, StoreError> {
     let statement = client
         .prepare_cached(
-            "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = $1",
+            "SELECT id, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version FROM counters WHERE name = $1",
         )
         .await?;
     let Some(row) = client.query_opt(&statement, &[&name.as_str()]).await? else {
         return Ok(None);
     };
-    Ok(Some(CounterRecord {
-        id: row.try_get(0)?,
-        value: row.try_get(1)?,
-        version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
-        created_at_ms: row.try_get(3)?,
-        updated_at_ms: row.try_get(4)?,
-    }))
+    Ok(Some(counter_row(&row, 0)?))
+}
+
+/// A counter's row from its columns `id, value, version, created_at_ms, updated_at_ms,
+/// min_value, max_value, clamp, rules_version`, the first at index `at`.
+fn counter_row(row: &Row, at: usize) -> Result<CounterRecord, StoreError> {
+    Ok(CounterRecord {
+        id: row.try_get(at)?,
+        value: row.try_get(at + 1)?,
+        version: u64::try_from(row.try_get::<_, i64>(at + 2)?).unwrap_or(0),
+        created_at_ms: row.try_get(at + 3)?,
+        updated_at_ms: row.try_get(at + 4)?,
+        bounds: Bounds {
+            min: row.try_get(at + 5)?,
+            max: row.try_get(at + 6)?,
+            clamp: row.try_get(at + 7)?,
+        },
+        rules_version: u64::try_from(row.try_get::<_, i64>(at + 8)?).unwrap_or(0),
+    })
 }
 
 fn history_row(row: &Row) -> Result<HistoryRecord, StoreError> {
@@ -1025,7 +1079,7 @@ impl Store for PostgresStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT name, id, value, version, created_at_ms, updated_at_ms FROM counters
+                        "SELECT name, id, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version FROM counters
                          WHERE name COLLATE \"C\" >= $1 AND name COLLATE \"C\" < $2
                          ORDER BY name COLLATE \"C\" LIMIT $3",
                     )
@@ -1039,14 +1093,7 @@ impl Store for PostgresStore {
                 let name = CounterName::parse(&name).map_err(|error| {
                     StoreError::Backend(format!("stored counter name {name:?}: {error}").into())
                 })?;
-                let record = CounterRecord {
-                    id: row.try_get(1)?,
-                    value: row.try_get(2)?,
-                    version: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
-                    created_at_ms: row.try_get(4)?,
-                    updated_at_ms: row.try_get(5)?,
-                };
-                Ok(NamedRecord { name, record })
+                Ok(NamedRecord { name, record: counter_row(row, 1)? })
             })
             .collect()
     }
