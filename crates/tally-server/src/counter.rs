@@ -356,6 +356,9 @@ struct PendingOp {
     respond_to: Reply<Arc<Published>>,
     /// How many times another node's commit got in first (a shared store only).
     conflicts: u32,
+    /// Whether it was found out of bounds once already and the counter read again since (a
+    /// shared store only; see `CounterActor::start_batch`).
+    rechecked: bool,
 }
 
 /// A change of the counter's bounds waiting for its batch: the batch that takes it ends with it,
@@ -365,6 +368,8 @@ struct PendingConfigure {
     respond_to: Reply<CounterState>,
     /// How many times another node's commit got in first (a shared store only).
     conflicts: u32,
+    /// As for [`PendingOp::rechecked`]: found to leave out the value once already.
+    rechecked: bool,
 }
 
 /// What waits for the next batch, in arrival order.
@@ -535,6 +540,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
             && let Some(queued) = actor.start_batch().await
         {
             in_flight.push_back(queued);
+        }
+        // The batch stopped at an operation to check again on a fresh read (a shared store's
+        // bounds): read now if nothing is in flight, rather than wait for the next command.
+        if actor.reload && in_flight.is_empty() && !actor.pending.is_empty() {
+            continue;
         }
         let idle = in_flight.is_empty() && actor.pending.is_empty() && actor.deferred.is_empty();
         if handles_gone && idle {
@@ -747,6 +757,7 @@ impl CounterActor {
                     bounds,
                     respond_to,
                     conflicts: 0,
+                    rechecked: false,
                 }));
             }
             // Other nodes may have moved the counter: answered after the next reload, which
@@ -779,6 +790,7 @@ impl CounterActor {
                 received,
                 respond_to,
                 conflicts: 0,
+                rechecked: false,
             })),
             Some(key) => {
                 let id = KeyId { by: Arc::clone(&by), key };
@@ -792,6 +804,7 @@ impl CounterActor {
                             received,
                             respond_to,
                             conflicts: 0,
+                            rechecked: false,
                         }));
                     }
                     Arrival::Replay(entry, respond_to) => {
@@ -811,6 +824,13 @@ impl CounterActor {
     /// or out of the counter's bounds are refused here and left out (or, in clamp mode, stopped
     /// at the bound). A change of bounds ends the batch, so the operations after it are checked
     /// against the new bounds in the next one.
+    ///
+    /// On a shared store, what this actor knows of the bounds (and the value) may be behind
+    /// another node's: a batch built on it is stored only if the row's versions still match, so
+    /// a stale write or clamp never commits, but a refusal is never sent to storage. So an
+    /// operation (or change of bounds) found out of bounds ends the batch there instead, and
+    /// waits, with those after it, for the counter to be read again; it is refused only if it
+    /// is still out of bounds on what storage holds then.
     async fn start_batch(&mut self) -> Option<(InFlight, Committing)> {
         let at_ms = clock::now_ms();
         self.keys.forget_expired(at_ms);
@@ -820,13 +840,20 @@ impl CounterActor {
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut remember = Vec::new();
         let mut configure = None;
+        // An operation (or change) to check again once the counter is read again.
+        let mut recheck = None;
         let mut pending_all = std::mem::take(&mut self.pending).into_iter();
         for pending in pending_all.by_ref() {
             let pending = match pending {
                 Pending::Op(pending) => pending,
-                Pending::Configure(change) => {
+                Pending::Configure(mut change) => {
                     if change.bounds.contains(value) {
                         configure = Some(change);
+                        break;
+                    }
+                    if self.shared && !change.rechecked {
+                        change.rechecked = true;
+                        recheck = Some(Pending::Configure(change));
                         break;
                     }
                     let refusal = change.bounds.refuse_value(&self.name, value);
@@ -866,10 +893,25 @@ impl CounterActor {
                     }
                     entries.push((entry, pending));
                 }
+                Err(error)
+                    if self.shared
+                        && error.code == ErrorCode::OutOfBounds
+                        && !pending.rechecked =>
+                {
+                    let mut pending = pending;
+                    pending.rechecked = true;
+                    recheck = Some(Pending::Op(pending));
+                    break;
+                }
                 Err(error) => self.answer(pending, Err(ApplyError::Rejected(error))),
             }
         }
-        // What the change of bounds left for the next batch, in order.
+        // What the change of bounds or the one to check again left for the next batch, in
+        // order.
+        if let Some(recheck) = recheck {
+            self.pending.push(recheck);
+            self.reload = true;
+        }
         self.pending.extend(pending_all);
         if entries.is_empty() && configure.is_none() {
             return None;
