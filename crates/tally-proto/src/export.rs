@@ -135,14 +135,12 @@ impl ExportedCounter {
             }
         }
         if self.version == 0 {
-            // A counter configured but never written: its row holds the bounds and nothing else.
-            if self.bounds.is_some_and(|bounds| bounds.is_set())
-                && self.value == 0
-                && self.history.is_empty()
-            {
+            // A counter configured but never written (its bounds may have been cleared since):
+            // its row holds the bounds and nothing else.
+            if self.value == 0 && self.history.is_empty() {
                 return Ok(name);
             }
-            return Err("version is 0; allowed: 1 or more (a stored counter has had at least one operation), or 0 with value 0, no history and bounds (a counter configured but never written)".into());
+            return Err("version is 0 with a value or history; allowed: 1 or more (a counter written), or 0 with value 0 and no history (a counter configured but never written)".into());
         }
         let Some(last) = self.history.last() else {
             return Err(format!(
@@ -307,8 +305,10 @@ mod tests {
             ..counter(vec![entry(1, OpKind::Reset, None, 0, 0)])
         };
         assert!(configured.check().is_ok(), "{:?}", configured.check());
-        let unconfigured = ExportedCounter { bounds: None, ..configured };
-        assert!(unconfigured.check().unwrap_err().contains("version is 0"));
+        let cleared = ExportedCounter { bounds: None, ..configured.clone() };
+        assert!(cleared.check().is_ok(), "bounds cleared before any write: {:?}", cleared.check());
+        let valued = ExportedCounter { value: 1, bounds: None, ..configured };
+        assert!(valued.check().unwrap_err().contains("version is 0"));
     }
 
     #[test]

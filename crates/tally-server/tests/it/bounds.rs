@@ -39,16 +39,8 @@ async fn configure(server: &TestServer, body: Value) -> (u16, Value) {
 }
 
 async fn configure_as(server: &TestServer, body: Value, credential: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(server.url("/rpc/counter.configure"))
-        .header("content-type", "application/json")
-        .bearer_auth(credential)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON"))
+    let bearer = format!("Bearer {credential}");
+    server.call_with("configure", body, &[("authorization", &bearer)]).await
 }
 
 #[track_caller]
