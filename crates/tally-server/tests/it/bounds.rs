@@ -268,3 +268,25 @@ async fn a_configure_among_pending_writes_applies_from_its_place_on() {
     assert_eq!((applied, refused), (4, 2));
     assert_eq!(server.value("burst").await, (4, 4));
 }
+
+/// A configure that creates a counter counts against `--max-counters` like a first write, and
+/// its counter, once created, takes writes at the quota as any existing one does.
+#[tokio::test]
+async fn a_configure_that_creates_a_counter_counts_against_max_counters() {
+    let quotas = tally_server::Quotas { max_counters: Some(1), max_database_bytes: None };
+    let options = SqliteOptions { quotas, ..SqliteOptions::default() };
+    let server = TestServer::start_with(test_config(), options).await;
+    let (status, configured) = server.call("configure", json!({"name": "one", "max": 5})).await;
+    assert_eq!(status, 200, "{configured}");
+    let (status, refused) = server.call("configure", json!({"name": "two", "max": 5})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (507, Some("quota_exceeded")),
+        "{refused}"
+    );
+    assert_eq!(server.ok("list", json!({})).await["counters"].as_array().map(Vec::len), Some(1));
+    // The configured counter exists: its first write is no new counter.
+    assert_eq!(server.increment("one", 5).await["value"], 5);
+    let (status, _) = server.call("configure", json!({"name": "one", "max": 9})).await;
+    assert_eq!(status, 200);
+}
