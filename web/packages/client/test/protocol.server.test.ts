@@ -49,6 +49,8 @@ describe("RPC", () => {
       createdAt: null,
       updatedAt: null,
       operationCount: 0,
+      opsLastMinute: 0,
+      bounds: { min: null, max: null, clamp: false },
     });
 
     const first = await client.increment(name);
