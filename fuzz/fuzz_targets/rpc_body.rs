@@ -31,6 +31,14 @@ fuzz_target!(|input: &[u8]| {
             let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
             assert!(prefix.chars().all(allowed), "accepted prefix {prefix:?}");
         }
+        Ok(Request::Configure { bounds, .. }) => {
+            for bound in [bounds.min, bounds.max].into_iter().flatten() {
+                assert!(bound.abs() <= MAX_SAFE_INTEGER, "accepted bound {bound}");
+            }
+            if let (Some(min), Some(max)) = (bounds.min, bounds.max) {
+                assert!(min <= max, "accepted min {min} above max {max}");
+            }
+        }
         Ok(
             Request::GetValue { .. }
             | Request::GetMetadata { .. }

@@ -5,7 +5,7 @@ use std::fmt;
 use futures_util::StreamExt;
 use futures_util::stream::select_all;
 use tally_client::{
-    Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
+    Bounds, Client, ClientError, ConnectionEvent, IdempotencyKey, OpKind, SubscribeOptions,
     SubscriptionEvent, Write,
 };
 use tally_proto::limits::{HISTORY_PAGE_MAX, LIST_PAGE_DEFAULT, LIST_PAGE_MAX};
@@ -87,6 +87,40 @@ pub(crate) async fn delete(client: &Client, out: &mut Printer, name: &str) -> Re
     } else {
         out.line(&format!("{name} is not stored; nothing was deleted"))
     }
+}
+
+/// `tally configure`'s arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ConfigureArgs {
+    /// The counter.
+    name: String,
+    /// The lowest value writes may leave it at (none when left out).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    min: Option<i64>,
+    /// The highest value writes may leave it at (none when left out).
+    #[arg(long, allow_negative_numbers = true, value_name = "N")]
+    max: Option<i64>,
+    /// Stop an increment or decrement that would cross a bound at the bound (its update says
+    /// clamped) instead of refusing it. A set or reset outside the bounds is refused either way.
+    #[arg(long)]
+    clamp: bool,
+}
+
+/// Replaces a counter's bounds and prints its metadata with them.
+pub(crate) async fn configure(
+    client: &Client,
+    out: &mut Printer,
+    args: &ConfigureArgs,
+) -> Result<(), CliError> {
+    let bounds = Bounds { min: args.min, max: args.max, clamp: args.clamp };
+    let metadata = client.configure(&args.name, bounds).await?;
+    if out.json {
+        return out.json_line(&metadata);
+    }
+    for line in output::metadata_lines(&metadata) {
+        out.line(&line)?;
+    }
+    Ok(())
 }
 
 /// The idempotency key flag of every write.

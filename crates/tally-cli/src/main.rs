@@ -13,7 +13,9 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 use tally_client::Write;
 
-use crate::commands::{CliError, HistoryArgs, KeyArg, ListArgs, VersionArg, WatchArgs};
+use crate::commands::{
+    CliError, ConfigureArgs, HistoryArgs, KeyArg, ListArgs, VersionArg, WatchArgs,
+};
 
 /// Tally: live counters. Change a named counter over HTTP; everyone watching it sees the change
 /// live, in order, with nothing lost.
@@ -169,6 +171,12 @@ enum Command {
     /// List the counters you may read, in name order, with value, version, watchers (on the
     /// server answering) and last change: one page (`--limit`, 100 by default), or `--all`.
     List(ListArgs),
+    /// Set a counter's bounds (needs admin on it): writes that would take it below --min or
+    /// above --max are refused (exit 1, out_of_bounds) and change nothing, or with --clamp
+    /// increments and decrements stop at the bound. The bounds given replace the old ones
+    /// whole: `tally configure NAME` alone clears them. Refused if the counter's value lies
+    /// outside the new bounds; a counter never written is created at 0.
+    Configure(ConfigureArgs),
     /// Show a counter's recent operations, newest first.
     History(HistoryArgs),
     /// Print each change of one or more counters live, one line each, until Ctrl-C. All of
@@ -304,6 +312,7 @@ async fn run_client_command(
         }
         Command::Delete { name, yes: _ } => commands::delete(&client, &mut out, &name).await,
         Command::List(args) => commands::list(&client, &mut out, &args).await,
+        Command::Configure(args) => commands::configure(&client, &mut out, &args).await,
         Command::History(args) => commands::history(&client, &mut out, &args).await,
         Command::Watch(args) => commands::watch(&client, &mut out, &args).await,
         Command::Key(command) => keys::run(&client, &mut out, command).await,

@@ -80,17 +80,29 @@ pub(crate) fn change(kind: OpKind, amount: Option<i64>) -> String {
 pub(crate) fn update_line(update: &Update) -> String {
     let amount = (update.value - update.previous_value).checked_abs();
     format!(
-        "{}: {} → {}  ({}, version {})",
+        "{}: {} → {}  ({}, version {}){}",
         update.metadata.name,
         update.previous_value,
         update.value,
         change(update.kind, amount),
-        update.version
+        update.version,
+        if update.clamped { "  clamped at a bound" } else { "" }
     )
 }
 
-/// The metadata of `get`, for people.
+/// The metadata of `get`, for people: the value, its version and times, and its bounds when it
+/// has any.
 pub(crate) fn metadata_lines(metadata: &Metadata) -> Vec<String> {
+    let mut lines = value_lines(metadata);
+    if let Some(bounds) = metadata.bounds.filter(|bounds| bounds.is_set()) {
+        let mode =
+            if bounds.clamp { "writes past one stop at it" } else { "writes past one are refused" };
+        lines.push(format!("  bounds: {} ({mode})", bounds.describe()));
+    }
+    lines
+}
+
+fn value_lines(metadata: &Metadata) -> Vec<String> {
     match (&metadata.created_at, &metadata.updated_at) {
         (Some(created), Some(updated)) => vec![
             format!("{}: {}", metadata.name, metadata.value),

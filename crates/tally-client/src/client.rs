@@ -23,10 +23,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
 use tally_proto::limits::LIST_PAGE_MAX;
-use tally_proto::rpc::{HistoryBody, ListBody, NameBody};
+use tally_proto::rpc::{ConfigureBody, HistoryBody, ListBody, NameBody};
 use tally_proto::{
-    CounterList, Deleted, ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey,
-    ListedCounter, Metadata, Presence, Procedure, Update, ValueAnswer, WsError,
+    Bounds, CounterList, Deleted, ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage,
+    IdempotencyKey, ListedCounter, Metadata, Presence, Procedure, Update, ValueAnswer, WsError,
 };
 
 use crate::connection::{Connection, ConnectionOptions};
@@ -434,6 +434,33 @@ impl Client {
         self.call(Procedure::List, &body).await
     }
 
+    /// Replaces the bounds of counter `name` (needs `admin` on it): writes that would take it
+    /// below `bounds.min` or above `bounds.max` are then refused with
+    /// [`ClientError::OutOfBounds`], or, with `bounds.clamp`, increments and decrements stop at
+    /// the bound and their update says `clamped`. [`Bounds::NONE`] clears them. Configuring a
+    /// counter never written creates it at 0. Answers the counter's metadata with its bounds.
+    ///
+    /// ```no_run
+    /// # async fn example(client: tally_client::Client) -> Result<(), tally_client::ClientError> {
+    /// use tally_client::Bounds;
+    /// client.configure("seats", Bounds { min: Some(0), max: Some(120), clamp: false }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Client::increment`]; [`ClientError::OutOfBounds`] when the counter's value lies
+    /// outside `bounds`, `invalid_field` when `min` is above `max`.
+    pub async fn configure(&self, name: &str, bounds: Bounds) -> Result<Metadata, ClientError> {
+        let body = ConfigureBody {
+            name: name.to_owned(),
+            min: bounds.min.map(Number::from),
+            max: bounds.max.map(Number::from),
+            clamp: Some(bounds.clamp),
+        };
+        self.call(Procedure::Configure, &body).await
+    }
+
     /// Every counter this client may read whose name starts with `prefix`, in name order,
     /// following [`Client::list`]'s pages of the largest size to the end. Counters written or
     /// deleted meanwhile may or may not be in it; none is in it twice.
@@ -570,6 +597,8 @@ impl Client {
                 | Procedure::KeyList
                 // Sent again, it finds the counter gone and answers `deleted: false`.
                 | Procedure::Delete
+                // It replaces the bounds whole, so sending it again asks for the same thing.
+                | Procedure::Configure
         );
         let mut tried = 0;
         loop {
@@ -805,6 +834,9 @@ fn refusal(status: u16, error: ErrorDetail, retry_after: Option<Duration>) -> Cl
     {
         return ClientError::VersionConflict { current_version, message: error.message };
     }
+    if error.code == "out_of_bounds" {
+        return ClientError::OutOfBounds { min: error.min, max: error.max, message: error.message };
+    }
     match error.code.as_str() {
         "unauthenticated" | "token_expired" => {
             ClientError::Unauthenticated { code: error.code, message: error.message }
@@ -836,6 +868,8 @@ pub(crate) fn socket_refusal(error: WsError) -> ClientError {
         temporary: error.temporary,
         retry_after_ms: error.retry_after_ms,
         current_version: error.current_version,
+        min: error.min,
+        max: error.max,
     };
     refusal(status, detail, None)
 }

@@ -77,6 +77,18 @@ pub enum ClientError {
         /// The server's words.
         message: String,
     },
+    /// A write would have left the counter outside its bounds (`out_of_bounds`, 409), or a
+    /// [`Client::configure`](crate::Client::configure) asked for bounds that leave out the
+    /// counter's value: nothing was changed. The message names the bound crossed.
+    #[error("{message} (out_of_bounds)")]
+    OutOfBounds {
+        /// The counter's lower bound (or the asked one, for a configure), if any.
+        min: Option<i64>,
+        /// The counter's upper bound (or the asked one, for a configure), if any.
+        max: Option<i64>,
+        /// The server's words.
+        message: String,
+    },
     /// The server answered with another error: the request was refused and changed nothing.
     #[error("{message} ({code})")]
     Rejected {
@@ -157,6 +169,9 @@ pub(crate) fn duplicate(error: &ClientError) -> ClientError {
             current_version: *current_version,
             message: message.clone(),
         },
+        ClientError::OutOfBounds { min, max, message } => {
+            ClientError::OutOfBounds { min: *min, max: *max, message: message.clone() }
+        }
         ClientError::RateLimited { message, retry_after } => {
             ClientError::RateLimited { message: message.clone(), retry_after: *retry_after }
         }

@@ -85,6 +85,10 @@ error_codes! {
     /// wrote first); nothing was stored. The error's `currentVersion` says where it is: read
     /// it again, decide, and send the write with that version.
     VersionConflict = "version_conflict", 409, false;
+    /// A write that would leave the counter outside its bounds (`counter.configure`), or bounds
+    /// that leave out the counter's current value; nothing was changed. The error's `min` and
+    /// `max` are the bounds, and the message names the one crossed.
+    OutOfBounds = "out_of_bounds", 409, false;
     /// An idempotency key that breaks the key rule (1 to 128 printable ASCII characters).
     InvalidIdempotencyKey = "invalid_idempotency_key", 400, false;
     /// The idempotency key was already used by this principal on this counter for a different
@@ -154,12 +158,25 @@ pub struct ProtocolError {
     pub retry_after: Option<std::time::Duration>,
     /// The counter's version, for `version_conflict`.
     pub current_version: Option<u64>,
+    /// The counter's bounds (`min`, `max`; `None`: no such bound), for `out_of_bounds`.
+    pub bounds: Option<(Option<i64>, Option<i64>)>,
 }
 
 impl ProtocolError {
     /// A refusal with `code` and `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None, current_version: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+            current_version: None,
+            bounds: None,
+        }
+    }
+
+    /// The `min` and `max` an error's body carries: the bounds of an `out_of_bounds` refusal.
+    pub fn bound_fields(&self) -> (Option<i64>, Option<i64>) {
+        self.bounds.unwrap_or((None, None))
     }
 
     /// The same refusal, telling the client to wait `delay` before trying again.
@@ -197,6 +214,12 @@ pub struct ErrorDetail {
     /// (`version_conflict`).
     #[serde(default, rename = "currentVersion", skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
+    /// The counter's lower bound, for `out_of_bounds` (absent: it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    /// The counter's upper bound, for `out_of_bounds` (absent: it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
 }
 
 impl From<&ProtocolError> for ErrorBody {
@@ -208,6 +231,8 @@ impl From<&ProtocolError> for ErrorBody {
                 temporary: error.code.is_temporary(),
                 retry_after_ms: error.retry_after.map(duration_ms),
                 current_version: error.current_version,
+                min: error.bound_fields().0,
+                max: error.bound_fields().1,
             },
         }
     }

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::Bounds;
 use crate::limits::MAX_SAFE_INTEGER;
 use crate::message::OpKind;
 use crate::name::CounterName;
@@ -50,8 +51,12 @@ pub struct ExportedCounter {
     /// When its latest operation was committed (RFC 3339 UTC).
     pub updated_at: String,
     /// Its kept operations, oldest first, ending at `version`; `--history-limit` may have
-    /// trimmed the older ones, so the first need not be version 1.
+    /// trimmed the older ones, so the first need not be version 1. Empty for a counter
+    /// configured but never written (version 0).
     pub history: Vec<ExportedEntry>,
+    /// Its bounds (`counter.configure`), when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
 }
 
 /// One operation of a counter's history.
@@ -110,8 +115,32 @@ impl ExportedCounter {
     pub fn check(&self) -> Result<CounterName, String> {
         let name = CounterName::parse(&self.name).map_err(|error| error.message)?;
         in_range("value", self.value)?;
+        if let Some(bounds) = self.bounds {
+            if let (Some(min), Some(max)) = (bounds.min, bounds.max)
+                && min > max
+            {
+                return Err(format!("bounds min {min} is above max {max}; allowed: min <= max"));
+            }
+            for (field, bound) in [("min", bounds.min), ("max", bounds.max)] {
+                if let Some(bound) = bound {
+                    in_range(&format!("bounds {field}"), bound)?;
+                }
+            }
+            if !bounds.contains(self.value) {
+                return Err(format!(
+                    "value {} is outside its bounds ({}); allowed: a value within them",
+                    self.value,
+                    bounds.describe()
+                ));
+            }
+        }
         if self.version == 0 {
-            return Err("version is 0; allowed: 1 or more (a stored counter has had at least one operation)".into());
+            // A counter configured but never written (its bounds may have been cleared since):
+            // its row holds the bounds and nothing else.
+            if self.value == 0 && self.history.is_empty() {
+                return Ok(name);
+            }
+            return Err("version is 0 with a value or history; allowed: 1 or more (a counter written), or 0 with value 0 and no history (a counter configured but never written)".into());
         }
         let Some(last) = self.history.last() else {
             return Err(format!(
@@ -196,7 +225,14 @@ impl ExportedEntry {
             (OpKind::SetValue, None) => Some(self.value),
             (OpKind::Reset, None) => Some(0),
         };
-        if expected != Some(self.value) {
+        // An increment or decrement that a clamping counter stopped at its bound went part of
+        // the way (none, at the bound already): its value lies between the two.
+        let stopped_short = |target: i64| {
+            matches!(self.kind, OpKind::Increment | OpKind::Decrement)
+                && self.previous_value.min(target) <= self.value
+                && self.value <= self.previous_value.max(target)
+        };
+        if expected != Some(self.value) && !expected.is_some_and(stopped_short) {
             let operation = match self.amount {
                 Some(amount) => format!("{} {amount}", self.kind.as_str()),
                 None => self.kind.as_str().to_owned(),
@@ -245,7 +281,34 @@ mod tests {
             created_at: "2026-12-03T12:00:00.000Z".into(),
             updated_at: "2026-12-03T12:00:00.000Z".into(),
             history,
+            bounds: None,
         }
+    }
+
+    #[test]
+    fn bounds_hold_the_value_and_a_configured_counter_may_have_no_history() {
+        let bounds = Bounds { min: Some(0), max: Some(10), clamp: true };
+        // A clamped increment: asked for 5 from 8, stopped at 10.
+        let mut clamped = counter(vec![
+            entry(1, OpKind::SetValue, None, 0, 8),
+            entry(2, OpKind::Increment, Some(5), 8, 10),
+        ]);
+        clamped.bounds = Some(bounds);
+        assert!(clamped.check().is_ok(), "{:?}", clamped.check());
+        clamped.bounds = Some(Bounds { max: Some(9), ..bounds });
+        assert!(clamped.check().unwrap_err().contains("outside its bounds"));
+        let configured = ExportedCounter {
+            value: 0,
+            version: 0,
+            history: Vec::new(),
+            bounds: Some(bounds),
+            ..counter(vec![entry(1, OpKind::Reset, None, 0, 0)])
+        };
+        assert!(configured.check().is_ok(), "{:?}", configured.check());
+        let cleared = ExportedCounter { bounds: None, ..configured.clone() };
+        assert!(cleared.check().is_ok(), "bounds cleared before any write: {:?}", cleared.check());
+        let valued = ExportedCounter { value: 1, bounds: None, ..configured };
+        assert!(valued.check().unwrap_err().contains("version is 0"));
     }
 
     #[test]

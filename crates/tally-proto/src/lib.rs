@@ -8,7 +8,8 @@
 //! - [`limits`]: the numbers the protocol promises (name length, safe integer range, sizes).
 //! - [`name`]: counter names and their validation.
 //! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
-//! - [`rpc`]: the RPC procedures (ten counter, three key), their raw requests and validated forms.
+//! - [`rpc`]: the RPC procedures (eleven counter, three key), their raw requests and validated forms.
+//! - [`bounds`]: a counter's bounds and clamp mode (`counter.configure`).
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
 //! - [`watch`]: the query string of a watch (`?since=V&epoch=E`).
 //! - [`epoch`]: a database's epoch, which tells one history from another on a resume.
@@ -18,6 +19,7 @@
 //! - [`export`]: the JSON Lines file of `tally export` and `tally import`.
 //! - [`socket`]: the socket protocol, version 2 (`GET /ws`): commands, replies and pushes.
 
+pub mod bounds;
 pub mod epoch;
 pub mod error;
 pub mod export;
@@ -33,6 +35,7 @@ pub mod socket;
 mod typescript;
 pub mod watch;
 
+pub use bounds::{Bounded, Bounds};
 pub use epoch::Epoch;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use grant::{Action, Grant, NamePattern, Permissions};

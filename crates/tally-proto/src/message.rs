@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::Bounds;
 use crate::epoch::Epoch;
 use crate::error::{ErrorCode, ProtocolError, duration_ms};
 use crate::grant::Action;
@@ -68,6 +69,11 @@ pub struct Metadata {
     /// 10 000 are counted): only in `getMetadata`'s answer, never in updates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ops_last_minute: Option<u64>,
+    /// The counter's bounds (`counter.configure`; `min` and `max` null and `clamp` false when
+    /// it has none): only in the answers of `getMetadata` and `configure`, never in updates,
+    /// whose bytes are built from the history entry alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
 }
 
 /// One applied operation, answered to its writer and broadcast to every watcher, byte for byte
@@ -89,6 +95,11 @@ pub struct Update {
     pub metadata: Metadata,
     /// When it was committed (RFC 3339 UTC with milliseconds).
     pub timestamp: String,
+    /// True when the write would have crossed one of the counter's bounds and its clamp mode
+    /// stopped it at the bound: `value` is the bound, not what the operation asked (absent
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clamped: bool,
     /// Who made it (a token's subject, `key:NAME`, or `anonymous`); sent only to principals
     /// with `admin` on the counter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +171,12 @@ pub struct WsError {
     /// The counter's version, for `version_conflict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<u64>,
+    /// The counter's lower bound, for `out_of_bounds` (absent: it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<i64>,
+    /// The counter's upper bound, for `out_of_bounds` (absent: it has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<i64>,
 }
 
 impl From<&ProtocolError> for WsError {
@@ -170,6 +187,8 @@ impl From<&ProtocolError> for WsError {
             temporary: error.code.is_temporary(),
             retry_after_ms: error.retry_after.map(duration_ms),
             current_version: error.current_version,
+            min: error.bound_fields().0,
+            max: error.bound_fields().1,
         }
     }
 }
@@ -428,6 +447,9 @@ pub struct ListedCounter {
     /// Subscriptions to the counter on the node that answered (in a cluster, each node counts
     /// its own; `getPresence` counts every node's).
     pub watchers: u64,
+    /// The counter's bounds, when it has any (`counter.configure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounds: Option<Bounds>,
 }
 
 /// The answer to `counter.list`: counters in name order.
@@ -467,6 +489,7 @@ mod tests {
             updated_at: Some("2025-01-15T12:00:01.000Z".into()),
             operation_count: 10,
             ops_last_minute: None,
+            bounds: None,
         }
     }
 
@@ -479,6 +502,7 @@ mod tests {
             version: 10,
             metadata: metadata(),
             timestamp: "2025-01-15T12:00:01.000Z".into(),
+            clamped: false,
             by: None,
         };
         let json: serde_json::Value =

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Number;
 
+use crate::bounds::Bounds;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grant::{Action, Grant};
 use crate::keys::{KeyCreateBody, KeyNameBody, check_key_name};
@@ -15,7 +16,7 @@ use crate::limits::{
 use crate::message::OpKind;
 use crate::name::{CounterName, NAME_RULE};
 
-/// The ten counter procedures and the three key procedures.
+/// The eleven counter procedures and the three key procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Procedure {
     /// `counter.increment`
@@ -39,6 +40,8 @@ pub enum Procedure {
     /// `counter.delete` (admin on the counter): removes its value, history and idempotency
     /// keys; a later write starts it afresh at version 1, under a new epoch.
     Delete,
+    /// `counter.configure`: a counter's bounds and clamp mode (admin on the counter).
+    Configure,
     /// `key.create` (admin on every counter)
     KeyCreate,
     /// `key.list` (admin on every counter)
@@ -49,7 +52,7 @@ pub enum Procedure {
 
 impl Procedure {
     /// Every procedure, in documentation order.
-    pub const ALL: [Procedure; 13] = [
+    pub const ALL: [Procedure; 14] = [
         Procedure::Increment,
         Procedure::Decrement,
         Procedure::SetValue,
@@ -60,6 +63,7 @@ impl Procedure {
         Procedure::GetPresence,
         Procedure::List,
         Procedure::Delete,
+        Procedure::Configure,
         Procedure::KeyCreate,
         Procedure::KeyList,
         Procedure::KeyRevoke,
@@ -78,8 +82,11 @@ impl Procedure {
             | Procedure::GetHistory
             | Procedure::GetPresence
             | Procedure::List => Action::Read,
-            Procedure::Delete => Action::Admin,
-            Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke => Action::Admin,
+            Procedure::Delete
+            | Procedure::Configure
+            | Procedure::KeyCreate
+            | Procedure::KeyList
+            | Procedure::KeyRevoke => Action::Admin,
         }
     }
 
@@ -96,6 +103,7 @@ impl Procedure {
             Procedure::GetPresence => "counter.getPresence",
             Procedure::List => "counter.list",
             Procedure::Delete => "counter.delete",
+            Procedure::Configure => "counter.configure",
             Procedure::KeyCreate => "key.create",
             Procedure::KeyList => "key.list",
             Procedure::KeyRevoke => "key.revoke",
@@ -136,16 +144,25 @@ impl Procedure {
                     ErrorCode::InvalidAmount,
                     ErrorCode::OutOfRange,
                     ErrorCode::VersionConflict,
+                    ErrorCode::OutOfBounds,
                 ]);
             }
             Procedure::SetValue => {
-                codes.extend([ErrorCode::OutOfRange, ErrorCode::VersionConflict]);
+                codes.extend([
+                    ErrorCode::OutOfRange,
+                    ErrorCode::VersionConflict,
+                    ErrorCode::OutOfBounds,
+                ]);
             }
+            Procedure::Reset => codes.push(ErrorCode::OutOfBounds),
+            Procedure::Configure => codes.extend([
+                ErrorCode::OutOfRange,
+                ErrorCode::OutOfBounds,
+                ErrorCode::StoreStopped,
+                ErrorCode::QuotaExceeded,
+            ]),
             Procedure::GetHistory | Procedure::List => codes.push(ErrorCode::InvalidLimit),
-            Procedure::Reset
-            | Procedure::GetValue
-            | Procedure::GetMetadata
-            | Procedure::GetPresence => {}
+            Procedure::GetValue | Procedure::GetMetadata | Procedure::GetPresence => {}
             Procedure::KeyCreate => codes.extend([
                 ErrorCode::InvalidGrant,
                 ErrorCode::KeyExists,
@@ -300,6 +317,37 @@ fn optional_name_schema(generator: &mut schemars::SchemaGenerator) -> schemars::
     schema
 }
 
+/// Body of `counter.configure`: the counter's rules, replaced whole (a field left out or null
+/// is no such rule, so `{name}` alone clears them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConfigureBody {
+    /// The counter.
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::name::name_schema"))]
+    pub name: String,
+    /// The lowest value writes may leave the counter at, within ±(2^53 − 1); none when absent
+    /// or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<i64>", range(min = -MAX_SAFE_INTEGER, max = MAX_SAFE_INTEGER))
+    )]
+    pub min: Option<Number>,
+    /// The highest value writes may leave the counter at, within ±(2^53 − 1) and not below
+    /// `min`; none when absent or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<i64>", range(min = -MAX_SAFE_INTEGER, max = MAX_SAFE_INTEGER))
+    )]
+    pub max: Option<Number>,
+    /// Stop a write that would cross a bound at the bound (answered with `"clamped": true`)
+    /// instead of refusing it with `out_of_bounds`; false when absent or null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamp: Option<bool>,
+}
+
 /// A validated change to a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -393,6 +441,13 @@ pub enum Request {
         /// Only versions below this one.
         before: Option<u64>,
     },
+    /// counter.configure.
+    Configure {
+        /// The counter.
+        name: CounterName,
+        /// Its new rules, replacing the old ones whole.
+        bounds: Bounds,
+    },
     /// counter.list.
     List {
         /// Only names starting with this (empty: every name); checked against the name rule.
@@ -432,7 +487,8 @@ impl Request {
             | Request::GetMetadata { name }
             | Request::GetPresence { name }
             | Request::GetHistory { name, .. }
-            | Request::Delete { name } => Some(name),
+            | Request::Delete { name }
+            | Request::Configure { name, .. } => Some(name),
             Request::List { .. }
             | Request::KeyCreate { .. }
             | Request::KeyList
@@ -521,6 +577,31 @@ impl Request {
             Procedure::Delete => {
                 let raw: NameBody = from_json(body)?;
                 Request::Delete { name: CounterName::parse(&raw.name)? }
+            }
+            Procedure::Configure => {
+                let raw: ConfigureBody = from_json(body)?;
+                let name = CounterName::parse(&raw.name)?;
+                let bound = |field: &str, number: &Option<Number>| {
+                    number
+                        .as_ref()
+                        .map(|number| integer(field, number, ErrorCode::InvalidField))
+                        .transpose()
+                };
+                let (min, max) = (bound("min", &raw.min)?, bound("max", &raw.max)?);
+                if let (Some(min), Some(max)) = (min, max)
+                    && min > max
+                {
+                    return Err(ProtocolError::new(
+                        ErrorCode::InvalidField,
+                        format!(
+                            "min {min} is above max {max}; allowed: min <= max (either may be left out or null for no such bound)"
+                        ),
+                    ));
+                }
+                Request::Configure {
+                    name,
+                    bounds: Bounds { min, max, clamp: raw.clamp.unwrap_or(false) },
+                }
             }
             Procedure::KeyCreate => {
                 let raw: KeyCreateBody = from_json(body)?;
@@ -796,6 +877,27 @@ mod tests {
             }),
         );
         check(
+            "counter.configure",
+            r#"{"name":"a","min":0,"max":10,"clamp":true}"#,
+            &Ok(Request::Configure {
+                name: a(),
+                bounds: Bounds { min: Some(0), max: Some(10), clamp: true },
+            }),
+        );
+        check(
+            "counter.configure",
+            r#"{"name":"a","min":null,"max":5}"#,
+            &Ok(Request::Configure {
+                name: a(),
+                bounds: Bounds { min: None, max: Some(5), clamp: false },
+            }),
+        );
+        check(
+            "counter.configure",
+            r#"{"name":"a"}"#,
+            &Ok(Request::Configure { name: a(), bounds: Bounds::NONE }),
+        );
+        check(
             "counter.list",
             r#"{"prefix":null,"after":null,"limit":null}"#,
             &Ok(Request::List { prefix: String::new(), after: None, limit: 100 }),
@@ -841,6 +943,12 @@ mod tests {
         check("counter.list", r#"{"after":"a/b"}"#, &Err(InvalidName));
         check("counter.list", r#"{"perfix":"a"}"#, &Err(InvalidField));
         check("counter.list", r#"[]"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","min":3,"max":2}"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","min":1.5}"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","max":"5"}"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","clamp":1}"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","maximum":1}"#, &Err(InvalidField));
+        check("counter.configure", r#"{"name":"a","max":9007199254740992}"#, &Err(OutOfRange));
     }
 
     #[test]

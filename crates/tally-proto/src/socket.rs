@@ -710,6 +710,7 @@ mod tests {
             updated_at: None,
             operation_count: 3,
             ops_last_minute: None,
+            bounds: None,
         };
         let update = Update {
             kind: OpKind::Increment,
@@ -718,6 +719,7 @@ mod tests {
             version: 3,
             metadata: metadata.clone(),
             timestamp: "t".into(),
+            clamped: false,
             by: None,
         };
         let frames = [
@@ -749,6 +751,8 @@ mod tests {
                     temporary: false,
                     retry_after_ms: None,
                     current_version: None,
+                    min: None,
+                    max: None,
                 },
             },
             Frame::Authenticated {

@@ -61,6 +61,16 @@ pub(crate) async fn counter_call(
             let recent = state.store.recent_operations(&name, since_ms).await;
             let recent = recent.map_err(|error| ApplyError::from(error).to_protocol())?;
             metadata.ops_last_minute = Some(recent);
+            metadata.bounds = Some(counter.bounds);
+            json(&metadata)
+        }
+        Request::Configure { name, bounds } => {
+            access.authorize(principal, &name, action, None)?;
+            // A change of bounds is a commit like a write's, so it counts against the rate.
+            access.check_write_rate(principal)?;
+            let counter = state.registry.configure(&name, bounds).await.map_err(to_protocol)?;
+            let mut metadata = counter.metadata(&name);
+            metadata.bounds = Some(counter.bounds);
             json(&metadata)
         }
         Request::GetPresence { name } => {
@@ -201,6 +211,7 @@ fn listed_counters(state: &AppState, rows: Vec<NamedRecord>) -> Vec<ListedCounte
             value: row.record.value,
             version: row.record.version,
             updated_at: clock::format_ms(row.record.updated_at_ms),
+            bounds: row.record.bounds.is_set().then_some(row.record.bounds),
         })
         .collect()
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tally_proto::{
-    Action, CounterName, Epoch, ErrorCode, IdempotencyKey, Metadata, Op, ProtocolError, Snapshot,
+    Action, Bounded, Bounds, CounterName, Epoch, ErrorCode, IdempotencyKey, Metadata, Op,
+    ProtocolError, Snapshot,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
@@ -30,8 +31,8 @@ use crate::config::Config;
 use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::store::{
-    AppendBatch, CommitResult, Committing, CounterRecord, DeleteOutcome, HistoryRecord, Retention,
-    Store, StoreError,
+    AppendBatch, BatchRules, CommitResult, Committing, CounterRecord, DeleteOutcome, HistoryRecord,
+    Retention, Store, StoreError,
 };
 use crate::topic::{Subscription, Topic, User};
 use idempotency::{Arrival, KeyId, Keys, key_ref};
@@ -57,11 +58,16 @@ pub struct CounterState {
     pub version: u64,
     /// When the first write was committed.
     pub created_at_ms: Option<i64>,
-    /// When the latest write was committed.
+    /// When the latest write was committed (or, for a counter configured but never written,
+    /// when it was configured).
     pub updated_at_ms: Option<i64>,
     /// The counter's epoch ([`Epoch::bits`]) when its name was ever deleted; `None` for the
     /// database's. As a number, so that the state stays `Copy`.
     pub epoch: Option<u64>,
+    /// Its bounds (`counter.configure`).
+    pub bounds: Bounds,
+    /// How many times its bounds were configured (see `BatchRules`).
+    pub rules_version: u64,
 }
 
 impl CounterState {
@@ -74,6 +80,8 @@ impl CounterState {
             created_at_ms: Some(record.created_at_ms),
             updated_at_ms: Some(record.updated_at_ms),
             epoch: record.epoch,
+            bounds: record.bounds,
+            rules_version: record.rules_version,
         }
     }
 
@@ -92,6 +100,7 @@ impl CounterState {
             updated_at: self.updated_at_ms.map(clock::format_ms),
             operation_count: self.version,
             ops_last_minute: None,
+            bounds: None,
         }
     }
 
@@ -253,6 +262,8 @@ enum Command {
     /// Another node deleted this counter: its watchers here are unsubscribed, and the state is
     /// read again from storage.
     DeletedElsewhere,
+    /// Replace the counter's bounds; answered with the committed state once they are stored.
+    Configure(Box<(Bounds, Reply<CounterState>)>),
 }
 
 // Two words, as said above; a new unboxed variant would widen every counter's inbox again.
@@ -278,6 +289,7 @@ impl Command {
             Command::Read { respond_to } => respond_to.send(Err(error())).map_err(drop),
             Command::Watch(watch) => watch.1.send(Err(error())).map_err(drop),
             Command::Delete { respond_to } => respond_to.send(Err(error())).map_err(drop),
+            Command::Configure(configure) => configure.1.send(Err(error())).map_err(drop),
             Command::Changed(_) | Command::DeletedElsewhere => Ok(()),
         };
     }
@@ -314,6 +326,12 @@ impl CounterHandle {
             Command::Apply(Box::new(apply))
         })
         .await
+    }
+
+    /// Replaces the counter's bounds with `bounds`, after the operations already sent and
+    /// before those sent later; answers the committed state with them once they are durable.
+    pub(crate) async fn configure(&self, bounds: Bounds) -> Result<CounterState, ApplyError> {
+        self.ask(|respond_to| Command::Configure(Box::new((bounds, respond_to)))).await
     }
 
     /// The committed state.
@@ -371,6 +389,26 @@ struct PendingOp {
     respond_to: Reply<Arc<Published>>,
     /// How many times another node's commit got in first (a shared store only).
     conflicts: u32,
+    /// Whether it was found out of bounds once already and the counter read again since (a
+    /// shared store only; see `CounterActor::start_batch`).
+    rechecked: bool,
+}
+
+/// A change of the counter's bounds waiting for its batch: the batch that takes it ends with it,
+/// so operations before it are checked against the old bounds and those after against the new.
+struct PendingConfigure {
+    bounds: Bounds,
+    respond_to: Reply<CounterState>,
+    /// How many times another node's commit got in first (a shared store only).
+    conflicts: u32,
+    /// As for [`PendingOp::rechecked`]: found to leave out the value once already.
+    rechecked: bool,
+}
+
+/// What waits for the next batch, in arrival order.
+enum Pending {
+    Op(PendingOp),
+    Configure(PendingConfigure),
 }
 
 /// How many times an operation is sent again after other nodes' commits got ahead of it,
@@ -378,9 +416,13 @@ struct PendingOp {
 /// its writers on fewer nodes).
 const MAX_CONFLICTS: u32 = 64;
 
-/// The batch being committed: each entry with the caller waiting for it.
+/// The batch being committed: each entry with the caller waiting for it, and the change of
+/// bounds it ends with, if any.
 struct InFlight {
     entries: Vec<(HistoryRecord, PendingOp)>,
+    configure: Option<PendingConfigure>,
+    /// The rules the batch stores.
+    rules: BatchRules,
 }
 
 /// What an actor needs from the registry that started it: where it is registered and where
@@ -431,11 +473,14 @@ struct CounterActor {
     /// The counter's fan-out, taken from the registry on the first watch; it outlives the actor
     /// while watchers hold subscriptions, so watchers survive hibernation.
     topic: Option<Arc<Topic>>,
-    /// Operations waiting to be queued as the next batch.
-    pending: Vec<PendingOp>,
+    /// Operations (and changes of bounds) waiting to be queued as the next batch.
+    pending: Vec<Pending>,
     /// Value and version after the last queued batch: where the next batch starts. Equal to the
     /// committed state when nothing is in flight.
     tip: (i64, u64),
+    /// Bounds and rules version after the last queued batch: what the next batch's operations
+    /// are checked against and its rules version check expects.
+    tip_rules: (Bounds, u64),
     /// Set after a failed commit: the next batch first reloads the state from storage.
     reload: bool,
     /// The failure that set `reload`: the batches queued behind it fail with a conflict (their
@@ -474,6 +519,7 @@ pub(crate) fn spawn(
         topic,
         pending: Vec::new(),
         tip: (0, 0),
+        tip_rules: (Bounds::NONE, 0),
         reload: true,
         failure: None,
         keys: Keys::new(context.config.idempotency_keys, context.config.idempotency_window),
@@ -512,7 +558,7 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 inbox.close();
                 let failed = ApplyError::from(error);
                 for pending in std::mem::take(&mut actor.pending) {
-                    actor.answer(pending, Err(failed.clone()));
+                    actor.refuse(pending, &failed);
                 }
                 for command in std::mem::take(&mut actor.deferred) {
                     command.refuse(|| failed.clone());
@@ -545,6 +591,11 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         {
             actor.delete(respond_to).await;
             idle_deadline = deadline_after(idle_timeout);
+            continue;
+        }
+        // The batch stopped at an operation to check again on a fresh read (a shared store's
+        // bounds): read now if nothing is in flight, rather than wait for the next command.
+        if actor.reload && in_flight.is_empty() && !actor.pending.is_empty() {
             continue;
         }
         let idle = in_flight.is_empty()
@@ -640,6 +691,8 @@ impl CounterActor {
     fn forget_counter(&mut self) {
         self.state = CounterState::default();
         self.tip = (0, 0);
+        // The bounds went with the row.
+        self.tip_rules = (self.state.bounds, self.state.rules_version);
         self.keys =
             Keys::new(self.context.config.idempotency_keys, self.context.config.idempotency_window);
         if let Some(topic) = self.topic.take() {
@@ -660,6 +713,7 @@ impl CounterActor {
             self.keys.load(records);
         }
         self.tip = (self.state.value, self.state.version);
+        self.tip_rules = (self.state.bounds, self.state.rules_version);
         self.reload = false;
         self.failure = None;
         self.requeued = 0;
@@ -668,9 +722,18 @@ impl CounterActor {
         // operation's key as committed, that operation is answered from it, not applied again.
         let now_ms = clock::now_ms();
         for pending in std::mem::take(&mut self.pending) {
-            let Some(id) = pending.key.clone() else {
-                self.pending.push(pending);
-                continue;
+            let (pending, id) = match pending {
+                Pending::Op(pending) => match pending.key.clone() {
+                    Some(id) => (pending, id),
+                    None => {
+                        self.pending.push(Pending::Op(pending));
+                        continue;
+                    }
+                },
+                configure @ Pending::Configure(_) => {
+                    self.pending.push(configure);
+                    continue;
+                }
             };
             match self.keys.committed(&id, now_ms).cloned() {
                 Some(entry) if entry.op() == pending.op => {
@@ -681,7 +744,7 @@ impl CounterActor {
                     let (key, first, op) = (id.key.clone(), entry.op(), pending.op);
                     self.answer(pending, Err(ApplyError::KeyReused { key, first, op }));
                 }
-                None => self.pending.push(pending),
+                None => self.pending.push(Pending::Op(pending)),
             }
         }
         tracing::debug!(counter = %self.name, version = self.state.version, "counter loaded");
@@ -744,6 +807,16 @@ impl CounterActor {
         }
     }
 
+    /// Answers whatever `pending` is with `error`.
+    fn refuse(&mut self, pending: Pending, error: &ApplyError) {
+        match pending {
+            Pending::Op(pending) => self.answer(pending, Err(error.clone())),
+            Pending::Configure(configure) => {
+                let _ = configure.respond_to.send(Err(error.clone()));
+            }
+        }
+    }
+
     /// Answers `pending`, and every duplicate waiting on its key, with `result`. A key whose
     /// operation failed is not remembered: a later retry applies the operation.
     fn answer(&mut self, pending: PendingOp, result: Result<Arc<Published>, ApplyError>) {
@@ -772,6 +845,15 @@ impl CounterActor {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Apply(apply) => self.take(*apply),
+            Command::Configure(configure) => {
+                let (bounds, respond_to) = *configure;
+                self.pending.push(Pending::Configure(PendingConfigure {
+                    bounds,
+                    respond_to,
+                    conflicts: 0,
+                    rechecked: false,
+                }));
+            }
             // Other nodes may have moved the counter: answered after the next reload, which
             // every read waiting meanwhile shares.
             command @ (Command::Read { .. } | Command::Watch(_)) if self.shared => {
@@ -806,7 +888,7 @@ impl CounterActor {
     fn take(&mut self, apply: ApplyCommand) {
         let ApplyCommand { op, expected_version, by, key, received, respond_to } = apply;
         match key {
-            None => self.pending.push(PendingOp {
+            None => self.pending.push(Pending::Op(PendingOp {
                 op,
                 expected_version,
                 by,
@@ -814,12 +896,13 @@ impl CounterActor {
                 received,
                 respond_to,
                 conflicts: 0,
-            }),
+                rechecked: false,
+            })),
             Some(key) => {
                 let id = KeyId { by: Arc::clone(&by), key };
                 match self.keys.arrive(id, op, clock::now_ms(), respond_to) {
                     Arrival::New(id, respond_to) => {
-                        self.pending.push(PendingOp {
+                        self.pending.push(Pending::Op(PendingOp {
                             op,
                             expected_version,
                             by,
@@ -827,7 +910,8 @@ impl CounterActor {
                             received,
                             respond_to,
                             conflicts: 0,
-                        });
+                            rechecked: false,
+                        }));
                     }
                     Arrival::Replay(entry, respond_to) => {
                         let _ = respond_to.send(Ok(self.republish(entry)));
@@ -843,15 +927,46 @@ impl CounterActor {
 
     /// Applies every pending operation on top of the last queued batch (or the committed state)
     /// and queues them in the store as one batch. Operations whose result would be out of range
-    /// are refused here and left out.
+    /// or out of the counter's bounds are refused here and left out (or, in clamp mode, stopped
+    /// at the bound). A change of bounds ends the batch, so the operations after it are checked
+    /// against the new bounds in the next one.
+    ///
+    /// On a shared store, what this actor knows of the bounds (and the value) may be behind
+    /// another node's: a batch built on it is stored only if the row's versions still match, so
+    /// a stale write or clamp never commits, but a refusal is never sent to storage. So an
+    /// operation (or change of bounds) found out of bounds ends the batch there instead, and
+    /// waits, with those after it, for the counter to be read again; it is refused only if it
+    /// is still out of bounds on what storage holds then.
     async fn start_batch(&mut self) -> Option<(InFlight, Committing)> {
         let at_ms = clock::now_ms();
         self.keys.forget_expired(at_ms);
         let (mut value, mut version) = self.tip;
+        let (bounds, rules_version) = self.tip_rules;
         let base_version = version;
         let mut entries = Vec::with_capacity(self.pending.len());
         let mut remember = Vec::new();
-        for pending in std::mem::take(&mut self.pending) {
+        let mut configure = None;
+        // An operation (or change) to check again once the counter is read again.
+        let mut recheck = None;
+        let mut pending_all = std::mem::take(&mut self.pending).into_iter();
+        for pending in pending_all.by_ref() {
+            let pending = match pending {
+                Pending::Op(pending) => pending,
+                Pending::Configure(mut change) => {
+                    if change.bounds.contains(value) {
+                        configure = Some(change);
+                        break;
+                    }
+                    if self.shared && !change.rechecked {
+                        change.rechecked = true;
+                        recheck = Some(Pending::Configure(change));
+                        break;
+                    }
+                    let refusal = change.bounds.refuse_value(&self.name, value);
+                    let _ = change.respond_to.send(Err(ApplyError::Rejected(refusal)));
+                    continue;
+                }
+            };
             if let Some(expected) = pending.expected_version
                 && expected != version
             {
@@ -859,12 +974,19 @@ impl CounterActor {
                 self.answer(pending, Err(ApplyError::Rejected(refusal)));
                 continue;
             }
-            match pending.op.apply(value) {
-                Ok(next) => {
+            let kind = pending.op.kind();
+            let bounded = pending
+                .op
+                .apply(value)
+                .and_then(|next| bounds.check(&self.name, kind, value, next));
+            match bounded {
+                Ok(Bounded::Within(next) | Bounded::Clamped(next)) => {
                     version += 1;
+                    // A clamped entry keeps the amount asked with the bound as its value: that
+                    // difference is how history (and a replay's bytes) tells it was clamped.
                     let entry = HistoryRecord {
                         version,
-                        kind: pending.op.kind(),
+                        kind,
                         amount: pending.op.amount(),
                         previous_value: value,
                         value: next,
@@ -877,12 +999,35 @@ impl CounterActor {
                     }
                     entries.push((entry, pending));
                 }
+                Err(error)
+                    if self.shared
+                        && error.code == ErrorCode::OutOfBounds
+                        && !pending.rechecked =>
+                {
+                    let mut pending = pending;
+                    pending.rechecked = true;
+                    recheck = Some(Pending::Op(pending));
+                    break;
+                }
                 Err(error) => self.answer(pending, Err(ApplyError::Rejected(error))),
             }
         }
-        if entries.is_empty() {
+        // What the change of bounds or the one to check again left for the next batch, in
+        // order.
+        if let Some(recheck) = recheck {
+            self.pending.push(recheck);
+            self.reload = true;
+        }
+        self.pending.extend(pending_all);
+        if entries.is_empty() && configure.is_none() {
             return None;
         }
+        let rules = BatchRules {
+            expected_version: rules_version,
+            bounds: configure.as_ref().map_or(bounds, |change| change.bounds),
+            configure: configure.is_some(),
+            at_ms,
+        };
         let batch = AppendBatch {
             name: CounterName::clone(&self.name),
             id: self.state.id,
@@ -890,16 +1035,21 @@ impl CounterActor {
             entries: entries.iter().map(|(entry, _)| entry.clone()).collect(),
             remember,
             forget: self.keys.take_forgotten(),
+            rules,
         };
         match self.store.append(batch).await {
             Ok(committing) => {
                 self.tip = (value, version);
-                Some((InFlight { entries }, committing))
+                self.tip_rules = (rules.bounds, rules.version_after());
+                Some((InFlight { entries, configure, rules }, committing))
             }
             Err(error) => {
                 let failed = ApplyError::from(error);
                 for (_, pending) in entries {
                     self.answer(pending, Err(failed.clone()));
+                }
+                if let Some(change) = configure {
+                    let _ = change.respond_to.send(Err(failed));
                 }
                 None
             }
@@ -911,16 +1061,29 @@ impl CounterActor {
     /// in flight, so the reload finds one already committed (by a retry that reached another
     /// node) and answers it from there instead of applying it twice.
     fn send_again(&mut self, batch: InFlight) {
-        let mut again = Vec::with_capacity(batch.entries.len());
+        let gave_up = || {
+            ApplyError::Store(Arc::new(StoreError::Unavailable(
+                format!(
+                    "other nodes' writes to this counter got ahead of this one {MAX_CONFLICTS} times"
+                )
+                .into(),
+            )))
+        };
+        let mut again = Vec::with_capacity(batch.entries.len() + 1);
         for (_, mut pending) in batch.entries {
             pending.conflicts += 1;
             if pending.conflicts > MAX_CONFLICTS {
-                let error = ApplyError::Store(Arc::new(StoreError::Unavailable(
-                    format!("other nodes' writes to this counter got ahead of this one {MAX_CONFLICTS} times").into(),
-                )));
-                self.answer(pending, Err(error));
+                self.answer(pending, Err(gave_up()));
             } else {
-                again.push(pending);
+                again.push(Pending::Op(pending));
+            }
+        }
+        if let Some(mut change) = batch.configure {
+            change.conflicts += 1;
+            if change.conflicts > MAX_CONFLICTS {
+                let _ = change.respond_to.send(Err(gave_up()));
+            } else {
+                again.push(Pending::Configure(change));
             }
         }
         self.context.metrics.batch_conflicts.inc();
@@ -975,6 +1138,9 @@ impl CounterActor {
                 for (_, pending) in batch.entries {
                     self.answer(pending, Err(failed.clone()));
                 }
+                if let Some(change) = batch.configure {
+                    let _ = change.respond_to.send(Err(failed));
+                }
                 // Storage is the truth; read it again before building on it (once every batch
                 // queued behind this one, which fails too, has been answered).
                 self.reload = true;
@@ -983,10 +1149,11 @@ impl CounterActor {
         };
         let metrics = &self.context.metrics;
         metrics.batch_operations.observe(batch.entries.len() as f64);
-        // `start_batch` never starts an empty batch, and all its entries share one timestamp.
-        let created_at: Arc<str> = Arc::from(clock::format_ms(
-            *self.state.created_at_ms.get_or_insert(batch.entries[0].0.at_ms),
-        ));
+        // All of a batch's entries share its timestamp, which a batch that only configures the
+        // counter created a new row at.
+        let created_at: Arc<str> =
+            Arc::from(clock::format_ms(*self.state.created_at_ms.get_or_insert(batch.rules.at_ms)));
+        self.state.updated_at_ms.get_or_insert(batch.rules.at_ms);
         self.state.id = Some(id);
         // Published only while someone watches: a watcher subscribes through this actor, at
         // the state it then gets, so it never needs an update published before it came, and an
@@ -1014,6 +1181,11 @@ impl CounterActor {
                 }
             }
             let _ = pending.respond_to.send(Ok(published));
+        }
+        if let Some(change) = batch.configure {
+            self.state.bounds = batch.rules.bounds;
+            self.state.rules_version = batch.rules.version_after();
+            let _ = change.respond_to.send(Ok(self.state));
         }
     }
 }

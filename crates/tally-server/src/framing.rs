@@ -150,6 +150,10 @@ impl Published {
         // The same timestamp again: copied, not formatted twice.
         text.extend_from_within(timestamp_at..timestamp_end);
         text.push('"');
+        // Derived from the entry itself, so a replay from history says it again.
+        if entry.clamped() {
+            text.push_str(",\"clamped\":true");
+        }
         if let Some(by) = by {
             text.push_str(",\"by\":");
             push_json_string(&mut text, by);
@@ -205,8 +209,10 @@ impl Published {
                 updated_at: Some(timestamp.clone()),
                 operation_count: entry.version,
                 ops_last_minute: None,
+                bounds: None,
             },
             timestamp,
+            clamped: entry.clamped(),
             by: None,
         }
     }

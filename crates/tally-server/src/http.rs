@@ -122,7 +122,8 @@ async fn answer_rpc(
         | Request::GetPresence { .. }
         | Request::GetHistory { .. }
         | Request::List { .. }
-        | Request::Delete { .. }) => {
+        | Request::Delete { .. }
+        | Request::Configure { .. }) => {
             json_bytes(calls::counter_call(state, &principal, action, request, key.as_ref()).await?)
         }
         Request::KeyCreate { name, grants } => {

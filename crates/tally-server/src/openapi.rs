@@ -12,7 +12,7 @@ use schemars::generate::{SchemaGenerator, SchemaSettings};
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
-use tally_proto::rpc::{AmountBody, HistoryBody, ListBody, NameBody, SetValueBody};
+use tally_proto::rpc::{AmountBody, ConfigureBody, HistoryBody, ListBody, NameBody, SetValueBody};
 use tally_proto::{
     CounterList, Deleted, ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure,
     Readiness, Update, ValueAnswer,
@@ -99,6 +99,7 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetPresence => pair::<NameBody, Presence>(generator),
         Procedure::List => pair::<ListBody, CounterList>(generator),
         Procedure::Delete => pair::<NameBody, Deleted>(generator),
+        Procedure::Configure => pair::<ConfigureBody, Metadata>(generator),
         Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
         Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
         Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
@@ -168,6 +169,9 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::Delete => {
             "Delete the counter (admin on it): its value, history and idempotency keys; its watchers are unsubscribed (close 4004 on /ws/counter), a later write starts it at version 1 under a new epoch; deleting a counter not stored answers deleted: false"
         }
+        Procedure::Configure => {
+            "Replace the counter's bounds (min, max, clamp; admin on the counter): writes that would leave them are refused 409 out_of_bounds, or stopped at the bound in clamp mode"
+        }
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",
         Procedure::KeyRevoke => "Revoke an API key at once (admin on every counter)",
@@ -208,5 +212,13 @@ mod tests {
         let header = &doc["paths"]["/rpc/counter.increment"]["post"]["parameters"][0];
         assert_eq!((&header["name"], &header["in"]), (&json!("Idempotency-Key"), &json!("header")));
         assert!(doc["paths"]["/rpc/counter.getValue"]["post"]["parameters"].is_null());
+        let configure = &schemas["ConfigureBody"]["properties"];
+        assert_eq!(configure["max"]["maximum"], tally_proto::limits::MAX_SAFE_INTEGER);
+        assert_eq!(schemas["ConfigureBody"]["additionalProperties"], false);
+        let answers = &doc["paths"]["/rpc/counter.configure"]["post"]["responses"];
+        assert!(
+            answers["409"]["description"].as_str().is_some_and(|d| d.contains("out_of_bounds"))
+        );
+        assert!(doc["paths"]["/rpc/counter.configure"]["post"]["parameters"].is_null());
     }
 }

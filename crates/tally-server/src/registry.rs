@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use tally_proto::{CounterName, IdempotencyKey, Op, Presence};
+use tally_proto::{Bounds, CounterName, IdempotencyKey, Op, Presence};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -236,6 +236,20 @@ impl Registry {
             async move { handle.apply(op, expected_version, by, key).await }
         })
         .await
+    }
+
+    /// Replaces the bounds of counter `name` with `bounds`, through its actor, so that the
+    /// change is ordered with the writes pending there; answers the committed state with them.
+    ///
+    /// # Errors
+    /// `Rejected` (`out_of_bounds`) when the counter's value lies outside `bounds`; `Store` when
+    /// they could not be stored; `ShuttingDown`.
+    pub async fn configure(
+        &self,
+        name: &CounterName,
+        bounds: Bounds,
+    ) -> Result<CounterState, ApplyError> {
+        self.with_actor(name, |handle| async move { handle.configure(bounds).await }).await
     }
 
     /// The committed state of counter `name` (its zero state if it was never written).

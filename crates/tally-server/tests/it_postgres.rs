@@ -6,6 +6,8 @@
 mod access;
 #[path = "it/bad_input.rs"]
 mod bad_input;
+#[path = "it/bounds.rs"]
+mod bounds;
 #[path = "it/cluster.rs"]
 mod cluster;
 #[path = "it/compare_and_set.rs"]

@@ -343,6 +343,7 @@ fn metadata(version: u64) -> Metadata {
         updated_at: Some(at),
         operation_count: version,
         ops_last_minute: None,
+        bounds: None,
     }
 }
 
@@ -356,6 +357,7 @@ fn update_message(version: u64) -> String {
         version,
         metadata: metadata(version),
         timestamp: "2026-12-02T12:00:00.000Z".to_owned(),
+        clamped: false,
         by: None,
     })
     .to_json()

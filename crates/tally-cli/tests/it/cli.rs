@@ -998,3 +998,39 @@ async fn a_write_run_again_with_its_idempotency_key_counts_once() {
     assert_eq!(ran.code, Some(2), "{ran:?}");
     assert!(ran.stderr.contains("printable ASCII"), "{ran:?}");
 }
+
+/// `tally configure`: bounds that refuse a write past them (exit 1, out_of_bounds, naming the
+/// bound), shown by `tally get`, clamp mode's stop at the bound, and a bare configure clearing
+/// them.
+#[tokio::test]
+async fn configure_sets_bounds_that_get_shows_and_writes_respect() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    let configured = run_ok(&url, &["configure", "seats", "--min", "0", "--max", "2"]);
+    assert!(
+        configured.contains("bounds: min 0 and max 2 (writes past one are refused)"),
+        "{configured}"
+    );
+    run_ok(&url, &["incr", "seats", "2"]);
+    let error = run_err(&url, &["incr", "seats"], 1);
+    assert!(error.contains("past its max 2") && error.contains("out_of_bounds"), "{error}");
+    let shown = run_ok(&url, &["get", "seats"]);
+    assert!(shown.contains("seats: 2") && shown.contains("bounds: min 0 and max 2"), "{shown}");
+    let error = run_err(&url, &["configure", "seats", "--max", "1"], 1);
+    assert!(error.contains("is at 2, outside the asked max 1"), "{error}");
+
+    run_ok(&url, &["configure", "seats", "--min", "-3", "--max", "2", "--clamp"]);
+    let clamped = run_ok(&url, &["decr", "seats", "10"]);
+    assert!(clamped.contains("2 → -3") && clamped.contains("clamped"), "{clamped}");
+    let json = json_lines(&run_ok(&url, &["--json", "get", "seats"]));
+    assert_eq!(json[0]["bounds"], json!({"min": -3, "max": 2, "clamp": true}));
+
+    let cleared = run_ok(&url, &["configure", "seats"]);
+    assert!(!cleared.contains("bounds"), "{cleared}");
+    run_ok(&url, &["decr", "seats", "10"]);
+    assert_eq!(
+        server.ok("getValue", json!({"name": "seats"})).await,
+        json!({"value": -13, "version": 3})
+    );
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tally_client::{Backoff, Client, ClientError, OpKind, WatchEvent, WatchOptions, Write};
+use tally_client::{Backoff, Bounds, Client, ClientError, OpKind, WatchEvent, WatchOptions, Write};
 
 use crate::support::{next, serve};
 
@@ -82,6 +82,43 @@ async fn a_write_expecting_a_version_applies_or_says_where_the_counter_is() {
     }
     assert_eq!(client.get_value("stock").await.expect("value").value, 4);
     drop(connection);
+    server.stop().await;
+}
+
+/// Bounds through the client: `configure` answers the metadata with them, a write past one is
+/// the typed `OutOfBounds` with the bounds, and clamp mode's update says `clamped`.
+#[tokio::test]
+async fn configure_sets_bounds_that_refuse_or_clamp_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}/")).expect("client");
+    let bounds = Bounds { min: Some(0), max: Some(3), clamp: false };
+    let configured = client.configure("rooms", bounds).await.expect("configured");
+    assert_eq!(configured.bounds, Some(bounds));
+    client.write(&Write::increment("rooms", 3)).await.expect("fits");
+    match client.write(&Write::increment("rooms", 1)).await {
+        Err(ClientError::OutOfBounds { min: Some(0), max: Some(3), message }) => {
+            assert!(message.contains("past its max 3"), "{message}");
+        }
+        other => panic!("expected out of bounds, got {other:?}"),
+    }
+    let connection = client.connect();
+    match connection.write(&Write::increment("rooms", 1)).await {
+        Err(ClientError::OutOfBounds { max: Some(3), .. }) => {}
+        other => panic!("expected out of bounds over the socket, got {other:?}"),
+    }
+    drop(connection);
+    match client.configure("rooms", Bounds { max: Some(2), ..bounds }).await {
+        Err(ClientError::OutOfBounds { max: Some(2), .. }) => {}
+        other => panic!("expected the value 3 to be outside max 2, got {other:?}"),
+    }
+    client.configure("rooms", Bounds { clamp: true, ..bounds }).await.expect("clamp mode");
+    let clamped = client.write(&Write::decrement("rooms", 10)).await.expect("clamped");
+    assert_eq!((clamped.value, clamped.clamped), (0, true));
+    let metadata = client.get_metadata("rooms").await.expect("metadata");
+    assert_eq!(metadata.bounds, Some(Bounds { clamp: true, ..bounds }));
+    client.configure("rooms", Bounds::NONE).await.expect("cleared");
+    assert_eq!(client.write(&Write::decrement("rooms", 10)).await.expect("unbounded").value, -10);
     server.stop().await;
 }
 
@@ -220,6 +257,7 @@ async fn a_silent_connection_is_replaced() {
                     updated_at: None,
                     operation_count: 0,
                     ops_last_minute: None,
+                    bounds: None,
                 },
                 timestamp: "2026-01-01T00:00:00.000Z".into(),
                 resync: false,

@@ -28,7 +28,7 @@ use chrono::DateTime;
 use futures_util::{TryStreamExt, pin_mut};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tally_proto::export::{ExportHeader, ExportedCounter, ExportedEntry, FORMAT, FORMAT_VERSION};
-use tally_proto::{CounterName, Epoch, OpKind};
+use tally_proto::{Bounds, CounterName, Epoch, OpKind};
 
 use super::{BackupError, HistoryRecord, files, postgres, sqlite, sqlite_backup};
 use crate::clock;
@@ -41,11 +41,12 @@ pub const MAX_LINE_BYTES: usize = 256 << 20;
 /// How long an export's SQLite connection waits for a writer's lock on the WAL index.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counters and their history rows, in id then version order; a counter whose history is
-/// missing (which the stores never write) comes with one row of NULLs and is refused.
+/// Counters and their history rows, in id then version order; a counter without history comes
+/// with one row of NULLs, refused unless it was configured but never written (version 0).
 const EXPORT_ROWS: &str = "
 SELECT c.id, c.name, c.value, c.version, c.created_at_ms, c.updated_at_ms,
-       h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms, h.by
+       h.version, h.kind, h.amount, h.previous_value, h.value, h.at_ms, h.by,
+       c.min_value, c.max_value, c.clamp
 FROM counters c LEFT JOIN history h ON h.counter_id = c.id
 ORDER BY c.id, h.version";
 
@@ -212,6 +213,11 @@ pub fn export_sqlite(database: &Path, out: &mut dyn Write) -> Result<ExportSumma
             version: row.get(3).map_err(read_error)?,
             created_at_ms: row.get(4).map_err(read_error)?,
             updated_at_ms: row.get(5).map_err(read_error)?,
+            bounds: Bounds {
+                min: row.get(13).map_err(read_error)?,
+                max: row.get(14).map_err(read_error)?,
+                clamp: row.get(15).map_err(read_error)?,
+            },
         };
         let entry = match row.get::<_, Option<i64>>(6).map_err(read_error)? {
             None => None,
@@ -293,6 +299,11 @@ pub async fn export_postgres(url: &str, out: &mut dyn Write) -> Result<ExportSum
             version: row.try_get(3).map_err(read_error)?,
             created_at_ms: row.try_get(4).map_err(read_error)?,
             updated_at_ms: row.try_get(5).map_err(read_error)?,
+            bounds: Bounds {
+                min: row.try_get(13).map_err(read_error)?,
+                max: row.try_get(14).map_err(read_error)?,
+                clamp: row.try_get(15).map_err(read_error)?,
+            },
         };
         let entry = match row.try_get::<_, Option<i64>>(6).map_err(read_error)? {
             None => None,
@@ -385,7 +396,7 @@ fn import_sqlite_locked(
     {
         let mut insert_counter = transaction
             .prepare(
-                "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .map_err(write_error)?;
         let mut insert_entry = transaction
@@ -401,6 +412,10 @@ fn import_sqlite_locked(
                     counter.version,
                     counter.created_at_ms,
                     counter.updated_at_ms,
+                    counter.bounds.min,
+                    counter.bounds.max,
+                    counter.bounds.clamp,
+                    counter.rules_version(),
                 ])
                 .map_err(write_error)?;
             let id = transaction.last_insert_rowid();
@@ -495,8 +510,8 @@ pub async fn import_postgres(
     let insert = transaction
         .prepare(
             "WITH counter AS (
-                 INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id
+                 INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version)
+                 VALUES ($1, $2, $3, $4, $5, $13, $14, $15, $16) RETURNING id
              )
              INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by)
              SELECT counter.id, entry.* FROM counter,
@@ -529,6 +544,10 @@ pub async fn import_postgres(
                     &values,
                     &ats,
                     &bys,
+                    &counter.bounds.min,
+                    &counter.bounds.max,
+                    &counter.bounds.clamp,
+                    &counter.rules_version(),
                 ],
             )
             .await
@@ -564,6 +583,7 @@ struct StoredCounter {
     version: i64,
     created_at_ms: i64,
     updated_at_ms: i64,
+    bounds: Bounds,
 }
 
 /// A history row as both stores hold it.
@@ -619,6 +639,7 @@ impl<'a> LineWriter<'a> {
                 created_at: clock::format_ms(counter.created_at_ms),
                 updated_at: clock::format_ms(counter.updated_at_ms),
                 history: Vec::new(),
+                bounds: counter.bounds.is_set().then_some(counter.bounds),
             };
             self.current = Some((counter.id, exported));
         }
@@ -688,6 +709,14 @@ struct ImportedCounter {
     created_at_ms: i64,
     updated_at_ms: i64,
     history: Vec<HistoryRecord>,
+    bounds: Bounds,
+}
+
+impl ImportedCounter {
+    /// The rules version an imported counter starts at: configured once if it has bounds.
+    fn rules_version(&self) -> i64 {
+        i64::from(self.bounds.is_set())
+    }
 }
 
 /// Reads an export line by line, checking each.
@@ -820,6 +849,7 @@ impl<'a> Reader<'a> {
             created_at_ms,
             updated_at_ms,
             history,
+            bounds: counter.bounds.unwrap_or_default(),
         }))
     }
 
@@ -862,6 +892,33 @@ mod tests {
 
     const HEADER: &str = r#"{"format":"tally-export","version":1,"sourceEpoch":"0123456789abcdef","exportedAt":"2026-12-03T12:00:00.000Z","counters":1}"#;
     const COUNTER: &str = r#"{"name":"a","value":2,"version":2,"createdAt":"2026-12-03T12:00:00.000Z","updatedAt":"2026-12-03T12:00:01.000Z","history":[{"version":1,"type":"increment","amount":1,"previousValue":0,"value":1,"at":"2026-12-03T12:00:00.000Z"},{"version":2,"type":"increment","amount":1,"previousValue":1,"value":2,"at":"2026-12-03T12:00:01.000Z","by":"anonymous"}]}"#;
+
+    /// Bounds travel with their counter, also on a counter configured but never written.
+    #[test]
+    fn bounds_are_exported_and_imported_with_their_counters() {
+        let header = HEADER.replace(r#""counters":1"#, r#""counters":2"#);
+        let bounded =
+            COUNTER.replace(r#""history""#, r#""bounds":{"min":0,"max":5,"clamp":true},"history""#);
+        let configured = r#"{"name":"b","value":0,"version":0,"createdAt":"2026-12-03T12:00:00.000Z","updatedAt":"2026-12-03T12:00:00.000Z","history":[],"bounds":{"min":null,"max":3,"clamp":false}}"#;
+        let folder = tempfile::tempdir().expect("folder");
+        let database = folder.path().join("t.db");
+        let text = format!("{header}\n{bounded}\n{configured}\n");
+        let imported = import_sqlite(&database, &mut text.as_bytes()).expect("imported");
+        assert_eq!((imported.counters, imported.entries), (2, 2));
+        let mut out = Vec::new();
+        export_sqlite(&database, &mut out).expect("exported");
+        let lines: Vec<String> =
+            String::from_utf8(out).expect("utf-8").lines().map(str::to_owned).collect();
+        assert_eq!(lines.len(), 3);
+        let exported: ExportedCounter = serde_json::from_str(&lines[1]).expect("counter");
+        assert_eq!(exported.bounds, Some(Bounds { min: Some(0), max: Some(5), clamp: true }));
+        let exported: ExportedCounter = serde_json::from_str(&lines[2]).expect("counter");
+        assert_eq!((exported.version, exported.bounds.and_then(|b| b.max)), (0, Some(3)));
+
+        let outside = COUNTER.replace(r#""history""#, r#""bounds":{"max":1},"history""#);
+        let refused = import(&format!("{HEADER}\n{outside}\n")).unwrap_err();
+        assert!(refused.to_string().contains("outside its bounds"), "{refused}");
+    }
 
     #[test]
     fn a_good_file_imports_and_exports_back_the_same_lines() {

@@ -41,7 +41,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tally_proto::{CounterName, Epoch, IdempotencyKey, Op, OpKind};
+use tally_proto::{Bounds, CounterName, Epoch, IdempotencyKey, Op, OpKind};
 
 pub use export::{
     ExportError, ExportSummary, ImportError, ImportSummary, MAX_LINE_BYTES, export_postgres,
@@ -91,12 +91,18 @@ pub struct CounterRecord {
     pub version: u64,
     /// When the first operation was committed, in milliseconds since the Unix epoch.
     pub created_at_ms: i64,
-    /// When the latest operation was committed, in milliseconds since the Unix epoch.
+    /// When the latest operation was committed, in milliseconds since the Unix epoch (for a
+    /// counter configured but never written, when it was configured).
     pub updated_at_ms: i64,
     /// The counter's own epoch ([`tally_proto::Epoch::bits`]) when its name was ever deleted
     /// (table `counter_epochs`, read by a LEFT JOIN in the same query); `None` means the
     /// database's epoch. Not read by [`Store::list`], which has no use for it.
     pub epoch: Option<u64>,
+    /// Its bounds (`counter.configure`).
+    pub bounds: Bounds,
+    /// How many times its bounds were configured: the batches built under one set of bounds
+    /// are stored only while the row still has them (see [`BatchRules`]).
+    pub rules_version: u64,
 }
 
 /// What [`Store::delete`] did.
@@ -146,6 +152,12 @@ pub struct HistoryRecord {
 }
 
 impl HistoryRecord {
+    /// Whether the operation was stopped at one of the counter's bounds (clamp mode): its
+    /// value is not what the operation asks for from the value before it.
+    pub fn clamped(&self) -> bool {
+        tally_proto::bounds::is_clamped(self.kind, self.amount, self.previous_value, self.value)
+    }
+
     /// The operation this entry applied: what a retry with the same idempotency key must ask
     /// for again (its fingerprint is the kind with the amount, or the value set).
     pub fn op(&self) -> Op {
@@ -236,12 +248,49 @@ pub struct AppendBatch {
     /// transaction (the actor stopped remembering them). A record is deleted only if it still
     /// names that version, so a key used again after being forgotten keeps its new record.
     pub forget: Vec<KeyRef>,
+    /// The rules the batch was built under, and new ones to store after its entries.
+    pub rules: BatchRules,
+}
+
+/// The rules side of an [`AppendBatch`]: the batch is stored only if the counter's row is at
+/// `expected_version` of its rules as well as at the batch's expected version, so a batch built
+/// under bounds that another node changed meanwhile is refused as a conflict and built again
+/// under the new ones. A batch that configures the counter (`configure`) stores `bounds` and
+/// moves the rules version on by one; it may have no entries at all (then it creates the
+/// counter's row at value 0 and version 0 if there is none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchRules {
+    /// The rules version the stored counter must have now (0 for one never configured).
+    pub expected_version: u64,
+    /// The bounds the counter has after the batch: the ones its entries were checked against,
+    /// or the new ones when `configure`.
+    pub bounds: Bounds,
+    /// Whether the batch stores new bounds.
+    pub configure: bool,
+    /// When the batch was built: a batch without entries that creates the counter's row
+    /// creates it at this time.
+    pub at_ms: i64,
+}
+
+impl BatchRules {
+    /// The rules version after the batch.
+    pub fn version_after(&self) -> u64 {
+        self.expected_version + u64::from(self.configure)
+    }
 }
 
 impl AppendBatch {
     /// A batch of `entries` after `expected_version`, with no idempotency records.
     pub fn new(name: CounterName, expected_version: u64, entries: Vec<HistoryRecord>) -> Self {
-        Self { name, id: None, expected_version, entries, remember: Vec::new(), forget: Vec::new() }
+        Self {
+            name,
+            id: None,
+            expected_version,
+            entries,
+            remember: Vec::new(),
+            forget: Vec::new(),
+            rules: BatchRules::default(),
+        }
     }
 }
 

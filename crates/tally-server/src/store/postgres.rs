@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
+use tally_proto::{Bounds, CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, NoTls, Row, Statement};
 
@@ -133,9 +133,16 @@ CREATE INDEX presence_zeros ON presence (node, changed_at) WHERE watchers = 0;
     "
 CREATE INDEX counters_name_bytes ON counters (name COLLATE \"C\");
 ",
-    // 4: taken by the counter rules of issue 16 (bounds, on another branch), which the merge
-    // puts here; nothing until then.
-    "",
+    // 4: a counter's bounds (`counter.configure`; NULL: no such bound), its clamp mode, and
+    // how many times they were configured: every batch's upsert checks it beside the version,
+    // so a node never stores writes checked against bounds another node replaced.
+    "
+ALTER TABLE counters
+    ADD COLUMN min_value BIGINT,
+    ADD COLUMN max_value BIGINT,
+    ADD COLUMN clamp BOOLEAN NOT NULL DEFAULT false,
+    ADD COLUMN rules_version BIGINT NOT NULL DEFAULT 0;
+",
     // 5: the epoch of each name that was ever deleted (`counter.delete`; see the SQLite
     // store's migration 6).
     "
@@ -431,21 +438,31 @@ struct Statements {
     sweep: Statement,
 }
 
-/// One batch as one statement. `c` takes the counter row at the expected version (inserting it
-/// for a new counter, and only then: a batch built on version 5 of a counter another node
-/// deleted meanwhile must not create it at version 6); when it finds another version it returns nothing, nothing after it
+/// One batch as one statement. `c` takes the counter row at the expected version and rules
+/// version: `created` inserts it for a new counter, and only then (a batch built on version 5
+/// of a counter another node deleted meanwhile must not create it at version 6), `updated`
+/// moves an existing row (a counter configured but never written has one at version 0); both
+/// see the statement's snapshot, so at most one of them takes the row. A batch without entries
+/// (one that only configures the counter) keeps the row's value, version and update time.
+/// When it finds another version it returns nothing, nothing after it
 /// writes, and the statement answers the version it found instead of the id (as of the
 /// statement's start, so after the batches before it in the transaction). Forgotten keys exclude the keys the batch remembers again (the upsert replaces
 /// those), since one statement may not change a row twice.
 const APPEND: &str = "
 WITH created AS (
-    INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms)
-    SELECT $1::text, $2::bigint, $3::bigint, $4::bigint, $5::bigint WHERE $6::bigint = 0
+    INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version)
+    SELECT $1::text, $2::bigint, $3::bigint, $4::bigint, $5::bigint, $22::bigint, $23::bigint, $24::boolean, $25::bigint
+    WHERE $6::bigint = 0 AND $26::bigint = 0
     ON CONFLICT (name) DO NOTHING
     RETURNING t.id
 ), updated AS (
-    UPDATE counters t SET value = $2, version = $3, updated_at_ms = $5
-    WHERE t.name = $1 AND t.version = $6 AND $6::bigint <> 0
+    UPDATE counters t
+    SET value = CASE WHEN $3::bigint = t.version THEN t.value ELSE $2::bigint END,
+        version = $3::bigint,
+        updated_at_ms = CASE WHEN $3::bigint = t.version THEN t.updated_at_ms ELSE $5::bigint END,
+        min_value = $22::bigint, max_value = $23::bigint, clamp = $24::boolean,
+        rules_version = $25::bigint
+    WHERE t.name = $1 AND t.version = $6 AND t.rules_version = $26
     RETURNING t.id
 ), c AS (
     SELECT id FROM created UNION ALL SELECT id FROM updated
@@ -497,6 +514,11 @@ struct AppendParams {
     remember_principals: Vec<String>,
     remember_keys: Vec<String>,
     remember_versions: Vec<i64>,
+    min: Option<i64>,
+    max: Option<i64>,
+    clamp: bool,
+    rules_version: i64,
+    expected_rules_version: i64,
 }
 
 /// Versions fit PostgreSQL's `BIGINT`: they count operations, far below 2^63.
@@ -506,7 +528,15 @@ fn sql_version(version: u64) -> i64 {
 
 impl AppendParams {
     fn of(batch: &AppendBatch, history_limit: u64) -> Option<Self> {
-        let (first, last) = (batch.entries.first()?, batch.entries.last()?);
+        let rules = &batch.rules;
+        // A batch that only configures the counter: value 0 and version 0 if it creates the
+        // row, and the statement keeps an existing row's value, version and update time.
+        let (value, version, created_at_ms, updated_at_ms) =
+            match (batch.entries.first(), batch.entries.last()) {
+                (Some(first), Some(last)) => (last.value, last.version, first.at_ms, last.at_ms),
+                _ if rules.configure => (0, batch.expected_version, rules.at_ms, rules.at_ms),
+                _ => return None,
+            };
         let remembered: std::collections::HashSet<(&str, &str)> =
             batch.remember.iter().map(|key| (&*key.principal, key.key.as_str())).collect();
         let forget: Vec<_> = batch
@@ -516,10 +546,10 @@ impl AppendParams {
             .collect();
         Some(Self {
             name: batch.name.to_string(),
-            value: last.value,
-            version: sql_version(last.version),
-            created_at_ms: first.at_ms,
-            updated_at_ms: last.at_ms,
+            value,
+            version: sql_version(version),
+            created_at_ms,
+            updated_at_ms,
             expected: sql_version(batch.expected_version),
             versions: batch.entries.iter().map(|entry| sql_version(entry.version)).collect(),
             kinds: batch.entries.iter().map(|entry| entry.kind.as_str()).collect(),
@@ -528,7 +558,7 @@ impl AppendParams {
             values: batch.entries.iter().map(|entry| entry.value).collect(),
             at_ms: batch.entries.iter().map(|entry| entry.at_ms).collect(),
             by: batch.entries.iter().map(|entry| entry.by.as_deref().map(str::to_owned)).collect(),
-            trim_up_to: sql_version(last.version.saturating_sub(history_limit)),
+            trim_up_to: sql_version(version.saturating_sub(history_limit)),
             forget_principals: forget.iter().map(|key| key.principal.to_string()).collect(),
             forget_keys: forget.iter().map(|key| key.key.as_str().to_owned()).collect(),
             forget_versions: forget.iter().map(|key| sql_version(key.version)).collect(),
@@ -539,6 +569,11 @@ impl AppendParams {
                 .collect(),
             remember_keys: batch.remember.iter().map(|key| key.key.as_str().to_owned()).collect(),
             remember_versions: batch.remember.iter().map(|key| sql_version(key.version)).collect(),
+            min: rules.bounds.min,
+            max: rules.bounds.max,
+            clamp: rules.bounds.clamp,
+            rules_version: sql_version(rules.version_after()),
+            expected_rules_version: sql_version(rules.expected_version),
         })
     }
 }
@@ -770,9 +805,12 @@ async fn quota_refusals(
     batches: &[&AppendBatch],
     reading: &mut Option<QuotaReading>,
 ) -> Result<Vec<Option<StoreError>>, tokio_postgres::Error> {
+    // A counter configured but never written has a row already (and a rules version).
+    let creates_counter =
+        |batch: &AppendBatch| batch.expected_version == 0 && batch.rules.expected_version == 0;
     let creating: Vec<&str> = batches
         .iter()
-        .filter(|batch| batch.expected_version == 0)
+        .filter(|batch| creates_counter(batch))
         .map(|batch| batch.name.as_str())
         .collect();
     if creating.is_empty() || quotas == Quotas::default() {
@@ -804,9 +842,7 @@ async fn quota_refusals(
     let refusals = batches
         .iter()
         .map(|batch| {
-            if batch.expected_version != 0
-                || existing.iter().any(|name| name == batch.name.as_str())
-            {
+            if !creates_counter(batch) || existing.iter().any(|name| name == batch.name.as_str()) {
                 return None;
             }
             if let Some(limit) = quotas.max_counters.filter(|&limit| counters >= limit) {
@@ -892,6 +928,11 @@ async fn commit_group(
                     &p.remember_keys,
                     &p.remember_versions,
                     &CHANGES_CHANNEL,
+                    &p.min,
+                    &p.max,
+                    &p.clamp,
+                    &p.rules_version,
+                    &p.expected_rules_version,
                 ],
             )
             .await
@@ -956,22 +997,36 @@ async fn counter_record(
 ) -> Result<Option<CounterRecord>, StoreError> {
     let statement = client
         .prepare_cached(
-            "SELECT c.id, c.value, c.version, c.created_at_ms, c.updated_at_ms, e.epoch
+            "SELECT c.id, c.value, c.version, c.created_at_ms, c.updated_at_ms, c.min_value, c.max_value, c.clamp, c.rules_version, e.epoch
              FROM counters c LEFT JOIN counter_epochs e ON e.name = c.name WHERE c.name = $1",
         )
         .await?;
     let Some(row) = client.query_opt(&statement, &[&name.as_str()]).await? else {
         return Ok(None);
     };
-    let epoch = row.try_get::<_, Option<String>>(5)?.as_deref().map(epoch_bits).transpose()?;
-    Ok(Some(CounterRecord {
-        id: row.try_get(0)?,
-        value: row.try_get(1)?,
-        version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
-        created_at_ms: row.try_get(3)?,
-        updated_at_ms: row.try_get(4)?,
-        epoch,
-    }))
+    let mut record = counter_row(&row, 0)?;
+    record.epoch = row.try_get::<_, Option<String>>(9)?.as_deref().map(epoch_bits).transpose()?;
+    Ok(Some(record))
+}
+
+/// A counter's row from its columns `id, value, version, created_at_ms, updated_at_ms,
+/// min_value, max_value, clamp, rules_version`, the first at index `at`; its epoch is read
+/// beside it where needed (`counter_record`).
+fn counter_row(row: &Row, at: usize) -> Result<CounterRecord, StoreError> {
+    Ok(CounterRecord {
+        id: row.try_get(at)?,
+        value: row.try_get(at + 1)?,
+        version: u64::try_from(row.try_get::<_, i64>(at + 2)?).unwrap_or(0),
+        created_at_ms: row.try_get(at + 3)?,
+        updated_at_ms: row.try_get(at + 4)?,
+        bounds: Bounds {
+            min: row.try_get(at + 5)?,
+            max: row.try_get(at + 6)?,
+            clamp: row.try_get(at + 7)?,
+        },
+        rules_version: u64::try_from(row.try_get::<_, i64>(at + 8)?).unwrap_or(0),
+        epoch: None,
+    })
 }
 
 /// The bits of an epoch read from `counter_epochs`; a damaged one is a storage failure.
@@ -1175,7 +1230,7 @@ impl Store for PostgresStore {
             .query(
                 &client
                     .prepare_cached(
-                        "SELECT name, id, value, version, created_at_ms, updated_at_ms FROM counters
+                        "SELECT name, id, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version FROM counters
                          WHERE name COLLATE \"C\" >= $1 AND name COLLATE \"C\" < $2
                          ORDER BY name COLLATE \"C\" LIMIT $3",
                     )
@@ -1189,15 +1244,7 @@ impl Store for PostgresStore {
                 let name = CounterName::parse(&name).map_err(|error| {
                     StoreError::Backend(format!("stored counter name {name:?}: {error}").into())
                 })?;
-                let record = CounterRecord {
-                    id: row.try_get(1)?,
-                    value: row.try_get(2)?,
-                    version: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
-                    created_at_ms: row.try_get(4)?,
-                    updated_at_ms: row.try_get(5)?,
-                    epoch: None,
-                };
-                Ok(NamedRecord { name, record })
+                Ok(NamedRecord { name, record: counter_row(row, 1)? })
             })
             .collect()
     }

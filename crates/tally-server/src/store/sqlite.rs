@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
+use tally_proto::{Bounds, CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::files;
@@ -99,9 +99,14 @@ CREATE INDEX idempotency_expiry ON idempotency (at_ms);
 CREATE TABLE meta (epoch TEXT NOT NULL);
 INSERT INTO meta (epoch) VALUES (lower(hex(randomblob(8))));
 ",
-    // 5: taken by the counter rules of issue 16 (bounds, on another branch), which the merge
-    // puts here; nothing until then.
-    "",
+    // 5: a counter's bounds (`counter.configure`; NULL: no such bound), its clamp mode, and
+    // how many times they were configured (see `BatchRules`).
+    "
+ALTER TABLE counters ADD COLUMN min_value INTEGER;
+ALTER TABLE counters ADD COLUMN max_value INTEGER;
+ALTER TABLE counters ADD COLUMN clamp INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE counters ADD COLUMN rules_version INTEGER NOT NULL DEFAULT 0;
+",
     // 6: the epoch of each name that was ever deleted (`counter.delete`): its history starts
     // over at version 1, so a resume of the old history must be told apart. Kept after the
     // delete, and used again when the name is written again; a name without a row has the
@@ -658,17 +663,32 @@ fn append_one(
             found,
         }))
     };
-    let (Some(first), Some(last)) = (batch.entries.first(), batch.entries.last()) else {
-        return conflict(batch.expected_version);
-    };
-    if let Some(id) = batch.id {
-        // The row is known: one UPDATE that also checks the version, and a lookup only when it
-        // refuses (the conflict's message names the version found).
+    let rules = &batch.rules;
+    // What the row holds after the batch: the last entry's value and version, or, for a batch
+    // that only configures the counter, what it holds now (0 and 0 for a row it creates).
+    let (value, version, created_at_ms, updated_at_ms) =
+        match (batch.entries.first(), batch.entries.last()) {
+            (Some(first), Some(last)) => (last.value, last.version, first.at_ms, last.at_ms),
+            _ if rules.configure => (0, batch.expected_version, rules.at_ms, rules.at_ms),
+            _ => return conflict(batch.expected_version),
+        };
+    let written = !batch.entries.is_empty();
+    let (min, max, clamp) = (rules.bounds.min, rules.bounds.max, rules.bounds.clamp);
+    if let (Some(id), true, false) = (batch.id, written, rules.configure) {
+        // The hot path, a write to a known row: one UPDATE that also checks both versions, and
+        // a lookup only when it refuses (the conflict's message names the version found).
         let updated = conn
             .prepare_cached(
-                "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1 AND version = ?5",
+                "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1 AND version = ?5 AND rules_version = ?6",
             )?
-            .execute(params![id, last.value, last.version, last.at_ms, batch.expected_version])?;
+            .execute(params![
+                id,
+                value,
+                version,
+                updated_at_ms,
+                batch.expected_version,
+                rules.expected_version
+            ])?;
         if updated == 0 {
             let found: Option<u64> = conn
                 .prepare_cached("SELECT version FROM counters WHERE id = ?1")?
@@ -678,30 +698,58 @@ fn append_one(
         }
         return append_history(conn, id, batch, history_limit);
     }
-    let stored: Option<(i64, u64)> = conn
-        .prepare_cached("SELECT id, version FROM counters WHERE name = ?1")?
-        .query_row([batch.name.as_str()], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
+    let stored: Option<(i64, u64, u64)> = match batch.id {
+        Some(id) => conn
+            .prepare_cached("SELECT id, version, rules_version FROM counters WHERE id = ?1")?
+            .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?,
+        None => conn
+            .prepare_cached("SELECT id, version, rules_version FROM counters WHERE name = ?1")?
+            .query_row([batch.name.as_str()], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .optional()?,
+    };
     let id = match stored {
-        None if batch.expected_version == 0 => {
+        None if batch.expected_version == 0 && rules.expected_version == 0 => {
             if let Some(refused) = over_quota(conn, batch, settings, *created)? {
                 return Ok(Err(refused));
             }
             *created += 1;
             conn.prepare_cached(
-                "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO counters (name, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![batch.name.as_str(), last.value, last.version, first.at_ms, last.at_ms])?;
+            .execute(params![
+                batch.name.as_str(),
+                value,
+                version,
+                created_at_ms,
+                updated_at_ms,
+                min,
+                max,
+                clamp,
+                rules.version_after()
+            ])?;
             conn.last_insert_rowid()
         }
-        Some((id, version)) if version == batch.expected_version => {
-            conn.prepare_cached(
-                "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, last.value, last.version, last.at_ms])?;
+        Some((id, found, found_rules))
+            if found == batch.expected_version && found_rules == rules.expected_version =>
+        {
+            if written {
+                conn.prepare_cached(
+                    "UPDATE counters SET value = ?2, version = ?3, updated_at_ms = ?4 WHERE id = ?1",
+                )?
+                .execute(params![id, value, version, updated_at_ms])?;
+            }
+            if rules.configure {
+                conn.prepare_cached(
+                    "UPDATE counters SET min_value = ?2, max_value = ?3, clamp = ?4, rules_version = ?5 WHERE id = ?1",
+                )?
+                .execute(params![id, min, max, clamp, rules.version_after()])?;
+            }
             id
         }
-        other => return conflict(other.map_or(0, |(_, version)| version)),
+        // The rules moved under the batch (a bug on one node: only this counter's actor
+        // configures it): a conflict at the version found, like any other.
+        other => return conflict(other.map_or(0, |(_, found, _)| found)),
     };
     append_history(conn, id, batch, history_limit)
 }
@@ -753,7 +801,6 @@ fn append_history(
     batch: &AppendBatch,
     history_limit: u64,
 ) -> Result<Result<i64, StoreError>, rusqlite::Error> {
-    let Some(last) = batch.entries.last() else { return Ok(Ok(id)) };
     let mut insert = conn.prepare_cached(
         "INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
@@ -769,7 +816,7 @@ fn append_history(
             entry.by.as_deref(),
         ])?;
     }
-    if last.version > history_limit {
+    if let Some(last) = batch.entries.last().filter(|last| last.version > history_limit) {
         conn.prepare_cached("DELETE FROM history WHERE counter_id = ?1 AND version <= ?2")?
             .execute(params![id, last.version - history_limit])?;
     }
@@ -871,6 +918,22 @@ impl ReaderPool {
     }
 }
 
+/// A counter's row from its columns `id, value, version, created_at_ms, updated_at_ms,
+/// min_value, max_value, clamp, rules_version`, the first at index `at`.
+fn counter_row(row: &rusqlite::Row<'_>, at: usize) -> Result<CounterRecord, rusqlite::Error> {
+    Ok(CounterRecord {
+        id: row.get(at)?,
+        value: row.get(at + 1)?,
+        version: row.get(at + 2)?,
+        created_at_ms: row.get(at + 3)?,
+        updated_at_ms: row.get(at + 4)?,
+        bounds: Bounds { min: row.get(at + 5)?, max: row.get(at + 6)?, clamp: row.get(at + 7)? },
+        rules_version: row.get(at + 8)?,
+        // Read beside the row where it is needed (`load_record`).
+        epoch: None,
+    })
+}
+
 fn history_row(row: &rusqlite::Row<'_>) -> Result<HistoryRecord, rusqlite::Error> {
     let kind: String = row.get(1)?;
     Ok(HistoryRecord {
@@ -940,18 +1003,14 @@ impl Store for SqliteStore {
             let tx = conn.unchecked_transaction()?;
             let record = tx
                 .prepare_cached(
-                    "SELECT c.id, c.value, c.version, c.created_at_ms, c.updated_at_ms, e.epoch
+                    "SELECT c.id, c.value, c.version, c.created_at_ms, c.updated_at_ms, c.min_value, c.max_value, c.clamp, c.rules_version, e.epoch
                      FROM counters c LEFT JOIN counter_epochs e ON e.name = c.name WHERE c.name = ?1",
                 )?
                 .query_row([name.as_str()], |row| {
-                    Ok(CounterRecord {
-                        id: row.get(0)?,
-                        value: row.get(1)?,
-                        version: row.get(2)?,
-                        created_at_ms: row.get(3)?,
-                        updated_at_ms: row.get(4)?,
-                        epoch: row.get::<_, Option<String>>(5)?.as_deref().map(epoch_bits).transpose()?,
-                    })
+                    let mut record = counter_row(row, 0)?;
+                    record.epoch =
+                        row.get::<_, Option<String>>(9)?.as_deref().map(epoch_bits).transpose()?;
+                    Ok(record)
                 })
                 .optional()?;
             let Some(record) = record else { return Ok(None) };
@@ -1060,7 +1119,7 @@ impl Store for SqliteStore {
             // `name` is UNIQUE, so its index (BINARY collation: byte order) serves the range
             // and the order; both bounds are parameters, never text spliced into a pattern.
             conn.prepare_cached(
-                "SELECT name, id, value, version, created_at_ms, updated_at_ms FROM counters
+                "SELECT name, id, value, version, created_at_ms, updated_at_ms, min_value, max_value, clamp, rules_version FROM counters
                  WHERE name >= ?1 AND name < ?2 ORDER BY name LIMIT ?3",
             )?
             .query_map(params![start, end, limit], |row| {
@@ -1072,15 +1131,7 @@ impl Store for SqliteStore {
                         Box::new(error),
                     )
                 })?;
-                let record = CounterRecord {
-                    id: row.get(1)?,
-                    value: row.get(2)?,
-                    version: row.get(3)?,
-                    created_at_ms: row.get(4)?,
-                    updated_at_ms: row.get(5)?,
-                    epoch: None,
-                };
-                Ok(NamedRecord { name, record })
+                Ok(NamedRecord { name, record: counter_row(row, 1)? })
             })?
             .collect()
         })

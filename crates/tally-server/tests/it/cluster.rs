@@ -229,3 +229,36 @@ async fn a_delete_on_one_node_ends_the_watches_on_another_and_the_counter_starts
         other => panic!("expected update 3, got {other:?}"),
     }
 }
+
+/// Bounds set on one node hold for writes through another whose actor was loaded under the
+/// old ones: its batch, built without the bound, meets the rules version it did not expect,
+/// is refused by the database, and is checked again under the new bounds (issue 16).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bounds_configured_on_one_node_hold_for_writes_through_another() {
+    let (_database, nodes) = cluster(2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // B's actor loads the counter, unbounded, and keeps it.
+    b.ok("setValue", json!({"name": "seats", "value": 8})).await;
+    let (status, configured) = a.call("configure", json!({"name": "seats", "max": 10})).await;
+    assert_eq!(status, 200, "{configured}");
+
+    let (status, refused) = b.call("increment", json!({"name": "seats", "amount": 5})).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (409, Some("out_of_bounds")),
+        "{refused}"
+    );
+    assert_eq!(refused["error"]["max"], 10, "{refused}");
+    assert_eq!(b.value("seats").await, (8, 1));
+    let fits = b.ok("increment", json!({"name": "seats", "amount": 2})).await;
+    assert_eq!((fits["value"].as_i64(), fits["version"].as_u64()), (Some(10), Some(2)));
+    let metadata = b.ok("getMetadata", json!({"name": "seats"})).await;
+    assert_eq!(metadata["bounds"]["max"], 10, "{metadata}");
+
+    // And the other way round, in clamp mode, with B configuring and A writing.
+    let (status, _) =
+        b.call("configure", json!({"name": "seats", "min": 0, "max": 12, "clamp": true})).await;
+    assert_eq!(status, 200);
+    let clamped = a.ok("increment", json!({"name": "seats", "amount": 5})).await;
+    assert_eq!((clamped["value"].as_i64(), clamped["clamped"].as_bool()), (Some(12), Some(true)));
+}

@@ -203,6 +203,27 @@ impl TestServer {
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is JSON: {text:?}")))
     }
 
+    /// Like `call`, with `headers` too (a credential, say).
+    #[allow(dead_code)] // Not every test target sends headers.
+    pub(crate) async fn call_with(
+        &self,
+        procedure: &str,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.url(&format!("/rpc/counter.{procedure}")))
+            .header("content-type", "application/json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.body(body.to_string()).send().await.expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("answer is JSON: {text:?}")))
+    }
+
     /// Like `call`, but the answer must be 200; returns its raw text.
     pub(crate) async fn call_text(&self, procedure: &str, body: Value) -> String {
         let (status, text) = self.post(procedure, &body).await;

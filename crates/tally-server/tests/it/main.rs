@@ -4,6 +4,7 @@
 
 mod access;
 mod bad_input;
+mod bounds;
 mod compare_and_set;
 mod delete;
 mod epoch;

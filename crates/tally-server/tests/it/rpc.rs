@@ -120,7 +120,8 @@ async fn a_counter_never_written_reads_as_zero_and_stores_nothing() {
     let metadata = server.ok("getMetadata", json!({"name": "ghost"})).await;
     assert_eq!(
         metadata,
-        json!({"id": null, "name": "ghost", "value": 0, "createdAt": null, "updatedAt": null, "operationCount": 0, "opsLastMinute": 0})
+        json!({"id": null, "name": "ghost", "value": 0, "createdAt": null, "updatedAt": null, "operationCount": 0, "opsLastMinute": 0,
+               "bounds": {"min": null, "max": null, "clamp": false}})
     );
     let history = server.ok("getHistory", json!({"name": "ghost"})).await;
     assert_eq!(history, json!({"entries": []}));

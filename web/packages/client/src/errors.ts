@@ -29,6 +29,13 @@ export class TallyError extends Error {
    * read the counter again, decide, and send the write with this version if it still applies.
    */
   readonly currentVersion: number | null;
+  /**
+   * The counter's bounds when a write would have left them, or a `configure` asked for bounds
+   * that leave out its value (`out_of_bounds`); null when there is no such bound (or another
+   * code).
+   */
+  readonly min: number | null;
+  readonly max: number | null;
 
   constructor(
     status: number,
@@ -38,6 +45,7 @@ export class TallyError extends Error {
     retryAfterMs: number | null = null,
     idempotencyKey: string | null = null,
     currentVersion: number | null = null,
+    bounds: { min?: number | null; max?: number | null } | null = null,
   ) {
     super(message);
     this.status = status;
@@ -46,6 +54,8 @@ export class TallyError extends Error {
     this.retryAfterMs = retryAfterMs;
     this.idempotencyKey = idempotencyKey;
     this.currentVersion = currentVersion;
+    this.min = bounds?.min ?? null;
+    this.max = bounds?.max ?? null;
   }
 }
 

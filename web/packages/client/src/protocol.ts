@@ -56,6 +56,22 @@ export interface Metadata {
    * in `getMetadata`'s answer, never in an update's metadata.
    */
   opsLastMinute?: number;
+  /**
+   * The counter's bounds (PROTOCOL.md §2, "Bounds"): only in the answers of `getMetadata` and
+   * `configure`, never in an update's metadata.
+   */
+  bounds?: Bounds;
+}
+
+/**
+ * A counter's bounds, set with `counter.configure`: writes that would take it below `min` or
+ * above `max` (null: no such bound) are refused `out_of_bounds`, or, with `clamp`, increments and
+ * decrements stop at the bound and their update says `clamped`.
+ */
+export interface Bounds {
+  min: number | null;
+  max: number | null;
+  clamp: boolean;
 }
 
 /** The answer to every write, and the WebSocket message that announces it. */
@@ -67,6 +83,11 @@ export interface Update {
   metadata: Metadata;
   /** RFC 3339 UTC with milliseconds; operations of one batch share it, so order by version. */
   timestamp: string;
+  /**
+   * True when the counter's clamp mode stopped the operation at a bound: `value` is the bound,
+   * not what the operation asked for. Absent otherwise.
+   */
+  clamped?: boolean;
   /**
    * Who made it (a token's subject, `key:NAME` or `anonymous`); present only for principals with
    * `admin` on the counter.
@@ -108,6 +129,8 @@ export interface ListedCounter {
   updatedAt: string;
   /** Subscriptions on the server that answered (in a cluster, each node counts its own). */
   watchers: number;
+  /** The counter's bounds, when it has any. */
+  bounds?: Bounds;
 }
 
 /**
@@ -177,6 +200,9 @@ export interface ErrorBody {
     retryAfterMs?: number;
     /** The counter's version, when a write's `expectedVersion` was not it (`version_conflict`). */
     currentVersion?: number;
+    /** The counter's bounds, when a write would have left them (`out_of_bounds`). */
+    min?: number;
+    max?: number;
   };
 }
 
@@ -203,6 +229,10 @@ export interface Procedures {
     answer: CounterList;
   };
   delete: { request: { name: string }; answer: DeleteAnswer };
+  configure: {
+    request: { name: string; min?: number | null; max?: number | null; clamp?: boolean };
+    answer: Metadata;
+  };
 }
 
 /** The name of an RPC procedure (the `x` of `POST /rpc/counter.x`). */

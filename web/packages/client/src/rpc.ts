@@ -261,6 +261,22 @@ export class TallyClient {
   }
 
   /**
+   * Replaces the bounds of counter `name` (needs `admin` on it, PROTOCOL.md §3.3): writes that
+   * would take it below `min` or above `max` are then refused with a TallyError `out_of_bounds`
+   * (whose `min` and `max` say the bounds), or, with `clamp`, increments and decrements stop at
+   * the bound and their update says `clamped: true`. Bounds left out are none, so `{}` clears
+   * them. Refused `out_of_bounds` when the counter's value lies outside them. Answers the
+   * counter's metadata with `bounds`.
+   */
+  configure(
+    name: string,
+    bounds: { min?: number | null; max?: number | null; clamp?: boolean } = {},
+    options?: CallOptions,
+  ): Promise<Metadata> {
+    return this.call("configure", { name, ...bounds }, options);
+  }
+
+  /**
    * One page of the counters this client may read, in name order: those whose name starts with
    * `prefix` (all when absent), after `after` (the `next` of the previous page), at most `limit`
    * (1 to 1000, default 100). A page may hold fewer than `limit` and still have a `next`.
@@ -517,6 +533,7 @@ export class TallyClient {
         retryAfter(error.retryAfterMs, response.headers.get("Retry-After")),
         null,
         typeof error.currentVersion === "number" ? error.currentVersion : null,
+        { min: numberOrNull(error.min), max: numberOrNull(error.max) },
       );
       // A temporary server fault (503 unavailable while storage is down or the server shuts
       // down) says nothing of whether a write that raced it was applied.
@@ -587,9 +604,15 @@ function undecided(error: unknown, key: string): unknown {
       error.retryAfterMs,
       key,
       error.currentVersion,
+      { min: error.min, max: error.max },
     );
   }
   return error;
+}
+
+/** `value` when it is a number, else null. */
+function numberOrNull(value: unknown): number | null {
+  return typeof value === "number" ? value : null;
 }
 
 /**

@@ -265,5 +265,6 @@ function refusalError(frame: ErrorFrame): TallyError {
     frame.retryAfterMs ?? null,
     null,
     frame.currentVersion ?? null,
+    { min: frame.min, max: frame.max },
   );
 }

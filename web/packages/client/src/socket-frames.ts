@@ -57,6 +57,8 @@ export type SocketFrame =
       temporary?: boolean;
       retryAfterMs?: number;
       currentVersion?: number;
+      min?: number;
+      max?: number;
     }
   | { type: "authenticated"; id: number; principal: string; expiresAt?: string }
   | { type: "pong"; id: number; timestamp: string };

@@ -50,6 +50,7 @@ describe("RPC", () => {
       updatedAt: null,
       operationCount: 0,
       opsLastMinute: 0,
+      bounds: { min: null, max: null, clamp: false },
     });
 
     const first = await client.increment(name);

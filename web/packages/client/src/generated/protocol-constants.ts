@@ -22,6 +22,7 @@ export const ERROR_CODES = {
   "key_exists": { status: 409, temporary: false },
   "out_of_range": { status: 422, temporary: false },
   "version_conflict": { status: 409, temporary: false },
+  "out_of_bounds": { status: 409, temporary: false },
   "invalid_idempotency_key": { status: 400, temporary: false },
   "idempotency_key_reused": { status: 422, temporary: false },
   "payload_too_large": { status: 413, temporary: false },
