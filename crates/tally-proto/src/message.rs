@@ -428,6 +428,9 @@ pub struct ListedCounter {
     /// Subscriptions to the counter on the node that answered (in a cluster, each node counts
     /// its own; `getPresence` counts every node's).
     pub watchers: u64,
+    /// The rate meter: operations committed in the last minute, as `getMetadata`'s
+    /// `opsLastMinute` counts them (at most 10 000 are looked at).
+    pub ops_last_minute: u64,
 }
 
 /// The answer to `counter.list`: counters in name order.

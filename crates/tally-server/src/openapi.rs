@@ -162,7 +162,7 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetHistory => "One page of history, newest first",
         Procedure::GetPresence => "How many watch the counter now (watchers and distinct users)",
         Procedure::List => {
-            "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after); watchers are this node's"
+            "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after), each with its operations of the last minute; watchers are this node's"
         }
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",
@@ -195,7 +195,9 @@ mod tests {
         assert_eq!(list["prefix"]["maxLength"], 128);
         assert_eq!(schemas["ListBody"]["additionalProperties"], false);
         let listed = &schemas["ListedCounter"]["required"];
-        assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!("watchers"))));
+        for field in ["watchers", "opsLastMinute"] {
+            assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!(field))));
+        }
         let increment = &doc["paths"]["/rpc/counter.increment"]["post"]["responses"];
         assert!(
             increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))

@@ -108,6 +108,8 @@ export interface ListedCounter {
   updatedAt: string;
   /** Subscriptions on the server that answered (in a cluster, each node counts its own). */
   watchers: number;
+  /** The rate meter: operations committed in the last minute, as `getMetadata` counts them. */
+  opsLastMinute: number;
 }
 
 /**
