@@ -144,7 +144,8 @@ enum Command {
         key: KeyArg,
     },
     /// List the counters you may read, in name order, with value, version, watchers (on the
-    /// server answering) and last change: one page (`--limit`, 100 by default), or `--all`.
+    /// server answering), operations in the last minute and last change: one page (`--limit`,
+    /// 100 by default), or `--all`.
     List(ListArgs),
     /// Show a counter's recent operations, newest first.
     History(HistoryArgs),
