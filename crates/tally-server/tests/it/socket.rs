@@ -608,17 +608,21 @@ async fn rpc(server: &TestServer, procedure: &str, body: &Value, credential: &st
     response.json().await.expect("json")
 }
 
-#[tokio::test]
-async fn losing_the_right_to_read_ends_that_subscription_and_the_socket_goes_on() {
+/// A server that verifies HS256 tokens signed with `SECRET`, where anonymous has `anonymous`.
+async fn start_with_jwt(anonymous: &str) -> TestServer {
     let mut jwt = JwtConfig::default();
     jwt.add_secret(SECRET).expect("secret");
     let auth = AuthConfig {
         jwt,
-        anonymous: Some(Grant::parse_all(&["public:*=read"]).expect("grant")),
+        anonymous: Some(Grant::parse_all(&[anonymous]).expect("grant")),
         ..AuthConfig::default()
     };
-    let server =
-        TestServer::start_with(Config { auth, ..test_config() }, SqliteOptions::default()).await;
+    TestServer::start_with(Config { auth, ..test_config() }, SqliteOptions::default()).await
+}
+
+#[tokio::test]
+async fn losing_the_right_to_read_ends_that_subscription_and_the_socket_goes_on() {
+    let server = start_with_jwt("public:*=read").await;
     let admin = admin_token();
     let body = json!({"name": "reader", "grants": ["private:*=read"]});
     let created = rpc(&server, "key.create", &body, &admin).await;
@@ -678,15 +682,7 @@ async fn issue_16_a_call_at_max_counters_is_refused_quota_exceeded_and_the_socke
 /// principal with admin on every counter may watch them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue_16_watch_server_pushes_live_figures_to_admins_and_refuses_others() {
-    let mut jwt = JwtConfig::default();
-    jwt.add_secret(SECRET).expect("secret");
-    let auth = AuthConfig {
-        jwt,
-        anonymous: Some(Grant::parse_all(&["*=read"]).expect("grant")),
-        ..AuthConfig::default()
-    };
-    let server =
-        TestServer::start_with(Config { auth, ..test_config() }, SqliteOptions::default()).await;
+    let server = start_with_jwt("*=read").await;
     let admin = admin_token();
 
     // Refused: anonymous may read every counter but is not admin; a key with admin on some
