@@ -1,7 +1,7 @@
 //! `tally export` and `tally import`: flags and files around `tally_server::store`'s export and
 //! import (docs/EXPORT.md).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -154,12 +154,8 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 /// Exports into the new file `out`, synced; a failed export removes it.
 fn export_to_file(database: &str, out: &Path) -> anyhow::Result<store::ExportSummary> {
     use anyhow::Context as _;
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
     // It holds who changed what: readable by its owner only, as the database is.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(out).map_err(|error| {
+    let file = store::files::create_new_private(out).map_err(|error| {
         if error.kind() == io::ErrorKind::AlreadyExists {
             anyhow::anyhow!(
                 "{} exists already; an export never overwrites a file, so name a new one",
@@ -174,13 +170,9 @@ fn export_to_file(database: &str, out: &Path) -> anyhow::Result<store::ExportSum
         let summary = run_export(database, &mut writer)?;
         writer.flush().with_context(|| format!("cannot write {}", out.display()))?;
         drop(writer);
-        file.sync_all().with_context(|| format!("cannot sync {}", out.display()))?;
         // The file is only there once its name is on disk too.
-        if let Some(folder) = out.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-            File::open(folder)
-                .and_then(|folder| folder.sync_all())
-                .with_context(|| format!("cannot sync {}", folder.display()))?;
-        }
+        store::files::sync_with_folder(&file, out)
+            .with_context(|| format!("cannot sync {}", out.display()))?;
         anyhow::Ok(summary)
     })();
     if result.is_err() {

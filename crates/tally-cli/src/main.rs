@@ -71,13 +71,25 @@ enum Command {
     /// Copy a SQLite database to a new file while the server goes on writing: consistent (one
     /// commit's state, holding every write answered before the backup started), checked with
     /// SQLite's integrity check, synced, and under a new epoch, so that clients resuming
-    /// against it once restored start over from a snapshot. Restore by serving the copy.
+    /// against it once restored start over from a snapshot. Restore with `tally restore`.
     /// (PostgreSQL is backed up with pg_dump; docs/CLUSTER.md.)
     Backup {
         /// The new file to write (never overwritten).
         #[arg(value_name = "OUT")]
         out: std::path::PathBuf,
         /// The SQLite database, as for `serve`.
+        #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
+        database: String,
+    },
+    /// Restore a backup as a new SQLite database: copied as `tally backup` copies (checked,
+    /// synced), under a new epoch at every restore, so that clients of an earlier restore, or of
+    /// the database the backup came from, start over from a snapshot. The database must not
+    /// exist (nor its -wal and -shm files): stop the server and move the old one away first.
+    Restore {
+        /// The backup to restore (a file `tally backup` wrote).
+        #[arg(value_name = "BACKUP")]
+        backup: std::path::PathBuf,
+        /// The new SQLite database, as for `serve`.
         #[arg(long, env = "TALLY_DATABASE", default_value = "tally.db", value_name = "PATH")]
         database: String,
     },
@@ -191,6 +203,9 @@ fn main() -> ExitCode {
         Command::Backup { out, database } => {
             return serve::backup(&database, &out, &mut output::Printer::new(cli.json));
         }
+        Command::Restore { backup, database } => {
+            return serve::restore(&backup, &database, &mut output::Printer::new(cli.json));
+        }
         Command::Export(args) => {
             return export::export(&args, &mut output::Printer::new(cli.json));
         }
@@ -284,6 +299,7 @@ async fn run_client_command(
         Command::Serve(_)
         | Command::Migrate { .. }
         | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Export(_)
         | Command::Import(_)
         | Command::Completions { .. }

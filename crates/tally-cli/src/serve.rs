@@ -97,12 +97,13 @@ pub(crate) struct ServeArgs {
     max_watchers_per_counter: u32,
 
     /// Replays from history running at once at most: resumes with since (and version-2 catch-ups);
-    /// a resume past it gets a resync snapshot instead.
+    /// a resume past it waits for a place up to --send-timeout (a version-2 socket's resumes, all
+    /// together), then gets a resync snapshot.
     #[arg(long, env = "TALLY_MAX_REPLAYS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_replays: u32,
 
-    /// Replays running at once for one client address at most (IPv6 by /64); a resume past it
-    /// gets a resync snapshot instead.
+    /// Replays running at once for one client address at most (IPv6 by /64); past it, as for
+    /// --max-replays.
     #[arg(long, env = "TALLY_MAX_REPLAYS_PER_ADDRESS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_replays_per_address: u32,
 
@@ -481,7 +482,39 @@ pub(crate) fn backup(
         );
         return std::process::ExitCode::from(2);
     }
-    let summary = match tally_server::store::backup(std::path::Path::new(database), out) {
+    let copied = tally_server::store::backup(std::path::Path::new(database), out);
+    let out = out.display().to_string();
+    report_copy(copied, ("database", database), ("backup", &out), "backed up", printer)
+}
+
+/// `tally restore`: a backup copied to a new database under a new epoch
+/// (`tally_server::store::restore`).
+pub(crate) fn restore(
+    backup: &std::path::Path,
+    database: &str,
+    printer: &mut crate::output::Printer,
+) -> std::process::ExitCode {
+    if is_postgres_url(database) {
+        eprintln!(
+            "error: --database is a PostgreSQL URL; restore a PostgreSQL dump with pg_restore, then give it a new epoch before serving it (docs/CLUSTER.md)"
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let copied = tally_server::store::restore(backup, std::path::Path::new(database));
+    let backup = backup.display().to_string();
+    report_copy(copied, ("backup", &backup), ("database", database), "restored", printer)
+}
+
+/// Prints what a backup or a restore copied from `from` to `to`, each named by its JSON key
+/// and its path.
+fn report_copy(
+    copied: Result<tally_server::store::BackupSummary, tally_server::store::BackupError>,
+    (from_key, from): (&str, &str),
+    (to_key, to): (&str, &str),
+    verb: &str,
+    printer: &mut crate::output::Printer,
+) -> std::process::ExitCode {
+    let summary = match copied {
         Ok(summary) => summary,
         Err(error) => {
             eprintln!("error: {error}");
@@ -492,20 +525,19 @@ pub(crate) fn backup(
         epoch.as_ref().map_or_else(|| "none yet".to_owned(), ToString::to_string)
     };
     let line = if printer.json {
-        serde_json::json!({
-            "database": database,
-            "backup": out.display().to_string(),
+        let mut line = serde_json::json!({
             "counters": summary.counters,
             "bytes": summary.bytes,
             "integrity": "ok",
             "epoch": summary.epoch.as_ref().map(ToString::to_string),
             "sourceEpoch": summary.source_epoch.as_ref().map(ToString::to_string),
-        })
-        .to_string()
+        });
+        line[from_key] = from.into();
+        line[to_key] = to.into();
+        line.to_string()
     } else {
         format!(
-            "backed up {database} to {}: {} counters, {} bytes, integrity ok, epoch {} (the live database's is {})",
-            out.display(),
+            "{verb} {from} to {to}: {} counters, {} bytes, integrity ok, epoch {} (the source's is {})",
             summary.counters,
             summary.bytes,
             shown(&summary.epoch),

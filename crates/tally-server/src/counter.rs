@@ -852,6 +852,9 @@ impl CounterActor {
                         }
                         error
                     }
+                    // A quota is a refusal, not a failure: the writer left the batch out and
+                    // nothing is wrong with storage (the reload below still realigns the tip).
+                    (_, StoreError::QuotaExceeded(_)) => error,
                     _ => {
                         // Every counter's batch of a failed group commit fails alike: one line
                         // a second, with how many were left out.

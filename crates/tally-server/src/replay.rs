@@ -11,7 +11,10 @@
 //! reconnect storm, or many clients behind one proxy, still get their replays, one after the
 //! other), and past that is answered a `resync` snapshot instead (the protocol's answer when
 //! history cannot fill the gap, which every client handles). A version-2 catch-up does not
-//! wait, since its socket's other subscriptions would wait with it: it resyncs at once. A
+//! wait, since its socket's other subscriptions would wait with it: it resyncs at once; and a
+//! version-2 socket's resumes wait, all together, at most `--send-timeout`, since its commands
+//! wait behind each (a socket re-subscribing 50 counters in a storm must not stall for 50 of
+//! them). A
 //! replay that cannot send (its client stopped reading) stalls, and is dropped after
 //! `--send-timeout` like any stalled send, which gives its place back.
 
@@ -133,6 +136,21 @@ impl ReplayLimits {
         };
         self.metrics.replays_running.inc();
         Ok(ReplayPermit { limits: Arc::clone(self), address, _total: total })
+    }
+
+    /// The place a resume after `since` of a counter at `version` needs: none when there is
+    /// nothing to replay (`Ok(None)`), else as [`start`](Self::start) gives it.
+    pub(crate) async fn for_resume(
+        self: &Arc<Self>,
+        since: u64,
+        version: u64,
+        peer: Option<IpAddr>,
+        wait: Duration,
+    ) -> Result<Option<ReplayPermit>, Refused> {
+        if since >= version {
+            return Ok(None);
+        }
+        self.start(peer, wait).await.map(Some)
     }
 
     fn refused(&self, refused: Refused) -> Refused {

@@ -111,7 +111,9 @@ impl AppState {
         self.metrics.error(error.code);
         // A failing store fails every request: one line a second per code, with how many
         // were left out.
+        // 507 quota_exceeded is the operator's limit doing its job, not a fault.
         if !error.code.is_client_fault()
+            && error.code != ErrorCode::QuotaExceeded
             && let Some(suppressed) =
                 crate::log_limit::storage().allow(("request failed", error.code.as_str()))
         {

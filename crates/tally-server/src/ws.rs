@@ -429,13 +429,10 @@ impl<T: Transport> Session<T> {
         resume: Resume,
     ) -> Result<bool, End> {
         let Resume { since, peer, .. } = resume;
-        let permit = if since < counter.version {
-            match self.state.replays.start(peer, self.state.config.send_timeout).await {
-                Ok(permit) => Some(permit),
-                Err(_) => return Ok(false),
-            }
-        } else {
-            None
+        let wait = self.state.config.send_timeout;
+        let Ok(permit) = self.state.replays.for_resume(since, counter.version, peer, wait).await
+        else {
+            return Ok(false);
         };
         let origin = Origin::of_state(name, &counter);
         let mut cursor = since;

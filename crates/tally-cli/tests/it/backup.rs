@@ -177,3 +177,63 @@ fn a_refused_backup_says_why_and_leaves_nothing_behind() {
     assert_eq!(ran.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&ran.stderr).contains("pg_dump"), "{ran:?}");
 }
+
+fn restore(backup: &Path, database: &Path) -> std::process::Output {
+    tally()
+        .args(["--json", "restore"])
+        .arg(backup)
+        .arg("--database")
+        .arg(database)
+        .env_remove("TALLY_DATABASE")
+        .output()
+        .expect("run tally restore")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_restore_of_a_backup_is_a_history_of_its_own() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("tally.db");
+    let copy = dir.path().join("backup.db");
+    {
+        let server = Tally::start(&database, &[]);
+        for _ in 0..3 {
+            server.ok("increment", json!({"name": "seats"})).await;
+        }
+    }
+    let ran = backup(&database, &copy);
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+
+    let first = dir.path().join("first.db");
+    let second = dir.path().join("second.db");
+    for restored in [&first, &second] {
+        let ran = restore(&copy, restored);
+        assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+        let report: Value = serde_json::from_slice(&ran.stdout).expect("one JSON line");
+        assert_eq!(report["counters"], 1, "{report}");
+        assert_eq!(report["sourceEpoch"], epoch_in(&copy).as_str(), "{report}");
+        assert_eq!(report["epoch"], epoch_in(restored).as_str(), "{report}");
+    }
+    let epochs = [epoch_in(&database), epoch_in(&copy), epoch_in(&first), epoch_in(&second)];
+    for (i, a) in epochs.iter().enumerate() {
+        for b in &epochs[i + 1..] {
+            assert_ne!(a, b, "every copy and restore has an epoch of its own: {epochs:?}");
+        }
+    }
+    // The restore holds the backup's counters.
+    let server = Tally::start(&second, &[]);
+    let value = server.ok("getValue", json!({"name": "seats"})).await;
+    assert_eq!(value["value"], 3, "{value}");
+    assert_eq!(value["version"], 3, "{value}");
+    drop(server);
+
+    // Never over a database, nor over a write-ahead log an old one left.
+    let ran = restore(&copy, &first);
+    assert_eq!(ran.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("exists already"), "{ran:?}");
+    let moved = dir.path().join("moved.db");
+    std::fs::write(dir.path().join("moved.db-wal"), b"an old log").expect("a leftover log");
+    let ran = restore(&copy, &moved);
+    assert_eq!(ran.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&ran.stderr).contains("moved.db-wal exists"), "{ran:?}");
+    assert!(!moved.exists(), "a refused restore makes nothing");
+}

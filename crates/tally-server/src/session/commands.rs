@@ -282,16 +282,25 @@ impl<T: Transport> Session<T> {
         counter: CounterState,
         since: u64,
     ) -> Result<Replayed, End> {
-        // Bounded (`replay::ReplayLimits`): waits for a place up to `--send-timeout`, then gets
-        // a `resync` snapshot, as when history no longer reaches back. Nothing to replay takes
+        let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(Replayed::Failed) };
+        // Conflated without filters, only the latest update is sent: that needs no place.
+        let latest_only = watched.wants_latest_only();
+        // Bounded (`replay::ReplayLimits`): waits for a place, then gets a `resync` snapshot,
+        // as when history no longer reaches back. The socket's commands wait behind this one,
+        // so all its resumes together wait at most `--send-timeout`. Nothing to replay takes
         // no place.
-        let permit = if since < counter.version {
-            match self.state.replays.start(self.peer, self.state.config.send_timeout).await {
-                Ok(permit) => Some(permit),
+        let permit = if latest_only {
+            None
+        } else {
+            let started = tokio::time::Instant::now();
+            let wait = self.replay_wait_left;
+            let permit =
+                self.state.replays.for_resume(since, counter.version, self.peer, wait).await;
+            self.replay_wait_left = wait.saturating_sub(started.elapsed());
+            match permit {
+                Ok(permit) => permit,
                 Err(_) => return Ok(Replayed::Gone),
             }
-        } else {
-            None
         };
         let Some(watched) = self.subscriptions.get_mut(key) else { return Ok(Replayed::Failed) };
         let name = Arc::clone(&watched.name);

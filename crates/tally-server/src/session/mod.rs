@@ -119,6 +119,7 @@ pub(crate) fn serve<T: Transport>(
         rate_window: RateWindow::new(),
         renewed: false,
         server_stats: None,
+        replay_wait_left: state.config.send_timeout,
         state,
     };
     async move {
@@ -172,6 +173,9 @@ pub(crate) struct Session<T> {
     /// The server's figures, while the socket watches them (`watchServer`): one receiver of
     /// the sampler's channel, so a socket costs the sampler nothing more than a count.
     server_stats: Option<crate::sampler::Feed>,
+    /// How much longer this socket's resumes may wait, all together, for a place among the
+    /// bounded replays; spent, a resume gets a `resync` snapshot at once.
+    replay_wait_left: std::time::Duration,
     state: AppState,
 }
 

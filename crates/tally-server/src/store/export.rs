@@ -30,7 +30,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use tally_proto::export::{ExportHeader, ExportedCounter, ExportedEntry, FORMAT, FORMAT_VERSION};
 use tally_proto::{CounterName, Epoch, OpKind};
 
-use super::{BackupError, HistoryRecord, postgres, sqlite, sqlite_backup};
+use super::{BackupError, HistoryRecord, files, postgres, sqlite, sqlite_backup};
 use crate::clock;
 
 /// The longest line an import reads, so a file without newlines cannot make it hold an
@@ -325,40 +325,15 @@ pub fn import_sqlite(
 ) -> Result<ImportSummary, ImportError> {
     // The header first: a file that is not an export never creates a database.
     let mut reader = Reader::start(input)?;
-    let lock = sqlite::lock_path(database);
-    let (existed, lock_existed) = (database.exists(), lock.exists());
-    let result = import_sqlite_into(database, &lock, &mut reader);
-    if result.is_err() {
-        // What the import made is removed: the database with its WAL files, and the lock.
-        if !existed {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut path = database.as_os_str().to_owned();
-                path.push(suffix);
-                let _ = std::fs::remove_file(PathBuf::from(path));
-            }
-        }
-        if !lock_existed {
-            let _ = std::fs::remove_file(&lock);
-        }
-    }
-    result
-}
-
-fn import_sqlite_into(
-    database: &Path,
-    lock_path: &Path,
-    reader: &mut Reader<'_>,
-) -> Result<ImportSummary, ImportError> {
     let shown = database.display().to_string();
     let open_error = |reason: String| ImportError::Open { database: shown.clone(), reason };
-    let write_error = |error: rusqlite::Error| ImportError::Write {
-        database: shown.clone(),
-        reason: error.to_string(),
-    };
-    // The server's lock: a database a server is using is never imported into, and no server
-    // starts on it until the import is done.
-    let lock = sqlite::owner_only(File::options().create(true).truncate(false).write(true))
-        .open(lock_path)
+    // The server's lock, held until the end: a database a server is using is never imported
+    // into, and no server starts on it until the import is done, nor while a failed import
+    // removes what it made. The lock file itself stays: removing it would let a server and a
+    // second import lock two different files of the same name.
+    let lock_path = sqlite::lock_path(database);
+    let lock = files::owner_only(File::options().create(true).truncate(false).write(true))
+        .open(&lock_path)
         .map_err(|error| {
             open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
         })?;
@@ -368,7 +343,31 @@ fn import_sqlite_into(
             lock_path.display()
         ))
     })?;
-    sqlite::owner_only(File::options().create(true).truncate(false).write(true))
+    let existed = database.exists();
+    // The connection is closed when this returns, before the files are removed.
+    let result = import_sqlite_locked(database, &mut reader);
+    if result.is_err() && !existed {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = database.as_os_str().to_owned();
+            path.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(path));
+        }
+    }
+    drop(lock);
+    result
+}
+
+fn import_sqlite_locked(
+    database: &Path,
+    reader: &mut Reader<'_>,
+) -> Result<ImportSummary, ImportError> {
+    let shown = database.display().to_string();
+    let open_error = |reason: String| ImportError::Open { database: shown.clone(), reason };
+    let write_error = |error: rusqlite::Error| ImportError::Write {
+        database: shown.clone(),
+        reason: error.to_string(),
+    };
+    files::owner_only(File::options().create(true).truncate(false).write(true))
         .open(database)
         .map_err(|error| open_error(format!("cannot create the file: {error}")))?;
     let mut conn = Connection::open(database)

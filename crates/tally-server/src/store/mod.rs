@@ -30,6 +30,7 @@
 //! for good after a failed fsync. `GET /readyz` and `tally_store_ready` report it.
 
 mod export;
+pub mod files;
 mod health;
 pub mod postgres;
 mod sqlite;
@@ -49,7 +50,7 @@ pub use export::{
 pub use health::Readiness;
 pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
-pub use sqlite_backup::{BackupError, BackupSummary, backup};
+pub use sqlite_backup::{BackupError, BackupSummary, backup, restore};
 
 /// Why `name` was not created at a quota: `quota` (a flag) is `limit` and storage holds
 /// `found` (in `unit`).

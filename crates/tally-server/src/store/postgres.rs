@@ -263,6 +263,7 @@ impl PostgresStore {
             history_limit: options.history_limit.max(1),
             idempotency_window: options.idempotency_window,
             metrics: metrics.clone(),
+            quota_reading: None,
             last_sweep: None,
         };
         tokio::spawn(task.run(inbox));
@@ -534,6 +535,8 @@ struct WriterTask {
     /// Where each commit's outcome is recorded.
     health: Arc<WriteHealth>,
     quotas: Quotas,
+    /// The size the quotas were last checked against.
+    quota_reading: Option<QuotaReading>,
     last_sweep: Option<Instant>,
 }
 
@@ -624,9 +627,11 @@ impl WriterTask {
             crate::clock::now_ms().saturating_sub(window_ms)
         });
         let quotas = self.quotas;
+        let mut quota_reading = self.quota_reading;
         let outcome = match self.ready().await {
             Ok((client, statements)) => {
-                let outcome = match quota_refusals(client, quotas, &batches).await {
+                let refusals = quota_refusals(client, quotas, &batches, &mut quota_reading).await;
+                let outcome = match refusals {
                     Ok(refusals) => {
                         let admitted: Vec<&AppendBatch> = batches
                             .iter()
@@ -653,6 +658,7 @@ impl WriterTask {
             }
             Err(error) => Err(error),
         };
+        self.quota_reading = quota_reading;
         match &outcome {
             Ok(_) => self.health.succeeded(),
             Err(error) => self.health.failed(error),
@@ -671,32 +677,69 @@ impl WriterTask {
     }
 }
 
+/// What the writer last read of the database's size, for the quotas: read again when over a
+/// second old, since `count(*)` scans the whole table, and counted forward between readings
+/// with the counters this node's groups create.
+#[derive(Debug, Clone, Copy)]
+struct QuotaReading {
+    counters: u64,
+    bytes: u64,
+    at: Instant,
+}
+
+/// How old a [`QuotaReading`] may be before it is read again.
+const QUOTA_READING_AGE: Duration = Duration::from_secs(1);
+
 /// Which of `batches` would create a counter while the database is at a quota: refused (before
-/// the group's transaction) with why, the others `None`. It costs a count of the counters and
-/// `pg_database_size`, only for groups that create counters and only with a quota set. Each
-/// node checks its own commits, so nodes creating counters at the same moment may together go
-/// past `--max-counters` by up to one group each.
+/// the group's transaction) with why, the others `None`. Only with a quota set, and only for
+/// groups with batches built on version 0: those whose counter another node has created
+/// meanwhile are not refused (they fail their compare-and-set and are sent again as writes to
+/// an existing counter, which a quota never refuses). The count and size are at most a second
+/// old ([`QuotaReading`]), so nodes creating counters at the same moment may together go past
+/// `--max-counters` by up to a second's creations of each node.
 async fn quota_refusals(
     client: &Client,
     quotas: Quotas,
     batches: &[&AppendBatch],
+    reading: &mut Option<QuotaReading>,
 ) -> Result<Vec<Option<StoreError>>, tokio_postgres::Error> {
-    let creates = batches.iter().any(|batch| batch.expected_version == 0);
-    if !creates || quotas == Quotas::default() {
+    let creating: Vec<&str> = batches
+        .iter()
+        .filter(|batch| batch.expected_version == 0)
+        .map(|batch| batch.name.as_str())
+        .collect();
+    if creating.is_empty() || quotas == Quotas::default() {
         return Ok(batches.iter().map(|_| None).collect());
     }
-    let row = client
-        .query_one(
-            "SELECT (SELECT count(*) FROM counters), pg_database_size(current_database())",
-            &[],
-        )
-        .await?;
-    let mut counters = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
-    let bytes = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
-    Ok(batches
+    let existing: Vec<String> = client
+        .query("SELECT name FROM counters WHERE name = ANY($1)", &[&creating])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let current = match *reading {
+        Some(last) if last.at.elapsed() < QUOTA_READING_AGE => last,
+        _ => {
+            let row = client
+                .query_one(
+                    "SELECT (SELECT count(*) FROM counters), pg_database_size(current_database())",
+                    &[],
+                )
+                .await?;
+            QuotaReading {
+                counters: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                bytes: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                at: Instant::now(),
+            }
+        }
+    };
+    let QuotaReading { mut counters, bytes, .. } = current;
+    let refusals = batches
         .iter()
         .map(|batch| {
-            if batch.expected_version != 0 {
+            if batch.expected_version != 0
+                || existing.iter().any(|name| name == batch.name.as_str())
+            {
                 return None;
             }
             if let Some(limit) = quotas.max_counters.filter(|&limit| counters >= limit) {
@@ -720,7 +763,9 @@ async fn quota_refusals(
             counters += 1;
             None
         })
-        .collect())
+        .collect();
+    *reading = Some(QuotaReading { counters, ..current });
+    Ok(refusals)
 }
 
 /// The answers of every batch: the refused ones' refusals, the others' `results` in order.

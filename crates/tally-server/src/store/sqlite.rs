@@ -16,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use tally_proto::{CounterName, Epoch, IdempotencyKey, OpKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::files;
 use super::health::WriteHealth;
 use super::{
     AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
@@ -199,7 +200,7 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
         let lock_path = lock_path(path);
-        let lock = owner_only(File::options().create(true).truncate(false).write(true))
+        let lock = files::owner_only(File::options().create(true).truncate(false).write(true))
             .open(&lock_path)
             .map_err(|error| {
                 open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
@@ -217,7 +218,7 @@ impl SqliteStore {
         // umask around the open: the umask is the whole process's (other threads may create
         // files meanwhile), and the `-wal` is created at the first write, after any such
         // window. A file that exists keeps the mode its owner gave it.
-        owner_only(File::options().create(true).truncate(false).write(true))
+        files::owner_only(File::options().create(true).truncate(false).write(true))
             .open(path)
             .map_err(|error| open_error(format!("cannot create the file: {error}")))?;
         let conn = Connection::open(path).map_err(|error| open_error(error.to_string()))?;
@@ -293,12 +294,6 @@ impl SqliteStore {
 }
 
 /// `options`, creating a missing file readable and writable by its owner only (`0600`).
-pub(super) fn owner_only(options: &mut std::fs::OpenOptions) -> &mut std::fs::OpenOptions {
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(options, 0o600);
-    options
-}
-
 pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");

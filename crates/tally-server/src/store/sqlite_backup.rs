@@ -9,13 +9,14 @@
 //! (PROTOCOL.md §5.2.1: once restored it is another history than the live database's, which
 //! goes on), synced to disk, and only then reported done; a failed backup removes its file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 use tally_proto::Epoch;
 
+use super::files;
 use super::sqlite::{APPLICATION_ID, EPOCH_SCHEMA_VERSION, SCHEMA_VERSION};
 
 /// What a backup copied.
@@ -46,8 +47,10 @@ pub enum BackupError {
         /// Why, in words.
         reason: String,
     },
-    /// The output exists already: a backup never overwrites a file.
-    #[error("{0} exists already; a backup never overwrites a file, so name a new one")]
+    /// The output exists already: a backup (or a restore) never overwrites a file.
+    #[error(
+        "{0} exists already; a backup or restore never overwrites a file, so name a new one (or move the old one away)"
+    )]
     Exists(PathBuf),
     /// The output could not be made or synced.
     #[error("cannot write {path}: {source}")]
@@ -85,6 +88,27 @@ pub fn backup(database: &Path, out: &Path) -> Result<BackupSummary, BackupError>
     result
 }
 
+/// Restores the backup `backup_file` as the new database `database`: a copy made as
+/// [`backup`] makes one, so it is checked and gets an epoch of its own, at every restore. Two
+/// restores of one backup are two histories from the same point: served one after the other at
+/// one address, clients resuming from the first must resync against the second, which a plain
+/// file copy (keeping the backup's epoch) would not tell them.
+///
+/// # Errors
+/// A [`BackupError`]; `database` must not exist, nor its `-wal` and `-shm` files (SQLite would
+/// apply an old write-ahead log to the restored file).
+pub fn restore(backup_file: &Path, database: &Path) -> Result<BackupSummary, BackupError> {
+    for suffix in ["-wal", "-shm"] {
+        let mut leftover = database.as_os_str().to_owned();
+        leftover.push(suffix);
+        let leftover = PathBuf::from(leftover);
+        if leftover.exists() {
+            return Err(BackupError::Exists(leftover));
+        }
+    }
+    backup(backup_file, database)
+}
+
 /// Checks the file is Tally's, of a schema this build knows; answers its epoch.
 pub(super) fn check_source(database: &Path) -> Result<Option<Epoch>, BackupError> {
     let foreign = |reason: &str| BackupError::Foreign {
@@ -115,11 +139,7 @@ pub(super) fn check_source(database: &Path) -> Result<Option<Epoch>, BackupError
 }
 
 fn create_empty(out: &Path) -> Result<(), BackupError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(out) {
+    match files::create_new_private(out) {
         Ok(_) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
             Err(BackupError::Exists(out.to_owned()))
@@ -164,11 +184,8 @@ fn copy(
     drop(copy);
     // The copy is only a backup once it is on disk: the file, and its name in the folder.
     let file = File::open(out).map_err(write_error)?;
-    file.sync_all().map_err(write_error)?;
+    files::sync_with_folder(&file, out).map_err(write_error)?;
     let bytes = file.metadata().map_err(write_error)?.len();
-    if let Some(folder) = out.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-        File::open(folder).and_then(|folder| folder.sync_all()).map_err(write_error)?;
-    }
     Ok(BackupSummary {
         counters: u64::try_from(counters).unwrap_or_default(),
         bytes,

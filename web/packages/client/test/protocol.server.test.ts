@@ -49,6 +49,7 @@ describe("RPC", () => {
       createdAt: null,
       updatedAt: null,
       operationCount: 0,
+      opsLastMinute: 0,
     });
 
     const first = await client.increment(name);
@@ -62,6 +63,8 @@ describe("RPC", () => {
     expect(await client.setValue(name, -30)).toMatchObject({ type: "setValue", value: -30 });
     expect(await client.reset(name)).toMatchObject({ type: "reset", value: 0, previousValue: -30 });
     expect(await client.getValue(name)).toEqual({ value: 0, version: 6 });
+    // The rate meter: the six writes just made.
+    expect(await client.getMetadata(name)).toMatchObject({ operationCount: 6, opsLastMinute: 6 });
 
     const page = await client.getHistory(name, { limit: 4 });
     expect(page.entries.map((e) => [e.version, e.type, e.amount])).toEqual([
