@@ -263,6 +263,7 @@ export class SocketDriver {
     host.setState({ status: "stopped", error, retryAt: null });
     // The topics stay, so that `resetToken` brings them back; their watchers hear it now.
     for (const topic of host.topics()) topic.end(error);
+    if (host.watchingServer()) host.serverStatsEnded(error);
     host.calls.handOver((counter, answer) => host.track(counter, answer));
   }
 

@@ -4,6 +4,7 @@
 // the server's code; and a new credential is asked again on the next socket.
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { TallyServer, tempDir, type JwtServer } from "../../../test-support/server.js";
+import { SocketCount } from "../../../test-support/sockets.js";
 import type { ServerStats } from "../src/socket-frames.js";
 import { TallyClient } from "../src/rpc.js";
 import type { TallyWatchError } from "../src/watch-error.js";
@@ -20,8 +21,12 @@ afterAll(async () => {
   dir.remove();
 });
 
+/** WebSockets made by the clients of this file. */
+const sockets = new SocketCount();
+
 function clientWith(getToken: () => string | null): TallyClient {
   return new TallyClient({
+    WebSocket: sockets.WebSocket,
     baseUrl: jwt.server.url,
     getToken: async () => getToken(),
     lingerMs: 50,
@@ -47,6 +52,7 @@ describe("watchServer", () => {
     for (let i = 0; i < 50; i++) await client.increment("stats:a");
     await until(() => seen.some((stats) => stats.opsPerSecond > 0));
     expect(also.length).toBeGreaterThanOrEqual(1);
+    expect(sockets.made).toBe(1);
     stop();
     stopToo();
   });
