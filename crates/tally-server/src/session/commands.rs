@@ -126,15 +126,24 @@ impl<T: Transport> Session<T> {
     }
 
     /// Pushes the sampler's new figures, if the principal may still see them; one that lost
-    /// the right (an `auth` as someone else) gets a `serverUnwatched` push and no more.
+    /// the right (an `auth` as someone else, a revoked key) gets a `serverUnwatched` push and
+    /// no more.
     pub(super) async fn push_server_stats(&mut self) -> Result<(), End> {
+        // A socket that only watches the server looks at its rights here, as others do on
+        // their commands and wakes: a revoked key must see nothing more.
+        self.check_access().await?;
         let Some(feed) = self.server_stats.as_mut() else { return Ok(()) };
         let latest = feed.borrow_and_update().clone();
         if !self.state.access.may_watch_server(&self.principal) {
             self.server_stats = None;
+            let code = if self.principal.credentialed {
+                ErrorCode::Forbidden
+            } else {
+                ErrorCode::Unauthenticated
+            };
             let push = Frame::ServerUnwatched {
                 id: None,
-                code: Some(ErrorCode::Forbidden.as_str().to_owned()),
+                code: Some(code.as_str().to_owned()),
                 reason: Some(format!(
                     "{} may no longer watch the server's figures (that needs admin on every counter)",
                     self.principal.id

@@ -778,4 +778,27 @@ async fn issue_16_watch_server_pushes_live_figures_to_admins_and_refuses_others(
         Frame::Error { error, .. } => assert_eq!(error.code, "not_subscribed", "{error:?}"),
         other => panic!("expected not_subscribed, got {other:?}"),
     }
+
+    // An admin key revoked while its socket watches: the watch ends with a push saying why,
+    // and nothing of the server follows.
+    let body = json!({"name": "watcher", "grants": ["*=admin"]});
+    let key =
+        rpc(&server, "key.create", &body, &admin).await["key"].as_str().expect("key").to_owned();
+    let mut watcher = Client::connect_as(&server, Some(&key)).await;
+    assert!(matches!(
+        watcher.ask("watchServer", json!({})).await,
+        Frame::ServerStats { id: Some(_), .. }
+    ));
+    rpc(&server, "key.revoke", &json!({"name": "watcher"}), &admin).await;
+    let ended = loop {
+        match watcher.next().await {
+            Frame::ServerStats { id: None, .. } => continue,
+            Frame::ServerUnwatched { id: None, code, reason } => break (code, reason),
+            other => panic!("expected serverUnwatched, got {other:?}"),
+        }
+    };
+    assert_eq!(ended.0.as_deref(), Some("unauthenticated"), "{ended:?}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = watcher.sync().await;
+    assert!(after.is_empty(), "nothing after the watch ended: {after:?}");
 }
