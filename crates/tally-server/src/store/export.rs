@@ -849,8 +849,8 @@ mod tests {
         let database = folder.path().join("t.db");
         let result = import_sqlite(&database, &mut text.as_bytes());
         if result.is_err() {
+            // Its lock file may stay: removing it could let two processes lock two files.
             assert!(!database.exists(), "a failed import leaves no database behind");
-            assert!(!sqlite::lock_path(&database).exists(), "nor its lock file");
         }
         result
     }
