@@ -83,6 +83,10 @@ describe("the admin page", () => {
     await page.getByRole("button", { name: "Search" }).click();
     await expect.poll(() => page.locator("tbody tr[data-counter]").count(), WAIT).toBe(1);
     await expect.poll(() => row(page, TARGET).getAttribute("data-value"), WAIT).toBe("1");
+    // The page's own subscription watches it now.
+    await expect
+      .poll(() => row(page, TARGET).getByTestId("row-watchers").textContent(), WAIT)
+      .toBe("1");
     // Written once, in the last minute: the meter says 1 until the script starts.
     expect(new Set(await series(page, TARGET))).toEqual(new Set([1]));
 

@@ -2,7 +2,8 @@
  * The counters: found by name prefix, a page at a time (`counter.list`, following `next`), each
  * with its value, version, watchers, an operations-a-minute sparkline and its last change. The
  * counters on the page are watched (one subscription each on the client's socket, at most 10
- * updates a second), so values and sparklines move as they change.
+ * updates a second, with presence), so values, watchers and sparklines move as they change; the
+ * watchers then count this page's own subscription too.
  */
 
 import type { ListedCounter } from "@tally/client";
@@ -156,6 +157,7 @@ function CounterRow({
     version: listed.version,
     updatedAt: listed.updatedAt,
   });
+  const [watchers, setWatchers] = useState(listed.watchers);
   const [meter] = useState(() => new RateMeter(listed.opsLastMinute, listed.version, Date.now()));
   const [points, setPoints] = useState<readonly number[]>(meter.points);
 
@@ -163,7 +165,7 @@ function CounterRow({
     () =>
       client.connection.watch(
         listed.name,
-        { maxRate: ROW_RATE },
+        { maxRate: ROW_RATE, presence: true },
         {
           snapshot: (snapshot) => {
             meter.observe(snapshot.version, Date.now());
@@ -177,6 +179,7 @@ function CounterRow({
             meter.observe(update.version, Date.now());
             setState({ value: update.value, version: update.version, updatedAt: update.timestamp });
           },
+          presence: (presence) => setWatchers(presence.watchers),
         },
       ),
     [client, listed.name, listed.updatedAt, meter],
@@ -199,7 +202,9 @@ function CounterRow({
         {formatNumber(state.value)}
       </td>
       <td className="number">{state.version}</td>
-      <td className="number">{listed.watchers}</td>
+      <td className="number" data-testid="row-watchers">
+        {watchers}
+      </td>
       <td className="rate" data-testid="row-rate" data-ops={perMinute}>
         <Sparkline
           label={`${listed.name}: ${perMinute} operations in the last minute`}
