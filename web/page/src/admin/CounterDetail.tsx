@@ -50,7 +50,18 @@ export function CounterDetail({ name, onClose }: { name: string; onClose: () => 
               : [entryOf(update), ...before].slice(0, HISTORY),
           );
         },
-        ended: (error) => open && setMessage(describeError(error)),
+        ended: (error) => {
+          if (!open) return;
+          if (error.code === "counter_deleted") {
+            // Deleted, here or elsewhere: nothing of it is left to show.
+            series.clear();
+            setCurrent({ value: 0, version: 0 });
+            setEntries([]);
+            setMessage(`${name} was deleted: its value, history and keys are gone.`);
+          } else {
+            setMessage(describeError(error));
+          }
+        },
       },
     );
     client.getHistory(name, { limit: HISTORY }).then(
@@ -97,7 +108,7 @@ export function CounterDetail({ name, onClose }: { name: string; onClose: () => 
             ? `${name} was deleted: its value, history and keys are gone.`
             : `${name} was already gone.`,
         );
-        series.addEntries([]);
+        series.clear();
         setEntries([]);
         setCurrent({ value: 0, version: 0 });
       }

@@ -158,6 +158,7 @@ function CounterRow({
     updatedAt: listed.updatedAt,
   });
   const [watchers, setWatchers] = useState(listed.watchers);
+  const [deleted, setDeleted] = useState(false);
   const [meter] = useState(() => new RateMeter(listed.opsLastMinute, listed.version, Date.now()));
   const [points, setPoints] = useState<readonly number[]>(meter.points);
 
@@ -180,6 +181,8 @@ function CounterRow({
             setState({ value: update.value, version: update.version, updatedAt: update.timestamp });
           },
           presence: (presence) => setWatchers(presence.watchers),
+          // Deleted (by this page or anyone): its row says so until the page is read again.
+          ended: (error) => setDeleted(error.code === "counter_deleted"),
         },
       ),
     [client, listed.name, listed.updatedAt, meter],
@@ -192,7 +195,13 @@ function CounterRow({
 
   const perMinute = points.at(-1) ?? 0;
   return (
-    <tr data-counter={listed.name} data-value={state.value} data-version={state.version}>
+    <tr
+      data-counter={listed.name}
+      data-value={state.value}
+      data-version={state.version}
+      data-deleted={deleted}
+      className={deleted ? "deleted" : undefined}
+    >
       <th scope="row">
         <button type="button" className="link" onClick={() => onOpen(listed.name)}>
           {listed.name}
@@ -213,7 +222,11 @@ function CounterRow({
         <span className="rate-number">{formatNumber(perMinute)}</span>
       </td>
       <td>
-        <time dateTime={state.updatedAt}>{new Date(state.updatedAt).toLocaleString()}</time>
+        {deleted ? (
+          "deleted"
+        ) : (
+          <time dateTime={state.updatedAt}>{new Date(state.updatedAt).toLocaleString()}</time>
+        )}
       </td>
     </tr>
   );
