@@ -2,7 +2,6 @@
 //! writers and a watcher are busy, and restarted on the same database each time; and keyed
 //! writes retried through the kills count exactly once.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +11,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tally_client::{Backoff, Client, WatchEvent, WatchOptions};
 
-use crate::process::{Answered, PATIENCE, Tally, write_until_killed};
+use crate::process::{Answered, PATIENCE, Tally, check_storage, write_until_killed};
 
 /// Kills per run in CI; `TALLY_CRASH_KILLS=N` asks for a longer run (docs/RELIABILITY.md).
 const KILLS: usize = 20;
@@ -36,7 +35,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
         let server = Arc::new(Tally::start(&database, &SERVE_FLAGS));
         if round > 0 {
             let so_far = answered.lock().expect("lock").clone();
-            check_storage(&server, &so_far).await;
+            check_storage(&server, &COUNTERS, &so_far).await;
         }
         // The watcher is subscribed before the writes start, so it sees some of them live and
         // the rest by resuming after the crash.
@@ -70,7 +69,7 @@ async fn repeated_sigkill_loses_no_answered_write_and_watchers_see_every_version
 
     let server = Tally::start(&database, &SERVE_FLAGS);
     let answered = answered.lock().expect("lock").clone();
-    check_storage(&server, &answered).await;
+    check_storage(&server, &COUNTERS, &answered).await;
     assert!(
         answered.len() > kills * 10,
         "too few writes were answered to mean anything: {}",
@@ -132,45 +131,6 @@ async fn follow(
             WatchEvent::Failed(error) => panic!("watch failed: {error}"),
             _ => {}
         }
-    }
-}
-
-/// After a restart: every answered write is stored with the value it was answered with, versions
-/// have no gap, history chains from 0, and the current value is the last entry's.
-async fn check_storage(server: &Tally, answered: &BTreeMap<(String, u64), i64>) {
-    for name in COUNTERS {
-        let history = server.history(name).await;
-        let mut running = 0;
-        for (expected_version, entry) in (1_u64..).zip(&history) {
-            assert_eq!(
-                entry["version"].as_u64(),
-                Some(expected_version),
-                "{name}: versions have a gap"
-            );
-            assert_eq!(
-                entry["previousValue"].as_i64(),
-                Some(running),
-                "{name}: history does not chain"
-            );
-            running = entry["value"].as_i64().expect("value");
-            if let Some(value) = answered.get(&(name.to_owned(), expected_version)) {
-                assert_eq!(
-                    running, *value,
-                    "{name} v{expected_version}: stored value differs from the answer"
-                );
-            }
-        }
-        let stored_versions = history.len() as u64;
-        let last_answered =
-            answered.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX)).next_back();
-        if let Some(((_, version), _)) = last_answered {
-            assert!(*version <= stored_versions, "{name}: answered version {version} lost");
-        }
-        let current = server.ok("getValue", json!({"name": name})).await;
-        assert_eq!(
-            (current["value"].as_i64(), current["version"].as_u64()),
-            (Some(running), Some(stored_versions))
-        );
     }
 }
 

@@ -13,6 +13,7 @@ mod faults;
 mod fleet;
 mod page;
 mod postgres;
+mod power_loss;
 mod process;
 mod serve;
 mod server_urls;

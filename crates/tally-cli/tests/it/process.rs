@@ -212,6 +212,49 @@ pub(crate) async fn write_until_killed(
     }
 }
 
+/// After a restart: every answered write is stored with the value it was answered with, versions
+/// have no gap, history chains from 0, and the current value is the last entry's.
+pub(crate) async fn check_storage(
+    server: &Tally,
+    counters: &[&str],
+    answered: &std::collections::BTreeMap<(String, u64), i64>,
+) {
+    for &name in counters {
+        let history = server.history(name).await;
+        let mut running = 0;
+        for (expected_version, entry) in (1_u64..).zip(&history) {
+            assert_eq!(
+                entry["version"].as_u64(),
+                Some(expected_version),
+                "{name}: versions have a gap"
+            );
+            assert_eq!(
+                entry["previousValue"].as_i64(),
+                Some(running),
+                "{name}: history does not chain"
+            );
+            running = entry["value"].as_i64().expect("value");
+            if let Some(value) = answered.get(&(name.to_owned(), expected_version)) {
+                assert_eq!(
+                    running, *value,
+                    "{name} v{expected_version}: stored value differs from the answer"
+                );
+            }
+        }
+        let stored_versions = history.len() as u64;
+        let last_answered =
+            answered.range((name.to_owned(), 0)..=(name.to_owned(), u64::MAX)).next_back();
+        if let Some(((_, version), _)) = last_answered {
+            assert!(*version <= stored_versions, "{name}: answered version {version} lost");
+        }
+        let current = server.ok("getValue", serde_json::json!({"name": name})).await;
+        assert_eq!(
+            (current["value"].as_i64(), current["version"].as_u64()),
+            (Some(running), Some(stored_versions))
+        );
+    }
+}
+
 /// Runs `tally serve` on `database` once, to its end (for start-up refusals).
 pub(crate) fn serve_once(database: &Path) -> std::process::Output {
     tally()
