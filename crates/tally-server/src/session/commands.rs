@@ -104,8 +104,8 @@ impl<T: Transport> Session<T> {
         self.server_stats = Some(feed);
         let stats = match latest {
             Some(stats) => (*stats).clone(),
-            // No sample yet (the sampler samples only while someone watches): the figures
-            // as they are now, without rates.
+            // Nothing published yet (the sampler publishes only while someone watches, from
+            // its next tick): the figures as they are now, without rates.
             None => crate::sampler::now(&self.state).await,
         };
         let reply = Frame::ServerStats { id: Some(id), stats };
