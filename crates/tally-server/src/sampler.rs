@@ -72,6 +72,11 @@ pub(crate) fn spawn(state: &AppState, stop: CancellationToken) {
                 readings.pop_front();
             }
             if watchers == 0 {
+                // Nobody watches: the last sample is dropped rather than kept going stale, so
+                // that the next watcher's reply is the figures of its own moment.
+                if state.server_stats.sender.borrow().is_some() {
+                    state.server_stats.sender.send_replace(None);
+                }
                 continue;
             }
             // Asked only while someone watches: it probes the store when nothing was
