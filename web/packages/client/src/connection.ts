@@ -263,6 +263,10 @@ export class TallyConnection {
     if (this.#serverEnded !== null) {
       const ended = this.#serverEnded;
       callSafely(() => handlers.ended?.(ended));
+    } else if (this.#state.status === "stopped") {
+      // Stopped for good until `resetToken`, which asks again.
+      const stopped = stoppedError(this.#state);
+      callSafely(() => handlers.ended?.(stopped));
     } else if (first) {
       this.#driver.watchServer();
     }
