@@ -1,7 +1,7 @@
 // The admin page (`/admin`) in Chromium against a real `tally serve` that requires tokens: an
 // admin token sees the server live and finds one counter among 1 000 by prefix; a script's
 // writes move that counter's value and sparkline; its detail shows the history chart and who
-// made each change; set and reset ask for a confirmation (Cancel changes nothing); a token
+// made each change; set, reset and delete ask for a confirmation (Cancel changes nothing); a token
 // that is not an admin's is refused and shown nothing of the server. No console error (a CSP
 // violation is one) may appear.
 import { mkdirSync } from "node:fs";
@@ -157,6 +157,24 @@ describe("the admin page", () => {
       .poll(() => detail.getByTestId("detail-value").getAttribute("data-value"), WAIT)
       .toBe("42");
     expect((await admin.getValue(TARGET)).value).toBe(42);
+
+    // Delete asks first; Cancel deletes nothing. Confirmed, the counter is gone (version 0),
+    // its row says so, and its detail forgets its history.
+    await detail.getByRole("button", { name: "Delete…", exact: true }).click();
+    expect(await confirm.textContent()).toContain(`Delete ${TARGET}?`);
+    await page.screenshot({ path: `${ARTIFACTS}admin-delete.png`, fullPage: true });
+    await confirm.getByRole("button", { name: "Cancel", exact: true }).click();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(await admin.getValue(TARGET)).toEqual({ value: 42, version: before.version + 2 });
+    await detail.getByRole("button", { name: "Delete…", exact: true }).click();
+    await confirm.getByRole("button", { name: "Delete", exact: true }).click();
+    await expect.poll(async () => (await admin.getValue(TARGET)).version, WAIT).toBe(0);
+    await expect.poll(() => row(page, TARGET).getAttribute("data-deleted"), WAIT).toBe("true");
+    await expect
+      .poll(() => detail.getByTestId("detail-message").textContent(), WAIT)
+      .toContain("was deleted");
+    expect(await detail.locator("[data-testid=detail-history] tbody tr").count()).toBe(0);
+    expect((await admin.list({ prefix: TARGET })).counters).toEqual([]);
 
     expect(problems).toEqual([]);
     await page.context().close();

@@ -76,6 +76,19 @@ pub(crate) async fn get(client: &Client, out: &mut Printer, name: &str) -> Resul
     Ok(())
 }
 
+/// `tally delete NAME --yes`: what the server removed.
+pub(crate) async fn delete(client: &Client, out: &mut Printer, name: &str) -> Result<(), CliError> {
+    let deleted = client.delete(name).await?;
+    if out.json {
+        return out.json_line(&deleted);
+    }
+    if deleted.deleted {
+        out.line(&format!("deleted {name} (it was at version {})", deleted.version))
+    } else {
+        out.line(&format!("{name} is not stored; nothing was deleted"))
+    }
+}
+
 /// The idempotency key flag of every write.
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeyArg {

@@ -155,6 +155,17 @@ enum Command {
         #[command(flatten)]
         key: KeyArg,
     },
+    /// Delete a counter (needs admin on it): its value, history and idempotency keys go, its
+    /// watchers are unsubscribed, and a later write starts it again at version 1. There is no
+    /// undo, so `--yes` is required. Deleting a counter that is not stored changes nothing and
+    /// succeeds, so running it again is safe.
+    Delete {
+        /// The counter.
+        name: String,
+        /// Confirm the deletion (required: the command never asks).
+        #[arg(long, required = true)]
+        yes: bool,
+    },
     /// List the counters you may read, in name order, with value, version, watchers (on the
     /// server answering), operations in the last minute and last change: one page (`--limit`,
     /// 100 by default), or `--all`.
@@ -292,6 +303,7 @@ async fn run_client_command(
         Command::Reset { name, key } => {
             commands::write(&client, &mut out, key.apply(Write::reset(&name))).await
         }
+        Command::Delete { name, yes: _ } => commands::delete(&client, &mut out, &name).await,
         Command::List(args) => commands::list(&client, &mut out, &args).await,
         Command::History(args) => commands::history(&client, &mut out, &args).await,
         Command::Watch(args) => commands::watch(&client, &mut out, &args).await,

@@ -25,7 +25,7 @@ use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, 
 use tally_proto::limits::LIST_PAGE_MAX;
 use tally_proto::rpc::{HistoryBody, ListBody, NameBody};
 use tally_proto::{
-    CounterList, ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey,
+    CounterList, Deleted, ErrorBody, ErrorCode, ErrorDetail, Grant, HistoryPage, IdempotencyKey,
     ListedCounter, Metadata, Presence, Procedure, Update, ValueAnswer, WsError,
 };
 
@@ -386,6 +386,17 @@ impl Client {
         self.call(Procedure::GetPresence, &NameBody { name: name.to_owned() }).await
     }
 
+    /// Deletes counter `name` (needs `admin` on it): its value, history and idempotency keys
+    /// go, its watchers are unsubscribed (`counter_deleted`), and a later write starts it at
+    /// version 1 under a new epoch. Deleting a counter that is not stored answers
+    /// `deleted: false`, so a delete whose answer was lost is sent again like a read.
+    ///
+    /// # Errors
+    /// As [`Client::increment`]; `forbidden` without `admin` on the counter.
+    pub async fn delete(&self, name: &str) -> Result<Deleted, ClientError> {
+        self.call(Procedure::Delete, &NameBody { name: name.to_owned() }).await
+    }
+
     /// One page of the counters this client may read whose names start with `prefix` (every
     /// counter for `""`), in name order: up to `limit` (1..=1000, default 100) counters named
     /// after `after`. Pass the page's `next` as `after` for the next page; a page may hold
@@ -557,6 +568,8 @@ impl Client {
                 | Procedure::GetPresence
                 | Procedure::List
                 | Procedure::KeyList
+                // Sent again, it finds the counter gone and answers `deleted: false`.
+                | Procedure::Delete
         );
         let mut tried = 0;
         loop {

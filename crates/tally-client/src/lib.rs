@@ -147,8 +147,8 @@ pub use error::{ClientError, TokenSourceError};
 pub use tally_proto::keys::{CreatedKey, KeyInfo};
 pub use tally_proto::socket::SocketAuthenticated;
 pub use tally_proto::{
-    Action, CounterList, Entry, HistoryPage, IdempotencyKey, ListedCounter, Metadata, OpKind,
-    Presence, Procedure, Snapshot, Update, ValueAnswer,
+    Action, CounterList, Deleted, Entry, HistoryPage, IdempotencyKey, ListedCounter, Metadata,
+    OpKind, Presence, Procedure, Snapshot, Update, ValueAnswer,
 };
 pub use token::{TokenFuture, TokenSource};
 pub use watch::{Watch, WatchEvent, WatchOptions};

@@ -44,6 +44,18 @@ impl Epoch {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The epoch whose 64 bits are `bits`: 16 lowercase hexadecimal digits, as every epoch.
+    pub fn from_bits(bits: u64) -> Self {
+        Self(format!("{bits:016x}").into())
+    }
+
+    /// The epoch's 64 bits, the inverse of [`Epoch::from_bits`]: a server keeps a counter's
+    /// epoch in its state as a number, which copies without an allocation.
+    pub fn bits(&self) -> u64 {
+        // Parsed or made as 16 hexadecimal digits, so the conversion cannot fail.
+        u64::from_str_radix(&self.0, 16).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Epoch {
@@ -81,6 +93,14 @@ mod tests {
         assert_eq!(epoch.as_str(), "0123456789abcdef");
         assert_eq!(serde_json::to_string(&epoch).unwrap(), r#""0123456789abcdef""#);
         assert_eq!(serde_json::from_str::<Epoch>(r#""0123456789abcdef""#).unwrap(), epoch);
+    }
+
+    #[test]
+    fn an_epoch_and_its_bits_convert_both_ways() {
+        let epoch = Epoch::parse("00000000000000ff").unwrap();
+        assert_eq!(epoch.bits(), 255);
+        assert_eq!(Epoch::from_bits(255), epoch);
+        assert_eq!(Epoch::from_bits(u64::MAX).as_str(), "ffffffffffffffff");
     }
 
     #[test]

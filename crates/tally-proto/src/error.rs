@@ -109,6 +109,10 @@ error_codes! {
     TooManyInFlight = "too_many_in_flight", 429, true;
     /// The counter already has as many watchers as the server allows; try again later.
     TooManyWatchers = "too_many_watchers", 503, true;
+    /// Only in an `unsubscribed` push: the counter was deleted (`counter.delete`), so its
+    /// subscription ended. Its history is gone; subscribe again without `since` to watch the
+    /// counter start afresh at version 0.
+    CounterDeleted = "counter_deleted", 410, false;
     /// A write that would create a counter while the server is at a quota (`--max-counters`,
     /// `--max-database-size`; the message says which, and its value); nothing was stored.
     /// Writes to existing counters still work.
@@ -257,6 +261,11 @@ pub mod close {
         SLOW_CONSUMER = 4000;
         /// The peer stopped answering pings.
         PING_TIMEOUT = 4001;
+        /// The counter was deleted (`counter.delete`): its history is gone. A client may
+        /// reconnect, but without `since`: it then gets a snapshot of version 0 (with `since`
+        /// and the old epoch it gets a `resync` snapshot anyway, since a deleted counter starts
+        /// under a new epoch).
+        COUNTER_DELETED = 4004;
         /// No credentials where the counter needs some (none came within `--auth-timeout`), or
         /// credentials that are not valid: do not reconnect without a new token.
         UNAUTHENTICATED = 4501;

@@ -42,7 +42,7 @@ pub enum Action {
     Set,
     /// counter.reset.
     Reset,
-    /// Everything, uncapped; also sees who made each change (`by`).
+    /// Everything, uncapped, and counter.delete; also sees who made each change (`by`).
     Admin,
 }
 

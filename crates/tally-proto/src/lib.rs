@@ -8,7 +8,7 @@
 //! - [`limits`]: the numbers the protocol promises (name length, safe integer range, sizes).
 //! - [`name`]: counter names and their validation.
 //! - [`error`]: error codes, the HTTP error body and WebSocket close codes.
-//! - [`rpc`]: the RPC procedures (nine counter, three key), their raw requests and validated forms.
+//! - [`rpc`]: the RPC procedures (ten counter, three key), their raw requests and validated forms.
 //! - [`message`]: what the server sends (updates, snapshots, metadata) and what clients send.
 //! - [`watch`]: the query string of a watch (`?since=V&epoch=E`).
 //! - [`epoch`]: a database's epoch, which tells one history from another on a resume.
@@ -38,8 +38,9 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail, ProtocolError, close};
 pub use grant::{Action, Grant, NamePattern, Permissions};
 pub use idempotency::IdempotencyKey;
 pub use message::{
-    Authenticated, ClientMessage, CounterList, Entry, HistoryPage, ListedCounter, Metadata, OpKind,
-    Pong, Presence, Readiness, Resumed, ServerMessage, Snapshot, Update, ValueAnswer, WsError,
+    Authenticated, ClientMessage, CounterList, Deleted, Entry, HistoryPage, ListedCounter,
+    Metadata, OpKind, Pong, Presence, Readiness, Resumed, ServerMessage, Snapshot, Update,
+    ValueAnswer, WsError,
 };
 pub use name::CounterName;
 pub use rpc::{Op, Procedure, Request};

@@ -444,6 +444,19 @@ pub struct CounterList {
     pub next: Option<String>,
 }
 
+/// The answer to `counter.delete`. Deleting a counter that is not stored is no error (a
+/// retry of a delete that was answered is one), so `deleted` says whether this call removed it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    /// The counter.
+    pub name: String,
+    /// Whether the counter was stored and this call removed it.
+    pub deleted: bool,
+    /// The version it had when it was removed; 0 when it was not stored.
+    pub version: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

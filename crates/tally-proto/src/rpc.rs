@@ -15,7 +15,7 @@ use crate::limits::{
 use crate::message::OpKind;
 use crate::name::{CounterName, NAME_RULE};
 
-/// The nine counter procedures and the three key procedures.
+/// The ten counter procedures and the three key procedures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Procedure {
     /// `counter.increment`
@@ -36,6 +36,9 @@ pub enum Procedure {
     GetPresence,
     /// `counter.list`: the counters the principal may read, by name prefix, in pages.
     List,
+    /// `counter.delete` (admin on the counter): removes its value, history and idempotency
+    /// keys; a later write starts it afresh at version 1, under a new epoch.
+    Delete,
     /// `key.create` (admin on every counter)
     KeyCreate,
     /// `key.list` (admin on every counter)
@@ -46,7 +49,7 @@ pub enum Procedure {
 
 impl Procedure {
     /// Every procedure, in documentation order.
-    pub const ALL: [Procedure; 12] = [
+    pub const ALL: [Procedure; 13] = [
         Procedure::Increment,
         Procedure::Decrement,
         Procedure::SetValue,
@@ -56,6 +59,7 @@ impl Procedure {
         Procedure::GetHistory,
         Procedure::GetPresence,
         Procedure::List,
+        Procedure::Delete,
         Procedure::KeyCreate,
         Procedure::KeyList,
         Procedure::KeyRevoke,
@@ -74,6 +78,7 @@ impl Procedure {
             | Procedure::GetHistory
             | Procedure::GetPresence
             | Procedure::List => Action::Read,
+            Procedure::Delete => Action::Admin,
             Procedure::KeyCreate | Procedure::KeyList | Procedure::KeyRevoke => Action::Admin,
         }
     }
@@ -90,6 +95,7 @@ impl Procedure {
             Procedure::GetHistory => "counter.getHistory",
             Procedure::GetPresence => "counter.getPresence",
             Procedure::List => "counter.list",
+            Procedure::Delete => "counter.delete",
             Procedure::KeyCreate => "key.create",
             Procedure::KeyList => "key.list",
             Procedure::KeyRevoke => "key.revoke",
@@ -146,6 +152,7 @@ impl Procedure {
                 ErrorCode::StoreStopped,
             ]),
             Procedure::KeyList => {}
+            Procedure::Delete => codes.push(ErrorCode::StoreStopped),
             Procedure::KeyRevoke => codes.extend([ErrorCode::UnknownKey, ErrorCode::StoreStopped]),
         }
         codes
@@ -229,7 +236,7 @@ pub struct SetValueBody {
     pub expected_version: Option<Number>,
 }
 
-/// Body of `reset`, `getValue` and `getMetadata`.
+/// Body of `reset`, `getValue`, `getMetadata`, `getPresence` and `delete`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
@@ -395,6 +402,11 @@ pub enum Request {
         /// How many counters at most (1..=1000).
         limit: u32,
     },
+    /// counter.delete.
+    Delete {
+        /// The counter.
+        name: CounterName,
+    },
     /// key.create.
     KeyCreate {
         /// The key's name (checked against the key-name rule).
@@ -419,7 +431,8 @@ impl Request {
             | Request::GetValue { name }
             | Request::GetMetadata { name }
             | Request::GetPresence { name }
-            | Request::GetHistory { name, .. } => Some(name),
+            | Request::GetHistory { name, .. }
+            | Request::Delete { name } => Some(name),
             Request::List { .. }
             | Request::KeyCreate { .. }
             | Request::KeyList
@@ -504,6 +517,10 @@ impl Request {
                     Some(number) => page_limit(number, LIST_PAGE_MAX)?,
                 };
                 Request::List { prefix, after, limit }
+            }
+            Procedure::Delete => {
+                let raw: NameBody = from_json(body)?;
+                Request::Delete { name: CounterName::parse(&raw.name)? }
             }
             Procedure::KeyCreate => {
                 let raw: KeyCreateBody = from_json(body)?;

@@ -33,6 +33,15 @@ pub enum Change {
         /// Its version after the change.
         version: u64,
     },
+    /// `name` was deleted (`counter.delete`) and given the epoch `epoch` (its bits): its
+    /// watchers are unsubscribed and its state read again, unless this node knew it already
+    /// (it is the node that deleted it).
+    Deleted {
+        /// The counter.
+        name: CounterName,
+        /// The name's new epoch, which tells this delete from any other.
+        epoch: u64,
+    },
     /// Notifications may have been missed: every counter in use must be read again.
     Everything,
     /// API keys were created or revoked.
@@ -156,13 +165,20 @@ fn parse(channel: &str, payload: &str) -> Option<Change> {
     if channel == KEYS_CHANNEL {
         return Some(Change::Keys);
     }
-    // The name cannot hold a space (see tally_proto's name rules), so the last one splits.
-    let change = payload.rsplit_once(' ').and_then(|(name, version)| {
-        Some(Change::Counter {
-            name: CounterName::parse(name).ok()?,
-            version: version.parse().ok()?,
-        })
-    });
+    // The name cannot hold a space (see tally_proto's name rules): `NAME VERSION` after a
+    // batch, `NAME deleted EPOCH` after `Store::delete`.
+    let mut parts = payload.split(' ');
+    let change = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(name), Some("deleted"), Some(epoch), None) => CounterName::parse(name)
+            .ok()
+            .zip(tally_proto::Epoch::parse(epoch).ok())
+            .map(|(name, epoch)| Change::Deleted { name, epoch: epoch.bits() }),
+        (Some(name), Some(version), None, None) => CounterName::parse(name)
+            .ok()
+            .zip(version.parse().ok())
+            .map(|(name, version)| Change::Counter { name, version }),
+        _ => None,
+    };
     if change.is_none() {
         tracing::warn!(channel, "ignored a notification this server cannot read");
     }
@@ -206,6 +222,12 @@ mod tests {
             Some(Change::Counter { name: CounterName::parse("likes").expect("name"), version: 42 })
         );
         assert_eq!(parse(KEYS_CHANNEL, "key-id"), Some(Change::Keys));
+        assert_eq!(
+            parse(CHANGES_CHANNEL, "likes deleted 00000000000000ff"),
+            Some(Change::Deleted { name: CounterName::parse("likes").expect("name"), epoch: 255 })
+        );
+        assert_eq!(parse(CHANGES_CHANNEL, "likes deleted"), None);
+        assert_eq!(parse(CHANGES_CHANNEL, "likes deleted nothex"), None);
         assert_eq!(parse(CHANGES_CHANNEL, "likes"), None);
         assert_eq!(parse(CHANGES_CHANNEL, "likes many"), None);
         assert_eq!(parse(CHANGES_CHANNEL, " 3"), None);

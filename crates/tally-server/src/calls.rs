@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use serde::Serialize;
 use tally_proto::limits::{HISTORY_PAGE_MAX, LIST_PAGE_MAX};
 use tally_proto::{
-    Action, CounterList, CounterName, Entry, HistoryPage, IdempotencyKey, ListedCounter,
+    Action, CounterList, CounterName, Deleted, Entry, HistoryPage, IdempotencyKey, ListedCounter,
     ProtocolError, Request, ValueAnswer,
 };
 
@@ -80,6 +80,12 @@ pub(crate) async fn counter_call(
         }
         Request::List { prefix, after, limit } => {
             json(&list_page(state, principal, &prefix, after.as_ref(), limit).await?)
+        }
+        Request::Delete { name } => {
+            access.authorize(principal, &name, action, None)?;
+            let outcome = state.registry.delete(&name).await.map_err(to_protocol)?;
+            let (deleted, version) = (outcome.deleted, outcome.version);
+            json(&Deleted { name: name.to_string(), deleted, version })
         }
         Request::KeyCreate { .. } | Request::KeyList | Request::KeyRevoke { .. } => {
             return Err(ProtocolError::new(

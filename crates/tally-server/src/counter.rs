@@ -30,8 +30,8 @@ use crate::config::Config;
 use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::store::{
-    AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, Retention, Store,
-    StoreError,
+    AppendBatch, CommitResult, Committing, CounterRecord, DeleteOutcome, HistoryRecord, Retention,
+    Store, StoreError,
 };
 use crate::topic::{Subscription, Topic, User};
 use idempotency::{Arrival, KeyId, Keys, key_ref};
@@ -59,6 +59,9 @@ pub struct CounterState {
     pub created_at_ms: Option<i64>,
     /// When the latest write was committed.
     pub updated_at_ms: Option<i64>,
+    /// The counter's epoch ([`Epoch::bits`]) when its name was ever deleted; `None` for the
+    /// database's. As a number, so that the state stays `Copy`.
+    pub epoch: Option<u64>,
 }
 
 impl CounterState {
@@ -70,7 +73,13 @@ impl CounterState {
             version: record.version,
             created_at_ms: Some(record.created_at_ms),
             updated_at_ms: Some(record.updated_at_ms),
+            epoch: record.epoch,
         }
+    }
+
+    /// The epoch of this counter's history: its own after a delete, else `database`'s.
+    pub fn epoch(&self, database: &Epoch) -> Epoch {
+        self.epoch.map_or_else(|| database.clone(), Epoch::from_bits)
     }
 
     /// The counter's metadata in the seed's shape.
@@ -87,13 +96,13 @@ impl CounterState {
     }
 
     /// A snapshot of this state, taken now, for a principal who `can` do these actions, of a
-    /// database of `epoch`.
+    /// database of epoch `database` (the snapshot carries the counter's own epoch if it has one).
     pub fn snapshot(
         &self,
         name: &CounterName,
         resync: bool,
         can: Vec<Action>,
-        epoch: &Epoch,
+        database: &Epoch,
     ) -> Snapshot {
         Snapshot {
             value: self.value,
@@ -102,7 +111,7 @@ impl CounterState {
             timestamp: clock::format_ms(clock::now_ms()),
             resync,
             can,
-            epoch: Some(epoch.clone()),
+            epoch: Some(self.epoch(database)),
         }
     }
 }
@@ -238,6 +247,12 @@ enum Command {
     /// Another node committed this counter up to this version (or may have: `u64::MAX` after
     /// missed notifications); storage is read again if it is ahead of this actor.
     Changed(u64),
+    /// Delete the counter (`counter.delete`), after the operations taken before this command
+    /// and before any taken after it; answered once the delete is durable.
+    Delete { respond_to: Reply<DeleteOutcome> },
+    /// Another node deleted this counter: its watchers here are unsubscribed, and the state is
+    /// read again from storage.
+    DeletedElsewhere,
 }
 
 // Two words, as said above; a new unboxed variant would widen every counter's inbox again.
@@ -262,7 +277,8 @@ impl Command {
             Command::Apply(apply) => apply.respond_to.send(Err(error())).map_err(drop),
             Command::Read { respond_to } => respond_to.send(Err(error())).map_err(drop),
             Command::Watch(watch) => watch.1.send(Err(error())).map_err(drop),
-            Command::Changed(_) => Ok(()),
+            Command::Delete { respond_to } => respond_to.send(Err(error())).map_err(drop),
+            Command::Changed(_) | Command::DeletedElsewhere => Ok(()),
         };
     }
 }
@@ -317,6 +333,23 @@ impl CounterHandle {
         self.inbox.send(Command::Changed(version)).await.is_ok()
     }
 
+    /// Deletes the counter once the operations sent before are answered; operations sent after
+    /// start it afresh at version 1.
+    pub(crate) async fn delete(&self) -> Result<DeleteOutcome, ApplyError> {
+        self.ask(|respond_to| Command::Delete { respond_to }).await
+    }
+
+    /// Tells the actor that another node deleted its counter. Never waits: `false` when the
+    /// inbox is full or closed.
+    pub(crate) fn deleted_elsewhere(&self) -> bool {
+        self.inbox.try_send(Command::DeletedElsewhere).is_ok()
+    }
+
+    /// [`CounterHandle::deleted_elsewhere`], waiting for room in the inbox.
+    pub(crate) async fn deleted_elsewhere_later(&self) -> bool {
+        self.inbox.send(Command::DeletedElsewhere).await.is_ok()
+    }
+
     /// The committed state and a subscription (counted as `user`) to every later update.
     pub(crate) async fn watch(
         &self,
@@ -369,6 +402,9 @@ pub(crate) trait Home: Send + Sync + 'static {
     }
     /// `name`'s fan-out to its watchers, created on first use at `version`.
     fn topic(&self, name: &CounterName, version: u64) -> Arc<Topic>;
+    /// `name` was deleted: its topic (if any) is ended, which unsubscribes its watchers, and
+    /// taken out of its slot, so the next watch gets a fresh one at version 0.
+    fn deleted(&self, name: &CounterName, epoch: Option<u64>);
 }
 
 /// What every actor shares.
@@ -416,6 +452,9 @@ struct CounterActor {
     /// How many operations at the front of `pending` were sent back by conflicts, so the next
     /// conflicted batch's go after them, in the order they first came.
     requeued: usize,
+    /// A delete waiting for the batches taken before it: while it waits, no command is taken
+    /// from the inbox, so every operation sent after it applies to the deleted counter.
+    deleting: Option<Reply<DeleteOutcome>>,
 }
 
 /// Starts the actor of `name` on the context's task tracker and returns its handle.
@@ -441,6 +480,7 @@ pub(crate) fn spawn(
         shared: context.store.is_shared(),
         deferred: Vec::new(),
         requeued: 0,
+        deleting: None,
     };
     context.tracker.spawn(run(actor, inbox_rx));
     CounterHandle { inbox: inbox_tx }
@@ -477,6 +517,9 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
                 for command in std::mem::take(&mut actor.deferred) {
                     command.refuse(|| failed.clone());
                 }
+                if let Some(respond_to) = actor.deleting.take() {
+                    let _ = respond_to.send(Err(failed.clone()));
+                }
                 while let Some(command) = inbox.recv().await {
                     command.refuse(|| failed.clone());
                 }
@@ -495,12 +538,24 @@ async fn run(mut actor: CounterActor, mut inbox: mpsc::Receiver<Command>) {
         {
             in_flight.push_back(queued);
         }
-        let idle = in_flight.is_empty() && actor.pending.is_empty() && actor.deferred.is_empty();
+        if in_flight.is_empty()
+            && actor.pending.is_empty()
+            && !actor.reload
+            && let Some(respond_to) = actor.deleting.take()
+        {
+            actor.delete(respond_to).await;
+            idle_deadline = deadline_after(idle_timeout);
+            continue;
+        }
+        let idle = in_flight.is_empty()
+            && actor.pending.is_empty()
+            && actor.deferred.is_empty()
+            && actor.deleting.is_none();
         if handles_gone && idle {
             break;
         }
         tokio::select! {
-            command = inbox.recv(), if !handles_gone && actor.pending.len() + actor.keys.waiting() < MAX_PENDING => match command {
+            command = inbox.recv(), if !handles_gone && actor.deleting.is_none() && actor.pending.len() + actor.keys.waiting() < MAX_PENDING => match command {
                 Some(command) => {
                     idle_deadline = deadline_after(idle_timeout);
                     actor.handle(command);
@@ -553,6 +608,43 @@ impl CounterActor {
     /// the version it was built on means nothing was committed since.
     fn max_in_flight(&self) -> usize {
         if self.shared { 1 } else { MAX_IN_FLIGHT }
+    }
+
+    /// Deletes the counter in storage, with nothing of it in flight, and starts over: version
+    /// 0 under the epoch the store gave the name, no idempotency key remembered, and a fresh
+    /// topic for later watchers; the watchers of the old one are unsubscribed.
+    async fn delete(&mut self, respond_to: Reply<DeleteOutcome>) {
+        match self.store.delete(&self.name).await {
+            Ok(outcome) => {
+                if outcome.deleted {
+                    self.forget_counter();
+                    self.context.home.deleted(&self.name, outcome.epoch);
+                    self.context.metrics.counter_deletes.inc();
+                    tracing::info!(counter = %self.name, version = outcome.version, "counter deleted");
+                }
+                self.state.epoch = outcome.epoch;
+                let _ = respond_to.send(Ok(outcome));
+            }
+            Err(error) => {
+                // Nothing changed; storage is read again before the next batch all the same,
+                // as after any failure.
+                self.reload = true;
+                let _ = respond_to.send(Err(ApplyError::from(error)));
+            }
+        }
+    }
+
+    /// Drops everything this actor knew of its counter, which storage no longer holds: state,
+    /// keys and topic (its watchers are unsubscribed; the registry's slot is told by the
+    /// caller). Only with nothing in flight, so no key is in flight either.
+    fn forget_counter(&mut self) {
+        self.state = CounterState::default();
+        self.tip = (0, 0);
+        self.keys =
+            Keys::new(self.context.config.idempotency_keys, self.context.config.idempotency_window);
+        if let Some(topic) = self.topic.take() {
+            topic.end_deleted();
+        }
     }
 
     /// Reads the counter and the idempotency keys to remember from storage, the truth.
@@ -693,6 +785,18 @@ impl CounterActor {
                 if version > self.tip.1 {
                     self.reload = true;
                 }
+            }
+            // Taken by the run loop once the batches before it are answered.
+            Command::Delete { respond_to } => self.deleting = Some(respond_to),
+            Command::DeletedElsewhere => {
+                // Batches in flight were built on the deleted version and fail their version
+                // check; the reload (once they are answered) reads what storage holds now, and
+                // replaces the committed keys with storage's, where the delete left none. The
+                // keys in flight stay, with the duplicates waiting on them.
+                if let Some(topic) = self.topic.take() {
+                    topic.end_deleted();
+                }
+                self.reload = true;
             }
         }
     }

@@ -121,7 +121,8 @@ async fn answer_rpc(
         | Request::GetMetadata { .. }
         | Request::GetPresence { .. }
         | Request::GetHistory { .. }
-        | Request::List { .. }) => {
+        | Request::List { .. }
+        | Request::Delete { .. }) => {
             json_bytes(calls::counter_call(state, &principal, action, request, key.as_ref()).await?)
         }
         Request::KeyCreate { name, grants } => {

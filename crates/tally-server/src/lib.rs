@@ -179,6 +179,9 @@ fn spawn_broker(
         while let Some(change) = received.recv().await {
             match change {
                 broker::Change::Counter { name, version } => state.registry.changed(&name, version),
+                broker::Change::Deleted { name, epoch } => {
+                    state.registry.deleted_elsewhere(&name, epoch)
+                }
                 broker::Change::Everything => state.registry.changed_all(),
                 broker::Change::Keys => match state.store.keys().await {
                     Ok(records) => state.access.sync_keys(&records),

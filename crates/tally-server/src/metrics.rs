@@ -64,6 +64,8 @@ pub struct Metrics {
     pub(crate) batch_conflicts: Counter,
     pub(crate) remote_changes: Counter,
     pub(crate) counter_hibernations: Counter,
+    /// Counters removed by `counter.delete` on this node.
+    pub(crate) counter_deletes: Counter,
     pub(crate) operations: Family<OperationLabels, Counter>,
     pub(crate) operation_seconds: Family<OperationLabels, Histogram>,
     /// Each kind's two series, looked up in the families on its first operation only: a
@@ -132,6 +134,7 @@ impl Metrics {
             batch_conflicts: Counter::default(),
             remote_changes: Counter::default(),
             counter_hibernations: Counter::default(),
+            counter_deletes: Counter::default(),
             operations: Family::default(),
             operation_seconds: Family::new_with_constructor(latency_histogram),
             operation_series: Default::default(),
@@ -202,6 +205,11 @@ impl Metrics {
             "counter_hibernations",
             "Counters that left memory after --idle-timeout",
             metrics.counter_hibernations.clone(),
+        );
+        registry.register(
+            "counter_deletes",
+            "Counters removed by counter.delete on this node",
+            metrics.counter_deletes.clone(),
         );
         registry.register(
             "operations",

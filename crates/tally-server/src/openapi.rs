@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 use tally_proto::keys::{CreatedKey, EmptyBody, KeyCreateBody, KeyInfo, KeyList, KeyNameBody};
 use tally_proto::rpc::{AmountBody, HistoryBody, ListBody, NameBody, SetValueBody};
 use tally_proto::{
-    CounterList, ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure, Readiness,
-    Update, ValueAnswer,
+    CounterList, Deleted, ErrorBody, ErrorCode, HistoryPage, Metadata, Presence, Procedure,
+    Readiness, Update, ValueAnswer,
 };
 
 /// The whole OpenAPI document.
@@ -98,6 +98,7 @@ fn schemas(generator: &mut SchemaGenerator, procedure: Procedure) -> (Schema, Sc
         Procedure::GetHistory => pair::<HistoryBody, HistoryPage>(generator),
         Procedure::GetPresence => pair::<NameBody, Presence>(generator),
         Procedure::List => pair::<ListBody, CounterList>(generator),
+        Procedure::Delete => pair::<NameBody, Deleted>(generator),
         Procedure::KeyCreate => pair::<KeyCreateBody, CreatedKey>(generator),
         Procedure::KeyList => pair::<EmptyBody, KeyList>(generator),
         Procedure::KeyRevoke => pair::<KeyNameBody, KeyInfo>(generator),
@@ -163,6 +164,9 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetPresence => "How many watch the counter now (watchers and distinct users)",
         Procedure::List => {
             "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after), each with its operations of the last minute; watchers are this node's"
+        }
+        Procedure::Delete => {
+            "Delete the counter (admin on it): its value, history and idempotency keys; its watchers are unsubscribed (close 4004 on /ws/counter), a later write starts it at version 1 under a new epoch; deleting a counter not stored answers deleted: false"
         }
         Procedure::KeyCreate => "Create an API key (admin on every counter)",
         Procedure::KeyList => "List the API keys (admin on every counter)",

@@ -19,7 +19,7 @@ use crate::counter::{self, ActorContext, ApplyError, CounterHandle, CounterState
 use crate::framing::Published;
 use crate::metrics::Metrics;
 use crate::presence::{LocalPresence, PresenceError, PresenceManager, WatchedTopic};
-use crate::store::Store;
+use crate::store::{DeleteOutcome, Store};
 use crate::topic::{Subscription, Topic, User};
 
 /// How many times a command follows a counter to its next actor after the previous one
@@ -45,6 +45,10 @@ struct Slot {
     /// notifications) since the actor last declined to hibernate: an actor behind it may not
     /// hibernate while the counter is watched (see [`Home::hibernate`]).
     heard: u64,
+    /// The epoch the name was given by the last delete this node made or heard of: the
+    /// notification of a delete reaches its own node too, and must not end the watches of the
+    /// counter started afresh since.
+    deleted_epoch: Option<u64>,
 }
 
 /// The slots, which actors reach through [`Home`].
@@ -106,6 +110,18 @@ impl Home for Slots {
     fn topic(&self, name: &CounterName, version: u64) -> Arc<Topic> {
         let mut slot = self.slots.entry(name.clone()).or_default();
         Arc::clone(slot.topic.get_or_insert_with(|| Topic::new(self.watch_buffer, version)))
+    }
+
+    fn deleted(&self, name: &CounterName, epoch: Option<u64>) {
+        self.slots.remove_if_mut(name, |_, slot| {
+            if let Some(topic) = slot.topic.take() {
+                topic.end_deleted();
+            }
+            // What was heard of the old history says nothing of the new one.
+            slot.heard = 0;
+            slot.deleted_epoch = epoch;
+            slot.actor.is_none()
+        });
     }
 }
 
@@ -226,6 +242,36 @@ impl Registry {
     ///
     /// # Errors
     /// `Store` when the counter could not be loaded; `ShuttingDown`.
+    /// Deletes counter `name` through its actor (started if need be), after the operations
+    /// sent to it before; see [`crate::store::Store::delete`].
+    pub async fn delete(&self, name: &CounterName) -> Result<DeleteOutcome, ApplyError> {
+        self.with_actor(name, |handle| async move { handle.delete().await }).await
+    }
+
+    /// Another node deleted counter `name`: this node's watchers of it are unsubscribed, and
+    /// its actor, if it has one, forgets the counter and reads storage again.
+    pub fn deleted_elsewhere(&self, name: &CounterName, epoch: u64) {
+        let handle = match self.shared.slots.slots.get(name) {
+            // This node made that delete (the notification comes back to it too), or heard of
+            // it already: its watchers now watch the counter afresh.
+            Some(slot) if slot.deleted_epoch == Some(epoch) => return,
+            Some(slot) => slot.actor.as_ref().map(|(_, handle)| handle.clone()),
+            // Nothing of it here: nobody to tell.
+            None => return,
+        };
+        // Ended here, at once, for a counter with no actor too (its topic is the slot's).
+        self.shared.slots.deleted(name, Some(epoch));
+        if let Some(handle) = handle
+            && !handle.deleted_elsewhere()
+        {
+            // A full inbox: wait for room rather than drop the word (a closed one means the
+            // actor hibernated, and the next actor reads storage anyway).
+            tokio::spawn(async move {
+                handle.deleted_elsewhere_later().await;
+            });
+        }
+    }
+
     pub async fn read(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
         for _ in 0..MAX_RETRIES {
             // Without an actor, storage holds every answered write: no actor is started for a

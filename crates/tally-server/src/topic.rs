@@ -151,6 +151,9 @@ pub struct Topic {
     /// Set when this node's counts changed since the presence ticker last took them to share
     /// with other nodes (`crate::presence`); unused on a node of its own.
     share_dirty: AtomicBool,
+    /// Set when the counter was deleted: readers get what was published before, then
+    /// [`Read::Deleted`]. The topic is no longer its counter's (a fresh one replaces it).
+    deleted: AtomicBool,
 }
 
 /// What the presence ticker last made of a topic's counts.
@@ -185,6 +188,9 @@ pub(crate) enum Read {
         /// The oldest version the ring holds.
         oldest: u64,
     },
+    /// The counter was deleted, and every update published before was read: the
+    /// subscription ends (nothing of this topic follows).
+    Deleted,
 }
 
 impl Topic {
@@ -200,7 +206,22 @@ impl Topic {
             presence: Mutex::new(Shown::default()),
             presence_dirty: AtomicBool::new(false),
             share_dirty: AtomicBool::new(false),
+            deleted: AtomicBool::new(false),
         })
+    }
+
+    /// Ends the topic because its counter was deleted, and wakes every subscription, each of
+    /// which then reads [`Read::Deleted`]. Called by the counter's actor or the registry, as
+    /// the topic is taken out of its slot.
+    pub(crate) fn end_deleted(&self) {
+        // Stored before the wake-ups, so that a woken socket sees it.
+        self.deleted.store(true, Ordering::Release);
+        let woken = std::mem::take(&mut *lock(&self.waiting));
+        for listener in &woken {
+            if !listener.is_abandoned() {
+                listener.notify();
+            }
+        }
     }
 
     /// Publishes a committed update, in version order. Called only by the counter's actor.
@@ -238,17 +259,21 @@ impl Topic {
     /// Appends to `out` up to `max` updates with versions above `after`, oldest first.
     pub(crate) fn read_after(&self, after: u64, max: usize, out: &mut Vec<Arc<Published>>) -> Read {
         let ring = lock(&self.ring);
+        // Read under the ring's lock, after which nothing more is published here.
+        let deleted = self.deleted.load(Ordering::Acquire);
         let Some(oldest) = ring.front().map(|update| update.version()) else {
-            return Read::Ok;
+            return if deleted { Read::Deleted } else { Read::Ok };
         };
         if oldest > after + 1 {
-            return Read::Lagged { oldest };
+            // History went with the counter: there is nothing to catch up from.
+            return if deleted { Read::Deleted } else { Read::Lagged { oldest } };
         }
         // Versions are consecutive, but a commit reported failed that reached the disk anyway
         // can leave a jump; a search is correct either way.
         let start = ring.partition_point(|update| update.version() <= after);
+        let before = out.len();
         out.extend(ring.iter().skip(start).take(max).cloned());
-        Read::Ok
+        if deleted && out.len() == before { Read::Deleted } else { Read::Ok }
     }
 
     /// The latest update, if the ring holds any.
@@ -279,10 +304,24 @@ impl Topic {
     /// topic has no publish to clear them, and subscriptions may come and go on it forever.
     fn wait(&self, listener: Arc<Listener>) {
         let mut waiting = lock(&self.waiting);
+        // Looked at under the list's lock, which `end_deleted` takes after setting it: a
+        // subscription that joins an ended topic (a conflated one back from its slot, say)
+        // would wait for a publish that never comes, so it is due a look at once instead, and
+        // that look reads `Read::Deleted`.
+        if self.deleted.load(Ordering::Acquire) {
+            drop(waiting);
+            listener.notify();
+            return;
+        }
         if waiting.len() >= 2 * self.watchers() as usize + 16 {
             waiting.retain(|listener| !listener.is_abandoned());
         }
         waiting.push(listener);
+    }
+
+    /// Whether the counter was deleted ([`Topic::end_deleted`]): nothing more is published here.
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// How many subscriptions the topic has now.
@@ -471,12 +510,44 @@ mod tests {
         Arc::new(Published::new(name, 1, Arc::from("t"), entry))
     }
 
+    /// The versions read after `after`, or where the reader must go: the oldest version the
+    /// ring holds when it lagged, 0 when the counter was deleted (no ring holds version 0).
     fn versions(topic: &Topic, after: u64, max: usize) -> Result<Vec<u64>, u64> {
         let mut out = Vec::new();
         match topic.read_after(after, max, &mut out) {
             Read::Ok => Ok(out.iter().map(|update| update.version()).collect()),
             Read::Lagged { oldest } => Err(oldest),
+            Read::Deleted => Err(0),
         }
+    }
+
+    #[test]
+    fn a_deleted_topic_hands_out_what_it_published_then_says_deleted_and_wakes_everyone() {
+        let topic = Topic::new(4, 0);
+        for version in 1..=3 {
+            topic.publish(update(version));
+        }
+        let wakes = Wakes::new();
+        let mut subscription = topic.subscribe(User::Anonymous(1));
+        subscription.attach(&wakes, 7, false);
+        assert_eq!(take_now(&wakes), vec![7]);
+        assert!(subscription.rearm(), "waiting for the next publish");
+        topic.end_deleted();
+        assert_eq!(take_now(&wakes), vec![7], "the delete wakes the waiting subscription");
+        assert_eq!(versions(&topic, 1, 10), Ok(vec![2, 3]), "what was published comes first");
+        assert_eq!(versions(&topic, 3, 10), Err(0), "then the end");
+        let small = Topic::new(2, 0);
+        for version in 1..=3 {
+            small.publish(update(version));
+        }
+        small.end_deleted();
+        assert_eq!(versions(&small, 0, 10), Err(0), "a lagging reader has no history to read");
+        let empty = Topic::new(4, 0);
+        empty.end_deleted();
+        assert_eq!(versions(&empty, 0, 10), Err(0));
+        // A subscription that looks again after the end is due at once, not left waiting.
+        assert!(subscription.rearm(), "it was woken by the end");
+        assert_eq!(take_now(&wakes), vec![7], "joining an ended topic wakes it again");
     }
 
     fn take_now(wakes: &Wakes) -> Vec<u32> {

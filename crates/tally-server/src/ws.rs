@@ -77,8 +77,8 @@ pub(crate) async fn upgrade(
             ),
         ));
     }
-    let start_from = match WatchQuery::parse(query.as_deref()) {
-        Ok(query) => Start::asked(query.since, query.epoch.as_ref(), state.store.epoch()),
+    let query = match WatchQuery::parse(query.as_deref()) {
+        Ok(query) => query,
         Err(error) => return state.error_response(&error),
     };
     let upgrade = match upgrade {
@@ -87,11 +87,9 @@ pub(crate) async fn upgrade(
     };
     // The address bounds the socket's replay (`replay`); kept only by a resuming socket.
     let peer = crate::accept::client_ip(&extensions);
-    let resume = match start_from {
-        Start::Snapshot => None,
-        Start::OtherEpoch => Some(Resume { since: 0, peer, other_epoch: true }),
-        Start::After(since) => Some(Resume { since, peer, other_epoch: false }),
-    };
+    // How it starts is decided once the counter's state (and so its epoch) is known.
+    let epoch = query.epoch.as_ref().map(tally_proto::Epoch::bits);
+    let resume = query.since.map(|since| Resume { since, peer, epoch });
     // A v1 socket never writes, so its anonymous principal needs no address of its own.
     let start = connection::upgrade_principal(&state, &headers, &extensions, |_| {
         state.access.anonymous_watcher()
@@ -183,9 +181,10 @@ fn shutting_down(state: &AppState, why: &str) -> End {
 struct Resume {
     since: u64,
     peer: Option<std::net::IpAddr>,
-    /// The client's version is of another database's history (its `epoch` is not this
-    /// one's): only a resync snapshot will do, whatever `since` is.
-    other_epoch: bool,
+    /// The epoch the client's version is of ([`tally_proto::Epoch::bits`]), if it said: when
+    /// it is not the counter's (another database's, or the counter was deleted since), only
+    /// a resync snapshot will do, whatever `since` is.
+    epoch: Option<u64>,
 }
 
 struct Session<T> {
@@ -402,10 +401,19 @@ impl<T: Transport> Session<T> {
         counter: CounterState,
         resume: Option<Resume>,
     ) -> Result<(), End> {
+        let ours = counter.epoch(self.state.store.epoch());
         let resync = match resume {
             None => false,
-            Some(resume) if resume.other_epoch || resume.since > counter.version => true,
-            Some(resume) => !self.replay(name, counter, resume).await?,
+            Some(resume) => {
+                let theirs = resume.epoch.map(tally_proto::Epoch::from_bits);
+                match Start::asked(Some(resume.since), theirs.as_ref(), &ours) {
+                    Start::OtherEpoch => true,
+                    Start::After(since) if since > counter.version => true,
+                    Start::After(_) | Start::Snapshot => {
+                        !self.replay(name, counter, resume).await?
+                    }
+                }
+            }
         };
         if resync || resume.is_none() {
             let can = self.principal.permissions(name).actions();
@@ -459,7 +467,7 @@ impl<T: Transport> Session<T> {
                 }
             };
             if first_page {
-                let epoch = Some(self.state.store.epoch().clone());
+                let epoch = Some(counter.epoch(self.state.store.epoch()));
                 let resumed =
                     ServerMessage::Resumed(Resumed { since, version: counter.version, epoch });
                 self.link.feed(Utf8Bytes::from(resumed.to_json())).await?;
@@ -558,17 +566,28 @@ impl<T: Transport> Session<T> {
         let mut burst = Vec::new();
         loop {
             burst.clear();
-            if let Read::Lagged { oldest } =
-                updates.topic().read_after(self.last_version, MAX_BURST, &mut burst)
-            {
-                return Err(End::Close(
-                    close::SLOW_CONSUMER,
-                    format!(
-                        "fell {} updates behind; reconnect with since={}",
-                        oldest - self.last_version - 1,
-                        self.last_version
-                    ),
-                ));
+            match updates.topic().read_after(self.last_version, MAX_BURST, &mut burst) {
+                Read::Ok => {}
+                Read::Lagged { oldest } => {
+                    return Err(End::Close(
+                        close::SLOW_CONSUMER,
+                        format!(
+                            "fell {} updates behind; reconnect with since={}",
+                            oldest - self.last_version - 1,
+                            self.last_version
+                        ),
+                    ));
+                }
+                Read::Deleted => {
+                    self.state.metrics.error(ErrorCode::CounterDeleted);
+                    return Err(End::Close(
+                        close::COUNTER_DELETED,
+                        format!(
+                            "counter {} was deleted; reconnect without since to watch it start again at version 0",
+                            self.name
+                        ),
+                    ));
+                }
             }
             for published in &burst {
                 if published.version() != self.last_version + 1 {

@@ -10,6 +10,8 @@ mod bad_input;
 mod cluster;
 #[path = "it/compare_and_set.rs"]
 mod compare_and_set;
+#[path = "it/delete.rs"]
+mod delete;
 #[path = "it/epoch.rs"]
 mod epoch;
 #[path = "it/harness.rs"]

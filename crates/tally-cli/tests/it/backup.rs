@@ -178,6 +178,33 @@ fn a_refused_backup_says_why_and_leaves_nothing_behind() {
     assert!(String::from_utf8_lossy(&ran.stderr).contains("pg_dump"), "{ran:?}");
 }
 
+/// A backup's new database epoch covers every name: the epoch a deleted name was given in the
+/// live database is not carried into the copy, so a client holding it resyncs there too.
+#[tokio::test]
+async fn a_backup_drops_the_epochs_of_deleted_names() {
+    let dir = tempfile::tempdir().expect("dir");
+    let database = dir.path().join("tally.db");
+    let server = Tally::start(&database, &[]);
+    for _ in 0..2 {
+        server.call("increment", json!({"name": "gone"})).await.expect("the server answers");
+    }
+    let (status, deleted) =
+        server.call("delete", json!({"name": "gone"})).await.expect("the server answers");
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)), "{deleted}");
+    server.call("increment", json!({"name": "gone"})).await.expect("the server answers");
+    let epochs = |path: &Path| -> i64 {
+        let conn = rusqlite::Connection::open(path).expect("open");
+        conn.query_row("SELECT count(*) FROM counter_epochs", [], |row| row.get(0)).expect("count")
+    };
+    assert_eq!(epochs(&database), 1, "the live database keeps the deleted name's epoch");
+    let out = dir.path().join("copy.db");
+    let ran = backup(&database, &out);
+    assert_eq!(ran.status.code(), Some(0), "{ran:?}");
+    assert_eq!(epochs(&out), 0, "the copy's new epoch covers every name");
+    assert_ne!(epoch_in(&out), epoch_in(&database));
+    drop(server);
+}
+
 fn restore(backup: &Path, database: &Path) -> std::process::Output {
     tally()
         .args(["--json", "restore"])

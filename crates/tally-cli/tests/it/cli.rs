@@ -544,6 +544,37 @@ async fn list_prints_a_table_by_prefix_and_pages_with_all() {
     assert!(ran.stderr.contains("1..=1000"), "{ran:?}");
 }
 
+#[tokio::test]
+async fn delete_needs_yes_removes_the_counter_and_is_safe_to_run_again() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Tally::start(&dir.path().join("tally.db"), &[]);
+    let url = url_of(server.addr);
+    for _ in 0..3 {
+        server.ok("increment", json!({"name": "doomed"})).await;
+    }
+    let ran = run(&url, &["delete", "doomed"]);
+    assert_eq!(ran.code, Some(2), "without --yes nothing is sent: {ran:?}");
+    assert!(ran.stderr.contains("--yes"), "{ran:?}");
+    assert_eq!(server.ok("getValue", json!({"name": "doomed"})).await["version"], 3);
+
+    assert_eq!(
+        run_ok(&url, &["delete", "doomed", "--yes"]),
+        "deleted doomed (it was at version 3)\n"
+    );
+    assert_eq!(
+        server.ok("getValue", json!({"name": "doomed"})).await,
+        json!({"value": 0, "version": 0})
+    );
+    assert_eq!(
+        run_ok(&url, &["delete", "doomed", "--yes"]),
+        "doomed is not stored; nothing was deleted\n"
+    );
+    let answer = json_lines(&run_ok(&url, &["--json", "delete", "doomed", "--yes"]));
+    assert_eq!(answer, [json!({"name": "doomed", "deleted": false, "version": 0})]);
+    let error = run_err(&url, &["delete", "bad name", "--yes"], 1);
+    assert!(error.contains("allowed"), "{error}");
+}
+
 #[test]
 fn watch_of_an_unreachable_server_exits_3_instead_of_waiting() {
     let addr = {

@@ -529,3 +529,39 @@ async fn a_message_over_the_limit_stops_the_connection_without_a_reconnect() {
     drop(connection);
     server.stop().await;
 }
+
+/// A deleted counter's subscription ends with `counter_deleted` and is not resumed; the
+/// connection goes on, and a new subscription sees the counter start again at version 0.
+#[tokio::test]
+async fn a_deleted_counters_subscription_ends_and_a_new_one_starts_at_version_0() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (server, addr) = serve(dir.path(), "127.0.0.1:0".parse().expect("addr")).await;
+    let client = Client::new(&format!("http://{addr}")).expect("client");
+    for _ in 0..3 {
+        client.increment("doomed", 1).await.expect("write");
+    }
+    let connection = client.connect_with(fast());
+    let mut subscription = connection.subscribe("doomed");
+    assert_eq!(snapshot_version(&mut subscription).await, 3);
+    let deleted = client.delete("doomed").await.expect("delete");
+    assert_eq!((deleted.deleted, deleted.version), (true, 3));
+    match next_event(&mut subscription).await {
+        SubscriptionEvent::Ended(tally_client::Ended::Unsubscribed { code, reason }) => {
+            assert_eq!(code, "counter_deleted");
+            assert!(reason.contains("doomed"), "{reason}");
+        }
+        other => panic!("expected the end, got {other:?}"),
+    }
+    assert!(subscription.next().await.is_none(), "nothing follows the end");
+    let again = client.delete("doomed").await.expect("a retry of the delete");
+    assert_eq!((again.deleted, again.version), (false, 0));
+    let mut fresh = connection.subscribe("doomed");
+    assert_eq!(snapshot_version(&mut fresh).await, 0);
+    client.increment("doomed", 5).await.expect("write");
+    match next_event(&mut fresh).await {
+        SubscriptionEvent::Update(update) => assert_eq!((update.value, update.version), (5, 1)),
+        other => panic!("expected the update, got {other:?}"),
+    }
+    drop(fresh);
+    server.stop().await;
+}

@@ -238,8 +238,9 @@ impl<T: Transport> Session<T> {
             rate: subscribe.max_rate.map(Conflation::new),
         };
         let key = self.subscriptions.insert(watched);
-        let start_from =
-            Start::asked(subscribe.since, subscribe.epoch.as_ref(), self.state.store.epoch());
+        // The counter's epoch: the database's, or its own once it was deleted.
+        let ours = counter.epoch(self.state.store.epoch());
+        let start_from = Start::asked(subscribe.since, subscribe.epoch.as_ref(), &ours);
         self.start(id, key, counter, start_from).await
     }
 
@@ -346,7 +347,7 @@ impl<T: Transport> Session<T> {
                 return Ok(Replayed::Failed);
             };
             if first_page {
-                let epoch = Some(self.state.store.epoch().clone());
+                let epoch = Some(counter.epoch(self.state.store.epoch()));
                 let resumed = Resumed { since, version: counter.version, epoch };
                 let reply = Frame::Resumed { id, name: name.to_string(), resumed };
                 self.link.feed(Utf8Bytes::from(reply.to_json())).await?;

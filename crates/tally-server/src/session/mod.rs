@@ -290,6 +290,17 @@ impl<T: Transport> Session<T> {
             let mut missing = match read {
                 Read::Lagged { oldest } => Some(oldest),
                 Read::Ok => None,
+                Read::Deleted => {
+                    self.burst = burst;
+                    let name = Arc::clone(&watched.name);
+                    let error = ProtocolError::new(
+                        tally_proto::ErrorCode::CounterDeleted,
+                        format!(
+                            "counter {name} was deleted, with its history; subscribe again without since to watch it start again at version 0"
+                        ),
+                    );
+                    return self.end_subscription(key, &error).await;
+                }
             };
             let now = Instant::now();
             let mut sent = Ok(());

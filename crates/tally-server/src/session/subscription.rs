@@ -167,6 +167,10 @@ impl Watched {
     /// latest version so that the look reads only the latest.
     pub(super) fn park(&mut self, now: Instant) -> Slot {
         let tip = self.subscription.topic().version();
+        // Nothing more comes of a deleted counter's topic: look now, which ends the subscription.
+        if self.subscription.topic().is_deleted() {
+            return Slot::Now;
+        }
         let Some(rate) = self.rate.as_mut().filter(|_| self.types == Types::ALL) else {
             return Slot::Now;
         };

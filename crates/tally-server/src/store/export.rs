@@ -421,6 +421,9 @@ fn import_sqlite_locked(
         }
     }
     reader.finish()?;
+    // The new database epoch covers every name: the epochs of names deleted before (an empty
+    // database may have some) belong to the history this import replaces.
+    transaction.execute("DELETE FROM counter_epochs", []).map_err(write_error)?;
     let epoch: String = transaction
         .query_row("UPDATE meta SET epoch = lower(hex(randomblob(8))) RETURNING epoch", [], |row| {
             row.get(0)
@@ -532,6 +535,8 @@ pub async fn import_postgres(
             .map_err(write_error)?;
     }
     reader.finish()?;
+    // As for SQLite: the new database epoch covers every name.
+    transaction.execute("DELETE FROM counter_epochs", &[]).await.map_err(write_error)?;
     let epoch: String = transaction
         .query_one(
             "UPDATE meta SET epoch = substr(md5(random()::text || clock_timestamp()::text), 1, 16) RETURNING epoch",

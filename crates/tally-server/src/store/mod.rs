@@ -93,6 +93,23 @@ pub struct CounterRecord {
     pub created_at_ms: i64,
     /// When the latest operation was committed, in milliseconds since the Unix epoch.
     pub updated_at_ms: i64,
+    /// The counter's own epoch ([`tally_proto::Epoch::bits`]) when its name was ever deleted
+    /// (table `counter_epochs`, read by a LEFT JOIN in the same query); `None` means the
+    /// database's epoch. Not read by [`Store::list`], which has no use for it.
+    pub epoch: Option<u64>,
+}
+
+/// What [`Store::delete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteOutcome {
+    /// Whether a stored counter was removed (`false`: none was stored, and nothing changed).
+    pub deleted: bool,
+    /// The version it had; 0 when none was stored.
+    pub version: u64,
+    /// The name's epoch from now on: a fresh random one when a counter was removed (kept in
+    /// `counter_epochs`, so a later write starts a history under it), else the name's epoch as
+    /// it was (`None`: the database's).
+    pub epoch: Option<u64>,
 }
 
 /// A stored counter with its name: one row of [`Store::list`].
@@ -388,6 +405,18 @@ pub trait Store: Send + Sync + 'static {
     /// stored version is not `batch.expected_version` (so every batch queued after a failed one
     /// fails too); any other error means nothing of the batch is stored.
     async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError>;
+
+    /// Removes counter `name` durably, in one transaction: its row, its history and its
+    /// idempotency records, and gives the name a fresh epoch (`counter_epochs`), so that a
+    /// client resuming the old history gets a `resync`. Only the counter's actor calls it, once
+    /// its batches in flight are answered, so no batch of this node is queued on either side
+    /// of it; another node's batch built on the old version fails its version check (the
+    /// counter is not stored, and a batch inserts a counter only at version 0). Removing a
+    /// counter that is not stored changes nothing and is no error.
+    ///
+    /// # Errors
+    /// When storage fails; then nothing changed.
+    async fn delete(&self, name: &CounterName) -> Result<DeleteOutcome, StoreError>;
 
     /// Up to `limit` history entries of `name` with a version below `before` (all, if `None`),
     /// newest first.

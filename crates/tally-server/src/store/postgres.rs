@@ -28,13 +28,14 @@ use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use super::health::WriteHealth;
 use super::{
-    AppendBatch, CommitResult, Committing, CounterRecord, HistoryRecord, IdempotencyRecord,
-    KeyRecord, LoadedCounter, NAMES_END, NamedRecord, Quotas, Readiness, Retention, Store,
-    StoreError, StoreMetrics, quota_exceeded,
+    AppendBatch, CommitResult, Committing, CounterRecord, DeleteOutcome, HistoryRecord,
+    IdempotencyRecord, KeyRecord, LoadedCounter, NAMES_END, NamedRecord, Quotas, Readiness,
+    Retention, Store, StoreError, StoreMetrics, quota_exceeded,
 };
 
 /// The channel every node listens on for committed changes: the payload is the counter's name,
-/// a space, and its version after the batch.
+/// a space, and its version after the batch; or after a delete, the name, ` deleted ` and the
+/// name's new epoch.
 pub const CHANGES_CHANNEL: &str = "tally_changes";
 /// The channel that says the API keys changed (created or revoked on some node).
 pub const KEYS_CHANNEL: &str = "tally_keys";
@@ -132,6 +133,14 @@ CREATE INDEX presence_zeros ON presence (node, changed_at) WHERE watchers = 0;
     "
 CREATE INDEX counters_name_bytes ON counters (name COLLATE \"C\");
 ",
+    // 4: taken by the counter rules of issue 16 (bounds, on another branch), which the merge
+    // puts here; nothing until then.
+    "",
+    // 5: the epoch of each name that was ever deleted (`counter.delete`; see the SQLite
+    // store's migration 6).
+    "
+CREATE TABLE counter_epochs (name TEXT PRIMARY KEY, epoch TEXT NOT NULL);
+",
 ];
 
 /// Settings of the PostgreSQL store.
@@ -168,6 +177,12 @@ enum WriterMessage {
     /// Commit what is queued, then stop.
     Close {
         done: oneshot::Sender<()>,
+    },
+    /// Remove a counter (`Store::delete`), after the group of the same round: through the
+    /// writer, so that its count for the quotas stays right.
+    Delete {
+        name: CounterName,
+        respond_to: oneshot::Sender<Result<DeleteOutcome, StoreError>>,
     },
 }
 
@@ -417,18 +432,23 @@ struct Statements {
 }
 
 /// One batch as one statement. `c` takes the counter row at the expected version (inserting it
-/// for a new counter); when it finds another version it returns nothing, nothing after it
+/// for a new counter, and only then: a batch built on version 5 of a counter another node
+/// deleted meanwhile must not create it at version 6); when it finds another version it returns nothing, nothing after it
 /// writes, and the statement answers the version it found instead of the id (as of the
 /// statement's start, so after the batches before it in the transaction). Forgotten keys exclude the keys the batch remembers again (the upsert replaces
 /// those), since one statement may not change a row twice.
 const APPEND: &str = "
-WITH c AS (
+WITH created AS (
     INSERT INTO counters AS t (name, value, version, created_at_ms, updated_at_ms)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (name) DO UPDATE
-        SET value = excluded.value, version = excluded.version, updated_at_ms = excluded.updated_at_ms
-        WHERE t.version = $6
+    SELECT $1::text, $2::bigint, $3::bigint, $4::bigint, $5::bigint WHERE $6::bigint = 0
+    ON CONFLICT (name) DO NOTHING
     RETURNING t.id
+), updated AS (
+    UPDATE counters t SET value = $2, version = $3, updated_at_ms = $5
+    WHERE t.name = $1 AND t.version = $6 AND $6::bigint <> 0
+    RETURNING t.id
+), c AS (
+    SELECT id FROM created UNION ALL SELECT id FROM updated
 ), inserted AS (
     INSERT INTO history (counter_id, version, kind, amount, previous_value, value, at_ms, by)
     SELECT c.id, e.version, e.kind, e.amount, e.previous_value, e.value, e.at_ms, e.by
@@ -543,6 +563,7 @@ struct WriterTask {
 impl WriterTask {
     async fn run(mut self, mut inbox: mpsc::Receiver<WriterMessage>) {
         let mut appends = Vec::new();
+        let mut deletes = Vec::new();
         let mut closing = None;
         while closing.is_none() {
             let Some(first) = inbox.recv().await else { break };
@@ -553,12 +574,14 @@ impl WriterTask {
                         appends.push((batch, respond_to))
                     }
                     WriterMessage::Close { done } => closing = Some(done),
+                    WriterMessage::Delete { name, respond_to } => deletes.push((name, respond_to)),
                 }
                 if appends.len() < MAX_APPENDS_PER_COMMIT && closing.is_none() {
                     next = inbox.try_recv().ok();
                 }
             }
             if appends.is_empty() {
+                self.delete_all(&mut deletes).await;
                 continue;
             }
             let started = Instant::now();
@@ -572,10 +595,54 @@ impl WriterTask {
             for ((_, respond_to), result) in appends.drain(..).zip(results) {
                 let _ = respond_to.send(result);
             }
+            self.delete_all(&mut deletes).await;
         }
         if let Some(done) = closing {
             let _ = done.send(());
         }
+    }
+
+    /// Runs the deletes taken this round, each in a statement (a transaction) of its own, and
+    /// answers them.
+    async fn delete_all(
+        &mut self,
+        deletes: &mut Vec<(CounterName, oneshot::Sender<Result<DeleteOutcome, StoreError>>)>,
+    ) {
+        for (name, respond_to) in deletes.drain(..) {
+            let outcome = self.delete(&name).await;
+            match &outcome {
+                Ok(DeleteOutcome { deleted: true, .. }) => {
+                    // Counted back between readings, as creations are counted forward.
+                    if let Some(reading) = self.quota_reading.as_mut() {
+                        reading.counters = reading.counters.saturating_sub(1);
+                    }
+                }
+                // The connection may be half broken; start afresh next time. The delete may or
+                // may not have happened: sent again, it answers `deleted: false` if it had.
+                Err(StoreError::Unavailable(_) | StoreError::CommitUncertain(_)) => {
+                    self.client = None;
+                }
+                _ => {}
+            }
+            let _ = respond_to.send(outcome);
+        }
+    }
+
+    /// Removes counter `name` on the writer's connection ([`DELETE`]).
+    async fn delete(&mut self, name: &CounterName) -> Result<DeleteOutcome, StoreError> {
+        let (client, _) = self.ready().await?;
+        let row = client.query_opt(DELETE, &[&name.as_str(), &CHANGES_CHANNEL]).await?;
+        if let Some(row) = row {
+            let version = u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0);
+            let epoch = epoch_bits(row.try_get::<_, &str>(1)?)?;
+            return Ok(DeleteOutcome { deleted: true, version, epoch: Some(epoch) });
+        }
+        let epoch = client
+            .query_opt("SELECT epoch FROM counter_epochs WHERE name = $1", &[&name.as_str()])
+            .await?;
+        let epoch = epoch.map(|row| row.try_get::<_, String>(0)).transpose()?;
+        let epoch = epoch.as_deref().map(epoch_bits).transpose()?;
+        Ok(DeleteOutcome { deleted: false, version: 0, epoch })
     }
 
     /// The writer's connection, connecting (and preparing) again if it was lost.
@@ -889,20 +956,48 @@ async fn counter_record(
 ) -> Result<Option<CounterRecord>, StoreError> {
     let statement = client
         .prepare_cached(
-            "SELECT id, value, version, created_at_ms, updated_at_ms FROM counters WHERE name = $1",
+            "SELECT c.id, c.value, c.version, c.created_at_ms, c.updated_at_ms, e.epoch
+             FROM counters c LEFT JOIN counter_epochs e ON e.name = c.name WHERE c.name = $1",
         )
         .await?;
     let Some(row) = client.query_opt(&statement, &[&name.as_str()]).await? else {
         return Ok(None);
     };
+    let epoch = row.try_get::<_, Option<String>>(5)?.as_deref().map(epoch_bits).transpose()?;
     Ok(Some(CounterRecord {
         id: row.try_get(0)?,
         value: row.try_get(1)?,
         version: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
         created_at_ms: row.try_get(3)?,
         updated_at_ms: row.try_get(4)?,
+        epoch,
     }))
 }
+
+/// The bits of an epoch read from `counter_epochs`; a damaged one is a storage failure.
+fn epoch_bits(text: &str) -> Result<u64, StoreError> {
+    Epoch::parse(text).map(|epoch| epoch.bits()).map_err(|error| {
+        StoreError::Backend(format!("a counter's epoch is damaged: {}", error.message).into())
+    })
+}
+
+/// Removes a counter with its history and idempotency records, gives its name a fresh epoch
+/// and tells the other nodes (`NAME deleted EPOCH` on the changes channel), in one statement;
+/// answers the version it had and the new epoch, or no row when it was not stored.
+const DELETE: &str = "
+WITH d AS (
+    DELETE FROM counters WHERE name = $1 RETURNING id, version
+), h AS (
+    DELETE FROM history h USING d WHERE h.counter_id = d.id
+), i AS (
+    DELETE FROM idempotency i USING d WHERE i.counter_id = d.id
+), e AS (
+    INSERT INTO counter_epochs (name, epoch)
+    SELECT $1, substr(md5(random()::text || clock_timestamp()::text), 1, 16) FROM d
+    ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch
+    RETURNING epoch
+)
+SELECT d.version, e.epoch, pg_notify($2, $1 || ' deleted ' || e.epoch)::text FROM d, e";
 
 fn history_row(row: &Row) -> Result<HistoryRecord, StoreError> {
     let kind: String = row.try_get(1)?;
@@ -977,6 +1072,16 @@ impl Store for PostgresStore {
             idempotency.push(IdempotencyRecord { key, entry });
         }
         Ok(Some(LoadedCounter { record, idempotency }))
+    }
+
+    async fn delete(&self, name: &CounterName) -> Result<DeleteOutcome, StoreError> {
+        let (respond_to, answer) = oneshot::channel();
+        let name = name.clone();
+        self.writer
+            .send(WriterMessage::Delete { name, respond_to })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn append(&self, batch: AppendBatch) -> Result<Committing, StoreError> {
@@ -1131,6 +1236,7 @@ impl Store for PostgresStore {
                     version: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
                     created_at_ms: row.try_get(4)?,
                     updated_at_ms: row.try_get(5)?,
+                    epoch: None,
                 };
                 Ok(NamedRecord { name, record })
             })

@@ -177,6 +177,16 @@ fn copy(
             let fresh: String =
                 copy.query_row("SELECT lower(hex(randomblob(8)))", [], |row| row.get(0))?;
             copy.execute("UPDATE meta SET epoch = ?1", [&fresh])?;
+            // The copy is another history: its new epoch covers every name, including those
+            // deleted before (whose epochs the live database keeps), when the schema has them.
+            let epochs: i64 = copy.query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'counter_epochs'",
+                [],
+                |row| row.get(0),
+            )?;
+            if epochs > 0 {
+                copy.execute("DELETE FROM counter_epochs", [])?;
+            }
             Some(Epoch::parse(&fresh).map_err(|error| BackupError::Corrupt(error.message))?)
         }
     };

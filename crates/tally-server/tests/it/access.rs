@@ -153,7 +153,7 @@ impl Row {
 }
 
 /// POSTs an RPC with an optional bearer credential; the status, the JSON answer, the headers.
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     procedure: &str,
     body: &Value,

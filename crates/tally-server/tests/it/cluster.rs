@@ -163,3 +163,69 @@ async fn a_resume_on_another_node_replays_what_was_missed() {
     nodes[0].increment("moved", 1).await;
     assert_eq!(watcher.next_update().await.0, 6, "and live updates from the other node follow");
 }
+
+/// A v2 socket on `node` subscribed to `name`; the snapshot's version.
+async fn subscribed(node: &TestServer, name: &str) -> (Watcher, u64) {
+    let mut socket = node.socket().await;
+    socket.send_text(&json!({"id": 1, "type": "subscribe", "name": name}).to_string()).await;
+    match socket.next_frame().await {
+        tally_proto::socket::Frame::Snapshot { id: Some(1), snapshot, .. } => {
+            (socket, snapshot.version)
+        }
+        other => panic!("expected the snapshot, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_node_ends_the_watches_on_another_and_the_counter_starts_again_there() {
+    use tally_proto::socket::Frame;
+    let (_database, nodes) = cluster(2).await;
+    for _ in 0..4 {
+        nodes[0].increment("gone", 1).await;
+    }
+    // The key and the counter live in the second node's actor's memory too.
+    let (status, keyed) = increment_with_key(&nodes[1], "gone", "before").await;
+    assert_eq!((status, keyed["version"].as_u64()), (200, Some(5)), "{keyed}");
+    let (mut v2, version) = subscribed(&nodes[1], "gone").await;
+    assert_eq!(version, 5);
+    let mut v1 = nodes[1].watch("gone").await;
+    assert_eq!(snapshot_version(&mut v1).await, 5);
+
+    let answer = nodes[0].ok("delete", json!({"name": "gone"})).await;
+    assert_eq!(answer, json!({"name": "gone", "deleted": true, "version": 5}));
+    // A watch on the deleting node right after its delete: its own notification, which comes
+    // back to it, must not end this one.
+    let (mut here, version) = subscribed(&nodes[0], "gone").await;
+    assert_eq!(version, 0);
+
+    match v2.next_frame().await {
+        Frame::Unsubscribed { id: None, name, code, .. } => {
+            assert_eq!((name.as_str(), code.as_deref()), ("gone", Some("counter_deleted")));
+        }
+        other => panic!("expected the unsubscribed push, got {other:?}"),
+    }
+    assert_eq!(
+        v1.ended().await,
+        crate::harness::Ended::Closed(tally_proto::close::COUNTER_DELETED)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    // The second node forgot the key with the counter: the same key counts again, at version 1.
+    let (status, again) = increment_with_key(&nodes[1], "gone", "before").await;
+    assert_eq!((status, again["version"].as_u64()), (200, Some(1)), "{again}");
+    assert_eq!(nodes[0].increment("gone", 1).await["version"], 2);
+    assert_eq!(nodes[1].value("gone").await, (6, 2));
+    for expected in 1..=2 {
+        match tokio::time::timeout(PATIENCE, here.next_frame()).await.expect("in time") {
+            Frame::Update { update, .. } => assert_eq!(update.version, expected),
+            other => panic!("expected update {expected}, got {other:?}"),
+        }
+    }
+    let (mut watcher, version) = subscribed(&nodes[1], "gone").await;
+    assert_eq!(version, 2);
+    nodes[0].increment("gone", 1).await;
+    match watcher.next_frame().await {
+        Frame::Update { update, .. } => assert_eq!(update.version, 3),
+        other => panic!("expected update 3, got {other:?}"),
+    }
+}

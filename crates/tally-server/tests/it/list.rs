@@ -160,7 +160,7 @@ async fn the_prefix_keeps_only_names_that_start_with_it() {
 
 /// Makes an API key with `grants` using `admin`'s credential (or, for the first key, as the
 /// local program that may turn auth on).
-async fn create_key(
+pub(crate) async fn create_key(
     server: &TestServer,
     name: &str,
     grants: &[&str],

@@ -5,6 +5,7 @@
 mod access;
 mod bad_input;
 mod compare_and_set;
+mod delete;
 mod epoch;
 mod harness;
 mod hibernation;

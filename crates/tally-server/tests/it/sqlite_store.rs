@@ -38,7 +38,11 @@ async fn a_version_2_database_is_migrated_and_keeps_its_counters() {
     drop(store);
     let conn = rusqlite::Connection::open(&path).expect("open");
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).expect("read");
-    assert_eq!(version, 4);
+    assert_eq!(version, 6, "migrated to the newest schema (6: counter_epochs)");
+    let epochs: i64 = conn
+        .query_row("SELECT count(*) FROM counter_epochs", [], |row| row.get(0))
+        .expect("migration 6 made the table of deleted names' epochs");
+    assert_eq!(epochs, 0);
     let stored: String =
         conn.query_row("SELECT epoch FROM meta", [], |row| row.get(0)).expect("read");
     assert_eq!(stored, epoch.as_str());

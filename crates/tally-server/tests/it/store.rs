@@ -2,7 +2,7 @@
 //! target, PostgreSQL on a fresh database in `it_postgres`), held to one contract: what a group
 //! commit does with a batch that is refused while the batches around it, in the same
 //! transaction, are not; the version check of a batch that names its counter's id; idempotency
-//! records written, loaded, forgotten and swept.
+//! records written, loaded, forgotten and swept; a delete.
 
 use prometheus_client::registry::Registry;
 use tally_proto::{CounterName, IdempotencyKey, OpKind};
@@ -338,4 +338,50 @@ async fn list_reads_a_name_range_in_byte_order_with_committed_state() {
     // The value is the committed one after later writes.
     store.append(increments("z", 9, 1, 1)).await.expect("queued").await.expect("stored");
     assert_eq!(listed("z", None, 100).await, [("z".into(), 10, 10)]);
+}
+
+/// `Store::delete` removes the row, the history and the idempotency records together and gives
+/// the name a fresh epoch, which the name's next row is loaded with; a batch built on the
+/// deleted version is refused (a batch creates a counter only at version 0); deleting what is
+/// not stored changes nothing; all of it survives a reopen.
+#[tokio::test]
+async fn a_delete_removes_the_counter_whole_and_its_name_starts_again_under_a_new_epoch() {
+    use tally_server::store::DeleteOutcome;
+    let store = TestStore::open(SqliteOptions::default()).await;
+    let mut batch = increments("doomed", 0, 3, 1);
+    batch.remember = vec![key_ref("k", 3)];
+    store.append(batch).await.expect("queued").await.expect("stored");
+    store.append(increments("other", 0, 1, 1)).await.expect("queued").await.expect("stored");
+    let loaded = store.load(&name("doomed"), EVERY_KEY).await.expect("load").expect("stored");
+    assert_eq!(loaded.record.epoch, None, "never deleted: the database's epoch");
+
+    let outcome = store.delete(&name("doomed")).await.expect("delete");
+    let DeleteOutcome { deleted, version, epoch } = outcome;
+    assert_eq!((deleted, version), (true, 3));
+    let epoch = epoch.expect("a deleted name has an epoch of its own");
+    assert_ne!(tally_proto::Epoch::from_bits(epoch), *store.epoch());
+    assert!(store.load(&name("doomed"), EVERY_KEY).await.expect("load").is_none());
+    assert!(store.history(&name("doomed"), None, 10).await.expect("history").is_empty());
+    assert_eq!(store.stored_records().await, 0);
+    assert!(store.load(&name("other"), EVERY_KEY).await.expect("load").is_some(), "untouched");
+
+    // A batch built on the deleted version is refused and writes nothing.
+    match store.append(increments("doomed", 3, 1, 1)).await.expect("queued").await {
+        Err(error) if matches!(*error, StoreError::Conflict { expected: 3, found: 0, .. }) => {}
+        other => panic!("expected a conflict at version 3 over 0, got {other:?}"),
+    }
+    assert!(store.load(&name("doomed"), EVERY_KEY).await.expect("load").is_none());
+    // Deleting again changes nothing and names the epoch the delete gave.
+    let again = store.delete(&name("doomed")).await.expect("delete");
+    assert_eq!(again, DeleteOutcome { deleted: false, version: 0, epoch: Some(epoch) });
+    let never = store.delete(&name("never")).await.expect("delete");
+    assert_eq!(never, DeleteOutcome { deleted: false, version: 0, epoch: None });
+
+    store.append(increments("doomed", 0, 1, 1)).await.expect("queued").await.expect("stored");
+    let store = store.reopen().await;
+    let loaded = store.load(&name("doomed"), EVERY_KEY).await.expect("load").expect("stored");
+    assert_eq!((loaded.record.version, loaded.record.epoch), (1, Some(epoch)));
+    assert!(loaded.idempotency.is_empty(), "no key of the deleted counter is loaded");
+    let second = store.delete(&name("doomed")).await.expect("delete");
+    assert!(second.deleted && second.epoch != Some(epoch), "a second delete, another epoch");
 }

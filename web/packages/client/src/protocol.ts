@@ -121,6 +121,16 @@ export interface CounterList {
   next?: string;
 }
 
+/**
+ * The answer to `counter.delete`: whether this call removed a stored counter, and the version it
+ * had (0 and `deleted: false` when none was stored: deleting again is no error).
+ */
+export interface DeleteAnswer {
+  name: string;
+  deleted: boolean;
+  version: number;
+}
+
 /** The first message of a watch without `since`, or of a resume that could not be served (`resync`). */
 export interface SnapshotMessage {
   type: "snapshot";
@@ -194,6 +204,7 @@ export interface Procedures {
     request: { prefix?: string; after?: string; limit?: number };
     answer: CounterList;
   };
+  delete: { request: { name: string }; answer: DeleteAnswer };
 }
 
 /** The name of an RPC procedure (the `x` of `POST /rpc/counter.x`). */

@@ -19,6 +19,7 @@ import { TallyConnectionError, TallyError } from "./errors.js";
 export { TallyConnectionError, TallyError };
 import type {
   CounterList,
+  DeleteAnswer,
   ErrorBody,
   HistoryPage,
   Metadata,
@@ -270,6 +271,16 @@ export class TallyClient {
     options?: CallOptions,
   ): Promise<CounterList> {
     return this.call("list", page, options);
+  }
+
+  /**
+   * Deletes counter `name` (needs `admin` on it): its value, history and idempotency keys go, its
+   * subscriptions end (their state says `deleted`), and a later write starts it again at version
+   * 1. Deleting a counter that is not stored answers `deleted: false`, so it is sent again like a
+   * read when its fate is unknown.
+   */
+  deleteCounter(name: string, options?: CallOptions): Promise<DeleteAnswer> {
+    return this.call("delete", { name }, options);
   }
 
   /**

@@ -55,6 +55,12 @@ export interface SubscriptionState {
   readonly presence: Presence | null;
   /** This counter's writes made through the client and not settled yet. */
   readonly pendingWrites: number;
+  /**
+   * True once the server said the counter was deleted (`counter.delete`): the watch ended and
+   * `error.code` is `counter_deleted`; enable it again (after `disable`) to watch the counter
+   * start over at version 0. Cleared by the next snapshot.
+   */
+  readonly deleted: boolean;
 }
 
 /** What a subscription asks for. */
@@ -131,6 +137,7 @@ export class CounterSubscription {
       principal: null,
       presence: null,
       pendingWrites: 0,
+      deleted: false,
     };
     if (options.enabled ?? true) this.enable();
   }
@@ -249,6 +256,7 @@ export class CounterSubscription {
         // A resync may replace a state whose last update no longer exists.
         update: null,
         lastUpdate: updatedAt === null ? null : new Date(updatedAt),
+        deleted: false,
         ...(snapshot.can === undefined ? {} : { can: snapshot.can }),
         ...this.#syncedStatus(),
       });
@@ -282,7 +290,8 @@ export class CounterSubscription {
     ended: (error) => {
       this.#ended = true;
       this.#synced = false;
-      this.#setState({ status: "disconnected", error, retryAt: null });
+      const deleted = error.code === "counter_deleted";
+      this.#setState({ status: "disconnected", error, retryAt: null, deleted });
     },
   };
 

@@ -74,6 +74,8 @@ export function describeClose(code: number, reason: string): string {
       return `the token expired${why}`;
     case CloseCode.FORBIDDEN:
       return `this token may not watch this counter${why}`;
+    case CloseCode.COUNTER_DELETED:
+      return `the counter was deleted${why}`;
     default:
       return `the connection closed with code ${code}${why}`;
   }

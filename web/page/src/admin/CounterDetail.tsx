@@ -10,7 +10,6 @@ import { useEffect, useId, useState } from "react";
 import { ValueSeries } from "../chart-series";
 import { describeChange, describeError, formatNumber, parseWholeNumber } from "../format";
 import { ValueChart } from "../ValueChart";
-import { deleteCounter, deleteUnavailable } from "./delete-counter";
 
 /** The changes the detail reads and charts. */
 const HISTORY = 100;
@@ -102,7 +101,7 @@ export function CounterDetail({ name, onClose }: { name: string; onClose: () => 
         await client.reset(name);
         setMessage(`${name} was reset to 0.`);
       } else {
-        const answer = await deleteCounter(client, name);
+        const answer = await client.deleteCounter(name);
         setMessage(
           answer.deleted
             ? `${name} was deleted: its value, history and keys are gone.`
@@ -117,7 +116,6 @@ export function CounterDetail({ name, onClose }: { name: string; onClose: () => 
     }
   };
 
-  const cannotDelete = deleteUnavailable(client);
   return (
     <section className="detail" aria-labelledby={`${fieldId}-title`} data-testid="detail">
       <div className="detail-head">
@@ -153,8 +151,7 @@ export function CounterDetail({ name, onClose }: { name: string; onClose: () => 
           type="button"
           className="danger"
           onClick={() => setPending({ kind: "delete" })}
-          disabled={cannotDelete !== null}
-          title={cannotDelete ?? `Delete ${name}: its value, history and keys`}
+          title={`Delete ${name}: its value, history and keys`}
         >
           Delete…
         </button>
