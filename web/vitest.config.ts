@@ -1,6 +1,7 @@
 // Four kinds of tests, run by `npm test` (and by `cargo test --workspace` through
 // crates/tally-cli/tests/web/main.rs):
-// - unit: the client's state machine and backoff, with fake timers and a scripted socket;
+// - unit: the client's state machine and backoff, with fake timers and a scripted socket, and
+//   the page's pure parts (the admin page's rate meter);
 // - server: the client's protocol handling against a real `tally serve` process;
 // - render: the React hooks in a real renderer (jsdom) against a real `tally serve` process;
 // - e2e: the embedded page in real Chromium, driven by playwright-core.
@@ -12,7 +13,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["packages/*/test/**/*.unit.test.ts"],
+          include: ["packages/*/test/**/*.unit.test.ts", "page/test/**/*.unit.test.ts"],
           environment: "node",
         },
       },

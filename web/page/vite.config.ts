@@ -12,6 +12,9 @@ export default defineConfig({
     // as a data: module either.
     assetsInlineLimit: 0,
     sourcemap: false,
+    // Two pages of one build, sharing their code: the counter page at `/` and the admin page,
+    // which the server serves at `/admin` (paths from this folder, where `npm run build` runs).
+    rollupOptions: { input: { index: "index.html", admin: "admin.html" } },
   },
   server: { port: 5173, strictPort: true },
 });

@@ -169,7 +169,8 @@ enum Command {
         yes: bool,
     },
     /// List the counters you may read, in name order, with value, version, watchers (on the
-    /// server answering) and last change: one page (`--limit`, 100 by default), or `--all`.
+    /// server answering), operations in the last minute and last change: one page (`--limit`,
+    /// 100 by default), or `--all`.
     List(ListArgs),
     /// Set a counter's bounds (needs admin on it): writes that would take it below --min or
     /// above --max are refused (exit 1, out_of_bounds) and change nothing, or with --clamp

@@ -139,25 +139,30 @@ pub(crate) fn history_table(entries: &[Entry]) -> Vec<String> {
 
 /// Listed counters as an aligned table, in name order.
 pub(crate) fn list_table(counters: &[tally_client::ListedCounter]) -> Vec<String> {
-    let rows: Vec<[String; 4]> = counters
+    let rows: Vec<[String; 5]> = counters
         .iter()
         .map(|counter| {
             [
                 counter.name.clone(),
                 format!("{} (v{})", counter.value, counter.version),
                 counter.watchers.to_string(),
+                counter.ops_last_minute.to_string(),
                 local_time(&counter.updated_at),
             ]
         })
         .collect();
-    aligned(["NAME", "VALUE", "WATCHERS", "UPDATED"], &rows, false)
+    aligned(["NAME", "VALUE", "WATCHERS", "OPS/MIN", "UPDATED"], &rows, false)
 }
 
 /// `header` and `rows` as lines of columns two spaces apart, each as wide as its widest cell;
 /// the first column right-aligned (numbers) when `numeric_first`, the last one unpadded.
-pub(crate) fn aligned(header: [&str; 4], rows: &[[String; 4]], numeric_first: bool) -> Vec<String> {
+pub(crate) fn aligned<const N: usize>(
+    header: [&str; N],
+    rows: &[[String; N]],
+    numeric_first: bool,
+) -> Vec<String> {
     let header = header.map(str::to_owned);
-    let mut widths = [0; 3];
+    let mut widths = [0; N];
     for row in std::iter::once(&header).chain(rows) {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
@@ -166,19 +171,16 @@ pub(crate) fn aligned(header: [&str; 4], rows: &[[String; 4]], numeric_first: bo
     std::iter::once(&header)
         .chain(rows)
         .map(|row| {
-            let first = if numeric_first {
-                format!("{:>w$}", row[0], w = widths[0])
-            } else {
-                format!("{:<w$}", row[0], w = widths[0])
-            };
-            format!(
-                "{first}  {:<w1$}  {:<w2$}  {}",
-                row[1],
-                row[2],
-                row[3],
-                w1 = widths[1],
-                w2 = widths[2]
-            )
+            let cells = row.iter().zip(widths).enumerate().map(|(column, (cell, width))| {
+                if column + 1 == N {
+                    cell.clone()
+                } else if column == 0 && numeric_first {
+                    format!("{cell:>width$}")
+                } else {
+                    format!("{cell:<width$}")
+                }
+            });
+            cells.collect::<Vec<_>>().join("  ")
         })
         .collect()
 }

@@ -450,6 +450,9 @@ pub struct ListedCounter {
     /// The counter's bounds, when it has any (`counter.configure`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounds: Option<Bounds>,
+    /// The rate meter: operations committed in the last minute, as `getMetadata`'s
+    /// `opsLastMinute` counts them (at most 10 000 are looked at).
+    pub ops_last_minute: u64,
 }
 
 /// The answer to `counter.list`: counters in name order.

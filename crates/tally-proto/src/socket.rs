@@ -20,7 +20,8 @@ use crate::rpc::Procedure;
 pub const MAX_RATE_LIMIT: f64 = 1000.0;
 
 /// The command types, worded for error messages.
-pub const COMMAND_TYPES: &str = "auth, subscribe, unsubscribe, call, ping";
+pub const COMMAND_TYPES: &str =
+    "auth, subscribe, unsubscribe, call, ping, watchServer, unwatchServer";
 
 /// A command from the client. Its `Debug` leaves out tokens.
 #[derive(Clone, PartialEq)]
@@ -52,6 +53,11 @@ pub enum CommandKind {
     Call(Call),
     /// `ping`: answered `pong`.
     Ping,
+    /// `watchServer`: the server's own figures (needs admin on every counter). Answered with a
+    /// `serverStats` reply, then a `serverStats` push once a second until `unwatchServer`.
+    WatchServer,
+    /// `unwatchServer`: answered `serverUnwatched`; no `serverStats` push follows.
+    UnwatchServer,
 }
 
 /// What a `subscribe` asks for.
@@ -93,6 +99,8 @@ impl std::fmt::Debug for Command {
             CommandKind::Unsubscribe { name } => name,
             CommandKind::Call(call) => call,
             CommandKind::Ping => &"Ping",
+            CommandKind::WatchServer => &"WatchServer",
+            CommandKind::UnwatchServer => &"UnwatchServer",
         };
         f.debug_struct("Command").field("id", &self.id).field("kind", kind).finish()
     }
@@ -192,6 +200,8 @@ impl Command {
                 "call"
             }
             CommandKind::Ping => "ping",
+            CommandKind::WatchServer => "watchServer",
+            CommandKind::UnwatchServer => "unwatchServer",
         };
         fields.insert("type".into(), tag.into());
         Value::Object(fields).to_string()
@@ -213,6 +223,8 @@ fn parse_kind(fields: &mut Map<String, Value>) -> Result<CommandKind, ProtocolEr
     };
     let kind = match tag.as_str() {
         "ping" => CommandKind::Ping,
+        "watchServer" => CommandKind::WatchServer,
+        "unwatchServer" => CommandKind::UnwatchServer,
         "auth" => match fields.remove("token") {
             Some(Value::String(token)) => CommandKind::Auth { token },
             _ => {
@@ -358,6 +370,46 @@ pub struct SocketAuthenticated {
     pub expires_at: Option<String>,
 }
 
+/// The server's own figures, as a `serverStats` frame carries them: sampled once a second from
+/// the metrics `/metrics` serves, by one sampler for the whole server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerStats {
+    /// When the figures were sampled (RFC 3339 UTC with milliseconds).
+    pub at: String,
+    /// Open TCP connections (HTTP and WebSocket).
+    pub connections: u64,
+    /// Open WebSockets, both versions.
+    pub websockets: u64,
+    /// Counter subscriptions: version-1 sockets and version-2 subscriptions together.
+    pub watchers: u64,
+    /// Counters with a live actor.
+    pub counters_in_memory: u64,
+    /// Operations committed per second, over the last second.
+    pub ops_per_second: f64,
+    /// The 99th percentile of an operation's time from reaching its counter to its answer
+    /// (commit included), in milliseconds, over the last 10 seconds; the upper bound of the
+    /// histogram bucket it falls in. Absent when no operation was answered in that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Transactions committed per second, over the last second (each one fsync).
+    pub commits_per_second: f64,
+    /// The mean time to write and sync one transaction, in milliseconds, over the last 10
+    /// seconds: the commit with its fsync, which neither SQLite nor PostgreSQL times apart.
+    /// Absent when nothing was committed in that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_ms: Option<f64>,
+    /// The 99th percentile of a commit's time (write and fsync), in milliseconds, over the
+    /// last 10 seconds, as a bucket's upper bound; absent when nothing was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_p99_ms: Option<f64>,
+    /// Whether the store takes writes (what `GET /readyz` last found).
+    pub ready: bool,
+    /// Why not, when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_reason: Option<String>,
+}
+
 /// Everything the server sends on a version-2 socket.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
@@ -432,6 +484,23 @@ pub enum Frame {
         id: Option<u64>,
         /// The counter.
         name: String,
+        /// Why the server ended it (an error code such as `forbidden`); `None` in a reply.
+        code: Option<String>,
+        /// Why, in words.
+        reason: Option<String>,
+    },
+    /// The reply to `watchServer` (with its id), then a push (without) once a second.
+    ServerStats {
+        /// The watchServer's id; `None` for a push.
+        id: Option<u64>,
+        /// The figures.
+        stats: ServerStats,
+    },
+    /// The reply to `unwatchServer` (with its id and no code), or a push (without an id) when
+    /// the server ended the watch: the socket's principal, replaced by `auth`, may not watch.
+    ServerUnwatched {
+        /// The unwatchServer's id; `None` for a push.
+        id: Option<u64>,
         /// Why the server ended it (an error code such as `forbidden`); `None` in a reply.
         code: Option<String>,
         /// Why, in words.
@@ -527,6 +596,13 @@ impl Frame {
                 Some(name),
                 &UnsubscribedBody { code: code.clone(), reason: reason.clone() },
             ),
+            Frame::ServerStats { id, stats } => envelope("serverStats", *id, None, stats),
+            Frame::ServerUnwatched { id, code, reason } => envelope(
+                "serverUnwatched",
+                *id,
+                None,
+                &UnsubscribedBody { code: code.clone(), reason: reason.clone() },
+            ),
             Frame::Reconnect { after_ms, reason } => envelope(
                 "reconnect",
                 None,
@@ -586,6 +662,11 @@ impl Frame {
                 let body: UnsubscribedBody = serde_json::from_str(text)?;
                 Frame::Unsubscribed { id, name: named(name)?, code: body.code, reason: body.reason }
             }
+            "serverStats" => Frame::ServerStats { id, stats: serde_json::from_str(text)? },
+            "serverUnwatched" => {
+                let body: UnsubscribedBody = serde_json::from_str(text)?;
+                Frame::ServerUnwatched { id, code: body.code, reason: body.reason }
+            }
             "reconnect" => {
                 let body: ReconnectBody = serde_json::from_str(text)?;
                 Frame::Reconnect { after_ms: body.after_ms, reason: body.reason }
@@ -603,6 +684,8 @@ impl Frame {
     pub fn reply_id(&self) -> Option<u64> {
         match self {
             Frame::Snapshot { id, .. }
+            | Frame::ServerStats { id, .. }
+            | Frame::ServerUnwatched { id, .. }
             | Frame::Error { id, .. }
             | Frame::Unsubscribed { id, .. } => *id,
             Frame::Resumed { id, .. }
@@ -628,6 +711,8 @@ mod tests {
     fn commands_round_trip() {
         let commands = [
             CommandKind::Ping,
+            CommandKind::WatchServer,
+            CommandKind::UnwatchServer,
             CommandKind::Auth { token: "t".into() },
             CommandKind::Subscribe(Subscribe {
                 name: CounterName::parse("likes").unwrap(),
@@ -769,10 +854,53 @@ mod tests {
             },
             Frame::Unsubscribed { id: Some(7), name: "likes".into(), code: None, reason: None },
             Frame::Reconnect { after_ms: 1500, reason: "restart".into() },
+            Frame::ServerStats { id: Some(8), stats: server_stats() },
+            Frame::ServerStats { id: None, stats: ServerStats { p99_ms: None, ..server_stats() } },
+            Frame::ServerUnwatched { id: Some(9), code: None, reason: None },
+            Frame::ServerUnwatched {
+                id: None,
+                code: Some("forbidden".into()),
+                reason: Some("r".into()),
+            },
         ];
         for frame in frames {
             let text = frame.to_json();
             assert_eq!(Frame::from_json(&text).unwrap(), frame, "{text}");
         }
+    }
+
+    fn server_stats() -> ServerStats {
+        ServerStats {
+            at: "2026-12-04T03:00:00.000Z".into(),
+            connections: 3,
+            websockets: 2,
+            watchers: 5,
+            counters_in_memory: 4,
+            ops_per_second: 12.5,
+            p99_ms: Some(0.8),
+            commits_per_second: 3.0,
+            commit_ms: Some(0.4),
+            commit_p99_ms: Some(1.6),
+            ready: true,
+            ready_reason: None,
+        }
+    }
+
+    #[test]
+    fn server_stats_frames_carry_their_figures_in_camel_case() {
+        let push = Frame::ServerStats { id: None, stats: server_stats() }.to_json();
+        let value: Value = serde_json::from_str(&push).unwrap();
+        assert_eq!(value["type"], "serverStats", "{push}");
+        assert!(value.get("id").is_none(), "{push}");
+        assert_eq!(value["opsPerSecond"], 12.5, "{push}");
+        assert_eq!(value["p99Ms"], 0.8, "{push}");
+        assert_eq!(value["countersInMemory"], 4, "{push}");
+        assert!(value.get("readyReason").is_none(), "{push}");
+        let reply = Frame::ServerUnwatched { id: Some(9), code: None, reason: None }.to_json();
+        assert_eq!(reply, r#"{"type":"serverUnwatched","id":9}"#);
+        assert!(matches!(
+            Command::parse(r#"{"id":1,"type":"watchServer","x":1}"#),
+            Err(BadCommand { id: Some(1), .. })
+        ));
     }
 }

@@ -189,7 +189,7 @@ async fn list_page(
             }
             if scanned >= scan_budget {
                 let next = last_read.map(|name| name.to_string());
-                return Ok(CounterList { counters: listed_counters(state, listed), next });
+                return Ok(CounterList { counters: listed_counters(state, listed).await?, next });
             }
             match (&last_read, full) {
                 (Some(last), true) => start = name_after(last),
@@ -200,20 +200,49 @@ async fn list_page(
     let more = listed.len() > limit as usize;
     listed.truncate(limit as usize);
     let next = if more { listed.last().map(|row| row.name.to_string()) } else { None };
-    Ok(CounterList { counters: listed_counters(state, listed), next })
+    Ok(CounterList { counters: listed_counters(state, listed).await?, next })
 }
 
-fn listed_counters(state: &AppState, rows: Vec<NamedRecord>) -> Vec<ListedCounter> {
-    rows.into_iter()
-        .map(|row| ListedCounter {
-            watchers: state.registry.watchers(&row.name) as u64,
-            name: row.name.to_string(),
-            value: row.record.value,
-            version: row.record.version,
-            updated_at: clock::format_ms(row.record.updated_at_ms),
-            bounds: row.record.bounds.is_set().then_some(row.record.bounds),
+/// The page's rows as answered, with their watchers and rate meters. A counter whose last
+/// write is older than the meter's window made no operation in it, so only the counters
+/// written in the last minute are read, and those in one read for the page
+/// (`Store::recent_operations_of`): a page of idle counters costs no read at all.
+async fn listed_counters(
+    state: &AppState,
+    rows: Vec<NamedRecord>,
+) -> Result<Vec<ListedCounter>, ProtocolError> {
+    let since_ms = clock::now_ms() - RATE_WINDOW_MS;
+    let recent: Vec<CounterName> = rows
+        .iter()
+        .filter(|row| row.record.updated_at_ms >= since_ms)
+        .map(|row| row.name.clone())
+        .collect();
+    let mut counts = if recent.is_empty() {
+        Vec::new()
+    } else {
+        let counts = state.store.recent_operations_of(recent, since_ms).await;
+        counts.map_err(|error| ApplyError::from(error).to_protocol())?
+    }
+    .into_iter();
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let ops_last_minute = if row.record.updated_at_ms >= since_ms {
+                counts.next().unwrap_or_default()
+            } else {
+                0
+            };
+            ListedCounter {
+                watchers: state.registry.watchers(&row.name) as u64,
+                name: row.name.to_string(),
+                value: row.record.value,
+                version: row.record.version,
+                updated_at: clock::format_ms(row.record.updated_at_ms),
+                ops_last_minute,
+                bounds: row.record.bounds.is_set().then_some(row.record.bounds),
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// A history entry as answered: with `by` only for principals with `admin` on the counter.

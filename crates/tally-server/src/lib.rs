@@ -18,6 +18,8 @@
 //! - `connection`: what both sockets share: the transport, buffers, credentials at the
 //!   upgrade, keep-alive, rate window, bounded sends, closes and the advised reconnect delay.
 //! - `replay`: updates rebuilt from history for a resume or a catch-up, and the bounds on replays.
+//! - `sampler`: the server's own figures, sampled from the metrics once a second for the
+//!   sockets that `watchServer` (the admin page).
 //! - `calls`: the counter procedures, answered alike for an RPC and a socket `call`.
 //! - [`registry`]: name → counter actor, started on first use; keeps each counter's topic.
 //! - [`topic`]: a counter's fan-out: a ring grown with use, wake-ups, presence counts.
@@ -47,6 +49,7 @@ pub mod openapi;
 pub mod presence;
 pub mod registry;
 mod replay;
+mod sampler;
 mod session;
 pub mod shutdown;
 pub mod state;
@@ -141,6 +144,7 @@ pub async fn run_node(
         }
     });
     spawn_broker(broker, &state, token.clone());
+    sampler::spawn(&state, token.clone());
     let signal_token = token.clone();
     tokio::spawn(async move {
         shutdown.await;

@@ -99,6 +99,8 @@ pub struct Metrics {
     pub(crate) replay_bytes: Counter,
     /// Times a replay waited for `--replay-bytes-per-second`.
     pub(crate) replay_waits: Counter,
+    /// Sockets watching the server's figures (`watchServer`), at most one per socket.
+    pub(crate) server_watchers: Gauge,
 }
 
 /// Every operation kind's discriminant is its position in `OpKind::ALL`.
@@ -151,6 +153,7 @@ impl Metrics {
             replays_refused: Family::default(),
             replay_bytes: Counter::default(),
             replay_waits: Counter::default(),
+            server_watchers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -288,6 +291,11 @@ impl Metrics {
             "replay_waits",
             "Times a replay waited to stay within --replay-bytes-per-second",
             metrics.replay_waits.clone(),
+        );
+        registry.register(
+            "server_watchers",
+            "Version-2 sockets watching the server's figures (watchServer, the admin page), counted once a second",
+            metrics.server_watchers.clone(),
         );
         Self { registry, ..metrics }
     }

@@ -164,7 +164,7 @@ fn summary(procedure: Procedure) -> &'static str {
         Procedure::GetHistory => "One page of history, newest first",
         Procedure::GetPresence => "How many watch the counter now (watchers and distinct users)",
         Procedure::List => {
-            "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after); watchers are this node's"
+            "The counters the principal may read, by name prefix, in name order, one page at a time (pass next as after), each with its operations of the last minute; watchers are this node's"
         }
         Procedure::Delete => {
             "Delete the counter (admin on it): its value, history and idempotency keys; its watchers are unsubscribed (close 4004 on /ws/counter), a later write starts it at version 1 under a new epoch; deleting a counter not stored answers deleted: false"
@@ -203,7 +203,9 @@ mod tests {
         assert_eq!(list["prefix"]["maxLength"], 128);
         assert_eq!(schemas["ListBody"]["additionalProperties"], false);
         let listed = &schemas["ListedCounter"]["required"];
-        assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!("watchers"))));
+        for field in ["watchers", "opsLastMinute"] {
+            assert!(listed.as_array().is_some_and(|fields| fields.contains(&json!(field))));
+        }
         let increment = &doc["paths"]["/rpc/counter.increment"]["post"]["responses"];
         assert!(
             increment["422"]["description"].as_str().is_some_and(|d| d.contains("out_of_range"))

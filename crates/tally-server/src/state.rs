@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::replay::ReplayLimits;
+use crate::sampler::StatsChannel;
 use crate::store::{KeyRecord, Readiness, Store};
 
 /// What every handler shares: one pointer, because axum clones the state for every request
@@ -47,6 +48,8 @@ pub struct Shared {
     pub(crate) sockets: TaskTracker,
     /// The bounds on replays from history, which every socket's resumes share.
     pub(crate) replays: Arc<ReplayLimits>,
+    /// The server's figures, sampled once a second for sockets that `watchServer`.
+    pub(crate) server_stats: StatsChannel,
 }
 
 impl AppState {
@@ -72,6 +75,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             sockets: TaskTracker::new(),
             replays,
+            server_stats: StatsChannel::new(),
         }))
     }
 

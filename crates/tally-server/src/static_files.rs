@@ -158,7 +158,8 @@ impl WebPage {
         Ok(Self { files: Arc::new(prepared) })
     }
 
-    /// Every path served, sorted (`/` is not listed; it serves `/index.html`).
+    /// Every path served, sorted (`/` is not listed; it serves `/index.html`, as `/admin`
+    /// serves `/admin.html`).
     pub fn paths(&self) -> Vec<&'static str> {
         let mut paths: Vec<&'static str> = self.files.keys().copied().collect();
         paths.sort_unstable();
@@ -166,7 +167,14 @@ impl WebPage {
     }
 
     fn get(&self, path: &str) -> Option<&Prepared> {
-        self.files.get(if path == "/" { "/index.html" } else { path })
+        // `/admin` is the admin page's address (`admin.html`, a second page of the same build);
+        // a page built without one answers it 404.
+        let path = match path {
+            "/" => "/index.html",
+            "/admin" => "/admin.html",
+            path => path,
+        };
+        self.files.get(path)
     }
 }
 

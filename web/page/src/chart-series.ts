@@ -44,6 +44,13 @@ export class ValueSeries {
     this.#add([pointOf(update)]);
   }
 
+  /** Forgets every point: the counter was deleted, and its next life starts at version 1. */
+  clear(): void {
+    if (this.#points.length === 0) return;
+    this.#points = [];
+    for (const listener of this.#listeners) listener();
+  }
+
   /** The points, oldest first. */
   get points(): readonly Point[] {
     return this.#points;

@@ -519,6 +519,7 @@ async fn list_prints_a_table_by_prefix_and_pages_with_all() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 13, "one header and 12 rows:\n{table}");
     assert!(lines[0].starts_with("NAME") && lines[0].contains("WATCHERS"), "{table}");
+    assert!(lines[0].contains("OPS/MIN"), "the rate meter has a column: {table}");
     assert!(lines[1].starts_with("likes:00") && lines[1].contains("1 (v1)"), "{table}");
     assert!(lines[12].starts_with("likes:11") && lines[12].contains("12 (v1)"), "{table}");
 

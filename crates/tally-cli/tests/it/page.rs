@@ -1,5 +1,5 @@
-//! The web page the binary embeds: served at `/` with its security headers, and complete
-//! (every file `index.html` refers to is served).
+//! The web pages the binary embeds: the counter page at `/` and the admin page at `/admin`,
+//! each served with its security headers, and complete (every file it refers to is served).
 
 use crate::process::Tally;
 
@@ -22,7 +22,7 @@ fn references(html: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn the_binary_serves_its_whole_page_at_root() {
+async fn the_binary_serves_its_whole_pages_at_root_and_admin() {
     if let Some(reason) = tally_web::fallback_reason() {
         panic!(
             "this tally binary embeds the fallback page, not the real one: {reason} \
@@ -35,26 +35,38 @@ async fn the_binary_serves_its_whole_page_at_root() {
     let http = reqwest::Client::new();
     let base = format!("http://{}", server.addr);
 
-    let response = http.get(format!("{base}/")).send().await.expect("GET /");
-    assert_eq!(response.status().as_u16(), 200);
+    // The counter page at `/`, and the admin page, a second page of the same build.
+    for page in ["/", "/admin"] {
+        check_page(&http, &base, page).await;
+    }
+
+    // The API is there beside it.
+    let update = server.ok("increment", serde_json::json!({"name": "page"})).await;
+    assert_eq!(update["value"], 1);
+}
+
+/// Checks that `page` is served as HTML with its security headers, and every file it refers to.
+async fn check_page(http: &reqwest::Client, base: &str, page: &str) {
+    let response = http.get(format!("{base}{page}")).send().await.expect("GET page");
+    assert_eq!(response.status().as_u16(), 200, "{page}");
     let header = |name: &str| {
         response.headers().get(name).and_then(|value| value.to_str().ok()).unwrap_or_default()
     };
     assert!(header("content-type").starts_with("text/html"), "{:?}", response.headers());
     assert!(header("content-security-policy").contains("script-src 'self'"));
     assert_eq!(header("x-content-type-options"), "nosniff");
-    let html = response.text().await.expect("index.html");
+    let html = response.text().await.expect("the page");
 
     let references = references(&html);
     assert!(
         references.iter().any(|reference| reference.ends_with(".js")),
-        "index.html loads no script: {html}"
+        "{page} loads no script: {html}"
     );
     for reference in &references {
         // The page's CSP allows only this server, so every file must come from it.
         assert!(
             reference.starts_with('/') && !reference.starts_with("//"),
-            "index.html refers to {reference:?}, which is not a path on this server"
+            "{page} refers to {reference:?}, which is not a path on this server"
         );
         let path = reference.split(['?', '#']).next().unwrap_or_default();
         let response = http.get(format!("{base}{path}")).send().await.expect("GET file");
@@ -74,10 +86,6 @@ async fn the_binary_serves_its_whole_page_at_root() {
         }
         assert!(!response.bytes().await.expect("body").is_empty(), "{path} is empty");
     }
-
-    // The API is there beside it.
-    let update = server.ok("increment", serde_json::json!({"name": "page"})).await;
-    assert_eq!(update["value"], 1);
 }
 
 #[test]

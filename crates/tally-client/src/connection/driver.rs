@@ -555,6 +555,8 @@ impl Driver {
                 self.feed(Event::Ended { name });
             }
             Frame::Reconnect { after_ms, .. } => self.feed(Event::Advised { after_ms }),
+            // This client never sends `watchServer` (the admin page does): a sign of life only.
+            Frame::ServerStats { .. } | Frame::ServerUnwatched { .. } => self.feed(Event::Heard),
         }
     }
 

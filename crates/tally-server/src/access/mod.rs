@@ -498,6 +498,35 @@ impl Access {
 
     /// Checks that `principal` holds `admin` on every counter.
     pub(crate) fn authorize_admin(&self, principal: &Principal) -> Result<(), ProtocolError> {
+        self.authorize_everything_admin(principal, "manage API keys", "managing API keys")
+    }
+
+    /// Whether `principal` may watch the server's own figures (`watchServer`): they tell
+    /// how busy the whole server is, so, like `/metrics`, they need admin on every counter.
+    pub(crate) fn authorize_server_stats(
+        &self,
+        principal: &Principal,
+    ) -> Result<(), ProtocolError> {
+        self.authorize_everything_admin(
+            principal,
+            "watch the server's figures",
+            "watching the server's figures",
+        )
+    }
+
+    /// Whether `principal` may still watch the server's figures, asked before each push: a
+    /// principal replaced by `auth` may have lost the right. Not logged (the push just stops).
+    pub(crate) fn may_watch_server(&self, principal: &Principal) -> bool {
+        principal.is_global_admin()
+    }
+
+    /// Admin on every counter, or a refusal saying that `what` (`doing`) needs it.
+    fn authorize_everything_admin(
+        &self,
+        principal: &Principal,
+        what: &str,
+        doing: &str,
+    ) -> Result<(), ProtocolError> {
         if principal.is_global_admin() {
             return Ok(());
         }
@@ -505,14 +534,14 @@ impl Access {
             ProtocolError::new(
                 ErrorCode::Forbidden,
                 format!(
-                    "{} may not manage API keys (that needs admin on every counter: a grant *=admin)",
+                    "{} may not {what} (that needs admin on every counter: a grant *=admin)",
                     principal.id
                 ),
             )
         } else {
             ProtocolError::new(
                 ErrorCode::Unauthenticated,
-                "managing API keys needs credentials with admin on every counter",
+                format!("{doing} needs credentials with admin on every counter"),
             )
         };
         Err(self.refuse(principal, error))

@@ -1,5 +1,6 @@
 //! The commands of a version-2 socket, each answered with exactly one reply carrying its id:
-//! `auth`, `subscribe`, `unsubscribe`, `call` and `ping` (docs/PROTOCOL.md §10.3).
+//! `auth`, `subscribe`, `unsubscribe`, `call`, `ping`, `watchServer` and `unwatchServer`
+//! (docs/PROTOCOL.md §10.3).
 //!
 //! Every command but `call` is answered before the next message is read. A call is put with
 //! the socket's other calls in flight and answered when it is done, so a write waiting for its
@@ -80,7 +81,79 @@ impl<T: Transport> Session<T> {
                     Frame::Pong { id, pong: Pong { timestamp: clock::format_ms(clock::now_ms()) } };
                 self.link.feed(Utf8Bytes::from(pong.to_json())).await
             }
+            CommandKind::WatchServer => self.watch_server(id).await,
+            CommandKind::UnwatchServer => self.unwatch_server(id).await,
         }
+    }
+
+    /// `watchServer`: replies with the latest figures, then pushes each new sample.
+    async fn watch_server(&mut self, id: u64) -> Result<(), End> {
+        if let Err(error) = self.state.access.authorize_server_stats(&self.principal) {
+            return self.reply_error(Some(id), &error).await;
+        }
+        if self.server_stats.is_some() {
+            let error = ProtocolError::new(
+                ErrorCode::AlreadySubscribed,
+                "this socket already watches the server; one watch per socket",
+            );
+            return self.reply_error(Some(id), &error).await;
+        }
+        let mut feed = self.state.server_stats.subscribe();
+        // Marked seen, so that the next push is the next sample, not this one again.
+        let latest = feed.borrow_and_update().clone();
+        self.server_stats = Some(feed);
+        let stats = match latest {
+            Some(stats) => (*stats).clone(),
+            // Nothing published yet (the sampler publishes only while someone watches, from
+            // its next tick): the figures as they are now, without rates.
+            None => crate::sampler::now(&self.state).await,
+        };
+        let reply = Frame::ServerStats { id: Some(id), stats };
+        self.link.feed(Utf8Bytes::from(reply.to_json())).await
+    }
+
+    /// `unwatchServer`: no `serverStats` push follows the reply.
+    async fn unwatch_server(&mut self, id: u64) -> Result<(), End> {
+        if self.server_stats.take().is_none() {
+            let error = ProtocolError::new(
+                ErrorCode::NotSubscribed,
+                "this socket does not watch the server; send watchServer first",
+            );
+            return self.reply_error(Some(id), &error).await;
+        }
+        let reply = Frame::ServerUnwatched { id: Some(id), code: None, reason: None };
+        self.link.feed(Utf8Bytes::from(reply.to_json())).await
+    }
+
+    /// Pushes the sampler's new figures, if the principal may still see them; one that lost
+    /// the right (an `auth` as someone else, a revoked key) gets a `serverUnwatched` push and
+    /// no more.
+    pub(super) async fn push_server_stats(&mut self) -> Result<(), End> {
+        // A socket that only watches the server looks at its rights here, as others do on
+        // their commands and wakes: a revoked key must see nothing more.
+        self.check_access().await?;
+        let Some(feed) = self.server_stats.as_mut() else { return Ok(()) };
+        let latest = feed.borrow_and_update().clone();
+        if !self.state.access.may_watch_server(&self.principal) {
+            self.server_stats = None;
+            let code = if self.principal.credentialed {
+                ErrorCode::Forbidden
+            } else {
+                ErrorCode::Unauthenticated
+            };
+            let push = Frame::ServerUnwatched {
+                id: None,
+                code: Some(code.as_str().to_owned()),
+                reason: Some(format!(
+                    "{} may no longer watch the server's figures (that needs admin on every counter)",
+                    self.principal.id
+                )),
+            };
+            return self.link.feed(Utf8Bytes::from(push.to_json())).await;
+        }
+        let Some(stats) = latest else { return Ok(()) };
+        let push = Frame::ServerStats { id: None, stats: (*stats).clone() };
+        self.link.feed(Utf8Bytes::from(push.to_json())).await
     }
 
     /// `auth`: acts as the token's principal from now on, with no gap in any subscription; a

@@ -118,6 +118,7 @@ pub(crate) fn serve<T: Transport>(
         schedule: Schedule::default(),
         rate_window: RateWindow::new(),
         renewed: false,
+        server_stats: None,
         replay_wait_left: state.config.send_timeout,
         state,
     };
@@ -169,6 +170,9 @@ pub(crate) struct Session<T> {
     access_generation: u64,
     /// Set when a fresh token replaced the principal, so the expiry timer is set again.
     renewed: bool,
+    /// The server's figures, while the socket watches them (`watchServer`): one receiver of
+    /// the sampler's channel, so a socket costs the sampler nothing more than a count.
+    server_stats: Option<crate::sampler::Feed>,
     /// How much longer this socket's resumes may wait, all together, for a place among the
     /// bounded replays; spent, a resume gets a `resync` snapshot at once.
     replay_wait_left: std::time::Duration,
@@ -196,6 +200,7 @@ impl<T: Transport> Session<T> {
                 }
                 () = self.wakes.take(&mut self.woken) => Box::pin(self.on_wakes()).await,
                 () = self.schedule.next() => Box::pin(self.on_due()).await,
+                () = next_sample(self.server_stats.as_mut()) => Box::pin(self.push_server_stats()).await,
                 _ = ping_timer.tick() => Box::pin(self.on_ping_timer()).await,
                 () = until(&mut expiry) => {
                     tracing::info!(principal = %self.principal.id, "socket closed: token expired");
@@ -522,6 +527,16 @@ impl<T: Transport> Session<T> {
         let frame = Frame::Error { id, error: WsError::from(error) };
         self.link.feed(Utf8Bytes::from(frame.to_json())).await
     }
+}
+
+/// Waits for the sampler's next figures; never, without a watch (or once the sampler is gone).
+async fn next_sample(feed: Option<&mut crate::sampler::Feed>) {
+    if let Some(feed) = feed
+        && feed.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 /// Offers `update` to subscription `key`, and sends (or schedules) what it asks; in a replay

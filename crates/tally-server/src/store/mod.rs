@@ -502,6 +502,24 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_operations(&self, name: &CounterName, since_ms: i64)
     -> Result<u64, StoreError>;
 
+    /// [`Store::recent_operations`] of each of `names`, in their order, read together (one
+    /// read for a page of `counter.list`, rather than one round trip per counter); 0 for a
+    /// name never written. The default asks for each in turn.
+    ///
+    /// # Errors
+    /// When storage cannot be read.
+    async fn recent_operations_of(
+        &self,
+        names: Vec<CounterName>,
+        since_ms: i64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut counts = Vec::with_capacity(names.len());
+        for name in &names {
+            counts.push(self.recent_operations(name, since_ms).await?);
+        }
+        Ok(counts)
+    }
+
     /// Up to `limit` stored counters whose names fall in `start..end` (byte order; no end
     /// when `None`), in name order, with their committed state. An index range, so a page
     /// costs what it returns however many counters there are.

@@ -1216,6 +1216,47 @@ impl Store for PostgresStore {
         Ok(u64::try_from(count).unwrap_or_default())
     }
 
+    async fn recent_operations_of(
+        &self,
+        names: Vec<CounterName>,
+        since_ms: i64,
+    ) -> Result<Vec<u64>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client = self.reader().await?;
+        // One statement for the page: each name's newest rows by the primary key, as in
+        // `recent_operations`, numbered so the answer keeps the page's order.
+        let texts: Vec<&str> = names.iter().map(CounterName::as_str).collect();
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT n.ord, (
+                             SELECT count(*) FROM (
+                                 SELECT h.at_ms FROM history h
+                                 WHERE h.counter_id = c.id
+                                 ORDER BY h.version DESC LIMIT $3
+                             ) recent WHERE at_ms >= $2
+                         )
+                         FROM unnest($1::text[]) WITH ORDINALITY AS n(name, ord)
+                         JOIN counters c ON c.name = n.name",
+                    )
+                    .await?,
+                &[&texts, &since_ms, &super::RECENT_SCAN],
+            )
+            .await?;
+        let mut counts = vec![0; names.len()];
+        for row in rows {
+            let (ordinal, count): (i64, i64) = (row.get(0), row.get(1));
+            let index = usize::try_from(ordinal - 1).unwrap_or(usize::MAX);
+            if let Some(slot) = counts.get_mut(index) {
+                *slot = u64::try_from(count).unwrap_or_default();
+            }
+        }
+        Ok(counts)
+    }
+
     async fn list(
         &self,
         start: &str,

@@ -1108,6 +1108,35 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn recent_operations_of(
+        &self,
+        names: Vec<CounterName>,
+        since_ms: i64,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.read(move |conn| {
+            // The statement of `recent_operations`, once per name on one connection: each is
+            // an index range of at most `RECENT_SCAN` rows, and the page costs one hop to the
+            // reader thread instead of one per counter.
+            let mut statement = conn.prepare_cached(
+                "SELECT count(*) FROM (
+                     SELECT h.at_ms FROM history h
+                     WHERE h.counter_id = (SELECT id FROM counters WHERE name = ?1)
+                     ORDER BY h.version DESC LIMIT ?3
+                 ) WHERE at_ms >= ?2",
+            )?;
+            names
+                .iter()
+                .map(|name| {
+                    statement
+                        .query_row(params![name.as_str(), since_ms, super::RECENT_SCAN], |row| {
+                            row.get(0)
+                        })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn list(
         &self,
         start: &str,

@@ -309,3 +309,30 @@ async fn bad_input_is_refused_with_what_is_allowed_on_both_transports_and_change
     );
     assert_eq!(all_pages(&server, "", 100, None).await, before, "nothing changed");
 }
+
+/// Issue 16, the rate meter in the list: each listed counter carries `opsLastMinute`, the same
+/// count `getMetadata` gives, read for the whole page at once.
+#[tokio::test]
+async fn issue_16_each_listed_counter_carries_its_operations_of_the_last_minute() {
+    let server = TestServer::start().await;
+    for (name, writes) in [("rate:a", 5), ("rate:b", 2), ("rate:c", 1)] {
+        for _ in 0..writes {
+            server.increment(name, 1).await;
+        }
+    }
+    server.ok("reset", json!({"name": "rate:c"})).await;
+    let listed = all_pages(&server, "rate:", 2, None).await;
+    let meters: Vec<(String, u64)> = listed
+        .iter()
+        .map(|counter| {
+            let name = counter["name"].as_str().expect("name").to_owned();
+            (name, counter["opsLastMinute"].as_u64().expect("opsLastMinute"))
+        })
+        .collect();
+    let expected = [("rate:a", 5), ("rate:b", 2), ("rate:c", 2)];
+    assert_eq!(meters, expected.map(|(name, ops)| (name.to_owned(), ops)));
+    for (name, ops) in expected {
+        let metadata = server.ok("getMetadata", json!({"name": name})).await;
+        assert_eq!(metadata["opsLastMinute"], ops, "the list and getMetadata agree: {metadata}");
+    }
+}

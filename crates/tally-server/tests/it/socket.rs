@@ -608,17 +608,21 @@ async fn rpc(server: &TestServer, procedure: &str, body: &Value, credential: &st
     response.json().await.expect("json")
 }
 
-#[tokio::test]
-async fn losing_the_right_to_read_ends_that_subscription_and_the_socket_goes_on() {
+/// A server that verifies HS256 tokens signed with `SECRET`, where anonymous has `anonymous`.
+async fn start_with_jwt(anonymous: &str) -> TestServer {
     let mut jwt = JwtConfig::default();
     jwt.add_secret(SECRET).expect("secret");
     let auth = AuthConfig {
         jwt,
-        anonymous: Some(Grant::parse_all(&["public:*=read"]).expect("grant")),
+        anonymous: Some(Grant::parse_all(&[anonymous]).expect("grant")),
         ..AuthConfig::default()
     };
-    let server =
-        TestServer::start_with(Config { auth, ..test_config() }, SqliteOptions::default()).await;
+    TestServer::start_with(Config { auth, ..test_config() }, SqliteOptions::default()).await
+}
+
+#[tokio::test]
+async fn losing_the_right_to_read_ends_that_subscription_and_the_socket_goes_on() {
+    let server = start_with_jwt("public:*=read").await;
     let admin = admin_token();
     let body = json!({"name": "reader", "grants": ["private:*=read"]});
     let created = rpc(&server, "key.create", &body, &admin).await;
@@ -671,4 +675,130 @@ async fn issue_16_a_call_at_max_counters_is_refused_quota_exceeded_and_the_socke
         Frame::Result { result, .. } => assert_eq!(result["value"], 2),
         other => panic!("the existing counter refused a write: {other:?}"),
     }
+}
+
+/// Issue 16, the admin page: `watchServer` answers the server's own figures and pushes them
+/// once a second; they move with the load (operations per second after writes), and only a
+/// principal with admin on every counter may watch them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_16_watch_server_pushes_live_figures_to_admins_and_refuses_others() {
+    let server = start_with_jwt("*=read").await;
+    let admin = admin_token();
+
+    // Refused: anonymous may read every counter but is not admin; a key with admin on some
+    // counters only is not enough either. Nothing of the server is sent.
+    let mut anonymous = Client::connect(&server).await;
+    match anonymous.ask("watchServer", json!({})).await {
+        Frame::Error { id: Some(_), error } => {
+            assert_eq!(error.code, "unauthenticated", "{error:?}");
+            assert!(error.message.contains("admin on every counter"), "{error:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let body = json!({"name": "partial", "grants": ["shop:*=admin"]});
+    let key =
+        rpc(&server, "key.create", &body, &admin).await["key"].as_str().expect("key").to_owned();
+    let mut partial = Client::connect_as(&server, Some(&key)).await;
+    match partial.ask("watchServer", json!({})).await {
+        Frame::Error { id: Some(_), error } => assert_eq!(error.code, "forbidden", "{error:?}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    let mut client = Client::connect_as(&server, Some(&admin)).await;
+    let first = match client.ask("watchServer", json!({})).await {
+        Frame::ServerStats { id: Some(_), stats } => stats,
+        other => panic!("expected a serverStats reply, got {other:?}"),
+    };
+    assert!(first.connections >= 3, "three sockets are open: {first:?}");
+    assert!(first.websockets >= 3, "{first:?}");
+    assert!(first.ready, "{first:?}");
+    match client.ask("watchServer", json!({})).await {
+        Frame::Error { error, .. } => assert_eq!(error.code, "already_subscribed", "{error:?}"),
+        other => panic!("one watch per socket, got {other:?}"),
+    }
+
+    // Writes while watching: a push within a few seconds counts them.
+    let writer = {
+        let admin = admin.clone();
+        let url = server.url("/rpc/counter.increment");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for _ in 0..300 {
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&admin)
+                    .json(&json!({"name": "busy"}))
+                    .send()
+                    .await
+                    .expect("increment");
+                assert_eq!(response.status().as_u16(), 200);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pushes = 0;
+    let busy = loop {
+        assert!(Instant::now() < deadline, "no push counted the writes ({pushes} pushes)");
+        match client.next().await {
+            Frame::ServerStats { id: None, stats } => {
+                pushes += 1;
+                if stats.ops_per_second > 0.0 {
+                    break stats;
+                }
+            }
+            other => panic!("expected serverStats pushes, got {other:?}"),
+        }
+    };
+    writer.await.expect("writer");
+    assert!(busy.p99_ms.is_some_and(|p99| p99 > 0.0), "{busy:?}");
+    assert!(busy.commits_per_second > 0.0, "{busy:?}");
+    assert!(busy.commit_ms.is_some_and(|ms| ms > 0.0), "{busy:?}");
+    assert!(busy.ready && busy.ready_reason.is_none(), "{busy:?}");
+    let metrics = reqwest::Client::new()
+        .get(server.url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert_eq!(crate::harness::sample(&metrics, "tally_server_watchers"), Some(1.0), "counted");
+
+    // Unwatched: the reply, then nothing more of the server.
+    match client.ask("unwatchServer", json!({})).await {
+        Frame::ServerUnwatched { .. } => {}
+        other => panic!("expected serverUnwatched, got {other:?}"),
+    }
+    client.pending.retain(|frame| !matches!(frame, Frame::ServerStats { id: None, .. }));
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let after = client.sync().await;
+    assert!(after.is_empty(), "no push after unwatchServer: {after:?}");
+    match client.ask("unwatchServer", json!({})).await {
+        Frame::Error { error, .. } => assert_eq!(error.code, "not_subscribed", "{error:?}"),
+        other => panic!("expected not_subscribed, got {other:?}"),
+    }
+
+    // An admin key revoked while its socket watches: the watch ends with a push saying why,
+    // and nothing of the server follows.
+    let body = json!({"name": "watcher", "grants": ["*=admin"]});
+    let key =
+        rpc(&server, "key.create", &body, &admin).await["key"].as_str().expect("key").to_owned();
+    let mut watcher = Client::connect_as(&server, Some(&key)).await;
+    assert!(matches!(
+        watcher.ask("watchServer", json!({})).await,
+        Frame::ServerStats { id: Some(_), .. }
+    ));
+    rpc(&server, "key.revoke", &json!({"name": "watcher"}), &admin).await;
+    let ended = loop {
+        match watcher.next().await {
+            Frame::ServerStats { id: None, .. } => continue,
+            Frame::ServerUnwatched { id: None, code, reason } => break (code, reason),
+            other => panic!("expected serverUnwatched, got {other:?}"),
+        }
+    };
+    assert_eq!(ended.0.as_deref(), Some("unauthenticated"), "{ended:?}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after = watcher.sync().await;
+    assert!(after.is_empty(), "nothing after the watch ended: {after:?}");
 }

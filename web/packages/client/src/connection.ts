@@ -20,6 +20,7 @@ import { DEFAULT_RECONNECT_RULES, type ReconnectRules } from "./reconnect.js";
 import type { TallyClient, WriteOptions } from "./rpc.js";
 import { SocketCalls } from "./socket-calls.js";
 import { SocketDriver, stoppedError } from "./socket-driver.js";
+import type { ServerStats } from "./socket-frames.js";
 import {
   Topic,
   callSafely,
@@ -75,6 +76,17 @@ export interface ConnectionSettings {
 
 type Listener = () => void;
 
+/** What a watch of the server's figures is told (`TallyConnection.watchServer`). */
+export interface ServerWatchHandlers {
+  /** The latest figures: the reply to `watchServer`, then once a second. */
+  stats(stats: ServerStats): void;
+  /**
+   * The server refused the watch (`forbidden`, `unauthenticated`: it needs admin on every
+   * counter) or ended it; no more figures come until a new watch or a new credential.
+   */
+  ended?(error: TallyWatchError): void;
+}
+
 /**
  * One client's socket. Get it as `client.connection`; `CounterSubscription` and the React hooks
  * use it. See the file comment.
@@ -102,6 +114,10 @@ export class TallyConnection {
   /** Writes on their way over HTTP, by counter. */
   readonly #httpWrites = new Map<string, number>();
   readonly #driver: SocketDriver;
+  /** The watches of the server's figures, which share the socket's one `watchServer`. */
+  readonly #serverWatches = new Set<ServerWatchHandlers>();
+  /** Why the server refused or ended the figures, until a new credential. */
+  #serverEnded: TallyWatchError | null = null;
 
   constructor(client: TallyClient, settings: Partial<ConnectionSettings> = {}) {
     this.client = client;
@@ -129,6 +145,16 @@ export class TallyConnection {
       state: () => this.#state,
       setState: (change) => this.#setState(change),
       track: (counter, answer) => this.track(counter, answer),
+      watchingServer: () => this.#serverWatches.size > 0 && this.#serverEnded === null,
+      serverStats: (stats) => {
+        for (const handlers of [...this.#serverWatches]) callSafely(() => handlers.stats(stats));
+      },
+      serverStatsEnded: (error) => {
+        this.#serverEnded = error;
+        for (const handlers of [...this.#serverWatches]) {
+          callSafely(() => handlers.ended?.(error));
+        }
+      },
     });
   }
 
@@ -219,6 +245,39 @@ export class TallyConnection {
         this.#topics.delete(name);
         this.#driver.forget(name);
         this.#driver.feed({ type: "unsubscribe", name });
+      }
+      release();
+    };
+  }
+
+  /**
+   * Watches the server's own figures (connections, watchers, operations a second, latency,
+   * commit time, readiness; PROTOCOL.md §10.3 `watchServer`) while the returned function is
+   * not called. It needs a credential with admin on every counter; a refusal reaches `ended`.
+   * Every watch shares the socket's one `watchServer`, asked again on each new socket.
+   */
+  watchServer(handlers: ServerWatchHandlers): () => void {
+    const release = this.retain();
+    const first = this.#serverWatches.size === 0;
+    this.#serverWatches.add(handlers);
+    if (this.#serverEnded !== null) {
+      const ended = this.#serverEnded;
+      callSafely(() => handlers.ended?.(ended));
+    } else if (this.#state.status === "stopped") {
+      // Stopped for good until `resetToken`, which asks again.
+      const stopped = stoppedError(this.#state);
+      callSafely(() => handlers.ended?.(stopped));
+    } else if (first) {
+      this.#driver.watchServer();
+    }
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#serverWatches.delete(handlers);
+      if (this.#serverWatches.size === 0) {
+        if (this.#serverEnded === null) this.#driver.unwatchServer();
+        this.#serverEnded = null;
       }
       release();
     };
@@ -324,6 +383,8 @@ export class TallyConnection {
     this.#driver.reset();
     this.#calls.credentialChanged();
     this.#setState({ error: null, retryAt: null, principal: null });
+    // The new principal may watch the server where the old one could not: asked again.
+    this.#serverEnded = null;
     this.#driver.feed({
       type: "start",
       credentials: credentials.enabled,

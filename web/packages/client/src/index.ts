@@ -43,11 +43,12 @@ export {
   TallyConnection,
   type ConnectionSettings,
   type ConnectionState,
+  type ServerWatchHandlers,
   type SocketStatus,
   type WatchHandlers,
   type WatchOptions,
 } from "./connection.js";
-export type { Presence } from "./socket-frames.js";
+export type { Presence, ServerStats } from "./socket-frames.js";
 export {
   DEFAULT_RECONNECT_RULES,
   ReconnectMachine,

@@ -131,6 +131,8 @@ export interface ListedCounter {
   watchers: number;
   /** The counter's bounds, when it has any. */
   bounds?: Bounds;
+  /** The rate meter: operations committed in the last minute, as `getMetadata` counts them. */
+  opsLastMinute: number;
 }
 
 /**

@@ -22,6 +22,7 @@ import type { SocketCalls } from "./socket-calls.js";
 import {
   isUpdateFrame,
   parseSocketFrame,
+  type ServerStats,
   type SocketCommand,
   type SocketFrame,
 } from "./socket-frames.js";
@@ -53,6 +54,12 @@ export interface DriverHost {
   setState(change: Partial<ConnectionState>): void;
   /** Counts a write's HTTP answer in `pendingWrites` until it settles. */
   track(counter: string, answer: Promise<unknown>): Promise<unknown>;
+  /** Whether anyone watches the server's figures (so each new socket asks for them). */
+  watchingServer(): boolean;
+  /** The server's figures came (the reply to `watchServer`, or a push). */
+  serverStats(stats: ServerStats): void;
+  /** `watchServer` was refused, or the server ended the watch. */
+  serverStatsEnded(error: TallyWatchError): void;
 }
 
 /** The error a stopped connection gives a watch: why it stopped. */
@@ -102,6 +109,19 @@ export class SocketDriver {
   /** Sends a `call` command on the open socket: its id, or null when none is open. */
   sendCall(command: SocketCommand): number | null {
     return this.#link.send(command, null);
+  }
+
+  /**
+   * Asks for the server's figures on the open socket; without one, the next socket asks when
+   * it opens (`#opened`), as it does after every reconnect.
+   */
+  watchServer(): void {
+    this.#link.send({ type: "watchServer" }, { kind: "watchServer" });
+  }
+
+  /** Stops the server's figures on the open socket (a new socket does not ask for them). */
+  unwatchServer(): void {
+    this.#link.send({ type: "unwatchServer" }, { kind: "unwatchServer" });
   }
 
   /** Subscription `name` is no longer watched: its retry, if one waits, is not needed. */
@@ -243,6 +263,7 @@ export class SocketDriver {
     host.setState({ status: "stopped", error, retryAt: null });
     // The topics stay, so that `resetToken` brings them back; their watchers hear it now.
     for (const topic of host.topics()) topic.end(error);
+    if (host.watchingServer()) host.serverStatsEnded(error);
     host.calls.handOver((counter, answer) => host.track(counter, answer));
   }
 
@@ -346,6 +367,8 @@ export class SocketDriver {
       this.#host.setState({ principal: "anonymous" });
       this.#host.calls.open();
     }
+    // After the auth, which the server answers first: asked as the socket's principal.
+    if (this.#host.watchingServer()) this.watchServer();
   }
 
   #closed(code: number, reason: string): void {
@@ -460,6 +483,28 @@ export class SocketDriver {
         this.#link.take(frame.id);
         this.feed({ type: "heard" });
         return;
+      case "serverUnwatched":
+        this.feed({ type: "heard" });
+        if (frame.id !== undefined) {
+          this.#link.take(frame.id);
+          return;
+        }
+        host.serverStatsEnded(
+          new TallyWatchError(
+            frame.reason ?? "the server ended the watch of its figures",
+            null,
+            false,
+            frame.code === undefined ? {} : { code: frame.code },
+          ),
+        );
+        return;
+      case "serverStats": {
+        const { type: _type, id, ...stats } = frame;
+        this.#link.take(id);
+        this.feed({ type: "heard" });
+        host.serverStats(stats);
+        return;
+      }
       case "error":
         this.#refused(frame);
         return;
@@ -491,6 +536,12 @@ export class SocketDriver {
             : CloseCode.ABNORMAL;
       this.#dropSocket();
       this.#closed(code, frame.message);
+    } else if (flight?.kind === "watchServer") {
+      // Refused: not an admin on every counter.
+      this.feed({ type: "heard" });
+      this.#host.serverStatsEnded(
+        new TallyWatchError(frame.message, null, frame.temporary === true, { code: frame.code }),
+      );
     } else if (flight?.kind === "unsubscribe" && frame.temporary === true) {
       this.feed({ type: "heard" });
       this.#unsubscribeLater(flight.name, frame.retryAfterMs ?? UNSUBSCRIBE_RETRY_MS);

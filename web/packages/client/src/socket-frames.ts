@@ -32,7 +32,40 @@ export type SocketCommand =
       string,
       unknown
     >)
-  | { type: "ping" };
+  | { type: "ping" }
+  | { type: "watchServer" }
+  | { type: "unwatchServer" };
+
+/**
+ * The server's own figures (`serverStats`, PROTOCOL.md §10.3 `watchServer`), sampled once a
+ * second from its metrics. Rates are over the last second; percentiles and the mean commit
+ * time over the last 10 seconds, absent when nothing happened in them.
+ */
+export interface ServerStats {
+  /** When they were sampled (RFC 3339 UTC). */
+  at: string;
+  /** Open TCP connections (HTTP and WebSocket). */
+  connections: number;
+  /** Open WebSockets. */
+  websockets: number;
+  /** Counter subscriptions, both socket versions. */
+  watchers: number;
+  /** Counters with a live actor. */
+  countersInMemory: number;
+  opsPerSecond: number;
+  /** The 99th percentile of an operation's time to its answer, commit included (ms). */
+  p99Ms?: number;
+  /** Transactions committed per second (one fsync each). */
+  commitsPerSecond: number;
+  /** The mean time to write and sync one transaction (ms), fsync included. */
+  commitMs?: number;
+  /** The 99th percentile of a commit's time (ms). */
+  commitP99Ms?: number;
+  /** Whether the store takes writes. */
+  ready: boolean;
+  /** Why not, when it does not. */
+  readyReason?: string;
+}
 
 /** How many watch a counter: subscriptions over every socket, and distinct principals among them. */
 export interface Presence {
@@ -61,7 +94,9 @@ export type SocketFrame =
       max?: number;
     }
   | { type: "authenticated"; id: number; principal: string; expiresAt?: string }
-  | { type: "pong"; id: number; timestamp: string };
+  | { type: "pong"; id: number; timestamp: string }
+  | ({ type: "serverStats"; id?: number } & ServerStats)
+  | { type: "serverUnwatched"; id?: number; code?: string; reason?: string };
 
 const UPDATE_TYPES = new Set(["increment", "decrement", "setValue", "reset"]);
 
@@ -116,6 +151,12 @@ export function parseSocketFrame(text: string): SocketFrame | null {
       return hasId && typeof frame.principal === "string" ? (parsed as SocketFrame) : null;
     case "error":
       return typeof frame.code === "string" ? (parsed as SocketFrame) : null;
+    case "serverStats":
+      return typeof frame.opsPerSecond === "number" && typeof frame.ready === "boolean"
+        ? (parsed as SocketFrame)
+        : null;
+    case "serverUnwatched":
+      return parsed as SocketFrame;
     default:
       return null;
   }

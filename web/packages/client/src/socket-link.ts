@@ -14,6 +14,8 @@ export type Flight =
   | { kind: "subscribe"; name: string }
   | { kind: "unsubscribe"; name: string }
   | { kind: "ping" }
+  | { kind: "watchServer" }
+  | { kind: "unwatchServer" }
   /** `first`: the credential of a new socket (a refusal means it is not valid). */
   | { kind: "auth"; first: boolean };
 

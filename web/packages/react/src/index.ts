@@ -6,6 +6,7 @@
 export { TallyProvider, useTallyClient, useTallyPrincipal } from "./context.js";
 export { counterKeys, type CounterKeys, type HistoryParams } from "./keys.js";
 export { applySnapshot, applyUpdate } from "./cache.js";
+export { entryOf } from "./history.js";
 export {
   useCounterWebSocket,
   type CounterWebSocket,
