@@ -43,6 +43,7 @@ fuzz_target!(|input: &[u8]| {
             Request::GetValue { .. }
             | Request::GetMetadata { .. }
             | Request::GetPresence { .. }
+            | Request::Delete { .. }
             | Request::KeyList,
         ) => {}
         Ok(Request::KeyCreate { name, .. } | Request::KeyRevoke { name }) => {
