@@ -342,18 +342,11 @@ pub fn import_sqlite(
     // into, and no server starts on it until the import is done, nor while a failed import
     // removes what it made. The lock file itself stays: removing it would let a server and a
     // second import lock two different files of the same name.
-    let lock_path = sqlite::lock_path(database);
-    let lock = files::owner_only(File::options().create(true).truncate(false).write(true))
-        .open(&lock_path)
-        .map_err(|error| {
-            open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
-        })?;
-    lock.try_lock().map_err(|_| {
-        open_error(format!(
-            "a Tally server is using it (it holds {}); stop it, or import into a new file",
-            lock_path.display()
-        ))
-    })?;
+    let lock = sqlite::take_lock(
+        database,
+        "a Tally server is using it; stop it, or import into a new file",
+    )
+    .map_err(open_error)?;
     let existed = database.exists();
     // The connection is closed when this returns, before the files are removed.
     let result = import_sqlite_locked(database, &mut reader);

@@ -220,18 +220,7 @@ impl SqliteStore {
         fault: Option<Fault>,
     ) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: path.to_owned(), reason };
-        let lock_path = lock_path(path);
-        let lock = files::owner_only(File::options().create(true).truncate(false).write(true))
-            .open(&lock_path)
-            .map_err(|error| {
-                open_error(format!("cannot create the lock file {}: {error}", lock_path.display()))
-            })?;
-        lock.try_lock().map_err(|_| {
-            open_error(format!(
-                "another Tally server is using it (it holds {})",
-                lock_path.display()
-            ))
-        })?;
+        let lock = take_lock(path, "another Tally server is using it").map_err(open_error)?;
 
         // The database holds API key hashes and who changed what: create it readable by its
         // owner only. SQLite gives the `-wal` and `-shm` files it makes later the mode of the
@@ -315,6 +304,18 @@ impl SqliteStore {
 }
 
 /// `options`, creating a missing file readable and writable by its owner only (`0600`).
+/// Takes the lock of the database at `path` (its `.lock` file, made `0600` if missing), which
+/// the server holds while it serves the file and an import while it writes it; `in_use` says
+/// what it means when someone else holds it. The lock is held until the file is dropped.
+pub(super) fn take_lock(path: &Path, in_use: &str) -> Result<File, String> {
+    let lock_path = lock_path(path);
+    let lock = files::owner_only(File::options().create(true).truncate(false).write(true))
+        .open(&lock_path)
+        .map_err(|error| format!("cannot create the lock file {}: {error}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| format!("{in_use} (it holds {})", lock_path.display()))?;
+    Ok(lock)
+}
+
 pub(super) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".lock");
