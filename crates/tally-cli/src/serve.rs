@@ -98,7 +98,8 @@ pub(crate) struct ServeArgs {
 
     /// Replays from history running at once at most: resumes with since (and version-2 catch-ups);
     /// a resume past it waits for a place up to --send-timeout (a version-2 socket's resumes, all
-    /// together), then gets a resync snapshot.
+    /// together), then is closed 1013 with a reconnect delay (version 1) or gets a resync snapshot
+    /// (version 2).
     #[arg(long, env = "TALLY_MAX_REPLAYS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     max_replays: u32,
 

@@ -9,8 +9,11 @@
 //! one client address, and together they send at most `--replay-bytes-per-second`. A resume
 //! past a bound waits for a place, in arrival order, up to `--send-timeout` (so that a
 //! reconnect storm, or many clients behind one proxy, still get their replays, one after the
-//! other), and past that is answered a `resync` snapshot instead (the protocol's answer when
-//! history cannot fill the gap, which every client handles). A version-2 catch-up does not
+//! other), and past that is closed 1013 with a reconnect delay on version 1 (the client was
+//! resuming, so it reconnects anyway, and one that never reads is gone within the timeout) or
+//! answered a `resync` snapshot on version 2 (the protocol's answer when history cannot fill
+//! the gap, which every client handles; closing would end the socket's other subscriptions
+//! too). A version-2 catch-up does not
 //! wait, since its socket's other subscriptions would wait with it: it resyncs at once; and a
 //! version-2 socket's resumes wait, all together, at most `--send-timeout`, since its commands
 //! wait behind each (a socket re-subscribing 50 counters in a storm must not stall for 50 of

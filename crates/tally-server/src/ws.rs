@@ -426,10 +426,10 @@ impl<T: Transport> Session<T> {
     }
 
     /// Sends `resumed` and the updates after `since` up to the counter's version, reading
-    /// history a page at a time; `false` (nothing sent) if history no longer reaches back, or
-    /// if no place in the bounds on replays (`replay::ReplayLimits`) came within
-    /// `--send-timeout`: either way the client gets a `resync` snapshot. Nothing to replay
-    /// needs no place.
+    /// history a page at a time; `false` (nothing sent) if history no longer reaches back, and
+    /// the client gets a `resync` snapshot. A resume that finds no place in the bounds on
+    /// replays (`replay::ReplayLimits`) within `--send-timeout` is closed 1013 with a
+    /// reconnect delay. Nothing to replay needs no place.
     async fn replay(
         &mut self,
         name: &CounterName,
@@ -438,9 +438,26 @@ impl<T: Transport> Session<T> {
     ) -> Result<bool, End> {
         let Resume { since, peer, .. } = resume;
         let wait = self.state.config.send_timeout;
-        let Ok(permit) = self.state.replays.for_resume(since, counter.version, peer, wait).await
-        else {
-            return Ok(false);
+        let permit = match self.state.replays.for_resume(since, counter.version, peer, wait).await {
+            Ok(permit) => permit,
+            // Only a resuming client comes here, so it reconnects anyway: told to come back
+            // later, it resumes then without a gap, and a client that does not read (which a
+            // small resync snapshot would leave open until the keep-alive) is gone within
+            // `--send-timeout`.
+            Err(refused) => {
+                let after_ms = reconnect_delay(self.state.config.reconnect_spread);
+                let bound = match refused {
+                    replay::Refused::Total => "--max-replays",
+                    replay::Refused::PerAddress => "--max-replays-per-address",
+                };
+                return Err(End::Close(
+                    close::TRY_AGAIN_LATER,
+                    format!(
+                        "too many replays from history are running ({bound}); {}",
+                        reconnect_phrase(after_ms)
+                    ),
+                ));
+            }
         };
         let origin = Origin::of_state(name, &counter);
         let mut cursor = since;

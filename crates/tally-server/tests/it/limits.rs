@@ -4,9 +4,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use tally_server::{Config, SqliteOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{PATIENCE, TestServer, Watcher, raw_get, sample, test_config};
 
@@ -264,12 +266,13 @@ async fn resume_from(server: &TestServer, last: u8, name: &str) -> Watcher {
 }
 
 /// Issue 16: a `since=0` resume is a request of a few hundred bytes answered with the whole
-/// history; replays are bounded per client address: past the bound a resume waits for a place
-/// up to `--send-timeout`, then gets a `resync` snapshot, while other addresses still get their
+/// history; replays are bounded per client address: past the bound a version-1 resume waits for
+/// a place up to `--send-timeout`, then is closed 1013 with a reconnect delay (so that a client
+/// that never reads is gone within `--send-timeout`), while other addresses still get their
 /// replay. The byte rate is made small here so that the first replay (about 10 KB at 4 KiB a
 /// second) is still running when the others come and after the short send timeout.
 #[tokio::test]
-async fn issue_16_replays_are_bounded_per_address_and_past_it_resync() {
+async fn issue_16_replays_are_bounded_per_address_and_past_it_are_told_to_come_back() {
     const UPDATES: u64 = 40;
     let config = Config {
         max_replays_per_address: 1,
@@ -287,18 +290,22 @@ async fn issue_16_replays_are_bounded_per_address_and_past_it_resync() {
     assert_eq!(first.next_update().await, (1, answers[0].clone()));
     assert_eq!(server.metric("tally_replays_running").await, 1.0);
 
-    // The same address again, while the first replay runs: a resync snapshot, nothing replayed.
-    let mut second = resume_from(&server, 1, "long").await;
-    match second.next().await {
-        tally_proto::ServerMessage::Snapshot(snapshot) => {
-            assert_eq!((snapshot.resync, snapshot.version, snapshot.value), (true, UPDATES, 40));
+    // The same address again, while the first replay runs: nothing replayed, closed 1013 after
+    // the wait, with the delay to come back after in its reason.
+    let stream = connect_from(server.addr, 1).await;
+    let url = format!("ws://{}/ws/counter/long?since=0", server.addr);
+    let (mut second, _) =
+        tokio_tungstenite::client_async(url, stream).await.expect("the upgrade is answered");
+    match tokio::time::timeout(PATIENCE, second.next()).await.expect("in time") {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), tally_proto::close::TRY_AGAIN_LATER);
+            assert!(frame.reason.contains("--max-replays-per-address"), "{}", frame.reason);
+            assert!(frame.reason.contains("reconnect"), "{}", frame.reason);
         }
-        other => panic!("expected a resync snapshot, got {other:?}"),
+        other => panic!("expected close 1013 and nothing before it, got {other:?}"),
     }
     assert_eq!(server.metric("tally_replays_refused_total{limit=\"per_address\"}").await, 1.0);
-    // It is live from there.
     let live = server.call_text("increment", serde_json::json!({"name": "long"})).await;
-    assert_eq!(second.next_update().await, (UPDATES + 1, live.clone()));
 
     // Another address is not refused for it.
     let mut other = resume_from(&server, 2, "long").await;
