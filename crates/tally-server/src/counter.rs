@@ -948,6 +948,8 @@ impl CounterActor {
         let mut configure = None;
         // An operation (or change) to check again once the counter is read again.
         let mut recheck = None;
+        // A compare-and-set to decide once what is before it is committed.
+        let mut held = None;
         let mut pending_all = std::mem::take(&mut self.pending).into_iter();
         for pending in pending_all.by_ref() {
             let pending = match pending {
@@ -970,6 +972,13 @@ impl CounterActor {
             if let Some(expected) = pending.expected_version
                 && expected != version
             {
+                // Refused only against a committed version: with a batch in flight (or an
+                // entry of this one) before it, the version the refusal would name may never be
+                // stored, so it waits, with everything after it, until they are answered.
+                if version != self.state.version {
+                    held = Some(Pending::Op(pending));
+                    break;
+                }
                 let refusal = version_conflict(&self.name, expected, version);
                 self.answer(pending, Err(ApplyError::Rejected(refusal)));
                 continue;
@@ -1018,6 +1027,7 @@ impl CounterActor {
             self.pending.push(recheck);
             self.reload = true;
         }
+        self.pending.extend(held);
         self.pending.extend(pending_all);
         if entries.is_empty() && configure.is_none() {
             return None;

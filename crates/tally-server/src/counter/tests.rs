@@ -369,6 +369,45 @@ async fn a_failed_commit_fails_the_batches_behind_it_and_the_counter_is_read_aga
     assert_eq!(world.history().await, [(1, 1), (2, 1001)]);
 }
 
+/// A compare-and-set is refused only against a committed version: one whose expected version
+/// is behind a batch in flight waits for it, and when that batch fails, it is applied on the
+/// version storage holds instead of refused with a version that was never stored.
+#[tokio::test(start_paused = true)]
+async fn a_compare_and_set_behind_a_batch_in_flight_is_decided_on_what_is_committed() {
+    let mut world = World::new(Config::default());
+    let handle = world.actor();
+    answer(send(&handle, Op::Increment(1), None).await).await;
+
+    world.store.hold().await;
+    world.store.fail_next(1);
+    let failed = send(&handle, Op::Increment(10), None).await;
+    world.store.appended(2).await;
+    let compare = {
+        let handle = handle.clone();
+        let task =
+            tokio::spawn(
+                async move { handle.apply(Op::SetValue(5), Some(1), by("alice"), None).await },
+            );
+        tokio::task::yield_now().await;
+        task
+    };
+    world.store.release().await;
+    assert!(matches!(refusal(failed).await, ApplyError::Store(_)));
+    let applied = answer(compare).await;
+    assert_eq!((applied.version(), applied.value()), (2, 5), "applied on version 1, as asked");
+    assert_eq!(world.history().await, [(1, 1), (2, 5)]);
+
+    // Against a committed version it is refused at once, naming that version.
+    let stale = handle.apply(Op::SetValue(7), Some(1), by("alice"), None).await;
+    match stale {
+        Err(ApplyError::Rejected(error)) => {
+            assert_eq!(error.code, ErrorCode::VersionConflict);
+            assert_eq!(error.current_version, Some(2));
+        }
+        other => panic!("expected a version conflict, got {other:?}"),
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_counter_nobody_touches_retires_after_the_idle_timeout() {
     let mut world = World::new(Config::default());
