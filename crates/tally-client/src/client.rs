@@ -834,10 +834,10 @@ fn refusal(status: u16, error: ErrorDetail, retry_after: Option<Duration>) -> Cl
     {
         return ClientError::VersionConflict { current_version, message: error.message };
     }
-    if error.code == "out_of_bounds" {
-        return ClientError::OutOfBounds { min: error.min, max: error.max, message: error.message };
-    }
     match error.code.as_str() {
+        "out_of_bounds" => {
+            ClientError::OutOfBounds { min: error.min, max: error.max, message: error.message }
+        }
         "unauthenticated" | "token_expired" => {
             ClientError::Unauthenticated { code: error.code, message: error.message }
         }

@@ -110,7 +110,7 @@ impl State {
     fn file(&mut self, ino: INodeNo) -> Result<&File, Errno> {
         if self.node(ino)?.file.is_none() {
             let full = self.backing.join(self.path_of(ino)?);
-            let file = File::options().read(true).write(true).open(full).map_err(errno)?;
+            let file = File::options().read(true).write(true).open(full).map_err(Errno::from)?;
             self.node(ino)?.file = Some(file);
         }
         self.node(ino)?.file.as_ref().ok_or(Errno::EIO)
@@ -123,7 +123,7 @@ impl State {
             (None, Some(path)) => fs::symlink_metadata(self.backing.join(path)),
             (None, None) => return Err(Errno::ENOENT),
         }
-        .map_err(errno)?;
+        .map_err(Errno::from)?;
         let size = node.unsynced.as_ref().map(Unsynced::size);
         Ok(to_attr(ino, &metadata, size))
     }
@@ -134,7 +134,7 @@ impl State {
         let node = self.node(ino)?;
         let file = node.file.as_ref().ok_or(Errno::EIO)?;
         if node.unsynced.is_none() {
-            node.unsynced = Some(Unsynced::new(file.metadata().map_err(errno)?.len()));
+            node.unsynced = Some(Unsynced::new(file.metadata().map_err(Errno::from)?.len()));
         }
         let unsynced = node.unsynced.as_mut().ok_or(Errno::EIO)?;
         Ok((file, unsynced))
@@ -142,13 +142,13 @@ impl State {
 
     /// fsync: the overlay goes to the backing file, which is then synced for real.
     fn sync(&mut self, ino: INodeNo, data_only: bool) -> Result<(), Errno> {
-        let file = self.file(ino)?.try_clone().map_err(errno)?;
+        let file = self.file(ino)?.try_clone().map_err(Errno::from)?;
         let node = self.node(ino)?;
         if let Some(unsynced) = &node.unsynced {
-            unsynced.apply(&file).map_err(errno)?;
+            unsynced.apply(&file).map_err(Errno::from)?;
         }
         node.unsynced = None;
-        if data_only { file.sync_data() } else { file.sync_all() }.map_err(errno)
+        if data_only { file.sync_data() } else { file.sync_all() }.map_err(Errno::from)
     }
 
     fn rename(&mut self, from: &Path, to: &Path) {
@@ -172,10 +172,6 @@ impl State {
             self.by_path.insert(new, ino);
         }
     }
-}
-
-fn errno(error: io::Error) -> Errno {
-    Errno::from(error)
 }
 
 fn to_attr(ino: INodeNo, metadata: &fs::Metadata, size: Option<u64>) -> FileAttr {
@@ -216,6 +212,18 @@ impl LazyFsImpl {
         if state.cut { Err(Errno::EIO) } else { Ok(state) }
     }
 
+    /// Runs `use_data` on file `ino`'s backing file and its overlay of unsynced writes: the one
+    /// path of `read` and `write`.
+    fn with_data<T>(
+        &self,
+        ino: INodeNo,
+        use_data: impl FnOnce(&File, &mut Unsynced) -> io::Result<T>,
+    ) -> Result<T, Errno> {
+        let mut state = self.live()?;
+        let (file, unsynced) = state.unsynced(ino)?;
+        use_data(file, unsynced).map_err(Errno::from)
+    }
+
     /// unlink or rmdir (`remove`) at once on the backing folder; an open file's inode lives on.
     fn remove(
         &self,
@@ -225,7 +233,7 @@ impl LazyFsImpl {
     ) -> Result<(), Errno> {
         let mut state = self.live()?;
         let path = state.child(parent, name)?;
-        remove(state.backing.join(&path)).map_err(errno)?;
+        remove(state.backing.join(&path)).map_err(Errno::from)?;
         state.detach(&path);
         Ok(())
     }
@@ -236,7 +244,7 @@ impl LazyFsImpl {
     ) -> Result<FileAttr, Errno> {
         let mut state = self.live()?;
         let path = path_of(&state)?;
-        fs::symlink_metadata(state.backing.join(&path)).map_err(errno)?;
+        fs::symlink_metadata(state.backing.join(&path)).map_err(Errno::from)?;
         let ino = INodeNo(state.intern(path));
         state.attr(ino)
     }
@@ -294,10 +302,10 @@ impl Filesystem for LazyFsImpl {
             let full = state.path_of(ino).map(|path| state.backing.join(path));
             if let Some(mode) = mode {
                 fs::set_permissions(full.clone()?, fs::Permissions::from_mode(mode & 0o7777))
-                    .map_err(errno)?;
+                    .map_err(Errno::from)?;
             }
             if uid.is_some() || gid.is_some() {
-                std::os::unix::fs::chown(full.clone()?, uid, gid).map_err(errno)?;
+                std::os::unix::fs::chown(full.clone()?, uid, gid).map_err(Errno::from)?;
             }
             if atime.is_some() || mtime.is_some() {
                 let when = |time: TimeOrNow| match time {
@@ -311,7 +319,7 @@ impl Filesystem for LazyFsImpl {
                 if let Some(mtime) = mtime {
                     times = times.set_modified(when(mtime));
                 }
-                state.file(ino)?.set_times(times).map_err(errno)?;
+                state.file(ino)?.set_times(times).map_err(Errno::from)?;
             }
             // A size change is data: volatile like a write.
             if let Some(size) = size {
@@ -336,7 +344,7 @@ impl Filesystem for LazyFsImpl {
             fs::DirBuilder::new()
                 .mode(mode & !umask & 0o7777)
                 .create(state.backing.join(path))
-                .map_err(errno)
+                .map_err(Errno::from)
         });
         reply_entry(reply, result.and_then(|()| self.entry(|state| state.child(parent, name))));
     }
@@ -366,7 +374,7 @@ impl Filesystem for LazyFsImpl {
             }
             let from = state.child(parent, name)?;
             let to = state.child(newparent, newname)?;
-            fs::rename(state.backing.join(&from), state.backing.join(&to)).map_err(errno)?;
+            fs::rename(state.backing.join(&from), state.backing.join(&to)).map_err(Errno::from)?;
             state.rename(&from, &to);
             Ok(())
         });
@@ -401,7 +409,7 @@ impl Filesystem for LazyFsImpl {
                 .create(true)
                 .mode(mode & !umask & 0o7777)
                 .open(state.backing.join(&path))
-                .map_err(errno)?;
+                .map_err(Errno::from)?;
             let ino = INodeNo(state.intern(path));
             state.node(ino)?.file = Some(file);
             state.attr(ino)
@@ -425,11 +433,7 @@ impl Filesystem for LazyFsImpl {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let result = self.live().and_then(|mut state| {
-            let (file, unsynced) = state.unsynced(ino)?;
-            unsynced.read(file, offset, u64::from(size)).map_err(errno)
-        });
-        match result {
+        match self.with_data(ino, |file, unsynced| unsynced.read(file, offset, u64::from(size))) {
             Ok(data) => reply.data(&data),
             Err(error) => reply.error(error),
         }
@@ -447,11 +451,7 @@ impl Filesystem for LazyFsImpl {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let result = self.live().and_then(|mut state| {
-            let (file, unsynced) = state.unsynced(ino)?;
-            unsynced.write(file, offset, data).map_err(errno)
-        });
-        match result {
+        match self.with_data(ino, |file, unsynced| unsynced.write(file, offset, data)) {
             Ok(()) => reply.written(data.len() as u32),
             Err(error) => reply.error(error),
         }
@@ -494,8 +494,8 @@ impl Filesystem for LazyFsImpl {
                 (ino, FileType::Directory, ".".into()),
                 (ino, FileType::Directory, "..".into()),
             ];
-            for entry in fs::read_dir(state.backing.join(&path)).map_err(errno)? {
-                let entry = entry.map_err(errno)?;
+            for entry in fs::read_dir(state.backing.join(&path)).map_err(Errno::from)? {
+                let entry = entry.map_err(Errno::from)?;
                 let kind = entry
                     .file_type()
                     .ok()
@@ -532,7 +532,7 @@ impl Filesystem for LazyFsImpl {
         // Entries are on the backing folder already; sync it so that they are durable there.
         let result = self.live().and_then(|state| {
             let path = state.backing.join(state.path_of(ino)?);
-            File::open(path).and_then(|dir| dir.sync_all()).map_err(errno)
+            File::open(path).and_then(|dir| dir.sync_all()).map_err(Errno::from)
         });
         reply_empty(reply, result);
     }

@@ -532,7 +532,7 @@ export class TallyClient {
         error.temporary === true,
         retryAfter(error.retryAfterMs, response.headers.get("Retry-After")),
         null,
-        typeof error.currentVersion === "number" ? error.currentVersion : null,
+        numberOrNull(error.currentVersion),
         { min: numberOrNull(error.min), max: numberOrNull(error.max) },
       );
       // A temporary server fault (503 unavailable while storage is down or the server shuts
