@@ -212,11 +212,10 @@ async fn listed_counters(
     rows: Vec<NamedRecord>,
 ) -> Result<Vec<ListedCounter>, ProtocolError> {
     let since_ms = clock::now_ms() - RATE_WINDOW_MS;
-    let recent: Vec<CounterName> = rows
-        .iter()
-        .filter(|row| row.record.updated_at_ms >= since_ms)
-        .map(|row| row.name.clone())
-        .collect();
+    // The rows read for, in order; the counts come back in the same order.
+    let written_recently = |row: &NamedRecord| row.record.updated_at_ms >= since_ms;
+    let recent: Vec<CounterName> =
+        rows.iter().filter(|row| written_recently(row)).map(|row| row.name.clone()).collect();
     let mut counts = if recent.is_empty() {
         Vec::new()
     } else {
@@ -227,11 +226,8 @@ async fn listed_counters(
     Ok(rows
         .into_iter()
         .map(|row| {
-            let ops_last_minute = if row.record.updated_at_ms >= since_ms {
-                counts.next().unwrap_or_default()
-            } else {
-                0
-            };
+            let ops_last_minute =
+                if written_recently(&row) { counts.next().unwrap_or_default() } else { 0 };
             ListedCounter {
                 watchers: state.registry.watchers(&row.name) as u64,
                 name: row.name.to_string(),

@@ -252,10 +252,6 @@ impl Registry {
         self.with_actor(name, |handle| async move { handle.configure(bounds).await }).await
     }
 
-    /// The committed state of counter `name` (its zero state if it was never written).
-    ///
-    /// # Errors
-    /// `Store` when the counter could not be loaded; `ShuttingDown`.
     /// Deletes counter `name` through its actor (started if need be), after the operations
     /// sent to it before; see [`crate::store::Store::delete`].
     pub async fn delete(&self, name: &CounterName) -> Result<DeleteOutcome, ApplyError> {
@@ -286,6 +282,10 @@ impl Registry {
         }
     }
 
+    /// The committed state of counter `name` (its zero state if it was never written).
+    ///
+    /// # Errors
+    /// `Store` when the counter could not be loaded; `ShuttingDown`.
     pub async fn read(&self, name: &CounterName) -> Result<CounterState, ApplyError> {
         for _ in 0..MAX_RETRIES {
             // Without an actor, storage holds every answered write: no actor is started for a

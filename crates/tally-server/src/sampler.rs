@@ -109,6 +109,8 @@ const OPERATIONS: &str = "tally_operations_total";
 const OPERATION_SECONDS: &str = "tally_operation_duration_seconds";
 const TRANSACTIONS: &str = "tally_store_transactions_total";
 const TRANSACTION_SECONDS: &str = "tally_store_transaction_seconds";
+const TRANSACTION_COUNT: &str = "tally_store_transaction_seconds_count";
+const TRANSACTION_SUM: &str = "tally_store_transaction_seconds_sum";
 
 impl Reading {
     fn take(metrics: &Metrics) -> Self {
@@ -129,10 +131,17 @@ impl Reading {
                 let Some(bound) = label(labels, "le").and_then(|le| le.parse::<f64>().ok()) else {
                     continue;
                 };
-                let buckets = reading.buckets.entry(histogram.to_owned()).or_default();
-                *buckets.entry(bound.to_bits()).or_default() += value;
+                // A name is allocated once per reading, not once per line of its series.
+                if !reading.buckets.contains_key(histogram) {
+                    reading.buckets.insert(histogram.to_owned(), BTreeMap::new());
+                }
+                if let Some(buckets) = reading.buckets.get_mut(histogram) {
+                    *buckets.entry(bound.to_bits()).or_default() += value;
+                }
+            } else if let Some(total) = reading.values.get_mut(name) {
+                *total += value;
             } else {
-                *reading.values.entry(name.to_owned()).or_default() += value;
+                reading.values.insert(name.to_owned(), value);
             }
         }
         reading
@@ -169,10 +178,8 @@ fn compute(readings: &VecDeque<Reading>, readiness: tally_proto::Readiness) -> S
     };
     let p99_ms = |name: &str| window_start.and_then(|before| percentile(before, now, name, 0.99));
     let commit_ms = window_start.and_then(|before| {
-        let count = now.value(&format!("{TRANSACTION_SECONDS}_count"))
-            - before.value(&format!("{TRANSACTION_SECONDS}_count"));
-        let sum = now.value(&format!("{TRANSACTION_SECONDS}_sum"))
-            - before.value(&format!("{TRANSACTION_SECONDS}_sum"));
+        let count = now.value(TRANSACTION_COUNT) - before.value(TRANSACTION_COUNT);
+        let sum = now.value(TRANSACTION_SUM) - before.value(TRANSACTION_SUM);
         (count > 0.0).then(|| round_ms(sum / count * 1000.0))
     });
     let gauge = |name: &str| now.value(name).max(0.0) as u64;

@@ -116,6 +116,15 @@ CREATE TABLE counter_epochs (name TEXT PRIMARY KEY, epoch TEXT NOT NULL) WITHOUT
 ",
 ];
 
+/// How many of a counter's newest operations (at most `RECENT_SCAN`, ?3) are at or after
+/// ?2: the rows by the primary key, backwards from the last version. The rate meter's one
+/// statement, for `recent_operations` and `recent_operations_of` alike.
+const RECENT_OPERATIONS: &str = "SELECT count(*) FROM (
+    SELECT h.at_ms FROM history h
+    WHERE h.counter_id = (SELECT id FROM counters WHERE name = ?1)
+    ORDER BY h.version DESC LIMIT ?3
+) WHERE at_ms >= ?2";
+
 /// Settings of the SQLite store.
 #[derive(Debug, Clone, Copy)]
 pub struct SqliteOptions {
@@ -1096,15 +1105,8 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let name = name.clone();
         self.read(move |conn| {
-            // The newest rows by the primary key, backwards from the last version.
-            conn.prepare_cached(
-                "SELECT count(*) FROM (
-                     SELECT h.at_ms FROM history h
-                     WHERE h.counter_id = (SELECT id FROM counters WHERE name = ?1)
-                     ORDER BY h.version DESC LIMIT ?3
-                 ) WHERE at_ms >= ?2",
-            )?
-            .query_row(params![name.as_str(), since_ms, super::RECENT_SCAN], |row| row.get(0))
+            conn.prepare_cached(RECENT_OPERATIONS)?
+                .query_row(params![name.as_str(), since_ms, super::RECENT_SCAN], |row| row.get(0))
         })
         .await
     }
@@ -1118,13 +1120,7 @@ impl Store for SqliteStore {
             // The statement of `recent_operations`, once per name on one connection: each is
             // an index range of at most `RECENT_SCAN` rows, and the page costs one hop to the
             // reader thread instead of one per counter.
-            let mut statement = conn.prepare_cached(
-                "SELECT count(*) FROM (
-                     SELECT h.at_ms FROM history h
-                     WHERE h.counter_id = (SELECT id FROM counters WHERE name = ?1)
-                     ORDER BY h.version DESC LIMIT ?3
-                 ) WHERE at_ms >= ?2",
-            )?;
+            let mut statement = conn.prepare_cached(RECENT_OPERATIONS)?;
             names
                 .iter()
                 .map(|name| {
